@@ -1,0 +1,170 @@
+//! Parallel block hashing of an image file into an `Index`.
+//!
+//! The file is cut into chunks of several blocks; rayon workers each read whole chunks
+//! with one positional read into a reused buffer and hash the blocks in it. Each worker
+//! split opens its own file handle, so the kernel's read-ahead sees sequential streams.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::hash::{self, HashAlg};
+use crate::index::{block_count_for, Index};
+use crate::progress::{self, Progress};
+
+/// Bytes read per positional read: large enough to amortise the syscall,
+/// small enough to stay in the core's cache while its blocks are hashed.
+const CHUNK_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub struct IndexOptions {
+    pub alg: HashAlg,
+    pub block_size: u32,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions { alg: HashAlg::Sha1, block_size: hash::DEFAULT_BLOCK_SIZE }
+    }
+}
+
+/// Hashes every block of the file at `path`.
+pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> Result<Index> {
+    hash::block_size_log2(opts.block_size)?;
+    let file = File::open(path).map_err(|e| Error::io(path, "cannot open image", e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, "cannot stat image", e))?;
+    if meta.is_dir() {
+        return Err(Error::io(path, "cannot index", std::io::Error::other("it is a directory: pack it first")));
+    }
+    let len = meta.len();
+    advise_sequential(&file);
+    progress.start(len);
+
+    let dlen = opts.alg.len();
+    let bs = opts.block_size as u64;
+    let chunk = CHUNK_BYTES.max(bs);
+    let blocks_per_chunk = (chunk / bs) as usize;
+    let mut digests = vec![0u8; block_count_for(len, opts.block_size) as usize * dlen];
+
+    digests.par_chunks_mut(blocks_per_chunk * dlen).enumerate().try_for_each_init(
+        || (File::open(path), vec![0u8; chunk as usize]),
+        |(file, buf), (i, out)| -> Result<()> {
+            progress::check(progress)?;
+            let file = file.as_ref().map_err(|e| Error::io(path, "cannot open image", clone_io(e)))?;
+            let offset = i as u64 * chunk;
+            let n = (len - offset).min(chunk) as usize;
+            file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(path, "cannot read image", e))?;
+            for (block, digest) in buf[..n].chunks(bs as usize).zip(out.chunks_exact_mut(dlen)) {
+                opts.alg.block_digest_into(block, digest);
+            }
+            progress.advance(n as u64);
+            Ok(())
+        },
+    )?;
+    // The file must not have changed length under us, or the index would lie.
+    let now = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat image", e))?.len();
+    if now != len {
+        return Err(Error::io(path, "cannot index", std::io::Error::other("the file changed size while it was read")));
+    }
+    Index::from_digests(opts.alg, opts.block_size, len, digests)
+}
+
+/// Hashes a buffer already in memory (small images, tests, received data).
+pub fn index_bytes(data: &[u8], opts: IndexOptions) -> Result<Index> {
+    hash::block_size_log2(opts.block_size)?;
+    let dlen = opts.alg.len();
+    let mut digests = vec![0u8; block_count_for(data.len() as u64, opts.block_size) as usize * dlen];
+    digests
+        .par_chunks_mut(dlen)
+        .zip(data.par_chunks(opts.block_size as usize))
+        .for_each(|(d, block)| opts.alg.block_digest_into(block, d));
+    Index::from_digests(opts.alg, opts.block_size, data.len() as u64, digests)
+}
+
+fn clone_io(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
+}
+
+/// Tells the kernel to read ahead aggressively; only a hint.
+fn advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::{Counter, Silent};
+    use std::sync::atomic::Ordering;
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn file_and_memory_agree_and_blocks_are_independent() {
+        let mut data = pseudo_random(3 * (1 << 20) + 5000, 42);
+        data[8192..12288].fill(0); // block 2 is all zero
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, &data).unwrap();
+        for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+            for bs in [512, 4096, 1 << 20] {
+                let opts = IndexOptions { alg, block_size: bs };
+                let counter = Counter::default();
+                let a = index_file(&p, opts, &counter).unwrap();
+                assert_eq!(a, index_bytes(&data, opts).unwrap());
+                assert_eq!(counter.done.load(Ordering::Relaxed), data.len() as u64);
+                // Each digest is the digest of exactly its block.
+                let last = a.block_count() - 1;
+                let start = (last * bs as u64) as usize;
+                let mut d = vec![0u8; alg.len()];
+                alg.digest_into(&data[start..], &mut d);
+                assert_eq!(a.digest(last), &d[..]);
+            }
+        }
+        let a = index_file(&p, IndexOptions::default(), &Silent).unwrap();
+        assert!(a.is_zero_block(2));
+        assert!(!a.is_zero_block(1));
+    }
+
+    #[test]
+    fn empty_file_has_no_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("empty");
+        std::fs::write(&p, b"").unwrap();
+        let a = index_file(&p, IndexOptions::default(), &Silent).unwrap();
+        assert_eq!(a.block_count(), 0);
+    }
+
+    #[test]
+    fn cancel_stops_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, pseudo_random(4 << 20, 1)).unwrap();
+        let counter = Counter::default();
+        counter.cancel.cancel();
+        let err = index_file(&p, IndexOptions::default(), &counter).unwrap_err();
+        assert_eq!(err.code, crate::error::Code::Aborted);
+    }
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let err = index_file(Path::new("/nonexistent/x"), IndexOptions::default(), &Silent).unwrap_err();
+        assert_eq!(err.code, crate::error::Code::NotFound);
+    }
+}

@@ -1,0 +1,17 @@
+//! osfarm-core: the block engine of osfarm, in plain Rust (no Node-API here).
+//!
+//! - [`hash`], [`indexer`], [`index`]: fixed-size block hashing and the `.osfi` index format
+//! - [`compare`]: common blocks between two images
+
+pub mod compare;
+pub mod digest_set;
+pub mod error;
+pub mod fsutil;
+pub mod hash;
+pub mod index;
+pub mod indexer;
+pub mod progress;
+
+pub use error::{Code, Error, Result};
+pub use hash::HashAlg;
+pub use index::Index;

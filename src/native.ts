@@ -1,0 +1,2 @@
+// The generated Node-API loader (napi build --esm); everything native goes through here.
+export * as native from '../index.js';
