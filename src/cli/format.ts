@@ -1,0 +1,38 @@
+/** Human-readable byte counts: 1.5 GiB, 320 KiB, 12 B. */
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+/** A share from 0 to 1 as a percentage with one decimal. */
+export function percent(share: number): string {
+  return `${(share * 100).toFixed(share < 0.01 ? 2 : 1)} %`;
+}
+
+/** Numbers with thousands separators. */
+export function count(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+/** Left-aligned text columns, for listings. */
+export function table(rows: string[][], header?: string[]): string {
+  const all = header ? [header, ...rows] : rows;
+  if (all.length === 0) return '';
+  const widths = all[0]!.map((_, c) => Math.max(...all.map((r) => (r[c] ?? '').length)));
+  return all
+    .map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  '))
+    .join('\n');
+}
+
+/** A byte size argument: 4096, 4K, 4KiB, 1M, 2G. */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
+  if (!m) throw new RangeError(`${what}: '${text}' is not a size (e.g. 4096, 64K, 1M)`);
+  const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2]!.toUpperCase()]!;
+  return Number(m[1]) * mult;
+}

@@ -1,0 +1,6 @@
+/**
+ * osfarm: build Linux images in a chroot, cache their stages, keep them in a
+ * repository, and move them between machines sending only the blocks the receiver lacks.
+ */
+export { OsfarmError, type ErrorCode } from './errors.js';
+export * from './blocks/index.js';
