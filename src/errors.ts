@@ -55,3 +55,8 @@ export function callNativeSync<T>(fn: () => T): T {
     throw fromNative(err);
   }
 }
+
+/** Throws OSFARM_ABORTED if the signal has already fired (a native task only sees later aborts). */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
+}

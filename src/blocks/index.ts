@@ -2,7 +2,8 @@
  * Block hashing, indexes and comparison: the content-addressed view of an image.
  * An image is cut into fixed-size blocks; its index holds one digest per block.
  */
-import { callNative, callNativeSync } from '../errors.js';
+import { callNative, callNativeSync, throwIfAborted } from '../errors.js';
+import { withProgress } from '../util/progress.js';
 import { native, type CompareResult, type IndexInfo, type ProgressEvent } from '../native.js';
 
 export type { CompareResult, CompareSide, IndexInfo, ProgressEvent } from '../native.js';
@@ -27,7 +28,14 @@ export function indexImage(
   options: IndexOptions & LongRunning & { output?: string } = {},
 ): Promise<IndexInfo> {
   const { onProgress, signal, ...opts } = options;
-  return callNative(() => native.indexImage(image, opts, onProgress, signal));
+  return callNative(() => {
+    throwIfAborted(signal);
+    return withProgress(
+      onProgress,
+      (listener) => native.indexImage(image, opts, listener, signal),
+      (r) => ({ done: r.imageSize, total: r.imageSize }),
+    );
+  });
 }
 
 /** The synchronous twin of `indexImage` (blocks the event loop: for scripts and tests). */
@@ -47,7 +55,10 @@ export function readIndex(path: string): IndexInfo {
  */
 export function compare(a: string, b: string, options: IndexOptions & LongRunning = {}): Promise<CompareResult> {
   const { onProgress, signal, ...opts } = options;
-  return callNative(() => native.compare(a, b, opts, onProgress, signal));
+  return callNative(() => {
+    throwIfAborted(signal);
+    return withProgress(onProgress, (listener) => native.compare(a, b, opts, listener, signal));
+  });
 }
 
 /** The synchronous twin of `compare`. */

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test: the generated binding's drift check, cargo test (the Rust core),
+# and ava (the TypeScript API, the CLI and the real builds/transfers). Ends with
+# one line "N passed, N failed". Run scripts/install.sh first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+passed=0
+failed=0
+
+echo "== generated binding is up to date (napi build, index.js / index.d.ts)"
+npm run --silent build:native >"$log/napi.txt" 2>&1 || { cat "$log/napi.txt"; }
+if git diff --quiet -- index.js index.d.ts; then
+  passed=$((passed + 1)); echo "ok: index.js and index.d.ts match the Rust sources"
+else
+  failed=$((failed + 1)); echo "not ok: the committed index.js / index.d.ts differ from what napi build generates:"
+  git --no-pager diff --stat -- index.js index.d.ts
+fi
+npm run --silent build:ts >"$log/tsc.txt" 2>&1 && chmod +x dist/cli/main.js || { cat "$log/tsc.txt"; failed=$((failed + 1)); }
+
+echo "== cargo test"
+cargo test --workspace --release 2>&1 | tee "$log/cargo.txt" | grep -E '^test |test result|panicked|error' 
+while read -r p f; do
+  passed=$((passed + p)); failed=$((failed + f))
+done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log/cargo.txt")
+if ! grep -q '^test result:' "$log/cargo.txt"; then
+  echo "cargo test did not run"; tail -20 "$log/cargo.txt"; failed=$((failed + 1))
+fi
+
+echo "== ava"
+npx ava --tap "$@" 2>&1 | tee "$log/ava.txt" | grep -E '^(not )?ok |^# ' 
+ava_skip=$(grep -cE '^ok .*# SKIP' "$log/ava.txt")
+ava_pass=$(( $(grep -cE '^ok ' "$log/ava.txt") - ava_skip ))
+ava_fail=$(grep -cE '^not ok ' "$log/ava.txt")
+passed=$((passed + ava_pass)); failed=$((failed + ava_fail))
+skipped=$ava_skip
+if [ $((ava_pass + ava_fail)) -eq 0 ]; then
+  echo "ava ran no test"; tail -30 "$log/ava.txt"; failed=$((failed + 1))
+fi
+
+if [ "$skipped" -gt 0 ]; then echo "${passed} passed, ${failed} failed, ${skipped} skipped"; else echo "${passed} passed, ${failed} failed"; fi
+[ "$failed" -eq 0 ]
