@@ -1,10 +1,14 @@
 //! Parallel block hashing of an image file into an `Index`.
 //!
-//! The file is cut into chunks of several blocks; rayon workers each read whole chunks
-//! with one positional read into a reused buffer and hash the blocks in it. Each worker
-//! split opens its own file handle, so the kernel's read-ahead sees sequential streams.
+//! The file is walked in windows of a few MiB, one after the other. Before a window
+//! is hashed, the next one is handed to the kernel's read-ahead (`POSIX_FADV_WILLNEED`),
+//! so the disk works while the CPUs hash. Inside a window, rayon workers each take
+//! whole chunks with one positional read into a reused per-thread buffer and hash
+//! the blocks in it.
 
+use std::cell::RefCell;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -18,6 +22,12 @@ use crate::progress::{self, Progress};
 /// Bytes read per positional read: large enough to amortise the syscall,
 /// small enough to stay in the core's cache while its blocks are hashed.
 const CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes hashed between two read-ahead requests.
+const WINDOW_BYTES: u64 = 16 << 20;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct IndexOptions {
@@ -40,30 +50,36 @@ pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> R
         return Err(Error::io(path, "cannot index", std::io::Error::other("it is a directory: pack it first")));
     }
     let len = meta.len();
-    advise_sequential(&file);
     progress.start(len);
 
     let dlen = opts.alg.len();
     let bs = opts.block_size as u64;
     let chunk = CHUNK_BYTES.max(bs);
-    let blocks_per_chunk = (chunk / bs) as usize;
+    let window = WINDOW_BYTES.max(chunk);
     let mut digests = vec![0u8; block_count_for(len, opts.block_size) as usize * dlen];
 
-    digests.par_chunks_mut(blocks_per_chunk * dlen).enumerate().try_for_each_init(
-        || (File::open(path), vec![0u8; chunk as usize]),
-        |(file, buf), (i, out)| -> Result<()> {
-            progress::check(progress)?;
-            let file = file.as_ref().map_err(|e| Error::io(path, "cannot open image", clone_io(e)))?;
-            let offset = i as u64 * chunk;
-            let n = (len - offset).min(chunk) as usize;
-            file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(path, "cannot read image", e))?;
-            for (block, digest) in buf[..n].chunks(bs as usize).zip(out.chunks_exact_mut(dlen)) {
-                opts.alg.block_digest_into(block, digest);
-            }
-            progress.advance(n as u64);
-            Ok(())
-        },
-    )?;
+    prefetch(&file, 0, window);
+    for (w, window_digests) in digests.chunks_mut((window / bs) as usize * dlen).enumerate() {
+        progress::check(progress)?;
+        let window_start = w as u64 * window;
+        prefetch(&file, window_start + window, window);
+        window_digests.par_chunks_mut((chunk / bs) as usize * dlen).enumerate().try_for_each(
+            |(i, out)| -> Result<()> {
+                let offset = window_start + i as u64 * chunk;
+                let n = (len - offset).min(chunk) as usize;
+                BUFFER.with_borrow_mut(|buf| {
+                    buf.resize(chunk as usize, 0);
+                    file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(path, "cannot read image", e))?;
+                    for (block, digest) in buf[..n].chunks(bs as usize).zip(out.chunks_exact_mut(dlen)) {
+                        opts.alg.block_digest_into(block, digest);
+                    }
+                    Ok::<(), Error>(())
+                })?;
+                progress.advance(n as u64);
+                Ok(())
+            },
+        )?;
+    }
     // The file must not have changed length under us, or the index would lie.
     let now = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat image", e))?.len();
     if now != len {
@@ -84,16 +100,11 @@ pub fn index_bytes(data: &[u8], opts: IndexOptions) -> Result<Index> {
     Index::from_digests(opts.alg, opts.block_size, data.len() as u64, digests)
 }
 
-fn clone_io(e: &std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), e.to_string())
-}
-
-/// Tells the kernel to read ahead aggressively; only a hint.
-fn advise_sequential(file: &File) {
-    use std::os::fd::AsRawFd;
+/// Asks the kernel to start reading a range into the page cache; only a hint.
+fn prefetch(file: &File, offset: u64, len: u64) {
     // SAFETY: posix_fadvise only reads its integer arguments.
     unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        libc::posix_fadvise(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
     }
 }
 
