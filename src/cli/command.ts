@@ -31,7 +31,8 @@ export interface CommandContext {
 
 export interface Command<R = unknown> {
   name: string;
-  summary: string;
+  /** One line for --help. Top-level commands' summaries live in the registry (commands/index.ts). */
+  summary?: string;
   /** Usage lines shown by --help, without the leading "osfarm". */
   usage: string;
   options?: OptionSpec;

@@ -19,7 +19,7 @@ function version(): string {
   return pkg.version;
 }
 
-function helpText(cmd?: Command, path: string[] = []): string {
+function helpText(cmd?: Command, path: string[] = [], summary = cmd?.summary ?? ''): string {
   if (!cmd) {
     const width = Math.max(...commands.map((c) => c.name.length));
     return [
@@ -33,9 +33,9 @@ function helpText(cmd?: Command, path: string[] = []): string {
       'osfarm <command> --help shows a command\'s options.',
     ].join('\n');
   }
-  const lines = [`${cmd.summary}`, '', ...cmd.usage.split('\n').map((u) => `usage: osfarm ${[...path, u].join(' ')}`)];
+  const lines = [summary, '', ...cmd.usage.split('\n').map((u) => `usage: osfarm ${[...path, u].join(' ')}`)];
   if (cmd.subcommands) {
-    lines.push('', ...cmd.subcommands.map((s) => `  ${[...path, s.name].join(' ')}  ${s.summary}`));
+    lines.push('', ...cmd.subcommands.map((s) => `  ${[...path, cmd.name, s.name].join(' ')}  ${s.summary ?? ''}`));
   }
   return lines.join('\n');
 }
@@ -57,8 +57,8 @@ function makeContext(json: boolean, repo: string | undefined, signal: AbortSigna
   };
 }
 
-/** Finds the command (and sub-command) named by the leading words of argv. */
-function resolveCommand(argv: string[]): { cmd?: Command; path: string[]; rest: string[] } {
+/** Finds (and loads) the command and sub-command named by the leading words of argv. */
+async function resolveCommand(argv: string[]): Promise<{ cmd?: Command; summary: string; path: string[]; rest: string[] }> {
   // Global options may come before the command: move them after it.
   const leading: string[] = [];
   while (argv[0] === '--json' || argv[0] === '--repo' || argv[0]?.startsWith('--repo=')) {
@@ -66,20 +66,21 @@ function resolveCommand(argv: string[]): { cmd?: Command; path: string[]; rest: 
     leading.push(...argv.slice(0, n));
     argv = argv.slice(n);
   }
-  let list = commands;
-  let cmd: Command | undefined;
-  const path: string[] = [];
-  let i = 0;
-  while (i < argv.length && !argv[i]!.startsWith('-')) {
-    const next = list.find((c) => c.name === argv[i]);
-    if (!next) break;
-    cmd = next;
-    path.push(next.name);
+  const entry = commands.find((c) => c.name === argv[0]);
+  if (!entry) return { summary: '', path: [], rest: [...argv, ...leading] };
+  let cmd: Command = (await entry.load()).default;
+  let summary = entry.summary;
+  const path = [entry.name];
+  let i = 1;
+  while (cmd.subcommands && i < argv.length) {
+    const sub = cmd.subcommands.find((c) => c.name === argv[i]);
+    if (!sub) break;
+    cmd = sub;
+    summary = sub.summary ?? '';
+    path.push(sub.name);
     i++;
-    if (!next.subcommands) break;
-    list = next.subcommands;
   }
-  return { cmd, path, rest: [...argv.slice(i), ...leading] };
+  return { cmd, summary, path, rest: [...argv.slice(i), ...leading] };
 }
 
 function exitWithError(err: unknown, json: boolean): never {
@@ -97,7 +98,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const json = argv.includes('--json');
-  const { cmd, path, rest } = resolveCommand(argv);
+  const { cmd, summary, path, rest } = await resolveCommand(argv);
   if (!cmd) {
     if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
       process.stdout.write(`${helpText()}\n`);
@@ -107,7 +108,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   if (cmd.subcommands || !cmd.run) {
     if (rest.includes('--help') || rest.includes('-h') || rest.length === 0) {
-      process.stdout.write(`${helpText(cmd, path.slice(0, -1))}\n`);
+      process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);
       return;
     }
     exitWithError(new RangeError(`unknown sub-command '${rest[0]}' of ${path.join(' ')}: run osfarm ${path.join(' ')} --help`), json);
@@ -124,7 +125,7 @@ export async function main(argv: string[]): Promise<void> {
     exitWithError(new RangeError(`${(err as Error).message}; run osfarm ${path.join(' ')} --help`), json);
   }
   if (args.values.help) {
-    process.stdout.write(`${helpText(cmd, path.slice(0, -1))}\n`);
+    process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);
     return;
   }
   const controller = new AbortController();

@@ -4,7 +4,6 @@ import { count, parseSize, percent, table } from '../format.js';
 
 const command: Command<CompareResult & { aPath: string; bPath: string }> = {
   name: 'compare',
-  summary: 'common blocks of two images or indexes, both ways',
   usage: 'compare <A> <B> [--block-size N] [--hash sha1|sha256]',
   options: {
     'block-size': { type: 'string', short: 'b' },

@@ -4,7 +4,6 @@ import { bytes, count, parseSize, percent } from '../format.js';
 
 const command: Command<IndexInfo> = {
   name: 'index',
-  summary: 'hash every block of an image and write its .osfi index',
   usage: 'index <image> [-o <image.osfi>] [--block-size N] [--hash sha1|sha256]',
   options: {
     output: { type: 'string', short: 'o' },

@@ -1,6 +1,14 @@
 import type { Command } from '../command.js';
-import compare from './compare.js';
-import indexImage from './index-image.js';
+
+/** A top-level command: listed by --help without loading it; loaded when it runs. */
+export interface CommandEntry {
+  name: string;
+  summary: string;
+  load(): Promise<{ default: Command<any> }>;
+}
 
 /** Every top-level command, in the order --help lists them. */
-export const commands: Command[] = [indexImage, compare] as Command[];
+export const commands: CommandEntry[] = [
+  { name: 'index', summary: 'hash every block of an image and write its .osfi index', load: () => import('./index-image.js') },
+  { name: 'compare', summary: 'common blocks of two images or indexes, both ways', load: () => import('./compare.js') },
+];
