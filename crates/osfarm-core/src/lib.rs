@@ -11,6 +11,7 @@ pub mod hash;
 pub mod index;
 pub mod indexer;
 pub mod progress;
+pub mod repo;
 
 pub use error::{Code, Error, Result};
 pub use hash::HashAlg;
