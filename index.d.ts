@@ -63,6 +63,43 @@ export interface IndexInfo {
   indexPath?: string
 }
 
+/**
+ * Packs a directory, tar or tar.gz into a block-aligned tar at `output`, off the JS
+ * thread. The output is written atomically: on error or abort nothing is left.
+ */
+export declare function pack(input: string, output: string, options?: PackOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<PackResult>
+
+export interface PackOptions {
+  /** Alignment of file data: a power of two from 512 to 1 MiB; default 4096. */
+  blockSize?: number
+  /** Clamp every mtime to at most this many seconds since the epoch. */
+  sourceDateEpoch?: number
+}
+
+/** What `pack` wrote. */
+export interface PackResult {
+  /** Entries in the archive (pax extended headers not counted). */
+  entries: number
+  /** Regular files among them (hard links not counted). */
+  regularFiles: number
+  /** Bytes of regular-file data. */
+  fileBytes: number
+  /** Bytes added only for alignment. */
+  paddingBytes: number
+  /** Size of the archive in bytes. */
+  outputSize: number
+  /** Input objects left out because tar cannot store them (sockets). */
+  skipped: number
+  /**
+   * Bytes of input consumed (the progress unit): file data read from a directory,
+   * or the size of the tar / tar.gz file.
+   */
+  inputBytes: number
+}
+
+/** The synchronous twin of `pack`. */
+export declare function packSync(input: string, output: string, options?: PackOptions | undefined | null): PackResult
+
 /** What the progress callback receives: units done so far and the total (bytes, usually). */
 export interface ProgressEvent {
   done: number

@@ -773,10 +773,12 @@ if (
   }
 }
 
-const { compare, compareSync, indexImage, indexImageSync, readIndex } = nativeBinding
+const { compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
 export { compare }
 export { compareSync }
 export { indexImage }
 export { indexImageSync }
+export { pack }
+export { packSync }
 export { readIndex }
 export const __napiBindingTarget = __napiLoadedBindingTarget

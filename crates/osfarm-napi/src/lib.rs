@@ -2,6 +2,7 @@
 //! thread (`AsyncTask`, each with a `*Sync` twin) and reports progress; no logic lives here.
 
 mod blocks;
+mod pack;
 mod progress;
 
 /// Converts a core error into a JS error whose message starts with the stable code;

@@ -1,0 +1,117 @@
+//! Packing a directory, tar or tar.gz into a block-aligned tar.
+
+use std::path::Path;
+
+use napi::bindgen_prelude::*;
+use napi::{Env, Task};
+use napi_derive::napi;
+use osfarm_core::pack::{self as core_pack, PackStats};
+use osfarm_core::progress::Silent;
+
+use crate::js_err;
+use crate::progress::{JsProgress, ProgressCallback};
+
+#[napi(object)]
+pub struct PackOptions {
+    /// Alignment of file data: a power of two from 512 to 1 MiB; default 4096.
+    pub block_size: Option<u32>,
+    /// Clamp every mtime to at most this many seconds since the epoch.
+    pub source_date_epoch: Option<f64>,
+}
+
+/// What `pack` wrote.
+#[napi(object)]
+pub struct PackResult {
+    /// Entries in the archive (pax extended headers not counted).
+    pub entries: f64,
+    /// Regular files among them (hard links not counted).
+    pub regular_files: f64,
+    /// Bytes of regular-file data.
+    pub file_bytes: f64,
+    /// Bytes added only for alignment.
+    pub padding_bytes: f64,
+    /// Size of the archive in bytes.
+    pub output_size: f64,
+    /// Input objects left out because tar cannot store them (sockets).
+    pub skipped: f64,
+    /// Bytes of input consumed (the progress unit): file data read from a directory,
+    /// or the size of the tar / tar.gz file.
+    pub input_bytes: f64,
+}
+
+fn result(s: PackStats) -> PackResult {
+    PackResult {
+        entries: s.entries as f64,
+        regular_files: s.regular_files as f64,
+        file_bytes: s.file_bytes as f64,
+        padding_bytes: s.padding_bytes as f64,
+        output_size: s.output_size as f64,
+        skipped: s.skipped as f64,
+        input_bytes: s.input_bytes as f64,
+    }
+}
+
+fn parse_options(opts: &Option<PackOptions>) -> Result<core_pack::PackOptions> {
+    let mut o = core_pack::PackOptions::default();
+    if let Some(opts) = opts {
+        if let Some(bs) = opts.block_size {
+            o.block_size = bs;
+        }
+        if let Some(epoch) = opts.source_date_epoch {
+            if !(epoch.is_finite() && epoch >= 0.0 && epoch.fract() == 0.0 && epoch <= 9.007_199_254_740_991e15) {
+                return Err(js_err(osfarm_core::Error::new(
+                    osfarm_core::Code::InvalidArgument,
+                    format!("sourceDateEpoch must be a whole number of seconds >= 0, not {epoch}"),
+                )));
+            }
+            o.source_date_epoch = Some(epoch as u64);
+        }
+    }
+    Ok(o)
+}
+
+pub struct PackTask {
+    input: String,
+    output: String,
+    opts: core_pack::PackOptions,
+    progress: JsProgress,
+}
+
+impl Task for PackTask {
+    type Output = PackResult;
+    type JsValue = PackResult;
+
+    fn compute(&mut self) -> Result<PackResult> {
+        let r = core_pack::pack(Path::new(&self.input), Path::new(&self.output), &self.opts, &self.progress)
+            .map(result)
+            .map_err(js_err);
+        self.progress.finish();
+        r
+    }
+
+    fn resolve(&mut self, _env: Env, output: PackResult) -> Result<PackResult> {
+        Ok(output)
+    }
+}
+
+/// Packs a directory, tar or tar.gz into a block-aligned tar at `output`, off the JS
+/// thread. The output is written atomically: on error or abort nothing is left.
+#[napi(ts_return_type = "Promise<PackResult>")]
+pub fn pack(
+    input: String,
+    output: String,
+    options: Option<PackOptions>,
+    #[napi(ts_arg_type = "((event: ProgressEvent) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    signal: Option<AbortSignal>,
+) -> Result<AsyncTask<PackTask>> {
+    let opts = parse_options(&options)?;
+    let progress = JsProgress::new(on_progress, signal.as_ref());
+    Ok(AsyncTask::with_optional_signal(PackTask { input, output, opts, progress }, signal))
+}
+
+/// The synchronous twin of `pack`.
+#[napi]
+pub fn pack_sync(input: String, output: String, options: Option<PackOptions>) -> Result<PackResult> {
+    let opts = parse_options(&options)?;
+    core_pack::pack(Path::new(&input), Path::new(&output), &opts, &Silent).map(result).map_err(js_err)
+}
