@@ -13,6 +13,7 @@ pub mod indexer;
 pub mod pack;
 pub mod progress;
 pub mod repo;
+pub mod transfer;
 
 pub use error::{Code, Error, Result};
 pub use hash::HashAlg;

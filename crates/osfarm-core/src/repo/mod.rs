@@ -20,6 +20,7 @@ pub mod json;
 pub mod lock;
 pub mod plan;
 pub mod table;
+pub mod stream;
 
 use std::fs;
 use std::path::{Path, PathBuf};
