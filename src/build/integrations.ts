@@ -1,0 +1,64 @@
+/**
+ * The builder's use of its neighbours: the block-aligned tar writer (src/pack) and the
+ * repository (src/repo), loaded when a build needs them.
+ */
+import { OsfarmError } from '../errors.js';
+
+export interface PackOptions {
+  blockSize?: number;
+  sourceDateEpoch?: number;
+  onProgress?: (e: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+interface PackModule {
+  pack(input: string, output: string, options?: PackOptions): Promise<unknown>;
+}
+
+interface RepositoryLike {
+  add(image: string, options: { name?: string; meta?: string; onProgress?: (e: { done: number; total: number }) => void; signal?: AbortSignal }): Promise<{ digest: string }>;
+}
+
+interface RepoModule {
+  Repository: { open(path: string): Promise<RepositoryLike>; init(path: string): Promise<RepositoryLike> };
+}
+
+// Module names in variables: these modules are written by others and may land after this one.
+const PACK_MODULE = '../pack/index.js';
+const REPO_MODULE = '../repo/index.js';
+
+async function load<T>(specifier: string, what: string): Promise<T> {
+  try {
+    return (await import(specifier)) as T;
+  } catch (err) {
+    throw new OsfarmError('OSFARM_INTERNAL', `${what} (${specifier}) is not available in this osfarm: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Writes the block-aligned tar of a directory. */
+export async function packTree(input: string, output: string, options: PackOptions): Promise<void> {
+  const mod = await load<PackModule>(PACK_MODULE, 'the block-aligned tar writer');
+  await mod.pack(input, output, options);
+}
+
+export interface AddedImage {
+  digest: string;
+}
+
+/** Adds an image to the repository at `repoPath` (created if missing) and returns its entry. */
+export async function addToRepository(
+  repoPath: string,
+  image: string,
+  options: { name?: string; meta?: string; onProgress?: (e: { done: number; total: number }) => void; signal?: AbortSignal },
+): Promise<AddedImage> {
+  const { Repository } = await load<RepoModule>(REPO_MODULE, 'the repository');
+  let repo: RepositoryLike;
+  try {
+    repo = await Repository.open(repoPath);
+  } catch (err) {
+    if (!(err instanceof OsfarmError) || (err.code !== 'OSFARM_NOT_FOUND' && err.code !== 'OSFARM_BAD_REPOSITORY')) throw err;
+    repo = await Repository.init(repoPath);
+  }
+  const entry = await repo.add(image, options);
+  return { digest: entry.digest };
+}
