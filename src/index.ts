@@ -4,3 +4,4 @@
  */
 export { OsfarmError, type ErrorCode } from './errors.js';
 export * from './blocks/index.js';
+export * from './pack/index.js';
