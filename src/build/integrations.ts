@@ -3,16 +3,13 @@
  * repository (src/repo), loaded when a build needs them.
  */
 import { OsfarmError } from '../errors.js';
+import { pack } from '../pack/index.js';
 
 export interface PackOptions {
   blockSize?: number;
   sourceDateEpoch?: number;
   onProgress?: (e: { done: number; total: number }) => void;
   signal?: AbortSignal;
-}
-
-interface PackModule {
-  pack(input: string, output: string, options?: PackOptions): Promise<unknown>;
 }
 
 interface RepositoryLike {
@@ -23,8 +20,7 @@ interface RepoModule {
   Repository: { open(path: string): Promise<RepositoryLike>; init(path: string): Promise<RepositoryLike> };
 }
 
-// Module names in variables: these modules are written by others and may land after this one.
-const PACK_MODULE = '../pack/index.js';
+// The module name in a variable: the repository may land after this module.
 const REPO_MODULE = '../repo/index.js';
 
 async function load<T>(specifier: string, what: string): Promise<T> {
@@ -37,8 +33,7 @@ async function load<T>(specifier: string, what: string): Promise<T> {
 
 /** Writes the block-aligned tar of a directory. */
 export async function packTree(input: string, output: string, options: PackOptions): Promise<void> {
-  const mod = await load<PackModule>(PACK_MODULE, 'the block-aligned tar writer');
-  await mod.pack(input, output, options);
+  await pack(input, output, options);
 }
 
 export interface AddedImage {

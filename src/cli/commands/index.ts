@@ -11,4 +11,5 @@ export interface CommandEntry {
 export const commands: CommandEntry[] = [
   { name: 'index', summary: 'hash every block of an image and write its .osfi index', load: () => import('./index-image.js') },
   { name: 'compare', summary: 'common blocks of two images or indexes, both ways', load: () => import('./compare.js') },
+  { name: 'build', summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags', load: () => import('./build.js') },
 ];

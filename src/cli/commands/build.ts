@@ -1,0 +1,193 @@
+/** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
+import { readFileSync } from 'node:fs';
+
+import { build, type BuildEvent, type BuildResult, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
+import { SpecError } from '../../build/errors.js';
+import { type Command, flag, type ParsedArgs, str, strs } from '../command.js';
+import { bytes, table } from '../format.js';
+
+type Result = BuildResult | { check: true; specDigest: string; spec: CanonicalSpec };
+
+/** Values of a repeatable option, each also split at commas (`-g Base,Core` = `-g Base -g Core`). */
+function listOf(args: ParsedArgs, name: string): string[] {
+  return strs(args, name).flatMap((v) => v.split(',')).map((v) => v.trim()).filter((v) => v !== '');
+}
+
+function readPassword(args: ParsedArgs): string | undefined {
+  const file = str(args, 'root-password-file');
+  const plain = str(args, 'root-password');
+  if (file !== undefined && plain !== undefined) throw new RangeError('give --root-password or --root-password-file, not both');
+  if (file !== undefined) {
+    const text = readFileSync(file === '-' ? 0 : file, 'utf8');
+    return text.replace(/\r?\n$/, '');
+  }
+  if (plain !== undefined) {
+    // Overwrites the process's argument area on Linux, so `ps` stops showing the password.
+    process.title = 'osfarm build';
+  }
+  return plain;
+}
+
+/** The spec as a plain object: the spec file (if any) with the flags on top. */
+function rawSpec(args: ParsedArgs): { raw: Record<string, unknown>; baseDir?: string } {
+  const [file, extra] = args.positionals;
+  if (extra !== undefined) throw new RangeError(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
+  let raw: Record<string, unknown> = {};
+  let baseDir: string | undefined;
+  if (file !== undefined) {
+    // Parse and validate the file on its own first, so its errors name its fields.
+    const spec = loadSpec(file);
+    raw = { ...spec } as unknown as Record<string, unknown>;
+    baseDir = process.cwd();
+  }
+  const target = str(args, 'target');
+  if (target !== undefined) Object.assign(raw, parseTarget(target));
+  const scalars: Array<[string, string]> = [
+    ['distribution', 'distribution'],
+    ['release', 'release'],
+    ['arch', 'architecture'],
+    ['name', 'name'],
+    ['hostname', 'hostname'],
+    ['locale', 'locale'],
+    ['timezone', 'timezone'],
+    ['backend', 'backend'],
+  ];
+  for (const [opt, field] of scalars) {
+    const v = str(args, opt);
+    if (v !== undefined) raw[field] = v;
+  }
+  const sde = str(args, 'source-date-epoch');
+  if (sde !== undefined) raw.sourceDateEpoch = sde;
+  const groups = listOf(args, 'group');
+  if (groups.length > 0) raw.groups = [...((raw.groups as string[] | undefined) ?? []), ...groups];
+  const packages = listOf(args, 'package');
+  if (packages.length > 0) raw.packages = [...((raw.packages as string[] | undefined) ?? []), ...packages];
+  const formats = listOf(args, 'format');
+  if (formats.length > 0) raw.outputs = formats;
+  const mirrors = strs(args, 'mirror');
+  if (mirrors.length > 0) raw.mirrors = mirrors;
+  else if (raw.mirrors === undefined || (raw.mirrors as unknown[]).length === 0) {
+    if (process.env.OSFARM_MIRROR) raw.mirrors = process.env.OSFARM_MIRROR.split(/\s*,\s*|\s+(?=\w+:\/\/)/).filter(Boolean);
+  }
+  const commands = strs(args, 'run');
+  if (commands.length > 0) raw.commands = [...((raw.commands as string[] | undefined) ?? []), ...commands];
+  const files = strs(args, 'file').map((f, i) => {
+    const at = f.lastIndexOf(':');
+    if (at <= 0) throw new RangeError(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
+    return { source: f.slice(0, at), destination: f.slice(at + 1) };
+  });
+  if (files.length > 0) raw.files = [...((raw.files as unknown[] | undefined) ?? []), ...files];
+  if (flag(args, 'no-gpg-check')) raw.gpgCheck = false;
+  const password = readPassword(args);
+  if (password !== undefined) {
+    delete raw.rootPasswordHash;
+    raw.rootPassword = password;
+  }
+  if (file === undefined && raw.distribution === undefined) {
+    throw new SpecError([{ path: 'spec.distribution', message: 'is required: give a spec file, or -t <distribution>-<release>[-<arch>] (e.g. -t debian-bookworm-amd64)' }]);
+  }
+  return { raw, baseDir };
+}
+
+const command: Command<Result> = {
+  name: 'build',
+  summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags',
+  usage: [
+    'build SPEC.yaml|SPEC.json|SPEC.xml [flags]',
+    'build -t debian-bookworm-amd64 -d WORKDIR -o IMAGE.tar.gz -g minbase,ssh-server -p python3,vim -w PASSWORD',
+    'build ... [--format tar|tar.gz|ext4|qcow2|squashfs] [--mirror URL] [--file SRC:DEST] [--run CMD] [--hostname H] [--locale L] [--timezone TZ]',
+    'build ... [--root-password-file FILE|-] [--backend mmdebstrap|debootstrap|dnf|yum] [--source-date-epoch N] [--no-repo] [--keep-tree] [--check] [-v]',
+  ].join('\n'),
+  options: {
+    target: { type: 'string', short: 't' },
+    'work-dir': { type: 'string', short: 'd' },
+    output: { type: 'string', short: 'o' },
+    group: { type: 'string', short: 'g', multiple: true },
+    package: { type: 'string', short: 'p', multiple: true },
+    'root-password': { type: 'string', short: 'w' },
+    'root-password-file': { type: 'string' },
+    distribution: { type: 'string' },
+    release: { type: 'string' },
+    arch: { type: 'string', short: 'a' },
+    name: { type: 'string' },
+    hostname: { type: 'string' },
+    locale: { type: 'string' },
+    timezone: { type: 'string' },
+    format: { type: 'string', short: 'f', multiple: true },
+    mirror: { type: 'string', multiple: true },
+    file: { type: 'string', multiple: true },
+    run: { type: 'string', multiple: true },
+    backend: { type: 'string' },
+    'source-date-epoch': { type: 'string' },
+    'no-gpg-check': { type: 'boolean' },
+    'no-repo': { type: 'boolean' },
+    'keep-tree': { type: 'boolean' },
+    check: { type: 'boolean' },
+    verbose: { type: 'boolean', short: 'v' },
+  },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const { raw, baseDir } = rawSpec(args);
+    const output = str(args, 'output');
+    // `-o image.tar.gz` with no --format and no outputs in the spec file: the ending picks the format.
+    if (output !== undefined && raw.outputs === undefined) {
+      const { outputFormatOfPath } = await import('../../build/distros.js');
+      const f = outputFormatOfPath(output);
+      if (f) raw.outputs = [f];
+    }
+    const spec = specFromObject(raw, { baseDir });
+    if (flag(args, 'check')) return { check: true, specDigest: specDigest(spec), spec: canonicalSpec(spec) };
+
+    const verbose = flag(args, 'verbose');
+    let bar: ReturnType<typeof ctx.progress> | undefined;
+    let barPhase = '';
+    const tail: string[] = [];
+    const onEvent = (e: BuildEvent) => {
+      ctx.event(e as unknown as Record<string, unknown>);
+      if (e.type === 'log') {
+        tail.push(e.line);
+        if (tail.length > 20) tail.shift();
+        if (verbose) ctx.info(`  ${e.line}`);
+      } else if (e.type === 'phase') {
+        bar?.done();
+        bar = undefined;
+        ctx.info(`[${(e.elapsedMs / 1000).toFixed(1).padStart(6)} s] ${e.phase}${e.detail ? ` (${e.detail})` : ''}`);
+      } else if (e.type === 'progress') {
+        const label = `${e.phase} ${e.detail ?? ''}`.trim();
+        if (!bar || barPhase !== label) {
+          bar?.done();
+          bar = ctx.progress(label);
+          barPhase = label;
+        }
+        bar.update(e.done, e.total);
+      }
+    };
+    try {
+      return await build(spec, {
+        workDir: str(args, 'work-dir'),
+        output,
+        repoPath: ctx.repoPath,
+        noRepo: flag(args, 'no-repo'),
+        keepTree: flag(args, 'keep-tree'),
+        onEvent,
+        signal: ctx.signal,
+        handleSignals: false,
+      });
+    } catch (err) {
+      if (!verbose && !ctx.json && tail.length > 0) ctx.info(`last lines of the build log:\n${tail.map((l) => `  ${l}`).join('\n')}`);
+      throw err;
+    } finally {
+      bar?.done();
+    }
+  },
+  render(r) {
+    if ('check' in r) return `spec is valid; digest ${r.specDigest}\n${JSON.stringify(r.spec, null, 2)}`;
+    const rows = r.outputs.map((o) => [o.format, o.path, bytes(o.size), o.digest.slice(0, 16), o.inRepository ? 'yes' : 'no']);
+    return [
+      `built ${r.name} with ${r.backend} in ${(r.durationMs / 1000).toFixed(1)} s (spec digest ${r.specDigest.slice(0, 16)})`,
+      table(rows, ['format', 'image', 'size', 'digest', 'in repository']),
+      `log: ${r.logPath}`,
+    ].join('\n');
+  },
+};
+export default command;
