@@ -17,7 +17,7 @@
  * written and the file system synced before), so a build killed at any point leaves
  * nothing that looks complete; its temp is swept once its owner is gone.
  */
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -483,7 +483,7 @@ export class StageStore {
       // Files copied from the parent have change times up to the marker's; files populate writes get later
       // ones (the pause outlasts the kernel's coarse timestamp granularity). Same clock, same file system.
       let since = 0;
-      if (parentTag && !backend.layered) {
+      if (parentTag && !backend.layered && backend.sharesData) {
         const marker = join(tmp, 'since');
         writeFileSync(marker, '');
         since = statSync(marker).ctimeMs;
@@ -495,7 +495,7 @@ export class StageStore {
       throwIfAborted(opts.signal);
       const full = treeUsage(ws.dir, since);
       await ws.seal();
-      const own = !parentTag ? full.bytes : backend.layered ? treeUsage(join(tmp, 'tree')).bytes : full.changedBytes;
+      const own = !parentTag || !backend.sharesData ? full.bytes : backend.layered ? treeUsage(join(tmp, 'tree')).bytes : full.changedBytes;
       if (this.durable) await syncFs(tmp);
       const now = new Date().toISOString();
       const rec: StageRecord = {
@@ -576,7 +576,7 @@ export class StageStore {
     const lock = await acquireLock(this.lockPath(tag), { wait: false });
     if (!lock) return { removed: false, reason: 'busy (being built or removed)' };
     try {
-      if (!this.get(tag)) return { removed: false, reason: 'not in the store' };
+      if (!existsSync(this.path(tag))) return { removed: false, reason: 'not in the store' };
       const check = (): string | undefined => {
         const leases = liveLeases(this.path('leases'), tag);
         if (leases.length > 0) return `in use (${leases.map((l) => `pid ${l.pid}: ${l.purpose}`).join('; ')})`;
@@ -612,7 +612,7 @@ export class StageStore {
    * `recursive`, which removes its whole subtree (children first). A stage in use is never removed.
    */
   async remove(tagOrPrefix: string, opts: { recursive?: boolean } = {}): Promise<string[]> {
-    const tag = isStageTag(tagOrPrefix) && this.get(tagOrPrefix) ? tagOrPrefix : this.resolve(tagOrPrefix);
+    const tag = isStageTag(tagOrPrefix) && existsSync(this.path(tagOrPrefix)) ? tagOrPrefix : this.resolve(tagOrPrefix);
     const all = this.list();
     const kids = new Map<string, string[]>();
     for (const s of all) if (s.parent) kids.set(s.parent, [...(kids.get(s.parent) ?? []), s.tag]);

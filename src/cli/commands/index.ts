@@ -9,7 +9,9 @@ export interface CommandEntry {
 
 /** Every top-level command, in the order --help lists them. */
 export const commands: CommandEntry[] = [
+  { name: 'pack', summary: 'write a tree, tar or tar.gz as a block-aligned tar', load: () => import('./pack.js') },
   { name: 'index', summary: 'hash every block of an image and write its .osfi index', load: () => import('./index-image.js') },
   { name: 'compare', summary: 'common blocks of two images or indexes, both ways', load: () => import('./compare.js') },
   { name: 'build', summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags', load: () => import('./build.js') },
+  { name: 'stages', summary: 'the stage cache: ls, gc --max-size N, verify, rm <tag>, backends', load: () => import('./stages.js') },
 ];

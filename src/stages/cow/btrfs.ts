@@ -25,6 +25,7 @@ async function snapshotOrCreate(source: string | null, tree: string): Promise<vo
 export const btrfs: CowBackend = {
   name: 'btrfs',
   layered: false,
+  sharesData: true,
 
   async probe(root: string): Promise<ProbeResult> {
     const type = fsType(root);

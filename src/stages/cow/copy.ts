@@ -18,6 +18,7 @@ function copyBackend(name: CowName, reflink: 'always' | 'never'): CowBackend {
   return {
     name,
     layered: false,
+    sharesData: reflink === 'always',
 
     async probe(root: string): Promise<ProbeResult> {
       if (reflink === 'never') return { available: true, detail: 'cp -a: full copies, nothing shared (the last resort)' };

@@ -45,6 +45,7 @@ async function refuse(): Promise<never> {
 export const lvmThin: CowBackend = {
   name: 'lvm-thin',
   layered: false,
+  sharesData: true,
   probe: () => probeLvm(),
   snapshot: (): Promise<Workspace> => refuse(),
   view: (): Promise<View> => refuse(),

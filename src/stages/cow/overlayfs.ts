@@ -53,6 +53,7 @@ async function writableOverlay(lowers: string[], dir: string): Promise<{ tree: s
 export const overlayfs: CowBackend = {
   name: 'overlayfs',
   layered: true,
+  sharesData: true,
 
   async probe(root: string): Promise<ProbeResult> {
     const type = fsType(root);

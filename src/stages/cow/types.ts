@@ -40,6 +40,8 @@ export interface CowBackend {
   readonly name: CowName;
   /** True when a stage's tree holds only its changes over the parent (overlayfs upper layers). */
   readonly layered: boolean;
+  /** True when a child shares its parent's unchanged data on disk (all but plain copy). */
+  readonly sharesData: boolean;
   /** Whether this backend works for a store in `root` (probing the file system for real where it can). */
   probe(root: string): Promise<ProbeResult>;
   /**

@@ -1,0 +1,150 @@
+/** `osfarm stages …`: the stage cache (list, garbage-collect, verify, remove, backends). */
+import { existsSync } from 'node:fs';
+
+import { OsfarmError } from '../../errors.js';
+import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
+import { type GcResult, parseSize, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
+import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
+import { bytes, table } from '../format.js';
+
+const STORE_OPTIONS: OptionSpec = {
+  stages: { type: 'string' },
+};
+const STORE_USAGE = '[--stages DIR]';
+
+function root(args: ParsedArgs, ctx: CommandContext): string {
+  return stagesRoot({ root: str(args, 'stages'), repoPath: ctx.repoPath });
+}
+
+/** Opens an existing store without creating it (a missing store lists as empty). */
+function openStore(args: ParsedArgs, ctx: CommandContext): Promise<StageStore> {
+  return StageStore.open({ root: root(args, ctx), create: false });
+}
+
+const short = (tag: string | null) => (tag ? tag.slice(0, 12) : '-');
+const when = (iso: string) => (iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-');
+
+interface LsResult {
+  root: string;
+  backend: string | null;
+  totalOwnSize: number;
+  stages: StageInfo[];
+}
+
+const ls: Command<LsResult> = {
+  name: 'ls',
+  summary: 'list cached stages: tag, parent, size, last use, hits',
+  usage: `stages ls ${STORE_USAGE}`,
+  options: STORE_OPTIONS,
+  async run(args, ctx) {
+    const store = await openStore(args, ctx);
+    const stages = store.list().sort((a, b) => b.lastUsed.localeCompare(a.lastUsed));
+    return { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages };
+  },
+  render(r) {
+    if (r.stages.length === 0) return `no stages in ${r.root}`;
+    const rows = r.stages.map((s) => [
+      short(s.tag),
+      short(s.parent),
+      bytes(s.size),
+      bytes(s.ownSize),
+      when(s.lastUsed),
+      String(s.hits),
+      s.inUse ? `in use (${s.leases.length})` : '',
+      s.label ?? '',
+    ]);
+    return [
+      table(rows, ['tag', 'parent', 'size', 'own', 'last use', 'hits', 'use', 'label']),
+      `${r.stages.length} stage(s), ${bytes(r.totalOwnSize)} on disk (sum of own sizes), backend ${r.backend ?? '-'}, in ${r.root}`,
+    ].join('\n');
+  },
+};
+
+const gc: Command<GcResult> = {
+  name: 'gc',
+  summary: 'remove least recently used stages until the store fits in --max-size (never a stage in use)',
+  usage: `stages gc --max-size N [--dry-run] ${STORE_USAGE}\n(N like 20G or 500M; default $OSFARM_STAGES_MAX)`,
+  options: { ...STORE_OPTIONS, 'max-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
+  async run(args, ctx) {
+    const max = str(args, 'max-size') ?? process.env.OSFARM_STAGES_MAX;
+    if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
+    const maxSize = parseSize(max);
+    const store = await openStore(args, ctx);
+    if (!existsSync(store.root)) return { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: flag(args, 'dry-run'), swept: { temps: 0, checkouts: 0, views: 0, leases: 0 } };
+    return store.gc({ maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
+  },
+  render(r) {
+    const lines = r.removed.map((s) => `${r.dryRun ? 'would remove' : 'removed'} ${short(s.tag)}  ${bytes(s.ownSize)}  last used ${when(s.lastUsed)}${s.label ? `  ${s.label}` : ''}`);
+    lines.push(`${bytes(r.before)} → ${bytes(r.after)} (bound ${bytes(r.maxSize)})${r.dryRun ? ', dry run' : ''}`);
+    if (r.after > r.maxSize && r.inUse.length > 0) lines.push(`still over the bound: ${r.inUse.length} stage(s) in use (${r.inUse.map(short).join(', ')})`);
+    const swept = r.swept.temps + r.swept.checkouts + r.swept.views;
+    if (swept > 0) lines.push(`swept ${r.swept.temps} unfinished build(s), ${r.swept.checkouts} checkout(s), ${r.swept.views} view(s) left by dead processes`);
+    return lines.join('\n');
+  },
+};
+
+const verify: Command<VerifyResult> = {
+  name: 'verify',
+  summary: 'check every stage (record, tree, parent, tag); exits 1 listing the problems',
+  usage: `stages verify ${STORE_USAGE}`,
+  options: STORE_OPTIONS,
+  async run(args, ctx) {
+    const store = await openStore(args, ctx);
+    const r = store.verify();
+    if (!r.ok) process.exitCode = 1;
+    return r;
+  },
+  render(r) {
+    const lines = r.problems.map((p) => `problem: ${p.tag ? `${short(p.tag)}: ` : ''}${p.problem} (${p.path})`);
+    for (const l of r.leftovers) lines.push(`${l.live ? 'in progress' : 'left by a dead process (swept by the next build or gc)'}: ${l.path}`);
+    lines.push(r.ok ? `ok: ${r.stages} stage(s) in ${r.root}` : `${r.problems.length} problem(s) in ${r.root}`);
+    return lines.join('\n');
+  },
+};
+
+const rm: Command<{ removed: string[] }> = {
+  name: 'rm',
+  summary: 'remove a stage by tag or unique prefix (--recursive: with the stages built on it)',
+  usage: `stages rm <tag> [--recursive] ${STORE_USAGE}`,
+  options: { ...STORE_OPTIONS, recursive: { type: 'boolean', short: 'r' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    if (args.positionals.length === 0) throw new RangeError('stages rm takes one or more stage tags (or unique prefixes)');
+    const store = await openStore(args, ctx);
+    if (!existsSync(store.root)) throw new OsfarmError('OSFARM_NOT_FOUND', `no stage store in ${store.root}`);
+    const removed: string[] = [];
+    for (const t of args.positionals) removed.push(...(await store.remove(t, { recursive: flag(args, 'recursive') })));
+    return { removed };
+  },
+  render(r) {
+    return r.removed.map((t) => `removed ${t}`).join('\n');
+  },
+};
+
+const backends: Command<{ root: string; recorded: string | null; backends: BackendReport[] }> = {
+  name: 'backends',
+  summary: 'which copy-on-write backends work for the store here, and why not',
+  usage: `stages backends ${STORE_USAGE}`,
+  options: STORE_OPTIONS,
+  async run(args, ctx) {
+    const store = await StageStore.open({ root: root(args, ctx) });
+    return { root: store.root, recorded: store.recordedBackend(), backends: await probeBackends(store.root) };
+  },
+  render(r) {
+    const first = r.backends.find((b) => b.available)?.name;
+    return [
+      table(
+        r.backends.map((b) => [b.name, b.available ? (b.name === r.recorded ? 'yes (used)' : !r.recorded && b.name === first ? 'yes (auto)' : 'yes') : 'no', b.detail]),
+        ['backend', 'works', 'detail'],
+      ),
+      r.recorded ? `this store uses ${r.recorded}` : `a new store here would use ${first}`,
+    ].join('\n');
+  },
+};
+
+const command: Command = {
+  name: 'stages',
+  usage: 'stages <ls|gc|verify|rm|backends> [options]',
+  subcommands: [ls, gc, verify, rm, backends] as Command[],
+};
+export default command;
