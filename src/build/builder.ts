@@ -180,7 +180,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     }
   };
   const logLine = (line: string) => {
-    log?.write(`${line}\n`);
+    log?.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}] ${line}\n`);
     logLines.push(line);
     if (logLines.length > 4000) logLines.splice(0, 1000);
     emit({ type: 'log', line });
@@ -238,7 +238,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
         const info = await indexImage(path, { output: `${path}.osfi`, onProgress, signal });
         out = { format, path, size, digest: info.digest, indexPath: `${path}.osfi`, inRepository: false };
       } else {
-        const meta = JSON.stringify({
+        const meta = {
           kind: 'osfarm-build',
           builder,
           format,
@@ -247,8 +247,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           backend: driver.backend,
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
-        });
-        const entry = await addToRepository(repoPath, path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, meta, onProgress, signal });
+        };
+        const entry = await addToRepository(repoPath, path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), meta, onProgress, signal });
         out = { format, path, size, digest: entry.digest, inRepository: true };
       }
       outputs.push(out);

@@ -12,12 +12,21 @@ export interface PackOptions {
   signal?: AbortSignal;
 }
 
+export interface AddOptions {
+  name?: string;
+  /** Any JSON-serialisable value, kept with the image. */
+  meta?: unknown;
+  originalName?: string;
+  onProgress?: (e: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
 interface RepositoryLike {
-  add(image: string, options: { name?: string; meta?: string; onProgress?: (e: { done: number; total: number }) => void; signal?: AbortSignal }): Promise<{ digest: string }>;
+  add(image: string, options: AddOptions): Promise<{ digest: string; path?: string }>;
 }
 
 interface RepoModule {
-  Repository: { open(path: string): Promise<RepositoryLike>; init(path: string): Promise<RepositoryLike> };
+  Repository: { open(path: string): RepositoryLike | Promise<RepositoryLike>; init(path: string): RepositoryLike | Promise<RepositoryLike> };
 }
 
 // The module name in a variable: the repository may land after this module.
@@ -38,13 +47,15 @@ export async function packTree(input: string, output: string, options: PackOptio
 
 export interface AddedImage {
   digest: string;
+  /** Where the repository keeps the image. */
+  path?: string;
 }
 
 /** Adds an image to the repository at `repoPath` (created if missing) and returns its entry. */
 export async function addToRepository(
   repoPath: string,
   image: string,
-  options: { name?: string; meta?: string; onProgress?: (e: { done: number; total: number }) => void; signal?: AbortSignal },
+  options: AddOptions,
 ): Promise<AddedImage> {
   const { Repository } = await load<RepoModule>(REPO_MODULE, 'the repository');
   let repo: RepositoryLike;
@@ -55,5 +66,5 @@ export async function addToRepository(
     repo = await Repository.init(repoPath);
   }
   const entry = await repo.add(image, options);
-  return { digest: entry.digest };
+  return { digest: entry.digest, ...(entry.path ? { path: entry.path } : {}) };
 }

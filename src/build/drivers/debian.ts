@@ -102,6 +102,8 @@ export class MmdebstrapDriver implements Driver {
     const args = [
       '--mode=root',
       '--format=directory',
+      // apt and dpkg output go to the build log (instead of progress bars).
+      '--verbose',
       `--variant=${variant}`,
       `--architectures=${spec.architecture}`,
       '--skip=essential/unlink',
