@@ -76,6 +76,10 @@ pub fn detect(input: &Path) -> Result<InputKind> {
     if meta.is_dir() {
         return Ok(InputKind::Directory);
     }
+    if !meta.is_file() {
+        // A pipe or device would be consumed by the sniffing read.
+        bail!(InvalidArgument, "{} is neither a directory nor a regular file", input.display());
+    }
     let mut file = File::open(input).map_err(|e| Error::io(input, "cannot open input", e))?;
     let mut head = [0u8; 512];
     let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io(input, "cannot read input", e))?;

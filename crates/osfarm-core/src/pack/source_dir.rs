@@ -4,7 +4,10 @@
 //! names, depth first (a directory right before its contents), which is what
 //! `tar --sort=name -C dir .` gives. Hard links are found by (device, inode) among
 //! non-directories with more than one link: the first in this order is stored as the
-//! file, the later ones as links to it. Sockets are skipped and counted.
+//! file, the later ones as links to it. Sockets are skipped and counted. The walk stays
+//! on the root's file system (like `tar --one-file-system`): a mount point is stored as
+//! a directory, without what is mounted on it, so a forgotten `/proc` or `/dev` bind
+//! mount in a build chroot never ends up in an image.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
@@ -141,13 +144,15 @@ type Visit<'a> = dyn FnMut(&Path, &[u8], &Metadata) -> Result<()> + 'a;
 type Listing = Vec<(OsString, DirEntry)>;
 
 /// Calls `f(full_path, relative_path, metadata)` for the root and every entry below it,
-/// in the documented order. Symlinks are not followed (except `root` itself).
+/// in the documented order. Symlinks are not followed (except `root` itself), and
+/// directories on another file system than the root are not entered.
 fn walk(root: &Path, f: &mut Visit<'_>) -> Result<()> {
     let meta = fs::metadata(root).map_err(|e| Error::io(root, "cannot read", e))?;
     f(root, b"", &meta)?;
     if !meta.is_dir() {
         return Ok(());
     }
+    let root_dev = meta.dev();
     let mut full: PathBuf = root.to_path_buf();
     let mut rel: Vec<u8> = Vec::new();
     // One sorted listing per open directory level, with the next index to visit.
@@ -170,7 +175,7 @@ fn walk(root: &Path, f: &mut Visit<'_>) -> Result<()> {
         rel.extend_from_slice(name.as_bytes());
         full.push(name);
         f(&full, &rel, &meta)?;
-        if meta.is_dir() {
+        if meta.is_dir() && meta.dev() == root_dev {
             let children = list_sorted(&full)?;
             stack.push((children, 0, parent_len));
         } else {

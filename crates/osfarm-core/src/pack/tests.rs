@@ -413,6 +413,8 @@ fn cancel_and_bad_options_leave_nothing() {
     assert_eq!(err.code, Code::InvalidArgument);
     let err = pack(&dir.path().join("missing"), &outdir.join("x.tar"), &opts(4096), &Silent).unwrap_err();
     assert_eq!(err.code, Code::NotFound);
+    let err = pack(Path::new("/dev/null"), &outdir.join("x.tar"), &opts(4096), &Silent).unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument);
     assert_eq!(fs::read_dir(&outdir).unwrap().count(), 0);
     assert!(!root.join("sub/x.tar").exists());
 }
@@ -433,6 +435,29 @@ fn progress_counts_file_bytes_and_sockets_are_skipped() {
     assert!(read_back(&fs::read(&out).unwrap()).iter().all(|e| e.name != b"./sock"));
     let meta = fs::metadata(root.join("f513")).unwrap();
     assert_eq!(meta.nlink(), 2);
+}
+
+/// A mount point is stored as an empty directory (needs root to mount; skipped otherwise).
+#[test]
+fn the_walk_stays_on_one_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(root.join("proc")).unwrap();
+    fs::write(root.join("file"), b"x").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "osfarm-test", root.join("proc").to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    fs::write(root.join("proc/inside"), b"not part of the tree").unwrap();
+    let result = std::panic::catch_unwind(|| pack_bytes(&root, &opts(4096)));
+    std::process::Command::new("umount").arg(root.join("proc")).status().unwrap();
+    let names: Vec<Vec<u8>> = read_back(&result.unwrap().0).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec![b"./".to_vec(), b"./file".to_vec(), b"./proc/".to_vec()]);
 }
 
 #[test]
