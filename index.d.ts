@@ -9,6 +9,188 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** An image being assembled: fill from the repository, put the missing blocks, finish. */
+export declare class AssemblerHandle {
+  get digest(): string
+  get blockCount(): number
+  get blockSize(): number
+  get imageSize(): number
+  /** Blocks present so far, zero blocks included. */
+  get haveBlocks(): number
+  /** True if the image was already in the repository: nothing to do but `finish`. */
+  get alreadyPresent(): boolean
+  /** Copies (verified, in parallel) every block the repository already holds. */
+  fillFromRepository(onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoFillReport>
+  /** The synchronous twin of `fillFromRepository`. */
+  fillFromRepositorySync(): RepoFillReport
+  /** The blocks still to supply, as runs (repeats of an earlier block are not listed). */
+  missing(): Array<RepoRun>
+  /** Verifies and writes block `n`; false if it was already present. */
+  putBlock(n: number, data: Buffer): boolean
+  /** Verifies and writes consecutive blocks from `first`; returns how many were new. */
+  putBlocks(first: number, data: Buffer): number
+  /** Makes the resumable state durable now. */
+  flush(): void
+  /** Checks that every block is present and publishes the image. */
+  finish(options?: RepoAddOptions | undefined | null): Promise<RepoImage>
+  /** The synchronous twin of `finish`. */
+  finishSync(options?: RepoAddOptions | undefined | null): RepoImage
+  /** Discards the partial image (resumable or not). */
+  abort(): void
+}
+
+/**
+ * An image being sent: `next()` yields its digests while a background thread hashes
+ * it; `readRun()` reads (and compresses) runs the receiver asks for.
+ */
+export declare class ImageSourceHandle {
+  /** Opens an image and starts hashing it (or reading its index) in the background. */
+  static open(path: string, options?: ImageSourceOptions | undefined | null): ImageSourceHandle
+  get imageSize(): number
+  get blockCount(): number
+  get blockSize(): number
+  get hash(): string
+  /** True if the digests come from an index (no hashing). */
+  get fromIndex(): boolean
+  /** The image digest (hex): known at once for an indexed image, else after the last window. */
+  imageDigest(): string | null
+  /** The next window of digests, or null after the last one. */
+  next(signal?: AbortSignal | undefined | null): Promise<DigestWindow | null>
+  /** Reads `count` blocks from `first`, zstd-compressed when `compress` and it pays. */
+  readRun(first: number, count: number, compress: boolean): Promise<BlockRun>
+  /** The synchronous twin of `readRun`. */
+  readRunSync(first: number, count: number, compress: boolean): BlockRun
+  /** Stops the background hashing. */
+  cancel(): void
+}
+
+/**
+ * The receiving side of a pull: the whole index is known, local blocks are copied by
+ * `fill()` while the missing runs are fetched and `put()` (verified, off the JS thread).
+ * Resumable: an interrupted pull of the same image continues where it stopped.
+ */
+export declare class PullAssembly {
+  /** Starts (or resumes, re-verifying what an earlier attempt wrote) a pull. */
+  static begin(repoPath: string, index: Buffer, options?: PullAssemblyOptions | undefined | null): Promise<PullAssembly>
+  get digest(): string
+  get blockCount(): number
+  get blockSize(): number
+  get imageSize(): number
+  get haveBlocks(): number
+  get alreadyPresent(): boolean
+  /** Copies every block the repository holds (verified). Returns the blocks copied. */
+  fill(signal?: AbortSignal | undefined | null): Promise<number>
+  /**
+   * The runs still missing (repeats of a block come with their first occurrence).
+   * Call after `fill()`.
+   */
+  missing(): Array<TransferRun>
+  /** Verifies and writes consecutive blocks from `first`; returns how many were new. */
+  put(first: number, data: Buffer): Promise<number>
+  /** Makes the resumable state durable now. */
+  flush(): void
+  /** Checks that every block is present and publishes the image atomically. */
+  finish(options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
+  /** Discards the partial image. */
+  abort(): void
+}
+
+/**
+ * The receiving side of a push: digests are offered as they arrive, the runs it returns
+ * are requested from the sender, received runs are put (verified), then finish.
+ */
+export declare class PushAssembly {
+  /**
+   * Starts receiving an image into the repository at `repoPath` (resuming the partial
+   * data of an earlier attempt with the same resume key, re-verified, off the JS thread).
+   */
+  static begin(repoPath: string, options: PushAssemblyOptions): Promise<PushAssembly>
+  /** The synchronous twin of `begin`. */
+  static beginSync(repoPath: string, options: PushAssemblyOptions): PushAssembly
+  get hash(): string
+  get blockSize(): number
+  get blockCount(): number
+  /** The announced image is already in the repository: nothing to receive. */
+  get alreadyPresent(): boolean
+  get resumable(): boolean
+  get stats(): PushStats
+  /** Takes the digests of the next blocks, from `first`; returns the runs to request. */
+  offer(first: number, digests: Buffer): Array<TransferRun>
+  /** Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`. */
+  put(first: number, count: number, encoding: number, data: Buffer): Promise<number>
+  /** The synchronous twin of `put`. */
+  putSync(first: number, count: number, encoding: number, data: Buffer): number
+  /**
+   * Checks the announced image digest against the digests received, waits for local
+   * copies, and publishes the image atomically.
+   */
+  finish(imageDigest: string, options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
+  /**
+   * Ends an unfinished push: with `discard`, its partial data is deleted; otherwise it
+   * stays for the next attempt with the same resume key.
+   */
+  abort(discard: boolean): void
+}
+
+/** A repository handle (see `Repository` in src/repo for the documented API). */
+export declare class RepositoryHandle {
+  /** Creates a repository in a new or empty directory. */
+  static init(path: string, options?: RepoInitOptions | undefined | null): RepositoryHandle
+  /** Opens a repository, checking its catalog and block table. */
+  static open(path: string, options?: RepoOpenOptions | undefined | null): RepositoryHandle
+  /** Opens a repository reading only its format file, to run `rebuild` on a damaged one. */
+  static openForRepair(path: string): RepositoryHandle
+  get root(): string
+  get hash(): string
+  get blockSize(): number
+  setWaitForLock(wait: boolean): void
+  list(): Array<RepoImage>
+  /** By full digest, name, or unique digest prefix of at least 4 hex digits. */
+  resolve(reference: string): RepoImage
+  setName(reference: string, name?: string | undefined | null): RepoImage
+  stats(): RepoStats
+  /** Adds an image file (copied in; reflinked where possible). */
+  add(path: string, options?: RepoAddOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoImage>
+  /** The synchronous twin of `add`. */
+  addSync(path: string, options?: RepoAddOptions | undefined | null): RepoImage
+  remove(reference: string): Promise<RepoImage>
+  /** The synchronous twin of `remove`. */
+  removeSync(reference: string): RepoImage
+  /**
+   * Plans the assembly of an image given by an `.osfi` index path, an image path
+   * (indexed first), or index bytes.
+   */
+  plan(index: string | Buffer, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoPlan>
+  /** The synchronous twin of `plan`. */
+  planSync(index: string | Buffer): RepoPlan
+  /**
+   * Assembles the image `index` describes from the repository's blocks plus the
+   * missing ones read from `from` (a file holding the image), verifying every block.
+   */
+  assemble(index: string | Buffer, from: string, options?: RepoAddOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoImage>
+  /** The synchronous twin of `assemble`. */
+  assembleSync(index: string | Buffer, from: string, options?: RepoAddOptions | undefined | null): RepoImage
+  /** Re-hashes an image and compares it with its index (OSFARM_DIGEST_MISMATCH if damaged). */
+  verify(reference: string, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoImage>
+  /** The synchronous twin of `verify`. */
+  verifySync(reference: string): RepoImage
+  /** Re-derives the block table (and, if needed, the catalog) from the images' indexes. */
+  rebuild(onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoRebuildReport>
+  /** The synchronous twin of `rebuild`. */
+  rebuildSync(): RepoRebuildReport
+  /** Starts a streaming assembly (for network transfers): see `AssemblerHandle`. */
+  beginAssembly(index: string | Buffer, options?: RepoAssemblyOptions | undefined | null): AssemblerHandle
+}
+
+/** A run of blocks read for sending. */
+export interface BlockRun {
+  /** 0 = raw, 1 = zstd (the wire's encoding ids). */
+  encoding: number
+  data: Buffer
+  /** The length of the blocks before encoding. */
+  rawLength: number
+}
+
 /** Compares two images or indexes: how many of each one's non-zero blocks the other holds. */
 export declare function compare(a: string, b: string, options?: IndexImageOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<CompareResult>
 
@@ -32,6 +214,26 @@ export interface CompareSide {
 
 /** The synchronous twin of `compare`. */
 export declare function compareSync(a: string, b: string, options?: IndexImageOptions | undefined | null): CompareResult
+
+/** A window of block digests, as produced. */
+export interface DigestWindow {
+  firstBlock: number
+  count: number
+  /** `count` digests, concatenated. */
+  digests: Buffer
+}
+
+export interface ImageSourceOptions {
+  /** Hash the blocks with this algorithm (`sha1` or `sha256`): the receiver's. */
+  hash?: string
+  /** Block size: the receiver's. Default 4096. */
+  blockSize?: number
+  /**
+   * An `.osfi` index of the image: its digests are sent instead of hashing (the image
+   * is then expected to match it; the receiver verifies every block anyway).
+   */
+  index?: string
+}
 
 /** Hashes every block of an image off the JS thread; writes the index if `output` is set. */
 export declare function indexImage(path: string, options?: IndexImageOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<IndexInfo>
@@ -106,5 +308,166 @@ export interface ProgressEvent {
   total: number
 }
 
+export interface PullAssemblyOptions {
+  /** Refuse an index that does not name this image (hex). */
+  expectedDigest?: string
+}
+
+export interface PushAssemblyOptions {
+  /** The image size the sender announced. */
+  imageSize: number
+  /** Names the image across attempts so an interrupted push resumes. */
+  resumeKey?: string
+  /** The image digest (hex) if the sender knows it: an image already held is not sent. */
+  expectedDigest?: string
+}
+
+export interface PushStats {
+  blockCount: number
+  offered: number
+  zeroBlocks: number
+  localBlocks: number
+  localBytes: number
+  resumedBlocks: number
+  duplicateBlocks: number
+  missingBlocks: number
+  missingBytes: number
+  receivedBlocks: number
+  receivedBytes: number
+  haveBlocks: number
+}
+
 /** Reads and validates an index file. */
 export declare function readIndex(path: string): IndexInfo
+
+export interface RepoAddOptions {
+  /** A label; names are unique, so this takes it from any other image. */
+  name?: string
+  /** JSON text recorded with the image (must parse). */
+  metaJson?: string
+  /** "tar", "raw", ...; detected when absent. */
+  format?: string
+  /** Recorded as the original file name. */
+  originalName?: string
+}
+
+export interface RepoAssemblyOptions {
+  /** Keep the partial image when abandoned and continue it next time. */
+  resumable?: boolean
+  /** Refuse an index that names another image. */
+  expectedDigest?: string
+}
+
+export interface RepoFillReport {
+  blocks: number
+  bytes: number
+}
+
+/** An image in a repository. */
+export interface RepoImage {
+  /** The image digest (hex), its name in the repository. */
+  digest: string
+  name?: string
+  originalName?: string
+  /** "tar", "raw", ... */
+  format: string
+  size: number
+  blockCount: number
+  /** When it was added, in milliseconds since the epoch. */
+  addedMs: number
+  /** Caller metadata as JSON text. */
+  metaJson?: string
+  /** The image data (read-only). */
+  path: string
+  indexPath: string
+}
+
+export interface RepoInitOptions {
+  /** `sha1` (default) or `sha256`. */
+  hash?: string
+  /** Block size in bytes, a power of two from 512 to 1 MiB; default 4096. */
+  blockSize?: number
+}
+
+export interface RepoOpenOptions {
+  /** Wait for another process's lock (default); with `false`, fail with OSFARM_LOCKED. */
+  waitForLock?: boolean
+}
+
+export interface RepoPlan {
+  digest: string
+  imageSize: number
+  blockSize: number
+  blockCount: number
+  /** The wanted image is already in the repository. */
+  alreadyPresent: boolean
+  zeroBlocks: number
+  zeroBytes: number
+  presentBlocks: number
+  presentBytes: number
+  duplicateBlocks: number
+  duplicateBytes: number
+  /** Distinct blocks to fetch, and their bytes. */
+  missingBlocks: number
+  missingBytes: number
+  /** The blocks to fetch, coalesced into runs. */
+  missingRuns: Array<RepoRun>
+  /** Repository images the present blocks come from. */
+  sources: Array<RepoPlanSource>
+}
+
+/** How many blocks of a plan come from one repository image. */
+export interface RepoPlanSource {
+  digest: string
+  blocks: number
+}
+
+export interface RepoRebuildReport {
+  images: number
+  distinctBlocks: number
+  recoveredCatalog: boolean
+  /** "digest: reason" for each image dropped. */
+  dropped: Array<string>
+}
+
+export interface RepoRun {
+  first: number
+  count: number
+}
+
+export interface RepoStats {
+  hash: string
+  blockSize: number
+  images: number
+  totalBytes: number
+  diskBytes: number
+  distinctBlocks: number
+  tableCapacity: number
+  tableMemoryBytes: number
+  tableFileBytes: number
+  catalogBytes: number
+  partialAssemblies: number
+  partialBytes: number
+}
+
+export interface TransferImageOptions {
+  name?: string
+  originalName?: string
+  format?: string
+  /** JSON text. */
+  metaJson?: string
+}
+
+/** What was published. */
+export interface TransferredImage {
+  digest: string
+  name?: string
+  size: number
+  blockCount: number
+  path: string
+}
+
+export interface TransferRun {
+  first: number
+  count: number
+}

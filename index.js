@@ -773,7 +773,12 @@ if (
   }
 }
 
-const { compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+export { AssemblerHandle }
+export { ImageSourceHandle }
+export { PullAssembly }
+export { PushAssembly }
+export { RepositoryHandle }
 export { compare }
 export { compareSync }
 export { indexImage }

@@ -4,6 +4,8 @@
 mod blocks;
 mod pack;
 mod progress;
+mod repo;
+mod transfer;
 
 /// Converts a core error into a JS error whose message starts with the stable code;
 /// the TypeScript layer lifts that prefix into `err.code`.

@@ -14,4 +14,6 @@ export const commands: CommandEntry[] = [
   { name: 'compare', summary: 'common blocks of two images or indexes, both ways', load: () => import('./compare.js') },
   { name: 'build', summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags', load: () => import('./build.js') },
   { name: 'stages', summary: 'the stage cache: ls, gc --max-size N, verify, rm <tag>, backends', load: () => import('./stages.js') },
+  { name: 'push', summary: 'send an image to an osfarm receive, only the blocks it lacks', load: () => import('./push.js') },
+  { name: 'receive', summary: 'accept pushed images into the repository (TCP, shared token)', load: () => import('./receive.js') },
 ];

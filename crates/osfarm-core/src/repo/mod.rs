@@ -177,6 +177,21 @@ fn bad_repo(root: &Path, msg: impl std::fmt::Display) -> Error {
     Error::new(Code::BadRepository, format!("{}: {msg}", root.display()))
 }
 
+/// Fault injection for crash tests: if `$OSFARM_CRASH_AT` names this point, the process
+/// SIGKILLs itself here, exactly as a kill at the worst moment would. Points: `add:placed`
+/// (image directory renamed in, nothing committed), `commit:table-written` (new table on
+/// disk, catalog not yet), `commit:catalog-written` (committed; old table, leftovers and,
+/// for a removal, the image directory not yet deleted).
+pub(crate) fn crash_point(point: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    if AT.get_or_init(|| std::env::var("OSFARM_CRASH_AT").ok()).as_deref() == Some(point) {
+        // SAFETY: kill(2) on our own pid with a constant signal.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -427,11 +442,13 @@ impl Repository {
                 Ok(())
             })?;
             st.catalog.table = header.unwrap();
+            crash_point("commit:table-written");
         }
         let bytes = st.catalog.encode();
         let cpath = self.inner.root.join(CATALOG_FILE);
         fsutil::write_atomic(&cpath, |w| w.write_all(&bytes).map_err(|e| Error::io(&cpath, "cannot write", e)))?;
         st.catalog_sum = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
+        crash_point("commit:catalog-written");
         let st = Arc::new(st);
         *self.inner.cache.lock().unwrap() = Some(st.clone());
         self.sweep(lock, &st);
@@ -577,6 +594,7 @@ impl Repository {
         fsutil::publish(&ws.dir, &dest)?;
         ws.armed = false;
         drop(ws);
+        crash_point("add:placed");
 
         entry.slot = st.catalog.free_slot();
         let slot = entry.slot;

@@ -171,6 +171,7 @@ pub struct StreamAssembler {
     shared: Option<Arc<Shared>>,
     existing: Option<ImageEntry>,
     block_count: u64,
+    image_len: u64,
     copier_tx: Mutex<Option<Sender<CopyMsg>>>,
     copier: Mutex<Option<JoinHandle<()>>>,
     workspace: Mutex<Option<Workspace>>,
@@ -213,6 +214,7 @@ impl Repository {
                     shared: None,
                     existing: Some(e),
                     block_count,
+                    image_len: opts.image_len,
                     copier_tx: Mutex::new(None),
                     copier: Mutex::new(None),
                     workspace: Mutex::new(None),
@@ -337,6 +339,7 @@ impl Repository {
             shared: Some(shared),
             existing: None,
             block_count,
+            image_len: opts.image_len,
             copier_tx: Mutex::new(Some(tx)),
             copier: Mutex::new(Some(copier)),
             workspace: Mutex::new(workspace),
@@ -453,6 +456,10 @@ impl StreamAssembler {
 
     pub fn block_count(&self) -> u64 {
         self.block_count
+    }
+
+    pub fn image_len(&self) -> u64 {
+        self.image_len
     }
 
     /// True if the data is kept for a later attempt when this one does not finish.

@@ -1,0 +1,524 @@
+//! Content-based transfer: the sender's streaming source (digests from a background
+//! hashing thread, runs of blocks read and compressed on request) and the receiver's
+//! assemblies (streamed digests for a push, a whole index for a pull). The network is
+//! in TypeScript (src/transfer); every byte-heavy step runs here, off the JS thread.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::{Env, Task};
+use napi_derive::napi;
+use osfarm_core::repo::stream::{StreamAssembler, StreamOptions, StreamStats};
+use osfarm_core::repo::{self, AddOptions, AssemblyOptions, Repository};
+use osfarm_core::transfer::codec::{self, Encoding};
+use osfarm_core::transfer::source::{ImageSource, SourceOptions};
+use osfarm_core::{HashAlg, Index};
+
+use crate::js_err;
+
+// ----- a closure run on the libuv pool -----
+
+type Work<T> = Box<dyn FnOnce() -> osfarm_core::Result<T> + Send>;
+type Finish<T, J> = fn(Env, T) -> Result<J>;
+
+pub struct Run<T: Send + 'static, J> {
+    work: Option<Work<T>>,
+    finish: Finish<T, J>,
+}
+
+impl<T: Send + 'static, J: ToNapiValue + TypeName> Task for Run<T, J> {
+    type Output = T;
+    type JsValue = J;
+
+    fn compute(&mut self) -> Result<T> {
+        let work = self.work.take().ok_or_else(|| Error::from_reason("task already ran"))?;
+        work().map_err(js_err)
+    }
+
+    fn resolve(&mut self, env: Env, output: T) -> Result<J> {
+        (self.finish)(env, output)
+    }
+}
+
+fn run<T: Send + 'static, J: ToNapiValue + TypeName>(
+    signal: Option<AbortSignal>,
+    finish: Finish<T, J>,
+    work: impl FnOnce() -> osfarm_core::Result<T> + Send + 'static,
+) -> AsyncTask<Run<T, J>> {
+    AsyncTask::with_optional_signal(Run { work: Some(Box::new(work)), finish }, signal)
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_digest(s: &str, what: &str) -> Result<Vec<u8>> {
+    from_hex(s).ok_or_else(|| js_err(osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("{what} '{s}' is not hex"))))
+}
+
+// ----- the sending side -----
+
+#[napi(object)]
+pub struct ImageSourceOptions {
+    /// Hash the blocks with this algorithm (`sha1` or `sha256`): the receiver's.
+    pub hash: Option<String>,
+    /// Block size: the receiver's. Default 4096.
+    pub block_size: Option<u32>,
+    /// An `.osfi` index of the image: its digests are sent instead of hashing (the image
+    /// is then expected to match it; the receiver verifies every block anyway).
+    pub index: Option<String>,
+}
+
+/// A window of block digests, as produced.
+#[napi(object)]
+pub struct DigestWindow {
+    pub first_block: f64,
+    pub count: u32,
+    /// `count` digests, concatenated.
+    pub digests: Buffer,
+}
+
+/// A run of blocks read for sending.
+#[napi(object)]
+pub struct BlockRun {
+    /// 0 = raw, 1 = zstd (the wire's encoding ids).
+    pub encoding: u32,
+    pub data: Buffer,
+    /// The length of the blocks before encoding.
+    pub raw_length: u32,
+}
+
+/// An image being sent: `next()` yields its digests while a background thread hashes
+/// it; `readRun()` reads (and compresses) runs the receiver asks for.
+#[napi]
+pub struct ImageSourceHandle {
+    src: Arc<ImageSource>,
+}
+
+#[napi]
+impl ImageSourceHandle {
+    /// Opens an image and starts hashing it (or reading its index) in the background.
+    #[napi(factory)]
+    pub fn open(path: String, options: Option<ImageSourceOptions>) -> Result<ImageSourceHandle> {
+        let o = options.unwrap_or(ImageSourceOptions { hash: None, block_size: None, index: None });
+        let alg = match &o.hash {
+            Some(h) => HashAlg::parse(h).map_err(js_err)?,
+            None => HashAlg::Sha1,
+        };
+        let block_size = o.block_size.unwrap_or(osfarm_core::hash::DEFAULT_BLOCK_SIZE);
+        let src = match &o.index {
+            Some(ix) => {
+                let index = Index::load(Path::new(ix)).map_err(js_err)?;
+                if index.alg() != alg || index.block_size() != block_size {
+                    return Err(js_err(osfarm_core::Error::new(
+                        osfarm_core::Code::Mismatch,
+                        format!(
+                            "the index {ix} uses {} at {}-byte blocks, the receiver {} at {block_size}-byte blocks",
+                            index.alg().name(),
+                            index.block_size(),
+                            alg.name()
+                        ),
+                    )));
+                }
+                ImageSource::with_index(Path::new(&path), index)
+            }
+            None => ImageSource::hash_file(Path::new(&path), SourceOptions { alg, block_size }),
+        }
+        .map_err(js_err)?;
+        Ok(ImageSourceHandle { src: Arc::new(src) })
+    }
+
+    #[napi(getter)]
+    pub fn image_size(&self) -> f64 {
+        self.src.image_len() as f64
+    }
+    #[napi(getter)]
+    pub fn block_count(&self) -> f64 {
+        self.src.block_count() as f64
+    }
+    #[napi(getter)]
+    pub fn block_size(&self) -> u32 {
+        self.src.block_size()
+    }
+    #[napi(getter)]
+    pub fn hash(&self) -> String {
+        self.src.alg().name().into()
+    }
+    /// True if the digests come from an index (no hashing).
+    #[napi(getter)]
+    pub fn from_index(&self) -> bool {
+        self.src.from_index()
+    }
+
+    /// The image digest (hex): known at once for an indexed image, else after the last window.
+    #[napi]
+    pub fn image_digest(&self) -> Option<String> {
+        self.src.image_digest().map(|d| to_hex(&d))
+    }
+
+    /// The next window of digests, or null after the last one.
+    #[napi(ts_return_type = "Promise<DigestWindow | null>")]
+    pub fn next(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<Option<(u64, u32, Vec<u8>)>, Option<DigestWindow>>> {
+        let src = self.src.clone();
+        run(
+            signal,
+            |_, w| Ok(w.map(|(first, count, d)| DigestWindow { first_block: first as f64, count, digests: d.into() })),
+            move || {
+                let dl = src.alg().len();
+                Ok(src.next_window()?.map(|w| (w.first_block, (w.digests.len() / dl) as u32, w.digests)))
+            },
+        )
+    }
+
+    /// Reads `count` blocks from `first`, zstd-compressed when `compress` and it pays.
+    #[napi(ts_return_type = "Promise<BlockRun>")]
+    pub fn read_run(&self, first: f64, count: u32, compress: bool) -> AsyncTask<Run<(Encoding, Vec<u8>, usize), BlockRun>> {
+        let src = self.src.clone();
+        run(None, block_run, move || src.read_run(first as u64, count as u64, compress))
+    }
+
+    /// The synchronous twin of `readRun`.
+    #[napi]
+    pub fn read_run_sync(&self, first: f64, count: u32, compress: bool) -> Result<BlockRun> {
+        let r = self.src.read_run(first as u64, count as u64, compress).map_err(js_err)?;
+        Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
+    }
+
+    /// Stops the background hashing.
+    #[napi]
+    pub fn cancel(&self) {
+        self.src.cancel();
+    }
+}
+
+fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> Result<BlockRun> {
+    Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
+}
+
+// ----- the receiving side of a push -----
+
+#[napi(object)]
+pub struct PushAssemblyOptions {
+    /// The image size the sender announced.
+    pub image_size: f64,
+    /// Names the image across attempts so an interrupted push resumes.
+    pub resume_key: Option<String>,
+    /// The image digest (hex) if the sender knows it: an image already held is not sent.
+    pub expected_digest: Option<String>,
+}
+
+#[napi(object)]
+pub struct TransferRun {
+    pub first: f64,
+    pub count: f64,
+}
+
+#[napi(object)]
+pub struct PushStats {
+    pub block_count: f64,
+    pub offered: f64,
+    pub zero_blocks: f64,
+    pub local_blocks: f64,
+    pub local_bytes: f64,
+    pub resumed_blocks: f64,
+    pub duplicate_blocks: f64,
+    pub missing_blocks: f64,
+    pub missing_bytes: f64,
+    pub received_blocks: f64,
+    pub received_bytes: f64,
+    pub have_blocks: f64,
+}
+
+fn push_stats(s: StreamStats) -> PushStats {
+    PushStats {
+        block_count: s.block_count as f64,
+        offered: s.offered as f64,
+        zero_blocks: s.zero_blocks as f64,
+        local_blocks: s.local_blocks as f64,
+        local_bytes: s.local_bytes as f64,
+        resumed_blocks: s.resumed_blocks as f64,
+        duplicate_blocks: s.duplicate_blocks as f64,
+        missing_blocks: s.missing_blocks as f64,
+        missing_bytes: s.missing_bytes as f64,
+        received_blocks: s.received_blocks as f64,
+        received_bytes: s.received_bytes as f64,
+        have_blocks: s.have_blocks as f64,
+    }
+}
+
+#[napi(object)]
+pub struct TransferImageOptions {
+    pub name: Option<String>,
+    pub original_name: Option<String>,
+    pub format: Option<String>,
+    /// JSON text.
+    pub meta_json: Option<String>,
+}
+
+fn add_options(o: Option<TransferImageOptions>) -> AddOptions {
+    match o {
+        Some(o) => AddOptions { name: o.name, meta_json: o.meta_json, format: o.format, original_name: o.original_name },
+        None => AddOptions::default(),
+    }
+}
+
+/// What was published.
+#[napi(object)]
+pub struct TransferredImage {
+    pub digest: String,
+    pub name: Option<String>,
+    pub size: f64,
+    pub block_count: f64,
+    pub path: String,
+}
+
+fn transferred(e: repo::ImageEntry) -> TransferredImage {
+    TransferredImage {
+        digest: e.digest,
+        name: e.name,
+        size: e.size as f64,
+        block_count: e.block_count as f64,
+        path: e.path.to_string_lossy().into_owned(),
+    }
+}
+
+/// The receiving side of a push: digests are offered as they arrive, the runs it returns
+/// are requested from the sender, received runs are put (verified), then finish.
+#[napi]
+pub struct PushAssembly {
+    asm: Arc<StreamAssembler>,
+    hash: String,
+    block_size: u32,
+}
+
+fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(StreamAssembler, HashAlg, u32)> {
+    let repo = Repository::open(Path::new(repo_path))?;
+    let expected_digest = match &o.expected_digest {
+        Some(d) => Some(from_hex(d).ok_or_else(|| {
+            osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("image digest '{d}' is not hex"))
+        })?),
+        None => None,
+    };
+    if !(o.image_size >= 0.0 && o.image_size <= (1u64 << 53) as f64 && o.image_size.fract() == 0.0) {
+        return Err(osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("image size {} is not valid", o.image_size)));
+    }
+    let asm = repo.begin_stream(StreamOptions {
+        image_len: o.image_size as u64,
+        resume_key: o.resume_key.clone(),
+        expected_digest,
+    })?;
+    Ok((asm, repo.alg(), repo.block_size()))
+}
+
+#[napi]
+impl PushAssembly {
+    /// Starts receiving an image into the repository at `repoPath` (resuming the partial
+    /// data of an earlier attempt with the same resume key, re-verified, off the JS thread).
+    #[napi(ts_return_type = "Promise<PushAssembly>")]
+    pub fn begin(repo_path: String, options: PushAssemblyOptions) -> AsyncTask<Run<(StreamAssembler, HashAlg, u32), PushAssembly>> {
+        run(
+            None,
+            |_, (asm, alg, bs)| Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs }),
+            move || begin_push(&repo_path, &options),
+        )
+    }
+
+    /// The synchronous twin of `begin`.
+    #[napi]
+    pub fn begin_sync(repo_path: String, options: PushAssemblyOptions) -> Result<PushAssembly> {
+        let (asm, alg, bs) = begin_push(&repo_path, &options).map_err(js_err)?;
+        Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs })
+    }
+
+    #[napi(getter)]
+    pub fn hash(&self) -> String {
+        self.hash.clone()
+    }
+    #[napi(getter)]
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    #[napi(getter)]
+    pub fn block_count(&self) -> f64 {
+        self.asm.block_count() as f64
+    }
+    /// The announced image is already in the repository: nothing to receive.
+    #[napi(getter)]
+    pub fn already_present(&self) -> bool {
+        self.asm.is_complete_image()
+    }
+    #[napi(getter)]
+    pub fn resumable(&self) -> bool {
+        self.asm.is_resumable()
+    }
+    #[napi(getter)]
+    pub fn stats(&self) -> PushStats {
+        push_stats(self.asm.stats())
+    }
+
+    /// Takes the digests of the next blocks, from `first`; returns the runs to request.
+    #[napi]
+    pub fn offer(&self, first: f64, digests: Buffer) -> Result<Vec<TransferRun>> {
+        let runs = self.asm.offer(first as u64, &digests).map_err(js_err)?;
+        Ok(runs.iter().map(|r| TransferRun { first: r.first as f64, count: r.count as f64 }).collect())
+    }
+
+    /// Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn put(&self, first: f64, count: u32, encoding: u32, data: Buffer) -> Result<AsyncTask<Run<u64, f64>>> {
+        let asm = self.asm.clone();
+        let bs = self.block_size as u64;
+        let data = data.to_vec();
+        Ok(run(None, |_, n| Ok(n as f64), move || put_run(&asm, first as u64, count as u64, bs, encoding, data)))
+    }
+
+    /// The synchronous twin of `put`.
+    #[napi]
+    pub fn put_sync(&self, first: f64, count: u32, encoding: u32, data: Buffer) -> Result<f64> {
+        put_run(&self.asm, first as u64, count as u64, self.block_size as u64, encoding, data.to_vec())
+            .map(|n| n as f64)
+            .map_err(js_err)
+    }
+
+    /// Checks the announced image digest against the digests received, waits for local
+    /// copies, and publishes the image atomically.
+    #[napi(ts_return_type = "Promise<TransferredImage>")]
+    pub fn finish(&self, image_digest: String, options: Option<TransferImageOptions>) -> Result<AsyncTask<Run<repo::ImageEntry, TransferredImage>>> {
+        let asm = self.asm.clone();
+        let d = hex_digest(&image_digest, "image digest")?;
+        let opts = add_options(options);
+        Ok(run(None, |_, e| Ok(transferred(e)), move || asm.finish(&d, &opts)))
+    }
+
+    /// Ends an unfinished push: with `discard`, its partial data is deleted; otherwise it
+    /// stays for the next attempt with the same resume key.
+    #[napi]
+    pub fn abort(&self, discard: bool) {
+        self.asm.abort(discard);
+    }
+}
+
+fn put_run(asm: &StreamAssembler, first: u64, count: u64, bs: u64, encoding: u32, data: Vec<u8>) -> osfarm_core::Result<u64> {
+    let enc = Encoding::from_id(encoding as u8).filter(|_| encoding < 256).ok_or_else(|| {
+        osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("unknown block encoding {encoding}"))
+    })?;
+    let end = first.checked_add(count).filter(|&e| count > 0 && e <= asm.block_count());
+    if end.is_none() {
+        return Err(osfarm_core::Error::new(
+            osfarm_core::Code::InvalidArgument,
+            format!("blocks {first}+{count} are outside the image of {} blocks", asm.block_count()),
+        ));
+    }
+    let image_len = asm.image_len();
+    let raw_len = ((first + count) * bs).min(image_len) - first * bs;
+    let raw = codec::decode(enc, data, raw_len as usize)?;
+    asm.put_blocks(first, &raw)
+}
+
+// ----- the receiving side of a pull -----
+
+#[napi(object)]
+pub struct PullAssemblyOptions {
+    /// Refuse an index that does not name this image (hex).
+    pub expected_digest: Option<String>,
+}
+
+/// The receiving side of a pull: the whole index is known, local blocks are copied by
+/// `fill()` while the missing runs are fetched and `put()` (verified, off the JS thread).
+/// Resumable: an interrupted pull of the same image continues where it stopped.
+#[napi]
+pub struct PullAssembly {
+    asm: Arc<repo::Assembler>,
+}
+
+fn begin_pull(repo_path: &str, index: &[u8], expected: Option<String>) -> osfarm_core::Result<repo::Assembler> {
+    let repo = Repository::open(Path::new(repo_path))?;
+    let index = Index::parse(index)?;
+    repo.begin_assembly(index, AssemblyOptions { resumable: true, expected_digest: expected })
+}
+
+#[napi]
+impl PullAssembly {
+    /// Starts (or resumes, re-verifying what an earlier attempt wrote) a pull.
+    #[napi(ts_return_type = "Promise<PullAssembly>")]
+    pub fn begin(repo_path: String, index: Buffer, options: Option<PullAssemblyOptions>) -> AsyncTask<Run<repo::Assembler, PullAssembly>> {
+        let index = index.to_vec();
+        let expected = options.and_then(|o| o.expected_digest);
+        run(None, |_, asm| Ok(PullAssembly { asm: Arc::new(asm) }), move || begin_pull(&repo_path, &index, expected))
+    }
+
+    #[napi(getter)]
+    pub fn digest(&self) -> String {
+        self.asm.digest_hex().into()
+    }
+    #[napi(getter)]
+    pub fn block_count(&self) -> f64 {
+        self.asm.block_count() as f64
+    }
+    #[napi(getter)]
+    pub fn block_size(&self) -> u32 {
+        self.asm.index().block_size()
+    }
+    #[napi(getter)]
+    pub fn image_size(&self) -> f64 {
+        self.asm.index().image_len() as f64
+    }
+    #[napi(getter)]
+    pub fn have_blocks(&self) -> f64 {
+        self.asm.have_blocks() as f64
+    }
+    #[napi(getter)]
+    pub fn already_present(&self) -> bool {
+        self.asm.is_complete_image()
+    }
+
+    /// Copies every block the repository holds (verified). Returns the blocks copied.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn fill(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<u64, f64>> {
+        let asm = self.asm.clone();
+        run(signal, |_, n| Ok(n as f64), move || asm.fill_from_repository(&osfarm_core::progress::Silent).map(|r| r.blocks))
+    }
+
+    /// The runs still missing (repeats of a block come with their first occurrence).
+    /// Call after `fill()`.
+    #[napi]
+    pub fn missing(&self) -> Vec<TransferRun> {
+        self.asm.missing().iter().map(|r| TransferRun { first: r.first as f64, count: r.count as f64 }).collect()
+    }
+
+    /// Verifies and writes consecutive blocks from `first`; returns how many were new.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn put(&self, first: f64, data: Buffer) -> AsyncTask<Run<u64, f64>> {
+        let asm = self.asm.clone();
+        let data = data.to_vec();
+        run(None, |_, n| Ok(n as f64), move || asm.put_blocks(first as u64, &data))
+    }
+
+    /// Makes the resumable state durable now.
+    #[napi]
+    pub fn flush(&self) -> Result<()> {
+        self.asm.flush().map_err(js_err)
+    }
+
+    /// Checks that every block is present and publishes the image atomically.
+    #[napi(ts_return_type = "Promise<TransferredImage>")]
+    pub fn finish(&self, options: Option<TransferImageOptions>) -> AsyncTask<Run<repo::ImageEntry, TransferredImage>> {
+        let asm = self.asm.clone();
+        let opts = add_options(options);
+        run(None, |_, e| Ok(transferred(e)), move || asm.finish(&opts))
+    }
+
+    /// Discards the partial image.
+    #[napi]
+    pub fn abort(&self) {
+        self.asm.abort();
+    }
+}

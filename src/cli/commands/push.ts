@@ -1,0 +1,55 @@
+import { push, type PushResult } from '../../transfer/push.js';
+import { resolveToken } from '../../transfer/auth.js';
+import { type Command, flag, str } from '../command.js';
+import { bytes, count, percent } from '../format.js';
+
+const command: Command<PushResult> = {
+  name: 'push',
+  usage: 'push <image file | repository image (name, digest)> <host:port> [--name N] [--token T | --token-file F] [--insecure] [--no-compress]',
+  options: {
+    name: { type: 'string' },
+    token: { type: 'string' },
+    'token-file': { type: 'string' },
+    insecure: { type: 'boolean' },
+    'no-compress': { type: 'boolean' },
+  },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const [image, address, extra] = args.positionals;
+    if (!image || !address || extra) throw new RangeError('push takes an image and a host:port');
+    const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
+    const bar = ctx.progress('push');
+    let lastEvent = 0;
+    try {
+      return await push(image, address, {
+        token,
+        insecure: flag(args, 'insecure'),
+        name: str(args, 'name'),
+        repo: ctx.repoPath,
+        compress: !flag(args, 'no-compress'),
+        signal: ctx.signal,
+        onProgress: (p) => {
+          bar.update(p.haveBlocks, p.blockCount, `sent ${count(p.blocksSent)} blocks, ${bytes(p.wireBytesSent)} on the wire`);
+          const now = Date.now();
+          if (now - lastEvent >= 1000) {
+            lastEvent = now;
+            ctx.event({ event: 'progress', ...p });
+          }
+        },
+      });
+    } finally {
+      bar.done();
+    }
+  },
+  render(r) {
+    if (r.alreadyPresent) return `image ${r.digest} is already in the receiver's repository: nothing sent`;
+    const share = r.blockCount ? r.blocksSent / r.blockCount : 0;
+    return [
+      `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      `sent       ${count(r.blocksSent)} blocks (${percent(share)}), ${bytes(r.rawBytesSent)} of data as ${bytes(r.encodedBytesSent)}; ${bytes(r.wireBytesSent)} on the wire`,
+      `receiver   ${count(r.localBlocks)} blocks from its repository, ${count(r.resumedBlocks)} kept from an earlier attempt, ${count(r.duplicateBlocks)} repeats, ${count(r.zeroBlocks)} zero`,
+      `time       ${r.seconds.toFixed(2)} s, ${bytes(r.size / Math.max(r.seconds, 1e-9))}/s observed, ${bytes(r.wireBytesSent / Math.max(r.seconds, 1e-9))}/s on the wire`,
+    ].join('\n');
+  },
+};
+export default command;

@@ -1,0 +1,375 @@
+/**
+ * The sending side of a push (docs/protocol.md): hashes the image in Rust worker threads
+ * while the network runs, streams the digests, answers the receiver's requests with runs
+ * of blocks (zstd when it helps), and succeeds only on the receiver's DONE.
+ */
+import { createHash } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { realpathSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
+
+import { OsfarmError, callNative, callNativeSync, throwIfAborted } from '../errors.js';
+import { native } from '../native.js';
+import type { ImageSourceHandle } from '../native.js';
+import { Repository } from '../repo/index.js';
+import { mac, macMatches, newNonce, parseNonce } from './auth.js';
+import { Connection, asOsfarmError, field, intField } from './connection.js';
+import {
+  BLOCKS_HEADER_LEN,
+  DEFAULT_MAX_FRAME,
+  FrameType,
+  PROTOCOL_VERSION,
+  blocksHeader,
+  digestsPayload,
+  isOptional,
+  parseJson,
+  parseRequest,
+  protocolError,
+  type Run,
+} from './frames.js';
+import { parseAddress, SOFTWARE } from './util.js';
+
+export interface PushProgress {
+  /** Blocks whose digests were sent. */
+  digestsSent: number;
+  /** Blocks sent as data. */
+  blocksSent: number;
+  /** Blocks the receiver holds so far (from its PROGRESS frames). */
+  haveBlocks: number;
+  blockCount: number;
+  wireBytesSent: number;
+}
+
+export interface PushOptions {
+  /** The shared token (see `resolveToken`). Without one, only an `--insecure` receiver accepts. */
+  token?: string;
+  /** Accept a receiver that asks for no token even though one was given. */
+  insecure?: boolean;
+  /** Name the image gets in the receiver's repository. */
+  name?: string;
+  /** A local repository to find `image` in when it is not a file (by digest, prefix or name). */
+  repo?: string;
+  /** zstd-compress runs when it helps (default true). */
+  compress?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (p: PushProgress) => void;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** Blocks read from disk at once while answering requests (default 4). */
+  readAhead?: number;
+}
+
+export interface PushResult {
+  digest: string;
+  name?: string;
+  size: number;
+  blockCount: number;
+  /** The receiver already held the image: nothing was sent but the handshake. */
+  alreadyPresent: boolean;
+  /** Blocks whose data crossed the network, and their bytes before / after compression. */
+  blocksSent: number;
+  rawBytesSent: number;
+  encodedBytesSent: number;
+  /** Everything written to / read from the socket, framing included. */
+  wireBytesSent: number;
+  wireBytesReceived: number;
+  /** The receiver's account (from DONE). */
+  localBlocks: number;
+  resumedBlocks: number;
+  duplicateBlocks: number;
+  zeroBlocks: number;
+  /** Wall time from connecting to DONE. */
+  seconds: number;
+  /** True if the digests came from a stored index rather than hashing. */
+  fromIndex: boolean;
+}
+
+interface Source {
+  path: string;
+  index?: string;
+  digest?: string;
+  hash?: string;
+  blockSize?: number;
+  resumeKey: string;
+  originalName: string;
+  format?: string;
+}
+
+/** Finds what to send: a file, or an image of a local repository. */
+function resolveSource(image: string, repo?: string): Source {
+  let st: ReturnType<typeof statSync> | undefined;
+  try {
+    st = statSync(image);
+  } catch {
+    st = undefined;
+  }
+  if (st?.isFile()) {
+    const real = realpathSync(image);
+    const key = createHash('sha256')
+      .update(`file\0${real}\0${st.dev}\0${st.ino}\0${st.size}\0${st.mtimeMs}`)
+      .digest('hex');
+    return { path: real, resumeKey: `file:${key}`, originalName: basename(image) };
+  }
+  if (st?.isDirectory()) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a directory: pack it first (osfarm pack)`);
+  if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and no repository was given to look it up in`);
+  let r: Repository;
+  try {
+    r = Repository.open(repo);
+  } catch (err) {
+    throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and ${repo} is not a repository to look it up in`, { cause: err });
+  }
+  const e = r.resolve(image);
+  return {
+    path: e.path,
+    index: e.indexPath,
+    digest: e.digest,
+    hash: r.hash,
+    blockSize: r.blockSize,
+    resumeKey: `image:${e.digest}`,
+    originalName: e.originalName ?? e.name ?? e.digest,
+    format: e.format,
+  };
+}
+
+function connectSocket(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new OsfarmError('OSFARM_IO', `cannot connect to ${host}:${port}: no answer within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
+    const onAbort = () => {
+      socket.destroy();
+      reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      reject(new OsfarmError('OSFARM_IO', `cannot connect to ${host}:${port}: ${err.message}`, { cause: err }));
+    });
+  });
+}
+
+/**
+ * Pushes an image (a file, or an image of `options.repo`) to an `osfarm receive` at
+ * `address` ("host:port"). Only the blocks the receiver's repository lacks are sent.
+ */
+export async function push(image: string, address: string, options: PushOptions = {}): Promise<PushResult> {
+  throwIfAborted(options.signal);
+  const started = process.hrtime.bigint();
+  const source = resolveSource(image, options.repo);
+  const { host, port } = parseAddress(address);
+  const socket = await connectSocket(host, port, options.connectTimeoutMs ?? 10_000, options.signal);
+  const conn = new Connection(socket, { idleTimeoutMs: options.idleTimeoutMs ?? 60_000, maxFrame: DEFAULT_MAX_FRAME, peer: 'receiver' });
+  const onAbort = () => conn.fail(new OsfarmError('OSFARM_ABORTED', 'the sender cancelled the push'));
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  let src: ImageSourceHandle | undefined;
+  try {
+    // ----- handshake -----
+    const clientNonce = newNonce();
+    conn.sendMagic();
+    conn.sendJson(FrameType.HELLO, { protocols: [PROTOCOL_VERSION], software: SOFTWARE, nonce: clientNonce.toString('hex') });
+    const welcome = await conn.expectJson(FrameType.WELCOME, 'WELCOME');
+    if (welcome.protocol !== PROTOCOL_VERSION) throw protocolError(`the receiver chose protocol ${String(welcome.protocol)}; this osfarm speaks ${PROTOCOL_VERSION}`);
+    const serverNonce = parseNonce(welcome.nonce, 'WELCOME');
+    const hash = field(welcome, 'hash', 'WELCOME');
+    const blockSize = intField(welcome, 'blockSize', 'WELCOME');
+    const maxFrame = intField(welcome, 'maxFrame', 'WELCOME');
+    if (welcome.auth === 'none') {
+      if (options.token !== undefined && !options.insecure) {
+        throw new OsfarmError('OSFARM_UNAUTHORIZED', `the receiver at ${address} asks for no token (it runs --insecure); push with --insecure to send to it anyway`);
+      }
+      conn.sendJson(FrameType.AUTH, { mac: '' });
+      await conn.expectJson(FrameType.AUTH_OK, 'AUTH_OK');
+    } else if (welcome.auth === 'hmac-sha256') {
+      if (options.token === undefined) {
+        throw new OsfarmError('OSFARM_UNAUTHORIZED', `the receiver at ${address} requires a token: give --token, --token-file or $OSFARM_TOKEN`);
+      }
+      conn.sendJson(FrameType.AUTH, { mac: mac(options.token, 'client', clientNonce, serverNonce).toString('hex') });
+      const ok = await conn.expectJson(FrameType.AUTH_OK, 'AUTH_OK');
+      if (!macMatches(ok.mac, mac(options.token, 'server', clientNonce, serverNonce))) {
+        throw new OsfarmError('OSFARM_UNAUTHORIZED', `the receiver at ${address} does not know the token: not sending to it`);
+      }
+    } else {
+      throw protocolError(`the receiver asks for unknown authentication '${String(welcome.auth)}'`);
+    }
+    conn.setMaxFrame(DEFAULT_MAX_FRAME);
+
+    // ----- the image -----
+    const useIndex = source.index !== undefined && source.hash === hash && source.blockSize === blockSize;
+    src = callNativeSync(() =>
+      native.ImageSourceHandle.open(source.path, { hash, blockSize, index: useIndex ? source.index : undefined }),
+    );
+    const blockCount = src.blockCount;
+    const maxRunBlocks = Math.max(1, Math.floor(Math.min(maxFrame - BLOCKS_HEADER_LEN, 1 << 20) / blockSize));
+    conn.sendJson(FrameType.IMAGE, {
+      size: src.imageSize,
+      blockCount,
+      hash,
+      blockSize,
+      resumeKey: source.resumeKey,
+      digest: useIndex ? source.digest : undefined,
+      name: options.name,
+      originalName: source.originalName,
+      format: source.format,
+    });
+    const accept = await conn.next();
+    let done: Record<string, unknown>;
+    const stats = { digestsSent: 0, blocksSent: 0, rawBytes: 0, encodedBytes: 0, haveBlocks: 0 };
+    const progress = () =>
+      options.onProgress?.({
+        digestsSent: stats.digestsSent,
+        blocksSent: stats.blocksSent,
+        haveBlocks: stats.haveBlocks,
+        blockCount,
+        wireBytesSent: conn.bytesOut,
+      });
+    if (accept.type === FrameType.DONE) {
+      done = parseJson(accept.type, accept.payload);
+    } else if (accept.type !== FrameType.ACCEPT) {
+      throw protocolError(`expected ACCEPT or DONE, got frame type 0x${accept.type.toString(16)}`);
+    } else {
+      done = await stream(conn, src, { blockCount, maxRunBlocks, compress: options.compress ?? true, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const num = (k: string) => (typeof done[k] === 'number' ? (done[k] as number) : 0);
+    const result: PushResult = {
+      digest: field(done, 'digest', 'DONE'),
+      size: src.imageSize,
+      blockCount,
+      alreadyPresent: done.alreadyPresent === true,
+      blocksSent: stats.blocksSent,
+      rawBytesSent: stats.rawBytes,
+      encodedBytesSent: stats.encodedBytes,
+      wireBytesSent: conn.bytesOut,
+      wireBytesReceived: conn.bytesIn,
+      localBlocks: num('localBlocks'),
+      resumedBlocks: num('resumedBlocks'),
+      duplicateBlocks: num('duplicateBlocks'),
+      zeroBlocks: num('zeroBlocks'),
+      seconds,
+      fromIndex: src.fromIndex,
+    };
+    if (typeof done.name === 'string') result.name = done.name;
+    conn.end();
+    return result;
+  } catch (err) {
+    const e = asOsfarmError(err);
+    if (!conn.isClosed) conn.fail(e);
+    throw conn.closeError && conn.closeError !== e && e.code === 'OSFARM_IO' ? conn.closeError : e;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+    src?.cancel();
+    if (!conn.isClosed) socket.destroy();
+  }
+}
+
+interface StreamState {
+  blockCount: number;
+  maxRunBlocks: number;
+  compress: boolean;
+  readAhead: number;
+  stats: { digestsSent: number; blocksSent: number; rawBytes: number; encodedBytes: number; haveBlocks: number };
+  progress: () => void;
+  signal?: AbortSignal;
+}
+
+/** Digests out as produced, blocks out as requested, until DONE. */
+function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let finished = false;
+    const settle = (err: unknown, value?: Record<string, unknown>) => {
+      if (finished) return;
+      finished = true;
+      clearInterval(ticker);
+      if (err) reject(err);
+      else resolve(value!);
+    };
+    const ticker = setInterval(s.progress, 200);
+    const requests: Run[] = [];
+    let reading = 0;
+    let digestsSent = 0;
+
+    const pumpBlocks = () => {
+      while (!finished && reading < s.readAhead && requests.length > 0 && conn.writable) {
+        const r = requests.shift()!;
+        reading++;
+        callNative(() => src.readRun(r.first, r.count, s.compress)).then(
+          (run) => {
+            reading--;
+            if (finished || conn.isClosed) return;
+            conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, run.encoding), run.data]);
+            s.stats.blocksSent += r.count;
+            s.stats.rawBytes += run.rawLength;
+            s.stats.encodedBytes += run.data.length;
+            if (conn.writable) pumpBlocks();
+            else void conn.drained().then(pumpBlocks);
+          },
+          (err) => fail(err),
+        );
+      }
+      if (!conn.writable && requests.length > 0) void conn.drained().then(pumpBlocks);
+    };
+
+    const fail = (err: unknown) => {
+      const e = asOsfarmError(err);
+      conn.fail(e);
+      settle(e);
+    };
+
+    conn.onClose((err) => settle(err ?? protocolError('the receiver closed the connection before DONE')));
+    conn.onFrame((f) => {
+      switch (f.type) {
+        case FrameType.REQUEST: {
+          for (const r of parseRequest(f.payload)) {
+            if (r.count > s.maxRunBlocks || r.first + r.count > digestsSent) {
+              throw protocolError(`the receiver asked for blocks ${r.first}+${r.count}, beyond what it may ask`);
+            }
+            requests.push(r);
+          }
+          pumpBlocks();
+          return;
+        }
+        case FrameType.PROGRESS: {
+          const p = parseJson(f.type, f.payload);
+          if (typeof p.haveBlocks === 'number') s.stats.haveBlocks = p.haveBlocks;
+          return;
+        }
+        case FrameType.DONE:
+          s.stats.haveBlocks = s.blockCount;
+          s.progress();
+          settle(undefined, parseJson(f.type, f.payload));
+          return;
+        default:
+          if (isOptional(f.type)) return;
+          throw protocolError(`unexpected frame type 0x${f.type.toString(16)} during the transfer`);
+      }
+    });
+
+    // Digests, as the hashing thread produces them.
+    void (async () => {
+      try {
+        for (;;) {
+          const w = await callNative(() => src.next(s.signal));
+          if (finished) return;
+          if (!w) break;
+          digestsSent = w.firstBlock + w.count;
+          s.stats.digestsSent = digestsSent;
+          if (!conn.send(FrameType.DIGESTS, digestsPayload(w.firstBlock, w.digests))) await conn.drained();
+          if (finished) return;
+        }
+        const digest = src.imageDigest();
+        if (!digest) throw new OsfarmError('OSFARM_INTERNAL', 'the image digest is not known after the last window');
+        conn.sendJson(FrameType.END, { digest });
+      } catch (err) {
+        fail(err);
+      }
+    })();
+  });
+}
