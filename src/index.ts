@@ -5,3 +5,4 @@
 export { OsfarmError, type ErrorCode } from './errors.js';
 export * from './blocks/index.js';
 export * from './pack/index.js';
+export * from './repo/index.js';

@@ -1,0 +1,168 @@
+import type { HashName } from '../../blocks/index.js';
+import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
+import { type Command, str } from '../command.js';
+import { bytes, count, parseSize, table } from '../format.js';
+
+/** An image entry as printed: dates as ISO strings. */
+function shown(e: ImageEntry): ShownEntry {
+  return { ...e, added: e.added.toISOString() };
+}
+
+type ShownEntry = Omit<ImageEntry, 'added'> & { added: string };
+
+function imageLine(e: ShownEntry): string {
+  return `${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)} in ${count(e.blockCount)} blocks`;
+}
+
+const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
+  name: 'init',
+  summary: 'create a repository (--hash sha1|sha256, --block-size N, fixed for its life)',
+  usage: 'repo init [DIR | --repo DIR] [--hash sha1|sha256] [--block-size N]',
+  options: { hash: { type: 'string' }, 'block-size': { type: 'string', short: 'b' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const [dir, extra] = args.positionals;
+    if (extra) throw new RangeError('repo init takes at most one directory');
+    const bs = str(args, 'block-size');
+    const repo = Repository.init(dir ?? ctx.repoPath, {
+      hash: str(args, 'hash') as HashName | undefined,
+      blockSize: bs === undefined ? undefined : parseSize(bs, '--block-size'),
+    });
+    return { path: repo.path, hash: repo.hash, blockSize: repo.blockSize };
+  },
+  render: (r) => `created repository ${r.path} (${r.hash}, ${r.blockSize}-byte blocks)`,
+};
+
+const add: Command<ShownEntry[]> = {
+  name: 'add',
+  summary: 'copy images in (reflinked where possible), index them and publish atomically',
+  usage: 'repo add <image>... [--name N] [--meta JSON]',
+  options: { name: { type: 'string' }, meta: { type: 'string' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const images = args.positionals;
+    if (images.length === 0) throw new RangeError('repo add takes one or more image files');
+    const name = str(args, 'name');
+    if (name !== undefined && images.length > 1) throw new RangeError('--name names one image: add them one at a time');
+    const metaText = str(args, 'meta');
+    let meta: unknown;
+    if (metaText !== undefined) {
+      try {
+        meta = JSON.parse(metaText);
+      } catch {
+        throw new RangeError(`--meta: not JSON: ${metaText}`);
+      }
+    }
+    const repo = Repository.open(ctx.repoPath);
+    const out = [];
+    for (const image of images) {
+      const bar = ctx.progress(`add ${image}`);
+      try {
+        const e = await repo.add(image, { name, meta, onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+        ctx.event({ event: 'added', digest: e.digest, path: image });
+        out.push(shown(e));
+      } finally {
+        bar.done();
+      }
+    }
+    return out;
+  },
+  render: (r) => r.map((e) => `added ${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)}`).join('\n'),
+};
+
+const ls: Command<{ images: ShownEntry[]; stats: RepoStats }> = {
+  name: 'ls',
+  summary: 'list the images and what the repository holds',
+  usage: 'repo ls',
+  async run(_args, ctx) {
+    const repo = Repository.open(ctx.repoPath);
+    return { images: repo.list().map(shown), stats: repo.stats() };
+  },
+  render(r) {
+    const rows = r.images.map((e) => [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), e.added.slice(0, 19).replace('T', ' ')]);
+    const s = r.stats;
+    return [
+      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'added']) : '(no images)',
+      `${count(s.images)} images, ${bytes(s.totalBytes)} (${bytes(s.diskBytes)} on disk), ${count(s.distinctBlocks)} distinct blocks; table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
+    ].join('\n');
+  },
+};
+
+const rm: Command<ShownEntry[]> = {
+  name: 'rm',
+  summary: 'remove images by name, digest or digest prefix',
+  usage: 'repo rm <name|digest>...',
+  allowPositionals: true,
+  async run(args, ctx) {
+    if (args.positionals.length === 0) throw new RangeError('repo rm takes one or more image names or digests');
+    const repo = Repository.open(ctx.repoPath);
+    const out = [];
+    for (const ref of args.positionals) out.push(shown(await repo.remove(ref)));
+    return out;
+  },
+  render: (r) => r.map((e) => `removed ${imageLine(e)}`).join('\n'),
+};
+
+const show: Command<ShownEntry> = {
+  name: 'show',
+  summary: 'one image: digest, name, size, paths, metadata',
+  usage: 'repo show <name|digest>',
+  allowPositionals: true,
+  async run(args, ctx) {
+    const [ref, extra] = args.positionals;
+    if (!ref || extra) throw new RangeError('repo show takes one image name or digest');
+    return shown(Repository.open(ctx.repoPath).resolve(ref));
+  },
+  render: (e) =>
+    [imageLine(e), `added ${e.added}`, `data  ${e.path}`, `index ${e.indexPath}`, ...(e.meta === undefined ? [] : [`meta  ${JSON.stringify(e.meta)}`])].join('\n'),
+};
+
+const verify: Command<{ verified: number; failed: { digest: string; code: string; message: string }[] }> = {
+  name: 'verify',
+  summary: 're-hash images and check them against their indexes (all, or those named)',
+  usage: 'repo verify [<name|digest>...]',
+  allowPositionals: true,
+  async run(args, ctx) {
+    const repo = Repository.open(ctx.repoPath);
+    const refs = args.positionals.length ? args.positionals : repo.list().map((e) => e.digest);
+    const failed = [];
+    for (const ref of refs) {
+      const bar = ctx.progress(`verify ${ref.slice(0, 16)}`);
+      try {
+        await repo.verify(ref, { onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+      } catch (err) {
+        const e = err as { code?: string; message: string };
+        if (!e.code || e.code === 'OSFARM_CANCELLED') throw err;
+        failed.push({ digest: ref, code: e.code, message: e.message });
+      } finally {
+        bar.done();
+      }
+    }
+    if (failed.length) process.exitCode = 1;
+    return { verified: refs.length - failed.length, failed };
+  },
+  render: (r) => [`${count(r.verified)} images verified`, ...r.failed.map((f) => `FAILED ${f.digest}: ${f.message} (${f.code})`)].join('\n'),
+};
+
+const rebuild: Command<RebuildReport> = {
+  name: 'rebuild',
+  summary: 're-derive the block table (and a lost catalog) from the images\' indexes',
+  usage: 'repo rebuild',
+  async run(_args, ctx) {
+    const bar = ctx.progress('rebuild');
+    try {
+      return await Repository.openForRepair(ctx.repoPath).rebuild({ onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+    } finally {
+      bar.done();
+    }
+  },
+  render: (r) =>
+    [`rebuilt: ${count(r.images)} images, ${count(r.distinctBlocks)} distinct blocks${r.recoveredCatalog ? ' (catalog recovered)' : ''}`, ...r.dropped.map((d) => `dropped ${d}`)].join('\n'),
+};
+
+const command: Command = {
+  name: 'repo',
+  usage: 'repo <init|add|ls|show|rm|verify|rebuild> [--repo DIR]',
+  subcommands: [init, add, ls, show, rm, verify, rebuild] as Command[],
+};
+export default command;
