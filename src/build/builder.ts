@@ -248,7 +248,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
         };
-        const entry = await addToRepository(repoPath, path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), meta, onProgress, signal });
+        const entry = await addToRepository(repoPath, path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
         out = { format, path, size, digest: entry.digest, inRepository: true };
       }
       outputs.push(out);
