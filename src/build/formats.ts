@@ -74,9 +74,10 @@ function parseXml(text: string): unknown {
     ignorePiTags: true,
     commentPropName: false,
     isArray: (_name, jpath) => {
-      const parts = String(jpath).split('.');
-      // <root><packages><package> : the item level of a list field is always an array.
-      return parts.length === 3 && XML_LISTS[parts[1]!] === parts[2];
+      const parts = String(jpath).split('.').slice(1);
+      while (parts[0] === 'parent') parts.shift();
+      // <root><packages><package> (also inside a nested <parent>): the item level of a list field is always an array.
+      return parts.length === 2 && XML_LISTS[parts[0]!] === parts[1];
     },
   });
   const doc = parser.parse(text) as Record<string, unknown>;
@@ -84,7 +85,11 @@ function parseXml(text: string): unknown {
   if (roots.length !== 1 || !XML_ROOTS.includes(roots[0]!)) {
     throw new SpecError([{ path: 'spec', message: `the XML root element must be <image> (found ${roots.map((r) => `<${r}>`).join(', ') || 'none'})` }]);
   }
-  const root = doc[roots[0]!];
+  return xmlSpec(doc[roots[0]!]);
+}
+
+/** The spec object of an XML root (or of a nested <parent> element holding an inline spec). */
+function xmlSpec(root: unknown): unknown {
   if (root === '' || root === undefined) return {};
   if (typeof root !== 'object' || root === null) return root;
   const out: Record<string, unknown> = {};
@@ -102,7 +107,8 @@ function parseXml(text: string): unknown {
       } else out[key] = value;
     } else if (Array.isArray(value)) {
       throw new SpecError([{ path: `spec.${key}`, message: `<${key}> appears more than once` }]);
-    } else out[key] = value;
+    } else if (key === 'parent' && typeof value === 'object' && value !== null) out[key] = xmlSpec(value);
+    else out[key] = value;
   }
   return xmlScalars(out);
 }

@@ -68,6 +68,12 @@ export interface BuildSpec {
   gpgCheck: boolean;
   /** Timestamp for reproducible builds; null = take $SOURCE_DATE_EPOCH at build time, if set. */
   sourceDateEpoch: number | null;
+  /**
+   * The spec this one is built on (its stage starts as a copy of the parent's tree). Then
+   * `groups`, `packages`, `files` and `commands` are this spec's own additions, and the
+   * other fields are inherited unless this spec sets them. See docs/stages.md.
+   */
+  parent?: BuildSpec;
 }
 
 /** Fields a spec may contain (plus `rootPassword` and `mirror`, which are read and converted). */
@@ -92,11 +98,19 @@ const FIELDS = [
   'backend',
   'gpgCheck',
   'sourceDateEpoch',
+  'parent',
 ] as const;
 
 export interface SpecOptions {
   /** Directory that relative `files[].source` paths are resolved against (default: the current directory). */
   baseDir?: string;
+  /**
+   * Finds a parent named neither by a spec file nor inline (e.g. an image name in the
+   * repository): returns its spec object and the directory its relative paths start from.
+   */
+  resolveParent?: (ref: string) => { raw: unknown; baseDir?: string } | undefined;
+  /** Spec files already on the parent chain (loop detection); internal. */
+  chain?: string[];
 }
 
 /** Parses and validates a spec's text. Throws `SpecError` (`OSFARM_BAD_SPEC`) naming each bad field. */
@@ -106,14 +120,14 @@ export function parseSpec(text: string, format?: SpecFormat, options: SpecOption
 }
 
 /** Reads, parses and validates a spec file (`.yaml`/`.yml`, `.json`, `.xml`; other names are sniffed). */
-export function loadSpec(path: string): BuildSpec {
+export function loadSpec(path: string, options: Omit<SpecOptions, 'baseDir'> = {}): BuildSpec {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new SpecError([{ path: 'spec', message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
   }
-  return parseSpec(text, formatOf(path) ?? sniffFormat(text), { baseDir: dirname(resolve(path)) });
+  return parseSpec(text, formatOf(path) ?? sniffFormat(text), { ...options, baseDir: dirname(resolve(path)), chain: [...(options.chain ?? []), resolve(path)] });
 }
 
 function suggest(key: string): string {
@@ -159,10 +173,13 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw new SpecError([{ path: 'spec', message: 'must be a mapping of fields (distribution, release, packages, …)' }]);
   }
-  const raw = input as Record<string, unknown>;
+  const raw = { ...(input as Record<string, unknown>) };
   for (const key of Object.keys(raw)) {
     if (!(FIELDS as readonly string[]).includes(key)) bad(`spec.${key}`, `unknown field${suggest(key)}`);
   }
+  // A parent first: this spec inherits what it leaves out.
+  const parent = raw.parent === undefined || raw.parent === null ? undefined : parentSpec(raw.parent, options, bad);
+  if (parent) inheritDefaults(raw, parent);
 
   const str = (key: string, opts: { required?: boolean; re?: RegExp; what?: string } = {}): string | undefined => {
     const v = raw[key];
@@ -370,6 +387,18 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     else sourceDateEpoch = n;
   }
 
+  if (parent) {
+    const mine = { distribution, release, architecture, mirrors, components, backend, gpgCheck };
+    for (const key of STAGE_FIXED) {
+      const theirs = parent[key];
+      if (stableStringify(mine[key]) !== stableStringify(theirs)) {
+        bad(`spec.${key}`, `is ${JSON.stringify(mine[key])}, but the parent's is ${JSON.stringify(theirs)}: a spec keeps its parent's ${STAGE_FIXED.join(', ')} (it is built on the parent's tree)`);
+      }
+    }
+    groups.forEach((g, i) => {
+      if (distribution && planGroup(distribution, g)?.kind === 'variant') bad(`spec.groups[${i}]`, `${JSON.stringify(g)} chooses a bootstrap variant: only the core spec (the one without a parent) can`);
+    });
+  }
   if (issues.length > 0 || !distribution || release === undefined) throw new SpecError(issues);
 
   const spec: BuildSpec = {
@@ -392,12 +421,81 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     gpgCheck,
     sourceDateEpoch,
   };
+  if (parent) spec.parent = parent;
   if (plainPassword !== undefined) {
     // The salt comes from the rest of the spec: equal specs give equal images.
     spec.rootPasswordHash = sha512Crypt(plainPassword, deriveSalt(canonicalJson(spec)));
     plainPassword = undefined;
   }
   return spec;
+}
+
+/** Fields a spec keeps from its parent: they decide how the parent's tree was made. */
+const STAGE_FIXED = ['distribution', 'release', 'architecture', 'mirrors', 'components', 'backend', 'gpgCheck'] as const;
+/** Settings a spec inherits from its parent unless it sets them itself. */
+const STAGE_INHERITED = ['hostname', 'locale', 'timezone', 'sourceDateEpoch'] as const;
+const MAX_PARENTS = 32;
+
+/** Fills the fields `raw` leaves out from its parent (the fixed ones are checked against the parent afterwards). */
+function inheritDefaults(raw: Record<string, unknown>, parent: BuildSpec): void {
+  for (const key of [...STAGE_FIXED, ...STAGE_INHERITED]) {
+    if (key === 'mirrors' && raw.mirror !== undefined) continue;
+    if (raw[key] === undefined || raw[key] === null) raw[key] = parent[key];
+  }
+  const password = [raw.rootPassword, raw.rootPasswordHash].some((v) => v !== undefined && v !== null);
+  if (!password && parent.rootPasswordHash) raw.rootPasswordHash = parent.rootPasswordHash;
+}
+
+/**
+ * The parent a spec names: an inline spec (a mapping), a spec file (a path, relative to
+ * this spec's directory; `base` also finds `base.yaml`, `.yml`, `.json`, `.xml`), or a
+ * name `options.resolveParent` knows (an image in the repository). Problems in the
+ * parent are reported under `spec.parent`.
+ */
+function parentSpec(ref: unknown, options: SpecOptions, bad: (path: string, message: string) => void): BuildSpec | undefined {
+  const chain = options.chain ?? [];
+  const nested = (load: () => BuildSpec, where: string): BuildSpec | undefined => {
+    if (chain.length >= MAX_PARENTS) {
+      bad('spec.parent', `more than ${MAX_PARENTS} parents: the chain is too deep`);
+      return undefined;
+    }
+    try {
+      return load();
+    } catch (err) {
+      if (!(err instanceof SpecError)) throw err;
+      for (const i of err.issues) bad(`spec.parent${where}${i.path.replace(/^spec/, '')}`, i.message);
+      return undefined;
+    }
+  };
+  const sub: SpecOptions = { ...options, chain };
+  if (typeof ref === 'object' && ref !== null && !Array.isArray(ref)) {
+    return nested(() => specFromObject(ref, { ...sub, chain: [...chain, '(inline)'] }), '');
+  }
+  if (typeof ref !== 'string' || ref.trim() === '') {
+    bad('spec.parent', `must be a spec file's path, an image name or an inline spec, not ${describe(ref)}`);
+    return undefined;
+  }
+  const base = options.baseDir ?? process.cwd();
+  const file = [ref, ...(formatOf(ref) ? [] : ['.yaml', '.yml', '.json', '.xml'].map((e) => `${ref}${e}`))]
+    .map((p) => resolve(base, p))
+    .find((p) => {
+      try {
+        return statSync(p).isFile();
+      } catch {
+        return false;
+      }
+    });
+  if (file) {
+    if (chain.includes(file)) {
+      bad('spec.parent', `the parent chain loops: ${[...chain, file].join(' → ')}`);
+      return undefined;
+    }
+    return nested(() => loadSpec(file, sub), ` (${file})`);
+  }
+  const found = options.resolveParent?.(ref);
+  if (found) return nested(() => specFromObject(found.raw, { ...sub, baseDir: found.baseDir ?? base, chain: [...chain, ref] }), ` (${ref})`);
+  bad('spec.parent', `${JSON.stringify(ref)} is neither a spec file (no ${resolve(base, ref)}) nor a known image name`);
+  return undefined;
 }
 
 function describe(v: unknown): string {
@@ -418,7 +516,7 @@ export interface CanonicalFile {
 }
 
 /** The canonical form: every field, defaults filled, lists normalised, keys sorted by `canonicalJson`. */
-export type CanonicalSpec = Omit<BuildSpec, 'files'> & { specVersion: number; files: CanonicalFile[] };
+export type CanonicalSpec = Omit<BuildSpec, 'files' | 'parent'> & { specVersion: number; files: CanonicalFile[]; parent?: CanonicalSpec };
 
 const uniqSorted = (xs: string[]) => [...new Set(xs)].sort();
 
@@ -449,6 +547,8 @@ export function canonicalSpec(spec: BuildSpec): CanonicalSpec {
     backend: spec.backend,
     gpgCheck: spec.gpgCheck,
     sourceDateEpoch: spec.sourceDateEpoch,
+    // Only when there is one, so a spec without a parent keeps its digest.
+    ...(spec.parent ? { parent: canonicalSpec(spec.parent) } : {}),
   };
 }
 
