@@ -39,5 +39,6 @@ if [ $((ava_pass + ava_fail)) -eq 0 ]; then
   echo "ava ran no test"; tail -30 "$log/ava.txt"; failed=$((failed + 1))
 fi
 
-if [ "$skipped" -gt 0 ]; then echo "${passed} passed, ${failed} failed, ${skipped} skipped"; else echo "${passed} passed, ${failed} failed"; fi
+[ "$skipped" -gt 0 ] && echo "(${skipped} skipped)"
+echo "${passed} passed, ${failed} failed"
 [ "$failed" -eq 0 ]
