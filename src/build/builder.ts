@@ -74,6 +74,8 @@ export interface BuildResult {
   sourceDateEpoch: number | null;
   outputs: BuildOutput[];
   logPath: string;
+  /** The build tree, when kept (keepTree). */
+  treePath?: string;
   durationMs: number;
   /** Milliseconds spent in each phase. */
   phases: Partial<Record<Phase, number>>;
@@ -294,6 +296,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     sourceDateEpoch: epoch,
     outputs,
     logPath,
+    ...(options.keepTree ? { treePath: root } : {}),
     durationMs: Date.now() - started,
     phases,
   };
