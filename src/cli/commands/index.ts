@@ -18,4 +18,6 @@ export const commands: CommandEntry[] = [
   { name: 'stages', summary: 'the stage cache: ls, gc --max-size N, verify, rm <tag>, backends', load: () => import('./stages.js') },
   { name: 'push', summary: 'send an image to an osfarm receive, only the blocks it lacks', load: () => import('./push.js') },
   { name: 'receive', summary: 'accept pushed images into the repository (TCP, shared token)', load: () => import('./receive.js') },
+  { name: 'serve', summary: 'serve the repository over HTTP for pull (static-compatible URLs, ranges, cache headers)', load: () => import('./serve.js') },
+  { name: 'pull', summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)', load: () => import('./pull.js') },
 ];

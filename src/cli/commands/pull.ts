@@ -1,0 +1,59 @@
+import { pull, type PullResult } from '../../transfer/pull.js';
+import { type Command, str } from '../command.js';
+import { bytes, count, parseSize, percent } from '../format.js';
+
+function wholeNumber(text: string | undefined, what: string, min: number): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) < min) throw new RangeError(`${what}: '${text}' is not a whole number ≥ ${min}`);
+  return Number(text);
+}
+
+const command: Command<PullResult> = {
+  name: 'pull',
+  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  options: {
+    name: { type: 'string' },
+    parallel: { type: 'string' },
+    'max-request': { type: 'string' },
+    retries: { type: 'string' },
+  },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const [url, extra] = args.positionals;
+    if (!url || extra) throw new RangeError('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
+    const maxRequest = str(args, 'max-request');
+    const bar = ctx.progress('pull');
+    let lastEvent = 0;
+    try {
+      return await pull(url, {
+        repoPath: ctx.repoPath,
+        name: str(args, 'name'),
+        parallel: wholeNumber(str(args, 'parallel'), '--parallel', 1),
+        maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
+        retries: wholeNumber(str(args, 'retries'), '--retries', 0),
+        signal: ctx.signal,
+        onProgress: (p) => {
+          bar.update(p.done, p.total, `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}`);
+          const now = Date.now();
+          if (now - lastEvent >= 1000) {
+            lastEvent = now;
+            ctx.event({ event: 'progress', ...p });
+          }
+        },
+      });
+    } finally {
+      bar.done();
+    }
+  },
+  render(r) {
+    if (r.alreadyPresent) return `image ${r.digest}${r.name ? ` (${r.name})` : ''} is already in the repository: nothing fetched`;
+    const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
+    return [
+      `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
+      `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
+      `time       ${r.seconds.toFixed(2)} s`,
+    ].join('\n');
+  },
+};
+export default command;
