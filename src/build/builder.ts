@@ -4,22 +4,26 @@
  * (each output indexed and added to the repository with its spec as metadata).
  */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { constants as fsConstants, createWriteStream, type WriteStream } from 'node:fs';
+import { copyFile, mkdir, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { indexImage } from '../blocks/index.js';
 import { OsfarmError } from '../errors.js';
+import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt, openOrInit } from '../images/lookup.js';
+import { specToXml } from '../images/xml.js';
+import type { CowName } from '../stages/cow/types.js';
+import { type ChainResult, ensureChain, type StageReport } from '../stages/run.js';
 import { removeTree, unmountAll } from './chroot.js';
-import { configureTree } from './configure.js';
 import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from './distros.js';
 import { selectDriver } from './drivers/index.js';
 import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { haveTool } from './exec.js';
 import { addToRepository } from './integrations.js';
-import { clampTree, writeOutput } from './outputs.js';
+import { writeOutput } from './outputs.js';
+import type { ImageEntry } from '../repo/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from './spec.js';
 
 export type { Phase } from './drivers/types.js';
@@ -44,8 +48,16 @@ export interface BuildOptions {
   noRepo?: boolean;
   /** Overrides the spec's sourceDateEpoch and $SOURCE_DATE_EPOCH. */
   sourceDateEpoch?: number;
-  /** Keep the build tree (under workDir/builds) for inspection. */
+  /** Keep a working copy of the built tree (a checkout of the last stage in the stage store) for inspection. */
   keepTree?: boolean;
+  /** The stage store (cached stages): default $OSFARM_STAGES, else `<repoPath>/stages`. */
+  stagesDir?: string;
+  /** Copy-on-write backend of a new stage store: auto (default: btrfs, overlayfs, reflink, copy, whichever works first) or a name. */
+  cow?: CowName | 'auto';
+  /** Keep the stage store under this size (LRU, never a stage in use): 20G, 500M… Default $OSFARM_STAGES_MAX. */
+  stagesMaxSize?: number | string;
+  /** Build even when the repository already holds the images of this exact request (stages are still reused). */
+  rebuild?: boolean;
   onEvent?: (event: BuildEvent) => void;
   signal?: AbortSignal;
   /**
@@ -79,6 +91,12 @@ export interface BuildResult {
   durationMs: number;
   /** Milliseconds spent in each phase. */
   phases: Partial<Record<Phase, number>>;
+  /** The stages the image was packed from, core first (found in the store, or built). */
+  stages: StageReport[];
+  /** The stage store's copy-on-write backend. */
+  cow?: string;
+  /** True when the repository already held the images of this request: nothing was built. */
+  cached: boolean;
 }
 
 /** The default work directory: $OSFARM_WORK, else $XDG_CACHE_HOME/osfarm or ~/.cache/osfarm. */
@@ -140,6 +158,10 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
   const workDir = resolve(options.workDir ?? defaultWorkDir());
   const repoPath = resolve(options.repoPath ?? process.env.OSFARM_REPO ?? 'osfarm-repo');
   const paths = outputPaths(spec, options.output, workDir, digest);
+  if (!options.noRepo && !options.rebuild) {
+    const found = findBuilt(repoPath, digest, spec.outputs, epoch);
+    if (found) return fromRepository(spec, found, options.output ? paths : null, started);
+  }
   const driver = await selectDriver(spec);
   for (const f of spec.outputs) {
     for (const tool of TOOLS[f]) if (!(await haveTool(tool))) throw buildFailed(`output ${f} needs ${tool}, which is not installed`);
@@ -168,7 +190,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
   const primary = paths.values().next().value!;
   const logPath = `${primary}.build.log`;
   const buildDir = join(workDir, 'builds', `${digest.slice(0, 12)}-${process.pid}-${randomBytes(3).toString('hex')}`);
-  const root = join(buildDir, 'root');
+  let root = '';
+  let chain: ChainResult | undefined;
   const cacheDir = join(workDir, 'cache', familyOf(spec.distribution) === 'deb' ? 'apt' : 'dnf', familyOf(spec.distribution) === 'deb' ? spec.distribution : `${spec.distribution}-${spec.release}-${spec.architecture}`);
   const phases: Partial<Record<Phase, number>> = {};
   let current: { phase: Phase; at: number } | undefined;
@@ -204,12 +227,24 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     logLine(`osfarm ${await version()}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.backend}`);
     logLine(`osfarm: spec digest ${digest}${epoch !== null ? `, SOURCE_DATE_EPOCH ${epoch}` : ''}`);
 
-    await driver.bootstrap({ spec, root, buildDir, cacheDir, sourceDateEpoch: epoch, signal, log: logLine, phase });
+    if (!options.noRepo) openOrInit(repoPath);
+    chain = await ensureChain(spec, {
+      driver,
+      osfarmVersion: await version(),
+      sourceDateEpoch: epoch,
+      buildDir,
+      cacheDir,
+      listsDir: join(workDir, 'cache', 'apt-lists'),
+      stagesDir: options.stagesDir,
+      repoPath,
+      cow: options.cow,
+      maxSize: options.stagesMaxSize,
+      signal,
+      log: logLine,
+      phase,
+    });
+    root = chain.dir;
     if (signal.aborted) throw aborted();
-
-    phase('configure');
-    await configureTree({ root, spec, family: driver.family, sourceDateEpoch: epoch, signal, log: logLine });
-    if (epoch !== null) await clampTree(root, epoch);
 
     phase('pack');
     const raw: { path?: string } = {};
@@ -240,13 +275,16 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
         const info = await indexImage(path, { output: `${path}.osfi`, onProgress, signal });
         out = { format, path, size, digest: info.digest, indexPath: `${path}.osfi`, inRepository: false };
       } else {
-        const meta = {
-          kind: 'osfarm-build',
+        const meta: BuildMeta = {
+          kind: BUILD_META_KIND,
           builder,
           format,
           specDigest: digest,
           spec: canonical,
+          specXml: specToXml(spec),
+          stages: chain!.stages.map((s) => ({ tag: s.tag, label: s.label })),
           backend: driver.backend,
+          cow: chain!.cow,
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
         };
@@ -263,10 +301,15 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
 
   // Teardown, whatever happened: nothing stays mounted, the scratch tree goes.
   try {
+    if (chain && options.keepTree && !failure) {
+      const kept = await chain.store.checkout(chain.stages[chain.stages.length - 1]!.tag);
+      root = kept.dir;
+      logLine(`osfarm: tree kept at ${root} (a working copy in the stage store; osfarm stages gc removes it once this process is gone)`);
+    }
+    await chain?.release();
     const left = await unmountAll(buildDir, logLine);
     if (left.length > 0) throw buildFailed(`still mounted after the build: ${left.join(', ')}`);
-    if (!options.keepTree || failure) await removeTree(buildDir);
-    else logLine(`osfarm: tree kept at ${root}`);
+    await removeTree(buildDir);
   } catch (err) {
     logLine(`osfarm: teardown: ${(err as Error).message}`);
     failure ??= err;
@@ -299,5 +342,40 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     ...(options.keepTree ? { treePath: root } : {}),
     durationMs: Date.now() - started,
     phases,
+    stages: chain!.stages,
+    cow: chain!.cow,
+    cached: false,
+  };
+}
+
+/** The answer to a request the repository already holds: its images (copied to the asked output path, if one was given). */
+async function fromRepository(spec: BuildSpec, found: Map<OutputFormat, ImageEntry>, copyTo: Map<OutputFormat, string> | null, started: number): Promise<BuildResult> {
+  const outputs: BuildOutput[] = [];
+  let meta: BuildMeta | null = null;
+  for (const f of spec.outputs) {
+    const e = found.get(f)!;
+    meta ??= buildMeta(e);
+    let path = e.path;
+    const target = copyTo?.get(f);
+    if (target) {
+      await mkdir(dirname(target), { recursive: true });
+      await copyFile(e.path, target, fsConstants.COPYFILE_FICLONE);
+      path = target;
+    }
+    outputs.push({ format: f, path, size: e.size, digest: e.digest, inRepository: true });
+  }
+  return {
+    name: spec.name,
+    specDigest: meta!.specDigest,
+    spec: canonicalSpec(spec),
+    backend: meta!.backend,
+    sourceDateEpoch: meta!.sourceDateEpoch,
+    outputs,
+    logPath: meta!.buildLog?.path ?? '',
+    durationMs: Date.now() - started,
+    phases: {},
+    stages: (meta!.stages ?? []).map((s) => ({ tag: s.tag, parent: null, label: s.label, hit: true, waited: false, seconds: 0 })),
+    ...(meta!.cow ? { cow: meta!.cow } : {}),
+    cached: true,
   };
 }

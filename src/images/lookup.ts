@@ -1,0 +1,71 @@
+/**
+ * Images by the request that made them: every built image keeps its spec (canonical JSON
+ * and XML) and its request checksum (the spec digest) in its repository metadata, so a
+ * request already answered is found without building anything.
+ */
+import { existsSync } from 'node:fs';
+
+import type { OutputFormat } from '../build/distros.js';
+import type { CanonicalSpec } from '../build/spec.js';
+import { type ImageEntry, Repository } from '../repo/index.js';
+
+export const BUILD_META_KIND = 'osfarm-build';
+
+/** What the builder records with each image it adds (ImageEntry.meta). */
+export interface BuildMeta {
+  kind: typeof BUILD_META_KIND;
+  builder: string;
+  format: OutputFormat;
+  /** The request checksum: sha256 of the canonical spec (parents included). */
+  specDigest: string;
+  spec: CanonicalSpec;
+  /** The spec as XML; reading it back gives the same checksum. */
+  specXml?: string;
+  /** The stage chain the image was packed from, core first. */
+  stages?: { tag: string; label: string }[];
+  backend: string;
+  cow?: string;
+  sourceDateEpoch: number | null;
+  buildLog?: { path: string; tail: string };
+}
+
+/** The build metadata of an image, or null for images osfarm did not build. */
+export function buildMeta(entry: ImageEntry): BuildMeta | null {
+  const m = entry.meta as Partial<BuildMeta> | undefined;
+  return m && typeof m === 'object' && m.kind === BUILD_META_KIND && typeof m.specDigest === 'string' ? (m as BuildMeta) : null;
+}
+
+/** Opens a repository for reading; null if there is none at `path` yet. */
+export function openIfExists(path: string): Repository | null {
+  if (!existsSync(path)) return null;
+  return Repository.open(path);
+}
+
+/**
+ * Opens the repository, creating it if missing. The builder does this before it opens the
+ * stage store, whose default place (`<repo>/stages`) would otherwise make the directory
+ * non-empty and so refused by `Repository.init`.
+ */
+export function openOrInit(path: string): Repository {
+  return openIfExists(path) ?? Repository.init(path);
+}
+
+/** Images built from the request with this checksum (every format, every SOURCE_DATE_EPOCH), oldest first. */
+export function imagesOfRequest(repo: Repository, specDigest: string): ImageEntry[] {
+  return repo.list().filter((e) => buildMeta(e)?.specDigest === specDigest);
+}
+
+/**
+ * The images answering a build request, one per wanted format, if the repository holds
+ * all of them (built from the same spec checksum and SOURCE_DATE_EPOCH); else null.
+ */
+export function findBuilt(repoPath: string, specDigest: string, formats: readonly OutputFormat[], sourceDateEpoch: number | null): Map<OutputFormat, ImageEntry> | null {
+  const repo = openIfExists(repoPath);
+  if (!repo) return null;
+  const found = new Map<OutputFormat, ImageEntry>();
+  for (const e of imagesOfRequest(repo, specDigest)) {
+    const m = buildMeta(e)!;
+    if (m.sourceDateEpoch === sourceDateEpoch && formats.includes(m.format)) found.set(m.format, e);
+  }
+  return formats.every((f) => found.has(f)) ? found : null;
+}
