@@ -1,8 +1,9 @@
 /** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
 import { readFileSync } from 'node:fs';
 
-import { build, type BuildEvent, type BuildResult, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
+import { build, type BuildEvent, type BuildOptions, type BuildResult, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
 import { SpecError } from '../../build/errors.js';
+import { backendByName } from '../../stages/cow/index.js';
 import { type Command, flag, type ParsedArgs, str, strs } from '../command.js';
 import { bytes, table } from '../format.js';
 
@@ -97,6 +98,7 @@ const command: Command<Result> = {
     'build -t debian-bookworm-amd64 -d WORKDIR -o IMAGE.tar.gz -g minbase,ssh-server -p python3,vim -w PASSWORD',
     'build ... [--format tar|tar.gz|ext4|qcow2|squashfs] [--mirror URL] [--file SRC:DEST] [--run CMD] [--hostname H] [--locale L] [--timezone TZ]',
     'build ... [--root-password-file FILE|-] [--backend mmdebstrap|debootstrap|dnf|yum] [--source-date-epoch N] [--no-repo] [--keep-tree] [--check] [-v]',
+    'build ... [--stages DIR] [--cow auto|btrfs|overlayfs|reflink|copy] [--stages-max-size N] [--rebuild]   (stages: docs/stages.md)',
   ].join('\n'),
   options: {
     target: { type: 'string', short: 't' },
@@ -124,6 +126,10 @@ const command: Command<Result> = {
     'keep-tree': { type: 'boolean' },
     check: { type: 'boolean' },
     verbose: { type: 'boolean', short: 'v' },
+    stages: { type: 'string' },
+    cow: { type: 'string' },
+    'stages-max-size': { type: 'string' },
+    rebuild: { type: 'boolean' },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -135,6 +141,8 @@ const command: Command<Result> = {
       const f = outputFormatOfPath(output);
       if (f) raw.outputs = [f];
     }
+    const cow = str(args, 'cow');
+    if (cow !== undefined && cow !== 'auto') backendByName(cow);
     const spec = specFromObject(raw, { baseDir });
     if (flag(args, 'check')) return { check: true, specDigest: specDigest(spec), spec: canonicalSpec(spec) };
 
@@ -169,6 +177,10 @@ const command: Command<Result> = {
         repoPath: ctx.repoPath,
         noRepo: flag(args, 'no-repo'),
         keepTree: flag(args, 'keep-tree'),
+        stagesDir: str(args, 'stages'),
+        cow: cow as BuildOptions['cow'],
+        stagesMaxSize: str(args, 'stages-max-size'),
+        rebuild: flag(args, 'rebuild'),
         onEvent,
         signal: ctx.signal,
         handleSignals: false,
@@ -183,8 +195,12 @@ const command: Command<Result> = {
   render(r) {
     if ('check' in r) return `spec is valid; digest ${r.specDigest}\n${JSON.stringify(r.spec, null, 2)}`;
     const rows = r.outputs.map((o) => [o.format, o.path, bytes(o.size), o.digest.slice(0, 16), o.inRepository ? 'yes' : 'no']);
+    const stages = r.stages.map((s) => `${s.tag.slice(0, 12)} ${s.label}: ${r.cached ? 'in the repository' : s.waited ? 'reused (built by another build)' : s.hit ? 'cached' : `built in ${s.seconds.toFixed(1)} s`}`);
     return [
-      `built ${r.name} with ${r.backend} in ${(r.durationMs / 1000).toFixed(1)} s (spec digest ${r.specDigest.slice(0, 16)})`,
+      r.cached
+        ? `${r.name}: the repository already holds this request's images (spec digest ${r.specDigest.slice(0, 16)}); nothing built (--rebuild to build anyway)`
+        : `built ${r.name} with ${r.backend} in ${(r.durationMs / 1000).toFixed(1)} s (spec digest ${r.specDigest.slice(0, 16)})`,
+      ...stages.map((l) => `stage ${l}`),
       table(rows, ['format', 'image', 'size', 'digest', 'in repository']),
       `log: ${r.logPath}`,
     ].join('\n');
