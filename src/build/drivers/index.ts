@@ -3,6 +3,7 @@ import { buildFailed } from '../errors.js';
 import { haveTool } from '../exec.js';
 import type { BuildSpec } from '../spec.js';
 import { DebootstrapDriver, MmdebstrapDriver } from './debian.js';
+import { RpmDriver } from './rpm.js';
 import type { Driver } from './types.js';
 
 export type { Driver, DriverContext, Phase } from './types.js';
@@ -18,5 +19,13 @@ export async function selectDriver(spec: BuildSpec): Promise<Driver> {
     if (!(await haveTool('mmdebstrap'))) throw buildFailed('mmdebstrap is not installed (apt-get install mmdebstrap, or set backend: debootstrap)');
     return new MmdebstrapDriver();
   }
-  throw buildFailed(`${spec.distribution}: the RPM driver is not available yet`);
+  // dnf where it exists (it can also install yum-era releases' repositories); yum otherwise.
+  for (const tool of spec.backend === 'auto' ? (['dnf', 'yum'] as const) : [spec.backend as 'dnf' | 'yum']) {
+    if (await haveTool(tool)) {
+      const driver = new RpmDriver(tool);
+      driver.check(spec);
+      return driver;
+    }
+  }
+  throw buildFailed(`${spec.backend === 'auto' ? 'neither dnf nor yum' : spec.backend} is installed (apt-get install dnf rpm)`);
 }

@@ -1,0 +1,102 @@
+// The RPM family driver with a real dnf and rpm: the test makes its own RPM repository
+// (tiny noarch packages from the spec files in fixtures/build/rpm, a comps group, then
+// createrepo_c) and builds an image from it through `osfarm build --json`.
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { mountsUnder } from '../src/build/index.js';
+import { Repository } from '../src/repo/index.js';
+import { buildWorkDir, cliAsync, resultOf } from './fixtures/build/harness.js';
+import { tempDir } from './helpers/tmp.js';
+
+const RPM_FIXTURES = join(import.meta.dirname, 'fixtures', 'build', 'rpm');
+
+/** Builds the fixture packages and a repository with the comps group; returns its directory. */
+function makeRepository(dir: string): string {
+  const top = join(dir, 'rpmbuild');
+  const repo = join(dir, 'rpm-repo');
+  mkdirSync(repo, { recursive: true });
+  for (const spec of readdirSync(RPM_FIXTURES).filter((n) => n.endsWith('.spec'))) {
+    execFileSync('rpmbuild', ['-bb', '--quiet', '--define', `_topdir ${top}`, join(RPM_FIXTURES, spec)], { stdio: 'pipe' });
+  }
+  const built = join(top, 'RPMS', 'noarch');
+  for (const rpm of readdirSync(built)) copyFileSync(join(built, rpm), join(repo, rpm));
+  execFileSync('createrepo_c', ['--quiet', '-g', join(RPM_FIXTURES, 'comps.xml'), repo]);
+  return repo;
+}
+
+test('dnf --installroot from a local repository: a comps group and a package, nothing else', async (t) => {
+  const dir = tempDir(t, 'osfarm-rpm-');
+  const rpmRepo = makeRepository(dir);
+  const specPath = join(dir, 'image.yaml');
+  writeFileSync(
+    specPath,
+    [
+      'name: rpm-test',
+      'distribution: fedora',
+      'release: "40"',
+      'groups: [osfarm-base]',
+      'packages: [osfarm-test-hello]',
+      'gpgCheck: false',
+      'rootPassword: rpm-Pa55',
+      'outputs: [tar]',
+      '',
+    ].join('\n'),
+  );
+  const repo = join(dir, 'repo');
+  const run = await cliAsync(
+    ['--repo', repo, 'build', specPath, '--mirror', `file://${rpmRepo}`, '-d', buildWorkDir(), '-o', join(dir, 'rpm-test.tar'), '--source-date-epoch', '1700000000'],
+    undefined,
+    { OSFARM_STAGES: join(dir, 'stages') },
+  );
+  const r = resultOf(run);
+  if (run.status !== 0) t.log(JSON.stringify(r), run.lines.filter((l) => l.type === 'log').slice(-30).map((l) => l.line).join('\n'));
+  t.is(run.status, 0);
+  t.is(r.backend, 'dnf');
+  t.deepEqual(run.lines.filter((l) => l.type === 'phase').map((l) => l.phase), ['bootstrap', 'packages', 'configure', 'pack', 'index']);
+  const log = readFileSync(r.logPath, 'utf8');
+  t.regex(log, /dnf .*--installroot=.* install @osfarm-base osfarm-test-hello/);
+
+  const tree = join(dir, 'tree');
+  mkdirSync(tree);
+  execFileSync('tar', ['-xpf', join(dir, 'rpm-test.tar'), '-C', tree, '--numeric-owner']);
+  // Fedora 40's rpm database place, not the host rpm's default.
+  t.true(existsSync(join(tree, 'usr/lib/sysimage/rpm/rpmdb.sqlite')));
+  t.false(existsSync(join(tree, 'root/.rpmdb')));
+  const q = execFileSync('rpm', ['-qa', '--root', tree, '--dbpath', '/usr/lib/sysimage/rpm', '--qf', '%{NAME}-%{VERSION}-%{RELEASE}\\n'], { encoding: 'utf8' }).trim().split('\n').sort();
+  t.deepEqual(q, ['osfarm-test-extra-0.5-1', 'osfarm-test-filesystem-1.0-1', 'osfarm-test-hello-2.1-3']);
+  t.is(readFileSync(join(tree, 'usr/share/osfarm-extra/README'), 'utf8'), 'installed through a comps group\n');
+  t.true((statSync(join(tree, 'usr/bin/osfarm-hello')).mode & 0o111) !== 0);
+  t.false(existsSync(join(tree, 'usr/share/osfarm-unwanted')), 'an optional group member is not installed');
+  // Every file the packages own is there and unmodified, but for the root password in /etc/shadow.
+  const verify = execFileSync('sh', ['-c', 'rpm -Va --root "$1" --dbpath /usr/lib/sysimage/rpm --nomtime || true', 'sh', tree], { encoding: 'utf8' }).trim();
+  t.is(verify, 'S.5......  c /etc/shadow');
+
+  // Hygiene: no cached packages or repository metadata, no mounts, the standard /dev only.
+  t.deepEqual(readdirSync(join(tree, 'var/cache/dnf')), []);
+  t.deepEqual(readdirSync(join(tree, 'proc')), []);
+  t.deepEqual(readdirSync(join(tree, 'dev')).sort(), ['console', 'fd', 'full', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero']);
+  t.deepEqual(mountsUnder(buildWorkDir()), []);
+  t.is(readFileSync(join(dir, 'rpm-test.tar')).indexOf(dir), -1, 'no host path in the image');
+  const shadow = readFileSync(join(tree, 'etc/shadow'), 'utf8');
+  t.is(/^root:([^:]*):/m.exec(shadow)![1], r.spec.rootPasswordHash);
+  t.false(shadow.includes('rpm-Pa55'));
+
+  // In the repository with its spec, mirrors included.
+  const [entry] = Repository.open(repo).list();
+  t.is((entry!.meta as any).spec.mirrors[0], `file://${rpmRepo}`);
+  t.is(entry!.digest, r.outputs[0].digest);
+});
+
+test('an RPM build without repositories or with unchecked signatures says what to set', async (t) => {
+  const dir = tempDir(t, 'osfarm-rpm-');
+  const noMirror = await cliAsync(['--repo', join(dir, 'repo'), 'build', '-t', 'rocky-9-x86_64', '-d', dir, '--no-gpg-check'], undefined, { OSFARM_MIRROR: '' });
+  t.is(resultOf(noMirror).error?.code, 'OSFARM_BAD_SPEC');
+  t.regex(resultOf(noMirror).error?.message, /spec\.mirrors: .*--mirror or \$OSFARM_MIRROR/);
+  const noKeys = await cliAsync(['--repo', join(dir, 'repo'), 'build', '-t', 'almalinux-9-x86_64', '-d', dir, '--mirror', 'file:///nonexistent'], undefined, { OSFARM_RPM_GPGKEYS: '' });
+  t.is(resultOf(noKeys).error?.code, 'OSFARM_BAD_SPEC');
+  t.regex(resultOf(noKeys).error?.message, /OSFARM_RPM_GPGKEYS/);
+  t.deepEqual(mountsUnder(dir), []);
+});
