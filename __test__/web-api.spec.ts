@@ -1,0 +1,427 @@
+/**
+ * The web API over real HTTP on loopback, against a real repository, stage store, apt
+ * package index, push receiver and (failing fast, on an empty local mirror) build jobs.
+ * The last test checks that every route of the OpenAPI document was exercised here.
+ */
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+
+import test from 'ava';
+
+import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/build/index.js';
+import { Repository } from '../src/repo/index.js';
+import { StageStore, stageTag } from '../src/stages/index.js';
+import { Receiver } from '../src/transfer/receive.js';
+import { startServer, type StartedServer } from '../src/web/index.js';
+import { tempDir, writeBlocks } from './helpers/tmp.js';
+
+const covered = new Set<string>();
+let documented: { method: string; path: RegExp; name: string }[] = [];
+
+function note(method: string, url: string): void {
+  const path = new URL(url, 'http://x').pathname;
+  for (const d of documented) if (d.method === method && d.path.test(path)) covered.add(d.name);
+}
+
+interface Ctx {
+  s: StartedServer;
+  token: string;
+  dir: string;
+  repo: string;
+}
+
+/** fetch against the server, recording which documented route it hit. */
+async function call(c: Ctx, method: string, path: string, opts: { body?: unknown; token?: string | null; headers?: Record<string, string> } = {}): Promise<Response> {
+  note(method, path);
+  const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+  const token = opts.token === undefined ? c.token : opts.token;
+  if (token !== null) headers.authorization = `Bearer ${token}`;
+  if (opts.body !== undefined) headers['content-type'] = 'application/json';
+  return fetch(`${c.s.url}${path}`, { method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
+}
+
+async function json<T = any>(r: Response): Promise<T> {
+  return (await r.json()) as T;
+}
+
+const SPEC = { distribution: 'debian', release: 'bookworm', architecture: 'amd64', groups: ['minbase'], packages: ['hello'], name: 'web-test' };
+
+/** A repository holding two small images with build metadata, sharing two of four blocks. */
+function seedRepository(dir: string): { repo: string; a: string; b: string; spec: ReturnType<typeof specFromObject> } {
+  const repo = join(dir, 'repo');
+  const r = Repository.init(repo);
+  const spec = specFromObject(SPEC);
+  const meta = (name: string) => ({ kind: 'osfarm-build', specDigest: specDigest(spec), spec: canonicalSpec(spec), buildLog: { tail: `osfarm: building ${name}\nosfarm: done` } });
+  writeBlocks(join(dir, 'a.img'), [1, 2, 3, 4]);
+  writeBlocks(join(dir, 'b.img'), [3, 4, 5, 6, 0]);
+  const a = r.addSync(join(dir, 'a.img'), { name: 'a.tar', meta: meta('a') }).digest;
+  const b = r.addSync(join(dir, 'b.img'), { name: 'b.tar', meta: meta('b') }).digest;
+  return { repo, a, b, spec };
+}
+
+async function start(t: any, opts: { readOnly?: boolean; maxQueuedBuilds?: number } = {}): Promise<Ctx & { a: string; b: string; spec: ReturnType<typeof specFromObject> }> {
+  const dir = tempDir(t, 'osfarm-web-api-');
+  const seeded = seedRepository(dir);
+  const s = await startServer({ repoPath: seeded.repo, tokenFile: join(dir, 'etc', 'token'), workDir: join(dir, 'work'), stagesPath: join(dir, 'stages'), ...opts });
+  t.teardown(() => s.close());
+  if (documented.length === 0) {
+    const doc = (await (await fetch(`${s.url}/api/openapi.json`)).json()) as { paths: Record<string, Record<string, unknown>> };
+    documented = Object.entries(doc.paths).flatMap(([p, ops]) =>
+      Object.keys(ops).map((m) => ({ method: m.toUpperCase(), name: `${m.toUpperCase()} ${p}`, path: new RegExp(`^${p.replace(/\{[^}]+\}/g, '[^/]+')}$`) })),
+    );
+  }
+  return { s, token: s.web.token.value, dir, ...seeded };
+}
+
+/** Reads a job's SSE stream to its end and returns the events. */
+async function events(c: Ctx, id: string): Promise<{ event: string; data: any; id?: string }[]> {
+  const r = await call(c, 'GET', `/api/jobs/${id}/events`);
+  if (r.status !== 200) throw new Error(`events: ${r.status}`);
+  const text = await r.text();
+  return text
+    .split('\n\n')
+    .filter((b) => b.trim() && !b.startsWith(':'))
+    .map((block) => {
+      const get = (k: string) => block.split('\n').find((l) => l.startsWith(`${k}: `))?.slice(k.length + 2);
+      return { event: get('event')!, data: JSON.parse(get('data') ?? 'null'), id: get('id') };
+    });
+}
+
+test.serial('the token file is created once with mode 0600 and refused when others can read it', async (t) => {
+  const c = await start(t);
+  const file = join(c.dir, 'etc', 'token');
+  t.is(statSync(file).mode & 0o777, 0o600);
+  t.true(c.s.web.token.created);
+  t.is(readFileSync(file, 'utf8').trim(), c.token);
+  const again = await startServer({ repoPath: c.repo, tokenFile: file, workDir: join(c.dir, 'work') });
+  t.teardown(() => again.close());
+  t.false(again.web.token.created);
+  t.is(again.web.token.value, c.token);
+  chmodSync(file, 0o644);
+  const err = await t.throwsAsync(startServer({ repoPath: c.repo, tokenFile: file }));
+  t.is((err as any).code, 'OSFARM_UNAUTHORIZED');
+  t.regex(err!.message, /chmod 600/);
+});
+
+test.serial('requests without the token, with a wrong one or from another site are refused', async (t) => {
+  const c = await start(t);
+  for (const [method, path, body] of [
+    ['GET', '/api/images'],
+    ['GET', '/api/jobs'],
+    ['GET', '/api/stages'],
+    ['DELETE', `/api/images/${c.a}`],
+    ['POST', '/api/builds', { spec: SPEC }],
+    ['POST', '/api/stages/gc', { maxSize: '1G' }],
+  ] as [string, string, unknown?][]) {
+    for (const token of [null, 'not-the-token']) {
+      const r = await call(c, method, path, { token, body });
+      t.is(r.status, 401, `${method} ${path} with ${token ?? 'no token'}`);
+      t.is((await json(r)).error.code, 'OSFARM_UNAUTHORIZED');
+    }
+  }
+  // Nothing was removed by the refused DELETE.
+  t.is(Repository.open(c.repo).list().length, 2);
+  const cross = await call(c, 'POST', '/api/stages/gc', { body: { maxSize: '1G' }, headers: { origin: 'http://elsewhere.invalid' } });
+  t.is(cross.status, 401);
+  // The page and the API documents need no token.
+  t.is((await call(c, 'GET', '/', { token: null })).status, 200);
+  t.is((await call(c, 'GET', '/api/docs', { token: null })).status, 200);
+  const unknown = await call(c, 'GET', '/api/nothing-here');
+  t.is(unknown.status, 404);
+  const wrongMethod = await call(c, 'PUT', '/api/images');
+  t.is(wrongMethod.status, 405);
+});
+
+test.serial('a session cookie from POST /api/session authorizes the browser; a wrong token gets none', async (t) => {
+  const c = await start(t);
+  const wrong = await call(c, 'POST', '/api/session', { token: null, body: { token: 'nope' } });
+  t.is(wrong.status, 401);
+  t.is(wrong.headers.get('set-cookie'), null);
+  const ok = await call(c, 'POST', '/api/session', { token: null, body: { token: c.token } });
+  t.is(ok.status, 200);
+  const cookie = ok.headers.get('set-cookie')!;
+  t.regex(cookie, /HttpOnly/);
+  t.regex(cookie, /SameSite=Strict/);
+  const pair = cookie.split(';')[0]!;
+  const session = await json(await call(c, 'GET', '/api/session', { token: null, headers: { cookie: pair } }));
+  t.deepEqual(session, { authorized: true, readOnly: false });
+  t.is((await call(c, 'GET', '/api/images', { token: null, headers: { cookie: pair } })).status, 200);
+  const out = await call(c, 'DELETE', '/api/session', { token: null, headers: { cookie: pair } });
+  t.regex(out.headers.get('set-cookie')!, /Max-Age=0/);
+});
+
+test.serial('read-only browsing: reading needs no token, changing still does', async (t) => {
+  const c = await start(t, { readOnly: true });
+  t.deepEqual(await json(await call(c, 'GET', '/api/session', { token: null })), { authorized: false, readOnly: true });
+  const list = await call(c, 'GET', '/api/images', { token: null });
+  t.is(list.status, 200);
+  t.is((await json(list)).images.length, 2);
+  t.is((await call(c, 'DELETE', `/api/images/${c.a}`, { token: null })).status, 401);
+  t.is((await call(c, 'POST', '/api/builds', { token: null, body: { spec: SPEC } })).status, 401);
+  t.is((await call(c, 'DELETE', `/api/images/${c.a}`)).status, 200);
+});
+
+test.serial('catalog: distributions with releases, groups and whether they build here; architectures', async (t) => {
+  const c = await start(t);
+  const cat = await json(await call(c, 'GET', '/api/distributions'));
+  const debian = cat.distributions.find((d: any) => d.name === 'debian');
+  t.true(debian.buildable);
+  t.true(debian.releases.includes('bookworm'));
+  t.false(debian.releases.includes('stable'), 'aliases are not releases');
+  t.true(debian.groups.includes('minbase'));
+  t.truthy(cat.distributions.find((d: any) => d.name === 'fedora'));
+  t.true(cat.architectures.some((a: any) => a.name === 'amd64' && a.native));
+});
+
+test.serial("package search reads the distribution's real index through apt", async (t) => {
+  const c = await start(t);
+  const r = await call(c, 'GET', '/api/packages?distribution=debian&release=bookworm&architecture=amd64&q=hello');
+  t.is(r.status, 200);
+  const body = await json(r);
+  t.is(body.index.source, 'host');
+  t.true(body.index.count > 10_000, `${body.index.count} packages in bookworm`);
+  t.is(body.results[0].name, 'hello');
+  t.regex(body.results[0].version, /^\d/);
+  t.true(body.results.every((p: any) => p.name.includes('hello') || p.description.toLowerCase().includes('hello')));
+  const bad = await call(c, 'GET', '/api/packages?distribution=plan9&release=4&architecture=amd64&q=x');
+  t.is(bad.status, 400);
+  t.is((await json(bad)).error.code, 'OSFARM_INVALID_ARGUMENT');
+  const rpm = await call(c, 'GET', '/api/packages?distribution=fedora&release=41&architecture=amd64&q=x');
+  t.is(rpm.status, 404);
+  t.regex((await json(rpm)).error.message, /type the package names/);
+  const missing = await call(c, 'GET', '/api/packages?distribution=debian&architecture=amd64&q=x');
+  t.is(missing.status, 400);
+});
+
+test.serial('spec check: the request checksum, the canonical spec and the images already built', async (t) => {
+  const c = await start(t);
+  const r = await call(c, 'POST', '/api/specs/check', { body: { spec: { ...SPEC, packages: ['hello', 'hello'] } } });
+  t.is(r.status, 200);
+  const body = await json(r);
+  t.is(body.specDigest, specDigest(c.spec));
+  t.deepEqual(body.built.map((i: any) => i.digest).sort(), [c.a, c.b].sort());
+  const yaml = await json(await call(c, 'POST', '/api/specs/check', { body: { text: 'distribution: debian\nrelease: bookworm\narchitecture: amd64\ngroups: [minbase]\npackages: [hello]\nname: web-test\n', format: 'yaml' } }));
+  t.is(yaml.specDigest, body.specDigest);
+  const other = await json(await call(c, 'POST', '/api/specs/check', { body: { spec: { ...SPEC, packages: ['curl'] } } }));
+  t.not(other.specDigest, body.specDigest);
+  t.deepEqual(other.built, []);
+  // A parent named by an image in the repository.
+  const child = await json(await call(c, 'POST', '/api/specs/check', { body: { spec: { parent: 'a.tar', packages: ['curl'], name: 'child' } } }));
+  t.is(child.spec.distribution, 'debian');
+});
+
+test.serial('invalid specs are refused with the field named, and a web spec cannot read server files', async (t) => {
+  const c = await start(t);
+  const cases: [unknown, RegExp][] = [
+    [{ spec: { ...SPEC, distribution: 'plan9' } }, /spec\.distribution/],
+    [{ spec: { ...SPEC, packages: ['Not A Package'] } }, /spec\.packages\[0\]/],
+    [{ spec: { ...SPEC, pakages: ['x'] } }, /did you mean packages/],
+    [{ spec: { ...SPEC, files: [{ destination: '/etc/x', source: '/etc/shadow' }] } }, /spec\.files\[0\]\.source/],
+    [{ spec: { ...SPEC, parent: '/etc/osfarm/base.yaml' } }, /spec\.parent/],
+    [{ text: 'distribution: [', format: 'yaml' }, /not valid YAML/],
+  ];
+  for (const path of ['/api/specs/check', '/api/builds']) {
+    for (const [body, re] of cases) {
+      const r = await call(c, 'POST', path, { body });
+      t.is(r.status, 422, `${path} ${JSON.stringify(body)}`);
+      const e = (await json(r)).error;
+      t.is(e.code, 'OSFARM_BAD_SPEC');
+      t.regex(e.message, re);
+      t.true(Array.isArray(e.issues));
+    }
+  }
+  const notJson = await fetch(`${c.s.url}/api/builds`, { method: 'POST', headers: { authorization: `Bearer ${c.token}`, 'content-type': 'application/json' }, body: '{nope' });
+  t.is(notJson.status, 400);
+  const noSpec = await call(c, 'POST', '/api/builds', { body: { nothing: true } });
+  t.is(noSpec.status, 400);
+  t.deepEqual((await json(await call(c, 'GET', '/api/jobs'))).jobs, [], 'no job was queued');
+});
+
+test.serial('build jobs: bounded queue, live events over SSE, cancel, failure with its code', async (t) => {
+  const c = await start(t, { maxQueuedBuilds: 1 });
+  // An empty local mirror: the build starts for real and mmdebstrap fails fast, touching nothing outside.
+  const mirror = join(c.dir, 'empty-mirror');
+  mkdirSync(mirror);
+  const spec = { ...SPEC, mirrors: [`file://${mirror}`] };
+  const first = await call(c, 'POST', '/api/builds', { body: { spec } });
+  t.is(first.status, 202);
+  const job = await json(first);
+  t.is(first.headers.get('location'), `/api/jobs/${job.id}`);
+  const second = await json(await call(c, 'POST', '/api/builds', { body: { spec: { ...spec, name: 'second' } } }));
+  const third = await call(c, 'POST', '/api/builds', { body: { spec: { ...spec, name: 'third' } } });
+  t.is(third.status, 503);
+  t.is((await json(third)).error.code, 'OSFARM_LOCKED');
+  const queued = await json(await call(c, 'GET', `/api/jobs/${second.id}`));
+  t.is(queued.state, 'queued');
+  t.is(queued.position, 0);
+  const cancel = await json(await call(c, 'DELETE', `/api/jobs/${second.id}`));
+  t.true(cancel.cancelled);
+  t.is(cancel.job.state, 'cancelled');
+
+  const evs = await events(c, job.id);
+  const types = evs.map((e) => e.event);
+  t.is(types[0], 'state');
+  t.is(evs[0]!.data.state, 'queued');
+  t.true(types.includes('phase'), types.join(','));
+  t.true(evs.some((e) => e.event === 'log' && /phase bootstrap|mmdebstrap/.test(e.data.line)));
+  t.is(types[types.length - 1], 'end');
+  const err = evs.find((e) => e.event === 'error')!;
+  t.is(err.data.error.code, 'OSFARM_BUILD_FAILED');
+  const done = await json(await call(c, 'GET', `/api/jobs/${job.id}`));
+  t.is(done.state, 'failed');
+  t.is(done.meta.specDigest, specDigest(specFromObject(spec)));
+  // A late reader with Last-Event-ID gets only what it has not seen.
+  const lastId = evs[evs.length - 3]!.id!;
+  const tail = await (await call(c, 'GET', `/api/jobs/${job.id}/events`, { headers: { 'last-event-id': lastId } })).text();
+  t.false(tail.includes(`id: ${lastId}\n`));
+  t.true(tail.includes('event: end'));
+  const again = await json(await call(c, 'DELETE', `/api/jobs/${job.id}`));
+  t.false(again.cancelled, 'a finished job cannot be cancelled');
+  t.is((await call(c, 'GET', '/api/jobs/000000000000')).status, 404);
+  t.is((await call(c, 'GET', '/api/jobs/000000000000/events')).status, 404);
+  const list = await json(await call(c, 'GET', '/api/jobs'));
+  t.deepEqual(list.jobs.map((j: any) => j.id).sort(), [job.id, second.id].sort());
+});
+
+test.serial('a running build is cancelled and torn down', async (t) => {
+  const c = await start(t);
+  // A mirror on loopback that accepts and never answers: apt waits until the cancel.
+  const sockets = new Set<import('node:net').Socket>();
+  const mirror = createServer((sock) => sockets.add(sock));
+  await new Promise<void>((res) => mirror.listen(0, '127.0.0.1', res));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    mirror.close();
+  });
+  const port = (mirror.address() as import('node:net').AddressInfo).port;
+  const r = await json(await call(c, 'POST', '/api/builds', { body: { spec: { ...SPEC, mirrors: [`http://127.0.0.1:${port}/debian`] } } }));
+  const stream = await call(c, 'GET', `/api/jobs/${r.id}/events`);
+  const reader = stream.body!.getReader();
+  let seen = '';
+  while (!/event: phase/.test(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += Buffer.from(value).toString();
+  }
+  const cancel = await json(await call(c, 'DELETE', `/api/jobs/${r.id}`));
+  t.true(cancel.cancelled);
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += Buffer.from(value).toString();
+  }
+  t.regex(seen, /"state":"cancelled"/);
+  t.regex(seen, /event: end/);
+  t.is((await json(await call(c, 'GET', `/api/jobs/${r.id}`))).error.code, 'OSFARM_ABORTED');
+  const builds = join(c.dir, 'work', 'builds');
+  t.deepEqual(existsSync(builds) ? readdirSync(builds) : [], [], 'no build tree is left');
+});
+
+test.serial('images: list, details, spec as JSON and XML, log, download, delete', async (t) => {
+  const c = await start(t);
+  const list = await json(await call(c, 'GET', '/api/images'));
+  t.deepEqual(list.images.map((i: any) => i.name), ['b.tar', 'a.tar']);
+  t.is(list.images[1].size, 4 * 4096);
+  t.is(list.images[1].distribution, 'debian');
+  t.deepEqual(list.images[1].packages, ['hello']);
+  t.is(list.stats.images, 2);
+  const one = await json(await call(c, 'GET', '/api/images/a.tar'));
+  t.is(one.digest, c.a);
+  t.is(one.meta.kind, 'osfarm-build');
+  const specJson = await json(await call(c, 'GET', `/api/images/${c.a.slice(0, 8)}/spec.json`));
+  t.deepEqual(specJson, JSON.parse(JSON.stringify(canonicalSpec(c.spec))));
+  const xml = await (await call(c, 'GET', '/api/images/a.tar/spec.xml')).text();
+  t.regex(xml, /<packages>\s*<package>hello<\/package>\s*<\/packages>/);
+  t.is(specDigest(parseSpec(xml, 'xml')), specDigest(c.spec), 'the XML reads back as the same spec');
+  const log = await (await call(c, 'GET', '/api/images/a.tar/log')).text();
+  t.is(log, 'osfarm: building a\nosfarm: done');
+  const dl = await call(c, 'GET', '/api/images/a.tar/download');
+  t.is(dl.status, 200);
+  t.regex(dl.headers.get('content-disposition')!, /filename="a\.tar"/);
+  t.deepEqual(Buffer.from(await dl.arrayBuffer()), readFileSync(join(c.dir, 'a.img')));
+  const missing = await call(c, 'GET', '/api/images/nothing-like-this');
+  t.is(missing.status, 404);
+  t.is((await json(missing)).error.code, 'OSFARM_NOT_FOUND');
+  const del = await json(await call(c, 'DELETE', '/api/images/a.tar'));
+  t.is(del.removed.digest, c.a);
+  t.is((await call(c, 'GET', '/api/images/a.tar')).status, 404);
+  t.deepEqual(Repository.open(c.repo).list().map((i) => i.digest), [c.b]);
+});
+
+test.serial('compare: common blocks both ways', async (t) => {
+  const c = await start(t);
+  const r = await json(await call(c, 'GET', '/api/compare?a=a.tar&b=b.tar'));
+  // a = blocks 1 2 3 4, b = 3 4 5 6 + a zero block: two of a's four are in b, two of b's four non-zero in a.
+  t.is(r.a.blocks, 4);
+  t.is(r.a.blocksInOther, 2);
+  t.is(r.b.blocks, 5);
+  t.is(r.b.zeroBlocks, 1);
+  t.is(r.b.blocksInOther, 2);
+  t.is(r.a.shareInOther, 0.5);
+  t.is(r.images.a.name, 'a.tar');
+  t.is((await call(c, 'GET', '/api/compare?a=a.tar')).status, 400);
+  t.is((await call(c, 'GET', '/api/compare?a=a.tar&b=zzzz-none')).status, 404);
+});
+
+test.serial('stages: listing with sizes and hits, and GC', async (t) => {
+  const c = await start(t);
+  const empty = await json(await call(c, 'GET', '/api/stages'));
+  t.deepEqual(empty.stages, []);
+  const store = await StageStore.open({ root: join(c.dir, 'stages'), cow: 'copy', durable: false });
+  const input = { config: { test: 'web' }, parentTag: null, driver: 'test', driverVersion: '1', source: null };
+  const tag = stageTag(input);
+  const made = await store.ensure(tag, null, async (dir) => writeFileSync(join(dir, 'file'), Buffer.alloc(100_000, 1)), { inputs: input, label: 'web test core' });
+  made.lease.release();
+  const listed = await json(await call(c, 'GET', '/api/stages'));
+  t.is(listed.stages.length, 1);
+  t.is(listed.stages[0].tag, tag);
+  t.is(listed.stages[0].label, 'web test core');
+  t.true(listed.stages[0].size >= 100_000);
+  t.is(typeof listed.stages[0].hits, 'number');
+  t.is((await call(c, 'POST', '/api/stages/gc', { body: { maxSize: 'lots' } })).status, 400);
+  const dry = await json(await call(c, 'POST', '/api/stages/gc', { body: { maxSize: 0, dryRun: true } }));
+  t.deepEqual(dry.removed.map((s: any) => s.tag), [tag]);
+  t.is((await json(await call(c, 'GET', '/api/stages'))).stages.length, 1, 'a dry run removes nothing');
+  const gc = await json(await call(c, 'POST', '/api/stages/gc', { body: { maxSize: 0 } }));
+  t.deepEqual(gc.removed.map((s: any) => s.tag), [tag]);
+  t.deepEqual((await json(await call(c, 'GET', '/api/stages'))).stages, []);
+});
+
+test.serial('push: an image goes to a real receiver as a job with bandwidth samples', async (t) => {
+  const c = await start(t);
+  const remoteRepo = join(c.dir, 'remote');
+  const receiver = new Receiver({ repoPath: remoteRepo, token: 'remote-secret-token' });
+  const addr = await receiver.listen('127.0.0.1', 0);
+  t.teardown(() => receiver.close());
+  const refused = await call(c, 'POST', '/api/transfers/push', { body: { image: 'a.tar', address: `127.0.0.1:${addr.port}` } });
+  t.is(refused.status, 400, 'no token and not insecure');
+  t.is((await call(c, 'POST', '/api/transfers/push', { body: { image: 'nope', address: `127.0.0.1:${addr.port}`, token: 'x' } })).status, 404);
+  const r = await call(c, 'POST', '/api/transfers/push', { body: { image: 'a.tar', address: `127.0.0.1:${addr.port}`, token: 'remote-secret-token', name: 'pushed.tar' } });
+  t.is(r.status, 202);
+  const job = await json(r);
+  t.is(job.kind, 'push');
+  const evs = await events(c, job.id);
+  const samples = evs.filter((e) => e.event === 'sample');
+  t.true(samples.length >= 1);
+  const result = evs.find((e) => e.event === 'result')!.data.result;
+  t.is(result.digest, c.a);
+  t.is(result.blocksSent, 4);
+  t.is(samples[samples.length - 1]!.data.sample.blocksSent, 4);
+  t.deepEqual(Repository.open(remoteRepo).list().map((i) => [i.digest, i.name]), [[c.a, 'pushed.tar']]);
+  // A wrong token fails the job with the receiver's refusal.
+  const bad = await json(await call(c, 'POST', '/api/transfers/push', { body: { image: 'b.tar', address: `127.0.0.1:${addr.port}`, token: 'wrong' } }));
+  const badEvents = await events(c, bad.id);
+  t.is(badEvents.find((e) => e.event === 'error')!.data.error.code, 'OSFARM_UNAUTHORIZED');
+});
+
+test.serial('the OpenAPI document lists every route, and every route was exercised above', async (t) => {
+  const c = await start(t);
+  const doc = await json(await call(c, 'GET', '/api/openapi.json', { token: null }));
+  t.is(doc.openapi, '3.1.0');
+  t.truthy(doc.paths['/api/builds'].post.requestBody);
+  const docs = await (await call(c, 'GET', '/api/docs', { token: null })).text();
+  for (const d of documented) t.true(docs.includes(d.name.split(' ')[1]!), `${d.name} on /api/docs`);
+  const missing = documented.map((d) => d.name).filter((n) => !covered.has(n));
+  t.deepEqual(missing, []);
+});

@@ -1,0 +1,410 @@
+/**
+ * The REST API over one repository and stage store: catalog and package search, spec
+ * checks, build and transfer jobs (with SSE), images, stages, compare. Each route carries
+ * its own documentation, from which openapi.ts writes the OpenAPI document, so the two
+ * cannot drift apart. docs/web.md is the overview.
+ */
+import { createReadStream, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+
+import { compare } from '../blocks/index.js';
+import { build, type BuildOptions, type BuildSpec, canonicalSpec, specDigest, specFromObject, type SpecFormat } from '../build/index.js';
+import { parseText, sniffFormat } from '../build/formats.js';
+import { SpecError } from '../build/errors.js';
+import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUTPUT_EXTENSION } from '../build/distros.js';
+import { OsfarmError } from '../errors.js';
+import { type ImageEntry, Repository } from '../repo/index.js';
+import { parseSize, StageStore } from '../stages/store.js';
+import { push } from '../transfer/push.js';
+import { catalog } from './catalog.js';
+import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
+import { isFinal, type JobInfo, JobQueue, streamJob } from './jobs.js';
+import { PackageSearch } from './packages.js';
+import { specXml } from './spec-view.js';
+
+export interface ApiOptions {
+  repoPath: string;
+  stagesPath: string;
+  /** Build scratch space and package caches (build()'s workDir). */
+  workDir: string;
+  /** Builds waiting at most (one more is refused with 503). */
+  maxQueuedBuilds: number;
+}
+
+/** What a route documents about itself (openapi.ts turns it into the OpenAPI document). */
+export interface RouteDoc {
+  summary: string;
+  tag: 'session' | 'compose' | 'jobs' | 'images' | 'stages' | 'compare' | 'transfer' | 'docs';
+  query?: Record<string, { description: string; required?: boolean }>;
+  /** The JSON body's fields, by name, with a description. */
+  body?: Record<string, { description: string; required?: boolean; type?: string }>;
+  /** The success answer: status, content type and a description. */
+  response: { status: number; type?: string; description: string };
+}
+
+export type DocumentedRoute = Route & { doc: RouteDoc };
+
+/** An image as the API lists it: the repository entry plus what its build recorded. */
+export interface ImageView {
+  digest: string;
+  name: string | null;
+  format: string;
+  size: number;
+  blockCount: number;
+  added: string;
+  specDigest: string | null;
+  distribution: string | null;
+  release: string | null;
+  architecture: string | null;
+  packages: string[];
+}
+
+interface BuildMeta {
+  kind?: string;
+  specDigest?: string;
+  spec?: Record<string, unknown>;
+  buildLog?: { path?: string; tail?: string };
+}
+
+function view(e: ImageEntry): ImageView {
+  const meta = (e.meta ?? {}) as BuildMeta;
+  const spec = meta.spec ?? {};
+  const s = (k: string) => (typeof spec[k] === 'string' ? (spec[k] as string) : null);
+  return {
+    digest: e.digest,
+    name: e.name ?? null,
+    format: e.format,
+    size: e.size,
+    blockCount: e.blockCount,
+    added: e.added.toISOString(),
+    specDigest: meta.specDigest ?? null,
+    distribution: s('distribution'),
+    release: s('release'),
+    architecture: s('architecture'),
+    packages: Array.isArray(spec.packages) ? (spec.packages as string[]) : [],
+  };
+}
+
+/**
+ * A spec sent over the web: checked like any other, except that it may not read the
+ * server's files (`files[].source`, a parent spec file). A parent names an image in the
+ * repository, whose recorded spec it builds on.
+ */
+function webSpec(body: Record<string, unknown>, repo: () => Repository): BuildSpec {
+  const text = body.text;
+  let raw: unknown = body.spec;
+  if (typeof text === 'string') {
+    const format = optField(body, 'format') as SpecFormat | undefined;
+    if (format !== undefined && !['yaml', 'json', 'xml'].includes(format)) throw bad('format must be yaml, json or xml');
+    // Parsed only to an object here: validation below applies the web's limits first.
+    raw = parseText(text, format ?? sniffFormat(text));
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
+  const issues: { path: string; message: string }[] = [];
+  const visit = (r: Record<string, unknown>, at: string) => {
+    if (Array.isArray(r.files)) {
+      r.files.forEach((f, i) => {
+        if (typeof f === 'object' && f !== null && 'source' in f) issues.push({ path: `${at}.files[${i}].source`, message: 'a spec sent over the web cannot copy files of the server: give `content` instead' });
+      });
+    }
+    if (typeof r.parent === 'string' && (r.parent.includes('/') || r.parent.startsWith('.'))) {
+      issues.push({ path: `${at}.parent`, message: 'over the web a parent is an image in the repository (name or digest), not a path' });
+    } else if (typeof r.parent === 'object' && r.parent !== null && !Array.isArray(r.parent)) visit(r.parent as Record<string, unknown>, `${at}.parent`);
+  };
+  visit(raw as Record<string, unknown>, 'spec');
+  if (issues.length > 0) throw new SpecError(issues);
+  return specFromObject(raw, {
+    baseDir: '/nonexistent/osfarm-web',
+    resolveParent: (ref) => {
+      let entry: ImageEntry;
+      try {
+        entry = repo().resolve(ref);
+      } catch {
+        return undefined;
+      }
+      const spec = (entry.meta as BuildMeta | undefined)?.spec;
+      if (!spec) return undefined;
+      // The recorded canonical form, back into spec fields.
+      const { specVersion: _v, files, ...rest } = spec as Record<string, unknown> & { files?: unknown[] };
+      if (Array.isArray(files) && files.length > 0) return undefined;
+      return { raw: rest };
+    },
+  });
+}
+
+function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
+  if (!(allowed as readonly string[]).includes(value)) throw bad(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
+  return value as T;
+}
+
+export class Api {
+  readonly builds: JobQueue;
+  readonly transfers: JobQueue;
+  private readonly packages: PackageSearch;
+
+  constructor(private readonly o: ApiOptions) {
+    this.builds = new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
+    this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
+    this.packages = new PackageSearch(join(o.workDir, 'apt-indexes'));
+    if (!existsSync(o.repoPath)) Repository.init(o.repoPath);
+  }
+
+  private repo(): Repository {
+    return Repository.open(this.o.repoPath);
+  }
+
+  private job(id: string): { queue: JobQueue; info: JobInfo } {
+    for (const queue of [this.builds, this.transfers]) {
+      const info = queue.get(id);
+      if (info) return { queue, info };
+    }
+    throw new OsfarmError('OSFARM_NOT_FOUND', `no job ${id} (finished jobs are forgotten after a while, or when the server restarts)`);
+  }
+
+  private image(ref: string): ImageEntry {
+    return this.repo().resolve(ref);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.builds.close(), this.transfers.close()]);
+  }
+
+  routes(): DocumentedRoute[] {
+    return [
+      {
+        method: 'GET', path: '/api/distributions', read: true,
+        doc: { tag: 'compose', summary: 'Distributions the drivers know (buildable here or not), their releases and groups, and the architectures', response: { status: 200, description: 'Catalog' } },
+        handler: async ({ res }) => sendJson(res, 200, await catalog()),
+      },
+      {
+        method: 'GET', path: '/api/packages', read: true,
+        doc: {
+          tag: 'compose', summary: "Search the distribution's package index (apt's Packages files, cached)",
+          query: { distribution: { description: 'debian or ubuntu', required: true }, release: { description: 'e.g. bookworm', required: true }, architecture: { description: 'e.g. amd64', required: true }, q: { description: 'part of a package name or description', required: true }, limit: { description: 'at most this many results (default 50, at most 500)' } },
+          response: { status: 200, description: 'PackageSearch: the index used and the matching packages' },
+        },
+        handler: async ({ res, url }) => {
+          const d = oneOf(query(url, 'distribution'), DISTRIBUTIONS, 'distribution') as Distribution;
+          const a = oneOf(query(url, 'architecture'), ARCHITECTURES, 'architecture') as Architecture;
+          const release = query(url, 'release');
+          if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw bad(`release ${JSON.stringify(release)} is not a release name`);
+          const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
+          sendJson(res, 200, await this.packages.search(d, release, a, url.searchParams.get('q') ?? '', limit));
+        },
+      },
+      {
+        method: 'POST', path: '/api/specs/check', read: true,
+        doc: {
+          tag: 'compose', summary: 'Validate a spec: its request checksum, canonical form, and the images already built from it',
+          body: { spec: { description: 'the spec as a JSON object', type: 'object' }, text: { description: 'or the spec as text' }, format: { description: 'yaml, json or xml (sniffed if absent)' } },
+          response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec' },
+        },
+        handler: async ({ req, res }) => {
+          const spec = webSpec(await readJson(req), () => this.repo());
+          const digest = specDigest(spec);
+          const built = this.repo().list().map(view).filter((i) => i.specDigest === digest);
+          sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
+        },
+      },
+      {
+        method: 'POST', path: '/api/builds',
+        doc: {
+          tag: 'jobs', summary: 'Queue a build of a spec; it runs in the server (closing the page does not stop it)',
+          body: { spec: { description: 'the spec as a JSON object', type: 'object' }, text: { description: 'or the spec as text' }, format: { description: 'yaml, json or xml' } },
+          response: { status: 202, description: 'Job; 422 for an invalid spec, 503 when the queue is full' },
+        },
+        handler: async ({ req, res }) => {
+          const spec = webSpec(await readJson(req), () => this.repo());
+          const digest = specDigest(spec);
+          const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
+            // stagesDir: builders with a stage store take it; older ones ignore it.
+            const options: BuildOptions & { stagesDir?: string } = {
+              repoPath: this.o.repoPath,
+              workDir: this.o.workDir,
+              stagesDir: this.o.stagesPath,
+              signal,
+              handleSignals: false,
+              onEvent: (e) => {
+                switch (e.type) {
+                  case 'phase':
+                    return emit({ type: 'phase', phase: e.phase, ...(e.detail ? { detail: e.detail } : {}) });
+                  case 'log':
+                    return emit({ type: 'log', line: e.line });
+                  case 'progress':
+                    return emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total, ...(e.detail ? { detail: e.detail } : {}) });
+                  case 'output':
+                    return emit({ type: 'output', output: { format: e.format, size: e.size, digest: e.digest, file: `${spec.name}${OUTPUT_EXTENSION[e.format]}` } });
+                  default:
+                    return emit({ type: 'stage', stage: { ...(e as object) } });
+                }
+              },
+            };
+            const r = await build(spec, options);
+            return { specDigest: r.specDigest, durationMs: r.durationMs, phases: r.phases, outputs: r.outputs.map((o) => ({ format: o.format, size: o.size, digest: o.digest })) };
+          }, { specDigest: digest, name: spec.name });
+          sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
+        },
+      },
+      {
+        method: 'GET', path: '/api/jobs', read: true,
+        doc: { tag: 'jobs', summary: 'Every build and transfer job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
+        handler: ({ res }) => {
+          const jobs = [...this.builds.list(), ...this.transfers.list()].sort((a, b) => b.created.localeCompare(a.created));
+          sendJson(res, 200, { jobs });
+        },
+      },
+      {
+        method: 'GET', path: '/api/jobs/:id', read: true,
+        doc: { tag: 'jobs', summary: "A job's state, phase, progress, result or error", response: { status: 200, description: 'Job' } },
+        handler: ({ res, params }) => sendJson(res, 200, this.job(params.id!).info),
+      },
+      {
+        method: 'GET', path: '/api/jobs/:id/events', read: true,
+        doc: { tag: 'jobs', summary: "A job's events as Server-Sent Events: history (after Last-Event-ID), then live, then `end`", response: { status: 200, type: 'text/event-stream', description: 'events state, phase, log, progress, sample, output, result, error, end' } },
+        handler: ({ req, res, params }) => {
+          const { queue } = this.job(params.id!);
+          const last = Number(req.headers['last-event-id'] ?? 0) || 0;
+          streamJob(queue, params.id!, res, last);
+        },
+      },
+      {
+        method: 'DELETE', path: '/api/jobs/:id',
+        doc: { tag: 'jobs', summary: 'Cancel a queued or running job (a build tears its chroot down)', response: { status: 200, description: '{ cancelled: boolean, job: Job }' } },
+        handler: ({ res, params }) => {
+          const { queue, info } = this.job(params.id!);
+          const cancelled = !isFinal(info.state) && queue.cancel(info.id);
+          sendJson(res, 200, { cancelled, job: queue.get(info.id) });
+        },
+      },
+      {
+        method: 'GET', path: '/api/images', read: true,
+        doc: { tag: 'images', summary: 'The repository: every image with size, format and what built it', response: { status: 200, description: '{ images: Image[], stats }' } },
+        handler: ({ res }) => {
+          const repo = this.repo();
+          sendJson(res, 200, { images: repo.list().map(view).reverse(), stats: repo.stats() });
+        },
+      },
+      {
+        method: 'GET', path: '/api/images/:ref', read: true,
+        doc: { tag: 'images', summary: 'One image (by name, digest or digest prefix) with its metadata', response: { status: 200, description: 'Image with meta' } },
+        handler: ({ res, params }) => {
+          const e = this.image(params.ref!);
+          sendJson(res, 200, { ...view(e), originalName: e.originalName ?? null, meta: e.meta ?? null });
+        },
+      },
+      {
+        method: 'GET', path: '/api/images/:ref/spec.json', read: true,
+        doc: { tag: 'images', summary: 'The canonical spec the image was built from, as JSON', response: { status: 200, type: 'application/json', description: 'CanonicalSpec' } },
+        handler: ({ res, params }) => sendJson(res, 200, this.specOf(params.ref!)),
+      },
+      {
+        method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
+        doc: { tag: 'images', summary: 'The same spec in the XML spec form', response: { status: 200, type: 'application/xml', description: 'XML spec' } },
+        handler: ({ res, params }) => sendText(res, 200, specXml(this.specOf(params.ref!)), 'application/xml; charset=utf-8'),
+      },
+      {
+        method: 'GET', path: '/api/images/:ref/log', read: true,
+        doc: { tag: 'images', summary: "The image's build log (the end kept with the image)", response: { status: 200, type: 'text/plain', description: 'log text' } },
+        handler: ({ res, params }) => {
+          const meta = (this.image(params.ref!).meta ?? {}) as BuildMeta;
+          if (meta.buildLog?.tail === undefined) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no build log (it was not built by osfarm build)`);
+          sendText(res, 200, meta.buildLog.tail, 'text/plain; charset=utf-8');
+        },
+      },
+      {
+        method: 'GET', path: '/api/images/:ref/download', read: true,
+        doc: { tag: 'images', summary: "The image's data, as a file download", response: { status: 200, type: 'application/octet-stream', description: 'image bytes' } },
+        handler: async ({ req, res, params }) => {
+          const e = this.image(params.ref!);
+          const file = (e.name ?? e.originalName ?? `${e.digest}.${e.format}`).replace(/[^A-Za-z0-9._+-]/g, '_');
+          res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': e.size, 'content-disposition': `attachment; filename="${file}"`, etag: `"${e.digest}"` });
+          if (req.method === 'HEAD') return void res.end();
+          await pipeline(createReadStream(e.path), res);
+        },
+      },
+      {
+        method: 'DELETE', path: '/api/images/:ref',
+        doc: { tag: 'images', summary: 'Remove an image (blocks other images share stay)', response: { status: 200, description: '{ removed: Image }' } },
+        handler: async ({ res, params }) => sendJson(res, 200, { removed: view(await this.repo().remove(params.ref!)) }),
+      },
+      {
+        method: 'GET', path: '/api/stages', read: true,
+        doc: { tag: 'stages', summary: 'The stage store: each stage with parent, sizes, hits and last use', response: { status: 200, description: '{ root, backend, totalOwnSize, stages }' } },
+        handler: async ({ res }) => {
+          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
+          const stages = store.list();
+          sendJson(res, 200, { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages });
+        },
+      },
+      {
+        method: 'POST', path: '/api/stages/gc',
+        doc: { tag: 'stages', summary: 'Remove least recently used stages until the store fits (never one in use)', body: { maxSize: { description: 'bound like 20G or 500M, or bytes', required: true }, dryRun: { description: 'only say what would go', type: 'boolean' } }, response: { status: 200, description: 'GcResult' } },
+        handler: async ({ req, res }) => {
+          const body = await readJson(req);
+          const max = body.maxSize;
+          if (typeof max !== 'string' && typeof max !== 'number') throw bad('maxSize is required: a size like 20G or 500M, or a number of bytes');
+          const maxSize = parseSize(max);
+          if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw bad('dryRun must be true or false');
+          if (!existsSync(this.o.stagesPath)) return sendJson(res, 200, { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: body.dryRun === true });
+          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
+          sendJson(res, 200, await store.gc({ maxSize, dryRun: body.dryRun === true }));
+        },
+      },
+      {
+        method: 'GET', path: '/api/compare', read: true,
+        doc: { tag: 'compare', summary: "Two images' common blocks, both ways", query: { a: { description: 'image name or digest', required: true }, b: { description: 'image name or digest', required: true } }, response: { status: 200, description: 'CompareResult with both images' } },
+        handler: async ({ res, url }) => {
+          const a = this.image(query(url, 'a'));
+          const b = this.image(query(url, 'b'));
+          const r = await compare(a.indexPath, b.indexPath);
+          sendJson(res, 200, { ...r, images: { a: view(a), b: view(b) } });
+        },
+      },
+      {
+        method: 'POST', path: '/api/transfers/push',
+        doc: {
+          tag: 'transfer', summary: "Push an image to another osfarm node's receiver (only the blocks it lacks); samples of bandwidth and blocks sent stream as `sample` events",
+          body: { image: { description: 'image name or digest here', required: true }, address: { description: "the receiver's host:port", required: true }, token: { description: "the receiver's token" }, insecure: { description: 'the receiver runs without a token', type: 'boolean' }, name: { description: 'name at the receiver' } },
+          response: { status: 202, description: 'Job' },
+        },
+        handler: async ({ req, res }) => {
+          const body = await readJson(req);
+          const entry = this.image(field(body, 'image'));
+          const address = field(body, 'address');
+          const token = optField(body, 'token');
+          const name = optField(body, 'name');
+          if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw bad('insecure must be true or false');
+          if (!token && body.insecure !== true) throw bad('give the receiver\'s token, or insecure: true for a receiver without one');
+          const info = this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
+            const started = Date.now();
+            let last = 0;
+            const r = await push(entry.digest, address, {
+              repo: this.o.repoPath,
+              signal,
+              ...(token ? { token } : { insecure: true }),
+              ...(name ? { name } : {}),
+              onProgress: (p) => {
+                const now = Date.now();
+                emit({ type: 'progress', phase: 'push', done: p.haveBlocks, total: p.blockCount });
+                if (now - last >= 200) {
+                  last = now;
+                  emit({ type: 'sample', sample: { ms: now - started, wireBytes: p.wireBytesSent, blocksSent: p.blocksSent, haveBlocks: p.haveBlocks, blockCount: p.blockCount } });
+                }
+              },
+            });
+            emit({ type: 'sample', sample: { ms: Date.now() - started, wireBytes: r.wireBytesSent, blocksSent: r.blocksSent, haveBlocks: r.blockCount, blockCount: r.blockCount } });
+            return r;
+          }, { image: entry.digest, address });
+          sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
+        },
+      },
+    ];
+  }
+
+  private specOf(ref: string): Record<string, unknown> {
+    const spec = (this.image(ref).meta as BuildMeta | undefined)?.spec;
+    if (!spec) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${ref} has no spec (it was not built by osfarm build)`);
+    return spec;
+  }
+}

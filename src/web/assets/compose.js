@@ -1,0 +1,147 @@
+// Compose: distribution, release, architecture, groups, packages (searched in the real index),
+// outputs, root password, parent; the request checksum and whether it is already built.
+import { api, debounce, el, notice, showError, short, bytes } from './lib.js';
+
+const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'];
+
+export async function render(view) {
+  const [catalog, repo] = await Promise.all([api('GET', '/api/distributions'), api('GET', '/api/images')]);
+  const state = { packages: [], groups: new Set(['minbase']), outputs: new Set(['tar']) };
+
+  const dist = el('select', { id: 'distribution' }, catalog.distributions.map((d) =>
+    el('option', { value: d.name, disabled: !d.buildable, title: d.reason ?? '' }, d.buildable ? d.name : `${d.name} (not buildable here)`)));
+  const release = el('select', { id: 'release' });
+  const releaseText = el('input', { type: 'text', id: 'release-text', placeholder: 'release, e.g. 9', hidden: true });
+  const arch = el('select', { id: 'architecture' }, catalog.architectures.map((a) =>
+    el('option', { value: a.name, disabled: !a.available, selected: a.name === catalog.defaultArchitecture }, a.native ? a.name : `${a.name} (emulated)`)));
+  const groups = el('div', { class: 'checks', id: 'groups' });
+  const name = el('input', { type: 'text', id: 'name', placeholder: 'default: distribution-release-architecture' });
+  const password = el('input', { type: 'password', id: 'root-password', autocomplete: 'new-password', placeholder: 'leave empty to keep root locked' });
+  const parent = el('select', { id: 'parent' }, el('option', { value: '' }, 'none (a core image)'),
+    repo.images.filter((i) => i.specDigest).map((i) => el('option', { value: i.name ?? i.digest }, `${i.name ?? short(i.digest)} (${i.distribution} ${i.release} ${i.architecture})`)));
+  const outputs = el('div', { class: 'checks', id: 'outputs' }, OUTPUTS.map((f) =>
+    el('label', {}, el('input', { type: 'checkbox', value: f, checked: state.outputs.has(f), onchange: (e) => { e.target.checked ? state.outputs.add(f) : state.outputs.delete(f); check(); } }), f)));
+  const chips = el('div', { class: 'chips', id: 'packages' });
+  const search = el('input', { type: 'search', id: 'package-search', placeholder: 'search packages (Enter adds the name as typed)' });
+  const results = el('div', { class: 'results', id: 'package-results', hidden: true });
+  const indexInfo = el('p', { class: 'muted', id: 'index-info' });
+  const digest = el('div', { id: 'spec-check' }, el('span', { class: 'muted' }, '…'));
+  const buildButton = el('button', { class: 'primary', id: 'build' }, 'Build');
+
+  const current = () => catalog.distributions.find((d) => d.name === dist.value);
+  const releaseValue = () => (release.hidden ? releaseText.value.trim() : release.value);
+
+  function fillDistribution() {
+    const d = current();
+    release.replaceChildren(...d.releases.map((r) => el('option', { value: r, selected: r === d.defaultRelease }, r)));
+    release.hidden = d.releases.length === 0;
+    releaseText.hidden = !release.hidden;
+    state.groups = new Set(d.groups.includes('minbase') ? ['minbase'] : []);
+    groups.replaceChildren(...d.groups.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g)));
+    indexInfo.textContent = '';
+  }
+
+  function renderChips() {
+    chips.replaceChildren(...state.packages.map((p) => el('span', { class: 'chip' }, p, el('button', { title: `remove ${p}`, onclick: () => { state.packages = state.packages.filter((x) => x !== p); renderChips(); check(); } }, '×'))));
+    if (state.packages.length === 0) chips.append(el('span', { class: 'muted' }, 'no extra packages'));
+  }
+  function addPackage(p) {
+    if (p && !state.packages.includes(p)) state.packages.push(p);
+    search.value = '';
+    results.hidden = true;
+    renderChips();
+    check();
+  }
+
+  const runSearch = debounce(async () => {
+    const q = search.value.trim();
+    if (q.length < 2) {
+      results.hidden = true;
+      return;
+    }
+    try {
+      const params = new URLSearchParams({ distribution: dist.value, release: releaseValue(), architecture: arch.value, q, limit: '40' });
+      const r = await api('GET', `/api/packages?${params}`);
+      indexInfo.textContent = `${r.index.count} packages in ${r.index.distribution} ${r.index.release} ${r.index.architecture} (apt index, ${r.index.source})`;
+      results.replaceChildren(...r.results.map((p) => el('div', { 'data-package': p.name, onclick: () => addPackage(p.name) }, el('b', {}, p.name), el('span', { class: 'mono' }, p.version), el('span', { class: 'desc' }, p.description))));
+      if (r.results.length === 0) results.append(el('div', { class: 'muted' }, 'no package matches'));
+      results.hidden = false;
+    } catch (err) {
+      indexInfo.textContent = err.message;
+      results.hidden = true;
+    }
+  }, 250);
+  search.addEventListener('input', runSearch);
+  search.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') {
+      e.preventDefault();
+      addPackage(search.value.trim());
+    }
+  });
+
+  function spec() {
+    const s = { distribution: dist.value, release: releaseValue(), architecture: arch.value, groups: [...state.groups], packages: state.packages, outputs: [...state.outputs] };
+    if (name.value.trim()) s.name = name.value.trim();
+    if (password.value) s.rootPassword = password.value;
+    if (parent.value) {
+      s.parent = parent.value;
+      // A child keeps its parent's system; only what it adds is sent.
+      delete s.distribution; delete s.release; delete s.architecture;
+      s.groups = s.groups.filter((g) => !['extract', 'custom', 'essential', 'apt', 'required', 'minbase', 'buildd', 'important', 'debootstrap', 'standard'].includes(g));
+    }
+    return s;
+  }
+
+  let checkSeq = 0;
+  const check = debounce(async () => {
+    const seq = ++checkSeq;
+    try {
+      const r = await api('POST', '/api/specs/check', { spec: spec() });
+      if (seq !== checkSeq) return;
+      const built = r.built.length
+        ? el('span', { class: 'ok', id: 'built' }, `already built: ${r.built.map((i) => `${i.name ?? short(i.digest)} (${bytes(i.size)})`).join(', ')}`)
+        : el('span', { class: 'muted', id: 'built' }, 'not built yet');
+      digest.replaceChildren(el('div', {}, 'request checksum ', el('code', { id: 'spec-digest' }, r.specDigest)), built);
+      buildButton.disabled = false;
+    } catch (err) {
+      if (seq !== checkSeq) return;
+      digest.replaceChildren(el('pre', { class: 'bad', id: 'spec-issues' }, err.issues ? err.issues.map((i) => `${i.path}: ${i.message}`).join('\n') : err.message));
+      buildButton.disabled = true;
+    }
+  }, 200);
+
+  buildButton.addEventListener('click', async () => {
+    buildButton.disabled = true;
+    try {
+      const job = await api('POST', '/api/builds', { spec: spec() });
+      notice(`build ${job.title} queued`, 'info');
+      location.hash = `#/build/${job.id}`;
+    } catch (err) {
+      showError(err);
+      buildButton.disabled = false;
+    }
+  });
+  for (const input of [release, releaseText, arch, name, password, parent]) input.addEventListener('input', check);
+  dist.addEventListener('change', () => { fillDistribution(); check(); });
+
+  view.append(
+    el('h1', {}, 'Compose an image'),
+    el('div', { class: 'grid' },
+      el('div', { class: 'card' },
+        el('h2', {}, 'System'),
+        el('label', { for: 'distribution' }, 'Distribution'), dist,
+        el('label', { for: 'release' }, 'Release'), release, releaseText,
+        el('label', { for: 'architecture' }, 'Architecture'), arch,
+        el('label', { for: 'parent' }, 'Parent (an image built before; this one adds to it)'), parent),
+      el('div', { class: 'card' },
+        el('h2', {}, 'Groups'), groups,
+        el('h2', {}, 'Outputs'), outputs,
+        el('label', { for: 'name' }, 'Image name'), name,
+        el('label', { for: 'root-password' }, 'Root password'), password)),
+    el('div', { class: 'card' }, el('h2', {}, 'Packages'), chips, el('label', { for: 'package-search' }, 'Search the package index'), search, results, indexInfo),
+    el('div', { class: 'card' }, el('h2', {}, 'Request'), digest, el('p', {}, buildButton)),
+  );
+  fillDistribution();
+  renderChips();
+  check();
+}

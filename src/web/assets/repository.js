@@ -1,0 +1,57 @@
+// Repository: images with size and format; one image's spec (JSON, XML), build log, download, delete.
+import { api, bytes, el, notice, showError, short, when } from './lib.js';
+
+export async function render(view, [ref], session) {
+  const { images, stats } = await api('GET', '/api/images');
+  const detail = el('div', { id: 'image-detail' });
+  const rows = images.map((i) => el('tr', { 'data-digest': i.digest },
+    el('td', {}, el('a', { href: `#/repository/${i.digest}` }, i.name ?? short(i.digest))),
+    el('td', { class: 'mono' }, short(i.digest)),
+    el('td', {}, i.format),
+    el('td', { class: 'num' }, bytes(i.size)),
+    el('td', {}, i.distribution ? `${i.distribution} ${i.release} ${i.architecture}` : '-'),
+    el('td', {}, i.packages.join(' ')),
+    el('td', {}, when(i.added))));
+  view.append(
+    el('h1', {}, 'Repository'),
+    el('p', { class: 'muted' }, `${stats.images} images, ${bytes(stats.totalBytes)} in total, ${bytes(stats.diskBytes)} on disk, ${stats.distinctBlocks} distinct blocks of ${bytes(stats.blockSize)}`),
+    el('div', { class: 'card' }, images.length === 0 ? el('p', { class: 'muted' }, 'The repository is empty.') :
+      el('table', { id: 'images' }, el('thead', {}, el('tr', {}, ['name', 'digest', 'format', 'size', 'system', 'packages', 'added'].map((h) => el('th', { class: h === 'size' ? 'num' : '' }, h)))), el('tbody', {}, rows))),
+    detail);
+  if (!ref) return;
+
+  const image = await api('GET', `/api/images/${encodeURIComponent(ref)}`);
+  const body = el('pre', { id: 'image-view' });
+  const tabs = el('div', { class: 'tabs row' });
+  const show = async (label, path) => {
+    for (const b of tabs.children) b.classList.toggle('active', b.textContent === label);
+    try {
+      const r = await fetch(path, { credentials: 'same-origin' });
+      body.textContent = r.ok ? await r.text() : `(${label}: ${(await r.json()).error.message})`;
+      if (label === 'spec JSON' && r.ok) body.textContent = JSON.stringify(JSON.parse(body.textContent), null, 2);
+    } catch (err) {
+      body.textContent = err.message;
+    }
+  };
+  const base = `/api/images/${image.digest}`;
+  for (const [label, path] of [['spec JSON', `${base}/spec.json`], ['spec XML', `${base}/spec.xml`], ['build log', `${base}/log`]]) {
+    tabs.append(el('button', { onclick: () => show(label, path) }, label));
+  }
+  const del = el('button', { class: 'danger', id: 'delete', disabled: !session.authorized }, 'Delete');
+  del.addEventListener('click', async () => {
+    if (!confirm(`Delete ${image.name ?? image.digest}? Blocks other images share stay.`)) return;
+    try {
+      await api('DELETE', base);
+      notice(`deleted ${image.name ?? image.digest}`, 'info');
+      location.hash = '#/repository';
+    } catch (err) {
+      showError(err);
+    }
+  });
+  detail.append(el('div', { class: 'card' },
+    el('h2', {}, image.name ?? image.digest),
+    el('p', {}, el('code', {}, image.digest), ` · ${image.format} · ${bytes(image.size)} · ${image.blockCount} blocks · added ${when(image.added)}`),
+    el('p', { class: 'row' }, el('a', { href: `${base}/download`, download: image.name ?? image.digest, id: 'download' }, 'Download'), el('a', { href: `#/compare/${image.digest}` }, 'Compare with…'), del),
+    tabs, body));
+  await show('spec JSON', `${base}/spec.json`);
+}
