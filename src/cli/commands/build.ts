@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 
 import { build, type BuildEvent, type BuildOptions, type BuildResult, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
 import { SpecError } from '../../build/errors.js';
+import { repositoryParents } from '../../images/index.js';
 import { backendByName } from '../../stages/cow/index.js';
 import { type Command, flag, type ParsedArgs, str, strs } from '../command.js';
 import { bytes, table } from '../format.js';
@@ -30,14 +31,15 @@ function readPassword(args: ParsedArgs): string | undefined {
 }
 
 /** The spec as a plain object: the spec file (if any) with the flags on top. */
-function rawSpec(args: ParsedArgs): { raw: Record<string, unknown>; baseDir?: string } {
+function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unknown>; baseDir?: string } {
   const [file, extra] = args.positionals;
   if (extra !== undefined) throw new RangeError(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
   let raw: Record<string, unknown> = {};
   let baseDir: string | undefined;
   if (file !== undefined) {
     // Parse and validate the file on its own first, so its errors name its fields.
-    const spec = loadSpec(file);
+    // A parent may also be named by an image in the repository (its spec is kept there).
+    const spec = loadSpec(file, { resolveParent: repositoryParents(repoPath) });
     raw = { ...spec } as unknown as Record<string, unknown>;
     baseDir = process.cwd();
   }
@@ -133,7 +135,7 @@ const command: Command<Result> = {
   },
   allowPositionals: true,
   async run(args, ctx) {
-    const { raw, baseDir } = rawSpec(args);
+    const { raw, baseDir } = rawSpec(args, ctx.repoPath);
     const output = str(args, 'output');
     // `-o image.tar.gz` with no --format and no outputs in the spec file: the ending picks the format.
     if (output !== undefined && raw.outputs === undefined) {

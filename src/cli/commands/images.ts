@@ -1,0 +1,84 @@
+/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
+import { writeFileSync } from 'node:fs';
+
+import { loadSpec } from '../../build/spec.js';
+import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
+import { type Command, flag, str } from '../command.js';
+import { bytes, table } from '../format.js';
+
+const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+
+function oneArg(positionals: string[], what: string): string {
+  if (positionals.length !== 1) throw new RangeError(`give one ${what} (got ${positionals.length})`);
+  return positionals[0]!;
+}
+
+const find: Command<FindResult> = {
+  name: 'find',
+  summary: 'the images built from a spec (same request checksum), every format',
+  usage: 'images find SPEC.yaml|SPEC.json|SPEC.xml',
+  allowPositionals: true,
+  async run(args, ctx) {
+    const spec = loadSpec(oneArg(args.positionals, 'spec file'), { resolveParent: repositoryParents(ctx.repoPath) });
+    const r = findImages(ctx.repoPath, spec);
+    if (r.images.length === 0) process.exitCode = 1;
+    return r;
+  },
+  render(r) {
+    if (r.images.length === 0) return `no image of request ${r.specDigest.slice(0, 16)} in the repository (osfarm build builds it)`;
+    const rows = r.images.map((i) => [i.format, i.digest.slice(0, 16), i.name ?? '', bytes(i.size), when(i.added), i.sourceDateEpoch === null ? '-' : String(i.sourceDateEpoch)]);
+    return [`request ${r.specDigest}`, table(rows, ['format', 'digest', 'name', 'size', 'added', 'SOURCE_DATE_EPOCH'])].join('\n');
+  },
+};
+
+const show: Command<ShowResult> = {
+  name: 'show',
+  summary: "an image's spec, stages, size, formats and build log",
+  usage: 'images show NAME|DIGEST [--log]',
+  options: { log: { type: 'boolean' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const r = showImage(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    // The human form prints the whole log tail only when asked.
+    if (!flag(args, 'log') && !ctx.json && r.buildLog) r.buildLog = { ...r.buildLog, tail: r.buildLog.tail.split('\n').slice(-10).join('\n') };
+    return r;
+  },
+  render(r) {
+    const s = r.spec;
+    return [
+      `image ${r.name ?? '(no name)'} ${r.digest}`,
+      `  format ${r.format}, ${bytes(r.size)}, added ${when(r.added)}, at ${r.path}`,
+      `  request ${r.specDigest}: ${s.distribution} ${s.release} ${s.architecture}, built with ${r.backend} by ${r.builder}${r.cow ? `, stages on ${r.cow}` : ''}`,
+      `  formats: ${r.formats.map((f) => `${f.format} ${f.digest.slice(0, 12)} (${bytes(f.size)})`).join(', ')}`,
+      '  stages:',
+      ...r.stages.map((st) => `    ${st.tag.slice(0, 12)}  ${st.label}`),
+      '  spec (canonical JSON):',
+      ...JSON.stringify(s, null, 2).split('\n').map((l) => `    ${l}`),
+      ...(r.buildLog ? [`  build log ${r.buildLog.path} (last lines):`, ...r.buildLog.tail.split('\n').map((l) => `    ${l}`)] : []),
+    ].join('\n');
+  },
+};
+
+const exportCmd: Command<{ specDigest: string; xml: string; output: string | null }> = {
+  name: 'export',
+  summary: "the spec an image was built from, as XML (reading it back gives the same request checksum)",
+  usage: 'images export NAME|DIGEST [-o SPEC.xml]',
+  options: { output: { type: 'string', short: 'o' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const r = exportSpec(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    const output = str(args, 'output') ?? null;
+    if (output) writeFileSync(output, r.xml);
+    return { ...r, output };
+  },
+  render(r) {
+    return r.output ? `wrote the spec of request ${r.specDigest.slice(0, 16)} to ${r.output}` : r.xml.trimEnd();
+  },
+};
+
+const command: Command = {
+  name: 'images',
+  usage: 'images <find|show|export> [options]',
+  subcommands: [find, show, exportCmd] as Command[],
+};
+export default command;

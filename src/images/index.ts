@@ -1,0 +1,113 @@
+/**
+ * Images by their build request: find the images a spec has produced, show an image's
+ * spec, stages, formats and build log, export its spec (XML round-trips to the same
+ * checksum), and let a spec name a repository image as its parent.
+ */
+import { parseText } from '../build/formats.js';
+import { type BuildSpec, specDigest } from '../build/spec.js';
+import { OsfarmError } from '../errors.js';
+import type { ImageEntry, Repository } from '../repo/index.js';
+import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists } from './lookup.js';
+
+export * from './lookup.js';
+export { specToXml } from './xml.js';
+
+/** One image of a request, as listed. */
+export interface ImageSummary {
+  digest: string;
+  name: string | null;
+  format: string;
+  size: number;
+  added: string;
+  sourceDateEpoch: number | null;
+}
+
+export interface FindResult {
+  specDigest: string;
+  images: ImageSummary[];
+}
+
+export interface ShowResult extends ImageSummary {
+  path: string;
+  specDigest: string;
+  spec: BuildMeta['spec'];
+  specXml: string | null;
+  stages: { tag: string; label: string }[];
+  cow: string | null;
+  backend: string;
+  builder: string;
+  /** Every image of the same request: its formats. */
+  formats: ImageSummary[];
+  buildLog: { path: string; tail: string } | null;
+}
+
+function summary(e: ImageEntry): ImageSummary {
+  const m = buildMeta(e);
+  return { digest: e.digest, name: e.name ?? null, format: m?.format ?? e.format, size: e.size, added: e.added.toISOString(), sourceDateEpoch: m?.sourceDateEpoch ?? null };
+}
+
+/** The images a spec's request produced (every format and SOURCE_DATE_EPOCH). */
+export function findImages(repoPath: string, spec: BuildSpec): FindResult {
+  const digest = specDigest(spec);
+  const repo = openIfExists(repoPath);
+  return { specDigest: digest, images: repo ? imagesOfRequest(repo, digest).map(summary) : [] };
+}
+
+function builtEntry(repo: Repository, ref: string): { entry: ImageEntry; meta: BuildMeta } {
+  const entry = repo.resolve(ref);
+  const meta = buildMeta(entry);
+  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${entry.name ?? entry.digest.slice(0, 16)} was not built by osfarm build: it has no spec (it was added with osfarm repo add or received)`);
+  return { entry, meta };
+}
+
+function openRepo(repoPath: string): Repository {
+  const repo = openIfExists(repoPath);
+  if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `no repository at ${repoPath} (give --repo or $OSFARM_REPO)`);
+  return repo;
+}
+
+/** An image's spec, stages, size, formats and build log (by name, digest or unique digest prefix). */
+export function showImage(repoPath: string, ref: string): ShowResult {
+  const repo = openRepo(repoPath);
+  const { entry, meta } = builtEntry(repo, ref);
+  return {
+    ...summary(entry),
+    path: entry.path,
+    specDigest: meta.specDigest,
+    spec: meta.spec,
+    specXml: meta.specXml ?? null,
+    stages: meta.stages ?? [],
+    cow: meta.cow ?? null,
+    backend: meta.backend,
+    builder: meta.builder,
+    formats: imagesOfRequest(repo, meta.specDigest).map(summary),
+    buildLog: meta.buildLog ?? null,
+  };
+}
+
+/** The XML of the spec an image was built from. */
+export function exportSpec(repoPath: string, ref: string): { specDigest: string; xml: string } {
+  const { meta } = builtEntry(openRepo(repoPath), ref);
+  if (!meta.specXml) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${ref} was built before osfarm kept specs as XML: only its canonical JSON is kept (osfarm images show)`);
+  return { specDigest: meta.specDigest, xml: meta.specXml };
+}
+
+/**
+ * A `resolveParent` for specs: a parent named by an image name (or digest) in the
+ * repository stands for the spec that image was built from.
+ */
+export function repositoryParents(repoPath: string): (ref: string) => { raw: unknown } | undefined {
+  return (ref) => {
+    const repo = openIfExists(repoPath);
+    if (!repo) return undefined;
+    let found: { meta: BuildMeta } | undefined;
+    try {
+      found = builtEntry(repo, ref);
+    } catch (err) {
+      if (err instanceof OsfarmError && err.code === 'OSFARM_NOT_FOUND') return undefined;
+      throw err;
+    }
+    return found.meta.specXml ? { raw: parseText(found.meta.specXml, 'xml') } : undefined;
+  };
+}
+
