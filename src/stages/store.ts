@@ -26,7 +26,7 @@ import { backendByName, selectBackend } from './cow/index.js';
 import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
 import { acquireLock, type FileLock } from './lock.js';
-import { fsyncDir, isSubvolume, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from './sys.js';
+import { fsyncDir, isSubvolume, killProcessesIn, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from './sys.js';
 import { type CanonicalTagInput, canonicalTagInput, isStageTag, type StageTagInput, tagOfCanonical } from './tag.js';
 
 export const STORE_FORMAT = 1;
@@ -698,6 +698,8 @@ export class StageStore {
     for (const name of names.filter(filter)) {
       const owner = ownerOf(name);
       if (!force && owner && ownerAlive(owner)) continue;
+      // Tools the dead build started (mmdebstrap, apt in a chroot) may still be writing there.
+      await killProcessesIn(this.path('tmp', name));
       await removeTree(this.path('tmp', name));
       n++;
     }

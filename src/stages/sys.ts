@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, lstatSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, statfsSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, statfsSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join, sep } from 'node:path';
@@ -152,6 +152,46 @@ export async function unmountUnder(path: string): Promise<void> {
   }
   const left = mountsUnder(path);
   if (left.length > 0) throw new OsfarmError('OSFARM_STAGE', `cannot unmount ${left.join(', ')}`);
+}
+
+/** Processes working in `path`: chrooted into it, with their working directory in it, or naming it on their command line. */
+export function processesIn(path: string): number[] {
+  const base = canonical(path);
+  const inside = (p: string) => p === base || p.startsWith(base + sep);
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (inside(readlinkSync(`/proc/${name}/root`)) || inside(readlinkSync(`/proc/${name}/cwd`)) || cmd.some(inside)) pids.push(Number(name));
+    } catch {
+      /* gone, or a kernel thread */
+    }
+  }
+  return pids;
+}
+
+/**
+ * Kills what a dead build left running in a tree it was making (mmdebstrap, apt and dpkg in
+ * a chroot run in their own process groups and outlive a killed osfarm), and waits until
+ * they are gone, so the tree can be unmounted and removed.
+ */
+export async function killProcessesIn(path: string): Promise<number> {
+  let pids = processesIn(path);
+  const total = pids.length;
+  for (let round = 0; pids.length > 0 && round < 50; round++) {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    pids = processesIn(path);
+  }
+  if (pids.length > 0) throw new OsfarmError('OSFARM_STAGE', `processes ${pids.join(', ')} still run in ${path} and cannot be killed`);
+  return total;
 }
 
 // ---------------------------------------------------------------------------
