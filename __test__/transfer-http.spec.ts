@@ -99,15 +99,22 @@ function runCli(args: string[]): Promise<{ status: number; result: any; stderr: 
   );
 }
 
-/**
- * A TCP relay in front of `target` that cuts every connection after `cutAfter` bytes from
- * the server and, once it has cut `deadAfter` connections, drops every new one at once.
- */
-async function cuttingRelay(t: ExecutionContext, target: string, cutAfter: number, deadAfter = Infinity): Promise<{ url: string; cuts: number }> {
+interface RelayOptions {
+  /** Cut every connection after this many bytes from the server. */
+  cutAfter?: number;
+  /** Once this many connections were cut, drop every new one at once. */
+  deadAfter?: number;
+  /** Forward the server's bytes at about this rate. */
+  bytesPerSecond?: number;
+}
+
+/** A TCP relay in front of `target` that misbehaves as told. */
+async function relay(t: ExecutionContext, target: string, o: RelayOptions): Promise<{ url: string; cuts: number }> {
   const u = new URL(target);
   const state = { url: '', cuts: 0 };
-  const relay = createTcpServer((client) => {
-    if (state.cuts >= deadAfter) return void client.destroy();
+  const cutAfter = o.cutAfter ?? Infinity;
+  const server = createTcpServer((client) => {
+    if (state.cuts >= (o.deadAfter ?? Infinity)) return void client.destroy();
     const upstream = connect(Number(u.port), u.hostname);
     let sent = 0;
     client.pipe(upstream);
@@ -121,6 +128,10 @@ async function cuttingRelay(t: ExecutionContext, target: string, cutAfter: numbe
       }
       sent += d.length;
       client.write(d);
+      if (o.bytesPerSecond) {
+        upstream.pause();
+        setTimeout(() => upstream.resume(), (d.length / o.bytesPerSecond) * 1000);
+      }
     });
     upstream.on('end', () => client.end());
     const drop = () => (client.destroy(), upstream.destroy());
@@ -128,9 +139,9 @@ async function cuttingRelay(t: ExecutionContext, target: string, cutAfter: numbe
     upstream.on('error', drop);
     client.on('close', drop);
   });
-  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => new Promise<void>((r) => relay.close(() => r())));
-  state.url = `http://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return state;
 }
 
@@ -139,7 +150,7 @@ test('serve + pull on loopback: only the missing blocks are fetched, the image i
   const plan = Repository.open(o.receiver).planSync(Repository.open(o.dir).resolve(o.digest).indexPath);
   t.is(plan.missingBytes, o.changedBytes);
   const progress: number[] = [];
-  const r = await pull(`${o.url}/images/new`, { repoPath: o.receiver, onProgress: (p) => progress.push(p.done) });
+  const r = await pull(`${o.url}/images/new`, { repoPath: o.receiver, onProgress: (p) => void (p.phase === 'fetch' && progress.push(p.done)) });
   t.is(r.digest, o.digest);
   t.is(r.name, 'new');
   t.is(r.blocksFetched, plan.missingBlocks);
@@ -314,7 +325,7 @@ test('a server that returns wrong bytes or a wrong index is refused and nothing 
 test('dropped connections: retried within a pull, and a pull that gives up resumes on the next run', async (t) => {
   const o = await origin(t);
   // Every connection is cut after 600 KiB: the pull keeps what arrived and retries the rest.
-  const flaky = await cuttingRelay(t, o.url, 600 << 10);
+  const flaky = await relay(t, o.url, { cutAfter: 600 << 10 });
   const r1 = await pull(`${flaky.url}/images/${o.digest}`, { repoPath: o.receiver, parallel: 2, maxRequestBytes: 4 * MiB, retryDelayMs: 20 });
   t.true(flaky.cuts > 0);
   t.true(r1.retries > 0);
@@ -323,7 +334,7 @@ test('dropped connections: retried within a pull, and a pull that gives up resum
   // Through the CLI: the relay dies after cutting its first connection at 1 MiB; the pull fails, keeps its partial.
   const receiver = join(tempDir(t), 'r2');
   Repository.init(receiver).addSync(o.oldImage);
-  const dying = await cuttingRelay(t, o.url, MiB, 1);
+  const dying = await relay(t, o.url, { cutAfter: MiB, deadAfter: 1 });
   const failed = await runCli(['pull', `${dying.url}/images/new`, '--repo', receiver, '--retries', '1', '--parallel', '1', '--max-request', '512K']);
   t.not(failed.status, 0);
   t.is(failed.result.error.code, 'OSFARM_IO', failed.stderr);
@@ -339,6 +350,37 @@ test('dropped connections: retried within a pull, and a pull that gives up resum
   t.true(ok.result.bytesFetched < o.changedBytes);
   t.is(sha256(Repository.open(receiver).resolve('new').path), sha256(o.newImage));
   t.deepEqual(readdirSync(join(receiver, 'tmp')).filter((f) => f.includes(o.digest)), []);
+});
+
+test('a busy server answers 503 beyond its request limit and pull retries; Ctrl-C keeps a resumable partial', async (t) => {
+  const o = await origin(t);
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repoPath: o.dir, maxConcurrent: 1 })] });
+  t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+  const busy = `http://127.0.0.1:${address.port}`;
+  const r = await pull(`${busy}/images/${o.digest}`, { repoPath: o.receiver, parallel: 4, maxRequestBytes: 128 << 10, retryDelayMs: 10 });
+  t.true(r.retries > 0, 'some requests were refused with 503 and retried');
+  t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
+
+  // Ctrl-C during a (slowed-down) pull: OSFARM_ABORTED, the partial stays, the next pull continues it.
+  const receiver = join(tempDir(t), 'r3');
+  Repository.init(receiver).addSync(o.oldImage);
+  const slow = await relay(t, o.url, { bytesPerSecond: 512 << 10 });
+  const child = spawn(process.execPath, [...CLI, '--json', 'pull', `${slow.url}/images/${o.digest}`, '--repo', receiver, '--parallel', '1'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    if (/"phase":"fetch","done":[1-9]/.test(out)) child.kill('SIGINT');
+  });
+  const status = await new Promise<number | null>((r) => child.once('exit', r));
+  t.not(status, 0);
+  t.is(JSON.parse(out.trim().split('\n').pop()!).error.code, 'OSFARM_ABORTED');
+  t.false(Repository.open(receiver).list().some((x) => x.digest === o.digest));
+  const again = await runCli(['pull', `${o.url}/images/${o.digest}`, '--repo', receiver]);
+  t.is(again.status, 0, again.stderr);
+  t.true(again.result.blocksResumed > 0);
+  t.true(again.result.blocksFetched < o.changedBytes / 4096);
 });
 
 test('coalescing merges runs across small gaps and caps request sizes', (t) => {

@@ -16,7 +16,9 @@ import { Repository, type Assembler, type ImageEntry } from '../repo/index.js';
 import { SOFTWARE } from './util.js';
 
 export interface PullProgress {
-  /** Bytes of missing blocks written so far, out of the missing bytes at the start. */
+  /** 'local': copying blocks the repository holds (bytes); 'fetch': fetching the rest. */
+  phase: 'local' | 'fetch';
+  /** Bytes written so far in this phase, out of the phase's total. */
   done: number;
   total: number;
   bytesFetched: number;
@@ -95,7 +97,10 @@ export function parseImageUrl(url: string): ImageUrl {
 }
 
 /** A failure worth retrying: the network, a truncated body, an overloaded server. */
-class Transient extends Error {}
+class Transient extends Error {
+  /** The server's Retry-After, if it gave one. */
+  retryAfterMs = 0;
+}
 
 function retryableStatus(status: number): boolean {
   return status === 408 || status === 429 || status >= 500;
@@ -146,7 +151,7 @@ class Fetcher {
       }
       if (res.statusCode !== 200) {
         res.resume();
-        throw statusError(res.statusCode ?? 0, url, what);
+        throw statusError(res, url, what);
       }
       const declared = Number(res.headers['content-length'] ?? NaN);
       if (declared > maxBytes) {
@@ -188,11 +193,17 @@ function classify(err: unknown, url: string): Error {
   return new Transient(`${url}: ${(err as Error).message}`);
 }
 
-function statusError(status: number, url: string, what: string): Error {
+function statusError(res: IncomingMessage, url: string, what: string): Error {
+  const status = res.statusCode ?? 0;
   if (status === 404 || status === 410) {
     return new OsfarmError('OSFARM_NOT_FOUND', `${url}: the server has no ${what} (HTTP ${status}); check the URL (a static server knows images by full digest only)`);
   }
-  if (retryableStatus(status)) return new Transient(`${url}: HTTP ${status}`);
+  if (retryableStatus(status)) {
+    const err = new Transient(`${url}: HTTP ${status}`);
+    const after = Number(res.headers['retry-after']);
+    if (after > 0) err.retryAfterMs = Math.min(after, 60) * 1000;
+    return err;
+  }
   return new OsfarmError('OSFARM_PROTOCOL', `${url}: unexpected HTTP ${status} for the ${what}`);
 }
 
@@ -213,7 +224,7 @@ async function withRetries<T>(
         throw new OsfarmError('OSFARM_IO', `${err.message}; gave up after ${o.retries} retries. The blocks received so far are kept: run the same pull again to continue`);
       }
       o.fetcher.retries++;
-      await sleep(o.retryDelayMs * 2 ** (failures - 1), o.signal);
+      await sleep(Math.max(err.retryAfterMs, o.retryDelayMs * 2 ** (failures - 1)), o.signal);
     }
   }
 }
@@ -277,7 +288,7 @@ async function fetchRange(
     res.resume();
     if (status === 200) throw new OsfarmError('OSFARM_PROTOCOL', `${url}: the server ignores Range requests (HTTP 200 for bytes=${start}-${end}); pull needs single byte ranges`);
     if (status === 416) throw new OsfarmError('OSFARM_PROTOCOL', `${url}: the server's image is shorter than its index says (HTTP 416)`);
-    throw statusError(status, url, 'image data');
+    throw statusError(res, url, 'image data');
   }
   if (status === 206) {
     const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
@@ -334,7 +345,7 @@ async function fetchRange(
 interface Prepared {
   digest: string;
   index: Buffer;
-  meta: { format?: string; originalName?: string };
+  meta: { name?: string; format?: string; originalName?: string };
 }
 
 /** Finds the image: its meta.json (following a server's name → digest redirect), then its index. */
@@ -361,6 +372,7 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
     digest,
     index,
     meta: {
+      name: typeof meta.name === 'string' ? meta.name : undefined,
       format: typeof meta.format === 'string' ? meta.format : undefined,
       originalName: typeof meta.originalName === 'string' ? meta.originalName : undefined,
     },
@@ -387,7 +399,9 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     const repo = openOrCreate(options.repoPath, prep.index, url);
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
-    const name = options.name ?? (DIGEST.test(loc.ref) ? undefined : loc.ref);
+    // Pulled by name: keep that name here too (not when pulled by digest or prefix).
+    const { name: remoteName, ...imageMeta } = prep.meta;
+    const name = options.name ?? (remoteName === loc.ref ? loc.ref : undefined);
     const result: PullResult = {
       url,
       digest: prep.digest,
@@ -408,13 +422,15 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     if (asm.alreadyPresent) {
       entry = await asm.finish({ name });
     } else {
-      result.blocksLocal = (await asm.fillFromRepository({ signal })).blocks;
+      const progress = (phase: PullProgress['phase'], done: number, total: number) =>
+        options.onProgress?.({ phase, done, total, bytesFetched: fetcher.bytes, requests: fetcher.requests, retries: fetcher.retries });
+      const fill = await asm.fillFromRepository({ signal, onProgress: (e) => progress('local', e.done, e.total) });
+      result.blocksLocal = fill.blocks;
       const bs = asm.blockSize;
       const ranges = coalesce(asm.missing(), Math.floor((options.gapBytes ?? 64 << 10) / bs), Math.max(1, Math.floor((options.maxRequestBytes ?? 8 << 20) / bs)));
       const total = ranges.reduce((s, r) => s + Math.min(r.count * bs, asm.imageSize - r.first * bs), 0);
       let done = 0;
-      const report = () =>
-        options.onProgress?.({ done, total, bytesFetched: fetcher.bytes, requests: fetcher.requests, retries: fetcher.retries });
+      const report = () => progress('fetch', done, total);
       report();
       const dataUrl = `${loc.base}/images/${prep.digest}/image`;
       const queue = [...ranges];
@@ -450,7 +466,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
         asm.flush();
         throw options.signal?.aborted ? aborted() : failure;
       }
-      entry = await asm.finish({ name, ...prep.meta });
+      entry = await asm.finish({ name, ...imageMeta });
     }
     result.name = entry.name;
     result.bytesFetched = fetcher.bytes;

@@ -22,7 +22,9 @@ const command: Command<PullResult> = {
     const [url, extra] = args.positionals;
     if (!url || extra) throw new RangeError('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
     const maxRequest = str(args, 'max-request');
-    const bar = ctx.progress('pull');
+    // One bar per phase: copying local blocks, then fetching.
+    let phase = '';
+    let bar = ctx.progress('pull');
     let lastEvent = 0;
     try {
       return await pull(url, {
@@ -33,7 +35,12 @@ const command: Command<PullResult> = {
         retries: wholeNumber(str(args, 'retries'), '--retries', 0),
         signal: ctx.signal,
         onProgress: (p) => {
-          bar.update(p.done, p.total, `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}`);
+          if (p.phase !== phase) {
+            bar.done();
+            phase = p.phase;
+            bar = ctx.progress(p.phase === 'local' ? 'local blocks' : 'fetch');
+          }
+          bar.update(p.done, p.total, p.phase === 'fetch' ? `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}` : '');
           const now = Date.now();
           if (now - lastEvent >= 1000) {
             lastEvent = now;
