@@ -43,7 +43,8 @@ function renderSession() {
 }
 
 async function route() {
-  const [name = 'compose', ...rest] = location.hash.replace(/^#\/?/, '').split('/');
+  const [first, ...rest] = location.hash.replace(/^#\/?/, '').split('/');
+  const name = first || 'compose';
   const page = document.getElementById('page');
   leave?.();
   leave = null;

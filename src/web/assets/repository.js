@@ -48,8 +48,12 @@ export async function render(view, [ref], session) {
       showError(err);
     }
   });
+  const siblings = images.filter((i) => i.specDigest && i.specDigest === image.specDigest && i.digest !== image.digest);
+  const stages = Array.isArray(image.meta?.stages) ? image.meta.stages : [];
   detail.append(el('div', { class: 'card' },
     el('h2', {}, image.name ?? image.digest),
+    siblings.length ? el('p', { id: 'formats' }, 'other formats of this build: ', siblings.map((i) => el('a', { href: `#/repository/${i.digest}` }, `${i.format} (${bytes(i.size)}) `))) : null,
+    stages.length ? el('p', { id: 'image-stages' }, 'stages: ', stages.map((s, n) => [n ? ' → ' : '', el('a', { href: '#/stages' }, el('code', {}, short(s.tag))), s.label ? ` ${s.label}` : ''])) : null,
     el('p', {}, el('code', {}, image.digest), ` · ${image.format} · ${bytes(image.size)} · ${image.blockCount} blocks · added ${when(image.added)}`),
     el('p', { class: 'row' }, el('a', { href: `${base}/download`, download: image.name ?? image.digest, id: 'download' }, 'Download'), el('a', { href: `#/compare/${image.digest}` }, 'Compare with…'), del),
     tabs, body));
