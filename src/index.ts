@@ -6,3 +6,5 @@ export { OsfarmError, type ErrorCode } from './errors.js';
 export * from './blocks/index.js';
 export * from './pack/index.js';
 export * from './repo/index.js';
+export { pull, parseImageUrl, type PullOptions, type PullProgress, type PullResult } from './transfer/pull.js';
+export { createPullHandler, listenHttp, type HttpHandler, type PullHandler, type PullServeStats } from './transfer/http-server.js';
