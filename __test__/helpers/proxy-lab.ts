@@ -77,6 +77,7 @@ export class ProxyLab {
         if (out.includes('"listening"')) resolve();
       });
       child.once('exit', () => reject(new Error(`osfarm serve exited: ${err}`)));
+      setTimeout(() => reject(new Error(`osfarm serve did not listen within 60 s: ${err}`)), 60_000).unref();
     });
   }
 
