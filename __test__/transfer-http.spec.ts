@@ -169,12 +169,19 @@ test('serve + pull on loopback: only the missing blocks are fetched, the image i
   t.true(again.bytesFetched < index + 4096);
 });
 
-test('pull into a repository that does not exist yet creates it with the image parameters', async (t) => {
+test('pull into a repository that does not exist yet creates it; zero blocks and a short last block', async (t) => {
   const o = await origin(t);
+  const odd = join(tempDir(t), 'odd.img');
+  writeFileSync(odd, Buffer.concat([pseudoRandom(3 * MiB, 3), Buffer.alloc(MiB), pseudoRandom(1000, 4)]));
+  const digest = Repository.open(o.dir).addSync(odd, { name: 'odd' }).digest;
   const fresh = join(tempDir(t), 'new-repo');
-  const r = await pull(`${o.url}/images/${o.digest}/`, { repoPath: fresh, name: 'copy' });
-  t.is(r.blocksFetched, r.blockCount);
-  t.is(Repository.open(fresh).resolve('copy').digest, o.digest);
+  const r = await pull(`${o.url}/images/${digest}/`, { repoPath: fresh, name: 'copy' });
+  t.is(r.blocksZero, 256);
+  t.is(r.blocksFetched, r.blockCount - 256);
+  t.is(r.size, 4 * MiB + 1000);
+  const local = Repository.open(fresh).resolve('copy');
+  t.is(local.digest, digest);
+  t.is(sha256(local.path), sha256(odd));
 });
 
 test('pull works from a plain nginx serving a copy of the repository directory (by digest)', async (t) => {
