@@ -4,11 +4,42 @@
  * verifies in /proc/self/mountinfo that nothing is left mounted under the tree.
  */
 import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, readlink, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 
 import { buildFailed } from './errors.js';
 import { run, SYSTEM_PATH } from './exec.js';
+
+/** The character devices of a build tree's /dev (the set mmdebstrap creates): name, major, minor. */
+const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
+  ['null', 1, 3],
+  ['zero', 1, 5],
+  ['full', 1, 7],
+  ['random', 1, 8],
+  ['urandom', 1, 9],
+  ['tty', 5, 0],
+  ['console', 5, 1],
+  ['ptmx', 5, 2],
+];
+
+/**
+ * Fills an empty `dev` directory with the standard device nodes, pts/ and shm/, and the fd
+ * links. With `ptmx: 'link'` /dev/ptmx points at the devpts instance mounted on pts/.
+ */
+export async function populateDev(dev: string, opts: { ptmx: 'node' | 'link' } = { ptmx: 'node' }): Promise<void> {
+  await mkdir(join(dev, 'pts'), { recursive: true, mode: 0o755 });
+  await mkdir(join(dev, 'shm'), { recursive: true, mode: 0o755 });
+  for (const [name, major, minor] of DEVICE_NODES) {
+    if (name === 'ptmx' && opts.ptmx === 'link') {
+      await symlink('pts/ptmx', join(dev, name));
+      continue;
+    }
+    const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)], { env: { PATH: SYSTEM_PATH } });
+    if (r.code !== 0) throw buildFailed(`cannot create /dev/${name} in the tree (mknod)`);
+  }
+  await symlink('/proc/self/fd', join(dev, 'fd'));
+  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await symlink(`/proc/self/fd/${i}`, join(dev, name));
+}
 
 /** Decodes the octal escapes (`\040`) of /proc/self/mountinfo. */
 function unescapeMount(s: string): string {
@@ -149,7 +180,8 @@ export interface ChrootOptions {
 }
 
 /**
- * A chroot session over a tree. `enter()` mounts /proc, /sys and /dev, installs resolv.conf
+ * A chroot session over a tree. `enter()` mounts /proc, /sys and a private /dev (tmpfs with
+ * the standard nodes, its own devpts instance and /dev/shm), installs resolv.conf
  * and policy-rc.d; `leave()` undoes each step, kills leftover processes, unmounts anything
  * still mounted below the tree and fails loudly if it cannot.
  */
@@ -189,9 +221,14 @@ export class Chroot {
       await this.mountOn('sys', ['--rbind', '/sys']);
       await run('mount', ['--make-rslave', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } });
     }
-    await this.mountOn('dev', ['--rbind', '/dev']);
-    // Slave propagation: unmounting below the chroot's /dev never reaches the host's /dev.
-    await run('mount', ['--make-rslave', join(this.root, 'dev')], { env: { PATH: SYSTEM_PATH } });
+    // A /dev of its own, never the host's: what commands create or delete there goes with
+    // the tmpfs at teardown, and the tree's own /dev underneath stays as it was.
+    await this.mountOn('dev', ['-t', 'tmpfs', '-o', 'nosuid,noexec,mode=0755,size=16m', 'osfarm-dev']);
+    const dev = join(this.root, 'dev');
+    await populateDev(dev, { ptmx: 'link' });
+    const pts = await run('mount', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec', 'devpts', join(dev, 'pts')], { env: { PATH: SYSTEM_PATH } });
+    if (pts.code !== 0) this.opts.log?.('osfarm: no devpts instance for the chroot (pseudo-terminals will not work in it)');
+    await run('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,mode=1777,size=64m', 'osfarm-shm', join(dev, 'shm')], { env: { PATH: SYSTEM_PATH } });
     if (this.opts.resolvConf) await this.swapFile('/etc/resolv.conf', await hostResolvConf(), 0o644);
     if (this.opts.policyRcD) await this.swapFile('/usr/sbin/policy-rc.d', '#!/bin/sh\n# osfarm: no daemons start during an image build\nexit 101\n', 0o755);
   }

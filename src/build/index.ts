@@ -2,7 +2,7 @@
  * The image builder: genfs for today's distributions. A spec (YAML, JSON, XML, or genfs-style
  * flags) names the distribution, release, architecture, groups, packages, root password,
  * files, commands and outputs; build() makes the images in a chroot and adds them to the
- * repository. See docs/build.md and docs/spec-format.md.
+ * repository. See docs/build.md.
  */
 export {
   type BuildSpec,

@@ -7,11 +7,11 @@
  * between builds through the cache directory, bind-mounted as the tree's dnf cache for the
  * install only.
  */
-import { mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { hostArchitecture, nativeArchitectures, planGroup, RPM_ARCH, RPM_GROUP_ALIASES } from '../distros.js';
-import { mountsUnder } from '../chroot.js';
+import { mountsUnder, populateDev } from '../chroot.js';
 import { buildFailed, SpecError } from '../errors.js';
 import { run, SYSTEM_PATH } from '../exec.js';
 import type { BuildSpec } from '../spec.js';
@@ -78,30 +78,6 @@ export function rpmDbPath(spec: BuildSpec): string {
   return usr ? '/usr/lib/sysimage/rpm' : '/var/lib/rpm';
 }
 
-/** The device nodes a tree's package scripts may use (the same set mmdebstrap creates). */
-const DEVICES: Array<[string, number, number]> = [
-  ['null', 1, 3],
-  ['zero', 1, 5],
-  ['full', 1, 7],
-  ['random', 1, 8],
-  ['urandom', 1, 9],
-  ['tty', 5, 0],
-  ['console', 5, 1],
-  ['ptmx', 5, 2],
-];
-
-async function makeDev(root: string): Promise<void> {
-  const dev = join(root, 'dev');
-  await mkdir(join(dev, 'pts'), { recursive: true, mode: 0o755 });
-  await mkdir(join(dev, 'shm'), { recursive: true, mode: 0o755 });
-  for (const [name, major, minor] of DEVICES) {
-    const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)], { env: { PATH: SYSTEM_PATH } });
-    if (r.code !== 0) throw buildFailed(`cannot create /dev/${name} in the tree (mknod)`);
-  }
-  await symlink('/proc/self/fd', join(dev, 'fd'));
-  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await symlink(`/proc/self/fd/${i}`, join(dev, name));
-}
-
 async function mount(args: string[], target: string, log: (l: string) => void): Promise<() => Promise<void>> {
   await mkdir(target, { recursive: true });
   const r = await run('mount', [...args, target], { env: { PATH: SYSTEM_PATH }, onLine: log });
@@ -157,7 +133,8 @@ export class RpmDriver implements Driver {
     await mkdir(ctx.cacheDir, { recursive: true });
     await writeFile(config, rpmConfig(spec, keys));
     await mkdir(ctx.root, { recursive: true, mode: 0o755 });
-    await makeDev(ctx.root);
+    // Package scripts write to /dev/null: without the node they would create a plain file.
+    await populateDev(join(ctx.root, 'dev'));
     await mkdir(join(ctx.root, 'tmp'), { recursive: true, mode: 0o1777 });
 
     const undo: Array<() => Promise<void>> = [];
