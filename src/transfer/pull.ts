@@ -135,7 +135,7 @@ class Fetcher {
       req.once('close', () => this.signal.removeEventListener('abort', onAbort));
       req.setTimeout(this.idleTimeoutMs, () => req.destroy(new Transient(`no data from ${url} for ${this.idleTimeoutMs / 1000} s`)));
       req.once('response', resolve);
-      req.once('error', (err) => reject(this.signal.aborted ? aborted() : classify(err, url)));
+      req.on('error', (err) => reject(this.signal.aborted ? aborted() : classify(err, url)));
       req.end();
     });
   }
@@ -207,24 +207,37 @@ function statusError(res: IncomingMessage, url: string, what: string): Error {
   return new OsfarmError('OSFARM_PROTOCOL', `${url}: unexpected HTTP ${status} for the ${what}`);
 }
 
-/** Runs `attempt` until it succeeds, retrying transient failures that made no progress with doubling delays. */
+/** How long in all a request waits on a server that answers "busy, retry after" (429/503). */
+const BUSY_WAIT_MS = 5 * 60_000;
+
+/**
+ * Runs `attempt` until it succeeds, retrying transient failures that made no progress with
+ * doubling delays. A server's Retry-After is obeyed and not counted as a failure (a busy
+ * server is not a broken one), up to BUSY_WAIT_MS in all.
+ */
 async function withRetries<T>(
   o: { retries: number; retryDelayMs: number; signal: AbortSignal; fetcher: Fetcher },
   attempt: () => Promise<T>,
   progressed: () => boolean = () => false,
 ): Promise<T> {
   let failures = 0;
+  let busyWaited = 0;
   for (;;) {
     try {
       return await attempt();
     } catch (err) {
       if (!(err instanceof Transient)) throw err;
+      o.fetcher.retries++;
+      if (err.retryAfterMs > 0 && busyWaited + err.retryAfterMs <= BUSY_WAIT_MS) {
+        busyWaited += err.retryAfterMs;
+        await sleep(err.retryAfterMs, o.signal);
+        continue;
+      }
       failures = progressed() ? 1 : failures + 1;
       if (failures > o.retries) {
         throw new OsfarmError('OSFARM_IO', `${err.message}; gave up after ${o.retries} retries. The blocks received so far are kept: run the same pull again to continue`);
       }
-      o.fetcher.retries++;
-      await sleep(Math.max(err.retryAfterMs, o.retryDelayMs * 2 ** (failures - 1)), o.signal);
+      await sleep(o.retryDelayMs * 2 ** (failures - 1), o.signal);
     }
   }
 }
