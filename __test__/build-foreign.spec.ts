@@ -6,7 +6,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { hostArchitecture, mountsUnder } from '../src/build/index.js';
+import { mountsUnder } from '../src/build/index.js';
+import { hostArchitecture } from '../src/build/distros.js';
 import { buildWorkDir, cliAsync, resultOf } from './fixtures/build/harness.js';
 import { tempDir } from './helpers/tmp.js';
 
