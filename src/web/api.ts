@@ -4,7 +4,9 @@
  * its own documentation, from which openapi.ts writes the OpenAPI document, so the two
  * cannot drift apart. docs/web.md is the overview.
  */
+import { randomBytes } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
@@ -218,8 +220,11 @@ export class Api {
           const spec = webSpec(await readJson(req), () => this.repo());
           const digest = specDigest(spec);
           const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
+            // The files are scratch: the repository keeps its own copy (and the log's end in the metadata).
+            const scratch = join(this.o.workDir, 'web-builds', randomBytes(6).toString('hex'));
             // stagesDir: builders with a stage store take it; older ones ignore it.
             const options: BuildOptions & { stagesDir?: string } = {
+              output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`),
               repoPath: this.o.repoPath,
               workDir: this.o.workDir,
               stagesDir: this.o.stagesPath,
@@ -240,7 +245,7 @@ export class Api {
                 }
               },
             };
-            const r = await build(spec, options);
+            const r = await build(spec, options).finally(() => rm(scratch, { recursive: true, force: true }));
             return { specDigest: r.specDigest, durationMs: r.durationMs, phases: r.phases, outputs: r.outputs.map((o) => ({ format: o.format, size: o.size, digest: o.digest })) };
           }, { specDigest: digest, name: spec.name });
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });

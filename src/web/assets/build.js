@@ -51,12 +51,15 @@ export async function render(view, [id]) {
   const follower = followJob(selected, (e) => {
     if (e.type === 'state') {
       state.textContent = e.state;
+      const entry = list.querySelector('a.selected small');
+      if (entry) entry.textContent = `${e.state} · ${when(job.created)}`;
       state.className = e.state === 'succeeded' ? 'ok' : e.state === 'failed' || e.state === 'cancelled' ? 'bad' : '';
       if (['succeeded', 'failed', 'cancelled'].includes(e.state)) {
         cancel.disabled = true;
         if (e.state === 'succeeded') {
           phase = 'done';
           for (const span of phaseBar.children) span.className = 'done';
+          progress.max = 1;
           progress.value = 1;
         } else mark(true);
       }

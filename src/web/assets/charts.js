@@ -29,7 +29,7 @@ export function stackedBars(rows, { width = 640, rowHeight = 34 } = {}) {
       x += w;
     }
     const share = row.parts[0].value / total;
-    root.append(svg('text', { x: labelW + 4, y: y + rowHeight / 2 + 4, fill: '#fff', style: 'fill:#fff' }, document.createTextNode(`${(share * 100).toFixed(1)} %`)));
+    root.append(svg('text', { x: labelW + 4, y: y + rowHeight / 2 + 4, class: 'on-bar' }, document.createTextNode(`${(share * 100).toFixed(1)} %`)));
   });
   return root;
 }

@@ -1,0 +1,163 @@
+/**
+ * The GUI end to end in a real browser (Debian's chromium, driven by playwright-core; no
+ * browser is downloaded): log in, compose a Debian minbase image with one extra package
+ * found by searching the real package index, build it for real (mmdebstrap) and watch it
+ * finish, find it in the repository, compare it with another image, push it to a receiver.
+ * A screenshot of each page is kept under __test__/artifacts/web/ (git-ignored).
+ */
+import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+import test from 'ava';
+import { chromium, type Browser, type Page } from 'playwright-core';
+
+import { compare } from '../src/blocks/index.js';
+import { Repository } from '../src/repo/index.js';
+import { Receiver } from '../src/transfer/receive.js';
+import { startServer } from '../src/web/index.js';
+import { pseudoRandom, tempDir } from './helpers/tmp.js';
+
+const ARTIFACTS = join(import.meta.dirname, 'artifacts', 'web');
+/** The real-build tests' shared work directory, so the package cache is fetched once. */
+const WORK = process.env.OSFARM_TEST_WORK ?? '/var/tmp/osfarm-test-build';
+const CHROMIUM = process.env.OSFARM_CHROMIUM ?? '/usr/bin/chromium';
+const BUILD_TIMEOUT_MS = 300_000;
+
+async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+test('compose, build for real, find in the repository, compare, push: in a real browser', async (t) => {
+  t.timeout(BUILD_TIMEOUT_MS + 120_000);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dir = tempDir(t, 'osfarm-web-e2e-');
+  const repoPath = join(dir, 'repo');
+  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: WORK, stagesPath: join(dir, 'stages') });
+  t.teardown(() => server.close());
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  t.teardown(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('dialog', (d) => void d.accept());
+
+  // Log in with the token the server created.
+  await page.goto(`${server.url}/`);
+  await page.waitForSelector('#login');
+  await page.fill('#token', 'wrong-token');
+  await page.click('#login button');
+  await page.waitForSelector('#notice:not([hidden])');
+  t.regex(await page.textContent('#notice') ?? '', /OSFARM_UNAUTHORIZED/);
+  await shot(page, '0-login');
+  await page.fill('#token', server.web.token.value);
+  await page.click('#login button');
+
+  // Compose: Debian (this machine's release), minbase, and one package found by searching.
+  await page.waitForSelector('#distribution');
+  t.is(await page.inputValue('#distribution'), 'debian');
+  t.is(await page.inputValue('#architecture'), 'amd64');
+  t.true(await page.isChecked('#groups input[value="minbase"]'));
+  await page.fill('#package-search', 'hello');
+  await page.waitForSelector('[data-package="hello"]');
+  t.regex(await page.textContent('#index-info') ?? '', /\d+ packages in debian/);
+  await page.click('[data-package="hello"]');
+  await page.fill('#name', 'e2e-hello');
+  await page.waitForFunction(() => document.querySelector('#packages')?.textContent?.includes('hello') && document.querySelector('#spec-digest'));
+  // Wait for the checksum of the final form (the name changes it).
+  await page.waitForFunction(async () => {
+    const shown = document.querySelector('#spec-digest')?.textContent;
+    const r = await fetch('/api/specs/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ spec: { distribution: 'debian', release: (document.querySelector('#release') as HTMLSelectElement).value, architecture: 'amd64', groups: ['minbase'], packages: ['hello'], outputs: ['tar'], name: 'e2e-hello' } }) });
+    return shown === ((await r.json()) as { specDigest: string }).specDigest;
+  });
+  t.is(await page.textContent('#built'), 'not built yet');
+  await shot(page, '1-compose');
+
+  // Build: the page follows the job live; the build keeps going while we look elsewhere.
+  await page.click('#build');
+  await page.waitForURL(/#\/build\/[0-9a-f]+$/);
+  const jobId = page.url().split('/').pop()!;
+  await page.waitForSelector('#phases span.current', { timeout: 60_000 });
+  await page.waitForFunction(() => (document.querySelector('#log')?.textContent ?? '').includes('phase bootstrap'), undefined, { timeout: 60_000 });
+  await shot(page, '2-build-running');
+  await page.goto(`${server.url}/#/repository`);
+  await page.waitForSelector('#page-repository');
+  await page.goto(`${server.url}/#/build/${jobId}`);
+  await page.waitForFunction(() => ['succeeded', 'failed', 'cancelled'].includes(document.querySelector('#job-state')?.textContent ?? ''), undefined, { timeout: BUILD_TIMEOUT_MS });
+  const state = await page.textContent('#job-state');
+  if (state !== 'succeeded') t.log(await page.textContent('#log'));
+  t.is(state, 'succeeded', await page.textContent('#job-error').catch(() => '') ?? '');
+  t.is(await page.locator('#phases span.done').count(), 5);
+  t.regex(await page.textContent('#log') ?? '', /osfarm: done in/);
+  await shot(page, '3-build-done');
+
+  // Repository: the image is there with its spec (JSON and XML) and log.
+  const repo = Repository.open(repoPath);
+  const built = repo.list().find((i) => i.name === 'e2e-hello.tar');
+  t.truthy(built, 'the build added e2e-hello.tar to the repository');
+  await page.click('#outputs a');
+  await page.waitForSelector('#image-view');
+  await page.waitForFunction(() => (document.querySelector('#image-view')?.textContent ?? '').includes('"hello"'));
+  t.regex(await page.textContent('#images') ?? '', /e2e-hello\.tar/);
+  await page.click('text=spec XML');
+  await page.waitForFunction(() => (document.querySelector('#image-view')?.textContent ?? '').includes('<package>hello</package>'));
+  await page.click('text=build log');
+  await page.waitForFunction(() => (document.querySelector('#image-view')?.textContent ?? '').includes('osfarm: phase index'));
+  t.is(await page.getAttribute('#download', 'href'), `/api/images/${built!.digest}/download`);
+  await shot(page, '4-repository');
+
+  // Another image: the same system with its last quarter rewritten (so about three quarters shared).
+  const variantPath = join(dir, 'variant.tar');
+  copyFileSync(built!.path, variantPath);
+  const size = statSync(variantPath).size;
+  const fd = openSync(variantPath, 'r+');
+  const from = Math.floor((size * 3) / 4 / 4096) * 4096;
+  writeSync(fd, pseudoRandom(size - from, 42), 0, size - from, from);
+  closeSync(fd);
+  const variant = await repo.add(variantPath, { name: 'variant.tar' });
+
+  // Compare: numbers as the library computes them, and a chart.
+  await page.goto(`${server.url}/#/compare/${built!.digest}/${variant.digest}`);
+  await page.waitForSelector('#compare-table');
+  const expected = await compare(built!.indexPath, variant.indexPath);
+  const shares = await page.locator('#compare-table td.share').allTextContents();
+  t.deepEqual(shares, [expected.a.shareInOther, expected.b.shareInOther].map((x) => `${(x * 100).toFixed(1)} %`));
+  t.true(expected.a.shareInOther > 0.5 && expected.a.shareInOther < 1, `share ${expected.a.shareInOther}`);
+  t.is(await page.locator('#compare-result svg.chart rect').count(), 4);
+  await shot(page, '5-compare');
+
+  // Stages.
+  await page.goto(`${server.url}/#/stages`);
+  await page.waitForSelector('#stage-tree');
+  await shot(page, '6-stages');
+
+  // Transfer: push the built image to a real receiver on loopback and watch the charts.
+  const receiver = new Receiver({ repoPath: join(dir, 'remote'), token: 'e2e-remote-token' });
+  const addr = await receiver.listen('127.0.0.1', 0);
+  t.teardown(() => receiver.close());
+  await page.goto(`${server.url}/#/transfer`);
+  await page.waitForSelector('#push-image');
+  await page.selectOption('#push-image', built!.digest);
+  await page.fill('#push-address', `127.0.0.1:${addr.port}`);
+  await page.fill('#push-token', 'e2e-remote-token');
+  await page.click('#push-run');
+  await page.waitForFunction(() => /succeeded|failed/.test(document.querySelector('#transfer-state')?.textContent ?? ''), undefined, { timeout: 120_000 });
+  t.regex(await page.textContent('#transfer-state') ?? '', /succeeded/);
+  t.is(await page.locator('#transfer-charts svg.chart').count(), 2);
+  t.regex(await page.textContent('#transfer-result') ?? '', /blocks sent/);
+  t.deepEqual(Repository.open(join(dir, 'remote')).list().map((i) => i.digest), [built!.digest]);
+  await shot(page, '7-transfer');
+
+  // Delete the variant from its repository page.
+  await page.goto(`${server.url}/#/repository/${variant.digest}`);
+  await page.waitForSelector('#delete');
+  await page.click('#delete');
+  await page.waitForURL(/#\/repository$/);
+  await page.waitForSelector('#images');
+  t.false((await page.textContent('#images'))!.includes('variant.tar'));
+  t.deepEqual(Repository.open(repoPath).list().map((i) => i.name), ['e2e-hello.tar']);
+  await shot(page, '8-repository-after-delete');
+
+  await page.goto(`${server.url}/api/docs`);
+  await shot(page, '9-api-docs');
+  t.deepEqual(pageErrors, []);
+});
