@@ -314,7 +314,8 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
           (err) => fail(err),
         );
       }
-      if (!conn.writable && requests.length > 0) void conn.drained().then(pumpBlocks);
+      // drained() resolves at once on a closed connection: stop there, or this spins.
+      if (!finished && !conn.isClosed && !conn.writable && requests.length > 0) void conn.drained().then(pumpBlocks);
     };
 
     const fail = (err: unknown) => {

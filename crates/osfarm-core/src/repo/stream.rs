@@ -757,6 +757,13 @@ impl StreamAssembler {
                 let _ = fs::remove_file(&s.data_path);
             }
         }
+        // Release the partial's lock now, not when the last handle is dropped (for a
+        // binding, whenever its garbage collector runs): the next attempt with the same
+        // resume key must be able to resume at once. Late writes of a put that passed
+        // its check before `done` write verified data, and a new attempt trusts nothing
+        // it did not re-hash.
+        // SAFETY: flock only takes a descriptor this assembly owns and an integer.
+        unsafe { libc::flock(s.data.file().as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -1002,7 +1009,11 @@ mod tests {
         let err = repo.begin_stream(o.clone()).err().unwrap();
         assert_eq!(err.code, Code::Locked);
         drop(a);
+        let b = repo.begin_stream(o.clone()).unwrap();
+        // An aborted attempt frees the key at once, even while its handle is still alive.
+        b.abort(false);
         repo.begin_stream(o).unwrap();
+        drop(b);
     }
 
     #[test]

@@ -1,0 +1,402 @@
+/**
+ * Push over real TCP on loopback: delta transfer, resume after a cut connection, a lying
+ * source, authentication, hostile frames and the concurrent-transfer limit. The raw
+ * client speaks the protocol with the same frame helpers as osfarm, so it can lie.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+import { indexImageSync } from '../src/blocks/index.js';
+import { OsfarmError } from '../src/errors.js';
+import { Repository } from '../src/repo/index.js';
+import { mac, newNonce } from '../src/transfer/auth.js';
+import { FrameReader, FrameType, MAGIC, blocksHeader, digestsPayload, header, jsonPayload, parseJson, parseRequest, type Frame } from '../src/transfer/frames.js';
+import { push } from '../src/transfer/push.js';
+import { Receiver, type TransferReport } from '../src/transfer/receive.js';
+import { cli, pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
+
+const BS = 4096;
+const TOKEN = 'correct horse battery staple';
+const CLI_MAIN = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
+
+interface Running {
+  receiver: Receiver;
+  address: string;
+  repoPath: string;
+  /** Resolves with the next event of that name. */
+  next<T>(event: string): Promise<T>;
+}
+
+async function startReceiver(t: ExecutionContext, options: { maxTransfers?: number; token?: string } = {}): Promise<Running> {
+  const repoPath = join(tempDir(t), 'repo');
+  Repository.init(repoPath);
+  const receiver = new Receiver({ repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers });
+  const addr = await receiver.listen('127.0.0.1', 0);
+  t.teardown(() => receiver.close());
+  return {
+    receiver,
+    repoPath,
+    address: `127.0.0.1:${addr.port}`,
+    next: async <T>(event: string) => (await once(receiver, event))[0] as T,
+  };
+}
+
+function sha256File(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** Files under the repository's tmp/ that belong to a push (partial data and its record). */
+function pushPartials(repoPath: string): string[] {
+  const dir = join(repoPath, 'tmp');
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('push-')) : [];
+}
+
+/** The receiver's repository shows no image but those listed, on disk or in the catalog. */
+function assertOnlyImages(t: ExecutionContext, repoPath: string, digests: string[]): void {
+  t.deepEqual(Repository.open(repoPath).list().map((e) => e.digest).sort(), [...digests].sort());
+  const dir = join(repoPath, 'images');
+  t.deepEqual((existsSync(dir) ? readdirSync(dir) : []).sort(), [...digests].sort());
+}
+
+async function codeOf(p: Promise<unknown>): Promise<OsfarmError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!(err instanceof OsfarmError)) throw new Error(`expected an OsfarmError, got ${String(err)}`);
+  return err;
+}
+
+// ----- a raw client that speaks (and can break) the protocol -----
+
+class RawClient {
+  private readonly reader = new FrameReader(64 << 20, 'receiver');
+  private frames: Frame[] = [];
+  private wake: (() => void) | undefined;
+  closed = false;
+
+  private constructor(readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.frames.push(...this.reader.push(chunk));
+      this.wake?.();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+    socket.on('error', () => {});
+  }
+
+  static async connect(address: string): Promise<RawClient> {
+    const [host, port] = address.split(':');
+    const socket = connect({ host, port: Number(port) });
+    await once(socket, 'connect');
+    return new RawClient(socket);
+  }
+
+  write(b: Buffer): void {
+    this.socket.write(b);
+  }
+
+  send(type: number, payload: Buffer | Buffer[]): void {
+    const parts = Array.isArray(payload) ? payload : [payload];
+    this.write(Buffer.concat([header(type, parts.reduce((n, p) => n + p.length, 0)), ...parts]));
+  }
+
+  /** The next frame, or undefined once the receiver has closed the connection. */
+  async next(): Promise<Frame | undefined> {
+    for (;;) {
+      const f = this.frames.shift();
+      if (f) return f;
+      if (this.closed) return undefined;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = undefined;
+    }
+  }
+
+  /** Skips PROGRESS/KEEPALIVE frames. */
+  async nextControl(): Promise<Frame | undefined> {
+    for (;;) {
+      const f = await this.next();
+      if (!f || f.type < 0x80) return f;
+    }
+  }
+
+  /** The ERROR frame the receiver ends with (asserting the connection is then closed). */
+  async error(t: ExecutionContext): Promise<{ code: string; message: string }> {
+    const f = await this.nextControl();
+    t.truthy(f, 'the receiver closed the connection without an ERROR frame');
+    t.is(f!.type, FrameType.ERROR, `expected ERROR, got frame type 0x${f!.type.toString(16)}`);
+    t.is(await this.next(), undefined, 'the connection stays open after ERROR');
+    return parseJson(f!.type, f!.payload) as { code: string; message: string };
+  }
+
+  /** magic, HELLO, WELCOME, AUTH, AUTH_OK. */
+  async handshake(token: string): Promise<void> {
+    const clientNonce = newNonce();
+    this.write(MAGIC);
+    this.send(FrameType.HELLO, jsonPayload({ protocols: [1], software: 'raw test client', nonce: clientNonce.toString('hex') }));
+    const welcome = parseJson(FrameType.WELCOME, (await this.next())!.payload);
+    const serverNonce = Buffer.from(welcome.nonce as string, 'hex');
+    this.send(FrameType.AUTH, jsonPayload({ mac: mac(token, 'client', clientNonce, serverNonce).toString('hex') }));
+    const ok = await this.next();
+    if (ok?.type !== FrameType.AUTH_OK) throw new Error('the raw client was not authenticated');
+  }
+
+  /** Announces an image and waits for ACCEPT. */
+  async image(data: Buffer, resumeKey: string): Promise<void> {
+    const blockCount = Math.ceil(data.length / BS);
+    this.send(FrameType.IMAGE, jsonPayload({ size: data.length, blockCount, hash: 'sha1', blockSize: BS, resumeKey }));
+    const f = await this.nextControl();
+    if (f?.type !== FrameType.ACCEPT) throw new Error(`expected ACCEPT, got ${f ? `0x${f.type.toString(16)}` : 'a closed connection'}`);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+function blockDigests(data: Buffer): Buffer {
+  const out: Buffer[] = [];
+  for (let at = 0; at < data.length; at += BS) out.push(createHash('sha1').update(data.subarray(at, at + BS)).digest());
+  return Buffer.concat(out);
+}
+
+/**
+ * A TCP relay to `target` that cuts both connections once `cutAfter` bytes went from the
+ * client to the target: a dropped network in the middle of a transfer.
+ */
+async function cuttingProxy(t: ExecutionContext, target: string, cutAfter: number): Promise<{ address: string; forwarded: () => number }> {
+  const [host, port] = target.split(':');
+  let forwarded = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect({ host, port: Number(port) });
+    sockets.add(client).add(upstream);
+    const cut = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', cut);
+    upstream.on('error', cut);
+    client.on('close', cut);
+    upstream.on('close', cut);
+    upstream.on('data', (b: Buffer) => client.write(b));
+    client.on('data', (b: Buffer) => {
+      forwarded += b.length;
+      upstream.write(b);
+      if (forwarded >= cutAfter) cut();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, forwarded: () => forwarded };
+}
+
+// ----- the tests -----
+
+test('a push sends only the blocks the receiver lacks; the published image is identical and verified', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t);
+  // The receiver holds "old": 2048 blocks (8 MiB) and some holes.
+  const old = Array.from({ length: 2048 }, (_, i) => (i % 97 === 5 ? 0 : i + 1));
+  writeBlocks(join(dir, 'old.img'), old);
+  await Repository.open(r.repoPath).add(join(dir, 'old.img'), { name: 'old' });
+  // "new": old with three changed runs, a block repeated inside a run, and more holes.
+  const fresh = old.slice();
+  const changed = new Set<number>();
+  for (const [from, len] of [[10, 50], [700, 300], [1900, 148]] as const) {
+    for (let i = from; i < from + len; i++) {
+      fresh[i] = i % 50 === 0 ? 0 : 100_000 + (i % 250 === 1 ? 1 : i);
+      if (fresh[i] !== 0) changed.add(fresh[i]!);
+    }
+  }
+  fresh.push(100_001, 5, 0, 4); // a repeat of a changed block and of two old ones, one more hole
+  writeBlocks(join(dir, 'new.img'), fresh);
+  const want = indexImageSync(join(dir, 'new.img'));
+
+  const res = await push(join(dir, 'new.img'), r.address, { token: TOKEN, name: 'new' });
+  t.is(res.digest, want.digest);
+  t.false(res.alreadyPresent);
+  t.is(res.blocksSent, changed.size, 'only the distinct blocks the receiver lacks cross the network');
+  t.is(res.rawBytesSent, changed.size * BS);
+  t.true(res.wireBytesSent < changed.size * BS + fresh.length * 20 + (64 << 10), `${res.wireBytesSent} bytes on the wire`);
+  t.is(res.zeroBlocks, fresh.filter((b) => b === 0).length);
+
+  const repo = Repository.open(r.repoPath);
+  const entry = repo.resolve('new');
+  t.is(entry.digest, want.digest);
+  t.is(sha256File(entry.path), sha256File(join(dir, 'new.img')), 'the published image is byte-identical');
+  await t.notThrowsAsync(repo.verify(entry.digest));
+  t.deepEqual(pushPartials(r.repoPath), [], 'nothing is left in tmp/');
+
+  // The same file again: every block is now in the receiver's repository.
+  const again = await push(join(dir, 'new.img'), r.address, { token: TOKEN });
+  t.is(again.blocksSent, 0);
+  t.is(again.digest, want.digest);
+});
+
+test('a cut connection leaves nothing visible; the same push again sends only what did not arrive', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t);
+  const image = join(dir, 'big.img');
+  const blocks = 8192; // 32 MiB, all new to the receiver
+  writeBlocks(image, Array.from({ length: blocks }, (_, i) => 500_000 + i));
+  const want = indexImageSync(image);
+
+  const proxy = await cuttingProxy(t, r.address, 12 << 20);
+  const failed = r.next<TransferReport>('transfer-failed');
+  const err = await codeOf(push(image, proxy.address, { token: TOKEN, compress: false }));
+  t.is(err.code, 'OSFARM_IO', err.message);
+  const report = await failed;
+  t.true(report.keptPartial, 'an interrupted push keeps its partial data for a retry');
+  t.true(report.receivedBlocks > 0 && report.receivedBlocks < blocks, `${report.receivedBlocks} blocks arrived before the cut`);
+  // Meanwhile nothing half-written is an image: no catalog entry, no images/ directory.
+  assertOnlyImages(t, r.repoPath, []);
+  t.true(pushPartials(r.repoPath).some((f) => f.endsWith('.partial')), 'the partial lives under tmp/');
+
+  const res = await push(image, r.address, { token: TOKEN, compress: false });
+  t.is(res.digest, want.digest);
+  t.true(res.resumedBlocks >= report.receivedBlocks, `resumed ${res.resumedBlocks} of the ${report.receivedBlocks} received`);
+  t.is(res.blocksSent, blocks - res.resumedBlocks, 'only the blocks not yet received are sent again');
+  t.true(res.blocksSent < blocks);
+  t.is(sha256File(Repository.open(r.repoPath).resolve(want.digest).path), sha256File(image));
+  assertOnlyImages(t, r.repoPath, [want.digest]);
+  t.deepEqual(pushPartials(r.repoPath), []);
+});
+
+test('a source that sends a block not matching its digest is disconnected and nothing is kept', async (t) => {
+  const r = await startReceiver(t);
+  const data = pseudoRandom(64 * BS, 42);
+  const client = await RawClient.connect(r.address);
+  await client.handshake(TOKEN);
+  await client.image(data, 'liar');
+  const failed = r.next<TransferReport>('transfer-failed');
+  client.send(FrameType.DIGESTS, digestsPayload(0, blockDigests(data)));
+  const req = await client.nextControl();
+  t.is(req?.type, FrameType.REQUEST);
+  const [run] = parseRequest(req!.payload);
+  // Right length, wrong bytes in the run's third block.
+  const lie = Buffer.from(data.subarray(run!.first * BS, (run!.first + run!.count) * BS));
+  lie[2 * BS + 7] ^= 0xff;
+  client.send(FrameType.BLOCKS, [blocksHeader(run!.first, run!.count, 0), lie]);
+  const error = await client.error(t);
+  t.is(error.code, 'OSFARM_DIGEST_MISMATCH');
+  t.regex(error.message, new RegExp(`block ${run!.first + 2}\\b`));
+  const report = await failed;
+  t.is(report.error?.code, 'OSFARM_DIGEST_MISMATCH');
+  t.false(report.keptPartial);
+  assertOnlyImages(t, r.repoPath, []);
+  t.deepEqual(pushPartials(r.repoPath), [], 'a lying source gets nothing kept for resumption');
+});
+
+test('osfarm receive refuses to start without a token unless --insecure', async (t) => {
+  const repo = join(tempDir(t), 'repo');
+  const env = { OSFARM_TOKEN: '' };
+  const refused = cli(['--repo', repo, 'receive', '--listen', '127.0.0.1:0'], env);
+  t.not(refused.status, 0);
+  t.regex(refused.stderr, /OSFARM_UNAUTHORIZED/);
+  t.regex(refused.stderr, /--insecure/);
+
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, '--json', '--repo', repo, 'receive', '--listen', '127.0.0.1:0', '--insecure'], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => child.kill('SIGKILL'));
+  let listening: { port: number } | undefined;
+  for await (const line of createInterface({ input: child.stdout })) {
+    const e = JSON.parse(line) as { event?: string; port: number };
+    if (e.event === 'listening') {
+      listening = e;
+      break;
+    }
+  }
+  t.truthy(listening, 'receive --insecure starts');
+  // A source holding a token does not send to a receiver that asks for none.
+  const img = join(tempDir(t), 'a.img');
+  writeBlocks(img, [1, 2, 3]);
+  const e = await codeOf(push(img, `127.0.0.1:${listening!.port}`, { token: TOKEN }));
+  t.is(e.code, 'OSFARM_UNAUTHORIZED');
+  t.regex(e.message, /--insecure/);
+  const ok = await push(img, `127.0.0.1:${listening!.port}`, { insecure: true });
+  t.is(ok.blocksSent, 3);
+  child.kill('SIGTERM');
+  const [code] = (await once(child, 'exit')) as [number | null];
+  t.is(code, 0, 'receive stops cleanly on SIGTERM');
+});
+
+test('a wrong token or none is refused before any image data', async (t) => {
+  const r = await startReceiver(t);
+  const img = join(tempDir(t), 'a.img');
+  writeBlocks(img, [1, 2, 3]);
+  const refused = r.next<{ error: { code: string; message: string } }>('connection-refused');
+  const wrong = await codeOf(push(img, r.address, { token: 'not the token' }));
+  t.is(wrong.code, 'OSFARM_UNAUTHORIZED');
+  t.regex(wrong.message, /wrong token/);
+  t.is((await refused).error.code, 'OSFARM_UNAUTHORIZED');
+  const none = await codeOf(push(img, r.address, {}));
+  t.is(none.code, 'OSFARM_UNAUTHORIZED');
+  t.regex(none.message, /requires a token/);
+  assertOnlyImages(t, r.repoPath, []);
+});
+
+test('an oversized frame and garbage bytes are disconnected with a clear error', async (t) => {
+  const r = await startReceiver(t);
+  // Before authentication the limit is 64 KiB: a 1 MiB HELLO is refused from its header.
+  const big = await RawClient.connect(r.address);
+  big.write(Buffer.concat([MAGIC, header(FrameType.HELLO, 1 << 20)]));
+  const e1 = await big.error(t);
+  t.is(e1.code, 'OSFARM_PROTOCOL');
+  t.regex(e1.message, /HELLO frame of 1048576 bytes exceeds the limit of 65536 bytes/);
+
+  // After authentication, above the announced 4 MiB (the header alone, no payload follows).
+  const authed = await RawClient.connect(r.address);
+  await authed.handshake(TOKEN);
+  authed.write(header(FrameType.BLOCKS, 0xffff_fff0));
+  const e2 = await authed.error(t);
+  t.is(e2.code, 'OSFARM_PROTOCOL');
+  t.regex(e2.message, /exceeds the limit of 4194304 bytes/);
+
+  const garbage = await RawClient.connect(r.address);
+  garbage.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  const e3 = await garbage.error(t);
+  t.is(e3.code, 'OSFARM_PROTOCOL');
+  t.regex(e3.message, /does not speak the osfarm push protocol/);
+
+  // An unknown mandatory frame type after the handshake.
+  const odd = await RawClient.connect(r.address);
+  await odd.handshake(TOKEN);
+  odd.send(0x42, Buffer.from('??'));
+  const e4 = await odd.error(t);
+  t.is(e4.code, 'OSFARM_PROTOCOL');
+  assertOnlyImages(t, r.repoPath, []);
+});
+
+test('the concurrent-transfer limit is enforced and released', async (t) => {
+  const r = await startReceiver(t, { maxTransfers: 1 });
+  const img = join(tempDir(t), 'a.img');
+  writeBlocks(img, [7, 8, 9, 0]);
+  // One transfer holds the only slot (announced, then silent).
+  const holder = await RawClient.connect(r.address);
+  await holder.handshake(TOKEN);
+  await holder.image(pseudoRandom(16 * BS, 3), 'holder');
+
+  const busy = await codeOf(push(img, r.address, { token: TOKEN }));
+  t.is(busy.code, 'OSFARM_LOCKED');
+  t.regex(busy.message, /busy/);
+
+  const released = r.next('transfer-failed');
+  holder.close();
+  await released;
+  const ok = await push(img, r.address, { token: TOKEN });
+  t.is(ok.blocksSent, 3);
+});
