@@ -12,6 +12,7 @@ import test from 'ava';
 import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/build/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
+import { createPullHandler } from '../src/transfer/http-server.js';
 import { Receiver } from '../src/transfer/receive.js';
 import { startServer, type StartedServer } from '../src/web/index.js';
 import { tempDir, writeBlocks } from './helpers/tmp.js';
@@ -407,12 +408,38 @@ test.serial('push: an image goes to a real receiver as a job with bandwidth samp
   const result = evs.find((e) => e.event === 'result')!.data.result;
   t.is(result.digest, c.a);
   t.is(result.blocksSent, 4);
-  t.is(samples[samples.length - 1]!.data.sample.blocksSent, 4);
+  t.is(samples[samples.length - 1]!.data.sample.blocks, 4);
   t.deepEqual(Repository.open(remoteRepo).list().map((i) => [i.digest, i.name]), [[c.a, 'pushed.tar']]);
   // A wrong token fails the job with the receiver's refusal.
   const bad = await json(await call(c, 'POST', '/api/transfers/push', { body: { image: 'b.tar', address: `127.0.0.1:${addr.port}`, token: 'wrong' } }));
   const badEvents = await events(c, bad.id);
   t.is(badEvents.find((e) => e.event === 'error')!.data.error.code, 'OSFARM_UNAUTHORIZED');
+});
+
+test.serial('pull: an image comes from another node\'s HTTP endpoints, only the blocks missing here', async (t) => {
+  const source = await start(t);
+  // The source node serves its repository for pull before the web handler, as osfarm serve does.
+  const other = await startServer({ repoPath: source.repo, tokenFile: join(source.dir, 'token2'), workDir: join(source.dir, 'work'), before: [createPullHandler({ repoPath: source.repo })] });
+  t.teardown(() => other.close());
+  writeBlocks(join(source.dir, 'c.img'), [7, 8, 3, 0]);
+  const c = Repository.open(source.repo).addSync(join(source.dir, 'c.img'), { name: 'c.tar' });
+  const here = await start(t);
+  t.is((await call(here, 'POST', '/api/transfers/pull', { body: { url: 'not a url' } })).status, 400);
+  const r = await call(here, 'POST', '/api/transfers/pull', { body: { url: `${other.url}/images/c.tar`, name: 'pulled.tar' } });
+  t.is(r.status, 202);
+  const job = await json(r);
+  t.is(job.kind, 'pull');
+  const evs = await events(here, job.id);
+  const result = evs.find((e) => e.event === 'result')?.data.result;
+  t.truthy(result, JSON.stringify(evs.find((e) => e.event === 'error')));
+  t.is(result.digest, c.digest);
+  t.is(result.blocksLocal, 1, 'block 3 was already here');
+  t.is(result.blocksFetched, 2);
+  t.true(evs.some((e) => e.event === 'sample'));
+  t.is(Repository.open(here.repo).resolve('pulled.tar').digest, c.digest);
+  // The source's web API still answers next to the pull endpoints, with its own token.
+  t.is((await fetch(`${other.url}/api/images`)).status, 401);
+  t.is((await fetch(`${other.url}/api/images`, { headers: { authorization: `Bearer ${other.web.token.value}` } })).status, 200);
 });
 
 test.serial('the OpenAPI document lists every route, and every route was exercised above', async (t) => {

@@ -18,10 +18,11 @@ import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUT
 import { OsfarmError } from '../errors.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { parseSize, StageStore } from '../stages/store.js';
+import { parseImageUrl, pull } from '../transfer/pull.js';
 import { push } from '../transfer/push.js';
 import { catalog } from './catalog.js';
 import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
-import { isFinal, type JobInfo, JobQueue, streamJob } from './jobs.js';
+import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
 import { specXml } from './spec-view.js';
 
@@ -133,6 +134,18 @@ function webSpec(body: Record<string, unknown>, repo: () => Repository): BuildSp
       return { raw: rest };
     },
   });
+}
+
+/** Emits a transfer's `sample` events at most every 200 ms (and the last one always), timed from the start. */
+function sampler(emit: JobContext['emit']): (fields: Record<string, number>, force?: boolean) => void {
+  const started = Date.now();
+  let last = 0;
+  return (fields, force = false) => {
+    const now = Date.now();
+    if (!force && now - last < 200) return;
+    last = now;
+    emit({ type: 'sample', sample: { ms: now - started, ...fields } });
+  };
 }
 
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
@@ -369,7 +382,7 @@ export class Api {
       {
         method: 'POST', path: '/api/transfers/push',
         doc: {
-          tag: 'transfer', summary: "Push an image to another osfarm node's receiver (only the blocks it lacks); samples of bandwidth and blocks sent stream as `sample` events",
+          tag: 'transfer', summary: "Push an image to another osfarm node's receiver (only the blocks it lacks); `sample` events carry wire bytes and blocks sent",
           body: { image: { description: 'image name or digest here', required: true }, address: { description: "the receiver's host:port", required: true }, token: { description: "the receiver's token" }, insecure: { description: 'the receiver runs without a token', type: 'boolean' }, name: { description: 'name at the receiver' } },
           response: { status: 202, description: 'Job' },
         },
@@ -382,25 +395,49 @@ export class Api {
           if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw bad('insecure must be true or false');
           if (!token && body.insecure !== true) throw bad('give the receiver\'s token, or insecure: true for a receiver without one');
           const info = this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
-            const started = Date.now();
-            let last = 0;
+            const sample = sampler(emit);
             const r = await push(entry.digest, address, {
               repo: this.o.repoPath,
               signal,
               ...(token ? { token } : { insecure: true }),
               ...(name ? { name } : {}),
               onProgress: (p) => {
-                const now = Date.now();
                 emit({ type: 'progress', phase: 'push', done: p.haveBlocks, total: p.blockCount });
-                if (now - last >= 200) {
-                  last = now;
-                  emit({ type: 'sample', sample: { ms: now - started, wireBytes: p.wireBytesSent, blocksSent: p.blocksSent, haveBlocks: p.haveBlocks, blockCount: p.blockCount } });
-                }
+                sample({ wireBytes: p.wireBytesSent, blocks: p.blocksSent });
               },
             });
-            emit({ type: 'sample', sample: { ms: Date.now() - started, wireBytes: r.wireBytesSent, blocksSent: r.blocksSent, haveBlocks: r.blockCount, blockCount: r.blockCount } });
+            sample({ wireBytes: r.wireBytesSent, blocks: r.blocksSent }, true);
             return r;
           }, { image: entry.digest, address });
+          sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
+        },
+      },
+      {
+        method: 'POST', path: '/api/transfers/pull',
+        doc: {
+          tag: 'transfer', summary: "Pull an image from another osfarm node's HTTP endpoints (only the blocks this repository lacks); `sample` events carry the bytes fetched",
+          body: { url: { description: 'http://node:port/images/<name or digest>', required: true }, name: { description: 'name here' } },
+          response: { status: 202, description: 'Job' },
+        },
+        handler: async ({ req, res }) => {
+          const body = await readJson(req);
+          const url = field(body, 'url');
+          const name = optField(body, 'name');
+          parseImageUrl(url); // refuse a malformed URL now, not in the job
+          const info = this.transfers.submit('pull', `pull ${url}`, async ({ signal, emit }) => {
+            const sample = sampler(emit);
+            const r = await pull(url, {
+              repoPath: this.o.repoPath,
+              signal,
+              ...(name ? { name } : {}),
+              onProgress: (p) => {
+                emit({ type: 'progress', phase: p.phase, done: p.done, total: p.total });
+                sample({ wireBytes: p.bytesFetched });
+              },
+            });
+            sample({ wireBytes: r.bytesFetched }, true);
+            return r;
+          }, { url });
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },

@@ -7,11 +7,17 @@
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import { mkdirSync, openSync, readFileSync, statSync, writeSync, closeSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
-import { dirname } from 'node:path';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
 
 import { OsfarmError } from '../errors.js';
 
 export const COOKIE = 'osfarm_token';
+
+/** Where the token lives unless told: $XDG_CONFIG_HOME/osfarm/web-token or ~/.config/osfarm/web-token (never inside a repository, which may be served or copied). */
+export function defaultTokenFile(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'osfarm', 'web-token');
+}
 
 export interface LoadedToken {
   token: string;

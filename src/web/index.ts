@@ -142,6 +142,6 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
   };
 }
 
-export { loadOrCreateToken } from './auth.js';
+export { defaultTokenFile, loadOrCreateToken } from './auth.js';
 export { JobQueue, type JobEvent, type JobInfo } from './jobs.js';
 export { startServer, type StartedServer } from './server.js';

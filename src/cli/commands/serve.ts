@@ -1,15 +1,18 @@
 import { createPullHandler, listenHttp, type PullServeStats } from '../../transfer/http-server.js';
 import { parseAddress } from '../../transfer/util.js';
 import { Repository } from '../../repo/index.js';
-import { type Command, str } from '../command.js';
+import { createWebHandler, defaultTokenFile } from '../../web/index.js';
+import { type Command, flag, str } from '../command.js';
 import { bytes, count } from '../format.js';
 
 const command: Command<Omit<PullServeStats, 'active'>> = {
   name: 'serve',
-  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N]',
+  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token)',
   options: {
     listen: { type: 'string', short: 'l' },
     'max-requests': { type: 'string' },
+    'token-file': { type: 'string' },
+    'read-only': { type: 'boolean' },
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
@@ -19,14 +22,20 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const maxRequests = str(args, 'max-requests');
     if (maxRequests !== undefined && !/^[1-9]\d*$/.test(maxRequests)) throw new RangeError(`--max-requests: '${maxRequests}' is not a positive whole number`);
     const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent: maxRequests === undefined ? undefined : Number(maxRequests) });
-    const { server, address } = await listenHttp({ host, port, handlers: [pullHandler] });
+    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
+    if (web.token.created) {
+      // Shown this once; afterwards it is only in the file.
+      process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
+    }
+    const { server, address } = await listenHttp({ host, port, handlers: [pullHandler, web.handler] });
     const where = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-    ctx.info(`serving ${ctx.repoPath} on ${where} (pull ${where}/images/<digest or name>)`);
+    ctx.info(`serving ${ctx.repoPath} on ${where} (pull ${where}/images/<digest or name>; GUI ${where}/, API ${where}/api/docs)`);
     ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath });
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener('abort', () => resolve(), { once: true });
     });
+    await web.close();
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
     const { active: _active, ...stats } = pullHandler.stats;

@@ -11,10 +11,11 @@ function follow(job, box) {
   box.replaceChildren(status, charts, result);
   const draw = () => {
     const rate = samples.slice(1).map((s, i) => ({ x: s.ms / 1000, y: (s.wireBytes - samples[i].wireBytes) / Math.max(1e-3, (s.ms - samples[i].ms) / 1000) }));
-    const blocks = samples.map((s) => ({ x: s.ms / 1000, y: s.blocksSent }));
-    charts.replaceChildren(
-      lineChart([{ points: rate, color: '#1f6feb' }], { title: 'bandwidth (bytes/s on the wire)', format: (v) => `${bytes(v)}/s` }),
-      lineChart([{ points: blocks, color: '#1a7f37' }], { title: 'blocks sent', format: (v) => Math.round(v).toString() }));
+    // A push counts blocks sent; a pull, bytes fetched.
+    const total = job.kind === 'push'
+      ? lineChart([{ points: samples.map((s) => ({ x: s.ms / 1000, y: s.blocks })), color: '#1a7f37' }], { title: 'blocks sent', format: (v) => Math.round(v).toString() })
+      : lineChart([{ points: samples.map((s) => ({ x: s.ms / 1000, y: s.wireBytes })), color: '#1a7f37' }], { title: 'bytes fetched', format: bytes });
+    charts.replaceChildren(lineChart([{ points: rate, color: '#1f6feb' }], { title: 'bandwidth (bytes/s on the wire)', format: (v) => `${bytes(v)}/s` }), total);
   };
   return followJob(job.id, (e) => {
     if (e.type === 'sample') {
@@ -24,7 +25,9 @@ function follow(job, box) {
     else if (e.type === 'result') {
       result.hidden = false;
       const r = e.result;
-      result.textContent = r.alreadyPresent ? 'the receiver already had this image: nothing sent' : `${r.blocksSent ?? r.blocksFetched ?? 0} of ${r.blockCount} blocks sent, ${bytes(r.wireBytesSent ?? r.bytesFetched ?? 0)} on the wire in ${(r.seconds ?? 0).toFixed(2)} s`;
+      result.textContent = job.kind === 'push'
+        ? (r.alreadyPresent ? 'the receiver already had this image: nothing sent' : `${r.blocksSent} of ${r.blockCount} blocks sent, ${bytes(r.wireBytesSent)} on the wire in ${r.seconds.toFixed(2)} s`)
+        : (r.alreadyPresent ? 'this repository already had the image: nothing fetched' : `${r.blocksFetched} of ${r.blockCount} blocks fetched (${r.blocksLocal} found here), ${bytes(r.bytesFetched)} in ${r.seconds.toFixed(2)} s`);
     } else if (e.type === 'error') {
       result.hidden = false;
       result.textContent = `${e.error.code}: ${e.error.message}`;
