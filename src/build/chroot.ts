@@ -46,8 +46,8 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
-/** Mount points at or below `dir`, in mount order (unmount in reverse). */
-export function mountsUnder(dir: string): string[] {
+/** Mount points at or below `dir` (only below it with `strictlyBelow`), in mount order (unmount in reverse). */
+export function mountsUnder(dir: string, strictlyBelow = false): string[] {
   let real: string;
   try {
     real = realpathSync(dir);
@@ -59,15 +59,19 @@ export function mountsUnder(dir: string): string[] {
     const fields = line.split(' ');
     if (fields.length < 5) continue;
     const mp = unescapeMount(fields[4]!);
-    if (mp === real || mp.startsWith(`${real}/`)) out.push(mp);
+    if ((mp === real && !strictlyBelow) || mp.startsWith(`${real}/`)) out.push(mp);
   }
   return out;
 }
 
-/** Unmounts everything at or below `dir` (deepest and latest first; lazily if a plain umount fails). Returns what is still mounted. */
-export async function unmountAll(dir: string, log?: (line: string) => void): Promise<string[]> {
+/**
+ * Unmounts everything at or below `dir` (deepest and latest first; lazily if a plain umount
+ * fails). Returns what is still mounted. With `strictlyBelow`, `dir` itself stays mounted
+ * (a tree that is itself a mount, such as a stage's overlay).
+ */
+export async function unmountAll(dir: string, log?: (line: string) => void, strictlyBelow = false): Promise<string[]> {
   for (let round = 0; round < 4; round++) {
-    const mounts = mountsUnder(dir);
+    const mounts = mountsUnder(dir, strictlyBelow);
     if (mounts.length === 0) return [];
     for (const mp of mounts.reverse()) {
       const r = await run('umount', [mp], { env: { PATH: SYSTEM_PATH } });
@@ -77,7 +81,7 @@ export async function unmountAll(dir: string, log?: (line: string) => void): Pro
       }
     }
   }
-  return mountsUnder(dir);
+  return mountsUnder(dir, strictlyBelow);
 }
 
 /** Kills every process whose root directory is `root` or below it (daemons a command left behind). Returns how many. */
@@ -262,7 +266,8 @@ export class Chroot {
         errors.push(err);
       }
     }
-    const left = await unmountAll(this.root, this.opts.log);
+    // Only below the root: the tree itself may be a mount (a stage's overlay) that outlives the session.
+    const left = await unmountAll(this.root, this.opts.log, true);
     if (left.length > 0) throw buildFailed(`could not unmount ${left.join(', ')}; unmount by hand before deleting the tree`);
     if (errors.length > 0) throw buildFailed(`chroot teardown: ${(errors[0] as Error).message}`, errors[0]);
   }

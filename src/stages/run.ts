@@ -90,6 +90,14 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
   };
   const store = await StageStore.open({ root: opts.stagesDir, repoPath: opts.repoPath, cow: opts.cow, maxSize: opts.maxSize, onEvent });
   const cow = (await store.backend()).name;
+  // What killed builds left (unfinished stages, their mounts and tools, views, leases) goes first.
+  try {
+    const swept = await store.sweep();
+    const n = swept.temps + swept.views + swept.checkouts;
+    if (n > 0) opts.log(`osfarm: swept ${swept.temps} unfinished stage(s), ${swept.views} view(s) and ${swept.checkouts} checkout(s) left by dead builds`);
+  } catch (err) {
+    opts.log(`osfarm: sweeping what dead builds left in the stage store failed (osfarm stages verify shows it): ${(err as Error).message}`);
+  }
   opts.log(`osfarm: stage store ${store.root} (${cow}); ${plans.length} stage(s): ${plans.map((p) => p.tag.slice(0, 12)).join(' → ')}`);
   const stages: StageReport[] = [];
   let held: { lease: Lease; dir: string } | undefined;
