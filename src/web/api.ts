@@ -20,7 +20,7 @@ import { type ImageEntry, Repository } from '../repo/index.js';
 import { parseSize, StageStore } from '../stages/store.js';
 import { parseImageUrl, pull } from '../transfer/pull.js';
 import { push } from '../transfer/push.js';
-import { catalog } from './catalog.js';
+import { type Catalog, catalog } from './catalog.js';
 import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
@@ -157,12 +157,24 @@ export class Api {
   readonly builds: JobQueue;
   readonly transfers: JobQueue;
   private readonly packages: PackageSearch;
+  private catalogCache: { at: number; value: Promise<Catalog> } | undefined;
 
   constructor(private readonly o: ApiOptions) {
     this.builds = new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
     this.packages = new PackageSearch(join(o.workDir, 'apt-indexes'));
     if (!existsSync(o.repoPath)) Repository.init(o.repoPath);
+  }
+
+  /** The catalog probes tools and files: once a minute is often enough. */
+  private catalog(): Promise<Catalog> {
+    const now = Date.now();
+    if (!this.catalogCache || now - this.catalogCache.at > 60_000) {
+      const value = catalog();
+      this.catalogCache = { at: now, value };
+      value.catch(() => (this.catalogCache = undefined));
+    }
+    return this.catalogCache.value;
   }
 
   private repo(): Repository {
@@ -190,7 +202,7 @@ export class Api {
       {
         method: 'GET', path: '/api/distributions', read: true,
         doc: { tag: 'compose', summary: 'Distributions the drivers know (buildable here or not), their releases and groups, and the architectures', response: { status: 200, description: 'Catalog' } },
-        handler: async ({ res }) => sendJson(res, 200, await catalog()),
+        handler: async ({ res }) => sendJson(res, 200, await this.catalog()),
       },
       {
         method: 'GET', path: '/api/packages', read: true,
