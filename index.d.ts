@@ -35,8 +35,13 @@ export declare class AssemblerHandle {
   finish(options?: RepoAddOptions | undefined | null): Promise<RepoImage>
   /** The synchronous twin of `finish`. */
   finishSync(options?: RepoAddOptions | undefined | null): RepoImage
-  /** Discards the partial image (resumable or not). */
+  /** Discards the partial image (resumable or not). Idempotent. */
   abort(): void
+  /**
+   * Stops without publishing or discarding: a resumable partial is flushed and unlocked
+   * for a later assembly of the same image (once running jobs end). Idempotent.
+   */
+  release(): void
 }
 
 /**

@@ -176,11 +176,19 @@ test('the streaming Assembler: fill, missing, putBlock (verified), finish, abort
   t.true(again.alreadyPresent);
   t.is((await again.finish()).digest, e.digest);
 
-  // Abort discards the partial data.
+  // Release keeps a resumable partial and unlocks it at once: a new assembly continues it.
   writeBlocks(join(dir, 'other.img'), [5, 6]);
+  const first = repo.beginAssembly({ image: join(dir, 'other.img') }, { resumable: true });
+  first.putBlock(0, block(5));
+  t.is(codeOf(() => repo.beginAssembly({ image: join(dir, 'other.img') }, { resumable: true })), 'OSFARM_LOCKED');
+  first.release();
+  first.release();
+  t.is(codeOf(() => first.putBlock(1, block(6))), 'OSFARM_INVALID_ARGUMENT');
   const other = repo.beginAssembly({ image: join(dir, 'other.img') }, { resumable: true });
-  other.putBlock(0, block(5));
-  other.flush();
+  t.is(other.haveBlocks, 1);
+  t.deepEqual(other.missing(), [{ first: 1, count: 1 }]);
+
+  // Abort discards the partial data.
   t.is(repo.stats().partialAssemblies, 1);
   other.abort();
   t.is(repo.stats().partialAssemblies, 0);

@@ -422,4 +422,13 @@ export class Assembler {
   abort(): void {
     this.handle.abort();
   }
+
+  /**
+   * Stops without publishing or discarding: a resumable partial is flushed and unlocked,
+   * so a new assembly of the same image (in this process or another) continues it. Any
+   * later call on this assembler fails; after `finish` or `abort` it is a no-op.
+   */
+  release(): void {
+    this.handle.release();
+  }
 }

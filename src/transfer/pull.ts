@@ -407,11 +407,13 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
   const fetcher = new Fetcher(loc.base, parallel, options.idleTimeoutMs ?? 30_000, signal);
   const retryOpts = { retries: options.retries ?? 4, retryDelayMs: options.retryDelayMs ?? 250, signal, fetcher };
   const retry = <T>(f: () => Promise<T>) => withRetries(retryOpts, f);
+  let held: Assembler | undefined;
   try {
     const prep = await prepare(loc, fetcher, retry);
     const repo = openOrCreate(options.repoPath, prep.index, url);
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
+    held = asm;
     // Pulled by name: keep that name here too (not when pulled by digest or prefix).
     const { name: remoteName, ...imageMeta } = prep.meta;
     const name = options.name ?? (remoteName === loc.ref ? loc.ref : undefined);
@@ -488,6 +490,8 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     result.seconds = Number(process.hrtime.bigint() - started) / 1e9;
     return result;
   } finally {
+    // Unlocks a resumable partial at once, so a retry from this process can continue it.
+    held?.release();
     fetcher.close();
   }
 }

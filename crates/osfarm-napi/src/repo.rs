@@ -491,7 +491,7 @@ impl RepositoryHandle {
             expected_digest: o.expected_digest,
         });
         let asm = self.repo.begin_assembly(index, opts).map_err(js_err)?;
-        Ok(AssemblerHandle { asm: Arc::new(asm) })
+        Ok(AssemblerHandle::new(asm))
     }
 }
 
@@ -509,41 +509,57 @@ fn rebuild_report(r: repo::RebuildReport) -> RepoRebuildReport {
 /// An image being assembled: fill from the repository, put the missing blocks, finish.
 #[napi]
 pub struct AssemblerHandle {
-    asm: Arc<repo::Assembler>,
+    /// None once released: the partial's lock goes with the last reference.
+    asm: std::sync::Mutex<Option<Arc<repo::Assembler>>>,
+}
+
+impl AssemblerHandle {
+    pub(crate) fn new(asm: repo::Assembler) -> Self {
+        Self { asm: std::sync::Mutex::new(Some(Arc::new(asm))) }
+    }
+
+    fn get(&self) -> Result<Arc<repo::Assembler>> {
+        self.asm.lock().unwrap().clone().ok_or_else(|| {
+            js_err(osfarm_core::Error::new(
+                osfarm_core::Code::InvalidArgument,
+                "this assembly was released or aborted: begin a new one (a resumable one continues where it stopped)",
+            ))
+        })
+    }
 }
 
 #[napi]
 impl AssemblerHandle {
     #[napi(getter)]
-    pub fn digest(&self) -> String {
-        self.asm.digest_hex().to_string()
+    pub fn digest(&self) -> Result<String> {
+        Ok(self.get()?.digest_hex().to_string())
     }
 
     #[napi(getter)]
-    pub fn block_count(&self) -> f64 {
-        self.asm.block_count() as f64
+    pub fn block_count(&self) -> Result<f64> {
+        Ok(self.get()?.block_count() as f64)
     }
 
     #[napi(getter)]
-    pub fn block_size(&self) -> u32 {
-        self.asm.index().block_size()
+    pub fn block_size(&self) -> Result<u32> {
+        Ok(self.get()?.index().block_size())
     }
 
     #[napi(getter)]
-    pub fn image_size(&self) -> f64 {
-        self.asm.index().image_len() as f64
+    pub fn image_size(&self) -> Result<f64> {
+        Ok(self.get()?.index().image_len() as f64)
     }
 
     /// Blocks present so far, zero blocks included.
     #[napi(getter)]
-    pub fn have_blocks(&self) -> f64 {
-        self.asm.have_blocks() as f64
+    pub fn have_blocks(&self) -> Result<f64> {
+        Ok(self.get()?.have_blocks() as f64)
     }
 
     /// True if the image was already in the repository: nothing to do but `finish`.
     #[napi(getter)]
-    pub fn already_present(&self) -> bool {
-        self.asm.is_complete_image()
+    pub fn already_present(&self) -> Result<bool> {
+        Ok(self.get()?.is_complete_image())
     }
 
     /// Copies (verified, in parallel) every block the repository already holds.
@@ -554,61 +570,70 @@ impl AssemblerHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoFillReport>> {
-        let asm = self.asm.clone();
-        job(on_progress, signal, move |p| {
+    ) -> Result<AsyncTask<Job<RepoFillReport>>> {
+        let asm = self.get()?;
+        Ok(job(on_progress, signal, move |p| {
             asm.fill_from_repository(p).map(|r| RepoFillReport { blocks: r.blocks as f64, bytes: r.bytes as f64 })
-        })
+        }))
     }
 
     /// The synchronous twin of `fillFromRepository`.
     #[napi]
     pub fn fill_from_repository_sync(&self) -> Result<RepoFillReport> {
-        let r = self.asm.fill_from_repository(&Silent).map_err(js_err)?;
+        let r = self.get()?.fill_from_repository(&Silent).map_err(js_err)?;
         Ok(RepoFillReport { blocks: r.blocks as f64, bytes: r.bytes as f64 })
     }
 
     /// The blocks still to supply, as runs (repeats of an earlier block are not listed).
     #[napi]
-    pub fn missing(&self) -> Vec<RepoRun> {
-        runs(&self.asm.missing())
+    pub fn missing(&self) -> Result<Vec<RepoRun>> {
+        Ok(runs(&self.get()?.missing()))
     }
 
     /// Verifies and writes block `n`; false if it was already present.
     #[napi]
     pub fn put_block(&self, n: u32, data: Buffer) -> Result<bool> {
-        self.asm.put_block(n as u64, &data).map_err(js_err)
+        self.get()?.put_block(n as u64, &data).map_err(js_err)
     }
 
     /// Verifies and writes consecutive blocks from `first`; returns how many were new.
     #[napi]
     pub fn put_blocks(&self, first: u32, data: Buffer) -> Result<f64> {
-        self.asm.put_blocks(first as u64, &data).map(|n| n as f64).map_err(js_err)
+        self.get()?.put_blocks(first as u64, &data).map(|n| n as f64).map_err(js_err)
     }
 
     /// Makes the resumable state durable now.
     #[napi]
     pub fn flush(&self) -> Result<()> {
-        self.asm.flush().map_err(js_err)
+        self.get()?.flush().map_err(js_err)
     }
 
     /// Checks that every block is present and publishes the image.
     #[napi(ts_return_type = "Promise<RepoImage>")]
-    pub fn finish(&self, options: Option<RepoAddOptions>) -> AsyncTask<Job<RepoImage>> {
-        let asm = self.asm.clone();
+    pub fn finish(&self, options: Option<RepoAddOptions>) -> Result<AsyncTask<Job<RepoImage>>> {
+        let asm = self.get()?;
         let opts = add_options(options);
-        job(None, None, move |_| asm.finish(&opts).map(image))
+        Ok(job(None, None, move |_| asm.finish(&opts).map(image)))
     }
 
     /// The synchronous twin of `finish`.
     #[napi]
     pub fn finish_sync(&self, options: Option<RepoAddOptions>) -> Result<RepoImage> {
-        self.asm.finish(&add_options(options)).map(image).map_err(js_err)
+        self.get()?.finish(&add_options(options)).map(image).map_err(js_err)
     }
 
-    /// Discards the partial image (resumable or not).
+    /// Discards the partial image (resumable or not). Idempotent.
     #[napi]
     pub fn abort(&self) {
-        self.asm.abort();
+        if let Some(asm) = self.asm.lock().unwrap().take() {
+            asm.abort();
+        }
+    }
+
+    /// Stops without publishing or discarding: a resumable partial is flushed and unlocked
+    /// for a later assembly of the same image (once running jobs end). Idempotent.
+    #[napi]
+    pub fn release(&self) {
+        self.asm.lock().unwrap().take();
     }
 }
