@@ -34,7 +34,7 @@ const core: StageTagInput = {
   parentTag: null,
   driver: 'mmdebstrap',
   driverVersion: '1.3.5',
-  source: ['http://deb.debian.org/debian'],
+  source: ['http://mirror-a.invalid/debian'],
 };
 const coreTag = stageTag(core);
 const base = (extra: Record<string, unknown> = {}, parentTag = coreTag): StageTagInput => ({
@@ -42,7 +42,7 @@ const base = (extra: Record<string, unknown> = {}, parentTag = coreTag): StageTa
   parentTag,
   driver: 'apt',
   driverVersion: '2.6.1',
-  source: ['http://deb.debian.org/debian'],
+  source: ['http://mirror-a.invalid/debian'],
 });
 
 test('a tag is sha256 hex over the canonical inputs', (t) => {
@@ -50,13 +50,13 @@ test('a tag is sha256 hex over the canonical inputs', (t) => {
   const c = canonicalTagInput(core);
   t.is(c.format, 'osfarm-stage/1');
   t.is(c.parent, null);
-  t.deepEqual(c.source, ['http://deb.debian.org/debian']);
+  t.deepEqual(c.source, ['http://mirror-a.invalid/debian']);
 });
 
 test('tags ignore key order, package order, duplicates and formatting', (t) => {
   const a = stageTag(base());
   t.is(stageTag(base({ packages: ['python3', 'curl', 'openssh-server', 'curl'] })), a);
-  const reordered: StageTagInput = { source: ['http://deb.debian.org/debian'], driverVersion: '2.6.1', driver: 'apt', parentTag: coreTag, config: { commands: ['systemctl enable ssh'], packages: ['curl', 'python3', 'openssh-server'] } };
+  const reordered: StageTagInput = { source: ['http://mirror-a.invalid/debian'], driverVersion: '2.6.1', driver: 'apt', parentTag: coreTag, config: { commands: ['systemctl enable ssh'], packages: ['curl', 'python3', 'openssh-server'] } };
   t.is(stageTag(reordered), a);
   // Same data parsed from differently formatted JSON.
   const json = JSON.parse('{ "packages" : [ "curl","openssh-server" ,"python3" ], "commands":["systemctl enable ssh"] }') as Record<string, unknown>;
@@ -73,7 +73,7 @@ test('tags change when the tree would change', (t) => {
     ['a package added', stageTag(base({ packages: ['openssh-server', 'python3', 'curl', 'vim'] }))],
     ['a package pinned', stageTag(base({ packages: ['openssh-server', 'python3=3.11.2-1+b1', 'curl'] }))],
     ['commands reordered', stageTag(base({ commands: ['true', 'systemctl enable ssh'] }))],
-    ['the mirror changed', stageTag({ ...base(), source: ['http://snapshot.debian.org/archive/debian/20240101T000000Z'] })],
+    ['the mirror changed', stageTag({ ...base(), source: ['http://mirror-a.invalid/snapshot/20240101T000000Z'] })],
     ['the parent changed', stageTag(base({}, stageTag({ ...core, config: { ...core.config, release: 'trixie' } })))],
     ['the driver version changed', stageTag({ ...base(), driverVersion: '2.7.0' })],
     ['another driver', stageTag({ ...base(), driver: 'dnf' })],
@@ -88,7 +88,7 @@ test('tags change when the tree would change', (t) => {
     changed.add(tag);
   }
   // A core stage with the same config but a different source is another stage.
-  t.not(stageTag({ ...core, source: ['http://ftp.de.debian.org/debian'] }), coreTag);
+  t.not(stageTag({ ...core, source: ['http://mirror-b.invalid/debian'] }), coreTag);
 });
 
 test('a plain password, NaN and non-JSON values are refused; custom sets and exclusions apply', (t) => {

@@ -39,7 +39,7 @@ export interface StageTagInput {
   driver: string;
   /** Its version (and osfarm's, if osfarm's own steps change the tree). */
   driverVersion: string;
-  /** Where packages come from: mirror URLs, a snapshot URL (snapshot.debian.org/…/20240101T000000Z), a repo file digest; null if the stage fetches nothing. */
+  /** Where packages come from: mirror URLs, a dated snapshot mirror URL, a repo file digest; null if the stage fetches nothing. */
   source: unknown;
   /** Dotted paths in `config` of lists that are sets (sorted, de-duplicated). Default DEFAULT_SET_KEYS. */
   sets?: readonly string[];
