@@ -8,3 +8,5 @@ export * from './pack/index.js';
 export * from './repo/index.js';
 export { pull, parseImageUrl, type PullOptions, type PullProgress, type PullResult } from './transfer/pull.js';
 export { createPullHandler, listenHttp, type HttpHandler, type PullHandler, type PullServeStats } from './transfer/http-server.js';
+export * from './stages/index.js';
+export * from './images/index.js';
