@@ -193,6 +193,24 @@ test.serial("package search reads the distribution's real index through apt", as
   t.regex((await json(rpm)).error.message, /type the package names/);
   const missing = await call(c, 'GET', '/api/packages?distribution=debian&architecture=amd64&q=x');
   t.is(missing.status, 400);
+  const unknown = await call(c, 'GET', '/api/packages?distribution=debian&release=nosuchrelease&architecture=amd64&q=x');
+  t.is(unknown.status, 404);
+  t.regex((await json(unknown)).error.message, /not a release of debian/);
+  t.false(existsSync(join(c.dir, 'work', 'apt-indexes', 'debian-nosuchrelease-amd64')), 'apt was not asked about an unknown release');
+});
+
+test.serial("package search fetches another architecture's index through apt's configured sources, once", async (t) => {
+  const c = await start(t);
+  const r = await call(c, 'GET', '/api/packages?distribution=debian&release=bookworm&architecture=arm64&q=hello');
+  const body = await json(r);
+  t.is(r.status, 200, JSON.stringify(body));
+  t.is(body.index.source, 'fetched');
+  t.is(body.index.architecture, 'arm64');
+  t.true(body.index.files.every((f: string) => f.startsWith(join(c.dir, 'work', 'apt-indexes')) && f.includes('arm64')));
+  t.is(body.results[0].name, 'hello');
+  const again = await json(await call(c, 'GET', '/api/packages?distribution=debian&release=bookworm&architecture=arm64&q=curl'));
+  t.deepEqual(again.index.files, body.index.files);
+  t.true(again.results.some((p: any) => p.name === 'curl'));
 });
 
 test.serial('spec check: the request checksum, the canonical spec and the images already built', async (t) => {
@@ -300,7 +318,7 @@ test.serial('a running build is cancelled and torn down', async (t) => {
   const stream = await call(c, 'GET', `/api/jobs/${r.id}/events`);
   const reader = stream.body!.getReader();
   let seen = '';
-  while (!/event: phase/.test(seen)) {
+  while (!/event: log\ndata: [^\n]*I: running apt-get update/.test(seen)) {
     const { value, done } = await reader.read();
     if (done) break;
     seen += Buffer.from(value).toString();

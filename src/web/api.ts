@@ -217,7 +217,8 @@ export class Api {
           const release = query(url, 'release');
           if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw bad(`release ${JSON.stringify(release)} is not a release name`);
           const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
-          sendJson(res, 200, await this.packages.search(d, release, a, url.searchParams.get('q') ?? '', limit));
+          const known = (await this.catalog()).distributions.find((x) => x.name === d)?.releases.includes(release) ?? false;
+          sendJson(res, 200, await this.packages.search(d, release, a, known, url.searchParams.get('q') ?? '', limit));
         },
       },
       {

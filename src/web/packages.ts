@@ -73,8 +73,8 @@ async function existing(targets: Target[]): Promise<Target[]> {
  * event loop keeps serving requests while tens of thousands of stanzas go by. The first
  * stanza seen for a name wins.
  */
-async function readPackages(file: string, into: Map<string, PackageInfo>, signal?: AbortSignal): Promise<void> {
-  const child = spawn(APT_HELPER, ['cat-file', file], { stdio: ['ignore', 'pipe', 'pipe'], signal });
+async function readPackages(file: string, into: Map<string, PackageInfo>): Promise<void> {
+  const child = spawn(APT_HELPER, ['cat-file', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number>((res, rej) => {
@@ -124,7 +124,11 @@ export class PackageSearch {
   /** `cacheDir` holds the private apt lists of fetched indexes. */
   constructor(private readonly cacheDir: string) {}
 
-  async index(distribution: Distribution, release: string, architecture: Architecture, signal?: AbortSignal): Promise<PackageIndex> {
+  /**
+   * `fetchable` says whether an index apt does not have yet may be fetched for this release
+   * (the caller allows only known releases, so a request cannot make apt chase any name).
+   */
+  async index(distribution: Distribution, release: string, architecture: Architecture, fetchable: boolean): Promise<PackageIndex> {
     if (distribution !== 'debian' && distribution !== 'ubuntu') {
       throw new OsfarmError('OSFARM_NOT_FOUND', `package search covers Debian and Ubuntu (apt indexes); for ${distribution} type the package names`);
     }
@@ -135,7 +139,7 @@ export class PackageSearch {
       const mtimes = index ? await Promise.all(index.files.map((f) => stat(f).then((s) => s.mtimeMs, () => -1))) : [];
       if (index && mtimes.every((m, i) => m === hit.mtimes[i])) return index;
     }
-    const index = this.load(distribution, release, architecture, signal);
+    const index = this.load(distribution, release, architecture, fetchable);
     const entry = { mtimes: [] as number[], index };
     this.cache.set(key, entry);
     try {
@@ -149,8 +153,8 @@ export class PackageSearch {
   }
 
   /** Packages whose name contains the query (exact and prefix matches first), then description matches. */
-  async search(distribution: Distribution, release: string, architecture: Architecture, q: string, limit = 50): Promise<{ index: Omit<PackageIndex, 'packages'> & { count: number }; results: PackageInfo[] }> {
-    const index = await this.index(distribution, release, architecture);
+  async search(distribution: Distribution, release: string, architecture: Architecture, fetchable: boolean, q: string, limit = 50): Promise<{ index: Omit<PackageIndex, 'packages'> & { count: number }; results: PackageInfo[] }> {
+    const index = await this.index(distribution, release, architecture, fetchable);
     const needle = q.trim().toLowerCase();
     const rank = (p: PackageInfo): number => {
       if (p.name === needle) return 0;
@@ -169,23 +173,24 @@ export class PackageSearch {
     return { index: { ...rest, count: packages.length }, results };
   }
 
-  private async load(distribution: Distribution, release: string, architecture: Architecture, signal?: AbortSignal): Promise<PackageIndex> {
+  private async load(distribution: Distribution, release: string, architecture: Architecture, fetchable: boolean): Promise<PackageIndex> {
     const hostTargets = await indexTargets([]);
     let source: PackageIndex['source'] = 'host';
     let targets = await existing(matching(hostTargets, release, architecture));
     if (targets.length === 0) {
-      targets = await this.fetch(hostTargets, distribution, release, architecture, signal);
+      if (!fetchable) throw new OsfarmError('OSFARM_NOT_FOUND', `${release} is not a release of ${distribution} that osfarm knows (see GET /api/distributions): no package index`);
+      targets = await this.fetch(hostTargets, distribution, release, architecture);
       source = 'fetched';
     }
     const byName = new Map<string, PackageInfo>();
     // -updates and -security first: where they carry a package, theirs is the newer version.
     const ordered = [...targets].sort((a, b) => (a.codename === release ? 1 : 0) - (b.codename === release ? 1 : 0));
-    for (const t of ordered) await readPackages(t.file, byName, signal);
+    for (const t of ordered) await readPackages(t.file, byName);
     return { distribution, release, architecture, source, files: targets.map((t) => t.file), packages: [...byName.values()] };
   }
 
   /** Runs apt-get update for one release and architecture into a private lists directory, with the host's archive URIs. */
-  private async fetch(hostTargets: Target[], distribution: Distribution, release: string, architecture: Architecture, signal?: AbortSignal): Promise<Target[]> {
+  private async fetch(hostTargets: Target[], distribution: Distribution, release: string, architecture: Architecture): Promise<Target[]> {
     // The host's main archive URIs (not its -security/-updates companions), which only serve the host's distribution.
     const hostIsDebian = hostTargets.some((t) => /debian/i.test(t.uri));
     const uris = [...new Set(hostTargets.filter((t) => !t.codename.includes('-')).map((t) => t.uri))];
@@ -207,7 +212,7 @@ export class PackageSearch {
       '-o', 'Acquire::Languages=none',
     ];
     try {
-      await run('apt-get', [...options, '-q', 'update'], { signal, timeout: 180_000, maxBuffer: 4 << 20 });
+      await run('apt-get', [...options, '-q', 'update'], { timeout: 180_000, maxBuffer: 4 << 20 });
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       throw new OsfarmError('OSFARM_NOT_FOUND', `cannot fetch the package index of ${distribution} ${release} (${architecture}) through apt: ${(e.stderr || e.message).trim().split('\n').slice(-2).join(' ')}`);
