@@ -374,7 +374,7 @@ async function fromRepository(spec: BuildSpec, found: Map<OutputFormat, ImageEnt
     logPath: meta!.buildLog?.path ?? '',
     durationMs: Date.now() - started,
     phases: {},
-    stages: (meta!.stages ?? []).map((s) => ({ tag: s.tag, parent: null, label: s.label, hit: true, waited: false, seconds: 0 })),
+    stages: (meta!.stages ?? []).map((s, i, all) => ({ tag: s.tag, parent: all[i - 1]?.tag ?? null, label: s.label, hit: true, waited: false, seconds: 0 })),
     ...(meta!.cow ? { cow: meta!.cow } : {}),
     cached: true,
   };

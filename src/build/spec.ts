@@ -180,6 +180,8 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   // A parent first: this spec inherits what it leaves out.
   const parent = raw.parent === undefined || raw.parent === null ? undefined : parentSpec(raw.parent, options, bad);
   if (parent) inheritDefaults(raw, parent);
+  // A parent that failed was reported; the fields it would have given are not "required" on top.
+  const required = raw.parent === undefined || raw.parent === null;
 
   const str = (key: string, opts: { required?: boolean; re?: RegExp; what?: string } = {}): string | undefined => {
     const v = raw[key];
@@ -228,7 +230,7 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
 
   // distribution, release, architecture
   let distribution: Distribution | undefined;
-  const d = str('distribution', { required: true });
+  const d = str('distribution', { required });
   if (d !== undefined) {
     const key = d.toLowerCase();
     const alias = DISTRIBUTION_ALIASES[key.replace(/[-_ ]/g, '')];
@@ -236,7 +238,7 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     else if (alias) distribution = alias;
     else bad('spec.distribution', `${JSON.stringify(d)} is not supported (one of ${DISTRIBUTIONS.join(', ')})`);
   }
-  const release = str('release', { required: true, re: RELEASE, what: 'a release name (letters, digits, . _ -)' });
+  const release = str('release', { required, re: RELEASE, what: 'a release name (letters, digits, . _ -)' });
   let architecture: Architecture = hostArchitecture();
   const a = str('architecture');
   if (a !== undefined) {
