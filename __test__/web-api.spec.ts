@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/build/index.js';
+import { specToXml } from '../src/images/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
 import { createPullHandler } from '../src/transfer/http-server.js';
@@ -53,7 +54,7 @@ function seedRepository(dir: string): { repo: string; a: string; b: string; spec
   const repo = join(dir, 'repo');
   const r = Repository.init(repo);
   const spec = specFromObject(SPEC);
-  const meta = (name: string) => ({ kind: 'osfarm-build', specDigest: specDigest(spec), spec: canonicalSpec(spec), buildLog: { tail: `osfarm: building ${name}\nosfarm: done` } });
+  const meta = (name: string) => ({ kind: 'osfarm-build', specDigest: specDigest(spec), spec: canonicalSpec(spec), specXml: specToXml(spec), buildLog: { path: join(dir, `${name}.log`), tail: `osfarm: building ${name}\nosfarm: done` } });
   writeBlocks(join(dir, 'a.img'), [1, 2, 3, 4]);
   writeBlocks(join(dir, 'b.img'), [3, 4, 5, 6, 0]);
   const a = r.addSync(join(dir, 'a.img'), { name: 'a.tar', meta: meta('a') }).digest;

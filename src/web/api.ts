@@ -24,7 +24,7 @@ import { type Catalog, catalog } from './catalog.js';
 import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
-import { specXml } from './spec-view.js';
+import { type BuildMeta, buildMeta, exportSpec, imagesOfRequest, repositoryParents } from '../images/index.js';
 
 export interface ApiOptions {
   repoPath: string;
@@ -63,17 +63,8 @@ export interface ImageView {
   packages: string[];
 }
 
-interface BuildMeta {
-  kind?: string;
-  specDigest?: string;
-  spec?: Record<string, unknown>;
-  buildLog?: { path?: string; tail?: string };
-}
-
 function view(e: ImageEntry): ImageView {
-  const meta = (e.meta ?? {}) as BuildMeta;
-  const spec = meta.spec ?? {};
-  const s = (k: string) => (typeof spec[k] === 'string' ? (spec[k] as string) : null);
+  const spec = buildMeta(e)?.spec;
   return {
     digest: e.digest,
     name: e.name ?? null,
@@ -81,12 +72,19 @@ function view(e: ImageEntry): ImageView {
     size: e.size,
     blockCount: e.blockCount,
     added: e.added.toISOString(),
-    specDigest: meta.specDigest ?? null,
-    distribution: s('distribution'),
-    release: s('release'),
-    architecture: s('architecture'),
-    packages: Array.isArray(spec.packages) ? (spec.packages as string[]) : [],
+    specDigest: buildMeta(e)?.specDigest ?? null,
+    distribution: spec?.distribution ?? null,
+    release: spec?.release ?? null,
+    architecture: spec?.architecture ?? null,
+    packages: spec?.packages ?? [],
   };
+}
+
+/** An image's build metadata, or OSFARM_NOT_FOUND naming what is missing. */
+function builtMeta(e: ImageEntry, what: string): BuildMeta {
+  const meta = buildMeta(e);
+  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${e.name ?? e.digest.slice(0, 16)} has no ${what}: it was not built by osfarm build`);
+  return meta;
 }
 
 /**
@@ -94,7 +92,7 @@ function view(e: ImageEntry): ImageView {
  * server's files (`files[].source`, a parent spec file). A parent names an image in the
  * repository, whose recorded spec it builds on.
  */
-function webSpec(body: Record<string, unknown>, repo: () => Repository): BuildSpec {
+function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
   const text = body.text;
   let raw: unknown = body.spec;
   if (typeof text === 'string') {
@@ -117,23 +115,7 @@ function webSpec(body: Record<string, unknown>, repo: () => Repository): BuildSp
   };
   visit(raw as Record<string, unknown>, 'spec');
   if (issues.length > 0) throw new SpecError(issues);
-  return specFromObject(raw, {
-    baseDir: '/nonexistent/osfarm-web',
-    resolveParent: (ref) => {
-      let entry: ImageEntry;
-      try {
-        entry = repo().resolve(ref);
-      } catch {
-        return undefined;
-      }
-      const spec = (entry.meta as BuildMeta | undefined)?.spec;
-      if (!spec) return undefined;
-      // The recorded canonical form, back into spec fields.
-      const { specVersion: _v, files, ...rest } = spec as Record<string, unknown> & { files?: unknown[] };
-      if (Array.isArray(files) && files.length > 0) return undefined;
-      return { raw: rest };
-    },
-  });
+  return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
 }
 
 /** Emits a transfer's `sample` events at most every 200 ms (and the last one always), timed from the start. */
@@ -229,9 +211,9 @@ export class Api {
           response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), () => this.repo());
+          const spec = webSpec(await readJson(req), this.o.repoPath);
           const digest = specDigest(spec);
-          const built = this.repo().list().map(view).filter((i) => i.specDigest === digest);
+          const built = imagesOfRequest(this.repo(), digest).map(view);
           sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
         },
       },
@@ -243,7 +225,7 @@ export class Api {
           response: { status: 202, description: 'Job; 422 for an invalid spec, 503 when the queue is full' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), () => this.repo());
+          const spec = webSpec(await readJson(req), this.o.repoPath);
           const digest = specDigest(spec);
           const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
             // The files are scratch: the repository keeps its own copy (and the log's end in the metadata).
@@ -327,20 +309,20 @@ export class Api {
       {
         method: 'GET', path: '/api/images/:ref/spec.json', read: true,
         doc: { tag: 'images', summary: 'The canonical spec the image was built from, as JSON', response: { status: 200, type: 'application/json', description: 'CanonicalSpec' } },
-        handler: ({ res, params }) => sendJson(res, 200, this.specOf(params.ref!)),
+        handler: ({ res, params }) => sendJson(res, 200, builtMeta(this.image(params.ref!), 'spec').spec),
       },
       {
         method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
         doc: { tag: 'images', summary: 'The same spec in the XML spec form', response: { status: 200, type: 'application/xml', description: 'XML spec' } },
-        handler: ({ res, params }) => sendText(res, 200, specXml(this.specOf(params.ref!)), 'application/xml; charset=utf-8'),
+        handler: ({ res, params }) => sendText(res, 200, exportSpec(this.o.repoPath, params.ref!).xml, 'application/xml; charset=utf-8'),
       },
       {
         method: 'GET', path: '/api/images/:ref/log', read: true,
         doc: { tag: 'images', summary: "The image's build log (the end kept with the image)", response: { status: 200, type: 'text/plain', description: 'log text' } },
         handler: ({ res, params }) => {
-          const meta = (this.image(params.ref!).meta ?? {}) as BuildMeta;
-          if (meta.buildLog?.tail === undefined) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no build log (it was not built by osfarm build)`);
-          sendText(res, 200, meta.buildLog.tail, 'text/plain; charset=utf-8');
+          const log = builtMeta(this.image(params.ref!), 'build log').buildLog;
+          if (!log) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no build log`);
+          sendText(res, 200, log.tail, 'text/plain; charset=utf-8');
         },
       },
       {
@@ -455,11 +437,5 @@ export class Api {
         },
       },
     ];
-  }
-
-  private specOf(ref: string): Record<string, unknown> {
-    const spec = (this.image(ref).meta as BuildMeta | undefined)?.spec;
-    if (!spec) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${ref} has no spec (it was not built by osfarm build)`);
-    return spec;
   }
 }
