@@ -36,7 +36,8 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.teardown(() => server.close());
   const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   t.teardown(() => browser.close());
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  let page = await context.newPage();
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
   page.on('dialog', (d) => void d.accept());
@@ -79,6 +80,12 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.waitForSelector('#phases span.current', { timeout: 60_000 });
   await page.waitForFunction(() => (document.querySelector('#log')?.textContent ?? '').includes('phase bootstrap'), undefined, { timeout: 60_000 });
   await shot(page, '2-build-running');
+  // Closing the page does not stop the build: a new page (same browser session) finds it running.
+  await page.close();
+  t.is((await (await fetch(`${server.url}/api/jobs/${jobId}`, { headers: { authorization: `Bearer ${server.web.token.value}` } })).json() as { state: string }).state, 'running');
+  page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('dialog', (d) => void d.accept());
   await page.goto(`${server.url}/#/repository`);
   await page.waitForSelector('#page-repository');
   await page.goto(`${server.url}/#/build/${jobId}`);
