@@ -29,6 +29,8 @@ export async function render(view, [ref], session) {
       const r = await fetch(path, { credentials: 'same-origin' });
       body.textContent = r.ok ? await r.text() : `(${label}: ${(await r.json()).error.message})`;
       if (label === 'spec JSON' && r.ok) body.textContent = JSON.stringify(JSON.parse(body.textContent), null, 2);
+      // A log is read from its end.
+      body.scrollTop = label === 'build log' ? body.scrollHeight : 0;
     } catch (err) {
       body.textContent = err.message;
     }
