@@ -21,6 +21,8 @@ export interface Route {
   path: string;
   /** Allowed in read-only browsing without the token. */
   read?: boolean;
+  /** Needs no token at all (logging in). */
+  open?: boolean;
   handler: Handler;
 }
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { defaultWorkDir } from '../build/builder.js';
 import { OsfarmError } from '../errors.js';
 import { stagesRoot } from '../stages/store.js';
-import { Api } from './api.js';
+import { Api, type DocumentedRoute } from './api.js';
 import { loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';
 import { type Request, readJson, Router, sendError, sendJson, sendText } from './http.js';
 import { docsPage, openApiDocument } from './openapi.js';
@@ -83,25 +83,38 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     maxQueuedBuilds: options.maxQueuedBuilds ?? 4,
   });
   const routes = api.routes();
-  const doc = openApiDocument(routes, await version());
-  const router = new Router();
-  for (const r of routes) router.add(r);
-  // Open routes: the page itself, the API documents, and the session (log in / out).
-  const open = new Router()
-    .add({ method: 'GET', path: '/', handler: ({ res }) => serveAsset(res, 'index.html') })
-    .add({ method: 'GET', path: '/assets/:name', handler: ({ res, params }) => serveAsset(res, params.name!) })
-    .add({ method: 'GET', path: '/api/openapi.json', handler: ({ res }) => sendJson(res, 200, doc) })
-    .add({ method: 'GET', path: '/api/docs', handler: ({ res }) => sendText(res, 200, docsPage(doc), 'text/html; charset=utf-8') })
-    .add({ method: 'GET', path: '/api/session', handler: ({ res, authorized }) => sendJson(res, 200, { authorized, readOnly }) })
-    .add({
-      method: 'POST', path: '/api/session',
+  // The session routes are open (they are how a browser logs in) and documented with the rest.
+  const session: DocumentedRoute[] = [
+    {
+      method: 'GET', path: '/api/session', open: true,
+      doc: { tag: 'session', summary: 'Whether this request carries the token, and whether the server allows read-only browsing', response: { status: 200, description: '{ authorized, readOnly }' } },
+      handler: ({ res, authorized }) => sendJson(res, 200, { authorized, readOnly }),
+    },
+    {
+      method: 'POST', path: '/api/session', open: true,
+      doc: { tag: 'session', summary: 'Log in: check the token and set the HttpOnly, SameSite=Strict cookie osfarm_token', body: { token: { description: 'the token', required: true } }, response: { status: 200, description: '{ authorized: true, readOnly }; 401 for a wrong token' } },
       handler: async ({ req, res }) => {
         const body = await readJson(req, 4096);
         if (!tokenMatches(typeof body.token === 'string' ? body.token : undefined, token.token)) throw new OsfarmError('OSFARM_UNAUTHORIZED', 'wrong token: it is in the token file osfarm serve printed at its first start');
         sendJson(res, 200, { authorized: true, readOnly }, { 'set-cookie': sessionCookie(token.token) });
       },
-    })
-    .add({ method: 'DELETE', path: '/api/session', handler: ({ res }) => sendJson(res, 200, { authorized: false, readOnly }, { 'set-cookie': sessionCookie(null) }) });
+    },
+    {
+      method: 'DELETE', path: '/api/session', open: true,
+      doc: { tag: 'session', summary: 'Log out: clear the cookie', response: { status: 200, description: '{ authorized: false, readOnly }' } },
+      handler: ({ res }) => sendJson(res, 200, { authorized: false, readOnly }, { 'set-cookie': sessionCookie(null) }),
+    },
+  ];
+  const doc = openApiDocument([...session, ...routes], await version());
+  const router = new Router();
+  for (const r of routes) router.add(r);
+  // Open: the page itself, the API documents, and the session.
+  const open = new Router()
+    .add({ method: 'GET', path: '/', handler: ({ res }) => serveAsset(res, 'index.html') })
+    .add({ method: 'GET', path: '/assets/:name', handler: ({ res, params }) => serveAsset(res, params.name!) })
+    .add({ method: 'GET', path: '/api/openapi.json', handler: ({ res }) => sendJson(res, 200, doc) })
+    .add({ method: 'GET', path: '/api/docs', handler: ({ res }) => sendText(res, 200, docsPage(doc), 'text/html; charset=utf-8') });
+  for (const r of session) open.add(r);
 
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
     const url = new URL(req.url ?? '/', 'http://localhost');

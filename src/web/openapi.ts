@@ -28,11 +28,11 @@ function operation(route: DocumentedRoute): Record<string, unknown> {
     summary: doc.summary,
     operationId: `${route.method.toLowerCase()}${route.path.replace(/[/:.]([a-z])/gi, (_, c: string) => c.toUpperCase()).replace(/[^A-Za-z0-9]/g, '')}`,
     parameters: params,
-    security: route.read ? [{ bearer: [] }, { cookie: [] }, {}] : [{ bearer: [] }, { cookie: [] }],
+    security: route.open ? [{}] : route.read ? [{ bearer: [] }, { cookie: [] }, {}] : [{ bearer: [] }, { cookie: [] }],
     responses: {
       [String(doc.response.status)]: { description: doc.response.description, content: { [doc.response.type ?? 'application/json']: { schema: {} } } },
       '400': errorResponse('invalid request (OSFARM_INVALID_ARGUMENT)'),
-      '401': errorResponse(route.read ? 'no valid token (unless the server allows read-only browsing)' : 'no valid token'),
+      ...(route.open && route.method !== 'POST' ? {} : { '401': errorResponse(route.open ? 'wrong token' : route.read ? 'no valid token (unless the server allows read-only browsing)' : 'no valid token') }),
       ...(route.path.includes(':') ? { '404': errorResponse('no such image or job') } : {}),
       ...(doc.tag === 'compose' || route.path === '/api/builds' ? { '422': errorResponse('invalid spec (OSFARM_BAD_SPEC, with issues)') } : {}),
       ...(route.method === 'POST' && doc.response.status === 202 ? { '503': errorResponse('the queue is full (OSFARM_LOCKED)') } : {}),
