@@ -63,11 +63,12 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.regex(await page.textContent('#index-info') ?? '', /\d+ packages in debian/);
   await page.click('[data-package="hello"]');
   await page.fill('#name', 'e2e-hello');
+  await page.fill('#root-password', 'e2e-secret');
   await page.waitForFunction(() => document.querySelector('#packages')?.textContent?.includes('hello') && document.querySelector('#spec-digest'));
   // Wait for the checksum of the final form (the name changes it).
   await page.waitForFunction(async () => {
     const shown = document.querySelector('#spec-digest')?.textContent;
-    const r = await fetch('/api/specs/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ spec: { distribution: 'debian', release: (document.querySelector('#release') as HTMLSelectElement).value, architecture: 'amd64', groups: ['minbase'], packages: ['hello'], outputs: ['tar'], name: 'e2e-hello' } }) });
+    const r = await fetch('/api/specs/check', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ spec: { distribution: 'debian', release: (document.querySelector('#release') as HTMLSelectElement).value, architecture: 'amd64', groups: ['minbase'], packages: ['hello'], outputs: ['tar'], name: 'e2e-hello', rootPassword: 'e2e-secret' } }) });
     return shown === ((await r.json()) as { specDigest: string }).specDigest;
   });
   t.is(await page.textContent('#built'), 'not built yet');
@@ -110,7 +111,22 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.click('text=build log');
   await page.waitForFunction(() => (document.querySelector('#image-view')?.textContent ?? '').includes('osfarm: phase index'));
   t.is(await page.getAttribute('#download', 'href'), `/api/images/${built!.digest}/download`);
+  t.regex(await page.textContent('#image-stages') ?? '', /core/);
+  t.regex((built!.meta as { spec: { rootPasswordHash: string } }).spec.rootPasswordHash, /^\$6\$/, 'the root password went in as a hash');
   await shot(page, '4-repository');
+
+  // Compose on top of it: the built image is offered as a parent; the child's request is new.
+  await page.goto(`${server.url}/#/compose`);
+  await page.waitForSelector('#parent option[value="e2e-hello.tar"]', { state: 'attached' });
+  await page.selectOption('#parent', 'e2e-hello.tar');
+  t.true(await page.isDisabled('#distribution'), "the system is the parent's");
+  t.false(await page.isChecked('#groups input[value="minbase"]'), 'a child chooses no bootstrap variant');
+  await page.fill('#package-search', 'curl');
+  await page.press('#package-search', 'Enter');
+  await page.fill('#name', 'e2e-child');
+  await page.waitForFunction(() => (document.querySelector('#packages')?.textContent ?? '').includes('curl') && !document.querySelector('#spec-issues'));
+  await page.waitForFunction(() => document.querySelector('#built')?.textContent === 'not built yet');
+  await shot(page, '4b-compose-child');
 
   // Another image: the same system with its last quarter rewritten (so about three quarters shared).
   const variantPath = join(dir, 'variant.tar');

@@ -19,6 +19,8 @@ export interface DistributionInfo {
   releases: string[];
   defaultRelease: string | null;
   groups: string[];
+  /** The groups that choose a bootstrap variant (only a spec without a parent may). */
+  variants: string[];
 }
 
 export interface ArchitectureInfo {
@@ -101,7 +103,8 @@ export async function catalog(): Promise<Catalog> {
     }
     const releases = name === 'debian' || name === 'ubuntu' ? await releasesOf(name, suites[name]) : [];
     const defaultRelease = host && host.id === name && releases.includes(host.codename) ? host.codename : (releases[0] ?? null);
-    distributions.push({ name, family: familyOf(name), buildable, ...(reason ? { reason } : {}), releases, defaultRelease, groups: groupsOf(name) });
+    const variants = familyOf(name) === 'deb' ? [...DEB_VARIANTS] : [];
+    distributions.push({ name, family: familyOf(name), buildable, ...(reason ? { reason } : {}), releases, defaultRelease, groups: groupsOf(name), variants });
   }
   const native = nativeArchitectures();
   const architectures: ArchitectureInfo[] = [];

@@ -87,7 +87,6 @@ export async function render(view) {
       s.parent = parent.value;
       // A child keeps its parent's system; only what it adds is sent.
       delete s.distribution; delete s.release; delete s.architecture;
-      s.groups = s.groups.filter((g) => !['extract', 'custom', 'essential', 'apt', 'required', 'minbase', 'buildd', 'important', 'debootstrap', 'standard'].includes(g));
     }
     return s;
   }
@@ -121,7 +120,28 @@ export async function render(view) {
       buildButton.disabled = false;
     }
   });
-  for (const input of [release, releaseText, arch, name, password, parent]) input.addEventListener('input', check);
+  // With a parent, the system is the parent's and no bootstrap variant can be chosen.
+  parent.addEventListener('change', () => {
+    const p = repo.images.find((i) => (i.name ?? i.digest) === parent.value);
+    if (p) {
+      dist.value = p.distribution;
+      fillDistribution();
+      release.value = p.release;
+      arch.value = p.architecture;
+    }
+    for (const input of [dist, release, releaseText, arch]) input.disabled = Boolean(p);
+    const variants = current().variants;
+    for (const box of groups.querySelectorAll('input')) {
+      if (!variants.includes(box.value)) continue;
+      box.disabled = Boolean(p);
+      if (p && box.checked) {
+        box.checked = false;
+        state.groups.delete(box.value);
+      }
+    }
+    check();
+  });
+  for (const input of [release, releaseText, arch, name, password]) input.addEventListener('input', check);
   dist.addEventListener('change', () => { fillDistribution(); check(); });
 
   view.append(
