@@ -45,13 +45,15 @@ function build(repo: string, app: string, cow: string): Built {
   return { seconds, stages: last.stages, cached: last.cached };
 }
 
+let places = 0;
+
 /** A fresh repository (and so a fresh stage store at <repo>/stages) on a file system that suits the backend. */
 function place(cow: string): { dir: string; cleanup(): void } {
   if (cow === 'btrfs' || cow === 'reflink') {
     const fs: LoopFs = makeLoopFs(cow === 'btrfs' ? 'btrfs' : 'xfs', 4096, work);
     return { dir: fs.mountpoint, cleanup: () => fs.cleanup() };
   }
-  const dir = join(work, `store-${cow}-${process.pid}`);
+  const dir = join(work, `store-${cow}-${process.pid}-${++places}`);
   unmountAll(dir);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
