@@ -111,6 +111,11 @@ export class Connection {
     return !this.closedFlag && !this.socket.writableNeedDrain;
   }
 
+  /** Bytes written but still in the socket's user-space buffer. */
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
   /** Resolves when the socket's write buffer has drained (or the connection closed). */
   drained(): Promise<void> {
     if (!this.socket.writableNeedDrain || this.closedFlag) return Promise.resolve();
