@@ -1,18 +1,17 @@
 /**
- * An HTTP server for the web handler and any handlers mounted before it (the HTTP pull
- * endpoints): each handler answers or passes; what none answers is a 404.
+ * The web handler on its own HTTP server, after any handlers mounted before it (the HTTP
+ * pull endpoints), as `osfarm serve` runs it: for tests, benches and embedding.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { sendJson } from './http.js';
+import { type HttpHandler, listenHttp } from '../transfer/http-server.js';
 import { createWebHandler, type WebHandler, type WebOptions } from './index.js';
 
-export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
-
 export interface ServerOptions extends WebOptions {
+  /** Default 127.0.0.1. */
   host?: string;
-  /** 0 picks a free port. */
+  /** 0 (default) picks a free port. */
   port?: number;
   /** Handlers asked before the web's (e.g. `createPullHandler({ repoPath })`). */
   before?: HttpHandler[];
@@ -28,24 +27,7 @@ export interface StartedServer {
 
 export async function startServer(options: ServerOptions): Promise<StartedServer> {
   const web = await createWebHandler(options);
-  const chain = [...(options.before ?? []), web.handler];
-  const server = createServer((req, res) => {
-    void (async () => {
-      for (const h of chain) if (await h(req, res)) return;
-      sendJson(res, 404, { error: { code: 'OSFARM_NOT_FOUND', message: `nothing at ${req.url}: the GUI is at /, the API at /api/docs` } });
-    })().catch((err: unknown) => {
-      if (!res.headersSent) sendJson(res, 500, { error: { code: 'OSFARM_INTERNAL', message: (err as Error).message } });
-      else res.destroy();
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address() as AddressInfo;
+  const { server, address } = await listenHttp({ host: options.host ?? '127.0.0.1', port: options.port ?? 0, handlers: [...(options.before ?? []), web.handler] });
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   return {
     server,
