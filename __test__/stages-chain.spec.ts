@@ -3,14 +3,14 @@
  * stage changing exactly when its tree would, and the XML export reading back to the same
  * request checksum.
  */
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 
 import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type BuildSpec } from '../src/build/index.js';
 import { specToXml } from '../src/images/xml.js';
 import { type ChainContext, planStages, specChain } from '../src/stages/chain.js';
-import { tempDir } from './helpers/tmp.js';
+import { cliJson, tempDir } from './helpers/tmp.js';
 
 const CTX: ChainContext = { driver: 'mmdebstrap', driverVersion: 'mmdebstrap 1.3.5; osfarm 0.1.0', osfarmVersion: '0.1.0', sourceDateEpoch: null, hostSources: 'host-sources-1' };
 
@@ -138,4 +138,22 @@ test('the spec as XML reads back to the same request checksum (parents, CDATA co
   t.deepEqual(canonicalSpec(back), canonicalSpec(spec));
   t.is(specDigest(back), specDigest(spec));
   t.is(specDigest(parseSpec(specToXml(back))), specDigest(spec), 'and again');
+});
+
+test('--cow picks the backend; one that cannot work where the store is, or an unknown one, is refused before anything is built', (t) => {
+  const dir = tempDir(t);
+  writeFileSync(join(dir, 'core.yaml'), 'name: core\ndistribution: debian\nrelease: bookworm\ngroups: [minbase]\n');
+  const args = (cow: string) => ['--repo', join(dir, 'repo'), 'build', join(dir, 'core.yaml'), '-d', join(dir, 'work'), '--stages', join(dir, 'stages'), '--cow', cow];
+  const unknown = cliJson(args('zfs'));
+  t.is(unknown.status, 2);
+  t.is(unknown.result.error.code, 'OSFARM_INVALID_ARGUMENT');
+  t.regex(unknown.result.error.message, /unknown copy-on-write backend "zfs": use auto, btrfs, overlayfs, reflink, lvm-thin, copy/);
+  // The temp directory is not on btrfs (nor is there device-mapper): say what the backend needs.
+  for (const cow of ['btrfs', 'lvm-thin']) {
+    const r = cliJson(args(cow));
+    t.is(r.status, 1);
+    t.is(r.result.error.code, 'OSFARM_STAGE');
+    t.regex(r.result.error.message, new RegExp(`the ${cow} backend cannot work for the stage store`));
+  }
+  t.deepEqual(readdirSync(join(dir, 'stages')).filter((n) => /^[0-9a-f]{64}$/.test(n)), [], 'no stage was made');
 });
