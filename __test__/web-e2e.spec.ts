@@ -1,3 +1,4 @@
+/// <reference lib="dom" />
 /**
  * The GUI end to end in a real browser (Debian's chromium, driven by playwright-core; no
  * browser is downloaded): log in, compose a Debian minbase image with one extra package
