@@ -10,3 +10,4 @@ export { pull, parseImageUrl, type PullOptions, type PullProgress, type PullResu
 export { createPullHandler, listenHttp, type HttpHandler, type PullHandler, type PullServeStats } from './transfer/http-server.js';
 export * from './stages/index.js';
 export * from './images/index.js';
+export { createWebHandler, startServer, type WebHandler, type WebOptions, type StartedServer } from './web/index.js';
