@@ -157,3 +157,20 @@ test('--cow picks the backend; one that cannot work where the store is, or an un
   }
   t.deepEqual(readdirSync(join(dir, 'stages')).filter((n) => /^[0-9a-f]{64}$/.test(n)), [], 'no stage was made');
 });
+
+test('a mirror given on the command line or in $OSFARM_MIRROR is the whole chain\'s package source', (t) => {
+  const dir = tempDir(t);
+  writeFileSync(join(dir, 'core.yaml'), 'name: core\ndistribution: debian\nrelease: bookworm\ngroups: [minbase]\n');
+  writeFileSync(join(dir, 'app.yaml'), 'name: app\nparent: core\npackages: [jq]\n');
+  const check = (args: string[], env: NodeJS.ProcessEnv = {}) => cliJson(['build', '--check', join(dir, 'app.yaml'), ...args], { OSFARM_MIRROR: '', ...env });
+  const plain = check([]);
+  t.is(plain.status, 0, JSON.stringify(plain.result));
+  const flagged = check(['--mirror', 'http://mirror-a.invalid/debian', '--no-gpg-check']);
+  t.is(flagged.status, 0, JSON.stringify(flagged.result));
+  t.deepEqual(flagged.result.spec.parent.mirrors, ['http://mirror-a.invalid/debian']);
+  t.false(flagged.result.spec.parent.gpgCheck);
+  t.not(flagged.result.specDigest, plain.result.specDigest);
+  const fromEnv = check([], { OSFARM_MIRROR: 'http://mirror-a.invalid/debian' });
+  t.is(fromEnv.status, 0, JSON.stringify(fromEnv.result));
+  t.deepEqual(fromEnv.result.spec.parent.mirrors, ['http://mirror-a.invalid/debian']);
+});

@@ -18,6 +18,7 @@ export {
   SPEC_VERSION,
   specDigest,
   specFromObject,
+  setOnChain,
   stableStringify,
 } from './spec.js';
 export { type SpecFormat, formatOf } from './formats.js';

@@ -438,6 +438,14 @@ const STAGE_FIXED = ['distribution', 'release', 'architecture', 'mirrors', 'comp
 const STAGE_INHERITED = ['hostname', 'locale', 'timezone', 'sourceDateEpoch'] as const;
 const MAX_PARENTS = 32;
 
+/**
+ * The spec with `fields` set on it and on every parent: for settings of the whole chain,
+ * such as a package source given on the command line (a stage keeps its parent's).
+ */
+export function setOnChain(spec: BuildSpec, fields: Partial<Pick<BuildSpec, (typeof STAGE_FIXED)[number]>>): BuildSpec {
+  return { ...spec, ...fields, ...(spec.parent ? { parent: setOnChain(spec.parent, fields) } : {}) };
+}
+
 /** Fills the fields `raw` leaves out from its parent (the fixed ones are checked against the parent afterwards). */
 function inheritDefaults(raw: Record<string, unknown>, parent: BuildSpec): void {
   for (const key of [...STAGE_FIXED, ...STAGE_INHERITED]) {

@@ -1,7 +1,7 @@
 /** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
 import { readFileSync } from 'node:fs';
 
-import { build, type BuildEvent, type BuildOptions, type BuildResult, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
+import { build, type BuildEvent, type BuildOptions, type BuildResult, type BuildSpec, setOnChain, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
 import { SpecError } from '../../build/errors.js';
 import { repositoryParents } from '../../images/index.js';
 import { backendByName } from '../../stages/cow/index.js';
@@ -86,6 +86,9 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
     delete raw.rootPasswordHash;
     raw.rootPassword = password;
   }
+  // The package source given here is that of the whole chain: a stage keeps its parent's.
+  const chainWide = { ...(raw.mirrors !== undefined ? { mirrors: raw.mirrors as string[] } : {}), ...(raw.gpgCheck === false ? { gpgCheck: false } : {}) };
+  if (raw.parent && Object.keys(chainWide).length > 0) raw.parent = setOnChain(raw.parent as BuildSpec, chainWide);
   if (file === undefined && raw.distribution === undefined) {
     throw new SpecError([{ path: 'spec.distribution', message: 'is required: give a spec file, or -t <distribution>-<release>[-<arch>] (e.g. -t debian-bookworm-amd64)' }]);
   }
