@@ -54,7 +54,7 @@ function seedRepository(dir: string): { repo: string; a: string; b: string; spec
   const repo = join(dir, 'repo');
   const r = Repository.init(repo);
   const spec = specFromObject(SPEC);
-  const meta = (name: string) => ({ kind: 'osfarm-build', specDigest: specDigest(spec), spec: canonicalSpec(spec), specXml: specToXml(spec), buildLog: { path: join(dir, `${name}.log`), tail: `osfarm: building ${name}\nosfarm: done` } });
+  const meta = (name: string) => ({ kind: 'osfarm-build', builder: 'test', backend: 'mmdebstrap', format: 'tar', sourceDateEpoch: null, specDigest: specDigest(spec), spec: canonicalSpec(spec), specXml: specToXml(spec), buildLog: { path: join(dir, `${name}.log`), tail: `osfarm: building ${name}\nosfarm: done` } });
   writeBlocks(join(dir, 'a.img'), [1, 2, 3, 4]);
   writeBlocks(join(dir, 'b.img'), [3, 4, 5, 6, 0]);
   const a = r.addSync(join(dir, 'a.img'), { name: 'a.tar', meta: meta('a') }).digest;
@@ -318,6 +318,20 @@ test.serial('build jobs: bounded queue, live events over SSE, cancel, failure wi
   t.is((await call(c, 'GET', '/api/jobs/000000000000/events')).status, 404);
   const list = await json(await call(c, 'GET', '/api/jobs'));
   t.deepEqual(list.jobs.map((j: any) => j.id).sort(), [job.id, second.id].sort());
+});
+
+test.serial('a build the repository already answers finishes at once with its images, writing nothing', async (t) => {
+  const c = await start(t);
+  const job = await json(await call(c, 'POST', '/api/builds', { body: { spec: SPEC } }));
+  const evs = await events(c, job.id);
+  const result = evs.find((e) => e.event === 'result')?.data.result;
+  t.truthy(result, JSON.stringify(evs.find((e) => e.event === 'error')));
+  t.true(result.cached);
+  t.deepEqual(result.outputs.map((o: any) => o.digest), [c.b]);
+  t.deepEqual(evs.filter((e) => e.event === 'output').map((e) => e.data.output.digest), [c.b]);
+  t.true(evs.some((e) => e.event === 'log' && /already in the repository/.test(e.data.line)));
+  t.false(existsSync(join(c.dir, 'work', 'web-builds')));
+  t.is(Repository.open(c.repo).list().length, 2);
 });
 
 test.serial('a running build is cancelled and torn down', async (t) => {

@@ -14,7 +14,7 @@ import { compare } from '../blocks/index.js';
 import { build, type BuildOptions, type BuildSpec, canonicalSpec, specDigest, specFromObject, type SpecFormat } from '../build/index.js';
 import { parseText, sniffFormat } from '../build/formats.js';
 import { SpecError } from '../build/errors.js';
-import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUTPUT_EXTENSION } from '../build/distros.js';
+import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUTPUT_EXTENSION, type OutputFormat } from '../build/distros.js';
 import { OsfarmError } from '../errors.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { parseSize, StageStore } from '../stages/store.js';
@@ -24,7 +24,7 @@ import { type Catalog, catalog } from './catalog.js';
 import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
-import { type BuildMeta, buildMeta, exportSpec, imagesOfRequest, repositoryParents } from '../images/index.js';
+import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
 
 export interface ApiOptions {
   repoPath: string;
@@ -228,11 +228,14 @@ export class Api {
           const spec = webSpec(await readJson(req), this.o.repoPath);
           const digest = specDigest(spec);
           const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
-            // The files are scratch: the repository keeps its own copy (and the log's end in the metadata).
-            const scratch = join(this.o.workDir, 'web-builds', randomBytes(6).toString('hex'));
-            // stagesDir: builders with a stage store take it; older ones ignore it.
-            const options: BuildOptions & { stagesDir?: string } = {
-              output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`),
+            // A new build's files are scratch: the repository keeps its own copy (and the log's end
+            // in the metadata). A request already answered needs no files at all.
+            const answered = findBuilt(this.o.repoPath, digest, spec.outputs, spec.sourceDateEpoch) !== null;
+            const scratch = answered ? undefined : join(this.o.workDir, 'web-builds', randomBytes(6).toString('hex'));
+            const output = (o: { format: OutputFormat; size: number; digest: string }) =>
+              emit({ type: 'output', output: { format: o.format, size: o.size, digest: o.digest, file: `${spec.name}${OUTPUT_EXTENSION[o.format]}` } });
+            const options: BuildOptions = {
+              ...(scratch ? { output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`) } : {}),
               repoPath: this.o.repoPath,
               workDir: this.o.workDir,
               stagesDir: this.o.stagesPath,
@@ -247,14 +250,16 @@ export class Api {
                   case 'progress':
                     return emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total, ...(e.detail ? { detail: e.detail } : {}) });
                   case 'output':
-                    return emit({ type: 'output', output: { format: e.format, size: e.size, digest: e.digest, file: `${spec.name}${OUTPUT_EXTENSION[e.format]}` } });
-                  default:
-                    return emit({ type: 'stage', stage: { ...(e as object) } });
+                    return output(e);
                 }
               },
             };
-            const r = await build(spec, options).finally(() => rm(scratch, { recursive: true, force: true }));
-            return { specDigest: r.specDigest, durationMs: r.durationMs, phases: r.phases, outputs: r.outputs.map((o) => ({ format: o.format, size: o.size, digest: o.digest })) };
+            const r = await build(spec, options).finally(() => scratch && rm(scratch, { recursive: true, force: true }));
+            if (r.cached) {
+              emit({ type: 'log', line: `osfarm: request ${digest} is already in the repository: nothing to build` });
+              r.outputs.forEach(output);
+            }
+            return { specDigest: r.specDigest, cached: r.cached, durationMs: r.durationMs, phases: r.phases, outputs: r.outputs.map((o) => ({ format: o.format, size: o.size, digest: o.digest })) };
           }, { specDigest: digest, name: spec.name });
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },

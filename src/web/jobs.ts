@@ -20,7 +20,6 @@ export type JobEvent = { seq: number; t: number } & (
   | { type: 'log'; line: string }
   | { type: 'progress'; phase?: string; done: number; total: number; detail?: string }
   | { type: 'sample'; sample: Record<string, number> }
-  | { type: 'stage'; stage: Record<string, unknown> }
   | { type: 'output'; output: { format: string; size: number; digest: string; file: string } }
   | { type: 'result'; result: unknown }
   | { type: 'error'; error: { code: string; message: string } }

@@ -81,7 +81,7 @@ export function action(button, fn) {
 /** Follows a job's events (history first, then live) until it ends or `stop()` is called. */
 export function followJob(id, onEvent) {
   const source = new EventSource(`/api/jobs/${id}/events`);
-  const types = ['state', 'phase', 'log', 'progress', 'sample', 'stage', 'output', 'result', 'error'];
+  const types = ['state', 'phase', 'log', 'progress', 'sample', 'output', 'result', 'error'];
   for (const t of types) source.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
   source.addEventListener('end', () => {
     source.close();
