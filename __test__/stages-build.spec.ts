@@ -5,8 +5,8 @@
  * builds of one stage build it once; a build killed mid-stage leaves nothing that looks
  * complete. The .deb cache is shared with the other build tests ($OSFARM_TEST_WORK).
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 
@@ -157,4 +157,39 @@ test.serial('layered builds: appliances share core and base; repeated requests, 
   t.true(baseStage.hits >= 3, `base hits: ${baseStage.hits}`);
   const app1Stage = byTag.get(a1.result.stages[2].tag);
   t.true(app1Stage.ownSize < app1Stage.size / 5, `app1 own ${app1Stage.ownSize} of ${app1Stage.size} bytes`);
+});
+
+/** A local RPM repository of the builder's fixture packages (rpmbuild, createrepo_c with the comps group). */
+function rpmRepository(dir: string): string {
+  const fixtures = join(import.meta.dirname, 'fixtures', 'build', 'rpm');
+  const top = join(dir, 'rpmbuild');
+  const repo = join(dir, 'rpm-repo');
+  mkdirSync(repo, { recursive: true });
+  for (const spec of readdirSync(fixtures).filter((n) => n.endsWith('.spec'))) execFileSync('rpmbuild', ['-bb', '--quiet', '--define', `_topdir ${top}`, join(fixtures, spec)], { stdio: 'pipe' });
+  for (const rpm of readdirSync(join(top, 'RPMS', 'noarch'))) copyFileSync(join(top, 'RPMS', 'noarch', rpm), join(repo, rpm));
+  execFileSync('createrepo_c', ['--quiet', '-g', join(fixtures, 'comps.xml'), repo]);
+  return repo;
+}
+
+test.serial('RPM stages: a child installs its own packages with dnf --installroot on a copy of the core', async (t) => {
+  const d = plainDir(t, 'osfarm-stages-rpm-');
+  const rpmRepo = rpmRepository(d);
+  writeFileSync(join(d, 'core.yaml'), 'name: rpm-core\ndistribution: fedora\nrelease: "40"\ngroups: [osfarm-base]\ngpgCheck: false\n');
+  writeFileSync(join(d, 'app.yaml'), 'name: rpm-app\nparent: core\npackages: [osfarm-test-hello]\nhostname: rpm-app\n');
+  const repo = join(d, 'repo');
+  const mirror = ['--mirror', `file://${rpmRepo}`];
+  const app = await osfarm(repo, ['build', join(d, 'app.yaml'), ...mirror, '-d', WORK, '-o', join(d, 'app.tar')]);
+  built(t, app);
+  t.deepEqual(app.result.stages.map((s: any) => s.hit), [false, false]);
+  const tree = join(d, 'tree');
+  mkdirSync(tree);
+  execFileSync('tar', ['-xpf', app.result.outputs[0].path, '-C', tree, '--numeric-owner']);
+  const q = execFileSync('rpm', ['-qa', '--root', tree, '--dbpath', '/usr/lib/sysimage/rpm', '--qf', '%{NAME}\\n'], { encoding: 'utf8' }).trim().split('\n').sort();
+  t.deepEqual(q, ['osfarm-test-extra', 'osfarm-test-filesystem', 'osfarm-test-hello']);
+  t.is(fileIn(app.result.outputs[0].path, 'etc/hostname'), 'rpm-app\n');
+  // The core alone is another request, but its stage is the one the appliance was built on.
+  const core = await osfarm(repo, ['build', join(d, 'core.yaml'), ...mirror, '-d', WORK, '-o', join(d, 'core.tar')]);
+  built(t, core);
+  t.deepEqual(core.result.stages.map((s: any) => [s.tag, s.hit]), [[app.result.stages[0].tag, true]]);
+  t.false(listing(core.result.outputs[0].path).includes('usr/bin/osfarm-hello'));
 });

@@ -23,22 +23,27 @@ const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
 ];
 
 /**
- * Fills an empty `dev` directory with the standard device nodes, pts/ and shm/, and the fd
+ * Fills a `dev` directory with the standard device nodes, pts/ and shm/, and the fd
  * links. With `ptmx: 'link'` /dev/ptmx points at the devpts instance mounted on pts/.
+ * Entries already there are kept (a tree built on a parent stage has them).
  */
 export async function populateDev(dev: string, opts: { ptmx: 'node' | 'link' } = { ptmx: 'node' }): Promise<void> {
   await mkdir(join(dev, 'pts'), { recursive: true, mode: 0o755 });
   await mkdir(join(dev, 'shm'), { recursive: true, mode: 0o755 });
+  const link = async (target: string, path: string) => {
+    if (!(await exists(path))) await symlink(target, path);
+  };
   for (const [name, major, minor] of DEVICE_NODES) {
+    if (await exists(join(dev, name))) continue;
     if (name === 'ptmx' && opts.ptmx === 'link') {
-      await symlink('pts/ptmx', join(dev, name));
+      await link('pts/ptmx', join(dev, name));
       continue;
     }
     const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)], { env: { PATH: SYSTEM_PATH } });
     if (r.code !== 0) throw buildFailed(`cannot create /dev/${name} in the tree (mknod)`);
   }
-  await symlink('/proc/self/fd', join(dev, 'fd'));
-  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await symlink(`/proc/self/fd/${i}`, join(dev, name));
+  await link('/proc/self/fd', join(dev, 'fd'));
+  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await link(`/proc/self/fd/${i}`, join(dev, name));
 }
 
 /** Decodes the octal escapes (`\040`) of /proc/self/mountinfo. */

@@ -30,7 +30,7 @@ export interface ChainContext {
   driver: string;
   /** Its version and osfarm's: osfarm's own steps (configure, sweep, clamp) change trees too. */
   driverVersion: string;
-  /** osfarm's version, for the stages above the core (their tool, apt or dnf, is in the parent's tree). */
+  /** osfarm's version, for the stages above the core (Debian: their tool, apt, is in the parent's tree). */
   osfarmVersion: string;
   /** The SOURCE_DATE_EPOCH every stage is built with (file times are clamped to it), or null. */
   sourceDateEpoch: number | null;
@@ -94,8 +94,9 @@ export function planStages(spec: BuildSpec, ctx: ChainContext): StagePlan[] {
     const inputs: StageTagInput = {
       config: stageConfig(s, step, ctx.sourceDateEpoch),
       parentTag,
-      driver: step === 'bootstrap' ? ctx.driver : `${familyOf(s.distribution) === 'deb' ? 'apt-get' : 'dnf'} in the parent's tree`,
-      driverVersion: step === 'bootstrap' ? ctx.driverVersion : `osfarm ${ctx.osfarmVersion}`,
+      driver: step === 'bootstrap' ? ctx.driver : familyOf(s.distribution) === 'deb' ? "apt-get in the parent's tree" : `${ctx.driver} --installroot on the parent's tree`,
+      // The host's dnf installs RPM stages; apt inside the parent's tree (covered by the parent's tag) installs Debian ones.
+      driverVersion: step === 'bootstrap' || familyOf(s.distribution) === 'rpm' ? ctx.driverVersion : `osfarm ${ctx.osfarmVersion}`,
       source,
     };
     const tag = stageTag(inputs);

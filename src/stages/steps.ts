@@ -1,8 +1,8 @@
 /**
  * What fills a new stage's tree: the core is bootstrapped by the build driver into the
  * empty tree; a stage above it starts as a copy-on-write copy of its parent and gets its
- * own packages from the package manager inside that tree (apt-get in a chroot for Debian
- * and Ubuntu). Then each stage runs the configure phase with its own files and commands,
+ * own packages from the package manager: apt-get in a chroot of the tree for Debian and
+ * Ubuntu, dnf --installroot (the RPM driver, run again on the copy) for the RPM family. Then each stage runs the configure phase with its own files and commands,
  * and its file times are clamped to SOURCE_DATE_EPOCH.
  */
 import { createHash } from 'node:crypto';
@@ -11,7 +11,6 @@ import { join } from 'node:path';
 
 import { Chroot, resolveInRoot } from '../build/chroot.js';
 import { configureTree } from '../build/configure.js';
-import { familyOf } from '../build/distros.js';
 import { debianPlan, shq } from '../build/drivers/debian.js';
 import type { Driver, Phase } from '../build/drivers/types.js';
 import { buildFailed } from '../build/errors.js';
@@ -38,8 +37,12 @@ export interface StepContext {
 export function stagePopulate(plan: StagePlan, ctx: StepContext): Populate {
   return async (dir, { signal }) => {
     const spec = plan.spec;
-    if (plan.step === 'bootstrap') {
-      await ctx.driver.bootstrap({ spec, root: dir, buildDir: ctx.buildDir, cacheDir: ctx.cacheDir, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log, phase: ctx.phase });
+    const driverCtx = { spec, root: dir, buildDir: ctx.buildDir, cacheDir: ctx.cacheDir, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log, phase: ctx.phase };
+    if (plan.step === 'bootstrap') await ctx.driver.bootstrap(driverCtx);
+    else if (ctx.driver.family === 'rpm') {
+      // dnf --installroot into the parent's copy installs what is missing: the stage's own groups and packages.
+      if (spec.groups.length + spec.packages.length > 0) await ctx.driver.bootstrap(driverCtx);
+      else ctx.log(`osfarm: stage ${spec.name}: no packages to add`);
     } else {
       ctx.phase('packages', `${spec.name}: apt-get in the parent's tree`);
       await installPackages(dir, spec, ctx, signal);
@@ -67,7 +70,6 @@ async function aptSourcesKey(root: string): Promise<string> {
  * shared between builds and never stay in the stage.
  */
 async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, signal?: AbortSignal): Promise<void> {
-  if (familyOf(spec.distribution) !== 'deb') throw buildFailed(`${spec.name}: stages above the core are made with apt-get; ${spec.distribution} needs the RPM driver's install step, which is not available yet`);
   const { include } = debianPlan(spec);
   if (include.length === 0) {
     ctx.log(`osfarm: stage ${spec.name}: no packages to add`);
