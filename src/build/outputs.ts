@@ -30,8 +30,11 @@ export interface OutputContext {
 }
 
 /**
- * Clamps every timestamp in the tree to SOURCE_DATE_EPOCH (files written during the build
- * carry the build's clock) and sets access times equal to modification times.
+ * Clamps modification times in the tree to SOURCE_DATE_EPOCH, in whole seconds (files
+ * written during the build carry the build's clock, with sub-second parts that ext4 would
+ * keep). Only those entries are touched: packages' files already have whole-second times
+ * from before the epoch, and access times reach no output (the tars and squashfs drop
+ * them, the ext4 writer sets them to the mtime).
  */
 export async function clampTree(root: string, epoch: number): Promise<number> {
   let changed = 0;
@@ -41,7 +44,7 @@ export async function clampTree(root: string, epoch: number): Promise<number> {
       const st = await lstat(p);
       if (st.isDirectory()) await walk(p);
       const m = Math.min(Math.floor(st.mtimeMs / 1000), epoch);
-      if (Math.floor(st.mtimeMs / 1000) !== m || Math.floor(st.atimeMs / 1000) !== m || st.mtimeMs % 1000 !== 0) {
+      if (Math.floor(st.mtimeMs / 1000) !== m || st.mtimeMs % 1000 !== 0) {
         await lutimes(p, m, m);
         changed++;
       }
