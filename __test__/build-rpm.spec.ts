@@ -4,7 +4,7 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { mountsUnder } from '../src/build/index.js';
 import { Repository } from '../src/repo/index.js';
@@ -13,8 +13,11 @@ import { tempDir } from './helpers/tmp.js';
 
 const RPM_FIXTURES = join(import.meta.dirname, 'fixtures', 'build', 'rpm');
 
-/** Builds the fixture packages and a repository with the comps group; returns its directory. */
-function makeRepository(dir: string): string {
+/**
+ * Builds the fixture packages and a repository with the comps group; returns its
+ * directory. With `gnupgHome` the packages are signed with that keyring's key first.
+ */
+function makeRepository(dir: string, gnupgHome?: string): string {
   const top = join(dir, 'rpmbuild');
   const repo = join(dir, 'rpm-repo');
   mkdirSync(repo, { recursive: true });
@@ -22,35 +25,48 @@ function makeRepository(dir: string): string {
     execFileSync('rpmbuild', ['-bb', '--quiet', '--define', `_topdir ${top}`, join(RPM_FIXTURES, spec)], { stdio: 'pipe' });
   }
   const built = join(top, 'RPMS', 'noarch');
-  for (const rpm of readdirSync(built)) copyFileSync(join(built, rpm), join(repo, rpm));
+  const rpms = readdirSync(built).map((rpm) => join(repo, rpm));
+  for (const rpm of rpms) copyFileSync(join(built, basename(rpm)), rpm);
+  if (gnupgHome) {
+    execFileSync('rpmsign', ['--addsign', '--define', '__gpg /usr/bin/gpg', '--define', `_gpg_name ${SIGNER}`, '--define', `_gpg_path ${gnupgHome}`, ...rpms], { stdio: 'pipe' });
+  }
   execFileSync('createrepo_c', ['--quiet', '-g', join(RPM_FIXTURES, 'comps.xml'), repo]);
   return repo;
+}
+
+const SIGNER = 'osfarm test signer <signer@osfarm.invalid>';
+
+/** A new signing key without passphrase in its own keyring; returns the keyring and the public key file. */
+function makeKey(dir: string): { home: string; publicKey: string } {
+  const home = join(dir, 'gnupg');
+  mkdirSync(home, { mode: 0o700 });
+  const gpg = (args: string[]) => execFileSync('gpg', ['--homedir', home, '--batch', '--pinentry-mode', 'loopback', '--passphrase', '', ...args], { stdio: 'pipe' });
+  gpg(['--quick-gen-key', SIGNER, 'rsa2048', 'sign', 'never']);
+  const publicKey = join(dir, 'RPM-GPG-KEY-osfarm-test');
+  writeFileSync(publicKey, gpg(['--armor', '--export', SIGNER]));
+  return { home, publicKey };
+}
+
+/** Builds the spec at `specPath` with the repository at `rpmRepo`; extra environment in `env`. */
+function buildFrom(dir: string, specPath: string, rpmRepo: string, env: NodeJS.ProcessEnv = {}) {
+  return cliAsync(
+    ['--repo', join(dir, 'repo'), 'build', specPath, '--mirror', `file://${rpmRepo}`, '-d', buildWorkDir(), '-o', join(dir, 'rpm-test.tar'), '--source-date-epoch', '1700000000'],
+    undefined,
+    { OSFARM_STAGES: join(dir, 'stages'), ...env },
+  );
+}
+
+function writeSpec(dir: string, lines: string[]): string {
+  const path = join(dir, 'image.yaml');
+  writeFileSync(path, ['name: rpm-test', 'distribution: fedora', 'release: "40"', 'groups: [osfarm-base]', 'packages: [osfarm-test-hello]', 'outputs: [tar]', ...lines, ''].join('\n'));
+  return path;
 }
 
 test('dnf --installroot from a local repository: a comps group and a package, nothing else', async (t) => {
   const dir = tempDir(t, 'osfarm-rpm-');
   const rpmRepo = makeRepository(dir);
-  const specPath = join(dir, 'image.yaml');
-  writeFileSync(
-    specPath,
-    [
-      'name: rpm-test',
-      'distribution: fedora',
-      'release: "40"',
-      'groups: [osfarm-base]',
-      'packages: [osfarm-test-hello]',
-      'gpgCheck: false',
-      'rootPassword: rpm-Pa55',
-      'outputs: [tar]',
-      '',
-    ].join('\n'),
-  );
   const repo = join(dir, 'repo');
-  const run = await cliAsync(
-    ['--repo', repo, 'build', specPath, '--mirror', `file://${rpmRepo}`, '-d', buildWorkDir(), '-o', join(dir, 'rpm-test.tar'), '--source-date-epoch', '1700000000'],
-    undefined,
-    { OSFARM_STAGES: join(dir, 'stages') },
-  );
+  const run = await buildFrom(dir, writeSpec(dir, ['gpgCheck: false', 'rootPassword: rpm-Pa55']), rpmRepo);
   const r = resultOf(run);
   if (run.status !== 0) t.log(JSON.stringify(r), run.lines.filter((l) => l.type === 'log').slice(-30).map((l) => l.line).join('\n'));
   t.is(run.status, 0);
@@ -99,4 +115,26 @@ test('an RPM build without repositories or with unchecked signatures says what t
   t.is(resultOf(noKeys).error?.code, 'OSFARM_BAD_SPEC');
   t.regex(resultOf(noKeys).error?.message, /OSFARM_RPM_GPGKEYS/);
   t.deepEqual(mountsUnder(dir), []);
+});
+
+test('signature checks: signed packages install with their key; unsigned ones are refused', async (t) => {
+  const dir = tempDir(t, 'osfarm-rpm-');
+  const key = makeKey(dir);
+  const keys = { OSFARM_RPM_GPGKEYS: `file://${key.publicKey}` };
+  const signed = await buildFrom(join(dir), writeSpec(dir, []), makeRepository(join(dir, 'signed'), key.home), keys);
+  if (signed.status !== 0) t.log(JSON.stringify(resultOf(signed)), signed.lines.filter((l) => l.type === 'log').slice(-20).map((l) => l.line).join('\n'));
+  t.is(signed.status, 0);
+  t.true(resultOf(signed).spec.gpgCheck);
+  const tree = join(dir, 'tree');
+  mkdirSync(tree);
+  execFileSync('tar', ['-xpf', join(dir, 'rpm-test.tar'), '-C', tree]);
+  const q = execFileSync('rpm', ['-qa', '--root', tree, '--dbpath', '/usr/lib/sysimage/rpm', '--qf', '%{NAME}\\n'], { encoding: 'utf8' });
+  t.regex(q, /^osfarm-test-hello$/m);
+  t.regex(q, /^gpg-pubkey$/m, 'the key was imported into the image\'s rpm database');
+
+  const unsigned = await buildFrom(join(dir, 'u'), writeSpec(dir, []), makeRepository(join(dir, 'unsigned')), keys);
+  t.not(unsigned.status, 0);
+  t.is(resultOf(unsigned).error?.code, 'OSFARM_BUILD_FAILED');
+  t.regex(unsigned.lines.filter((l) => l.type === 'log').map((l) => l.line).join('\n'), /not signed|GPG check FAILED|NOKEY|signature/i);
+  t.deepEqual(mountsUnder(buildWorkDir()), []);
 });
