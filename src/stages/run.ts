@@ -4,7 +4,10 @@
  * the parent copy-on-write and runs that stage's step; a build of the same stage elsewhere
  * is waited for and reused). The last stage's tree is what the outputs are packed from.
  */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import type { Driver, Phase } from '../build/drivers/types.js';
 import { capture } from '../build/exec.js';
@@ -73,10 +76,33 @@ export function toolVersion(tool: string): Promise<string> {
   return v;
 }
 
+/** osfarm's modules whose code shapes a stage's tree (drivers, chroot, configure, clamp, the stage steps). */
+const STEP_MODULES = ['build/chroot', 'build/configure', 'build/exec', 'build/outputs', 'build/drivers/debian', 'build/drivers/rpm', 'build/drivers/emulation', 'stages/steps'];
+let stepsDigest: string | undefined;
+
+/**
+ * sha256 (12 hex digits) of the code of osfarm's tree-making steps, as installed (dist/*.js,
+ * or src/*.ts when run from source). With osfarm's version it names osfarm's own part in a
+ * tree, so a changed step is never answered by a stage the old code made.
+ */
+export function osfarmStepsDigest(): string {
+  if (stepsDigest === undefined) {
+    const root = fileURLToPath(new URL('..', import.meta.url));
+    const h = createHash('sha256');
+    for (const m of STEP_MODULES) {
+      const file = ['.js', '.ts'].map((ext) => join(root, `${m}${ext}`)).find((f) => existsSync(f));
+      h.update(`${m}\0${file ? readFileSync(file) : 'missing'}\0`);
+    }
+    stepsDigest = h.digest('hex').slice(0, 12);
+  }
+  return stepsDigest;
+}
+
 /** The stage plans of a spec for a driver (tags only; nothing is built). */
 export async function stagePlans(spec: BuildSpec, driver: Driver, osfarmVersion: string, sourceDateEpoch: number | null): Promise<StagePlan[]> {
-  const driverVersion = `${await toolVersion(driver.backend)}; osfarm ${osfarmVersion}`;
-  return planStages(spec, { driver: driver.backend, driverVersion, osfarmVersion, sourceDateEpoch });
+  const osfarm = `${osfarmVersion} (steps ${osfarmStepsDigest()})`;
+  const driverVersion = `${await toolVersion(driver.backend)}; osfarm ${osfarm}`;
+  return planStages(spec, { driver: driver.backend, driverVersion, osfarmVersion: osfarm, sourceDateEpoch });
 }
 
 /** Ensures every stage of the spec's chain in the store and returns the last one's tree. */
