@@ -57,6 +57,10 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   // Compose: Debian (this machine's release), minbase, and one package found by searching.
   await page.waitForSelector('#distribution');
   t.is(await page.inputValue('#distribution'), 'debian');
+  t.is(await page.textContent('#needs'), '');
+  await page.selectOption('#distribution', 'fedora');
+  t.regex(await page.textContent('#needs') ?? '', /mirrors/, 'an RPM distribution says it needs its repositories');
+  await page.selectOption('#distribution', 'debian');
   t.is(await page.inputValue('#architecture'), 'amd64');
   t.true(await page.isChecked('#groups input[value="minbase"]'));
   await page.fill('#package-search', 'hello');

@@ -7,7 +7,8 @@ import { access, readdir, readFile, readlink } from 'node:fs/promises';
 
 import { ARCHITECTURES, type Architecture, DEB_VARIANTS, DEBIAN_TASKS, DISTRIBUTIONS, type Distribution, familyOf, nativeArchitectures, QEMU_CPU, UBUNTU_GROUPS } from '../build/distros.js';
 import { selectDriver } from '../build/drivers/index.js';
-import type { BuildSpec } from '../build/spec.js';
+import { SpecError } from '../build/errors.js';
+import { specFromObject } from '../build/spec.js';
 
 export interface DistributionInfo {
   name: Distribution;
@@ -15,6 +16,8 @@ export interface DistributionInfo {
   /** A driver can build it on this machine now; otherwise `reason` says why not. */
   buildable: boolean;
   reason?: string;
+  /** What a spec must give to build it (e.g. mirrors for the RPM family), from the driver's own check. */
+  needs?: string;
   /** Known releases (free text is accepted where the list is empty). */
   releases: string[];
   defaultRelease: string | null;
@@ -94,17 +97,21 @@ export async function catalog(): Promise<Catalog> {
   for (const name of DISTRIBUTIONS) {
     let buildable = true;
     let reason: string | undefined;
+    let needs: string | undefined;
     try {
-      // The driver's own check, so a newly added driver shows up here by itself.
-      await selectDriver({ distribution: name, backend: 'auto' } as BuildSpec);
+      // The driver's own check on a bare spec, so a newly added driver shows up here by itself.
+      await selectDriver(specFromObject({ distribution: name, release: 'RELEASE' }));
     } catch (err) {
-      buildable = false;
-      reason = (err as Error).message;
+      if (err instanceof SpecError) needs = err.issues.map((i) => `${i.path}: ${i.message}`).join('; ');
+      else {
+        buildable = false;
+        reason = (err as Error).message;
+      }
     }
     const releases = name === 'debian' || name === 'ubuntu' ? await releasesOf(name, suites[name]) : [];
     const defaultRelease = host && host.id === name && releases.includes(host.codename) ? host.codename : (releases[0] ?? null);
     const variants = familyOf(name) === 'deb' ? [...DEB_VARIANTS] : [];
-    distributions.push({ name, family: familyOf(name), buildable, ...(reason ? { reason } : {}), releases, defaultRelease, groups: groupsOf(name), variants });
+    distributions.push({ name, family: familyOf(name), buildable, ...(reason ? { reason } : {}), ...(needs ? { needs } : {}), releases, defaultRelease, groups: groupsOf(name), variants });
   }
   const native = nativeArchitectures();
   const architectures: ArchitectureInfo[] = [];

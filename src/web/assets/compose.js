@@ -15,6 +15,8 @@ export async function render(view) {
   const arch = el('select', { id: 'architecture' }, catalog.architectures.map((a) =>
     el('option', { value: a.name, disabled: !a.available, selected: a.name === catalog.defaultArchitecture }, a.native ? a.name : `${a.name} (emulated)`)));
   const groups = el('div', { class: 'checks', id: 'groups' });
+  const needs = el('p', { class: 'warn', id: 'needs' });
+  const mirrors = el('textarea', { id: 'mirrors', rows: 2, placeholder: "one repository URL (or Debian \"deb …\" line) a line; empty: this machine's apt sources" });
   const name = el('input', { type: 'text', id: 'name', placeholder: 'default: distribution-release-architecture' });
   const password = el('input', { type: 'password', id: 'root-password', autocomplete: 'new-password', placeholder: 'leave empty to keep root locked' });
   const parent = el('select', { id: 'parent' }, el('option', { value: '' }, 'none (a core image)'),
@@ -39,6 +41,7 @@ export async function render(view) {
     state.groups = new Set(d.groups.includes('minbase') ? ['minbase'] : []);
     groups.replaceChildren(...d.groups.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g)));
     indexInfo.textContent = '';
+    needs.textContent = d.needs ?? '';
   }
 
   function renderChips() {
@@ -83,10 +86,12 @@ export async function render(view) {
     const s = { distribution: dist.value, release: releaseValue(), architecture: arch.value, groups: [...state.groups], packages: state.packages, outputs: [...state.outputs] };
     if (name.value.trim()) s.name = name.value.trim();
     if (password.value) s.rootPassword = password.value;
+    const urls = mirrors.value.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+    if (urls.length > 0) s.mirrors = urls;
     if (parent.value) {
       s.parent = parent.value;
       // A child keeps its parent's system; only what it adds is sent.
-      delete s.distribution; delete s.release; delete s.architecture;
+      delete s.distribution; delete s.release; delete s.architecture; delete s.mirrors;
     }
     return s;
   }
@@ -129,7 +134,7 @@ export async function render(view) {
       release.value = p.release;
       arch.value = p.architecture;
     }
-    for (const input of [dist, release, releaseText, arch]) input.disabled = Boolean(p);
+    for (const input of [dist, release, releaseText, arch, mirrors]) input.disabled = Boolean(p);
     const variants = current().variants;
     for (const box of groups.querySelectorAll('input')) {
       if (!variants.includes(box.value)) continue;
@@ -141,7 +146,7 @@ export async function render(view) {
     }
     check();
   });
-  for (const input of [release, releaseText, arch, name, password]) input.addEventListener('input', check);
+  for (const input of [release, releaseText, arch, name, password, mirrors]) input.addEventListener('input', check);
   dist.addEventListener('change', () => { fillDistribution(); check(); });
 
   view.append(
@@ -149,9 +154,10 @@ export async function render(view) {
     el('div', { class: 'grid' },
       el('div', { class: 'card' },
         el('h2', {}, 'System'),
-        el('label', { for: 'distribution' }, 'Distribution'), dist,
+        el('label', { for: 'distribution' }, 'Distribution'), dist, needs,
         el('label', { for: 'release' }, 'Release'), release, releaseText,
         el('label', { for: 'architecture' }, 'Architecture'), arch,
+        el('label', { for: 'mirrors' }, 'Mirrors'), mirrors,
         el('label', { for: 'parent' }, 'Parent (an image built before; this one adds to it)'), parent),
       el('div', { class: 'card' },
         el('h2', {}, 'Groups'), groups,
