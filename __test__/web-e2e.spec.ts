@@ -6,7 +6,7 @@
  * finish, find it in the repository, compare it with another image, push it to a receiver.
  * A screenshot of each page is kept under __test__/artifacts/web/ (git-ignored).
  */
-import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 import test from 'ava';
@@ -188,4 +188,33 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.goto(`${server.url}/api/docs`);
   await shot(page, '9-api-docs');
   t.deepEqual(pageErrors, []);
+});
+
+test('read-only browsing in the browser: pages open without the token, changes are refused', async (t) => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dir = tempDir(t, 'osfarm-web-ro-');
+  const repoPath = join(dir, 'repo');
+  const file = join(dir, 'data.img');
+  writeFileSync(file, pseudoRandom(64 * 4096, 7));
+  const image = Repository.init(repoPath).addSync(file, { name: 'data.img' });
+  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: join(dir, 'work'), stagesPath: join(dir, 'stages'), readOnly: true });
+  t.teardown(() => server.close());
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  t.teardown(() => browser.close());
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await page.goto(`${server.url}/#/repository/${image.digest}`);
+  await page.waitForSelector('#images');
+  t.regex(await page.textContent('#session') ?? '', /read-only/);
+  t.regex(await page.textContent('#images') ?? '', /data\.img/);
+  t.true(await page.isDisabled('#delete'));
+  // The API refuses the change even if the page is bypassed.
+  const r = await page.evaluate(async (d) => (await fetch(`/api/images/${d}`, { method: 'DELETE' })).status, image.digest);
+  t.is(r, 401);
+  await shot(page, 'readonly-repository');
+  await page.goto(`${server.url}/#/compose`);
+  await page.waitForSelector('#spec-digest');
+  await page.click('#build');
+  await page.waitForSelector('#notice:not([hidden])');
+  t.regex(await page.textContent('#notice') ?? '', /OSFARM_UNAUTHORIZED/);
+  t.deepEqual(Repository.open(repoPath).list().map((i) => i.digest), [image.digest]);
 });
