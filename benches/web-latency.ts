@@ -3,7 +3,8 @@
  * pages make (image list, jobs, stages, catalog, the page itself, a job's state), timed
  * while idle and then while a real Debian minbase build (+ hello) runs in the server with a
  * client following its live log over SSE, as the Build page does. Prints latency
- * percentiles of both, their ratios, and the server's event-loop delay.
+ * percentiles of both, their ratios, the server's event-loop delay, and how late the log
+ * lines reach the SSE follower.
  *
  *   node --import tsx benches/web-latency.ts      (root; OSFARM_WORK reuses a package cache)
  */
@@ -68,14 +69,26 @@ const job = (await (await fetch(`${server.url}/api/builds`, {
   method: 'POST',
   headers: { ...headers, 'content-type': 'application/json' },
   body: JSON.stringify({ spec: { distribution: 'debian', release: 'bookworm', architecture: 'amd64', groups: ['minbase'], packages: ['hello'], name: `latency-${Date.now()}` } }),
-})).json()) as { id: string };
-// Follow the live log as the Build page does.
-let logLines = 0;
+})).json()) as { id: string; created: string };
+// Follow the live log as the Build page does, noting how late each event arrives.
+const createdMs = Date.parse(job.created);
+const delays: number[] = [];
 let finished = false;
 const sse = (async () => {
   const r = await fetch(`${server.url}/api/jobs/${job.id}/events`, { headers });
   const decoder = new TextDecoder();
-  for await (const chunk of r.body!) logLines += (decoder.decode(chunk as Uint8Array).match(/event: log/g) ?? []).length;
+  let buffered = '';
+  for await (const chunk of r.body!) {
+    buffered += decoder.decode(chunk as Uint8Array, { stream: true });
+    const blocks = buffered.split('\n\n');
+    buffered = blocks.pop()!;
+    const now = Date.now();
+    for (const b of blocks) {
+      const data = b.split('\n').find((l) => l.startsWith('data: '));
+      const e = data ? (JSON.parse(data.slice(6)) as { type?: string; t?: number }) : {};
+      if (e.type === 'log' && e.t !== undefined) delays.push(now - (createdMs + e.t));
+    }
+  }
   finished = true;
 })();
 const started = Date.now();
@@ -86,11 +99,12 @@ const state = (await (await fetch(`${server.url}/api/jobs/${job.id}`, { headers 
 await server.close();
 
 const row = (name: string, xs: number[], l: { p99: number; max: number }) => [name, xs.length, pct(xs, 50).toFixed(1), pct(xs, 95).toFixed(1), pct(xs, 99).toFixed(1), Math.max(...xs).toFixed(1), l.p99.toFixed(1), l.max.toFixed(1)];
-printTable(`web API latency (ms), idle vs during a real build (${state.state}, ${((Date.now() - started) / 1000).toFixed(0)} s, ${logLines} log lines streamed)`, [
+printTable(`web API latency (ms), idle vs during a real build (${state.state}, ${((Date.now() - started) / 1000).toFixed(0)} s)`, [
   row('idle', idle, idleLoop),
   row('during build', busy, busyLoop),
   ['ratio', '', (pct(busy, 50) / pct(idle, 50)).toFixed(2), (pct(busy, 95) / pct(idle, 95)).toFixed(2), (pct(busy, 99) / pct(idle, 99)).toFixed(2), (Math.max(...busy) / Math.max(...idle)).toFixed(2), (busyLoop.p99 / idleLoop.p99).toFixed(2), ''],
 ], ['', 'requests', 'p50', 'p95', 'p99', 'max', 'loop p99', 'loop max']);
+printTable('live log over SSE: delay from a build log line to the follower (ms)', [[delays.length, pct(delays, 50).toFixed(1), pct(delays, 95).toFixed(1), pct(delays, 99).toFixed(1), Math.max(...delays).toFixed(1)]], ['lines', 'p50', 'p95', 'p99', 'max']);
 if (state.state !== 'succeeded') {
   console.error(`the build did not succeed: ${JSON.stringify(state.error)}`);
   process.exitCode = 1;
