@@ -16,6 +16,7 @@ import { parseText, sniffFormat } from '../build/formats.js';
 import { SpecError } from '../build/errors.js';
 import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUTPUT_EXTENSION, type OutputFormat } from '../build/distros.js';
 import { OsfarmError } from '../errors.js';
+import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { parseSize, StageStore } from '../stages/store.js';
 import { parseImageUrl, pull } from '../transfer/pull.js';
@@ -24,7 +25,6 @@ import { type Catalog, catalog } from './catalog.js';
 import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
-import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
 
 export interface ApiOptions {
   repoPath: string;
@@ -64,7 +64,8 @@ export interface ImageView {
 }
 
 function view(e: ImageEntry): ImageView {
-  const spec = buildMeta(e)?.spec;
+  const meta = buildMeta(e);
+  const spec = meta?.spec;
   return {
     digest: e.digest,
     name: e.name ?? null,
@@ -72,7 +73,7 @@ function view(e: ImageEntry): ImageView {
     size: e.size,
     blockCount: e.blockCount,
     added: e.added.toISOString(),
-    specDigest: buildMeta(e)?.specDigest ?? null,
+    specDigest: meta?.specDigest ?? null,
     distribution: spec?.distribution ?? null,
     release: spec?.release ?? null,
     architecture: spec?.architecture ?? null,
