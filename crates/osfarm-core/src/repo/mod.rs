@@ -192,6 +192,10 @@ pub(crate) fn crash_point(point: &str) {
     }
 }
 
+/// The stage store's default home inside a repository directory (src/stages; not part of
+/// the repository format, which never reads it).
+const STAGES_DIR: &str = "stages";
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -209,9 +213,10 @@ impl Repository {
             bail!(InvalidArgument, "{} is already an osfarm repository", path.display());
         }
         fs::create_dir_all(path).map_err(|e| Error::io(path, "cannot create repository directory", e))?;
-        // Only our own leftovers (an init killed before it wrote the format file) may be present.
+        // Only our own leftovers (an init killed before it wrote the format file) may be
+        // present, and the stage store that lives next to the images by default.
         let ours = |n: &str| {
-            [IMAGES_DIR, TMP_DIR, LOCK_FILE, CATALOG_FILE].contains(&n)
+            [IMAGES_DIR, TMP_DIR, LOCK_FILE, CATALOG_FILE, STAGES_DIR].contains(&n)
                 || parse_table_file_name(n).is_some()
                 || (n.starts_with('.') && n.contains(".tmp-"))
         };

@@ -85,6 +85,9 @@ fn init_open_and_refusals() {
     assert_eq!(Repository::init(f.root(), InitOptions::default()).unwrap_err().code, Code::InvalidArgument);
     f.file("stuff", b"x");
     assert_eq!(Repository::init(f.dir.path(), InitOptions::default()).unwrap_err().code, Code::InvalidArgument);
+    // A stage store made before the repository (a --no-repo build) does not block init.
+    std::fs::create_dir_all(f.dir.path().join("r3/stages/x")).unwrap();
+    assert!(Repository::init(&f.dir.path().join("r3"), InitOptions::default()).is_ok());
     // Other parameters are recorded.
     let r2 =
         Repository::init(&f.dir.path().join("r2"), InitOptions { alg: HashAlg::Sha256, block_size: 8192 }).unwrap();
