@@ -16,11 +16,12 @@ import { compare } from '../src/blocks/index.js';
 import { Repository } from '../src/repo/index.js';
 import { Receiver } from '../src/transfer/receive.js';
 import { startServer } from '../src/web/index.js';
+import { buildWorkDir } from './fixtures/build/harness.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const ARTIFACTS = join(import.meta.dirname, 'artifacts', 'web');
 /** The real-build tests' shared work directory, so the package cache is fetched once. */
-const WORK = process.env.OSFARM_TEST_WORK ?? '/var/tmp/osfarm-test-build';
+const WORK = buildWorkDir();
 const CHROMIUM = process.env.OSFARM_CHROMIUM ?? '/usr/bin/chromium';
 const BUILD_TIMEOUT_MS = 300_000;
 
