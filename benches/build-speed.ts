@@ -85,15 +85,25 @@ for (let i = 1; i <= runs; i++) {
   console.log(`run ${i}: mmdebstrap ${f(m[i - 1]!)}, osfarm ${f(o[i - 1]!)}`);
 }
 const med = (xs: Timing[], k: keyof Timing) => median(xs.map((x) => x[k]));
+const min = (xs: Timing[], k: keyof Timing) => Math.min(...xs.map((x) => x[k]));
 const ratio = med(o, 'wall') / med(m, 'wall');
 const cpuRatio = med(o, 'cpu') / med(m, 'cpu');
+// The fastest run of each is the one least disturbed by other work on the machine.
+const minRatio = min(o, 'wall') / min(m, 'wall');
+const row = (name: string, xs: Timing[], base: Timing[]) => [
+  name,
+  med(xs, 'wall').toFixed(1),
+  (med(xs, 'wall') / med(base, 'wall')).toFixed(2),
+  min(xs, 'wall').toFixed(1),
+  (min(xs, 'wall') / min(base, 'wall')).toFixed(2),
+  med(xs, 'cpu').toFixed(1),
+  (med(xs, 'cpu') / med(base, 'cpu')).toFixed(2),
+];
 printTable(
-  `Build time, ${suite} minbase amd64 (median of ${runs}; load average at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]})`,
-  [
-    ['mmdebstrap --variant=minbase (directory)', med(m, 'wall').toFixed(1), '1.00', med(m, 'cpu').toFixed(1), '1.00'],
-    ['osfarm build (aligned tar + .osfi, --no-repo)', med(o, 'wall').toFixed(1), ratio.toFixed(2), med(o, 'cpu').toFixed(1), cpuRatio.toFixed(2)],
-  ],
-  ['tool', 'wall s', 'x', 'cpu s', 'x'],
+  `Build time, ${suite} minbase amd64 (${runs} runs each; load average at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]})`,
+  [row('mmdebstrap --variant=minbase (directory)', m, m), row('osfarm build (aligned tar + .osfi, --no-repo)', o, m)],
+  ['tool', 'median wall s', 'x', 'fastest wall s', 'x', 'median cpu s', 'x'],
 );
-console.log(`\ngoal: osfarm <= 1.15 x mmdebstrap: wall ${ratio <= 1.15 ? 'met' : 'NOT met'}, cpu ${cpuRatio <= 1.15 ? 'met' : 'NOT met'}`);
-console.log(JSON.stringify({ bench: 'build-speed', suite, runs, mmdebstrap: m, osfarm: o, ratio, cpuRatio }));
+const verdict = (r: number) => (r <= 1.15 ? 'met' : 'NOT met');
+console.log(`\ngoal osfarm <= 1.15 x mmdebstrap: median wall ${verdict(ratio)}, fastest wall ${verdict(minRatio)}, median cpu ${verdict(cpuRatio)}`);
+console.log(JSON.stringify({ bench: 'build-speed', suite, runs, mmdebstrap: m, osfarm: o, ratio, minRatio, cpuRatio }));
