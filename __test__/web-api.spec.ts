@@ -153,6 +153,15 @@ test.serial('a session cookie from POST /api/session authorizes the browser; a w
   const session = await json(await call(c, 'GET', '/api/session', { token: null, headers: { cookie: pair } }));
   t.deepEqual(session, { authorized: true, readOnly: false });
   t.is((await call(c, 'GET', '/api/images', { token: null, headers: { cookie: pair } })).status, 200);
+  // A second server on the same host (browsers share cookies across its ports) names its cookie differently.
+  const other = await start(t);
+  const otherCookie = (await call(other, 'POST', '/api/session', { token: null, body: { token: other.token } })).headers.get('set-cookie')!.split(';')[0]!;
+  t.regex(pair, /^osfarm_[0-9a-f]{12}=/);
+  t.not(otherCookie.split('=')[0], pair.split('=')[0]);
+  const both = `${pair}; ${otherCookie}`;
+  t.true((await json(await call(c, 'GET', '/api/session', { token: null, headers: { cookie: both } }))).authorized);
+  t.true((await json(await call(other, 'GET', '/api/session', { token: null, headers: { cookie: both } }))).authorized);
+  t.false((await json(await call(other, 'GET', '/api/session', { token: null, headers: { cookie: pair } }))).authorized);
   const out = await call(c, 'DELETE', '/api/session', { token: null, headers: { cookie: pair } });
   t.regex(out.headers.get('set-cookie')!, /Max-Age=0/);
 });

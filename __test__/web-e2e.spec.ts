@@ -14,6 +14,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 
 import { compare } from '../src/blocks/index.js';
 import { Repository } from '../src/repo/index.js';
+import { createPullHandler } from '../src/transfer/http-server.js';
 import { Receiver } from '../src/transfer/receive.js';
 import { startServer } from '../src/web/index.js';
 import { buildWorkDir } from './fixtures/build/harness.js';
@@ -34,7 +35,8 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   mkdirSync(ARTIFACTS, { recursive: true });
   const dir = tempDir(t, 'osfarm-web-e2e-');
   const repoPath = join(dir, 'repo');
-  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: WORK, stagesPath: join(dir, 'stages') });
+  // As osfarm serve runs it: the pull endpoints first, then the GUI and API.
+  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: WORK, stagesPath: join(dir, 'stages'), before: [createPullHandler({ repoPath })] });
   t.teardown(() => server.close());
   const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   t.teardown(() => browser.close());
@@ -175,6 +177,26 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.regex(await page.textContent('#transfer-result') ?? '', /blocks sent/);
   t.deepEqual(Repository.open(join(dir, 'remote')).list().map((i) => i.digest), [built!.digest]);
   await shot(page, '7-transfer');
+
+  // Pull: a second node (its own repository and token) pulls the image from this one in its GUI.
+  const otherRepo = join(dir, 'other');
+  const other = await startServer({ repoPath: otherRepo, tokenFile: join(dir, 'other-token'), workDir: join(dir, 'other-work'), stagesPath: join(dir, 'other-stages') });
+  t.teardown(() => other.close());
+  await page.goto(`${other.url}/`);
+  await page.waitForSelector('#login');
+  await page.fill('#token', other.web.token.value);
+  await page.click('#login button');
+  await page.waitForSelector('#distribution');
+  await page.goto(`${other.url}/#/transfer`);
+  await page.waitForSelector('#pull-url');
+  await page.fill('#pull-url', `${server.url}/images/e2e-hello.tar`);
+  await page.click('#pull-run');
+  await page.waitForFunction(() => /succeeded|failed/.test(document.querySelector('#transfer-state')?.textContent ?? ''), undefined, { timeout: 120_000 });
+  t.regex(await page.textContent('#transfer-state') ?? '', /succeeded/, await page.textContent('#transfer-result') ?? '');
+  t.is(await page.locator('#transfer-charts svg.chart').count(), 2);
+  t.regex(await page.textContent('#transfer-result') ?? '', /blocks fetched/);
+  t.deepEqual(Repository.open(otherRepo).list().map((i) => i.digest), [built!.digest]);
+  await shot(page, '7b-transfer-pull');
 
   // Delete the variant from its repository page.
   await page.goto(`${server.url}/#/repository/${variant.digest}`);

@@ -12,7 +12,13 @@ import { dirname, join } from 'node:path';
 
 import { OsfarmError } from '../errors.js';
 
-export const COOKIE = 'osfarm_token';
+/**
+ * The session cookie's name: `osfarm_<12 hex digits of the token's sha256>`. Browsers keep
+ * cookies per host, not per port, so two servers on one host need different names.
+ */
+export function cookieName(token: string): string {
+  return `osfarm_${createHash('sha256').update(`osfarm web cookie\0${token}`).digest('hex').slice(0, 12)}`;
+}
 
 /** Where the token lives unless told: $XDG_CONFIG_HOME/osfarm/web-token or ~/.config/osfarm/web-token (never inside a repository, which may be served or copied). */
 export function defaultTokenFile(env: NodeJS.ProcessEnv = process.env): string {
@@ -68,16 +74,16 @@ function cookieValue(req: IncomingMessage, name: string): string | undefined {
   return undefined;
 }
 
-/** The token a request presents, from its Authorization header or its cookie. */
-export function presentedToken(req: IncomingMessage): string | undefined {
+/** The token a request presents, from its Authorization header or its session cookie. */
+export function presentedToken(req: IncomingMessage, cookie: string): string | undefined {
   const auth = req.headers.authorization;
   if (auth?.startsWith('Bearer ')) return auth.slice(7).trim();
-  return cookieValue(req, COOKIE);
+  return cookieValue(req, cookie);
 }
 
-/** The Set-Cookie value for a session (or for logging out, with null). */
-export function sessionCookie(token: string | null): string {
-  const base = `${COOKIE}=${token === null ? '' : encodeURIComponent(token)}; Path=/; HttpOnly; SameSite=Strict`;
+/** The Set-Cookie value for a session (or for logging out, with a null value). */
+export function sessionCookie(cookie: string, token: string | null): string {
+  const base = `${cookie}=${token === null ? '' : encodeURIComponent(token)}; Path=/; HttpOnly; SameSite=Strict`;
   return token === null ? `${base}; Max-Age=0` : base;
 }
 

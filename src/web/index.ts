@@ -12,7 +12,7 @@ import { defaultWorkDir } from '../build/builder.js';
 import { OsfarmError } from '../errors.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
-import { loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';
+import { cookieName, loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';
 import { type Request, readJson, Router, sendError, sendJson, sendText } from './http.js';
 import { docsPage, openApiDocument } from './openapi.js';
 
@@ -76,6 +76,7 @@ async function serveAsset(res: ServerResponse, name: string): Promise<void> {
 export async function createWebHandler(options: WebOptions): Promise<WebHandler> {
   const token = loadOrCreateToken(options.tokenFile);
   const readOnly = options.readOnly ?? false;
+  const cookie = cookieName(token.token);
   const api = new Api({
     repoPath: resolve(options.repoPath),
     stagesPath: options.stagesPath ?? stagesRoot({ repoPath: options.repoPath }),
@@ -92,17 +93,17 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     },
     {
       method: 'POST', path: '/api/session', open: true,
-      doc: { tag: 'session', summary: 'Log in: check the token and set the HttpOnly, SameSite=Strict cookie osfarm_token', body: { token: { description: 'the token', required: true } }, response: { status: 200, description: '{ authorized: true, readOnly }; 401 for a wrong token' } },
+      doc: { tag: 'session', summary: 'Log in: check the token and set the HttpOnly, SameSite=Strict session cookie (osfarm_<id of this server>)', body: { token: { description: 'the token', required: true } }, response: { status: 200, description: '{ authorized: true, readOnly }; 401 for a wrong token' } },
       handler: async ({ req, res }) => {
         const body = await readJson(req, 4096);
         if (!tokenMatches(typeof body.token === 'string' ? body.token : undefined, token.token)) throw new OsfarmError('OSFARM_UNAUTHORIZED', 'wrong token: it is in the token file osfarm serve printed at its first start');
-        sendJson(res, 200, { authorized: true, readOnly }, { 'set-cookie': sessionCookie(token.token) });
+        sendJson(res, 200, { authorized: true, readOnly }, { 'set-cookie': sessionCookie(cookie, token.token) });
       },
     },
     {
       method: 'DELETE', path: '/api/session', open: true,
       doc: { tag: 'session', summary: 'Log out: clear the cookie', response: { status: 200, description: '{ authorized: false, readOnly }' } },
-      handler: ({ res }) => sendJson(res, 200, { authorized: false, readOnly }, { 'set-cookie': sessionCookie(null) }),
+      handler: ({ res }) => sendJson(res, 200, { authorized: false, readOnly }, { 'set-cookie': sessionCookie(cookie, null) }),
     },
   ];
   const doc = openApiDocument([...session, ...routes], await version());
@@ -121,7 +122,7 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     const path = url.pathname;
     if (!(path === '/' || path.startsWith('/assets/') || path === '/api' || path.startsWith('/api/'))) return false;
     const method = req.method ?? 'GET';
-    const authorized = tokenMatches(presentedToken(req), token.token);
+    const authorized = tokenMatches(presentedToken(req, cookie), token.token);
     try {
       if (method !== 'GET' && method !== 'HEAD' && !sameOrigin(req)) throw new OsfarmError('OSFARM_UNAUTHORIZED', 'a request from another site\'s page is refused');
       const r: Request = { req, res, url, params: {}, authorized };

@@ -68,7 +68,7 @@ export function openApiDocument(routes: DocumentedRoute[], version: string): Rec
       schemas: { Error: ERROR },
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer', description: 'the token osfarm serve printed at first start (in its token file)' },
-        cookie: { type: 'apiKey', in: 'cookie', name: 'osfarm_token' },
+        cookie: { type: 'apiKey', in: 'cookie', name: 'osfarm_<id>', description: 'set by POST /api/session; the name differs per server (browsers share cookies between ports of one host)' },
       },
     },
   };
