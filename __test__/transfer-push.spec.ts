@@ -299,6 +299,37 @@ test('a source that sends a block not matching its digest is disconnected and no
   t.deepEqual(pushPartials(r.repoPath), [], 'a lying source gets nothing kept for resumption');
 });
 
+test('a source whose END names another image is refused after its blocks, and nothing is kept', async (t) => {
+  const r = await startReceiver(t);
+  const data = pseudoRandom(600 * BS, 43); // more than one 1 MiB run
+  const client = await RawClient.connect(r.address);
+  await client.handshake(TOKEN);
+  await client.image(data, 'wrong-end');
+  const failed = r.next<TransferReport>('transfer-failed');
+  client.send(FrameType.DIGESTS, digestsPayload(0, blockDigests(data)));
+  client.send(FrameType.END, jsonPayload({ digest: 'ab'.repeat(20) }));
+  // Every block is answered truthfully; only the image digest lies.
+  let answered = 0;
+  for (;;) {
+    const f = await client.nextControl();
+    if (f?.type !== FrameType.REQUEST) {
+      t.is(f?.type, FrameType.ERROR);
+      const e = parseJson(f!.type, f!.payload);
+      t.is(e.code, 'OSFARM_DIGEST_MISMATCH');
+      t.regex(e.message as string, /nothing was published/);
+      break;
+    }
+    for (const run of parseRequest(f.payload)) {
+      client.send(FrameType.BLOCKS, [blocksHeader(run.first, run.count, 0), data.subarray(run.first * BS, (run.first + run.count) * BS)]);
+      answered += run.count;
+    }
+  }
+  t.is(answered, 600, 'the receiver asked for every block before judging the image');
+  t.false((await failed).keptPartial);
+  assertOnlyImages(t, r.repoPath, []);
+  t.deepEqual(pushPartials(r.repoPath), []);
+});
+
 test('osfarm receive refuses to start without a token unless --insecure', async (t) => {
   const repo = join(tempDir(t), 'repo');
   const env = { OSFARM_TOKEN: '' };
