@@ -2,7 +2,8 @@
  * A network namespace reached over a veth pair, throttled by `tc` on both ends: a slow
  * link between two "machines" on one host. Addresses come from 198.18.0.0/15 (RFC 2544,
  * reserved for benchmarking) and exist only on this pair, so no traffic leaves the host.
- * The namespace is deleted by `remove()`, and on exit or SIGINT/SIGTERM in any case.
+ * The namespace (and whatever still runs in it) is deleted by `remove()`, and on exit or
+ * SIGINT/SIGTERM in any case.
  */
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 
@@ -77,6 +78,13 @@ export function createNetns(name: string, link: LinkOptions, subnet = 0): Netns 
     },
     remove: () => {
       live.delete(ns);
+      // Processes started inside it (a receiver left by an interrupted run) would keep
+      // the namespace alive after its name is gone.
+      try {
+        for (const pid of run(undefined, 'ip', ['netns', 'pids', name]).split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* no such namespace, or the process already ended */
+      }
       try {
         ip(['netns', 'delete', name]); // takes the namespace's end, and so the pair, with it
       } catch {
@@ -95,10 +103,10 @@ export function createNetns(name: string, link: LinkOptions, subnet = 0): Netns 
       for (const n of [...live]) n.remove();
     };
     process.on('exit', cleanup);
-    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
       process.on(sig, () => {
         cleanup();
-        process.exit(130);
+        process.exit(code);
       });
     }
   }
