@@ -45,6 +45,19 @@ export declare class AssemblerHandle {
 }
 
 /**
+ * Cuts a source's block digests into content-defined groups (protocol v2): `push` takes
+ * digests as they are produced and returns the wire records (`u16le count || group
+ * digest`) of the groups they complete; `finish` returns the last group's.
+ */
+export declare class DigestGrouper {
+  constructor(hash: string)
+  /** Blocks covered by the records returned so far. */
+  get grouped(): number
+  push(digests: Buffer): Buffer
+  finish(): Buffer
+}
+
+/**
  * An image being sent: `next()` yields its digests while a background thread hashes
  * it; `readRun()` reads (and compresses) runs the receiver asks for.
  */
@@ -121,6 +134,11 @@ export declare class PushAssembly {
   get stats(): PushStats
   /** Takes the digests of the next blocks, from `first`; returns the runs to request. */
   offer(first: number, digests: Buffer): Array<TransferRun>
+  /**
+   * Resolves the group records of a GROUPS payload (after its block number): known
+   * groups come with their block digests, to `offer`; the others must be asked for.
+   */
+  lookupGroups(records: Buffer): Array<GroupHit>
   /** Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`. */
   put(first: number, count: number, encoding: number, data: Buffer): Promise<number>
   /** The synchronous twin of `put`. */
@@ -228,6 +246,13 @@ export interface DigestWindow {
   digests: Buffer
 }
 
+/** One group of a v2 sender's GROUPS frame, resolved against the repository. */
+export interface GroupHit {
+  count: number
+  /** The group's block digests, if the repository holds the group; else null. */
+  digests?: Buffer
+}
+
 export interface ImageSourceOptions {
   /** Hash the blocks with this algorithm (`sha1` or `sha256`): the receiver's. */
   hash?: string
@@ -325,6 +350,8 @@ export interface PushAssemblyOptions {
   resumeKey?: string
   /** The image digest (hex) if the sender knows it: an image already held is not sent. */
   expectedDigest?: string
+  /** Group the repository's indexes for a protocol v2 sender (`lookupGroups`). */
+  groups?: boolean
 }
 
 export interface PushStats {

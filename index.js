@@ -773,8 +773,9 @@ if (
   }
 }
 
-const { AssemblerHandle, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, DigestGrouper, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
 export { AssemblerHandle }
+export { DigestGrouper }
 export { ImageSourceHandle }
 export { PullAssembly }
 export { PushAssembly }

@@ -12,6 +12,7 @@ use napi_derive::napi;
 use osfarm_core::repo::stream::{StreamAssembler, StreamOptions, StreamStats};
 use osfarm_core::repo::{self, AddOptions, AssemblyOptions, Repository};
 use osfarm_core::transfer::codec::{self, Encoding};
+use osfarm_core::transfer::groups::Grouper;
 use osfarm_core::transfer::source::{ImageSource, SourceOptions};
 use osfarm_core::{HashAlg, Index};
 
@@ -199,6 +200,38 @@ impl ImageSourceHandle {
     }
 }
 
+/// Cuts a source's block digests into content-defined groups (protocol v2): `push` takes
+/// digests as they are produced and returns the wire records (`u16le count || group
+/// digest`) of the groups they complete; `finish` returns the last group's.
+#[napi]
+pub struct DigestGrouper {
+    grouper: Grouper,
+}
+
+#[napi]
+impl DigestGrouper {
+    #[napi(constructor)]
+    pub fn new(hash: String) -> Result<DigestGrouper> {
+        Ok(DigestGrouper { grouper: Grouper::new(HashAlg::parse(&hash).map_err(js_err)?) })
+    }
+
+    /// Blocks covered by the records returned so far.
+    #[napi(getter)]
+    pub fn grouped(&self) -> f64 {
+        self.grouper.grouped() as f64
+    }
+
+    #[napi]
+    pub fn push(&mut self, digests: Buffer) -> Buffer {
+        self.grouper.push(&digests).into()
+    }
+
+    #[napi]
+    pub fn finish(&mut self) -> Buffer {
+        self.grouper.finish().into()
+    }
+}
+
 fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> Result<BlockRun> {
     Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
 }
@@ -213,6 +246,16 @@ pub struct PushAssemblyOptions {
     pub resume_key: Option<String>,
     /// The image digest (hex) if the sender knows it: an image already held is not sent.
     pub expected_digest: Option<String>,
+    /// Group the repository's indexes for a protocol v2 sender (`lookupGroups`).
+    pub groups: Option<bool>,
+}
+
+/// One group of a v2 sender's GROUPS frame, resolved against the repository.
+#[napi(object)]
+pub struct GroupHit {
+    pub count: u32,
+    /// The group's block digests, if the repository holds the group; else null.
+    pub digests: Option<Buffer>,
 }
 
 #[napi(object)]
@@ -315,6 +358,9 @@ fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(
         resume_key: o.resume_key.clone(),
         expected_digest,
     })?;
+    if o.groups == Some(true) {
+        asm.load_groups()?;
+    }
     Ok((asm, repo.alg(), repo.block_size()))
 }
 
@@ -369,6 +415,14 @@ impl PushAssembly {
     pub fn offer(&self, first: f64, digests: Buffer) -> Result<Vec<TransferRun>> {
         let runs = self.asm.offer(first as u64, &digests).map_err(js_err)?;
         Ok(runs.iter().map(|r| TransferRun { first: r.first as f64, count: r.count as f64 }).collect())
+    }
+
+    /// Resolves the group records of a GROUPS payload (after its block number): known
+    /// groups come with their block digests, to `offer`; the others must be asked for.
+    #[napi]
+    pub fn lookup_groups(&self, records: Buffer) -> Result<Vec<GroupHit>> {
+        let found = self.asm.lookup_groups(&records).map_err(js_err)?;
+        Ok(found.into_iter().map(|g| GroupHit { count: g.count, digests: g.digests.map(Buffer::from) }).collect())
     }
 
     /// Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`.

@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use rayon::prelude::*;
@@ -42,6 +42,7 @@ use crate::error::{Code, Error, Result};
 use crate::fsutil;
 use crate::hash::{self, HashAlg, MAX_DIGEST_LEN};
 use crate::index::{block_count_for, Index};
+use crate::transfer::groups::{GroupLookup, GroupTable};
 
 const GOT_MAGIC: [u8; 8] = *b"\x89OSFG\r\n\x1a";
 const GOT_VERSION: u32 = 1;
@@ -176,6 +177,8 @@ pub struct StreamAssembler {
     copier: Mutex<Option<JoinHandle<()>>>,
     workspace: Mutex<Option<Workspace>>,
     resumable: bool,
+    /// The repository's digest groups (protocol v2), once `load_groups` has run.
+    groups: OnceLock<GroupTable>,
 }
 
 fn key_file_stem(key: &str) -> String {
@@ -219,6 +222,7 @@ impl Repository {
                     copier: Mutex::new(None),
                     workspace: Mutex::new(None),
                     resumable: false,
+                    groups: OnceLock::new(),
                 });
             }
         }
@@ -343,6 +347,7 @@ impl Repository {
             copier_tx: Mutex::new(Some(tx)),
             copier: Mutex::new(Some(copier)),
             workspace: Mutex::new(workspace),
+            groups: OnceLock::new(),
             resumable,
         })
     }
@@ -580,6 +585,39 @@ impl StreamAssembler {
             }
         }
         Ok(runs)
+    }
+
+    /// Groups the block digests of every image of the repository (see
+    /// `transfer::groups`) so `lookup_groups` can resolve a v2 sender's groups. Reads the
+    /// images' indexes only, in parallel; returns the number of distinct groups.
+    pub fn load_groups(&self) -> Result<usize> {
+        let Some(s) = &self.shared else { return Ok(0) };
+        let holders = Holders::new(&s.repo, &s.st.catalog);
+        let slots: Vec<u32> = s.st.catalog.images.iter().map(|e| e.slot).collect();
+        let images: Vec<Arc<Vec<u8>>> = slots
+            .par_iter()
+            .map(|&slot| holders.digests(slot).map(|d| Arc::new(d.to_vec())))
+            .collect::<Result<_>>()?;
+        {
+            // The same digests confirm hash-table matches in `offer`: no second read.
+            let mut inner = s.inner.lock().unwrap();
+            for (&slot, d) in slots.iter().zip(&images) {
+                inner.slot_digests.insert(slot, d.clone());
+            }
+        }
+        let table = GroupTable::build(s.alg, images);
+        let n = table.len();
+        let _ = self.groups.set(table);
+        Ok(n)
+    }
+
+    /// Resolves a v2 sender's group records against the repository's groups (after
+    /// `load_groups`): each known group comes back with its block digests, to `offer`.
+    pub fn lookup_groups(&self, records: &[u8]) -> Result<Vec<GroupLookup>> {
+        match self.groups.get() {
+            Some(t) => t.lookup(records),
+            None => bail!(InvalidArgument, "this assembly has not loaded the repository's groups"),
+        }
     }
 
     /// Verifies the blocks `first..` in `data` (their concatenation; only the image's last

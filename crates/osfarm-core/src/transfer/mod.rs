@@ -5,6 +5,9 @@
 //!   (the seed's "hash produce thread"), through a bounded channel so hashing never
 //!   runs far ahead of the network; and it reads the runs of blocks the receiver asks
 //!   for, compressing them when that helps.
+//! - [`groups`]: content-defined groups of block digests (protocol v2), so a source
+//!   sends one digest per ~32 blocks and the receiver asks only for the block digests of
+//!   groups it does not hold.
 //! - [`codec`]: zstd compression of block runs for the wire, with a bounded decoder.
 //! - The receiving side is `repo::stream::StreamAssembler`: it takes digests as they
 //!   arrive, looks each up in the repository's hash table, copies the blocks it has,
@@ -13,7 +16,9 @@
 //! The wire protocol is documented in docs/protocol.md.
 
 pub mod codec;
+pub mod groups;
 pub mod source;
 
 pub use codec::{Compressor, Encoding};
+pub use groups::{GroupLookup, GroupTable, Grouper};
 pub use source::{DigestWindow, ImageDigester, ImageSource, SourceOptions};
