@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 
 import { mountsUnder } from '../src/build/index.js';
 import { Repository } from '../src/repo/index.js';
-import { buildWorkDir, cliAsync, resultOf } from './fixtures/build/harness.js';
+import { buildWorkDir, cliAsync, leftovers, resultOf } from './fixtures/build/harness.js';
 import { tempDir } from './helpers/tmp.js';
 
 const RPM_FIXTURES = join(import.meta.dirname, 'fixtures', 'build', 'rpm');
@@ -94,7 +94,7 @@ test('dnf --installroot from a local repository: a comps group and a package, no
   t.deepEqual(readdirSync(join(tree, 'var/cache/dnf')), []);
   t.deepEqual(readdirSync(join(tree, 'proc')), []);
   t.deepEqual(readdirSync(join(tree, 'dev')).sort(), ['console', 'fd', 'full', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero']);
-  t.deepEqual(mountsUnder(buildWorkDir()), []);
+  t.deepEqual(leftovers(run, join(dir, 'stages')), { mounts: [], scratch: [] });
   t.is(readFileSync(join(dir, 'rpm-test.tar')).indexOf(dir), -1, 'no host path in the image');
   const shadow = readFileSync(join(tree, 'etc/shadow'), 'utf8');
   t.is(/^root:([^:]*):/m.exec(shadow)![1], r.spec.rootPasswordHash);
@@ -136,5 +136,5 @@ test('signature checks: signed packages install with their key; unsigned ones ar
   t.not(unsigned.status, 0);
   t.is(resultOf(unsigned).error?.code, 'OSFARM_BUILD_FAILED');
   t.regex(unsigned.lines.filter((l) => l.type === 'log').map((l) => l.line).join('\n'), /not signed|GPG check FAILED|NOKEY|signature/i);
-  t.deepEqual(mountsUnder(buildWorkDir()), []);
+  t.deepEqual(leftovers(unsigned, join(dir, 'u', 'stages')), { mounts: [], scratch: [] });
 });
