@@ -1,7 +1,7 @@
 /**
  * The build spec: what image to build. Read from YAML, JSON or XML (or genfs-style flags),
  * validated field by field before anything runs, normalised, and digested.
- * docs/spec-format.md documents every field.
+ * docs/build.md documents every field.
  */
 import { createHash } from 'node:crypto';
 import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
