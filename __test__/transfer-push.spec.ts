@@ -1,6 +1,7 @@
 /**
- * Push over real TCP on loopback: delta transfer, resume after a cut connection, a lying
- * source, authentication, hostile frames and the concurrent-transfer limit. The raw
+ * Push over real TCP on loopback: delta transfer, digest groups (protocol 2) and version
+ * negotiation, resume after a cut connection, a lying source, authentication, hostile
+ * frames and the concurrent-transfer limit. The raw
  * client speaks the protocol with the same frame helpers as osfarm, so it can lie.
  */
 import test, { type ExecutionContext } from 'ava';
@@ -16,7 +17,20 @@ import { indexImageSync } from '../src/blocks/index.js';
 import { OsfarmError } from '../src/errors.js';
 import { Repository } from '../src/repo/index.js';
 import { mac, newNonce } from '../src/transfer/auth.js';
-import { FrameReader, FrameType, MAGIC, blocksHeader, digestsPayload, header, jsonPayload, parseJson, parseRequest, type Frame } from '../src/transfer/frames.js';
+import { native } from '../src/native.js';
+import {
+  FrameReader,
+  FrameType,
+  MAGIC,
+  blocksHeader,
+  digestsPayload,
+  groupsPayload,
+  header,
+  jsonPayload,
+  parseJson,
+  parseRequest,
+  type Frame,
+} from '../src/transfer/frames.js';
 import { push } from '../src/transfer/push.js';
 import { Receiver, type TransferReport } from '../src/transfer/receive.js';
 import { cli, pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
@@ -33,10 +47,10 @@ interface Running {
   next<T>(event: string): Promise<T>;
 }
 
-async function startReceiver(t: ExecutionContext, options: { maxTransfers?: number; token?: string } = {}): Promise<Running> {
+async function startReceiver(t: ExecutionContext, options: { maxTransfers?: number; token?: string; protocols?: number[] } = {}): Promise<Running> {
   const repoPath = join(tempDir(t), 'repo');
   Repository.init(repoPath);
-  const receiver = new Receiver({ repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers });
+  const receiver = new Receiver({ repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers, protocols: options.protocols });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
   return {
@@ -138,10 +152,10 @@ class RawClient {
   }
 
   /** magic, HELLO, WELCOME, AUTH, AUTH_OK. */
-  async handshake(token: string): Promise<void> {
+  async handshake(token: string, protocols = [1]): Promise<void> {
     const clientNonce = newNonce();
     this.write(MAGIC);
-    this.send(FrameType.HELLO, jsonPayload({ protocols: [1], software: 'raw test client', nonce: clientNonce.toString('hex') }));
+    this.send(FrameType.HELLO, jsonPayload({ protocols, software: 'raw test client', nonce: clientNonce.toString('hex') }));
     const welcome = parseJson(FrameType.WELCOME, (await this.next())!.payload);
     const serverNonce = Buffer.from(welcome.nonce as string, 'hex');
     this.send(FrameType.AUTH, jsonPayload({ mac: mac(token, 'client', clientNonce, serverNonce).toString('hex') }));
@@ -243,6 +257,83 @@ test('a push sends only the blocks the receiver lacks; the published image is id
   const again = await push(join(dir, 'new.img'), r.address, { token: TOKEN });
   t.is(again.blocksSent, 0);
   t.is(again.digest, want.digest);
+});
+
+test('a receiver holding the content at another offset gets group digests, not every block digest', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t);
+  // The receiver holds "big": 37 blocks of its own, then 6000 blocks, then 2000 more.
+  const common = Array.from({ length: 6000 }, (_, i) => 10_000 + i);
+  const big = [...Array.from({ length: 37 }, (_, i) => 900_000 + i), ...common, ...Array.from({ length: 2000 }, (_, i) => 20_000 + i)];
+  writeBlocks(join(dir, 'big.img'), big);
+  await Repository.open(r.repoPath).add(join(dir, 'big.img'), { name: 'big' });
+  // "small" holds the same 6000 blocks shifted: 5 new blocks before, 3 after.
+  const small = [...Array.from({ length: 5 }, (_, i) => 800_000 + i), ...common, 800_010, 800_011, 800_012];
+  writeBlocks(join(dir, 'small.img'), small);
+
+  const res = await push(join(dir, 'small.img'), r.address, { token: TOKEN, name: 'small' });
+  t.is(res.protocol, 2);
+  t.is(res.blocksSent, 8, 'only the new blocks cross the network');
+  const allDigests = small.length * 20;
+  t.true(res.digestBytesSent < allDigests / 10, `${res.digestBytesSent} digest bytes where v1 sends ${allDigests}`);
+  t.true(res.wireBytesSent < 8 * BS + allDigests / 10 + (8 << 10), `${res.wireBytesSent} bytes on the wire`);
+  t.is(res.localBlocks, common.length);
+  const entry = Repository.open(r.repoPath).resolve('small');
+  t.is(entry.digest, indexImageSync(join(dir, 'small.img')).digest);
+  t.is(sha256File(entry.path), sha256File(join(dir, 'small.img')), 'the published image is byte-identical');
+});
+
+test('protocol versions are negotiated: a v1 peer still works either way, no common version is refused', async (t) => {
+  const dir = tempDir(t);
+  const blocks = Array.from({ length: 3000 }, (_, i) => (i % 40 === 3 ? 0 : 30_000 + i));
+  writeBlocks(join(dir, 'a.img'), blocks);
+  const want = indexImageSync(join(dir, 'a.img')).digest;
+
+  // A v1 source (offers only 1) to a current receiver: every block digest is sent.
+  const current = await startReceiver(t);
+  const v1 = await push(join(dir, 'a.img'), current.address, { token: TOKEN, protocols: [1] });
+  t.is(v1.protocol, 1);
+  t.is(v1.digest, want);
+  t.true(v1.digestBytesSent >= blocks.length * 20, `${v1.digestBytesSent} digest bytes`);
+
+  // A current source to a v1 receiver.
+  const old = await startReceiver(t, { protocols: [1] });
+  const down = await push(join(dir, 'a.img'), old.address, { token: TOKEN });
+  t.is(down.protocol, 1);
+  t.is(down.digest, want);
+  t.is(sha256File(Repository.open(old.repoPath).resolve(want).path), sha256File(join(dir, 'a.img')));
+
+  // No version in common: a clear protocol error before any image data.
+  const v2only = await startReceiver(t, { protocols: [2] });
+  const err = await codeOf(push(join(dir, 'a.img'), v2only.address, { token: TOKEN, protocols: [1] }));
+  t.is(err.code, 'OSFARM_PROTOCOL');
+  t.regex(err.message, /protocol versions \[1\].*speaks 2/);
+  assertOnlyImages(t, v2only.repoPath, []);
+});
+
+test('a v2 source that sends digests nobody asked for is disconnected and nothing is kept', async (t) => {
+  const r = await startReceiver(t);
+  const data = pseudoRandom(300 * BS, 44);
+  const client = await RawClient.connect(r.address);
+  await client.handshake(TOKEN, [2]);
+  await client.image(data, 'unasked');
+  const failed = r.next<TransferReport>('transfer-failed');
+  const digests = blockDigests(data);
+  const grouper = new native.DigestGrouper('sha1');
+  const records = Buffer.concat([grouper.push(digests), grouper.finish()]);
+  client.send(FrameType.GROUPS, groupsPayload(0, records));
+  const need = await client.nextControl();
+  t.is(need?.type, FrameType.NEED_DIGESTS, 'an empty repository asks for the digests of every group');
+  const runs = parseRequest(need!.payload);
+  t.is(runs.reduce((n, run) => n + run.count, 0), 300);
+  // Digests from block 1, which no NEED_DIGESTS run starts at.
+  client.send(FrameType.DIGESTS, digestsPayload(1, digests.subarray(20, 40)));
+  const error = await client.error(t);
+  t.is(error.code, 'OSFARM_PROTOCOL');
+  t.regex(error.message, /answer no NEED_DIGESTS/);
+  t.false((await failed).keptPartial);
+  assertOnlyImages(t, r.repoPath, []);
+  t.deepEqual(pushPartials(r.repoPath), []);
 });
 
 test('a cut connection leaves nothing visible; the same push again sends only what did not arrive', async (t) => {

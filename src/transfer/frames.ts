@@ -7,7 +7,11 @@ import { OsfarmError } from '../errors.js';
 
 /** "\x89OSFP\r\n\x1a": sent first by both sides. */
 export const MAGIC = Buffer.from([0x89, 0x4f, 0x53, 0x46, 0x50, 0x0d, 0x0a, 0x1a]);
-export const PROTOCOL_VERSION = 1;
+/**
+ * The protocol versions this osfarm speaks, preferred first. 2 sends one digest per
+ * content-defined group of blocks instead of every block digest; 1 is kept for older peers.
+ */
+export const PROTOCOL_VERSIONS: readonly number[] = [2, 1];
 export const HEADER_LEN = 5;
 /** Payload limit until authentication has succeeded. */
 export const PRE_AUTH_MAX_FRAME = 64 << 10;
@@ -28,6 +32,8 @@ export const FrameType = {
   BLOCKS: 0x12,
   END: 0x13,
   DONE: 0x14,
+  GROUPS: 0x15,
+  NEED_DIGESTS: 0x16,
   ERROR: 0x7f,
   PROGRESS: 0x80,
   KEEPALIVE: 0x81,
@@ -92,6 +98,19 @@ export function parseDigests(payload: Buffer, digestLen: number): { first: numbe
   return { first: readU64(payload, 0), digests: payload.subarray(8) };
 }
 
+/** A GROUPS payload: the first block the groups cover, then the grouper's records. */
+export function groupsPayload(first: number, records: Buffer): Buffer[] {
+  const h = Buffer.allocUnsafe(8);
+  h.writeBigUInt64LE(BigInt(first), 0);
+  return [h, records];
+}
+
+export function parseGroups(payload: Buffer): { first: number; records: Buffer } {
+  if (payload.length <= 8) throw protocolError(`GROUPS frame of ${payload.length} bytes carries no group`);
+  return { first: readU64(payload, 0), records: payload.subarray(8) };
+}
+
+/** REQUEST and NEED_DIGESTS payloads: runs of blocks, 12 bytes each. */
 export function requestPayload(runs: Run[]): Buffer {
   const b = Buffer.allocUnsafe(12 * runs.length);
   runs.forEach((r, i) => {
@@ -101,12 +120,12 @@ export function requestPayload(runs: Run[]): Buffer {
   return b;
 }
 
-export function parseRequest(payload: Buffer): Run[] {
-  if (payload.length === 0 || payload.length % 12 !== 0) throw protocolError(`REQUEST frame of ${payload.length} bytes is not a list of 12-byte runs`);
+export function parseRequest(payload: Buffer, what = 'REQUEST'): Run[] {
+  if (payload.length === 0 || payload.length % 12 !== 0) throw protocolError(`${what} frame of ${payload.length} bytes is not a list of 12-byte runs`);
   const runs: Run[] = [];
   for (let at = 0; at < payload.length; at += 12) {
     const count = payload.readUInt32LE(at + 8);
-    if (count === 0) throw protocolError('REQUEST for an empty run');
+    if (count === 0) throw protocolError(`${what} for an empty run`);
     runs.push({ first: readU64(payload, at), count });
   }
   return runs;

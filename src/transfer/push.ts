@@ -18,9 +18,10 @@ import {
   BLOCKS_HEADER_LEN,
   DEFAULT_MAX_FRAME,
   FrameType,
-  PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
   blocksHeader,
   digestsPayload,
+  groupsPayload,
   isOptional,
   parseJson,
   parseRequest,
@@ -30,7 +31,7 @@ import {
 import { parseAddress, SOFTWARE } from './util.js';
 
 export interface PushProgress {
-  /** Blocks whose digests were sent. */
+  /** Blocks whose digests (v1) or groups (v2) were sent. */
   digestsSent: number;
   /** Blocks sent as data. */
   blocksSent: number;
@@ -57,6 +58,8 @@ export interface PushOptions {
   idleTimeoutMs?: number;
   /** Blocks read from disk at once while answering requests (default 4). */
   readAhead?: number;
+  /** Protocol versions offered (default [2, 1]); [1] talks as an osfarm without digest groups. */
+  protocols?: number[];
 }
 
 export interface PushResult {
@@ -70,6 +73,10 @@ export interface PushResult {
   blocksSent: number;
   rawBytesSent: number;
   encodedBytesSent: number;
+  /** The protocol version the receiver chose. */
+  protocol: number;
+  /** Payload bytes of DIGESTS and GROUPS frames: what naming the blocks cost. */
+  digestBytesSent: number;
   /** Everything written to / read from the socket, framing included. */
   wireBytesSent: number;
   wireBytesReceived: number;
@@ -174,9 +181,16 @@ export async function push(image: string, address: string, options: PushOptions 
     // ----- handshake -----
     const clientNonce = newNonce();
     conn.sendMagic();
-    conn.sendJson(FrameType.HELLO, { protocols: [PROTOCOL_VERSION], software: SOFTWARE, nonce: clientNonce.toString('hex') });
+    const offered = options.protocols ?? [...PROTOCOL_VERSIONS];
+    if (offered.length === 0 || offered.some((v) => !PROTOCOL_VERSIONS.includes(v))) {
+      throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `protocol versions ${JSON.stringify(offered)}: this osfarm speaks ${PROTOCOL_VERSIONS.join(', ')}`);
+    }
+    conn.sendJson(FrameType.HELLO, { protocols: offered, software: SOFTWARE, nonce: clientNonce.toString('hex') });
     const welcome = await conn.expectJson(FrameType.WELCOME, 'WELCOME');
-    if (welcome.protocol !== PROTOCOL_VERSION) throw protocolError(`the receiver chose protocol ${String(welcome.protocol)}; this osfarm speaks ${PROTOCOL_VERSION}`);
+    const version = welcome.protocol;
+    if (typeof version !== 'number' || !offered.includes(version)) {
+      throw protocolError(`the receiver chose protocol ${String(version)}; this push offered ${offered.join(', ')}`);
+    }
     const serverNonce = parseNonce(welcome.nonce, 'WELCOME');
     const hash = field(welcome, 'hash', 'WELCOME');
     const blockSize = intField(welcome, 'blockSize', 'WELCOME');
@@ -221,7 +235,7 @@ export async function push(image: string, address: string, options: PushOptions 
     });
     const accept = await conn.next();
     let done: Record<string, unknown>;
-    const stats = { digestsSent: 0, blocksSent: 0, rawBytes: 0, encodedBytes: 0, haveBlocks: 0 };
+    const stats = { digestsSent: 0, digestBytes: 0, blocksSent: 0, rawBytes: 0, encodedBytes: 0, haveBlocks: 0 };
     const progress = () =>
       options.onProgress?.({
         digestsSent: stats.digestsSent,
@@ -235,7 +249,7 @@ export async function push(image: string, address: string, options: PushOptions 
     } else if (accept.type !== FrameType.ACCEPT) {
       throw protocolError(`expected ACCEPT or DONE, got frame type 0x${accept.type.toString(16)}`);
     } else {
-      done = await stream(conn, src, { blockCount, maxRunBlocks, compress: options.compress ?? true, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
+      done = await stream(conn, src, { version, maxFrame, blockCount, maxRunBlocks, compress: options.compress ?? true, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const num = (k: string) => (typeof done[k] === 'number' ? (done[k] as number) : 0);
@@ -247,6 +261,8 @@ export async function push(image: string, address: string, options: PushOptions 
       blocksSent: stats.blocksSent,
       rawBytesSent: stats.rawBytes,
       encodedBytesSent: stats.encodedBytes,
+      protocol: version,
+      digestBytesSent: stats.digestBytes,
       wireBytesSent: conn.bytesOut,
       wireBytesReceived: conn.bytesIn,
       localBlocks: num('localBlocks'),
@@ -274,16 +290,23 @@ export async function push(image: string, address: string, options: PushOptions 
 const DIGEST_BACKLOG_BYTES = 4 << 20;
 
 interface StreamState {
+  /** The negotiated protocol version. */
+  version: number;
+  /** The receiver's payload limit. */
+  maxFrame: number;
   blockCount: number;
   maxRunBlocks: number;
   compress: boolean;
   readAhead: number;
-  stats: { digestsSent: number; blocksSent: number; rawBytes: number; encodedBytes: number; haveBlocks: number };
+  stats: { digestsSent: number; digestBytes: number; blocksSent: number; rawBytes: number; encodedBytes: number; haveBlocks: number };
   progress: () => void;
   signal?: AbortSignal;
 }
 
-/** Digests out as produced, blocks out as requested, until DONE. */
+/**
+ * Digests (v1) or digest groups (v2) out as produced, the block digests of groups the
+ * receiver asks for (v2), blocks out as requested, until DONE.
+ */
 function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     let finished = false;
@@ -297,7 +320,20 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     const ticker = setInterval(s.progress, 200);
     const requests: Run[] = [];
     let reading = 0;
-    let digestsSent = 0;
+    /** Blocks the receiver may name: digests sent (v1) or blocks covered by groups sent (v2). */
+    let known = 0;
+    const dl = src.hash === 'sha256' ? 32 : 20;
+    // v2: every digest is kept to answer NEED_DIGESTS (0.5 % of the image in memory).
+    const grouper = s.version >= 2 ? new native.DigestGrouper(src.hash) : undefined;
+    const all = grouper ? Buffer.allocUnsafe(s.blockCount * dl) : undefined;
+    const sendGroups = (records: Buffer) => {
+      if (records.length === 0) return;
+      const first = known;
+      known = grouper!.grouped;
+      s.stats.digestsSent = known;
+      s.stats.digestBytes += 8 + records.length;
+      conn.send(FrameType.GROUPS, groupsPayload(first, records));
+    };
 
     const pumpBlocks = () => {
       while (!finished && reading < s.readAhead && requests.length > 0 && conn.writable) {
@@ -332,12 +368,24 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
       switch (f.type) {
         case FrameType.REQUEST: {
           for (const r of parseRequest(f.payload)) {
-            if (r.count > s.maxRunBlocks || r.first + r.count > digestsSent) {
+            if (r.count > s.maxRunBlocks || r.first + r.count > known) {
               throw protocolError(`the receiver asked for blocks ${r.first}+${r.count}, beyond what it may ask`);
             }
             requests.push(r);
           }
           pumpBlocks();
+          return;
+        }
+        case FrameType.NEED_DIGESTS: {
+          if (!all) throw protocolError('NEED_DIGESTS in a protocol 1 session');
+          for (const r of parseRequest(f.payload, 'NEED_DIGESTS')) {
+            if (r.first + r.count > known || 8 + r.count * dl > s.maxFrame) {
+              throw protocolError(`the receiver asked for the digests of blocks ${r.first}+${r.count}, beyond what it may ask`);
+            }
+            const digests = all.subarray(r.first * dl, (r.first + r.count) * dl);
+            s.stats.digestBytes += 8 + digests.length;
+            conn.send(FrameType.DIGESTS, digestsPayload(r.first, digests));
+          }
           return;
         }
         case FrameType.PROGRESS: {
@@ -363,15 +411,22 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
           const w = await callNative(() => src.next(s.signal));
           if (finished) return;
           if (!w) break;
-          digestsSent = w.firstBlock + w.count;
-          s.stats.digestsSent = digestsSent;
-          conn.send(FrameType.DIGESTS, digestsPayload(w.firstBlock, w.digests));
+          if (grouper) {
+            w.digests.copy(all!, w.firstBlock * dl);
+            sendGroups(grouper.push(w.digests));
+          } else {
+            known = w.firstBlock + w.count;
+            s.stats.digestsSent = known;
+            s.stats.digestBytes += 8 + w.digests.length;
+            conn.send(FrameType.DIGESTS, digestsPayload(w.firstBlock, w.digests));
+          }
           // Digests (0.5 % of the image) do not wait behind blocks: the further ahead the
           // receiver knows them, the fuller its request window stays at a small delta.
           // Only a large backlog in the socket's buffer pauses them (and so hashing).
           if (conn.queuedBytes > DIGEST_BACKLOG_BYTES) await conn.drained();
           if (finished) return;
         }
+        if (grouper) sendGroups(grouper.finish());
         const digest = src.imageDigest();
         if (!digest) throw new OsfarmError('OSFARM_INTERNAL', 'the image digest is not known after the last window');
         conn.sendJson(FrameType.END, { digest });

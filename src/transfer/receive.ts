@@ -18,10 +18,11 @@ import {
   FrameType,
   MAX_RUN_BYTES,
   PRE_AUTH_MAX_FRAME,
-  PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
   isOptional,
   parseBlocks,
   parseDigests,
+  parseGroups,
   parseJson,
   protocolError,
   requestPayload,
@@ -47,10 +48,14 @@ export interface ReceiverOptions {
   windowBytes?: number;
   /** Largest payload accepted after authentication (default 4 MiB). */
   maxFrame?: number;
+  /** Protocol versions accepted (default [2, 1]); the highest one the source offers is used. */
+  protocols?: number[];
 }
 
 export interface TransferReport {
   remote: string;
+  /** The protocol version used. */
+  protocol?: number;
   digest?: string;
   name?: string;
   size?: number;
@@ -100,7 +105,11 @@ export class Receiver extends EventEmitter {
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
       windowBytes: options.windowBytes ?? 16 << 20,
       maxFrame: Math.max(options.maxFrame ?? DEFAULT_MAX_FRAME, MAX_RUN_BYTES + 64),
+      protocols: options.protocols ?? [...PROTOCOL_VERSIONS],
     };
+    if (this.options.protocols.length === 0 || this.options.protocols.some((v) => !PROTOCOL_VERSIONS.includes(v))) {
+      throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `protocol versions ${JSON.stringify(options.protocols)}: this osfarm speaks ${PROTOCOL_VERSIONS.join(', ')}`);
+    }
   }
 
   /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
@@ -152,17 +161,20 @@ export class Receiver extends EventEmitter {
     const o = this.options;
     const timer = setTimeout(() => conn.fail(protocolError(`the handshake was not completed within ${o.handshakeTimeoutMs / 1000} s`)), o.handshakeTimeoutMs);
     let repo: Repository;
+    let version: number;
     try {
       const hello = await conn.expectJson(FrameType.HELLO, 'HELLO');
-      const versions = Array.isArray(hello.protocols) ? hello.protocols : [];
-      if (!versions.includes(PROTOCOL_VERSION)) {
-        throw protocolError(`the source speaks protocol versions ${JSON.stringify(versions)}; this receiver speaks ${PROTOCOL_VERSION}`);
+      const versions: unknown[] = Array.isArray(hello.protocols) ? hello.protocols : [];
+      const common = o.protocols.filter((v) => versions.includes(v));
+      if (common.length === 0) {
+        throw protocolError(`the source speaks protocol versions ${JSON.stringify(versions)}; this receiver speaks ${o.protocols.join(', ')}`);
       }
+      version = Math.max(...common);
       const clientNonce = parseNonce(hello.nonce, 'HELLO');
       const serverNonce = newNonce();
       repo = this.ensureRepository();
       conn.sendJson(FrameType.WELCOME, {
-        protocol: PROTOCOL_VERSION,
+        protocol: version,
         software: SOFTWARE,
         nonce: serverNonce.toString('hex'),
         auth: o.token ? 'hmac-sha256' : 'none',
@@ -189,13 +201,13 @@ export class Receiver extends EventEmitter {
     }
     this.active++;
     try {
-      await this.transfer(conn, remote, repo, image);
+      await this.transfer(conn, remote, repo, image, version);
     } finally {
       this.active--;
     }
   }
 
-  private async transfer(conn: Connection, remote: string, repo: Repository, image: Record<string, unknown>): Promise<void> {
+  private async transfer(conn: Connection, remote: string, repo: Repository, image: Record<string, unknown>, version: number): Promise<void> {
     const o = this.options;
     const started = process.hrtime.bigint();
     const size = intField(image, 'size', 'IMAGE');
@@ -216,6 +228,7 @@ export class Receiver extends EventEmitter {
     };
     const report: TransferReport = {
       remote,
+      protocol: version,
       size,
       blockCount,
       name: imageOptions.name,
@@ -231,7 +244,7 @@ export class Receiver extends EventEmitter {
     this.emit('transfer-start', { remote, size, name: imageOptions.name });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest }),
+      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
     );
     const finishReport = (extra: Partial<TransferReport>) => {
       const st = asm.stats;
@@ -273,6 +286,20 @@ export class Receiver extends EventEmitter {
       let finishing = false;
       let over = false;
       const MAX_PUTS = 8;
+      // v2: the groups announced so far, in image order from `groupHead`. Each is offered,
+      // in order, once its block digests are known: from the repository's own index for a
+      // group it holds, else from the DIGESTS answering a NEED_DIGESTS run (in `asked`,
+      // by first block). Misses are asked for at once, so nothing waits on a round trip.
+      interface Group {
+        first: number;
+        count: number;
+        digests?: Buffer;
+      }
+      const groups: Group[] = [];
+      let groupHead = 0;
+      let grouped = 0;
+      const asked = new Map<number, Group[]>();
+      const maxDigestRun = Math.floor((o.maxFrame - 8) / dl);
 
       const progress = setInterval(() => {
         const st = asm.stats;
@@ -310,6 +337,7 @@ export class Receiver extends EventEmitter {
 
       const maybeFinish = () => {
         if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
+        if (groupHead < groups.length || asked.size) return;
         finishing = true;
         callNative(() => asm.finish(endDigest!, imageOptions)).then(
           (e) => {
@@ -343,24 +371,99 @@ export class Receiver extends EventEmitter {
         );
       };
 
+      /** Offers block digests to the assembly and queues requests for the blocks it lacks. */
+      const offer = (first: number, digests: Buffer) => {
+        let runs;
+        try {
+          runs = asm.offer(first, digests);
+        } catch (err) {
+          const e = asOsfarmError(err);
+          throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
+        }
+        for (const r of runs) {
+          for (let at = r.first; at < r.first + r.count; at += maxRunBlocks) {
+            pending.push({ first: at, count: Math.min(maxRunBlocks, r.first + r.count - at) });
+          }
+        }
+      };
+
+      /** v2: offers the groups at the head of the queue whose digests are known. */
+      const offerReady = () => {
+        const first = groups[groupHead]?.first ?? 0;
+        const parts: Buffer[] = [];
+        while (groupHead < groups.length && groups[groupHead]!.digests) parts.push(groups[groupHead++]!.digests!);
+        if (parts.length > 0) offer(first, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+        if (groupHead > 4096 && groupHead * 2 > groups.length) {
+          groups.splice(0, groupHead);
+          groupHead = 0;
+        }
+        pump();
+      };
+
+      /** v2: queues the groups of a GROUPS frame and asks for the digests of unknown ones. */
+      const onGroups = (payload: Buffer) => {
+        const { first, records } = parseGroups(payload);
+        if (first !== grouped) throw protocolError(`GROUPS from block ${first} where block ${grouped} was next`);
+        let found;
+        try {
+          found = asm.lookupGroups(records);
+        } catch (err) {
+          const e = asOsfarmError(err);
+          throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
+        }
+        const need: Run[] = [];
+        for (const g of found) {
+          if (grouped + g.count > blockCount) throw protocolError(`GROUPS cover more than the image's ${blockCount} blocks`);
+          const group: Group = { first: grouped, count: g.count, digests: g.digests ?? undefined };
+          groups.push(group);
+          grouped += g.count;
+          if (group.digests) continue;
+          const last = need[need.length - 1];
+          if (last && last.first + last.count === group.first && last.count + group.count <= maxDigestRun) {
+            last.count += group.count;
+            asked.get(last.first)!.push(group);
+          } else {
+            need.push({ first: group.first, count: group.count });
+            asked.set(group.first, [group]);
+          }
+        }
+        if (need.length > 0) conn.send(FrameType.NEED_DIGESTS, requestPayload(need));
+        offerReady();
+      };
+
+      /** v2: DIGESTS answer one NEED_DIGESTS run exactly. */
+      const onAskedDigests = (first: number, digests: Buffer) => {
+        const waiting = asked.get(first);
+        const count = digests.length / dl;
+        if (!waiting || waiting.reduce((n, g) => n + g.count, 0) !== count) {
+          throw protocolError(`DIGESTS ${first}+${count} answer no NEED_DIGESTS`);
+        }
+        asked.delete(first);
+        let at = 0;
+        for (const g of waiting) {
+          g.digests = digests.subarray(at * dl, (at + g.count) * dl);
+          at += g.count;
+        }
+        offerReady();
+      };
+
       const onFrame = (f: Frame) => {
         switch (f.type) {
           case FrameType.DIGESTS: {
-            if (endDigest !== undefined) throw protocolError('DIGESTS after END');
             const { first, digests } = parseDigests(f.payload, dl);
-            let runs;
-            try {
-              runs = asm.offer(first, digests);
-            } catch (err) {
-              const e = asOsfarmError(err);
-              throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
+            if (version >= 2) {
+              onAskedDigests(first, digests);
+              return;
             }
-            for (const r of runs) {
-              for (let at = r.first; at < r.first + r.count; at += maxRunBlocks) {
-                pending.push({ first: at, count: Math.min(maxRunBlocks, r.first + r.count - at) });
-              }
-            }
+            if (endDigest !== undefined) throw protocolError('DIGESTS after END');
+            offer(first, digests);
             pump();
+            return;
+          }
+          case FrameType.GROUPS: {
+            if (version < 2) throw protocolError('GROUPS in a protocol 1 session');
+            if (endDigest !== undefined) throw protocolError('GROUPS after END');
+            onGroups(f.payload);
             return;
           }
           case FrameType.BLOCKS: {
@@ -397,8 +500,9 @@ export class Receiver extends EventEmitter {
             const m = parseJson(f.type, f.payload);
             const d = field(m, 'digest', 'END');
             if (!/^[0-9a-f]+$/.test(d) || d.length !== dl * 2) throw protocolError('END carries no valid image digest');
-            if (asm.stats.offered !== blockCount) {
-              throw protocolError(`END after the digests of ${asm.stats.offered} of ${blockCount} blocks`);
+            const named = version >= 2 ? grouped : asm.stats.offered;
+            if (named !== blockCount) {
+              throw protocolError(`END after the ${version >= 2 ? 'groups' : 'digests'} of ${named} of ${blockCount} blocks`);
             }
             endDigest = d;
             maybeFinish();
