@@ -111,12 +111,15 @@ async function osfarm(ns: Netns, p: Pair, work: string) {
   try {
     await waitFor(rx, 'osfarm receive', (l) => l.includes('"listening"'));
     let digest = '';
+    let digestBytes = 0;
     const m = await measure(ns, () => {
       const out = execFileSync(process.execPath, [CLI, '--json', 'push', p.next, `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN], { encoding: 'utf8' });
-      digest = (JSON.parse(out.trim().split('\n').pop()!) as { digest: string }).digest;
+      const res = JSON.parse(out.trim().split('\n').pop()!) as { digest: string; digestBytesSent: number };
+      digest = res.digest;
+      digestBytes = res.digestBytesSent;
     });
     const path = (JSON.parse(execFileSync(process.execPath, [CLI, '--json', '--repo', repo, 'repo', 'show', digest], { encoding: 'utf8' })) as { path: string }).path;
-    return { ...m, path };
+    return { ...m, path, digestBytes };
   } finally {
     await stop(rx);
   }
@@ -213,7 +216,7 @@ const ns = createNetns('osfbp', { mbit: MBIT });
 try {
   for (const p of pairs) {
     const want = sha256(p.next);
-    const got = {} as Record<Tool, { bytes: number; seconds: number }>;
+    const got = {} as Record<Tool, { bytes: number; seconds: number; digestBytes?: number }>;
     for (const name of Object.keys(tools) as Tool[]) {
       const work = join(dir, 'run', name);
       rmSync(work, { recursive: true, force: true });
@@ -227,6 +230,7 @@ try {
     rows.push([
       p.label,
       ...(Object.keys(tools) as Tool[]).map((t) => `${MB(got[t].bytes)} MB ${got[t].seconds.toFixed(1)} s`),
+      `${MB(got.osfarm.digestBytes ?? 0)} MB`,
       ...(['rsync', 'casync', 'zsync'] as const).map((t) => `${(got[t].bytes / o).toFixed(1)}x`),
     ]);
     results.push({ pair: p.label, ...got });
@@ -237,6 +241,6 @@ try {
 printTable(
   `Bytes on the wire (IP, both ways) and wall time over a ${MBIT} Mbit/s link; the receiver holds the older image (MB = 10^6 bytes)`,
   rows,
-  ['pair (held -> sent)', 'osfarm push', 'rsync -z', 'casync', 'zsync', 'rsync/osfarm', 'casync/osfarm', 'zsync/osfarm'],
+  ['pair (held -> sent)', 'osfarm push', 'rsync -z', 'casync', 'zsync', 'osfarm digests', 'rsync/osfarm', 'casync/osfarm', 'zsync/osfarm'],
 );
 console.log(JSON.stringify({ bench: 'transfer-peers', results }));
