@@ -131,6 +131,7 @@ interface PushResult {
   blocksSent: number;
   wireBytesSent: number;
   encodedBytesSent: number;
+  digestBytesSent: number;
 }
 
 const dir = workDir('transfer-bandwidth');
@@ -185,15 +186,17 @@ try {
       }
       const { r, wire } = results.sort((a, b) => a.r.seconds - b.r.seconds)[results.length >> 1]!;
       const theoretical = Math.min(diskRead, hashing, delta === 0 ? Infinity : link / delta);
-      // The seed's formula leaves out the digests (20 bytes per 4 KiB block) that cross the
-      // link whatever the delta: shown beside it, not used for the ratio.
-      const withDigests = Math.min(diskRead, hashing, link / (delta + 20 / BS));
+      // The seed's formula leaves out the digests that cross the link whatever the delta
+      // (protocol 2: a group digest per ~32 held blocks, block digests of the rest):
+      // shown beside it, with the digest bytes this push sent, not used for the ratio.
+      const withDigests = Math.min(diskRead, hashing, link / (delta + r.digestBytesSent / size));
       const observed = size / r.seconds;
       rows.push([
         delta,
         `${r.blocksSent} / ${changed}`,
         mbs(theoretical, 1).toFixed(1),
         mbs(withDigests, 1).toFixed(1),
+        `${(r.digestBytesSent / 1e6).toFixed(2)} MB`,
         mbs(observed, 1).toFixed(1),
         mbs(wire, r.seconds).toFixed(2),
         `${((observed / theoretical) * 100).toFixed(1)} %`,
@@ -210,6 +213,6 @@ try {
 printTable(
   `push over a ${MBIT} Mbit/s link (tc tbf on a veth pair into a network namespace), ${sizeMib} MiB image; MB = 10^6 bytes`,
   rows,
-  ['delta', 'blocks sent / changed', 'theoretical max observed MB/s', 'same, digests counted', 'measured observed MB/s', 'measured real MB/s', 'observed / theoretical', 'seconds'],
+  ['delta', 'blocks sent / changed', 'theoretical max observed MB/s', 'same, digests counted', 'digest bytes', 'measured observed MB/s', 'measured real MB/s', 'observed / theoretical', 'seconds'],
 );
 console.log('  real = IP bytes both ways on the host end of the pair (headers, digests, requests included) / wall time');
