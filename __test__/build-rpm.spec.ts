@@ -6,7 +6,8 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
-import { mountsUnder } from '../src/build/index.js';
+import { mountsUnder, specFromObject } from '../src/build/index.js';
+import { RpmDriver, rpmConfig, rpmDbPath, rpmPlan } from '../src/build/drivers/rpm.js';
 import { Repository } from '../src/repo/index.js';
 import { buildWorkDir, cliAsync, leftovers, resultOf } from './fixtures/build/harness.js';
 import { tempDir } from './helpers/tmp.js';
@@ -137,4 +138,28 @@ test('signature checks: signed packages install with their key; unsigned ones ar
   t.is(resultOf(unsigned).error?.code, 'OSFARM_BUILD_FAILED');
   t.regex(unsigned.lines.filter((l) => l.type === 'log').map((l) => l.line).join('\n'), /not signed|GPG check FAILED|NOKEY|signature/i);
   t.deepEqual(leftovers(unsigned, join(dir, 'u', 'stages')), { mounts: [], scratch: [] });
+});
+
+test('the dnf command and configuration a spec gives: comps groups, only the spec\'s repositories, the rpmdb place', (t) => {
+  const spec = specFromObject({
+    distribution: 'rocky',
+    release: '9',
+    architecture: 'aarch64',
+    groups: ['minimal', '@Development Tools'],
+    packages: ['vim-minimal'],
+    mirrors: ['https://mirror.invalid/rocky/$releasever/BaseOS/$basearch/os/', 'file:///srv/extra'],
+  });
+  t.deepEqual(rpmPlan(spec), ['@core', '@Development Tools', 'vim-minimal']);
+  const args = RpmDriver.args('dnf', spec, { root: '/b/root', config: '/b/dnf.conf', reposDir: '/b/repos.d' });
+  t.deepEqual(args.slice(0, 6), ['-y', '--config=/b/dnf.conf', '--installroot=/b/root', '--releasever=9', '--setopt=reposdir=/b/repos.d', '--noplugins']);
+  t.true(args.includes('--forcearch=aarch64'));
+  const conf = rpmConfig(spec, ['file:///keys/RPM-GPG-KEY-Rocky-9']);
+  t.regex(conf, /^\[osfarm-0\]\n.*\nbaseurl=https:\/\/mirror\.invalid\/rocky\/\$releasever\/BaseOS\/\$basearch\/os\/$/m);
+  t.regex(conf, /^baseurl=file:\/\/\/srv\/extra$/m);
+  t.is(conf.match(/^gpgkey=file:\/\/\/keys\/RPM-GPG-KEY-Rocky-9$/gm)?.length, 2);
+  t.is(conf.match(/^\[/gm)?.length, 3, 'main and the two repositories, nothing else');
+  t.is(rpmDbPath(spec), '/var/lib/rpm');
+  t.is(rpmDbPath({ ...spec, distribution: 'fedora', release: '40' }), '/usr/lib/sysimage/rpm');
+  t.is(rpmDbPath({ ...spec, distribution: 'centos-stream', release: '10' }), '/usr/lib/sysimage/rpm');
+  t.is(rpmDbPath({ ...spec, distribution: 'scientific-linux', release: '7' }), '/var/lib/rpm');
 });
