@@ -177,12 +177,17 @@ export class DebootstrapDriver implements Driver {
     if (include.length > 0) args.push(`--include=${include.join(',')}`);
     if (!spec.gpgCheck) args.push('--no-check-gpg');
     if (spec.architecture !== hostArchitecture()) args.push('--foreign');
-    args.push('--', spec.release, ctx.root, ...spec.mirrors);
+    // debootstrap takes no `--` (it refuses it as an unknown option).
+    args.push(spec.release, ctx.root, ...spec.mirrors);
     ctx.log(`osfarm: debootstrap ${args.join(' ')}`);
     ctx.phase('bootstrap', 'debootstrap');
+    let inPackages = false;
     const onLine = (line: string) => {
       ctx.log(line);
-      if (/^I: (Installing core packages|Unpacking the base system)/.test(line)) ctx.phase('packages', 'dpkg');
+      if (!inPackages && /^I: (Installing core packages|Unpacking the base system)/.test(line)) {
+        inPackages = true;
+        ctx.phase('packages', 'dpkg');
+      }
     };
     let r = await run('debootstrap', args, { env: baseEnv(ctx), signal: ctx.signal, onLine });
     if (r.code === 0 && spec.architecture !== hostArchitecture()) {
