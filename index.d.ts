@@ -45,6 +45,15 @@ export declare class AssemblerHandle {
 }
 
 /**
+ * The sender's zstd stream across a v2 transfer's BLOCKS frames: `encode` runs in the
+ * order their frames are sent (one call at a time), off the JS thread.
+ */
+export declare class BlockStreamEncoder {
+  constructor()
+  encode(data: Buffer): Promise<EncodedRun>
+}
+
+/**
  * Cuts a source's block digests into content-defined groups (protocol v2): `push` takes
  * digests as they are produced and returns the wire records (`u16le count || group
  * digest`) of the groups they complete; `finish` returns the last group's.
@@ -139,6 +148,11 @@ export declare class PushAssembly {
    * groups come with their block digests, to `offer`; the others must be asked for.
    */
   lookupGroups(records: Buffer): Array<GroupHit>
+  /**
+   * Decodes the next part of the transfer's zstd stream (encoding 2) into the raw bytes
+   * of blocks `first..first+count`, to `put` raw. Call in frame order.
+   */
+  decodeStream(first: number, count: number, data: Buffer): Buffer
   /** Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`. */
   put(first: number, count: number, encoding: number, data: Buffer): Promise<number>
   /** The synchronous twin of `put`. */
@@ -244,6 +258,13 @@ export interface DigestWindow {
   count: number
   /** `count` digests, concatenated. */
   digests: Buffer
+}
+
+/** A run encoded for a BLOCKS frame. */
+export interface EncodedRun {
+  /** 0 = raw, 2 = the next part of the zstd stream. */
+  encoding: number
+  data: Buffer
 }
 
 /** One group of a v2 sender's GROUPS frame, resolved against the repository. */

@@ -773,8 +773,9 @@ if (
   }
 }
 
-const { AssemblerHandle, DigestGrouper, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
 export { AssemblerHandle }
+export { BlockStreamEncoder }
 export { DigestGrouper }
 export { ImageSourceHandle }
 export { PullAssembly }

@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -309,6 +309,37 @@ test('protocol versions are negotiated: a v1 peer still works either way, no com
   t.is(err.code, 'OSFARM_PROTOCOL');
   t.regex(err.message, /protocol versions \[1\].*speaks 2/);
   assertOnlyImages(t, v2only.repoPath, []);
+});
+
+test('v2 compresses runs through one zstd stream: content repeated across runs costs almost nothing', async (t) => {
+  const dir = tempDir(t);
+  // 1 MiB (one run) of blocks that each compress to about half alone, repeated 4 times
+  // with one byte changed per block so every block is new to the receiver.
+  const segment = Array.from({ length: 256 }, (_, i) => {
+    const half = pseudoRandom(BS / 2, 7000 + i);
+    return Buffer.concat([half, half]);
+  });
+  const blocks: Buffer[] = [];
+  for (let copy = 0; copy < 4; copy++) {
+    for (const b of segment) {
+      const c = Buffer.from(b);
+      c[0] ^= copy;
+      blocks.push(c);
+    }
+  }
+  writeFileSync(join(dir, 'r.img'), Buffer.concat(blocks));
+  const want = indexImageSync(join(dir, 'r.img')).digest;
+
+  const v2 = await push(join(dir, 'r.img'), (await startReceiver(t)).address, { token: TOKEN });
+  const v1Receiver = await startReceiver(t);
+  const v1 = await push(join(dir, 'r.img'), v1Receiver.address, { token: TOKEN, protocols: [1] });
+  t.is(v2.protocol, 2);
+  t.is(v2.digest, want);
+  t.is(v1.digest, want);
+  t.is(v2.rawBytesSent, 1024 * BS);
+  t.true(v1.encodedBytesSent > v1.rawBytesSent / 3, `v1 compresses each run alone: ${v1.encodedBytesSent} bytes`);
+  t.true(v2.encodedBytesSent < v1.encodedBytesSent / 2, `v2 ${v2.encodedBytesSent} bytes, v1 ${v1.encodedBytesSent}`);
+  t.is(sha256File(Repository.open(v1Receiver.repoPath).resolve(want).path), sha256File(join(dir, 'r.img')));
 });
 
 test('a v2 source that sends digests nobody asked for is disconnected and nothing is kept', async (t) => {

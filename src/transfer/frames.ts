@@ -141,10 +141,13 @@ export function blocksHeader(first: number, count: number, encoding: number): Bu
   return h;
 }
 
-export function parseBlocks(payload: Buffer): { first: number; count: number; encoding: number; data: Buffer } {
+/** BLOCKS encodings: raw, one zstd frame per run, the transfer's zstd stream (v2 only). */
+export const Encoding = { RAW: 0, ZSTD: 1, ZSTD_STREAM: 2 } as const;
+
+export function parseBlocks(payload: Buffer, version: number): { first: number; count: number; encoding: number; data: Buffer } {
   if (payload.length < BLOCKS_HEADER_LEN) throw protocolError(`BLOCKS frame of ${payload.length} bytes is shorter than its header`);
   const encoding = payload.readUInt8(12);
-  if (encoding > 1) throw protocolError(`BLOCKS frame with unknown encoding ${encoding}`);
+  if (encoding > (version >= 2 ? Encoding.ZSTD_STREAM : Encoding.ZSTD)) throw protocolError(`BLOCKS frame with unknown encoding ${encoding}`);
   return { first: readU64(payload, 0), count: payload.readUInt32LE(8), encoding, data: payload.subarray(BLOCKS_HEADER_LEN) };
 }
 

@@ -335,18 +335,40 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
       conn.send(FrameType.GROUPS, groupsPayload(first, records));
     };
 
+    // v2: runs are compressed through one zstd stream, in the order their frames are sent
+    // (`encodeTail` chains the encoder's calls), so a run also compresses against earlier ones.
+    const streamEncoder = s.version >= 2 && s.compress ? new native.BlockStreamEncoder() : undefined;
+    let encodeTail: Promise<void> = Promise.resolve();
+    const sendRun = (r: Run, encoding: number, data: Buffer, rawLength: number) => {
+      if (finished || conn.isClosed) return;
+      conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, encoding), data]);
+      s.stats.blocksSent += r.count;
+      s.stats.rawBytes += rawLength;
+      s.stats.encodedBytes += data.length;
+    };
+
     const pumpBlocks = () => {
       while (!finished && reading < s.readAhead && requests.length > 0 && conn.writable) {
         const r = requests.shift()!;
         reading++;
-        callNative(() => src.readRun(r.first, r.count, s.compress)).then(
-          (run) => {
+        const read = callNative(() => src.readRun(r.first, r.count, s.compress && !streamEncoder));
+        let sent: Promise<void>;
+        if (streamEncoder) {
+          sent = read.then((run) => {
+            const encoded = encodeTail.then(async () => {
+              const e = await callNative(() => streamEncoder.encode(run.data));
+              sendRun(r, e.encoding, e.data, run.rawLength);
+            });
+            encodeTail = encoded.catch(() => undefined);
+            return encoded;
+          });
+        } else {
+          sent = read.then((run) => sendRun(r, run.encoding, run.data, run.rawLength));
+        }
+        sent.then(
+          () => {
             reading--;
             if (finished || conn.isClosed) return;
-            conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, run.encoding), run.data]);
-            s.stats.blocksSent += r.count;
-            s.stats.rawBytes += run.rawLength;
-            s.stats.encodedBytes += run.data.length;
             if (conn.writable) pumpBlocks();
             else void conn.drained().then(pumpBlocks);
           },

@@ -15,6 +15,7 @@ import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, asOsfarmError, field, intField, optString } from './connection.js';
 import {
   DEFAULT_MAX_FRAME,
+  Encoding,
   FrameType,
   MAX_RUN_BYTES,
   PRE_AUTH_MAX_FRAME,
@@ -72,6 +73,16 @@ export interface TransferReport {
   error?: { code: string; message: string };
   /** True if the partial image was kept for a later attempt (the transfer failed without the source's fault). */
   keptPartial?: boolean;
+}
+
+/** Runs a native call on data from the source: its refusal of bad input is a protocol error. */
+function bySource<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const e = asOsfarmError(err);
+    throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
+  }
 }
 
 /**
@@ -373,14 +384,7 @@ export class Receiver extends EventEmitter {
 
       /** Offers block digests to the assembly and queues requests for the blocks it lacks. */
       const offer = (first: number, digests: Buffer) => {
-        let runs;
-        try {
-          runs = asm.offer(first, digests);
-        } catch (err) {
-          const e = asOsfarmError(err);
-          throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
-        }
-        for (const r of runs) {
+        for (const r of bySource(() => asm.offer(first, digests))) {
           for (let at = r.first; at < r.first + r.count; at += maxRunBlocks) {
             pending.push({ first: at, count: Math.min(maxRunBlocks, r.first + r.count - at) });
           }
@@ -404,15 +408,8 @@ export class Receiver extends EventEmitter {
       const onGroups = (payload: Buffer) => {
         const { first, records } = parseGroups(payload);
         if (first !== grouped) throw protocolError(`GROUPS from block ${first} where block ${grouped} was next`);
-        let found;
-        try {
-          found = asm.lookupGroups(records);
-        } catch (err) {
-          const e = asOsfarmError(err);
-          throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
-        }
         const need: Run[] = [];
-        for (const g of found) {
+        for (const g of bySource(() => asm.lookupGroups(records))) {
           if (grouped + g.count > blockCount) throw protocolError(`GROUPS cover more than the image's ${blockCount} blocks`);
           const group: Group = { first: grouped, count: g.count, digests: g.digests ?? undefined };
           groups.push(group);
@@ -467,9 +464,14 @@ export class Receiver extends EventEmitter {
             return;
           }
           case FrameType.BLOCKS: {
-            const b = parseBlocks(f.payload);
+            const b = parseBlocks(f.payload, version);
             if (outstanding.get(b.first) !== b.count) {
               throw protocolError(`BLOCKS ${b.first}+${b.count} answer no outstanding request`);
+            }
+            if (b.encoding === Encoding.ZSTD_STREAM) {
+              // The stream's parts decode only in frame order: here, as the frames arrive.
+              b.data = bySource(() => asm.decodeStream(b.first, b.count, b.data));
+              b.encoding = Encoding.RAW;
             }
             outstanding.delete(b.first);
             outstandingBytes -= b.count * blockSize;

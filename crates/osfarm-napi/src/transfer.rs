@@ -4,14 +4,14 @@
 //! in TypeScript (src/transfer); every byte-heavy step runs here, off the JS thread.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
 use osfarm_core::repo::stream::{StreamAssembler, StreamOptions, StreamStats};
 use osfarm_core::repo::{self, AddOptions, AssemblyOptions, Repository};
-use osfarm_core::transfer::codec::{self, Encoding};
+use osfarm_core::transfer::codec::{self, Encoding, StreamDecoder, StreamEncoder};
 use osfarm_core::transfer::groups::Grouper;
 use osfarm_core::transfer::source::{ImageSource, SourceOptions};
 use osfarm_core::{HashAlg, Index};
@@ -232,6 +232,36 @@ impl DigestGrouper {
     }
 }
 
+/// A run encoded for a BLOCKS frame.
+#[napi(object)]
+pub struct EncodedRun {
+    /// 0 = raw, 2 = the next part of the zstd stream.
+    pub encoding: u32,
+    pub data: Buffer,
+}
+
+/// The sender's zstd stream across a v2 transfer's BLOCKS frames: `encode` runs in the
+/// order their frames are sent (one call at a time), off the JS thread.
+#[napi]
+pub struct BlockStreamEncoder {
+    enc: Arc<StreamEncoder>,
+}
+
+#[napi]
+impl BlockStreamEncoder {
+    #[napi(constructor)]
+    pub fn new() -> Result<BlockStreamEncoder> {
+        Ok(BlockStreamEncoder { enc: Arc::new(StreamEncoder::new().map_err(js_err)?) })
+    }
+
+    #[napi(ts_return_type = "Promise<EncodedRun>")]
+    pub fn encode(&self, data: Buffer) -> AsyncTask<Run<(Encoding, Vec<u8>), EncodedRun>> {
+        let enc = self.enc.clone();
+        let data = data.to_vec();
+        run(None, |_, (e, d)| Ok(EncodedRun { encoding: e as u32, data: d.into() }), move || enc.encode(data))
+    }
+}
+
 fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> Result<BlockRun> {
     Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
 }
@@ -340,6 +370,8 @@ pub struct PushAssembly {
     asm: Arc<StreamAssembler>,
     hash: String,
     block_size: u32,
+    /// The v2 zstd stream's decoder, made on first use.
+    decoder: OnceLock<StreamDecoder>,
 }
 
 fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(StreamAssembler, HashAlg, u32)> {
@@ -372,7 +404,7 @@ impl PushAssembly {
     pub fn begin(repo_path: String, options: PushAssemblyOptions) -> AsyncTask<Run<(StreamAssembler, HashAlg, u32), PushAssembly>> {
         run(
             None,
-            |_, (asm, alg, bs)| Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs }),
+            |_, (asm, alg, bs)| Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs, decoder: OnceLock::new() }),
             move || begin_push(&repo_path, &options),
         )
     }
@@ -381,7 +413,7 @@ impl PushAssembly {
     #[napi]
     pub fn begin_sync(repo_path: String, options: PushAssemblyOptions) -> Result<PushAssembly> {
         let (asm, alg, bs) = begin_push(&repo_path, &options).map_err(js_err)?;
-        Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs })
+        Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs, decoder: OnceLock::new() })
     }
 
     #[napi(getter)]
@@ -425,6 +457,21 @@ impl PushAssembly {
         Ok(found.into_iter().map(|g| GroupHit { count: g.count, digests: g.digests.map(Buffer::from) }).collect())
     }
 
+    /// Decodes the next part of the transfer's zstd stream (encoding 2) into the raw bytes
+    /// of blocks `first..first+count`, to `put` raw. Call in frame order.
+    #[napi]
+    pub fn decode_stream(&self, first: f64, count: u32, data: Buffer) -> Result<Buffer> {
+        let raw_len = run_len(&self.asm, first as u64, count as u64, self.block_size as u64).map_err(js_err)?;
+        let dec = match self.decoder.get() {
+            Some(d) => d,
+            None => {
+                let d = StreamDecoder::new().map_err(js_err)?;
+                self.decoder.get_or_init(|| d)
+            }
+        };
+        dec.decode(&data, raw_len as usize).map(Buffer::from).map_err(js_err)
+    }
+
     /// Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`.
     #[napi(ts_return_type = "Promise<number>")]
     pub fn put(&self, first: f64, count: u32, encoding: u32, data: Buffer) -> Result<AsyncTask<Run<u64, f64>>> {
@@ -460,10 +507,8 @@ impl PushAssembly {
     }
 }
 
-fn put_run(asm: &StreamAssembler, first: u64, count: u64, bs: u64, encoding: u32, data: Vec<u8>) -> osfarm_core::Result<u64> {
-    let enc = Encoding::from_id(encoding as u8).filter(|_| encoding < 256).ok_or_else(|| {
-        osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("unknown block encoding {encoding}"))
-    })?;
+/// The bytes of blocks `first..first+count` of the image being received.
+fn run_len(asm: &StreamAssembler, first: u64, count: u64, bs: u64) -> osfarm_core::Result<u64> {
     let end = first.checked_add(count).filter(|&e| count > 0 && e <= asm.block_count());
     if end.is_none() {
         return Err(osfarm_core::Error::new(
@@ -471,8 +516,14 @@ fn put_run(asm: &StreamAssembler, first: u64, count: u64, bs: u64, encoding: u32
             format!("blocks {first}+{count} are outside the image of {} blocks", asm.block_count()),
         ));
     }
-    let image_len = asm.image_len();
-    let raw_len = ((first + count) * bs).min(image_len) - first * bs;
+    Ok(((first + count) * bs).min(asm.image_len()) - first * bs)
+}
+
+fn put_run(asm: &StreamAssembler, first: u64, count: u64, bs: u64, encoding: u32, data: Vec<u8>) -> osfarm_core::Result<u64> {
+    let enc = Encoding::from_id(encoding as u8).filter(|_| encoding < 256).ok_or_else(|| {
+        osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("unknown block encoding {encoding}"))
+    })?;
+    let raw_len = run_len(asm, first, count, bs)?;
     let raw = codec::decode(enc, data, raw_len as usize)?;
     asm.put_blocks(first, &raw)
 }

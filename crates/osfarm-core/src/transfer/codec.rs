@@ -1,7 +1,13 @@
 //! Block compression for the wire: zstd on whole runs of blocks, used only when it
-//! pays, and a decoder that never produces more than the receiver expects.
+//! pays, and a decoder that never produces more than the receiver expects. Protocol v2
+//! adds one zstd stream per transfer across its BLOCKS frames ([`StreamEncoder`],
+//! [`StreamDecoder`]), so a run compresses against the runs sent before it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::zstd_safe::{CParameter, DParameter};
 
 use crate::bail;
 use crate::error::Result;
@@ -11,6 +17,8 @@ use crate::error::Result;
 pub enum Encoding {
     Raw = 0,
     Zstd = 1,
+    /// The next part of the transfer's zstd stream, flushed at the frame's end (v2).
+    ZstdStream = 2,
 }
 
 impl Encoding {
@@ -18,6 +26,7 @@ impl Encoding {
         match id {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),
+            2 => Some(Encoding::ZstdStream),
             _ => None,
         }
     }
@@ -67,6 +76,101 @@ impl Compressor {
     }
 }
 
+/// The stream's window: 8 MiB of earlier runs to find matches in (zstd level 3 alone uses
+/// 2 MiB). The decoder refuses a larger window, which bounds its memory.
+const STREAM_WINDOW_LOG: u32 = 23;
+
+fn zstd_err(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::new(crate::error::Code::Io, format!("zstd: {e}"))
+}
+
+/// The sender's half of a transfer's zstd stream. Runs must be encoded in the order their
+/// frames are sent. As with [`Compressor`], after a run that did not save 1/16 the next
+/// few are sent raw without touching the stream (random data costs no CPU).
+pub struct StreamEncoder {
+    enc: Mutex<Encoder<'static>>,
+    skip: AtomicU32,
+}
+
+impl StreamEncoder {
+    pub fn new() -> Result<StreamEncoder> {
+        let mut enc = Encoder::new(ZSTD_LEVEL).map_err(zstd_err)?;
+        enc.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG)).map_err(zstd_err)?;
+        Ok(StreamEncoder { enc: Mutex::new(enc), skip: AtomicU32::new(0) })
+    }
+
+    /// The run as the next part of the stream (`ZstdStream`), or raw when recent runs did
+    /// not compress.
+    pub fn encode(&self, data: Vec<u8>) -> Result<(Encoding, Vec<u8>)> {
+        let s = self.skip.load(Ordering::Relaxed);
+        if data.len() < 512 || s > 0 {
+            self.skip.store(s.saturating_sub(1), Ordering::Relaxed);
+            return Ok((Encoding::Raw, data));
+        }
+        let mut enc = self.enc.lock().unwrap();
+        let mut out: Vec<u8> = Vec::with_capacity(zstd::compress_bound(data.len()) + 1024);
+        let mut input = InBuffer::around(&data);
+        loop {
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(64 << 10);
+            }
+            let at = out.len();
+            let mut ob = OutBuffer::around_pos(&mut out, at);
+            if input.pos() < data.len() {
+                enc.run(&mut input, &mut ob).map_err(zstd_err)?;
+            } else if enc.flush(&mut ob).map_err(zstd_err)? == 0 {
+                break;
+            }
+        }
+        if out.len() > data.len() - data.len() / MIN_SAVING_DIVISOR {
+            self.skip.store(SKIP_AFTER_MISS, Ordering::Relaxed);
+        }
+        Ok((Encoding::ZstdStream, out))
+    }
+}
+
+/// The receiver's half: decodes the stream's parts in frame order, each into exactly the
+/// bytes of its run; a part that decodes to more or less is an error.
+pub struct StreamDecoder {
+    dec: Mutex<Decoder<'static>>,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Result<StreamDecoder> {
+        let mut dec = Decoder::new().map_err(zstd_err)?;
+        dec.set_parameter(DParameter::WindowLogMax(STREAM_WINDOW_LOG)).map_err(zstd_err)?;
+        Ok(StreamDecoder { dec: Mutex::new(dec) })
+    }
+
+    pub fn decode(&self, data: &[u8], expected_len: usize) -> Result<Vec<u8>> {
+        let mut dec = self.dec.lock().unwrap();
+        let bad = |e: std::io::Error| {
+            crate::error::Error::new(crate::error::Code::InvalidArgument, format!("a run of the zstd stream is not valid ({e})"))
+        };
+        let mut out = vec![0u8; expected_len];
+        let mut input = InBuffer::around(data);
+        let mut written = 0;
+        loop {
+            let read = input.pos();
+            let mut ob = OutBuffer::around_pos(&mut out[..], written);
+            dec.run(&mut input, &mut ob).map_err(bad)?;
+            let progressed = ob.pos() > written || input.pos() > read;
+            written = ob.pos();
+            if !progressed || (input.pos() == data.len() && written == expected_len) {
+                break;
+            }
+        }
+        // Nothing of this frame may be left inside the decoder (it would open the next run).
+        let mut probe = [0u8; 1];
+        let mut ob = OutBuffer::around(&mut probe[..]);
+        dec.run(&mut InBuffer::around(&[]), &mut ob).map_err(bad)?;
+        if input.pos() != data.len() || written != expected_len || ob.pos() != 0 {
+            bail!(InvalidArgument, "a run of the zstd stream does not decode to exactly its {expected_len} bytes of blocks");
+        }
+        Ok(out)
+    }
+}
+
 /// Decodes a run's data into exactly `expected_len` bytes. A frame that decodes to any
 /// other length, or is not valid zstd, is an error: the sender is broken or lying.
 /// The output buffer is bounded by `expected_len`, so a "zip bomb" cannot make the
@@ -89,6 +193,7 @@ pub fn decode(encoding: Encoding, data: Vec<u8>, expected_len: usize) -> Result<
                 Err(e) => bail!(InvalidArgument, "a compressed run is not valid zstd or is longer than its {expected_len} bytes of blocks ({e})"),
             }
         }
+        Encoding::ZstdStream => bail!(InvalidArgument, "a zstd stream run needs the transfer's stream decoder"),
     }
 }
 
@@ -122,6 +227,45 @@ mod tests {
         assert!(c.compress(&random).is_none());
         assert_eq!(c.skip.load(Ordering::Relaxed), SKIP_AFTER_MISS);
         assert!(c.compress(&text).is_none(), "skipped after a miss");
+    }
+
+    #[test]
+    fn the_stream_compresses_across_runs_and_decodes_in_order() {
+        let enc = StreamEncoder::new().unwrap();
+        let dec = StreamDecoder::new().unwrap();
+        // Two runs of the same pseudo-random bytes: alone each is incompressible, but the
+        // second refers to the first through the stream.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let run: Vec<u8> = (0..(256 << 10))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (e1, a) = enc.encode(run.clone()).unwrap();
+        assert_eq!(e1, Encoding::ZstdStream);
+        assert_eq!(dec.decode(&a, run.len()).unwrap(), run);
+        // The first did not pay: the next runs go raw, untouched by the stream.
+        let (e2, b) = enc.encode(run.clone()).unwrap();
+        assert_eq!((e2, b.len()), (Encoding::Raw, run.len()));
+        for _ in 1..SKIP_AFTER_MISS {
+            enc.encode(vec![7; 4096]).unwrap();
+        }
+        let (e3, c) = enc.encode(run.clone()).unwrap();
+        assert_eq!(e3, Encoding::ZstdStream);
+        assert!(c.len() < run.len() / 100, "{} bytes: the repeat refers to the first run", c.len());
+        assert_eq!(dec.decode(&c, run.len()).unwrap(), run);
+
+        // A part that decodes to more or less than its run is refused.
+        let (_, d) = enc.encode(vec![1u8; 64 << 10]).unwrap();
+        assert!(dec.decode(&d, (64 << 10) + 1).is_err());
+        let (enc2, dec2) = (StreamEncoder::new().unwrap(), StreamDecoder::new().unwrap());
+        let (_, f) = enc2.encode(vec![1u8; 64 << 10]).unwrap();
+        let err = dec2.decode(&f, (64 << 10) - 1).unwrap_err();
+        assert!(err.message.contains("exactly"), "{}", err.message);
+        assert!(StreamDecoder::new().unwrap().decode(b"not zstd at all", 100).is_err());
     }
 
     #[test]
