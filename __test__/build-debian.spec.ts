@@ -193,3 +193,26 @@ test.serial('an interrupted build tears the chroot down: nothing mounted, no pro
   t.false(/sleep 600/.test(sleepers), 'the command\'s processes were killed');
   t.false(existsSync(join(out, 'interrupted.tar')));
 });
+
+test.serial('the debootstrap backend builds the same kind of tree, swept the same way', async (t) => {
+  await minbase2;
+  const image = join(out, 'debootstrap.tar');
+  const run = await cliAsync(
+    [...scratch('debootstrap'), 'build', '-t', 'debian-bookworm-amd64', '--backend', 'debootstrap', '-d', WORK, '-o', image, '--no-repo', '--source-date-epoch', EPOCH],
+    undefined,
+    scratchEnv('debootstrap'),
+  );
+  const r = built(t, run);
+  t.is(run.status, 0);
+  t.is(r.backend, 'debootstrap');
+  t.deepEqual([...new Set(run.lines.filter((l) => l.type === 'phase').map((l) => l.phase))], ['bootstrap', 'packages', 'configure', 'pack', 'index']);
+  const tree = tempDir(t, 'osfarm-tree-');
+  execFileSync('tar', ['-xpf', image, '-C', tree, '--numeric-owner']);
+  const installed = execFileSync('dpkg-query', [`--admindir=${join(tree, 'var/lib/dpkg')}`, '-W', '-f', '${Package} ${db:Status-Status}\\n'], { encoding: 'utf8' });
+  t.regex(installed, /^apt installed$/m);
+  t.deepEqual(readdirSync(join(tree, 'var/cache/apt/archives')).filter((n) => n !== 'lock' && n !== 'partial'), []);
+  t.deepEqual(readdirSync(join(tree, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'), []);
+  t.false(existsSync(join(tree, 'etc/resolv.conf')));
+  t.false(existsSync(join(tree, 'debootstrap')));
+  t.deepEqual(leftovers(run, scratchEnv('debootstrap').OSFARM_STAGES), { mounts: [], scratch: [] });
+});
