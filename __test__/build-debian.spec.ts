@@ -136,6 +136,9 @@ test.serial('the root password: the hash in /etc/shadow verifies, the password i
   t.is(readFileSync(join(out, 'full.tar')).indexOf(needle), -1, 'not in the aligned tar');
   t.is(gunzipSync(readFileSync(join(out, 'full.tar.gz'))).indexOf(needle), -1, 'not in the tar.gz');
   t.is(readFileSync(r.logPath).indexOf(needle), -1, 'not in the build log');
+  const run = await full;
+  t.false(JSON.stringify(run.lines).includes(PASSWORD), 'not in the --json events or result');
+  t.false(run.stderr.includes(PASSWORD));
   const meta = JSON.stringify(Repository.open(repo).list().map((e) => e.meta));
   t.false(meta.includes(PASSWORD), 'not in the repository metadata');
   t.true(meta.includes(hash));
