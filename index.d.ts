@@ -50,7 +50,8 @@ export declare class AssemblerHandle {
  */
 export declare class BlockStreamEncoder {
   constructor()
-  encode(data: Buffer): Promise<EncodedRun>
+  /** Encodes the next run at zstd `level` (clamped to 1..=9; the caller adapts it). */
+  encode(data: Buffer, level: number): Promise<EncodedRun>
 }
 
 /**

@@ -254,11 +254,12 @@ impl BlockStreamEncoder {
         Ok(BlockStreamEncoder { enc: Arc::new(StreamEncoder::new().map_err(js_err)?) })
     }
 
+    /// Encodes the next run at zstd `level` (clamped to 1..=9; the caller adapts it).
     #[napi(ts_return_type = "Promise<EncodedRun>")]
-    pub fn encode(&self, data: Buffer) -> AsyncTask<Run<(Encoding, Vec<u8>), EncodedRun>> {
+    pub fn encode(&self, data: Buffer, level: i32) -> AsyncTask<Run<(Encoding, Vec<u8>), EncodedRun>> {
         let enc = self.enc.clone();
         let data = data.to_vec();
-        run(None, |_, (e, d)| Ok(EncodedRun { encoding: e as u32, data: d.into() }), move || enc.encode(data))
+        run(None, |_, (e, d)| Ok(EncodedRun { encoding: e as u32, data: d.into() }), move || enc.encode(data, level))
     }
 }
 
