@@ -1,7 +1,9 @@
 /**
  * The sending side of a push (docs/protocol.md): hashes the image in Rust worker threads
- * while the network runs, streams the digests, answers the receiver's requests with runs
- * of blocks (zstd when it helps), and succeeds only on the receiver's DONE.
+ * while the network runs, streams content-defined digest groups (protocol 2; every block
+ * digest with a version 1 receiver), sends the block digests of the groups the receiver
+ * asks for, answers its requests with runs of blocks (through one zstd stream in protocol
+ * 2), and succeeds only on the receiver's DONE.
  */
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';

@@ -1,8 +1,10 @@
 /**
  * The receiving side of a push (docs/protocol.md): a TCP server that authenticates
- * sources with a shared token, looks every streamed digest up in its repository's hash
- * table, requests only the blocks it lacks (bounded outstanding bytes), verifies every
- * block and the image digest, and publishes atomically.
+ * sources with a shared token, resolves the source's digest groups from its own indexes
+ * (protocol 2: it asks only for the block digests of groups it does not hold), looks
+ * every block digest up in its repository's hash table, requests only the blocks it lacks
+ * (bounded outstanding bytes), verifies every block and the image digest, and publishes
+ * atomically.
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
