@@ -313,8 +313,8 @@ test('a repository survives a process killed at several moments of an add', asyn
   // ($OSFARM_CRASH_AT); and whether its image must be listed afterwards.
   type Moment = { what: string; at?: number; delay?: number; crashAt?: string; listed: boolean | 'either' };
   const moments: Moment[] = [
-    { what: 'at the start of the copy', at: 0, listed: false },
-    { what: 'half way through the copy', at: 0.5, listed: false },
+    { what: 'at the start of the copy', crashAt: 'add:copy-started', listed: false },
+    { what: 'half way through the copy', crashAt: 'add:copy-half', listed: false },
     { what: 'near the end of the copy', at: 0.9, listed: 'either' },
     { what: 'just after the copy', at: 0.9, delay: 20, listed: 'either' },
     { what: 'after the image directory was placed', crashAt: 'add:placed', listed: false },

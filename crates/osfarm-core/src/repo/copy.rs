@@ -44,6 +44,7 @@ pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progres
     let chunk = CHUNK_BYTES.max(bs);
     let per_chunk = (chunk / bs) as usize;
     let mut digests = vec![0u8; block_count_for(len, opts.block_size) as usize * dlen];
+    let half = len.div_ceil(chunk) / 2;
     digests.par_chunks_mut(per_chunk * dlen).enumerate().try_for_each_init(
         || vec![0u8; chunk as usize],
         |buf, (i, out)| -> Result<()> {
@@ -70,6 +71,11 @@ pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progres
                 write_run(&dfile, dst, &buf[s * bs as usize..n], offset + s as u64 * bs)?;
             }
             progress.advance(n as u64);
+            match i as u64 {
+                0 => super::crash_point("add:copy-started"),
+                x if x == half => super::crash_point("add:copy-half"),
+                _ => {}
+            }
             Ok(())
         },
     )?;

@@ -178,7 +178,8 @@ fn bad_repo(root: &Path, msg: impl std::fmt::Display) -> Error {
 }
 
 /// Fault injection for crash tests: if `$OSFARM_CRASH_AT` names this point, the process
-/// SIGKILLs itself here, exactly as a kill at the worst moment would. Points: `add:placed`
+/// SIGKILLs itself here, exactly as a kill at the worst moment would. Points:
+/// `add:copy-started` and `add:copy-half` (a chunk of the copy written), `add:placed`
 /// (image directory renamed in, nothing committed), `commit:table-written` (new table on
 /// disk, catalog not yet), `commit:catalog-written` (committed; old table, leftovers and,
 /// for a removal, the image directory not yet deleted).
