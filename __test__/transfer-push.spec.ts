@@ -367,6 +367,31 @@ test('a v2 source that sends digests nobody asked for is disconnected and nothin
   t.deepEqual(pushPartials(r.repoPath), []);
 });
 
+test('groups that resolve to other digests than the source hashed (a collision) fail the image digest; nothing is kept', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t);
+  const held = pseudoRandom(200 * BS, 45);
+  writeFileSync(join(dir, 'held.img'), held);
+  await Repository.open(r.repoPath).add(join(dir, 'held.img'), { name: 'held' });
+  // The source's image is other data, but it announces the held image's groups, as a
+  // group-digest collision would make the receiver believe.
+  const data = pseudoRandom(200 * BS, 46);
+  writeFileSync(join(dir, 'data.img'), data);
+  const client = await RawClient.connect(r.address);
+  await client.handshake(TOKEN, [2]);
+  await client.image(data, 'collision');
+  const failed = r.next<TransferReport>('transfer-failed');
+  const grouper = new native.DigestGrouper('sha1');
+  client.send(FrameType.GROUPS, groupsPayload(0, Buffer.concat([grouper.push(blockDigests(held)), grouper.finish()])));
+  client.send(FrameType.END, jsonPayload({ digest: indexImageSync(join(dir, 'data.img')).digest }));
+  const error = await client.error(t);
+  t.is(error.code, 'OSFARM_DIGEST_MISMATCH');
+  t.regex(error.message, /nothing was published/);
+  t.false((await failed).keptPartial);
+  assertOnlyImages(t, r.repoPath, [indexImageSync(join(dir, 'held.img')).digest]);
+  t.deepEqual(pushPartials(r.repoPath), []);
+});
+
 test('a cut connection leaves nothing visible; the same push again sends only what did not arrive', async (t) => {
   const dir = tempDir(t);
   const r = await startReceiver(t);
