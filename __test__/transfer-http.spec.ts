@@ -407,7 +407,7 @@ test('fan-out through an nginx slice cache: the origin sends about one copy howe
   const fetched = round.pulls.map((p) => p.bytesFetched);
   t.log(`origin sent ${round.originTxBytes} bytes; receivers fetched ${fetched.join(', ')} in ${round.seconds.toFixed(1)} s`);
   for (const [i, p] of round.pulls.entries()) {
-    t.is(p.blocksFetched, pair.changedBytes / 4096);
+    t.is(p.blocksFetched, pair.changedBytes / 4096, `receiver ${i}: ${JSON.stringify(p)}`);
     t.is(sha256(lab.imagePath(i)), sha256(pair.newImage));
   }
   const one = Math.max(...fetched);

@@ -35,6 +35,11 @@ ava_pass=$(( $(grep -cE '^ok ' "$log/ava.txt") - ava_skip ))
 ava_fail=$(grep -cE '^not ok ' "$log/ava.txt")
 passed=$((passed + ava_pass)); failed=$((failed + ava_fail))
 skipped=$ava_skip
+if [ "$ava_fail" -gt 0 ]; then
+  echo "== ava failures in detail"
+  # Each "not ok" line with the YAML block after it (message, assertion, values, where).
+  awk '/^not ok /{show=1} show{print} /^  \.\.\.$/{show=0}' "$log/ava.txt" | head -400
+fi
 if [ $((ava_pass + ava_fail)) -eq 0 ]; then
   echo "ava ran no test"; tail -30 "$log/ava.txt"; failed=$((failed + 1))
 fi
