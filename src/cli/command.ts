@@ -61,3 +61,14 @@ export function strs(args: ParsedArgs, name: string): string[] {
 export function flag(args: ParsedArgs, name: string): boolean {
   return args.values[name] === true;
 }
+
+/** `fn` called at most once per `ms` (progress events in --json mode stay a few per second). */
+export function throttled<T>(fn: (value: T) => void, ms = 1000): (value: T) => void {
+  let last = 0;
+  return (value) => {
+    const now = Date.now();
+    if (now - last < ms) return;
+    last = now;
+    fn(value);
+  };
+}

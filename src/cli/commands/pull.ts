@@ -1,5 +1,5 @@
 import { pull, type PullResult } from '../../transfer/pull.js';
-import { type Command, str } from '../command.js';
+import { type Command, str, throttled } from '../command.js';
 import { bytes, count, parseSize, percent } from '../format.js';
 
 function wholeNumber(text: string | undefined, what: string, min: number): number | undefined {
@@ -25,7 +25,7 @@ const command: Command<PullResult> = {
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
-    let lastEvent = 0;
+    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
     try {
       return await pull(url, {
         repoPath: ctx.repoPath,
@@ -41,11 +41,7 @@ const command: Command<PullResult> = {
             bar = ctx.progress(p.phase === 'local' ? 'local blocks' : 'fetch');
           }
           bar.update(p.done, p.total, p.phase === 'fetch' ? `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}` : '');
-          const now = Date.now();
-          if (now - lastEvent >= 1000) {
-            lastEvent = now;
-            ctx.event({ event: 'progress', ...p });
-          }
+          progressEvent(p);
         },
       });
     } finally {

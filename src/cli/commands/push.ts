@@ -1,6 +1,6 @@
 import { push, type PushResult } from '../../transfer/push.js';
 import { resolveToken } from '../../transfer/auth.js';
-import { type Command, flag, str } from '../command.js';
+import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<PushResult> = {
@@ -19,7 +19,7 @@ const command: Command<PushResult> = {
     if (!image || !address || extra) throw new RangeError('push takes an image and a host:port');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const bar = ctx.progress('push');
-    let lastEvent = 0;
+    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
     try {
       return await push(image, address, {
         token,
@@ -30,11 +30,7 @@ const command: Command<PushResult> = {
         signal: ctx.signal,
         onProgress: (p) => {
           bar.update(p.haveBlocks, p.blockCount, `sent ${count(p.blocksSent)} blocks, ${bytes(p.wireBytesSent)} on the wire`);
-          const now = Date.now();
-          if (now - lastEvent >= 1000) {
-            lastEvent = now;
-            ctx.event({ event: 'progress', ...p });
-          }
+          progressEvent(p);
         },
       });
     } finally {
