@@ -50,7 +50,7 @@ export declare class AssemblerHandle {
  */
 export declare class BlockStreamEncoder {
   constructor()
-  /** Encodes the next run at zstd `level` (clamped to 1..=12; the caller adapts it). */
+  /** Encodes the next run at zstd `level` (clamped to 1..=9; the caller adapts it). */
   encode(data: Buffer, level: number): Promise<EncodedRun>
 }
 

@@ -291,7 +291,7 @@ export async function push(image: string, address: string, options: PushOptions 
 /** zstd levels of the v2 block stream (see `stream`): 3 is zstd's default. */
 const STREAM_LEVEL_START = 3;
 const STREAM_LEVEL_MIN = 1;
-const STREAM_LEVEL_MAX = 12;
+const STREAM_LEVEL_MAX = 9;
 
 /** Unsent bytes in the socket's buffer beyond which the digest stream waits. */
 const DIGEST_BACKLOG_BYTES = 4 << 20;

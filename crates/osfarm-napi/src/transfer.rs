@@ -254,7 +254,7 @@ impl BlockStreamEncoder {
         Ok(BlockStreamEncoder { enc: Arc::new(StreamEncoder::new().map_err(js_err)?) })
     }
 
-    /// Encodes the next run at zstd `level` (clamped to 1..=12; the caller adapts it).
+    /// Encodes the next run at zstd `level` (clamped to 1..=9; the caller adapts it).
     #[napi(ts_return_type = "Promise<EncodedRun>")]
     pub fn encode(&self, data: Buffer, level: i32) -> AsyncTask<Run<(Encoding, Vec<u8>), EncodedRun>> {
         let enc = self.enc.clone();

@@ -87,9 +87,9 @@ fn zstd_err(e: std::io::Error) -> crate::error::Error {
 /// The levels a stream may use: the caller raises the level while the encoder has spare
 /// time and lowers it while runs queue up for it (like `zstd --adapt`). On Debian trees
 /// level 9 sends ~10 % fewer bytes than 3 and one core still compresses ~58 MB/s at it,
-/// more than a 100 Mbit/s link carries once compressed; 12 gains a little more where
-/// the CPU can afford it; 1 compresses at ~400 MB/s.
-pub const STREAM_LEVELS: std::ops::RangeInclusive<i32> = 1..=12;
+/// more than a 100 Mbit/s link carries once compressed (12 gained nothing measurable and
+/// stalls the stream on incompressible runs); 1 compresses at ~400 MB/s.
+pub const STREAM_LEVELS: std::ops::RangeInclusive<i32> = 1..=9;
 
 /// The level of the runs after one that did not save 1/16 (see [`StreamEncoder`]).
 const CHEAP_LEVEL: i32 = 1;
