@@ -231,7 +231,7 @@ try {
       p.label,
       ...(Object.keys(tools) as Tool[]).map((t) => `${MB(got[t].bytes)} MB ${got[t].seconds.toFixed(1)} s`),
       `${MB(got.osfarm.digestBytes ?? 0)} MB`,
-      ...(['rsync', 'casync', 'zsync'] as const).map((t) => `${(got[t].bytes / o).toFixed(1)}x`),
+      ...(['rsync', 'casync', 'zsync'] as const).map((t) => `${(got[t].bytes / o).toFixed(2)}x`),
     ]);
     results.push({ pair: p.label, ...got });
   }
