@@ -589,35 +589,45 @@ impl StreamAssembler {
 
     /// Groups the block digests of every image of the repository (see
     /// `transfer::groups`) so `lookup_groups` can resolve a v2 sender's groups. Reads the
-    /// images' indexes only, in parallel; returns the number of distinct groups.
+    /// images' indexes one at a time (keeping only the groups' locations); returns the
+    /// number of distinct groups.
     pub fn load_groups(&self) -> Result<usize> {
         let Some(s) = &self.shared else { return Ok(0) };
-        let holders = Holders::new(&s.repo, &s.st.catalog);
-        let slots: Vec<u32> = s.st.catalog.images.iter().map(|e| e.slot).collect();
-        let images: Vec<Arc<Vec<u8>>> = slots
-            .par_iter()
-            .map(|&slot| holders.digests(slot).map(|d| Arc::new(d.to_vec())))
-            .collect::<Result<_>>()?;
-        {
-            // The same digests confirm hash-table matches in `offer`: no second read.
-            let mut inner = s.inner.lock().unwrap();
-            for (&slot, d) in slots.iter().zip(&images) {
-                inner.slot_digests.insert(slot, d.clone());
-            }
+        let mut table = GroupTable::new(s.alg);
+        for e in &s.st.catalog.images {
+            // A fresh `Holders` per image: its digests are dropped once grouped.
+            table.insert_image(e.slot, Holders::new(&s.repo, &s.st.catalog).digests(e.slot)?);
         }
-        let table = GroupTable::build(s.alg, images);
         let n = table.len();
         let _ = self.groups.set(table);
         Ok(n)
     }
 
     /// Resolves a v2 sender's group records against the repository's groups (after
-    /// `load_groups`): each known group comes back with its block digests, to `offer`.
+    /// `load_groups`): each known group comes back with its block digests (from its
+    /// image's index), to `offer`.
     pub fn lookup_groups(&self, records: &[u8]) -> Result<Vec<GroupLookup>> {
-        match self.groups.get() {
-            Some(t) => t.lookup(records),
-            None => bail!(InvalidArgument, "this assembly has not loaded the repository's groups"),
-        }
+        let Some(table) = self.groups.get() else {
+            bail!(InvalidArgument, "this assembly has not loaded the repository's groups");
+        };
+        let found = table.lookup(records)?;
+        let s = self.shared()?;
+        let dl = s.alg.len();
+        let mut inner = s.inner.lock().unwrap();
+        found
+            .into_iter()
+            .map(|(count, loc)| {
+                let digests = match loc {
+                    Some(l) => {
+                        let d = s.slot_digests(&mut inner, l.image)?;
+                        let at = l.first as usize * dl;
+                        Some(d[at..at + l.count as usize * dl].to_vec())
+                    }
+                    None => None,
+                };
+                Ok(GroupLookup { count, digests })
+            })
+            .collect()
     }
 
     /// Verifies the blocks `first..` in `data` (their concatenation; only the image's last

@@ -16,7 +16,6 @@
 //! repository's hash.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -124,19 +123,19 @@ pub struct GroupLookup {
     pub digests: Option<Vec<u8>>,
 }
 
-#[derive(Clone, Copy)]
-struct Location {
-    image: u32,
-    first: u32,
-    count: u16,
+/// Where a group lies: `count` blocks from `first` in image `image` (the caller's id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub image: u32,
+    pub first: u32,
+    pub count: u16,
 }
 
-/// The receiver's side: every group of every image of a repository, by group digest.
+/// The receiver's side: every group of the images inserted, by group digest. It keeps
+/// only locations (not the images' digests): ~1/32 of the block count in entries.
 pub struct GroupTable {
     alg: HashAlg,
     map: HashMap<[u8; MAX_DIGEST_LEN], Location>,
-    /// The block digests of each image (its index without the header).
-    images: Vec<Arc<Vec<u8>>>,
 }
 
 fn key(d: &[u8]) -> [u8; MAX_DIGEST_LEN] {
@@ -146,35 +145,35 @@ fn key(d: &[u8]) -> [u8; MAX_DIGEST_LEN] {
 }
 
 impl GroupTable {
-    /// Groups the block digests of every image (in parallel).
-    pub fn build(alg: HashAlg, images: Vec<Arc<Vec<u8>>>) -> GroupTable {
-        let dl = alg.len();
-        let mut spans: Vec<(u32, u32, u16)> = Vec::new();
-        for (ix, d) in images.iter().enumerate() {
-            let mut first = 0usize;
-            let mut lengths = cut_lengths(d, dl);
-            let cut: usize = lengths.iter().sum();
-            if d.len() / dl > cut {
-                lengths.push(d.len() / dl - cut);
-            }
-            for n in lengths {
-                spans.push((ix as u32, first as u32, n as u16));
-                first += n;
-            }
+    pub fn new(alg: HashAlg) -> GroupTable {
+        GroupTable { alg, map: HashMap::new() }
+    }
+
+    /// Groups one image's block digests (hashing the groups in parallel).
+    pub fn insert_image(&mut self, image: u32, digests: &[u8]) {
+        let dl = self.alg.len();
+        let blocks = digests.len() / dl;
+        let mut lengths = cut_lengths(digests, dl);
+        let cut: usize = lengths.iter().sum();
+        if blocks > cut {
+            lengths.push(blocks - cut);
         }
-        let digests: Vec<[u8; MAX_DIGEST_LEN]> = spans
+        let mut spans = Vec::with_capacity(lengths.len());
+        let mut first = 0usize;
+        for n in lengths {
+            spans.push((first, n));
+            first += n;
+        }
+        let alg = self.alg;
+        let keys: Vec<[u8; MAX_DIGEST_LEN]> = spans
             .par_iter()
             .with_min_len(256)
-            .map(|&(ix, first, n)| {
-                let d = &images[ix as usize];
-                key(&group_digest(alg, &d[first as usize * dl..(first as usize + n as usize) * dl]))
-            })
+            .map(|&(first, n)| key(&group_digest(alg, &digests[first * dl..(first + n) * dl])))
             .collect();
-        let mut map = HashMap::with_capacity(spans.len());
-        for (k, &(image, first, count)) in digests.into_iter().zip(&spans) {
-            map.entry(k).or_insert(Location { image, first, count });
+        self.map.reserve(keys.len());
+        for (k, (first, n)) in keys.into_iter().zip(spans) {
+            self.map.entry(k).or_insert(Location { image, first: first as u32, count: n as u16 });
         }
-        GroupTable { alg, map, images }
     }
 
     pub fn len(&self) -> usize {
@@ -185,10 +184,10 @@ impl GroupTable {
         self.map.is_empty()
     }
 
-    /// Resolves the records of a `GROUPS` payload (`u16le count || group digest`, each).
-    /// A count of 0 or above [`MAX_GROUP`], or a payload that is not whole records, is
-    /// an `InvalidArgument` error.
-    pub fn lookup(&self, records: &[u8]) -> Result<Vec<GroupLookup>> {
+    /// Resolves the records of a `GROUPS` payload (`u16le count || group digest`, each)
+    /// to each group's count and, if known, its location. A count of 0 or above
+    /// [`MAX_GROUP`], or a payload that is not whole records, is an `InvalidArgument` error.
+    pub fn lookup(&self, records: &[u8]) -> Result<Vec<(u32, Option<Location>)>> {
         let dl = self.alg.len();
         let rl = COUNT_LEN + dl;
         if records.is_empty() || records.len() % rl != 0 {
@@ -201,11 +200,7 @@ impl GroupTable {
                 if count == 0 || count as usize > MAX_GROUP {
                     bail!(InvalidArgument, "a group of {count} blocks (1 to {MAX_GROUP} allowed)");
                 }
-                let digests = self.map.get(&key(&r[COUNT_LEN..])).filter(|l| l.count == count).map(|l| {
-                    let d = &self.images[l.image as usize];
-                    d[l.first as usize * dl..(l.first as usize + count as usize) * dl].to_vec()
-                });
-                Ok(GroupLookup { count: count as u32, digests })
+                Ok((count as u32, self.map.get(&key(&r[COUNT_LEN..])).filter(|l| l.count == count).copied()))
             })
             .collect()
     }
@@ -258,17 +253,20 @@ mod tests {
         let tail = &ra[1..];
         let at = rb.iter().position(|r| *r == tail[0]).expect("the second group recurs");
         assert_eq!(&rb[at..at + tail.len()], tail);
-        // And a table built from one image resolves those groups to their digests.
-        let table = GroupTable::build(alg, vec![Arc::new(common.clone())]);
+        // And a table of the unshifted image locates those groups, digests and all.
+        let mut table = GroupTable::new(alg);
+        table.insert_image(7, &common);
         let found = table.lookup(&b).unwrap();
-        let hits: usize = found.iter().filter(|g| g.digests.is_some()).map(|g| g.count as usize).sum();
+        let hits: usize = found.iter().filter(|g| g.1.is_some()).map(|g| g.0 as usize).sum();
         assert!(hits >= 5000 - MAX_GROUP, "{hits} blocks resolved");
         let mut at_block = 0usize;
-        for g in &found {
-            if let Some(d) = &g.digests {
-                assert_eq!(d[..], shifted[at_block * dl..(at_block + g.count as usize) * dl]);
+        for &(count, loc) in &found {
+            if let Some(l) = loc {
+                assert_eq!((l.image, l.count as u32), (7, count));
+                let held = &common[l.first as usize * dl..(l.first as usize + count as usize) * dl];
+                assert_eq!(held, &shifted[at_block * dl..(at_block + count as usize) * dl]);
             }
-            at_block += g.count as usize;
+            at_block += count as usize;
         }
     }
 
@@ -282,7 +280,7 @@ mod tests {
     #[test]
     fn bad_records_are_refused() {
         let alg = HashAlg::Sha1;
-        let table = GroupTable::build(alg, vec![]);
+        let table = GroupTable::new(alg);
         assert!(table.lookup(&[1, 0, 2]).is_err());
         let mut r = vec![0u8; COUNT_LEN + alg.len()];
         assert!(table.lookup(&r).is_err());
@@ -290,6 +288,6 @@ mod tests {
         r[1] = 1;
         assert!(table.lookup(&r).is_err());
         r[1] = 0;
-        assert!(table.lookup(&r).unwrap()[0].digests.is_none());
+        assert_eq!(table.lookup(&r).unwrap(), vec![(1, None)]);
     }
 }

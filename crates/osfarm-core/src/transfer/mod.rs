@@ -20,5 +20,5 @@ pub mod groups;
 pub mod source;
 
 pub use codec::{Compressor, Encoding};
-pub use groups::{GroupLookup, GroupTable, Grouper};
+pub use groups::{GroupLookup, GroupTable, Grouper, Location};
 pub use source::{DigestWindow, ImageDigester, ImageSource, SourceOptions};
