@@ -160,20 +160,10 @@ pub fn index_bytes(data: &[u8], opts: IndexOptions) -> Result<Index> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::pseudo_random;
     use crate::progress::{Counter, Silent};
     use std::sync::atomic::Ordering;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn file_and_memory_agree_and_blocks_are_independent() {

@@ -14,6 +14,8 @@ pub mod pack;
 pub mod progress;
 pub mod repo;
 pub mod transfer;
+#[cfg(test)]
+mod test_data;
 
 pub use error::{Code, Error, Result};
 pub use hash::HashAlg;

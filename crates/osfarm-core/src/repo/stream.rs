@@ -917,27 +917,10 @@ fn run_batch(s: &Shared, files: &mut HashMap<u32, Arc<(File, PathBuf)>>, batch: 
 mod tests {
     use super::*;
     use crate::indexer::{index_bytes, IndexOptions};
+    use crate::test_data::{block, image};
     use crate::repo::InitOptions;
     use crate::transfer::source::{ImageSource, SourceOptions};
 
-    fn block(v: u32) -> Vec<u8> {
-        if v == 0 {
-            return vec![0; 4096];
-        }
-        let mut x = (v as u64).wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn image(blocks: &[u32]) -> Vec<u8> {
-        blocks.iter().flat_map(|&b| block(b)).collect()
-    }
 
     /// Sends `data` through a stream assembly the way the network does; returns the
     /// entry and the blocks that had to be sent.

@@ -6,27 +6,9 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::indexer::index_bytes;
 use crate::progress::Silent;
+use crate::test_data::{block, image};
 
 const BS: usize = 4096;
-
-fn block(seed: u32) -> Vec<u8> {
-    if seed == 0 {
-        return vec![0; BS];
-    }
-    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..BS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn image(seeds: &[u32]) -> Vec<u8> {
-    seeds.iter().flat_map(|&s| block(s)).collect()
-}
 
 struct Fixture {
     dir: tempfile::TempDir,

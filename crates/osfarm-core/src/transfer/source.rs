@@ -385,19 +385,9 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::pseudo_random;
     use crate::indexer::{index_bytes, IndexOptions};
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn drain(src: &ImageSource) -> Vec<u8> {
         let mut all = Vec::new();
