@@ -314,7 +314,7 @@ impl Assembler {
     /// Copies every block the repository holds (verifying each), in parallel, in reads of
     /// up to 1 MiB of consecutive source blocks. Holds the shared repository lock meanwhile.
     /// A local block that does not match its digest is a `DigestMismatch` error: the
-    /// repository is damaged there (`osfarm repo check`).
+    /// repository is damaged there (`osfarm repo verify`).
     pub fn fill_from_repository(&self, progress: &dyn Progress) -> Result<FillReport> {
         if self.existing.is_some() {
             return Ok(FillReport::default());
@@ -381,7 +381,7 @@ impl Assembler {
                     bail!(
                         DigestMismatch,
                         "block {sb} of repository image {src_hex} does not match its digest: the image is damaged on disk \
-                         (run `osfarm repo check`, then remove it and add it again); nothing was published"
+                         (run `osfarm repo verify`, then remove it and add it again); nothing was published"
                     );
                 }
                 file.write_all_at(block, dst * bs).map_err(|e| Error::io(&self.data_path, "cannot write", e))?;

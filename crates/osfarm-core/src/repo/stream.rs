@@ -899,7 +899,7 @@ fn run_batch(s: &Shared, files: &mut HashMap<u32, Arc<(File, PathBuf)>>, batch: 
             bail!(
                 DigestMismatch,
                 "block {} of repository image {} does not match its digest: the image is damaged on disk \
-                 (run `osfarm repo check`, then remove it and add it again); nothing was published",
+                 (run `osfarm repo verify`, then remove it and add it again); nothing was published",
                 j.src_block + (bad - j.dst_block),
                 src.1.display()
             );
