@@ -165,18 +165,7 @@ impl Repository {
             fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "cannot create", e))?;
             let path = tmp.join(format!("{hex}.partial"));
             let have_path = tmp.join(format!("{hex}.have"));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io(&path, "cannot open", e))?;
-            let data = FileLock::on_file(file, LockKind::Exclusive, false)
-                .map_err(|e| Error::io(&path, "cannot lock", e))?
-                .ok_or_else(|| {
-                    Error::new(Code::Locked, format!("another process is assembling image {hex}; wait for it or retry"))
-                })?;
+            let data = lock_partial(&path, &format!("another process is assembling image {hex}; wait for it or retry"))?;
             let len = data.file().metadata().map_err(|e| Error::io(&path, "cannot stat", e))?.len();
             if let Some(bits) = read_have(&have_path, &asm.index).filter(|_| len == asm.index.image_len()) {
                 state.have_count = bits.iter().map(|w| w.count_ones() as u64).sum();
@@ -680,6 +669,21 @@ impl Drop for Assembler {
         }
         // A non-resumable workspace removes itself when dropped.
     }
+}
+
+/// Opens (creating it if needed, keeping its contents) and exclusively locks a resumable
+/// partial file; `busy` is the OSFARM_LOCKED message when another process holds it.
+pub(super) fn lock_partial(path: &Path, busy: &str) -> Result<FileLock> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, "cannot open", e))?;
+    FileLock::on_file(file, LockKind::Exclusive, false)
+        .map_err(|e| Error::io(path, "cannot lock", e))?
+        .ok_or_else(|| Error::new(Code::Locked, busy))
 }
 
 fn encode_have(index: &Index, have: &[u64]) -> Vec<u8> {

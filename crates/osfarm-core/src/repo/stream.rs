@@ -240,18 +240,10 @@ impl Repository {
                 let stem = key_file_stem(key);
                 let path = tmp.join(format!("{stem}.partial"));
                 let got_path = tmp.join(format!("{stem}.got"));
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, "cannot open", e))?;
-                let data = FileLock::on_file(file, LockKind::Exclusive, false)
-                    .map_err(|e| Error::io(&path, "cannot lock", e))?
-                    .ok_or_else(|| {
-                        Error::new(Code::Locked, "this image is already being received by another transfer; wait for it or retry")
-                    })?;
+                let data = super::assemble::lock_partial(
+                    &path,
+                    "this image is already being received by another transfer; wait for it or retry",
+                )?;
                 let got = OpenOptions::new()
                     .read(true)
                     .write(true)
