@@ -1,18 +1,14 @@
 //! Parallel block hashing of an image file into an `Index`.
 //!
-//! A reader thread streams the file sequentially into the page cache (what the kernel's
-//! read-ahead serves best, like `dd`), a bounded distance ahead of the hashers, so the
-//! disk works while the CPUs hash. The hashers walk the file in windows of a few MiB;
-//! inside a window, rayon workers each take whole chunks with one positional read into
-//! a reused per-thread buffer and hash the blocks in it. (`POSIX_FADV_WILLNEED` hints
-//! from the hashing thread instead measured 2x slower on a cold virtio disk.)
+//! A reader thread (`readahead`) streams the file into the page cache ahead of the
+//! hashers, so the disk works while the CPUs hash. The hashers walk the file in windows
+//! of a few MiB; inside a window, rayon workers each take whole chunks with one
+//! positional read into a reused per-thread buffer and hash the blocks in it.
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -20,15 +16,13 @@ use crate::error::{Error, Result};
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
 use crate::progress::{self, Progress};
+use crate::readahead::ReadAhead;
 
 /// Bytes read per positional read: large enough to amortise the syscall,
 /// small enough to stay in the core's cache while its blocks are hashed.
 const CHUNK_BYTES: u64 = 1 << 20;
 /// Bytes hashed between two read-ahead requests.
 const WINDOW_BYTES: u64 = 16 << 20;
-/// How far the read-ahead thread may run ahead of hashing, and its read size.
-const READ_AHEAD_BYTES: u64 = 64 << 20;
-const READ_BYTES: usize = 4 << 20;
 
 thread_local! {
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -59,18 +53,9 @@ pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> R
 
     let mut digests = vec![0u8; block_count_for(len, opts.block_size) as usize * opts.alg.len()];
 
-    // A reader thread streams the file into the page cache ahead of the hashers, the way
-    // `dd` reads it (sequential reads the kernel's read-ahead follows), at most
-    // READ_AHEAD_BYTES ahead; the hashers then pread from the cache.
-    let hashed = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        scope.spawn(|| read_ahead(&file, len, &hashed, &stop));
-        let r = hash_windows(&file, path, len, opts, progress, &mut digests, &hashed);
-        stop.store(true, Ordering::Relaxed);
-        r
-    });
-    result?;
+    let ahead = ReadAhead::start(&file, len);
+    hash_windows(&file, path, len, opts, progress, &mut digests, &ahead)?;
+    drop(ahead);
     // The file must not have changed length under us, or the index would lie.
     let now = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat image", e))?.len();
     if now != len {
@@ -86,7 +71,7 @@ fn hash_windows(
     opts: IndexOptions,
     progress: &dyn Progress,
     digests: &mut [u8],
-    hashed: &AtomicU64,
+    ahead: &ReadAhead,
 ) -> Result<()> {
     let dlen = opts.alg.len();
     let bs = opts.block_size as u64;
@@ -111,38 +96,9 @@ fn hash_windows(
                 Ok(())
             },
         )?;
-        hashed.store(window_start + window, Ordering::Relaxed);
+        ahead.consumed(window_start + window);
     }
     Ok(())
-}
-
-/// Reads the file sequentially, staying at most READ_AHEAD_BYTES ahead of `hashed`; the
-/// data is dropped, only the page cache keeps it. Pieces already cached are skipped, so a
-/// warm file costs no copy. (readahead(2) instead measured slower: the kernel caps each
-/// call at its read-ahead window.) Errors are left to the hashers.
-fn read_ahead(file: &File, len: u64, hashed: &AtomicU64, stop: &AtomicBool) {
-    let mut buf = vec![0u8; READ_BYTES];
-    let mut offset = 0u64;
-    while offset < len && !stop.load(Ordering::Relaxed) {
-        if offset >= hashed.load(Ordering::Relaxed) + READ_AHEAD_BYTES {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-            continue;
-        }
-        let n = (len - offset).min(READ_BYTES as u64);
-        if !(is_cached(file, offset) && is_cached(file, offset + n - 1)) && file.read_at(&mut buf, offset).is_err() {
-            break;
-        }
-        offset += n;
-    }
-}
-
-/// Whether the page holding `offset` is in the page cache: a one-byte read that may not
-/// wait for the disk (preadv2 with RWF_NOWAIT) succeeds.
-fn is_cached(file: &File, offset: u64) -> bool {
-    let mut byte = 0u8;
-    let iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
-    // SAFETY: one iovec pointing at a live one-byte buffer.
-    unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) == 1 }
 }
 
 /// Hashes a buffer already in memory (small images, tests, received data).

@@ -12,6 +12,7 @@ pub mod index;
 pub mod indexer;
 pub mod pack;
 pub mod progress;
+mod readahead;
 pub mod repo;
 pub mod transfer;
 #[cfg(test)]

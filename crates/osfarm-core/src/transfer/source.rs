@@ -1,14 +1,13 @@
 //! The sending side of a transfer: block digests streamed from a background hashing
 //! thread, and runs of blocks read (and compressed) on request.
 //!
-//! The hashing thread walks the image in windows like `indexer::index_file` (the next
-//! window is handed to the kernel's read-ahead while rayon workers hash the current
-//! one) and sends each window's digests through a bounded channel. The consumer — the
-//! network — takes them as fast as it can send them; when it stalls, the channel fills
-//! and hashing pauses, so memory stays bounded whatever the image size.
+//! The hashing thread walks the image in windows like `indexer::index_file` (a
+//! `ReadAhead` thread streams the file into the page cache while rayon workers hash the
+//! current window) and sends each window's digests through a bounded channel. The
+//! consumer — the network — takes them as fast as it can send them; when it stalls, the
+//! channel fills and hashing pauses, so memory stays bounded whatever the image size.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -23,6 +22,7 @@ use crate::error::{Code, Error, Result};
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
 use crate::progress::CancelFlag;
+use crate::readahead::ReadAhead;
 use crate::transfer::codec::{Compressor, Encoding};
 
 /// Bytes hashed per window: small enough that the first digests leave within a few
@@ -326,13 +326,6 @@ fn open_image(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn prefetch(file: &File, offset: u64, len: u64) {
-    // SAFETY: posix_fadvise only reads its integer arguments.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
-    }
-}
-
 fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: SyncSender<Msg>, cancel: CancelFlag) {
     let result = (|| -> Result<Vec<u8>> {
         let dl = opts.alg.len();
@@ -341,13 +334,12 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
         let window = WINDOW_BYTES.max(chunk);
         let mut digester = ImageDigester::new(opts.alg, opts.block_size, len);
         let mut start = 0u64;
-        prefetch(&file, 0, window);
+        let ahead = ReadAhead::start(&file, len);
         while start < len {
             if cancel.is_cancelled() {
                 bail!(Aborted, "the operation was cancelled");
             }
             let end = (start + window).min(len);
-            prefetch(&file, end, window);
             let blocks = block_count_for(end - start, opts.block_size) as usize;
             let mut digests = vec![0u8; blocks * dl];
             digests.par_chunks_mut((chunk / bs) as usize * dl).enumerate().try_for_each_init(
@@ -369,6 +361,7 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
                 bail!(Aborted, "the consumer went away");
             }
             start = end;
+            ahead.consumed(start);
         }
         let now = std::fs::metadata(&path).map_err(|e| Error::io(&path, "cannot stat image", e))?.len();
         if now != len {
