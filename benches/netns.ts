@@ -7,6 +7,8 @@
  */
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 
+import { deleteNamespace } from '../__test__/helpers/netns.js';
+
 export interface LinkOptions {
   /** Rate of each direction, in Mbit/s. */
   mbit: number;
@@ -79,17 +81,8 @@ export function createNetns(name: string, link: LinkOptions, subnet = 0): Netns 
     remove: () => {
       live.delete(ns);
       // Processes started inside it (a receiver left by an interrupted run) would keep
-      // the namespace alive after its name is gone.
-      try {
-        for (const pid of run(undefined, 'ip', ['netns', 'pids', name]).split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        /* no such namespace, or the process already ended */
-      }
-      try {
-        ip(['netns', 'delete', name]); // takes the namespace's end, and so the pair, with it
-      } catch {
-        /* already gone */
-      }
+      // the namespace alive after its name is gone; deleting it takes the pair with it.
+      deleteNamespace(name);
       try {
         ip(['link', 'delete', hostDev]);
       } catch {

@@ -78,7 +78,8 @@ const sse = (async () => {
   const r = await fetch(`${server.url}/api/jobs/${job.id}/events`, { headers });
   const decoder = new TextDecoder();
   let buffered = '';
-  for await (const chunk of r.body!) {
+  // Node's fetch body is async-iterable; the ES2023 lib types do not say so.
+  for await (const chunk of r.body! as unknown as AsyncIterable<Uint8Array>) {
     buffered += decoder.decode(chunk as Uint8Array, { stream: true });
     const blocks = buffered.split('\n\n');
     buffered = blocks.pop()!;

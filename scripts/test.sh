@@ -19,6 +19,13 @@ else
 fi
 npm run --silent build:ts >"$log/tsc.txt" 2>&1 && chmod +x dist/cli/main.js || { cat "$log/tsc.txt"; failed=$((failed + 1)); }
 
+echo "== type check of the tests and benches (tsx runs them without checking)"
+if npx tsc -p tsconfig.check.json >"$log/check.txt" 2>&1; then
+  passed=$((passed + 1)); echo "ok: __test__ and benches type-check"
+else
+  failed=$((failed + 1)); echo "not ok: type errors in __test__ or benches:"; cat "$log/check.txt"
+fi
+
 echo "== cargo test"
 cargo test --workspace --release 2>&1 | tee "$log/cargo.txt" | grep -E '^test |test result|panicked|error' 
 while read -r p f; do

@@ -47,7 +47,8 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-function deleteNamespace(ns: string): void {
+/** Kills what still runs inside `ns`, then deletes it (and the veth ends inside it). */
+export function deleteNamespace(ns: string): void {
   // Kill what still runs inside (our own servers), then remove the namespace and its veths.
   const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
   for (const pid of pids) {
