@@ -259,15 +259,22 @@ export class Receiver extends EventEmitter {
     const asm: PushAssembly = await callNative(() =>
       native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
     );
-    const finishReport = (extra: Partial<TransferReport>) => {
+    /** Where the image's blocks came from so far (reported in DONE and to listeners). */
+    const counts = () => {
       const st = asm.stats;
-      Object.assign(report, {
+      return {
         receivedBlocks: st.receivedBlocks,
         receivedBytes: st.receivedBytes,
         localBlocks: st.localBlocks,
         resumedBlocks: st.resumedBlocks,
         duplicateBlocks: st.duplicateBlocks,
         zeroBlocks: st.zeroBlocks,
+      };
+    };
+    const finishReport = (extra: Partial<TransferReport>) => {
+      const st = asm.stats;
+      Object.assign(report, {
+        ...counts(),
         wireBytesReceived: conn.bytesIn,
         seconds: Number(process.hrtime.bigint() - started) / 1e9,
         ...extra,
@@ -355,20 +362,7 @@ export class Receiver extends EventEmitter {
         callNative(() => asm.finish(endDigest!, imageOptions)).then(
           (e) => {
             if (over) return;
-            const st = asm.stats;
-            conn.sendJson(FrameType.DONE, {
-              digest: e.digest,
-              name: e.name,
-              size: e.size,
-              blockCount: e.blockCount,
-              alreadyPresent: false,
-              receivedBlocks: st.receivedBlocks,
-              receivedBytes: st.receivedBytes,
-              localBlocks: st.localBlocks,
-              resumedBlocks: st.resumedBlocks,
-              duplicateBlocks: st.duplicateBlocks,
-              zeroBlocks: st.zeroBlocks,
-            });
+            conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });
             over = true;
             clearInterval(progress);
             this.totals.transfers++;
@@ -376,7 +370,7 @@ export class Receiver extends EventEmitter {
             conn.end();
             resolve();
           },
-          // A wrong image digest is the source's fault; so is a damaged local block? No: keep it.
+          // A wrong image digest is the source's fault (nothing kept); a damaged local block is not.
           (err) => {
             const e = asOsfarmError(err);
             end(e, e.code === 'OSFARM_DIGEST_MISMATCH' && /announced/.test(e.message));
