@@ -133,6 +133,23 @@ struct Inner {
     stats: StreamStats,
     /// Digests of repository slots, for confirming table matches.
     slot_digests: HashMap<u32, Arc<Vec<u8>>>,
+    /// Whether the image so far is, block for block, one repository image of the same
+    /// length; while it may be, its local copies wait in `deferred` (see `offer`).
+    identity: Identity,
+    deferred: Vec<CopyJob>,
+}
+
+/// A sender that streams a file learns its image digest only at the end, so an image the
+/// receiver already holds would be copied whole before that is known. While every block
+/// found locally sits at the same place in one repository image of the same length, the
+/// copies are held back; the first block that is not sent to the copier with all held
+/// ones (still overlapping the transfer), and if the identity lasts to the end and the
+/// digests agree, `finish` answers with that image without copying anything.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Undecided,
+    Slot(u32),
+    Broken,
 }
 
 fn bit(v: &[u64], i: u64) -> bool {
@@ -305,6 +322,8 @@ impl Repository {
             dups: Vec::new(),
             stats: StreamStats { block_count, ..Default::default() },
             slot_digests: HashMap::new(),
+            identity: Identity::Undecided,
+            deferred: Vec::new(),
         };
         let resumable = got.is_some();
         let shared = Arc::new(Shared {
@@ -392,6 +411,11 @@ fn reverify(file: &File, path: &Path, alg: HashAlg, block_size: u32, image_len: 
 }
 
 impl Shared {
+    /// The length of the repository image in `slot`.
+    fn slot_len(&self, slot: u32) -> Option<u64> {
+        self.st.catalog.by_slot(slot).map(|e| e.image_len)
+    }
+
     fn block_len(&self, i: u64) -> usize {
         (self.image_len - i * self.block_size as u64).min(self.block_size as u64) as usize
     }
@@ -535,6 +559,11 @@ impl StreamAssembler {
             };
             if let Some(ix) = found {
                 let e = *table.entry(ix);
+                inner.identity = match inner.identity {
+                    Identity::Undecided if e.block as u64 == i && s.slot_len(e.slot) == Some(s.image_len) => Identity::Slot(e.slot),
+                    Identity::Slot(x) if x == e.slot && e.block as u64 == i => Identity::Slot(x),
+                    _ => Identity::Broken,
+                };
                 inner.stats.local_blocks += 1;
                 inner.stats.local_bytes += len;
                 let extend = jobs.last_mut().filter(|j| {
@@ -552,6 +581,7 @@ impl StreamAssembler {
                 }
                 continue;
             }
+            inner.identity = Identity::Broken;
             match inner.first_of.get(&Key::of(d)) {
                 Some(&f) => {
                     inner.stats.duplicate_blocks += 1;
@@ -570,12 +600,13 @@ impl StreamAssembler {
         }
         inner.offered += count;
         inner.stats.offered = inner.offered;
-        drop(inner);
-        if !jobs.is_empty() {
-            if let Some(tx) = self.copier_tx.lock().unwrap().as_ref() {
-                let _ = tx.send(CopyMsg::Jobs(jobs));
-            }
+        if inner.identity != Identity::Broken {
+            inner.deferred.append(&mut jobs);
+        } else if !inner.deferred.is_empty() {
+            jobs.splice(0..0, std::mem::take(&mut inner.deferred));
         }
+        drop(inner);
+        self.send_copies(jobs);
         Ok(runs)
     }
 
@@ -659,6 +690,14 @@ impl StreamAssembler {
         Ok(count)
     }
 
+    fn send_copies(&self, jobs: Vec<CopyJob>) {
+        if !jobs.is_empty() {
+            if let Some(tx) = self.copier_tx.lock().unwrap().as_ref() {
+                let _ = tx.send(CopyMsg::Jobs(jobs));
+            }
+        }
+    }
+
     /// Waits until every local copy queued so far is done; returns the copier's error.
     pub fn wait_for_copies(&self) -> Result<()> {
         let (tx, rx) = sync_channel(1);
@@ -705,6 +744,21 @@ impl StreamAssembler {
                 hex::encode(image_digest)
             );
         }
+        let (identity, deferred) = {
+            let mut inner = s.inner.lock().unwrap();
+            (inner.identity, std::mem::take(&mut inner.deferred))
+        };
+        if let Identity::Slot(slot) = identity {
+            if let Some(e) = s.st.catalog.by_slot(slot).filter(|e| e.digest == image_digest) {
+                let hex = hex::encode(&e.digest);
+                self.abort(true);
+                return match &opts.name {
+                    Some(n) => self.repo.set_name(&hex, Some(n)),
+                    None => self.repo.resolve(&hex),
+                };
+            }
+        }
+        self.send_copies(deferred);
         self.wait_for_copies()?;
         self.fill_duplicates(&s)?;
         if !s.inner.lock().unwrap().resumed.is_empty() {
@@ -1037,6 +1091,37 @@ mod tests {
         b.abort(false);
         repo.begin_stream(o).unwrap();
         drop(b);
+    }
+
+    #[test]
+    fn an_unannounced_image_already_held_is_answered_without_copying() {
+        let (dir, repo) = new_repo();
+        let seeds: Vec<u32> = (1..=40).map(|i| if i % 7 == 0 { 0 } else { i }).collect();
+        let a = image(&seeds);
+        let p = dir.path().join("a.img");
+        fs::write(&p, &a).unwrap();
+        let held = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
+        let idx = index_bytes(&a, IndexOptions::default()).unwrap();
+        let asm = repo.begin_stream(StreamOptions { image_len: a.len() as u64, resume_key: None, expected_digest: None }).unwrap();
+        for (w, chunk) in idx.digests().chunks(20 * 3).enumerate() {
+            assert!(asm.offer(w as u64 * 3, chunk).unwrap().is_empty());
+        }
+        asm.wait_for_copies().unwrap();
+        assert_eq!(asm.stats().have_blocks, 5, "only the zero blocks: no local block was copied");
+        let e = asm.finish(idx.image_digest(), &AddOptions { name: Some("same".into()), ..Default::default() }).unwrap();
+        assert_eq!((e.digest.as_str(), e.name.as_deref()), (held.digest.as_str(), Some("same")));
+        assert_eq!(repo.list().unwrap().len(), 1);
+        assert_eq!(fs::read_dir(repo.tmp_dir()).unwrap().count(), 0);
+
+        // The same blocks in the same places but one last block changed: the held-back
+        // copies are made after all, and the new image is complete and verified.
+        let mut b = a.clone();
+        b[a.len() - 1] ^= 1;
+        let (e, sent) = push(&repo, &b, None, None);
+        let e = e.unwrap();
+        assert_eq!(sent, 1);
+        assert_eq!(fs::read(&e.path).unwrap(), b);
+        repo.verify(&e.digest, &crate::progress::Silent).unwrap();
     }
 
     #[test]
