@@ -674,13 +674,7 @@ impl Drop for Assembler {
 /// Opens (creating it if needed, keeping its contents) and exclusively locks a resumable
 /// partial file; `busy` is the OSFARM_LOCKED message when another process holds it.
 pub(super) fn lock_partial(path: &Path, busy: &str) -> Result<FileLock> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(path, "cannot open", e))?;
+    let file = super::lock::open_keeping(path).map_err(|e| Error::io(path, "cannot open", e))?;
     FileLock::on_file(file, LockKind::Exclusive, false)
         .map_err(|e| Error::io(path, "cannot lock", e))?
         .ok_or_else(|| Error::new(Code::Locked, busy))

@@ -18,6 +18,12 @@ pub enum LockKind {
     Exclusive,
 }
 
+/// Opens `path` for reading and writing, creating it empty if absent and keeping its
+/// contents otherwise (lock files, resumable partials and their records).
+pub(crate) fn open_keeping(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+}
+
 /// A held lock on an open file.
 #[derive(Debug)]
 pub struct FileLock {
@@ -28,13 +34,7 @@ impl FileLock {
     /// Locks `path` (created if absent). With `wait`, blocks until the lock is granted;
     /// without, fails at once with `Code::Locked` if another holder conflicts.
     pub fn acquire(path: &Path, kind: LockKind, wait: bool, what: &str) -> Result<FileLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(path, "cannot open lock file", e))?;
+        let file = open_keeping(path).map_err(|e| Error::io(path, "cannot open lock file", e))?;
         match try_flock(&file, kind, wait) {
             Ok(true) => Ok(FileLock { file }),
             Ok(false) => Err(Error::new(

@@ -261,13 +261,7 @@ impl Repository {
                     &path,
                     "this image is already being received by another transfer; wait for it or retry",
                 )?;
-                let got = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&got_path)
-                    .map_err(|e| Error::io(&got_path, "cannot open", e))?;
+                let got = super::lock::open_keeping(&got_path).map_err(|e| Error::io(&got_path, "cannot open", e))?;
                 let len = data.file().metadata().map_err(|e| Error::io(&path, "cannot stat", e))?.len();
                 let header = got_header(alg, block_size, opts.image_len);
                 let mut h = [0u8; GOT_HEADER_LEN as usize];

@@ -223,6 +223,7 @@ pub fn decode(encoding: Encoding, data: Vec<u8>, expected_len: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::pseudo_random;
 
     #[test]
     fn compresses_only_when_it_pays_and_round_trips() {
@@ -238,15 +239,7 @@ mod tests {
         assert!(decode(Encoding::Raw, vec![1; 10], 11).is_err());
 
         // Random data: not compressed, and the next attempts are skipped.
-        let mut x = 88172645463325252u64;
-        let random: Vec<u8> = (0..(64 << 10))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = pseudo_random(64 << 10, 88172645463325253);
         assert!(c.compress(&random).is_none());
         assert_eq!(c.skip.load(Ordering::Relaxed), SKIP_AFTER_MISS);
         assert!(c.compress(&text).is_none(), "skipped after a miss");
@@ -258,15 +251,7 @@ mod tests {
         let dec = StreamDecoder::new().unwrap();
         // Two runs of the same pseudo-random bytes: alone each is incompressible, but the
         // second refers to the first through the stream.
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let run: Vec<u8> = (0..(256 << 10))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let run = pseudo_random(256 << 10, 0x9e37_79b9_7f4a_7c15);
         let (e1, a) = enc.encode(run.clone(), 3).unwrap();
         assert_eq!(e1, Encoding::ZstdStream);
         assert_eq!(dec.decode(&a, run.len()).unwrap(), run);
