@@ -118,14 +118,22 @@ test('plan classifies blocks and accepts an index path, an image path or index b
   t.is(codeOf(() => repo.planSync(Buffer.from('not an index at all, too short'))), 'OSFARM_BAD_INDEX');
 });
 
-test('assemble builds an image from local blocks plus a source file, verifying every block', async (t) => {
+/**
+ * A repository holding base.img (blocks 1, 2, 3), and want.img with its index want.osfi:
+ * blocks 3, 9, 0, 9, 1, 8, 2 (three held, a zero, a repeat, two new).
+ */
+async function baseAndWanted(t: ExecutionContext): Promise<{ dir: string; repo: Repository }> {
   const dir = tempDir(t);
   const repo = Repository.init(join(dir, 'repo'));
   writeBlocks(join(dir, 'base.img'), [1, 2, 3]);
   await repo.add(join(dir, 'base.img'));
-  const want = [3, 9, 0, 9, 1, 8, 2];
-  writeBlocks(join(dir, 'want.img'), want);
+  writeBlocks(join(dir, 'want.img'), [3, 9, 0, 9, 1, 8, 2]);
   indexImageSync(join(dir, 'want.img'), { output: join(dir, 'want.osfi') });
+  return { dir, repo };
+}
+
+test('assemble builds an image from local blocks plus a source file, verifying every block', async (t) => {
+  const { dir, repo } = await baseAndWanted(t);
 
   // A source whose bytes differ from what the index says: refused, nothing published.
   writeBlocks(join(dir, 'liar.img'), [3, 9, 0, 9, 1, 7, 2]);
@@ -142,13 +150,7 @@ test('assemble builds an image from local blocks plus a source file, verifying e
 });
 
 test('the streaming Assembler: fill, missing, putBlock (verified), finish, abort', async (t) => {
-  const dir = tempDir(t);
-  const repo = Repository.init(join(dir, 'repo'));
-  writeBlocks(join(dir, 'base.img'), [1, 2, 3]);
-  await repo.add(join(dir, 'base.img'));
-  const want = [3, 9, 0, 9, 1, 8, 2];
-  writeBlocks(join(dir, 'want.img'), want);
-  indexImageSync(join(dir, 'want.img'), { output: join(dir, 'want.osfi') });
+  const { dir, repo } = await baseAndWanted(t);
   const indexBytes = readFileSync(join(dir, 'want.osfi'));
 
   const asm = repo.beginAssembly(indexBytes);
