@@ -1,4 +1,5 @@
 import test from 'ava';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { cli, cliJson, tempDir, writeBlocks } from './helpers/tmp.js';
@@ -42,6 +43,18 @@ test('repo init, add, ls, show, plan, verify and rm from the CLI, human and --js
 
   t.is(cliJson(['repo', 'show', 'alpha'], env).result.size, 8 * 4096);
   t.deepEqual(cliJson(['repo', 'verify'], env).result, { verified: 1, failed: [] });
+  // A block damaged on disk: that image fails, the command says so and exits 1.
+  const held = cliJson(['repo', 'show', 'alpha'], env).result;
+  const data = readFileSync(held.path);
+  data[5000] ^= 0xff;
+  chmodSync(held.path, 0o644);
+  writeFileSync(held.path, data);
+  const damaged = cliJson(['repo', 'verify', 'alpha'], env);
+  t.is(damaged.status, 1);
+  t.is(damaged.result.verified, 0);
+  t.is(damaged.result.failed[0].code, 'OSFARM_DIGEST_MISMATCH');
+  data[5000] ^= 0xff;
+  writeFileSync(held.path, data);
   const rm = cliJson(['repo', 'rm', 'alpha'], env);
   t.is(rm.status, 0, rm.stderr);
   t.is(cliJson(['repo', 'ls'], env).result.images.length, 0);

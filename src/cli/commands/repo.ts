@@ -1,4 +1,5 @@
 import type { HashName } from '../../blocks/index.js';
+import { OsfarmError } from '../../errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
 import { bytes, count, parseSize, table } from '../format.js';
@@ -131,9 +132,9 @@ const verify: Command<{ verified: number; failed: { digest: string; code: string
       try {
         await repo.verify(ref, { onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
       } catch (err) {
-        const e = err as { code?: string; message: string };
-        if (!e.code || e.code === 'OSFARM_CANCELLED') throw err;
-        failed.push({ digest: ref, code: e.code, message: e.message });
+        // Ctrl-C stops the whole run; any other osfarm error is this image's failure.
+        if (!(err instanceof OsfarmError) || err.code === 'OSFARM_ABORTED') throw err;
+        failed.push({ digest: ref, code: err.code, message: err.message });
       } finally {
         bar.done();
       }
