@@ -5,12 +5,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, createWriteStream, type WriteStream } from 'node:fs';
-import { copyFile, mkdir, readFile, stat } from 'node:fs/promises';
+import { copyFile, mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { indexImage } from '../blocks/index.js';
 import { OsfarmError } from '../errors.js';
+import { SOFTWARE, VERSION } from '../version.js';
 import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt, openOrInit } from '../images/lookup.js';
 import { specToXml } from '../images/xml.js';
 import type { CowName } from '../stages/cow/types.js';
@@ -143,12 +144,6 @@ function resolveEpoch(spec: BuildSpec, options: BuildOptions): number | null {
   return null;
 }
 
-function version(): Promise<string> {
-  return readFile(new URL('../../package.json', import.meta.url), 'utf8')
-    .then((t) => (JSON.parse(t) as { version: string }).version)
-    .catch(() => 'unknown');
-}
-
 /** Builds the images a spec describes. Nothing runs before the spec, tools and paths check out. */
 export async function build(spec: BuildSpec, options: BuildOptions = {}): Promise<BuildResult> {
   const started = Date.now();
@@ -224,13 +219,13 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     for (const p of new Set([...paths.values()].map((p) => dirname(p)))) await mkdir(p, { recursive: true });
     await mkdir(buildDir, { recursive: true });
     log = createWriteStream(logPath, { mode: 0o644 });
-    logLine(`osfarm ${await version()}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.backend}`);
+    logLine(`${SOFTWARE}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.backend}`);
     logLine(`osfarm: spec digest ${digest}${epoch !== null ? `, SOURCE_DATE_EPOCH ${epoch}` : ''}`);
 
     if (!options.noRepo) openOrInit(repoPath);
     chain = await ensureChain(spec, {
       driver,
-      osfarmVersion: await version(),
+      osfarmVersion: VERSION,
       sourceDateEpoch: epoch,
       buildDir,
       cacheDir,
@@ -265,7 +260,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     }
 
     phase('index');
-    const builder = `osfarm ${await version()}`;
+    const builder = SOFTWARE;
     for (const [format, path] of paths) {
       if (signal.aborted) throw aborted();
       const size = (await stat(path)).size;

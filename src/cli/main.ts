@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /** The `osfarm` command line: global flags, dispatch, output and errors. */
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import { OsfarmError } from '../errors.js';
+import { SOFTWARE } from '../version.js';
 import type { Command, CommandContext, OptionSpec, ParsedArgs } from './command.js';
 import { commands } from './commands/index.js';
 import { progressBar } from './progress.js';
@@ -13,11 +13,6 @@ const GLOBAL_OPTIONS: OptionSpec = {
   repo: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 };
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 function helpText(cmd?: Command, path: string[] = [], summary = cmd?.summary ?? ''): string {
   if (!cmd) {
@@ -94,7 +89,7 @@ function exitWithError(err: unknown, json: boolean): never {
 
 export async function main(argv: string[]): Promise<void> {
   if (argv[0] === '--version' || argv[0] === '-V') {
-    process.stdout.write(`osfarm ${version()}\n`);
+    process.stdout.write(`${SOFTWARE}\n`);
     return;
   }
   const json = argv.includes('--json');

@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 
 import { OsfarmError } from '../errors.js';
 import { Repository, type ImageEntry } from '../repo/index.js';
-import { SOFTWARE } from './util.js';
+import { SOFTWARE } from '../version.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;

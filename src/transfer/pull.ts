@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 
 import { OsfarmError } from '../errors.js';
 import { Repository, type Assembler, type ImageEntry } from '../repo/index.js';
-import { SOFTWARE } from './util.js';
+import { SOFTWARE } from '../version.js';
 
 export interface PullProgress {
   /** 'local': copying blocks the repository holds (bytes); 'fetch': fetching the rest. */

@@ -30,7 +30,8 @@ import {
   protocolError,
   type Run,
 } from './frames.js';
-import { parseAddress, SOFTWARE } from './util.js';
+import { SOFTWARE } from '../version.js';
+import { parseAddress } from './util.js';
 
 export interface PushProgress {
   /** Blocks whose digests (v1) or groups (v2) were sent. */

@@ -32,7 +32,7 @@ import {
   type Frame,
   type Run,
 } from './frames.js';
-import { SOFTWARE } from './util.js';
+import { SOFTWARE } from '../version.js';
 
 export interface ReceiverOptions {
   /** The repository images are received into (created if the directory does not exist). */

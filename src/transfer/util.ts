@@ -1,16 +1,3 @@
-import { readFileSync } from 'node:fs';
-
-function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-    return pkg.version;
-  } catch {
-    return '0';
-  }
-}
-
-export const SOFTWARE = `osfarm ${version()}`;
-
 /** "host:port", "[v6]:port" or ":port" (all interfaces) into its parts. */
 export function parseAddress(address: string, defaultHost = '127.0.0.1'): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(address.trim());

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 import { defaultWorkDir } from '../build/builder.js';
 import { OsfarmError } from '../errors.js';
+import { VERSION } from '../version.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
 import { cookieName, loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';
@@ -48,11 +49,6 @@ const TYPES: Record<string, string> = {
   '.css': 'text/css; charset=utf-8',
   '.svg': 'image/svg+xml',
 };
-
-async function version(): Promise<string> {
-  const text = await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => '{}');
-  return (JSON.parse(text) as { version?: string }).version ?? 'unknown';
-}
 
 async function serveAsset(res: ServerResponse, name: string): Promise<void> {
   if (!/^[a-z0-9][a-z0-9._-]*$/i.test(name) || !TYPES[extname(name)]) throw new OsfarmError('OSFARM_NOT_FOUND', `no asset ${name}`);
@@ -106,7 +102,7 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
       handler: ({ res }) => sendJson(res, 200, { authorized: false, readOnly }, { 'set-cookie': sessionCookie(cookie, null) }),
     },
   ];
-  const doc = openApiDocument([...session, ...routes], await version());
+  const doc = openApiDocument([...session, ...routes], VERSION);
   const router = new Router();
   for (const r of routes) router.add(r);
   // Open: the page itself, the API documents, and the session.
