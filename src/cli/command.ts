@@ -57,6 +57,16 @@ export function strs(args: ParsedArgs, name: string): string[] {
   return (Array.isArray(v) ? v : [v]).filter((x): x is string => typeof x === 'string');
 }
 
+/** A whole-number option of at least `min`, or undefined when not given. */
+export function wholeNumber(args: ParsedArgs, name: string, min: number): number | undefined {
+  const text = str(args, name);
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) < min) {
+    throw new RangeError(`--${name}: '${text}' is not ${min === 1 ? 'a positive whole number' : `a whole number ≥ ${min}`}`);
+  }
+  return Number(text);
+}
+
 /** A boolean flag. */
 export function flag(args: ParsedArgs, name: string): boolean {
   return args.values[name] === true;

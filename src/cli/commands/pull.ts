@@ -1,12 +1,6 @@
 import { pull, type PullResult } from '../../transfer/pull.js';
-import { type Command, str, throttled } from '../command.js';
+import { type Command, str, throttled, wholeNumber } from '../command.js';
 import { bytes, count, parseSize, percent } from '../format.js';
-
-function wholeNumber(text: string | undefined, what: string, min: number): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || Number(text) < min) throw new RangeError(`${what}: '${text}' is not a whole number ≥ ${min}`);
-  return Number(text);
-}
 
 const command: Command<PullResult> = {
   name: 'pull',
@@ -30,9 +24,9 @@ const command: Command<PullResult> = {
       return await pull(url, {
         repoPath: ctx.repoPath,
         name: str(args, 'name'),
-        parallel: wholeNumber(str(args, 'parallel'), '--parallel', 1),
+        parallel: wholeNumber(args, 'parallel', 1),
         maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-        retries: wholeNumber(str(args, 'retries'), '--retries', 0),
+        retries: wholeNumber(args, 'retries', 0),
         signal: ctx.signal,
         onProgress: (p) => {
           if (p.phase !== phase) {

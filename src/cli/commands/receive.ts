@@ -1,14 +1,8 @@
 import { Receiver, type TransferReport } from '../../transfer/receive.js';
 import { resolveToken } from '../../transfer/auth.js';
 import { parseAddress } from '../../transfer/util.js';
-import { type Command, flag, str } from '../command.js';
+import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
-
-function positiveInt(text: string | undefined, what: string): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || Number(text) === 0) throw new RangeError(`${what}: '${text}' is not a positive whole number`);
-  return Number(text);
-}
 
 function line(r: TransferReport): string {
   if (r.error) {
@@ -38,12 +32,12 @@ const command: Command<{ transfers: number; failed: number }> = {
     if (!listen) throw new RangeError('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const idle = positiveInt(str(args, 'idle-timeout'), '--idle-timeout');
+    const idle = wholeNumber(args, 'idle-timeout', 1);
     const receiver = new Receiver({
       repoPath: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
-      maxTransfers: positiveInt(str(args, 'max-transfers'), '--max-transfers'),
+      maxTransfers: wholeNumber(args, 'max-transfers', 1),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });
     receiver.on('repository-created', (e: { path: string }) => {
