@@ -1,5 +1,5 @@
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readdirSync, readFileSync, writeFileSync, appendFileSync, truncateSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, appendFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -220,6 +220,18 @@ test('errors carry stable codes', (t) => {
   t.regex(err!.message, /version 2/);
   writeFileSync(fmt, text);
   t.truthy(Repository.open(join(dir, 'repo')));
+});
+
+test('openOrInit creates a repository once, then opens it; a damaged one still throws', (t) => {
+  const dir = tempDir(t);
+  const path = join(dir, 'repo');
+  mkdirSync(join(path, 'stages'), { recursive: true }); // a stage store made first
+  const made = Repository.openOrInit(path, { blockSize: 8192 });
+  t.is(made.blockSize, 8192);
+  t.is(Repository.openOrInit(path).blockSize, 8192, 'opened, not made again with the defaults');
+  writeFileSync(join(path, 'osfarm-repo.json'), 'not json');
+  t.is(codeOf(() => Repository.openOrInit(path)), 'OSFARM_BAD_REPOSITORY');
+  t.is(codeOf(() => Repository.openOrInit(dir)), 'OSFARM_INVALID_ARGUMENT', 'a directory holding other things is not taken over');
 });
 
 test('a damaged table or catalog is refused with a hint, and rebuild recovers it', async (t) => {

@@ -12,7 +12,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { indexImage } from '../blocks/index.js';
 import { OsfarmError } from '../errors.js';
 import { SOFTWARE, VERSION } from '../version.js';
-import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt, openOrInit } from '../images/lookup.js';
+import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images/lookup.js';
 import { specToXml } from '../images/xml.js';
 import type { CowName } from '../stages/cow/types.js';
 import { type ChainResult, ensureChain, type StageReport } from '../stages/run.js';
@@ -24,7 +24,7 @@ import { aborted, buildFailed } from './errors.js';
 import { haveTool } from './exec.js';
 import { addToRepository } from './integrations.js';
 import { writeOutput } from './outputs.js';
-import type { ImageEntry } from '../repo/index.js';
+import { type ImageEntry, Repository } from '../repo/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from './spec.js';
 
 export type { Phase } from './drivers/types.js';
@@ -222,7 +222,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     logLine(`${SOFTWARE}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.backend}`);
     logLine(`osfarm: spec digest ${digest}${epoch !== null ? `, SOURCE_DATE_EPOCH ${epoch}` : ''}`);
 
-    if (!options.noRepo) openOrInit(repoPath);
+    if (!options.noRepo) Repository.openOrInit(repoPath);
     chain = await ensureChain(spec, {
       driver,
       osfarmVersion: VERSION,

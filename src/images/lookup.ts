@@ -41,15 +41,6 @@ export function openIfExists(path: string): Repository | null {
   return Repository.open(path);
 }
 
-/**
- * Opens the repository, creating it if missing. The builder does this before it opens the
- * stage store, whose default place (`<repo>/stages`) would otherwise make the directory
- * non-empty and so refused by `Repository.init`.
- */
-export function openOrInit(path: string): Repository {
-  return openIfExists(path) ?? Repository.init(path);
-}
-
 /** Images built from the request with this checksum (every format, every SOURCE_DATE_EPOCH), oldest first. */
 export function imagesOfRequest(repo: Repository, specDigest: string): ImageEntry[] {
   return repo.list().filter((e) => buildMeta(e)?.specDigest === specDigest);

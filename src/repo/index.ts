@@ -4,6 +4,9 @@
  * have, and where?" (`plan`) and builds new images from local blocks plus supplied ones,
  * verifying every block (`assemble`, `beginAssembly`). Format: docs/repository-format.md.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
 import { callNative, callNativeSync, throwIfAborted } from '../errors.js';
 import { withProgress } from '../util/progress.js';
 import type { HashName, LongRunning } from '../blocks/index.js';
@@ -20,6 +23,9 @@ import {
 
 /** Where a repository lives when no path is given: `$OSFARM_REPO`, else `./osfarm-repo`. */
 export const DEFAULT_REPOSITORY = './osfarm-repo';
+
+/** The file that makes a directory a repository, written last by `init` (docs/repository-format.md). */
+const FORMAT_FILE = 'osfarm-repo.json';
 
 export function defaultRepositoryPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.OSFARM_REPO || DEFAULT_REPOSITORY;
@@ -202,6 +208,14 @@ export class Repository {
   /** Opens a repository; a missing, damaged or unknown-format one throws OSFARM_BAD_REPOSITORY. */
   static open(path: string, options: OpenOptions = {}): Repository {
     return new Repository(callNativeSync(() => native.RepositoryHandle.open(path, options)));
+  }
+
+  /**
+   * Opens the repository at `path` if its format file is there (a damaged one still throws),
+   * else creates it with `options` (refused, as by `init`, in a directory holding other things).
+   */
+  static openOrInit(path: string, options: InitOptions = {}): Repository {
+    return existsSync(join(path, FORMAT_FILE)) ? Repository.open(path) : Repository.init(path, options);
   }
 
   /** Opens a repository without checking its catalog and table, to `rebuild` a damaged one. */

@@ -9,7 +9,6 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { existsSync } from 'node:fs';
 
 import { OsfarmError } from '../errors.js';
 import { Repository, type Assembler, type ImageEntry } from '../repo/index.js';
@@ -358,6 +357,8 @@ async function fetchRange(
 interface Prepared {
   digest: string;
   index: Buffer;
+  /** The index's hash and block size: a new local repository is made with them. */
+  params: { hash: 'sha1' | 'sha256'; blockSize: number };
   meta: { name?: string; format?: string; originalName?: string };
 }
 
@@ -380,21 +381,16 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
   const indexUrl = `${loc.base}/images/${digest}/index.osfi`;
   const maxIndex = Math.min(64 + blockCount * 32, 4 * 2 ** 30);
   const index = await retry(() => fetcher.getBuffer(indexUrl, 'index', maxIndex));
-  indexHeader(index, indexUrl);
   return {
     digest,
     index,
+    params: indexHeader(index, indexUrl),
     meta: {
       name: typeof meta.name === 'string' ? meta.name : undefined,
       format: typeof meta.format === 'string' ? meta.format : undefined,
       originalName: typeof meta.originalName === 'string' ? meta.originalName : undefined,
     },
   };
-}
-
-function openOrCreate(repoPath: string, index: Buffer, url: string): Repository {
-  if (existsSync(repoPath)) return Repository.open(repoPath);
-  return Repository.init(repoPath, indexHeader(index, url));
 }
 
 /** Pulls the image `url` names into the repository at `options.repoPath`. */
@@ -410,7 +406,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
   let held: Assembler | undefined;
   try {
     const prep = await prepare(loc, fetcher, retry);
-    const repo = openOrCreate(options.repoPath, prep.index, url);
+    const repo = Repository.openOrInit(options.repoPath, prep.params);
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
     held = asm;
