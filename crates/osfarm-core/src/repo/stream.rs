@@ -142,9 +142,9 @@ struct Inner {
 /// A sender that streams a file learns its image digest only at the end, so an image the
 /// receiver already holds would be copied whole before that is known. While every block
 /// found locally sits at the same place in one repository image of the same length, the
-/// copies are held back; the first block that is not sent to the copier with all held
-/// ones (still overlapping the transfer), and if the identity lasts to the end and the
-/// digests agree, `finish` answers with that image without copying anything.
+/// copies are held back. The first block that breaks this sends them all to the copier
+/// (still overlapping the transfer); if it lasts to the end and the digests agree,
+/// `finish` answers with that image without copying anything.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Identity {
     Undecided,
