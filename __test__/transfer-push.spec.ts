@@ -47,9 +47,12 @@ interface Running {
   next<T>(event: string): Promise<T>;
 }
 
-async function startReceiver(t: ExecutionContext, options: { maxTransfers?: number; token?: string; protocols?: number[] } = {}): Promise<Running> {
+async function startReceiver(
+  t: ExecutionContext,
+  options: { maxTransfers?: number; token?: string; protocols?: number[]; hash?: 'sha1' | 'sha256'; blockSize?: number } = {},
+): Promise<Running> {
   const repoPath = join(tempDir(t), 'repo');
-  Repository.init(repoPath);
+  Repository.init(repoPath, { hash: options.hash, blockSize: options.blockSize });
   const receiver = new Receiver({ repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers, protocols: options.protocols });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
@@ -257,6 +260,31 @@ test('a push sends only the blocks the receiver lacks; the published image is id
   const again = await push(join(dir, 'new.img'), r.address, { token: TOKEN });
   t.is(again.blocksSent, 0);
   t.is(again.digest, want.digest);
+});
+
+test('a receiver with other hashing parameters gets the image hashed its way, from a file or a stored index', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t, { hash: 'sha256', blockSize: 8192 });
+  // The source starts hashing with the defaults (sha1, 4 KiB) before it hears the receiver's.
+  writeBlocks(join(dir, 'a.img'), Array.from({ length: 3001 }, (_, i) => 40_000 + i));
+  const want = indexImageSync(join(dir, 'a.img'), { hash: 'sha256', blockSize: 8192 });
+  const res = await push(join(dir, 'a.img'), r.address, { token: TOKEN });
+  t.is(res.digest, want.digest);
+  t.is(res.blockCount, 1501);
+  t.false(res.fromIndex);
+  t.is(sha256File(Repository.open(r.repoPath).resolve(want.digest).path), sha256File(join(dir, 'a.img')));
+
+  // An image of a local sha1 repository: its stored index does not fit, so it is hashed.
+  const local = join(dir, 'local');
+  Repository.init(local);
+  writeBlocks(join(dir, 'b.img'), Array.from({ length: 500 }, (_, i) => 50_000 + i));
+  await Repository.open(local).add(join(dir, 'b.img'), { name: 'b' });
+  const viaRepo = await push('b', r.address, { token: TOKEN, repo: local });
+  t.false(viaRepo.fromIndex);
+  t.is(viaRepo.digest, indexImageSync(join(dir, 'b.img'), { hash: 'sha256', blockSize: 8192 }).digest);
+  // The same image to a sha1 receiver goes from its index, unhashed.
+  const sha1 = await startReceiver(t);
+  t.true((await push('b', sha1.address, { token: TOKEN, repo: local })).fromIndex);
 });
 
 test('a receiver holding the content at another offset gets group digests, not every block digest', async (t) => {

@@ -14,7 +14,8 @@
  * the receiver's copy of the local blocks and its fsync would compete with the source's
  * reads. Goal (issue 3): measured observed >= 95 % of theoretical at every delta.
  *
- * OSFARM_BENCH_SIZE_MIB (default 256) sets the image size; needs root.
+ * OSFARM_BENCH_SIZE_MIB (default 256) sets the image size, OSFARM_BENCH_DELTAS (default
+ * 1,0.5,0.1,0) the rows; needs root.
  */
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
@@ -34,6 +35,8 @@ const MBIT = 100;
 const PORT = 7070;
 const TOKEN = 'transfer-bandwidth-bench';
 const mbs = (bytes: number, secs: number) => bytes / 1e6 / secs;
+const deltas = (process.env.OSFARM_BENCH_DELTAS ?? '1,0.5,0.1,0').split(',').map(Number);
+if (deltas.some((d) => !(d >= 0 && d <= 1))) throw new Error('OSFARM_BENCH_DELTAS: fractions from 0 to 1, comma-separated');
 
 /** Deterministic pseudo-random bytes (AES-CTR keyed by `seed`, counter from `offset`). */
 function stream(seed: string, offset: number, length: number): Buffer {
@@ -164,7 +167,7 @@ try {
     `image ${sizeMib} MiB pseudo-random; disk read ${mbs(diskRead, 1).toFixed(0)} MB/s (cold), hashing ${mbs(hashing, 1).toFixed(0)} MB/s (one CPU), ` +
       `link ${MBIT} Mbit/s tbf: ${mbs(link, 1).toFixed(2)} MB/s TCP payload`,
   );
-  for (const delta of [1, 0.5, 0.1, 0]) {
+  for (const delta of deltas) {
     const old = join(dir, `old-${delta}.img`);
     const changed = olderVersion(newImage, old, delta);
     const repo = join(rxMount, `rx-${delta}`);
@@ -173,9 +176,10 @@ try {
     const oldDigest = (cli(['--repo', repo, 'repo', 'show', 'old']) as { digest: string }).digest;
     const receiver = await startReceiver(ns, repo);
     try {
-      // Short runs are repeated (the median counts): this host's CPUs are shared.
+      // Short runs are repeated and the median counts: this VM's cold reads swing (its
+      // freed page cache goes back to the host), and its CPUs are shared. The spread is shown.
       const results: { r: PushResult; wire: number }[] = [];
-      for (let i = 0; i < (delta <= 0.1 ? 3 : 1); i++) {
+      for (let i = 0; i < (delta === 0 ? 7 : delta <= 0.1 ? 3 : 1); i++) {
         // Each repetition starts from the old image alone (at delta 0 that is the image).
         if (i > 0 && results[0]!.r.digest !== oldDigest) cli(['--repo', repo, 'repo', 'rm', results[0]!.r.digest]);
         dropCaches();
@@ -184,7 +188,9 @@ try {
         const after = ns.hostCounters();
         results.push({ r, wire: after.tx - before.tx + (after.rx - before.rx) });
       }
-      const { r, wire } = results.sort((a, b) => a.r.seconds - b.r.seconds)[results.length >> 1]!;
+      results.sort((a, b) => a.r.seconds - b.r.seconds);
+      const { r, wire } = results[results.length >> 1]!;
+      const spread = results.length > 1 ? ` (${results[0]!.r.seconds.toFixed(2)}-${results.at(-1)!.r.seconds.toFixed(2)})` : '';
       const theoretical = Math.min(diskRead, hashing, delta === 0 ? Infinity : link / delta);
       // The seed's formula leaves out the digests that cross the link whatever the delta
       // (protocol 2: a group digest per ~32 held blocks, block digests of the rest):
@@ -200,7 +206,7 @@ try {
         mbs(observed, 1).toFixed(1),
         mbs(wire, r.seconds).toFixed(2),
         `${((observed / theoretical) * 100).toFixed(1)} %`,
-        r.seconds.toFixed(2),
+        `${r.seconds.toFixed(2)}${spread}`,
       ]);
     } finally {
       await stop(receiver);
@@ -213,6 +219,6 @@ try {
 printTable(
   `push over a ${MBIT} Mbit/s link (tc tbf on a veth pair into a network namespace), ${sizeMib} MiB image; MB = 10^6 bytes`,
   rows,
-  ['delta', 'blocks sent / changed', 'theoretical max observed MB/s', 'same, digests counted', 'digest bytes', 'measured observed MB/s', 'measured real MB/s', 'observed / theoretical', 'seconds'],
+  ['delta', 'blocks sent / changed', 'theoretical max observed MB/s', 'same, digests counted', 'digest bytes', 'measured observed MB/s', 'measured real MB/s', 'observed / theoretical', 'seconds, median (min-max)'],
 );
 console.log('  real = IP bytes both ways on the host end of the pair (headers, digests, requests included) / wall time');

@@ -141,6 +141,12 @@ function resolveSource(image: string, repo?: string): Source {
   };
 }
 
+/** Starts hashing `source` (or streaming its stored index, when that was made with these parameters). */
+function openSource(source: Source, hash: string | undefined, blockSize: number | undefined): ImageSourceHandle {
+  const useIndex = source.index !== undefined && source.hash === hash && source.blockSize === blockSize;
+  return callNativeSync(() => native.ImageSourceHandle.open(source.path, { hash, blockSize, index: useIndex ? source.index : undefined }));
+}
+
 function connectSocket(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host, port });
@@ -175,11 +181,20 @@ export async function push(image: string, address: string, options: PushOptions 
   const started = process.hrtime.bigint();
   const source = resolveSource(image, options.repo);
   const { host, port } = parseAddress(address);
-  const socket = await connectSocket(host, port, options.connectTimeoutMs ?? 10_000, options.signal);
+  // Hashing starts now, with the parameters the receiver most likely uses (the source's
+  // own, else the defaults), and runs while the connection and handshake take their
+  // milliseconds; a receiver that wants others gets the image hashed again.
+  let src: ImageSourceHandle | undefined = openSource(source, source.hash, source.blockSize);
+  let socket: Socket;
+  try {
+    socket = await connectSocket(host, port, options.connectTimeoutMs ?? 10_000, options.signal);
+  } catch (err) {
+    src.cancel();
+    throw err;
+  }
   const conn = new Connection(socket, { idleTimeoutMs: options.idleTimeoutMs ?? 60_000, maxFrame: DEFAULT_MAX_FRAME, peer: 'receiver' });
   const onAbort = () => conn.fail(new OsfarmError('OSFARM_ABORTED', 'the sender cancelled the push'));
   options.signal?.addEventListener('abort', onAbort, { once: true });
-  let src: ImageSourceHandle | undefined;
   try {
     // ----- handshake -----
     const clientNonce = newNonce();
@@ -219,10 +234,10 @@ export async function push(image: string, address: string, options: PushOptions 
     conn.setMaxFrame(DEFAULT_MAX_FRAME);
 
     // ----- the image -----
-    const useIndex = source.index !== undefined && source.hash === hash && source.blockSize === blockSize;
-    src = callNativeSync(() =>
-      native.ImageSourceHandle.open(source.path, { hash, blockSize, index: useIndex ? source.index : undefined }),
-    );
+    if (src.hash !== hash || src.blockSize !== blockSize) {
+      src.cancel();
+      src = openSource(source, hash, blockSize);
+    }
     const blockCount = src.blockCount;
     const maxRunBlocks = Math.max(1, Math.floor(Math.min(maxFrame - BLOCKS_HEADER_LEN, 1 << 20) / blockSize));
     conn.sendJson(FrameType.IMAGE, {
@@ -231,7 +246,7 @@ export async function push(image: string, address: string, options: PushOptions 
       hash,
       blockSize,
       resumeKey: source.resumeKey,
-      digest: useIndex ? source.digest : undefined,
+      digest: src.fromIndex ? source.digest : undefined,
       name: options.name,
       originalName: source.originalName,
       format: source.format,
