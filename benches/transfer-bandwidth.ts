@@ -176,8 +176,9 @@ try {
     const oldDigest = (cli(['--repo', repo, 'repo', 'show', 'old']) as { digest: string }).digest;
     const receiver = await startReceiver(ns, repo);
     try {
-      // Short runs are repeated and the median counts: this VM's cold reads swing (its
-      // freed page cache goes back to the host), and its CPUs are shared. The spread is shown.
+      // Short runs are repeated and the median counts; the spread is shown. On this VM a
+      // run now and then takes 2-3x longer, CPU-bound: memory freed by dropping the caches
+      // goes back to the host (virtio-balloon free page reporting) and faults in again.
       const results: { r: PushResult; wire: number }[] = [];
       for (let i = 0; i < (delta === 0 ? 7 : delta <= 0.1 ? 3 : 1); i++) {
         // Each repetition starts from the old image alone (at delta 0 that is the image).

@@ -25,9 +25,12 @@ use crate::progress::CancelFlag;
 use crate::readahead::ReadAhead;
 use crate::transfer::codec::{Compressor, Encoding};
 
-/// Bytes hashed per window: small enough that the first digests leave within a few
-/// milliseconds, large enough to keep both cores busy.
-const WINDOW_BYTES: u64 = 8 << 20;
+/// Bytes hashed in the first window: small, so the first digests leave within a few
+/// milliseconds. Each next window doubles, up to `WINDOW_BYTES`: every window costs the
+/// sender's JS thread a wake-up and a frame, which on a one-CPU sender is time taken
+/// from hashing (256 MiB: 32 windows of 8 MiB cost ~8 ms of 170; benches/transfer-bandwidth.ts).
+const FIRST_WINDOW_BYTES: u64 = 4 << 20;
+const WINDOW_BYTES: u64 = 32 << 20;
 /// Bytes per positional read inside a window.
 const CHUNK_BYTES: u64 = 1 << 20;
 /// Windows the hashing thread may run ahead of the consumer.
@@ -331,7 +334,7 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
         let dl = opts.alg.len();
         let bs = opts.block_size as u64;
         let chunk = CHUNK_BYTES.max(bs);
-        let window = WINDOW_BYTES.max(chunk);
+        let mut window = FIRST_WINDOW_BYTES.max(chunk);
         let mut digester = ImageDigester::new(opts.alg, opts.block_size, len);
         let mut start = 0u64;
         let ahead = ReadAhead::start(&file, len);
@@ -362,6 +365,7 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
             }
             start = end;
             ahead.consumed(start);
+            window = (window * 2).min(WINDOW_BYTES.max(chunk));
         }
         let now = std::fs::metadata(&path).map_err(|e| Error::io(&path, "cannot stat image", e))?.len();
         if now != len {
