@@ -31,6 +31,7 @@ import {
   type Run,
 } from './frames.js';
 import { SOFTWARE } from '../version.js';
+import { StreamLevel } from './level.js';
 import { parseAddress } from './util.js';
 
 export interface PushProgress {
@@ -304,10 +305,6 @@ export async function push(image: string, address: string, options: PushOptions 
   }
 }
 
-/** zstd levels of the v2 block stream (see `stream`): 3 is zstd's default. */
-const STREAM_LEVEL_START = 3;
-const STREAM_LEVEL_MIN = 1;
-const STREAM_LEVEL_MAX = 9;
 
 /** Unsent bytes in the socket's buffer beyond which the digest stream waits. */
 const DIGEST_BACKLOG_BYTES = 4 << 20;
@@ -359,13 +356,11 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     };
 
     // v2: runs are compressed through one zstd stream, in the order their frames are sent
-    // (`encodeTail` chains the encoder's calls), so a run also compresses against earlier ones.
-    // The level adapts (like `zstd --adapt`): down when runs queue up for the encoder (it
-    // is the bottleneck), up when none waits (the link or the disk is: spare CPU buys bytes).
+    // (`encodeTail` chains the encoder's calls), so a run also compresses against earlier
+    // ones, at a level that adapts to whether the encoder or the link is the bottleneck.
     const streamEncoder = s.version >= 2 && s.compress ? new native.BlockStreamEncoder() : undefined;
     let encodeTail: Promise<void> = Promise.resolve();
-    let encodeWaiting = 0;
-    let level = STREAM_LEVEL_START;
+    const level = new StreamLevel();
     const sendRun = (r: Run, encoding: number, data: Buffer, rawLength: number) => {
       if (finished || conn.isClosed) return;
       conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, encoding), data]);
@@ -382,11 +377,8 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
         let sent: Promise<void>;
         if (streamEncoder) {
           sent = read.then((run) => {
-            encodeWaiting++;
             const encoded = encodeTail.then(async () => {
-              encodeWaiting--;
-              level = Math.min(STREAM_LEVEL_MAX, Math.max(STREAM_LEVEL_MIN, level + (encodeWaiting > 0 ? -1 : 1)));
-              const e = await callNative(() => streamEncoder.encode(run.data, level));
+              const e = await level.encode((l) => callNative(() => streamEncoder.encode(run.data, l)));
               sendRun(r, e.encoding, e.data, run.rawLength);
             });
             encodeTail = encoded.catch(() => undefined);

@@ -3,7 +3,7 @@
 //! adds one zstd stream per transfer across its BLOCKS frames ([`StreamEncoder`],
 //! [`StreamDecoder`]), so a run compresses against the runs sent before it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
@@ -84,54 +84,76 @@ fn zstd_err(e: std::io::Error) -> crate::error::Error {
     crate::error::Error::new(crate::error::Code::Io, format!("zstd: {e}"))
 }
 
-/// The levels a stream may use: the caller raises the level while the encoder has spare
-/// time and lowers it while runs queue up for it (like `zstd --adapt`). On Debian trees
-/// level 9 sends ~10 % fewer bytes than 3 and one core still compresses ~58 MB/s at it,
-/// more than a 100 Mbit/s link carries once compressed (12 gained nothing measurable and
-/// stalls the stream on incompressible runs); 1 compresses at ~400 MB/s.
+/// The levels a stream may use; the sender picks one per run (`transfer/level.ts` adapts
+/// it to whether the encoder or the link is the bottleneck). On the missing blocks of
+/// bookworm minbase -> +python3 (48.6 MB, one core): level 3 makes 15.93 MB at ~240 MB/s,
+/// 6 makes 14.9 MB at ~110 MB/s, 9 makes 14.23 MB at ~70 MB/s, still more than a
+/// 100 Mbit/s link carries once compressed; 12 saves 1.3 % more at ~31 MB/s.
 pub const STREAM_LEVELS: std::ops::RangeInclusive<i32> = 1..=9;
 
-/// The level of the runs after one that did not save 1/16 (see [`StreamEncoder`]).
-const CHEAP_LEVEL: i32 = 1;
+/// Bytes of a run tried alone, at level 1, while the stream is wary (see [`StreamEncoder`]).
+const SAMPLE_BYTES: usize = 64 << 10;
+
+/// The stream's encoder, its level, and whether a frame is open (see `encode`).
+struct Session {
+    enc: Encoder<'static>,
+    level: i32,
+    in_frame: bool,
+}
 
 /// The sender's half of a transfer's zstd stream. Runs must be encoded in the order their
-/// frames are sent. After a run that did not save 1/16, the next few are compressed at
-/// level 1 whatever the caller asks: random data then costs little CPU (zstd passes
-/// incompressible blocks through), yet every run stays in the stream's history for the
-/// runs after it, which sending them raw would lose.
+/// frames are sent. After a run that did not save 1/16 the stream is wary: each next run
+/// is sent raw, outside the stream, unless its first 64 KiB compressed alone at level 1
+/// save 1/16. Random or already-compressed data then costs one cheap sample per run, and
+/// compressible data comes back to the stream at once.
 pub struct StreamEncoder {
-    enc: Mutex<(Encoder<'static>, i32)>,
-    skip: AtomicU32,
+    enc: Mutex<Session>,
+    wary: AtomicBool,
 }
 
 impl StreamEncoder {
     pub fn new() -> Result<StreamEncoder> {
         let mut enc = Encoder::new(ZSTD_LEVEL).map_err(zstd_err)?;
         enc.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG)).map_err(zstd_err)?;
-        Ok(StreamEncoder { enc: Mutex::new((enc, ZSTD_LEVEL)), skip: AtomicU32::new(0) })
+        Ok(StreamEncoder { enc: Mutex::new(Session { enc, level: ZSTD_LEVEL, in_frame: false }), wary: AtomicBool::new(false) })
     }
 
     /// The run as the next part of the stream (`ZstdStream`) compressed at `level`
-    /// (clamped to [`STREAM_LEVELS`]; level 1 after a run that did not compress).
+    /// (clamped to [`STREAM_LEVELS`]), or raw while the stream is wary and it does not
+    /// look compressible.
     pub fn encode(&self, data: Vec<u8>, level: i32) -> Result<(Encoding, Vec<u8>)> {
         if data.is_empty() {
             return Ok((Encoding::Raw, data));
         }
-        let s = self.skip.load(Ordering::Relaxed);
-        let level = if s > 0 {
-            self.skip.store(s - 1, Ordering::Relaxed);
-            CHEAP_LEVEL
-        } else {
-            level.clamp(*STREAM_LEVELS.start(), *STREAM_LEVELS.end())
-        };
+        if self.wary.load(Ordering::Relaxed) {
+            let sample = &data[..data.len().min(SAMPLE_BYTES)];
+            if !saves_enough(sample.len(), zstd::bulk::compress(sample, 1).map(|c| c.len()).unwrap_or(usize::MAX)) {
+                return Ok((Encoding::Raw, data));
+            }
+        }
+        let level = level.clamp(*STREAM_LEVELS.start(), *STREAM_LEVELS.end());
         let mut guard = self.enc.lock().unwrap();
-        let (enc, current) = &mut *guard;
+        let Session { enc, level: current, in_frame } = &mut *guard;
+        let mut out: Vec<u8> = Vec::with_capacity(zstd::compress_bound(data.len()) + 1024);
+        if level != *current && *in_frame {
+            // Single-threaded zstd takes a new level only at a frame's start (set mid-frame,
+            // it is accepted and ignored): end the frame here, the next one starts at `level`
+            // without the old one's history. The decoder reads the frames in sequence.
+            loop {
+                let at = out.len();
+                let mut ob = OutBuffer::around_pos(&mut out, at);
+                if enc.finish(&mut ob, false).map_err(zstd_err)? == 0 {
+                    break;
+                }
+                out.reserve(1024);
+            }
+            *in_frame = false;
+        }
         if level != *current {
-            // zstd applies a new level from the next block on, within the same stream.
             enc.set_parameter(CParameter::CompressionLevel(level)).map_err(zstd_err)?;
             *current = level;
         }
-        let mut out: Vec<u8> = Vec::with_capacity(zstd::compress_bound(data.len()) + 1024);
+        *in_frame = true;
         let mut input = InBuffer::around(&data);
         loop {
             if out.capacity() - out.len() < 1024 {
@@ -145,11 +167,14 @@ impl StreamEncoder {
                 break;
             }
         }
-        if out.len() > data.len() - data.len() / MIN_SAVING_DIVISOR {
-            self.skip.store(SKIP_AFTER_MISS, Ordering::Relaxed);
-        }
+        self.wary.store(!saves_enough(data.len(), out.len()), Ordering::Relaxed);
         Ok((Encoding::ZstdStream, out))
     }
+}
+
+/// Whether `encoded` bytes for `raw` save at least 1/16.
+fn saves_enough(raw: usize, encoded: usize) -> bool {
+    encoded <= raw - raw / MIN_SAVING_DIVISOR
 }
 
 /// The receiver's half: decodes the stream's parts in frame order, each into exactly the
@@ -246,21 +271,54 @@ mod tests {
     }
 
     #[test]
+    fn a_level_asked_mid_stream_takes_effect() {
+        // Words drawn at random from a small vocabulary: compressible, better at higher levels.
+        let words = ["osfarm ", "block ", "image ", "digest ", "stage ", "repository ", "chroot ", "debian "];
+        let rnd = pseudo_random(1 << 20, 11);
+        let text: Vec<u8> = rnd.iter().flat_map(|b| words[(*b % 8) as usize].bytes()).take(2 << 20).collect();
+        let runs: Vec<&[u8]> = text.chunks(256 << 10).collect();
+        let size = |levels: &dyn Fn(usize) -> i32| {
+            let (enc, dec) = (StreamEncoder::new().unwrap(), StreamDecoder::new().unwrap());
+            let mut total = 0;
+            for (i, r) in runs.iter().enumerate() {
+                let (_, part) = enc.encode(r.to_vec(), levels(i)).unwrap();
+                assert_eq!(dec.decode(&part, r.len()).unwrap(), *r);
+                total += part.len();
+            }
+            total
+        };
+        let (low, switched) = (size(&|_| 1), size(&|i| if i == 0 { 1 } else { 9 }));
+        assert!(switched * 100 < low * 95, "level 1 then 9: {switched} bytes; level 1 throughout: {low}");
+    }
+
+    #[test]
     fn the_stream_compresses_across_runs_and_decodes_in_order() {
         let enc = StreamEncoder::new().unwrap();
         let dec = StreamDecoder::new().unwrap();
-        // Two runs of the same pseudo-random bytes: alone each is incompressible, but the
-        // second refers to the first through the stream.
-        let run = pseudo_random(256 << 10, 0x9e37_79b9_7f4a_7c15);
+        // Text that compresses: the second run, the same bytes, refers to the first.
+        let run: Vec<u8> = (0..40_000u32).flat_map(|i| format!("block {} of an image; ", i * 7919 % 1000).into_bytes()).take(256 << 10).collect();
         let (e1, a) = enc.encode(run.clone(), 3).unwrap();
         assert_eq!(e1, Encoding::ZstdStream);
         assert_eq!(dec.decode(&a, run.len()).unwrap(), run);
-        assert_eq!(enc.skip.load(Ordering::Relaxed), SKIP_AFTER_MISS, "the first did not pay");
-        // The second is the same bytes: through the stream it refers to the first.
-        let (e2, b) = enc.encode(run.clone(), 9).unwrap();
+        let (e2, b) = enc.encode(run.clone(), 3).unwrap();
         assert_eq!(e2, Encoding::ZstdStream);
-        assert!(b.len() < run.len() / 100, "{} bytes: the repeat refers to the first run", b.len());
+        assert!(b.len() < a.len() / 20, "{} bytes after {}: the repeat refers to the first run", b.len(), a.len());
         assert_eq!(dec.decode(&b, run.len()).unwrap(), run);
+
+        // Random data goes through the stream once; after that miss the stream is wary and
+        // sends random runs raw, outside it, until a run looks compressible again.
+        let random = pseudo_random(256 << 10, 0x9e37_79b9_7f4a_7c15);
+        let (e3, c) = enc.encode(random.clone(), 3).unwrap();
+        assert_eq!(e3, Encoding::ZstdStream);
+        assert_eq!(dec.decode(&c, random.len()).unwrap(), random);
+        assert!(enc.wary.load(Ordering::Relaxed), "the random run did not pay");
+        let more = pseudo_random(128 << 10, 7);
+        assert_eq!(enc.encode(more.clone(), 9).unwrap(), (Encoding::Raw, more));
+        let (e4, d) = enc.encode(run.clone(), 3).unwrap();
+        assert_eq!(e4, Encoding::ZstdStream, "compressible data is back in the stream");
+        assert!(d.len() < a.len() / 20, "and still refers to the first run");
+        assert_eq!(dec.decode(&d, run.len()).unwrap(), run);
+        assert!(!enc.wary.load(Ordering::Relaxed));
 
         // Level changes between runs keep one decodable stream.
         for (k, level) in [1, 9, 4, 12, 1, 6].into_iter().enumerate() {
@@ -289,3 +347,4 @@ mod tests {
         assert!(err.message.contains("not valid zstd or is longer"), "{}", err.message);
     }
 }
+
