@@ -3,7 +3,11 @@
 //! A thread reads the file sequentially — the access the kernel's read-ahead serves best,
 //! like `dd` — at most `AHEAD_BYTES` ahead of what the consumer reports as done, and drops
 //! the data: the consumer's own positional reads then come from the cache. Pieces already
-//! cached are skipped, so a warm file costs no copy. Measured on a cold virtio disk:
+//! cached are skipped, so a warm file costs nothing. The reads are `sendfile` to
+//! /dev/null, which fills the cache without copying the data out of it: 8 ms of CPU for
+//! 256 MiB where read(2) into a buffer took 21 ms, and on a one-CPU sender that CPU is
+//! hashing time (a delta-0 push of 256 MiB on one CPU: 0.160 s instead of 0.167 s, the
+//! throwaway copy having been 5 % of its CPU profile). Measured on a cold virtio disk:
 //! `POSIX_FADV_WILLNEED` hints from the hashing thread were ~2x slower, and readahead(2)
 //! slower still (the kernel caps each call at its read-ahead window).
 
@@ -55,7 +59,7 @@ impl Drop for ReadAhead {
 
 /// Errors end the reader quietly: the consumer's own reads report them.
 fn read(file: &File, len: u64, consumed: &AtomicU64, stop: &AtomicBool) {
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut sink = Sink::open();
     let mut offset = 0u64;
     while offset < len && !stop.load(Ordering::Relaxed) {
         if offset >= consumed.load(Ordering::Relaxed) + AHEAD_BYTES {
@@ -63,11 +67,57 @@ fn read(file: &File, len: u64, consumed: &AtomicU64, stop: &AtomicBool) {
             continue;
         }
         let n = (len - offset).min(READ_BYTES as u64);
-        if !(is_cached(file, offset) && is_cached(file, offset + n - 1)) && file.read_at(&mut buf, offset).is_err() {
+        if !(is_cached(file, offset) && is_cached(file, offset + n - 1)) && !sink.load(file, offset, n as usize) {
             break;
         }
         offset += n;
     }
+}
+
+/// Where the data read ahead goes: /dev/null through `sendfile`, or a buffer where that
+/// does not work (no /dev/null, or a file system without splice support).
+enum Sink {
+    Null(File),
+    Buffer(Vec<u8>),
+}
+
+impl Sink {
+    fn open() -> Sink {
+        match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            Ok(null) => Sink::Null(null),
+            Err(_) => Sink::Buffer(vec![0u8; READ_BYTES]),
+        }
+    }
+
+    /// Brings `n` bytes at `offset` into the page cache; false at an error or the end of the file.
+    fn load(&mut self, file: &File, offset: u64, n: usize) -> bool {
+        if let Sink::Null(null) = self {
+            match send_to_null(null, file, offset, n) {
+                Some(ok) => return ok,
+                None => *self = Sink::Buffer(vec![0u8; READ_BYTES]),
+            }
+        }
+        let Sink::Buffer(buf) = self else { return false };
+        file.read_at(&mut buf[..n], offset).map(|k| k > 0).unwrap_or(false)
+    }
+}
+
+/// `sendfile` of `n` bytes at `offset` to /dev/null: `Some(false)` at an error or the end
+/// of the file, `None` if refused before anything moved (EINVAL: no splice here).
+fn send_to_null(null: &File, file: &File, offset: u64, n: usize) -> Option<bool> {
+    let end = offset + n as u64;
+    let mut off = offset as libc::off_t;
+    while (off as u64) < end {
+        // SAFETY: two open descriptors and a live offset, which sendfile advances.
+        let r = unsafe { libc::sendfile(null.as_raw_fd(), file.as_raw_fd(), &mut off, (end - off as u64) as usize) };
+        if r == 0 {
+            return Some(false);
+        }
+        if r < 0 {
+            return if off as u64 == offset { None } else { Some(false) };
+        }
+    }
+    Some(true)
 }
 
 /// Whether the page holding `offset` is in the page cache: a one-byte read that may not
@@ -77,4 +127,42 @@ fn is_cached(file: &File, offset: u64) -> bool {
     let iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
     // SAFETY: one iovec pointing at a live one-byte buffer.
     unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn evicted(file: &File, len: u64) -> bool {
+        // SAFETY: an open descriptor; DONTNEED only drops clean cached pages.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+        !is_cached(file, 0) && !is_cached(file, len - 1)
+    }
+
+    #[test]
+    fn both_sinks_bring_the_file_into_the_page_cache_and_stop_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 3 * READ_BYTES as u64 + 4096;
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&crate::test_data::pseudo_random(len as usize, 7)).unwrap();
+        f.sync_all().unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(matches!(Sink::open(), Sink::Null(_)), "sendfile to /dev/null is the normal way");
+        for mut sink in [Sink::open(), Sink::Buffer(vec![0u8; READ_BYTES])] {
+            if !evicted(&file, len) {
+                // A file system that keeps everything in memory (tmpfs): nothing to observe.
+                return;
+            }
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(READ_BYTES as u64) as usize;
+                assert!(sink.load(&file, at, n), "load at {at}");
+                at += n as u64;
+            }
+            assert!(is_cached(&file, 0) && is_cached(&file, len / 2) && is_cached(&file, len - 1));
+            assert!(!sink.load(&file, len, 4096), "nothing to read past the end");
+        }
+    }
 }
