@@ -288,7 +288,7 @@ function runChild(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ChildRun
     createInterface({ input: child.stdout }).on('line', (line) => {
       if (line.startsWith('done ')) run.done = true;
     });
-    child.on('exit', (code, signal) => {
+    child.on('close', (code, signal) => {
       run.code = code;
       run.killed = signal === 'SIGKILL';
       resolve(run);

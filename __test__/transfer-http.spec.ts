@@ -95,7 +95,7 @@ function runCli(args: string[]): Promise<{ status: number; result: any; stderr: 
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   return new Promise((resolve) =>
-    child.once('exit', (code) => resolve({ status: code ?? -1, result: JSON.parse(stdout.trim().split('\n').pop() || 'null'), stderr })),
+    child.once('close', (code) => resolve({ status: code ?? -1, result: JSON.parse(stdout.trim().split('\n').pop() || 'null'), stderr })),
   );
 }
 
@@ -380,7 +380,7 @@ test('a busy server answers 503 beyond its request limit and pull retries; Ctrl-
     out += d.toString();
     if (/"phase":"fetch","done":[1-9]/.test(out)) child.kill('SIGINT');
   });
-  const status = await new Promise<number | null>((r) => child.once('exit', r));
+  const status = await new Promise<number | null>((r) => child.once('close', r));
   t.not(status, 0);
   t.is(JSON.parse(out.trim().split('\n').pop()!).error.code, 'OSFARM_ABORTED');
   t.false(Repository.open(receiver).list().some((x) => x.digest === o.digest));

@@ -33,7 +33,8 @@ function finished(child: ChildProcess): Promise<{ status: number; stdout: string
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) => child.once('exit', (code) => resolve({ status: code ?? -1, stdout, stderr })));
+  // 'close', not 'exit': the exit can be seen before the last of stdout is read.
+  return new Promise((resolve) => child.once('close', (code) => resolve({ status: code ?? -1, stdout, stderr })));
 }
 
 export class ProxyLab {
