@@ -215,11 +215,12 @@ async function table(ns: Netns, link: number, disk: Disk, rowDeltas: number[]): 
     const oldDigest = (cli(['--repo', repo, 'repo', 'show', 'old']) as { digest: string }).digest;
     const receiver = await startReceiver(ns, repo);
     try {
-      // Short runs are repeated and the median counts; the spread is shown. On this VM a
-      // run now and then takes 2-3x longer, CPU-bound: memory freed by dropping the caches
-      // goes back to the host (virtio-balloon free page reporting) and faults in again.
+      // Short runs are repeated (delta 0: 15 times) and the median counts; the spread is
+      // shown. On this VM one run in four or five takes 2-3x longer, CPU-bound: memory freed
+      // by dropping the caches goes back to the host (virtio-balloon free page reporting)
+      // and faults in again.
       const results: { r: PushResult; wire: number }[] = [];
-      for (let i = 0; i < (delta === 0 ? 7 : delta <= 0.1 ? 3 : 1); i++) {
+      for (let i = 0; i < (delta === 0 ? 15 : delta <= 0.1 ? 3 : 1); i++) {
         // Each repetition starts from the old image alone (at delta 0 that is the image).
         if (i > 0 && results[0]!.r.digest !== oldDigest) cli(['--repo', repo, 'repo', 'rm', results[0]!.r.digest]);
         dropCaches();
