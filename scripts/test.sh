@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: the generated binding's drift check, cargo test (the Rust core),
+# Runs every test: the generated binding's drift check, the type check, Rust
+# formatting, cargo test (the Rust core),
 # and ava (the TypeScript API, the CLI and the real builds/transfers). Ends with
 # one line "N passed, N failed". Run scripts/install.sh first.
 set -uo pipefail
@@ -24,6 +25,15 @@ if npx tsc -p tsconfig.check.json >"$log/check.txt" 2>&1; then
   passed=$((passed + 1)); echo "ok: __test__ and benches type-check"
 else
   failed=$((failed + 1)); echo "not ok: type errors in __test__ or benches:"; cat "$log/check.txt"
+fi
+
+echo "== Rust formatting (rustfmt.toml)"
+if ! cargo fmt --version >/dev/null 2>&1; then
+  echo "skipped: rustfmt is not installed (rustup component add rustfmt)"
+elif cargo fmt --all --check >"$log/fmt.txt" 2>&1; then
+  passed=$((passed + 1)); echo "ok: cargo fmt --check"
+else
+  failed=$((failed + 1)); echo "not ok: cargo fmt would change these files (run cargo fmt):"; grep '^Diff in' "$log/fmt.txt" | sort -u
 fi
 
 echo "== cargo test"

@@ -135,10 +135,7 @@ mod tests {
     fn sha256_matches_known_vector() {
         let mut out = [0u8; 32];
         HashAlg::Sha256.digest_into(b"abc", &mut out);
-        assert_eq!(
-            hex::encode(out),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex::encode(out), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -194,7 +194,10 @@ impl Header {
         let image_len = u64::from_le_bytes(h[16..24].try_into().unwrap());
         let block_count = u64::from_le_bytes(h[24..32].try_into().unwrap());
         if block_count != block_count_for(image_len, block_size) {
-            bail!(BadIndex, "block count {block_count} does not match image length {image_len} at block size {block_size}");
+            bail!(
+                BadIndex,
+                "block count {block_count} does not match image length {image_len} at block size {block_size}"
+            );
         }
         if h[32 + alg.len()..].iter().any(|&b| b != 0) {
             bail!(BadIndex, "corrupt header: bytes after the image digest are not zero");
@@ -267,9 +270,13 @@ mod tests {
     #[test]
     fn refuses_bad_magic_version_alg_flags() {
         let good = encoded(&sample());
-        for (at, value, needle) in
-            [(0, b'X', "magic"), (8, 9, "version"), (10, 7, "hash algorithm"), (11, 30, "out of range"), (12, 1, "flags")]
-        {
+        for (at, value, needle) in [
+            (0, b'X', "magic"),
+            (8, 9, "version"),
+            (10, 7, "hash algorithm"),
+            (11, 30, "out of range"),
+            (12, 1, "flags"),
+        ] {
             let mut b = good.clone();
             b[at] = value;
             expect_bad(&b, needle);

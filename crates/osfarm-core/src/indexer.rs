@@ -116,10 +116,9 @@ pub fn index_bytes(data: &[u8], opts: IndexOptions) -> Result<Index> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_data::pseudo_random;
     use crate::progress::{Counter, Silent};
+    use crate::test_data::pseudo_random;
     use std::sync::atomic::Ordering;
-
 
     #[test]
     fn file_and_memory_agree_and_blocks_are_independent() {

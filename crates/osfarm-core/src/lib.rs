@@ -14,9 +14,9 @@ pub mod pack;
 pub mod progress;
 mod readahead;
 pub mod repo;
-pub mod transfer;
 #[cfg(test)]
 mod test_data;
+pub mod transfer;
 
 pub use error::{Code, Error, Result};
 pub use hash::HashAlg;

@@ -68,7 +68,11 @@ fn parse_options(opts: &Option<IndexImageOptions>) -> Result<(IndexOptions, Opti
 }
 
 /// Loads an index from an `.osfi` file, or computes it from an image.
-pub(crate) fn load_or_index(path: &str, opts: IndexOptions, progress: &dyn osfarm_core::progress::Progress) -> osfarm_core::Result<Index> {
+pub(crate) fn load_or_index(
+    path: &str,
+    opts: IndexOptions,
+    progress: &dyn osfarm_core::progress::Progress,
+) -> osfarm_core::Result<Index> {
     let p = std::path::Path::new(path);
     if is_index_file(p) {
         Index::load(p)
@@ -84,7 +88,12 @@ fn is_index_file(path: &std::path::Path) -> bool {
     std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == osfarm_core::index::MAGIC
 }
 
-fn index_and_save(path: &str, opts: IndexOptions, output: Option<PathBuf>, progress: &dyn osfarm_core::progress::Progress) -> osfarm_core::Result<IndexInfo> {
+fn index_and_save(
+    path: &str,
+    opts: IndexOptions,
+    output: Option<PathBuf>,
+    progress: &dyn osfarm_core::progress::Progress,
+) -> osfarm_core::Result<IndexInfo> {
     let index = indexer::index_file(std::path::Path::new(path), opts, progress)?;
     if let Some(out) = &output {
         index.save(out)?;
@@ -161,7 +170,12 @@ pub struct CompareResult {
     pub b: CompareSide,
 }
 
-fn compare_paths(a: &str, b: &str, opts: IndexOptions, progress: &dyn osfarm_core::progress::Progress) -> osfarm_core::Result<CompareResult> {
+fn compare_paths(
+    a: &str,
+    b: &str,
+    opts: IndexOptions,
+    progress: &dyn osfarm_core::progress::Progress,
+) -> osfarm_core::Result<CompareResult> {
     let ia = load_or_index(a, opts, progress)?;
     // An index file fixes the parameters; index the other side to match it.
     let opts_b = IndexOptions { alg: ia.alg(), block_size: ia.block_size() };

@@ -146,7 +146,12 @@ fn plan_result(p: repo::Plan) -> RepoPlan {
         missing_blocks: s.missing_blocks as f64,
         missing_bytes: s.missing_bytes as f64,
         missing_runs: runs(&p.missing_runs),
-        sources: p.images.into_iter().zip(counts).map(|(digest, n)| RepoPlanSource { digest, blocks: n as f64 }).collect(),
+        sources: p
+            .images
+            .into_iter()
+            .zip(counts)
+            .map(|(digest, n)| RepoPlanSource { digest, blocks: n as f64 })
+            .collect(),
     }
 }
 
@@ -399,7 +404,10 @@ impl RepositoryHandle {
 
     /// The synchronous twin of `plan`.
     #[napi]
-    pub fn plan_sync(&self, #[napi(ts_arg_type = "string | Buffer")] index: Either<String, Buffer>) -> Result<RepoPlan> {
+    pub fn plan_sync(
+        &self,
+        #[napi(ts_arg_type = "string | Buffer")] index: Either<String, Buffer>,
+    ) -> Result<RepoPlan> {
         let src = IndexSource::from_js(index);
         let index = src.load(&self.repo, &Silent).map_err(js_err)?;
         self.repo.plan(&index).map(plan_result).map_err(js_err)

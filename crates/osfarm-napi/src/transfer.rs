@@ -62,7 +62,9 @@ fn to_hex(b: &[u8]) -> String {
 }
 
 fn hex_digest(s: &str, what: &str) -> Result<Vec<u8>> {
-    from_hex(s).ok_or_else(|| js_err(osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("{what} '{s}' is not hex"))))
+    from_hex(s).ok_or_else(|| {
+        js_err(osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("{what} '{s}' is not hex")))
+    })
 }
 
 // ----- the sending side -----
@@ -167,7 +169,10 @@ impl ImageSourceHandle {
 
     /// The next window of digests, or null after the last one.
     #[napi(ts_return_type = "Promise<DigestWindow | null>")]
-    pub fn next(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<Option<(u64, u32, Vec<u8>)>, Option<DigestWindow>>> {
+    pub fn next(
+        &self,
+        signal: Option<AbortSignal>,
+    ) -> AsyncTask<Run<Option<(u64, u32, Vec<u8>)>, Option<DigestWindow>>> {
         let src = self.src.clone();
         run(
             signal,
@@ -181,7 +186,12 @@ impl ImageSourceHandle {
 
     /// Reads `count` blocks from `first`, zstd-compressed when `compress` and it pays.
     #[napi(ts_return_type = "Promise<BlockRun>")]
-    pub fn read_run(&self, first: f64, count: u32, compress: bool) -> AsyncTask<Run<(Encoding, Vec<u8>, usize), BlockRun>> {
+    pub fn read_run(
+        &self,
+        first: f64,
+        count: u32,
+        compress: bool,
+    ) -> AsyncTask<Run<(Encoding, Vec<u8>, usize), BlockRun>> {
         let src = self.src.clone();
         run(None, block_run, move || src.read_run(first as u64, count as u64, compress))
     }
@@ -339,7 +349,9 @@ pub struct TransferImageOptions {
 
 fn add_options(o: Option<TransferImageOptions>) -> AddOptions {
     match o {
-        Some(o) => AddOptions { name: o.name, meta_json: o.meta_json, format: o.format, original_name: o.original_name },
+        Some(o) => {
+            AddOptions { name: o.name, meta_json: o.meta_json, format: o.format, original_name: o.original_name }
+        }
         None => AddOptions::default(),
     }
 }
@@ -384,7 +396,10 @@ fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(
         None => None,
     };
     if !(o.image_size >= 0.0 && o.image_size <= (1u64 << 53) as f64 && o.image_size.fract() == 0.0) {
-        return Err(osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("image size {} is not valid", o.image_size)));
+        return Err(osfarm_core::Error::new(
+            osfarm_core::Code::InvalidArgument,
+            format!("image size {} is not valid", o.image_size),
+        ));
     }
     let asm = repo.begin_stream(StreamOptions {
         image_len: o.image_size as u64,
@@ -402,10 +417,20 @@ impl PushAssembly {
     /// Starts receiving an image into the repository at `repoPath` (resuming the partial
     /// data of an earlier attempt with the same resume key, re-verified, off the JS thread).
     #[napi(ts_return_type = "Promise<PushAssembly>")]
-    pub fn begin(repo_path: String, options: PushAssemblyOptions) -> AsyncTask<Run<(StreamAssembler, HashAlg, u32), PushAssembly>> {
+    pub fn begin(
+        repo_path: String,
+        options: PushAssemblyOptions,
+    ) -> AsyncTask<Run<(StreamAssembler, HashAlg, u32), PushAssembly>> {
         run(
             None,
-            |_, (asm, alg, bs)| Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs, decoder: OnceLock::new() }),
+            |_, (asm, alg, bs)| {
+                Ok(PushAssembly {
+                    asm: Arc::new(asm),
+                    hash: alg.name().into(),
+                    block_size: bs,
+                    decoder: OnceLock::new(),
+                })
+            },
             move || begin_push(&repo_path, &options),
         )
     }
@@ -493,7 +518,11 @@ impl PushAssembly {
     /// Checks the announced image digest against the digests received, waits for local
     /// copies, and publishes the image atomically.
     #[napi(ts_return_type = "Promise<TransferredImage>")]
-    pub fn finish(&self, image_digest: String, options: Option<TransferImageOptions>) -> Result<AsyncTask<Run<repo::ImageEntry, TransferredImage>>> {
+    pub fn finish(
+        &self,
+        image_digest: String,
+        options: Option<TransferImageOptions>,
+    ) -> Result<AsyncTask<Run<repo::ImageEntry, TransferredImage>>> {
         let asm = self.asm.clone();
         let d = hex_digest(&image_digest, "image digest")?;
         let opts = add_options(options);
@@ -520,7 +549,14 @@ fn run_len(asm: &StreamAssembler, first: u64, count: u64, bs: u64) -> osfarm_cor
     Ok(((first + count) * bs).min(asm.image_len()) - first * bs)
 }
 
-fn put_run(asm: &StreamAssembler, first: u64, count: u64, bs: u64, encoding: u32, data: Vec<u8>) -> osfarm_core::Result<u64> {
+fn put_run(
+    asm: &StreamAssembler,
+    first: u64,
+    count: u64,
+    bs: u64,
+    encoding: u32,
+    data: Vec<u8>,
+) -> osfarm_core::Result<u64> {
     let enc = Encoding::from_id(encoding as u8).filter(|_| encoding < 256).ok_or_else(|| {
         osfarm_core::Error::new(osfarm_core::Code::InvalidArgument, format!("unknown block encoding {encoding}"))
     })?;
@@ -555,7 +591,11 @@ fn begin_pull(repo_path: &str, index: &[u8], expected: Option<String>) -> osfarm
 impl PullAssembly {
     /// Starts (or resumes, re-verifying what an earlier attempt wrote) a pull.
     #[napi(ts_return_type = "Promise<PullAssembly>")]
-    pub fn begin(repo_path: String, index: Buffer, options: Option<PullAssemblyOptions>) -> AsyncTask<Run<repo::Assembler, PullAssembly>> {
+    pub fn begin(
+        repo_path: String,
+        index: Buffer,
+        options: Option<PullAssemblyOptions>,
+    ) -> AsyncTask<Run<repo::Assembler, PullAssembly>> {
         let index = index.to_vec();
         let expected = options.and_then(|o| o.expected_digest);
         run(None, |_, asm| Ok(PullAssembly { asm: Arc::new(asm) }), move || begin_pull(&repo_path, &index, expected))
@@ -590,7 +630,11 @@ impl PullAssembly {
     #[napi(ts_return_type = "Promise<number>")]
     pub fn fill(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<u64, f64>> {
         let asm = self.asm.clone();
-        run(signal, |_, n| Ok(n as f64), move || asm.fill_from_repository(&osfarm_core::progress::Silent).map(|r| r.blocks))
+        run(
+            signal,
+            |_, n| Ok(n as f64),
+            move || asm.fill_from_repository(&osfarm_core::progress::Silent).map(|r| r.blocks),
+        )
     }
 
     /// The runs still missing (repeats of a block come with their first occurrence).

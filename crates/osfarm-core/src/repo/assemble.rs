@@ -165,7 +165,8 @@ impl Repository {
             fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "cannot create", e))?;
             let path = tmp.join(format!("{hex}.partial"));
             let have_path = tmp.join(format!("{hex}.have"));
-            let data = lock_partial(&path, &format!("another process is assembling image {hex}; wait for it or retry"))?;
+            let data =
+                lock_partial(&path, &format!("another process is assembling image {hex}; wait for it or retry"))?;
             let len = data.file().metadata().map_err(|e| Error::io(&path, "cannot stat", e))?.len();
             if let Some(bits) = read_have(&have_path, &asm.index).filter(|_| len == asm.index.image_len()) {
                 state.have_count = bits.iter().map(|w| w.count_ones() as u64).sum();

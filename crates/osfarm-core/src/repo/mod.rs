@@ -19,8 +19,8 @@ mod copy;
 pub mod json;
 pub mod lock;
 pub mod plan;
-pub mod table;
 pub mod stream;
+pub mod table;
 
 use std::fs;
 use std::path::{Path, PathBuf};

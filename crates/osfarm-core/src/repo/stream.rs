@@ -216,7 +216,12 @@ impl Repository {
         }
         if let Some(d) = &opts.expected_digest {
             if d.len() != alg.len() {
-                bail!(InvalidArgument, "an image digest of {} bytes was announced; this repository uses {}", d.len(), alg.name());
+                bail!(
+                    InvalidArgument,
+                    "an image digest of {} bytes was announced; this repository uses {}",
+                    d.len(),
+                    alg.name()
+                );
             }
         }
         let st = {
@@ -279,7 +284,8 @@ impl Repository {
                     data.file().set_len(0).map_err(|e| Error::io(&path, "cannot truncate", e))?;
                     got.set_len(0).map_err(|e| Error::io(&got_path, "cannot truncate", e))?;
                     got.write_all_at(&header, 0).map_err(|e| Error::io(&got_path, "cannot write", e))?;
-                    got.set_len(GOT_HEADER_LEN + block_count * dl as u64).map_err(|e| Error::io(&got_path, "cannot size", e))?;
+                    got.set_len(GOT_HEADER_LEN + block_count * dl as u64)
+                        .map_err(|e| Error::io(&got_path, "cannot size", e))?;
                 }
                 data.file().set_len(opts.image_len).map_err(|e| Error::io(&path, "cannot size", e))?;
                 (data, path, Some((got, got_path)), None)
@@ -369,7 +375,14 @@ fn got_header(alg: HashAlg, block_size: u32, image_len: u64) -> [u8; GOT_HEADER_
 }
 
 /// Re-hashes the blocks a record claims. Returns (verified digests, dirty bitmap).
-fn reverify(file: &File, path: &Path, alg: HashAlg, block_size: u32, image_len: u64, rec: &[u8]) -> Result<(Vec<u8>, Vec<u64>)> {
+fn reverify(
+    file: &File,
+    path: &Path,
+    alg: HashAlg,
+    block_size: u32,
+    image_len: u64,
+    rec: &[u8],
+) -> Result<(Vec<u8>, Vec<u64>)> {
     let dl = alg.len();
     let n = block_count_for(image_len, block_size);
     let bs = block_size as u64;
@@ -380,27 +393,30 @@ fn reverify(file: &File, path: &Path, alg: HashAlg, block_size: u32, image_len: 
     for i in (0..n).filter(|&i| claimed(i)) {
         dirty[(i / 64) as usize] |= 1 << (i % 64);
     }
-    out.par_chunks_mut(per as usize * dl).enumerate().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, (c, o)| -> Result<()> {
-        let b0 = c as u64 * per;
-        let b1 = (b0 + per).min(n);
-        if !(b0..b1).any(claimed) {
-            return Ok(());
-        }
-        let len = (b1 * bs).min(image_len) - b0 * bs;
-        buf.resize(len as usize, 0);
-        file.read_exact_at(buf, b0 * bs).map_err(|e| Error::io(path, "cannot read", e))?;
-        let mut d = [0u8; MAX_DIGEST_LEN];
-        for i in (b0..b1).filter(|&i| claimed(i)) {
-            let from = ((i - b0) * bs) as usize;
-            let to = (from + bs as usize).min(buf.len());
-            alg.block_digest_into(&buf[from..to], &mut d[..dl]);
-            let want = &rec[i as usize * dl..(i as usize + 1) * dl];
-            if d[..dl] == *want {
-                o[(i - b0) as usize * dl..(i - b0 + 1) as usize * dl].copy_from_slice(want);
+    out.par_chunks_mut(per as usize * dl).enumerate().try_for_each_init(
+        Vec::new,
+        |buf: &mut Vec<u8>, (c, o)| -> Result<()> {
+            let b0 = c as u64 * per;
+            let b1 = (b0 + per).min(n);
+            if !(b0..b1).any(claimed) {
+                return Ok(());
             }
-        }
-        Ok(())
-    })?;
+            let len = (b1 * bs).min(image_len) - b0 * bs;
+            buf.resize(len as usize, 0);
+            file.read_exact_at(buf, b0 * bs).map_err(|e| Error::io(path, "cannot read", e))?;
+            let mut d = [0u8; MAX_DIGEST_LEN];
+            for i in (b0..b1).filter(|&i| claimed(i)) {
+                let from = ((i - b0) * bs) as usize;
+                let to = (from + bs as usize).min(buf.len());
+                alg.block_digest_into(&buf[from..to], &mut d[..dl]);
+                let want = &rec[i as usize * dl..(i as usize + 1) * dl];
+                if d[..dl] == *want {
+                    o[(i - b0) as usize * dl..(i - b0 + 1) as usize * dl].copy_from_slice(want);
+                }
+            }
+            Ok(())
+        },
+    )?;
     Ok((out, dirty))
 }
 
@@ -520,7 +536,12 @@ impl StreamAssembler {
         }
         let count = (digests.len() / dl) as u64;
         if first + count > s.block_count {
-            bail!(InvalidArgument, "digests of blocks up to {} were sent for an image of {} blocks", first + count, s.block_count);
+            bail!(
+                InvalidArgument,
+                "digests of blocks up to {} were sent for an image of {} blocks",
+                first + count,
+                s.block_count
+            );
         }
         let mut runs: Vec<Run> = Vec::new();
         let mut jobs: Vec<CopyJob> = Vec::new();
@@ -554,7 +575,9 @@ impl StreamAssembler {
             if let Some(ix) = found {
                 let e = *table.entry(ix);
                 inner.identity = match inner.identity {
-                    Identity::Undecided if e.block as u64 == i && s.slot_len(e.slot) == Some(s.image_len) => Identity::Slot(e.slot),
+                    Identity::Undecided if e.block as u64 == i && s.slot_len(e.slot) == Some(s.image_len) => {
+                        Identity::Slot(e.slot)
+                    }
                     Identity::Slot(x) if x == e.slot && e.block as u64 == i => Identity::Slot(x),
                     _ => Identity::Broken,
                 };
@@ -571,7 +594,13 @@ impl StreamAssembler {
                         j.count += 1;
                         j.digests.extend_from_slice(d);
                     }
-                    None => jobs.push(CopyJob { slot: e.slot, src_block: e.block as u64, dst_block: i, count: 1, digests: d.to_vec() }),
+                    None => jobs.push(CopyJob {
+                        slot: e.slot,
+                        src_block: e.block as u64,
+                        dst_block: i,
+                        count: 1,
+                        digests: d.to_vec(),
+                    }),
                 }
                 continue;
             }
@@ -672,7 +701,10 @@ impl StreamAssembler {
             inner.digests[(first * dl as u64) as usize..((first + count) * dl as u64) as usize].to_vec()
         };
         if let Some(i) = s.verify(first, data, &digests) {
-            bail!(DigestMismatch, "block {i} does not match the digest the sender announced for it; nothing was written");
+            bail!(
+                DigestMismatch,
+                "block {i} does not match the digest the sender announced for it; nothing was written"
+            );
         }
         s.write_blocks(first, data, &digests)?;
         let mut inner = s.inner.lock().unwrap();
@@ -715,7 +747,12 @@ impl StreamAssembler {
         super::check_meta(opts.meta_json.as_deref())?;
         if let Some(e) = &self.existing {
             if e.digest != hex::encode(image_digest) {
-                bail!(DigestMismatch, "the sender announced image {} but finished with {}", e.digest, hex::encode(image_digest));
+                bail!(
+                    DigestMismatch,
+                    "the sender announced image {} but finished with {}",
+                    e.digest,
+                    hex::encode(image_digest)
+                );
             }
             return match &opts.name {
                 Some(n) if e.name.as_deref() != Some(n) => self.repo.set_name(&e.digest, Some(n)),
@@ -726,7 +763,12 @@ impl StreamAssembler {
         let index = {
             let inner = s.inner.lock().unwrap();
             if inner.offered != s.block_count {
-                bail!(InvalidArgument, "the sender finished after the digests of {} of {} blocks", inner.offered, s.block_count);
+                bail!(
+                    InvalidArgument,
+                    "the sender finished after the digests of {} of {} blocks",
+                    inner.offered,
+                    s.block_count
+                );
             }
             Index::from_digests(s.alg, s.block_size, s.image_len, inner.digests.clone())?
         };
@@ -814,7 +856,10 @@ impl StreamAssembler {
             s.alg.block_digest_into(&buf[..n], &mut d[..dl]);
             let want = &digests[j as usize * dl..(j as usize + 1) * dl];
             if d[..dl] != *want {
-                bail!(DigestMismatch, "block {f}, the first copy of block {j}, does not match its digest; nothing was published");
+                bail!(
+                    DigestMismatch,
+                    "block {f}, the first copy of block {j}, does not match its digest; nothing was published"
+                );
             }
             s.write_blocks(j, &buf[..n], want)?;
             let mut inner = s.inner.lock().unwrap();
@@ -957,17 +1002,20 @@ fn run_batch(s: &Shared, files: &mut HashMap<u32, Arc<(File, PathBuf)>>, batch: 
 mod tests {
     use super::*;
     use crate::indexer::{index_bytes, IndexOptions};
-    use crate::test_data::{block, image};
     use crate::repo::InitOptions;
+    use crate::test_data::{block, image};
     use crate::transfer::source::{ImageSource, SourceOptions};
-
 
     /// Sends `data` through a stream assembly the way the network does; returns the
     /// entry and the blocks that had to be sent.
     fn push(repo: &Repository, data: &[u8], key: Option<&str>, stop_after: Option<u64>) -> (Option<ImageEntry>, u64) {
         let idx = index_bytes(data, IndexOptions::default()).unwrap();
         let asm = repo
-            .begin_stream(StreamOptions { image_len: data.len() as u64, resume_key: key.map(str::to_string), expected_digest: None })
+            .begin_stream(StreamOptions {
+                image_len: data.len() as u64,
+                resume_key: key.map(str::to_string),
+                expected_digest: None,
+            })
             .unwrap();
         let mut sent = 0;
         for (w, chunk) in idx.digests().chunks(20 * 3).enumerate() {
@@ -1023,7 +1071,11 @@ mod tests {
         let b = image(&[1, 2, 3]);
         let idx = index_bytes(&b, IndexOptions::default()).unwrap();
         let asm = repo
-            .begin_stream(StreamOptions { image_len: b.len() as u64, resume_key: Some("k".into()), expected_digest: None })
+            .begin_stream(StreamOptions {
+                image_len: b.len() as u64,
+                resume_key: Some("k".into()),
+                expected_digest: None,
+            })
             .unwrap();
         let runs = asm.offer(0, idx.digests()).unwrap();
         assert_eq!(runs, vec![Run { first: 0, count: 3 }]);
@@ -1096,13 +1148,16 @@ mod tests {
         fs::write(&p, &a).unwrap();
         let held = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
         let idx = index_bytes(&a, IndexOptions::default()).unwrap();
-        let asm = repo.begin_stream(StreamOptions { image_len: a.len() as u64, resume_key: None, expected_digest: None }).unwrap();
+        let asm = repo
+            .begin_stream(StreamOptions { image_len: a.len() as u64, resume_key: None, expected_digest: None })
+            .unwrap();
         for (w, chunk) in idx.digests().chunks(20 * 3).enumerate() {
             assert!(asm.offer(w as u64 * 3, chunk).unwrap().is_empty());
         }
         asm.wait_for_copies().unwrap();
         assert_eq!(asm.stats().have_blocks, 5, "only the zero blocks: no local block was copied");
-        let e = asm.finish(idx.image_digest(), &AddOptions { name: Some("same".into()), ..Default::default() }).unwrap();
+        let e =
+            asm.finish(idx.image_digest(), &AddOptions { name: Some("same".into()), ..Default::default() }).unwrap();
         assert_eq!((e.digest.as_str(), e.name.as_deref()), (held.digest.as_str(), Some("same")));
         assert_eq!(repo.list().unwrap().len(), 1);
         assert_eq!(fs::read_dir(repo.tmp_dir()).unwrap().count(), 0);
@@ -1127,7 +1182,11 @@ mod tests {
         let e = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
         let d = hex::decode(&e.digest).unwrap();
         let asm = repo
-            .begin_stream(StreamOptions { image_len: a.len() as u64, resume_key: None, expected_digest: Some(d.clone()) })
+            .begin_stream(StreamOptions {
+                image_len: a.len() as u64,
+                resume_key: None,
+                expected_digest: Some(d.clone()),
+            })
             .unwrap();
         assert!(asm.is_complete_image());
         assert!(asm.offer(0, &[1u8; 60]).unwrap().is_empty());
@@ -1150,8 +1209,13 @@ mod tests {
         let q = dir.path().join("b.img");
         fs::write(&q, &data).unwrap();
         let src = ImageSource::hash_file(&q, SourceOptions { alg: HashAlg::Sha1, block_size: 4096 }).unwrap();
-        let asm =
-            repo.begin_stream(StreamOptions { image_len: data.len() as u64, resume_key: Some("q".into()), expected_digest: None }).unwrap();
+        let asm = repo
+            .begin_stream(StreamOptions {
+                image_len: data.len() as u64,
+                resume_key: Some("q".into()),
+                expected_digest: None,
+            })
+            .unwrap();
         let mut sent = 0;
         while let Some(w) = src.next_window().unwrap() {
             for r in asm.offer(w.first_block, &w.digests).unwrap() {

@@ -115,7 +115,10 @@ impl StreamEncoder {
     pub fn new() -> Result<StreamEncoder> {
         let mut enc = Encoder::new(ZSTD_LEVEL).map_err(zstd_err)?;
         enc.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG)).map_err(zstd_err)?;
-        Ok(StreamEncoder { enc: Mutex::new(Session { enc, level: ZSTD_LEVEL, in_frame: false }), wary: AtomicBool::new(false) })
+        Ok(StreamEncoder {
+            enc: Mutex::new(Session { enc, level: ZSTD_LEVEL, in_frame: false }),
+            wary: AtomicBool::new(false),
+        })
     }
 
     /// The run as the next part of the stream (`ZstdStream`) compressed at `level`
@@ -193,7 +196,10 @@ impl StreamDecoder {
     pub fn decode(&self, data: &[u8], expected_len: usize) -> Result<Vec<u8>> {
         let mut dec = self.dec.lock().unwrap();
         let bad = |e: std::io::Error| {
-            crate::error::Error::new(crate::error::Code::InvalidArgument, format!("a run of the zstd stream is not valid ({e})"))
+            crate::error::Error::new(
+                crate::error::Code::InvalidArgument,
+                format!("a run of the zstd stream is not valid ({e})"),
+            )
         };
         let mut out = vec![0u8; expected_len];
         let mut input = InBuffer::around(data);
@@ -213,7 +219,10 @@ impl StreamDecoder {
         let mut ob = OutBuffer::around(&mut probe[..]);
         dec.run(&mut InBuffer::around(&[]), &mut ob).map_err(bad)?;
         if input.pos() != data.len() || written != expected_len || ob.pos() != 0 {
-            bail!(InvalidArgument, "a run of the zstd stream does not decode to exactly its {expected_len} bytes of blocks");
+            bail!(
+                InvalidArgument,
+                "a run of the zstd stream does not decode to exactly its {expected_len} bytes of blocks"
+            );
         }
         Ok(out)
     }
@@ -237,8 +246,14 @@ pub fn decode(encoding: Encoding, data: Vec<u8>, expected_len: usize) -> Result<
                 .map_err(|e| crate::error::Error::new(crate::error::Code::Io, format!("zstd: {e}")))?;
             match dec.decompress_to_buffer(&data, &mut out) {
                 Ok(n) if n == expected_len => Ok(out),
-                Ok(n) => bail!(InvalidArgument, "a compressed run decodes to {n} bytes, not the {expected_len} bytes of its blocks"),
-                Err(e) => bail!(InvalidArgument, "a compressed run is not valid zstd or is longer than its {expected_len} bytes of blocks ({e})"),
+                Ok(n) => bail!(
+                    InvalidArgument,
+                    "a compressed run decodes to {n} bytes, not the {expected_len} bytes of its blocks"
+                ),
+                Err(e) => bail!(
+                    InvalidArgument,
+                    "a compressed run is not valid zstd or is longer than its {expected_len} bytes of blocks ({e})"
+                ),
             }
         }
         Encoding::ZstdStream => bail!(InvalidArgument, "a zstd stream run needs the transfer's stream decoder"),
@@ -296,7 +311,10 @@ mod tests {
         let enc = StreamEncoder::new().unwrap();
         let dec = StreamDecoder::new().unwrap();
         // Text that compresses: the second run, the same bytes, refers to the first.
-        let run: Vec<u8> = (0..40_000u32).flat_map(|i| format!("block {} of an image; ", i * 7919 % 1000).into_bytes()).take(256 << 10).collect();
+        let run: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| format!("block {} of an image; ", i * 7919 % 1000).into_bytes())
+            .take(256 << 10)
+            .collect();
         let (e1, a) = enc.encode(run.clone(), 3).unwrap();
         assert_eq!(e1, Encoding::ZstdStream);
         assert_eq!(dec.decode(&a, run.len()).unwrap(), run);
@@ -347,4 +365,3 @@ mod tests {
         assert!(err.message.contains("not valid zstd or is longer"), "{}", err.message);
     }
 }
-

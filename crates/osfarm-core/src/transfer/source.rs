@@ -112,7 +112,12 @@ impl ImageDigester {
     /// The image digest, once every block digest has been added.
     pub fn finish(self) -> Result<Vec<u8>> {
         if self.blocks != self.expected_blocks {
-            bail!(InvalidArgument, "{} block digests given for an image of {} blocks", self.blocks, self.expected_blocks);
+            bail!(
+                InvalidArgument,
+                "{} block digests given for an image of {} blocks",
+                self.blocks,
+                self.expected_blocks
+            );
         }
         Ok(match self.state {
             DigesterState::Sha1(h) => h.finalize().to_vec(),
@@ -382,9 +387,8 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_data::pseudo_random;
     use crate::indexer::{index_bytes, IndexOptions};
-
+    use crate::test_data::pseudo_random;
 
     fn drain(src: &ImageSource) -> Vec<u8> {
         let mut all = Vec::new();
