@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the generated binding's drift check, the type check, Rust
-# formatting, cargo test (the Rust core),
-# and ava (the TypeScript API, the CLI and the real builds/transfers). Ends with
-# one line "N passed, N failed". Run scripts/install.sh first.
+# formatting, cargo test (the Rust core) and ava (the TypeScript API, the CLI and
+# the real builds/transfers). Ends with one line "N passed, N failed". Run
+# scripts/install.sh first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp -d)
