@@ -33,11 +33,3 @@ export function table(rows: string[][], header?: string[]): string {
     .map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  '))
     .join('\n');
 }
-
-/** A byte size argument: 4096, 4K, 4KiB, 1M, 2G. */
-export function parseSize(text: string, what: string): number {
-  const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
-  if (!m) throw new RangeError(`${what}: '${text}' is not a size (e.g. 4096, 64K, 1M)`);
-  const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2]!.toUpperCase()]!;
-  return Number(m[1]) * mult;
-}

@@ -22,6 +22,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { OsfarmError, throwIfAborted } from '../errors.js';
+import { parseSize } from '../util/size.js';
 import { backendByName, selectBackend } from './cow/index.js';
 import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
@@ -170,20 +171,6 @@ export interface VerifyResult {
   leftovers: { path: string; live: boolean }[];
 }
 
-const SIZE = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?$/i;
-
-/** Parses a byte count: 123, 10K, 500M, 1.5G, 2T (powers of 1024; "GiB", "GB" accepted). */
-export function parseSize(value: string | number): number {
-  if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value < 0) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `size ${value} must be a non-negative number of bytes`);
-    return Math.floor(value);
-  }
-  const m = SIZE.exec(value.trim());
-  if (!m) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `size ${JSON.stringify(value)} is not a byte count like 500M, 10G or 123456`);
-  const power = ' kmgtp'.indexOf((m[2] || ' ').toLowerCase());
-  return Math.floor(Number(m[1]) * 1024 ** power);
-}
-
 /** The store directory from options and environment. */
 export function stagesRoot(opts: { root?: string; repoPath?: string } = {}): string {
   const root = opts.root ?? process.env.OSFARM_STAGES ?? join(opts.repoPath ?? process.env.OSFARM_REPO ?? 'osfarm-repo', 'stages');
@@ -219,7 +206,7 @@ export class StageStore {
     this.requested = opts.cow ?? 'auto';
     if (this.requested !== 'auto') backendByName(this.requested);
     const max = opts.maxSize ?? process.env.OSFARM_STAGES_MAX;
-    this.maxSize = max === undefined || max === '' ? undefined : parseSize(max);
+    this.maxSize = max === undefined || max === '' ? undefined : parseSize(max, 'the stage store size limit');
     this.durable = opts.durable ?? true;
     this.onEvent = opts.onEvent ?? (() => {});
   }
@@ -642,7 +629,7 @@ export class StageStore {
    * never a stage in use. Runs a sweep of dead temps, checkouts and leases first.
    */
   async gc(opts: GcOptions = {}): Promise<GcResult> {
-    const max = opts.maxSize !== undefined ? parseSize(opts.maxSize) : this.maxSize;
+    const max = opts.maxSize !== undefined ? parseSize(opts.maxSize, 'maxSize') : this.maxSize;
     if (max === undefined) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'gc needs a size bound: --max-size (e.g. 20G) or $OSFARM_STAGES_MAX');
     const dryRun = opts.dryRun ?? false;
     const gcLock = (await acquireLock(this.path('locks', 'gc.lock'), { signal: opts.signal })) as FileLock;

@@ -18,7 +18,8 @@ import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUT
 import { OsfarmError } from '../errors.js';
 import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
-import { parseSize, StageStore } from '../stages/store.js';
+import { StageStore } from '../stages/store.js';
+import { parseSize } from '../util/size.js';
 import { parseImageUrl, pull } from '../transfer/pull.js';
 import { push } from '../transfer/push.js';
 import { type Catalog, catalog } from './catalog.js';
@@ -363,7 +364,7 @@ export class Api {
           const body = await readJson(req);
           const max = body.maxSize;
           if (typeof max !== 'string' && typeof max !== 'number') throw bad('maxSize is required: a size like 20G or 500M, or a number of bytes');
-          const maxSize = parseSize(max);
+          const maxSize = parseSize(max, 'maxSize');
           if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw bad('dryRun must be true or false');
           if (!existsSync(this.o.stagesPath)) return sendJson(res, 200, { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: body.dryRun === true });
           const store = await StageStore.open({ root: this.o.stagesPath, create: false });

@@ -1,6 +1,7 @@
 import { compare, type CompareResult, type HashName } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { count, parseSize, percent, table } from '../format.js';
+import { parseSize } from '../../util/size.js';
+import { count, percent, table } from '../format.js';
 
 const command: Command<CompareResult & { aPath: string; bPath: string }> = {
   name: 'compare',

@@ -1,6 +1,7 @@
 import { indexImage, type HashName, type IndexInfo } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { bytes, count, parseSize, percent } from '../format.js';
+import { parseSize } from '../../util/size.js';
+import { bytes, count, percent } from '../format.js';
 
 const command: Command<IndexInfo> = {
   name: 'index',

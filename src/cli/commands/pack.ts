@@ -1,6 +1,7 @@
 import { pack, type PackResult } from '../../pack/index.js';
 import { type Command, str } from '../command.js';
-import { bytes, count, parseSize } from '../format.js';
+import { parseSize } from '../../util/size.js';
+import { bytes, count } from '../format.js';
 
 const command: Command<PackResult & { output: string }> = {
   name: 'pack',

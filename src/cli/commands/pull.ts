@@ -1,6 +1,7 @@
 import { pull, type PullResult } from '../../transfer/pull.js';
 import { type Command, str, throttled, wholeNumber } from '../command.js';
-import { bytes, count, parseSize, percent } from '../format.js';
+import { parseSize } from '../../util/size.js';
+import { bytes, count, percent } from '../format.js';
 
 const command: Command<PullResult> = {
   name: 'pull',

@@ -2,7 +2,8 @@ import type { HashName } from '../../blocks/index.js';
 import { OsfarmError } from '../../errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
-import { bytes, count, parseSize, table } from '../format.js';
+import { parseSize } from '../../util/size.js';
+import { bytes, count, table } from '../format.js';
 
 /** An image entry as printed: dates as ISO strings. */
 function shown(e: ImageEntry): ShownEntry {

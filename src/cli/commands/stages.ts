@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 
 import { OsfarmError } from '../../errors.js';
 import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
-import { type GcResult, parseSize, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
+import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
+import { parseSize } from '../../util/size.js';
 import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
 import { bytes, table } from '../format.js';
 
@@ -68,7 +69,7 @@ const gc: Command<GcResult> = {
   async run(args, ctx) {
     const max = str(args, 'max-size') ?? process.env.OSFARM_STAGES_MAX;
     if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
-    const maxSize = parseSize(max);
+    const maxSize = parseSize(max, '--max-size');
     const store = await openStore(args, ctx);
     if (!existsSync(store.root)) return { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: flag(args, 'dry-run'), swept: { temps: 0, checkouts: 0, views: 0, leases: 0 } };
     return store.gc({ maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
