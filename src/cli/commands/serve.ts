@@ -2,7 +2,7 @@ import { createPullHandler, listenHttp, type PullServeStats } from '../../transf
 import { parseAddress } from '../../transfer/util.js';
 import { Repository } from '../../repo/index.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
-import { type Command, flag, str } from '../command.js';
+import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 
 const command: Command<Omit<PullServeStats, 'active'>> = {
@@ -19,9 +19,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     if (!listen) throw new RangeError('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
-    const maxRequests = str(args, 'max-requests');
-    if (maxRequests !== undefined && !/^[1-9]\d*$/.test(maxRequests)) throw new RangeError(`--max-requests: '${maxRequests}' is not a positive whole number`);
-    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent: maxRequests === undefined ? undefined : Number(maxRequests) });
+    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent: wholeNumber(args, 'max-requests', 1) });
     const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
     if (web.token.created) {
       // Shown this once; afterwards it is only in the file.
