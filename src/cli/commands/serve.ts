@@ -18,8 +18,9 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const listen = str(args, 'listen');
     if (!listen) throw new RangeError('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
+    const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
-    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent: wholeNumber(args, 'max-requests', 1) });
+    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
     const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
     if (web.token.created) {
       // Shown this once; afterwards it is only in the file.
