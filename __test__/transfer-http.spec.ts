@@ -4,7 +4,7 @@
  * connections, and fan-out through an nginx slice cache in network namespaces.
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { request, type Server } from 'node:http';
@@ -88,8 +88,8 @@ function http(url: string, path: string, opts: { method?: string; headers?: Reco
   });
 }
 
-function runCli(args: string[]): Promise<{ status: number; result: any; stderr: string }> {
-  const child = spawn(process.execPath, [...CLI, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number; result: any; stderr: string }> {
+  const child = spawn(process.execPath, [...CLI, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -184,14 +184,19 @@ test('pull into a repository that does not exist yet creates it; zero blocks and
   t.is(sha256(local.path), sha256(odd));
 });
 
-test('pull works from a plain nginx serving a copy of the repository directory (by digest)', async (t) => {
-  const o = await origin(t);
-  const port = await new Promise<number>((resolve) => {
+/** A TCP port free on loopback right now (for servers that cannot be told to pick one). */
+function freePort(): Promise<number> {
+  return new Promise<number>((resolve) => {
     const s = createTcpServer().listen(0, '127.0.0.1', () => {
       const p = (s.address() as AddressInfo).port;
       s.close(() => resolve(p));
     });
   });
+}
+
+test('pull works from a plain nginx serving a copy of the repository directory (by digest)', async (t) => {
+  const o = await origin(t);
+  const port = await freePort();
   const staticCopy = join(tempDir(t), 'www');
   cpSync(o.dir, staticCopy, { recursive: true });
   const nginx = await startNginx(join(tempDir(t), 'nginx'), `127.0.0.1:${port}`, { kind: 'static', root: staticCopy });
@@ -208,6 +213,30 @@ test('pull works from a plain nginx serving a copy of the repository directory (
   const e = await t.throwsAsync(pull(`http://127.0.0.1:${port}/images/new`, { repoPath: o.receiver }));
   t.is((e as OsfarmError).code, 'OSFARM_NOT_FOUND');
   t.regex(e!.message, /full digest/);
+});
+
+test('pull over HTTPS: a certificate from a CA in NODE_EXTRA_CA_CERTS works; an untrusted one is refused at once', async (t) => {
+  const o = await origin(t);
+  const dir = tempDir(t);
+  const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=osfarm test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const port = await freePort();
+  const staticCopy = join(dir, 'www');
+  cpSync(o.dir, staticCopy, { recursive: true });
+  const nginx = await startNginx(join(dir, 'nginx'), `127.0.0.1:${port}`, { kind: 'static', root: staticCopy, tls: { cert, key } });
+  t.teardown(() => nginx.stop());
+  const url = `https://127.0.0.1:${port}/images/${o.digest}`;
+
+  const untrusted = await runCli(['pull', url, '--repo', o.receiver]);
+  t.is(untrusted.status, 1, untrusted.stderr);
+  t.is(untrusted.result.error.code, 'OSFARM_UNAUTHORIZED');
+  t.regex(untrusted.result.error.message, /not trusted.*NODE_EXTRA_CA_CERTS/);
+  t.notRegex(untrusted.result.error.message, /gave up after/, 'a certificate problem is not retried');
+
+  const trusted = await runCli(['pull', url, '--repo', o.receiver], { NODE_EXTRA_CA_CERTS: cert });
+  t.is(trusted.status, 0, trusted.stderr);
+  t.is(trusted.result.blocksFetched, o.changedBytes / 4096);
+  t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
 });
 
 test('serve: ranges, ETag, HEAD, 416, conditional requests and cache headers', async (t) => {

@@ -8,8 +8,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export type NginxSite =
-  /** A plain static server: `root <dir>;`. */
-  | { kind: 'static'; root: string }
+  /** A plain static server: `root <dir>;`, over TLS with `tls` (PEM files). */
+  | { kind: 'static'; root: string; tls?: { cert: string; key: string } }
   /** A caching reverse proxy that fetches and caches `sliceSize` slices of ranged content. */
   | { kind: 'proxy'; upstream: string; sliceSize: string };
 
@@ -45,6 +45,7 @@ function location(site: NginxSite, dir: string): string {
 }
 
 function config(dir: string, listen: string, site: NginxSite): string {
+  const tls = site.kind === 'static' ? site.tls : undefined;
   return `
 daemon off;
 master_process on;
@@ -65,7 +66,7 @@ http {
   scgi_temp_path ${dir}/scgi-temp;
   proxy_cache_path ${dir}/cache levels=1:2 keys_zone=osf:16m max_size=4g inactive=1h use_temp_path=off;
   server {
-    listen ${listen};
+    listen ${listen}${tls ? ' ssl' : ''};${tls ? `\n    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};` : ''}
     location / {${location(site, dir)}
     }
   }
