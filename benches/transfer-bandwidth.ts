@@ -39,7 +39,7 @@ import { createInterface } from 'node:readline';
 
 import { CLI, dropCaches, median, printTable, time, workDir } from './lib.js';
 import { limitDiskReads } from './disk-throttle.js';
-import { createNetns, type Netns } from './netns.js';
+import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 
 const MIB = 1 << 20;
 const BS = 4096;

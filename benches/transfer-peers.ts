@@ -30,7 +30,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { CLI, printTable, workDir } from './lib.js';
-import { createNetns, type Netns } from './netns.js';
+import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 
 const MBIT = 100;
 const TOKEN = 'transfer-peers-bench';
