@@ -305,7 +305,6 @@ export async function push(image: string, address: string, options: PushOptions 
   }
 }
 
-
 /** Unsent bytes in the socket's buffer beyond which the digest stream waits. */
 const DIGEST_BACKLOG_BYTES = 4 << 20;
 
