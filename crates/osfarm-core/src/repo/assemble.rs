@@ -14,7 +14,7 @@
 //! digest re-verifies the blocks the bitmap claims and continues from there.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,17 +181,8 @@ impl Repository {
             asm.data_path = path;
             asm.have_path = Some(have_path);
         } else {
-            let ws = self.workspace("asm")?;
-            let path = ws.dir.join(IMAGE_FILE);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, "cannot create", e))?;
-            file.set_len(asm.index.image_len()).map_err(|e| Error::io(&path, "cannot size", e))?;
-            asm.data =
-                FileLock::on_file(file, LockKind::Exclusive, false).map_err(|e| Error::io(&path, "cannot lock", e))?;
+            let (ws, data, path) = self.private_image_file("asm", asm.index.image_len())?;
+            asm.data = Some(data);
             asm.data_path = path;
             *asm.workspace.lock().unwrap() = Some(ws);
         }

@@ -530,6 +530,24 @@ impl Repository {
         }
     }
 
+    /// A new workspace holding an image file of `len` bytes (sparse), locked by this
+    /// process: where an assembly that nobody can resume writes its image.
+    pub(crate) fn private_image_file(&self, kind: &str, len: u64) -> Result<(Workspace, FileLock, PathBuf)> {
+        let ws = self.workspace(kind)?;
+        let path = ws.dir.join(IMAGE_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "cannot create", e))?;
+        file.set_len(len).map_err(|e| Error::io(&path, "cannot size", e))?;
+        let data = FileLock::on_file(file, LockKind::Exclusive, false)
+            .map_err(|e| Error::io(&path, "cannot lock", e))?
+            .ok_or_else(|| Error::new(Code::Locked, "a private assembly file is locked"))?;
+        Ok((ws, data, path))
+    }
+
     // ----- adding -----
 
     /// Adds an image file: copies it in (reflink when the file system can, else one

@@ -20,7 +20,7 @@
 //! image. Both files are locked by the live assembly and never visible as an image.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -291,18 +291,7 @@ impl Repository {
                 (data, path, Some((got, got_path)), None)
             }
             None => {
-                let ws = self.workspace("push")?;
-                let path = ws.dir.join(IMAGE_FILE);
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, "cannot create", e))?;
-                file.set_len(opts.image_len).map_err(|e| Error::io(&path, "cannot size", e))?;
-                let data = FileLock::on_file(file, LockKind::Exclusive, false)
-                    .map_err(|e| Error::io(&path, "cannot lock", e))?
-                    .ok_or_else(|| Error::new(Code::Locked, "a private assembly file is locked"))?;
+                let (ws, data, path) = self.private_image_file("push", opts.image_len)?;
                 (data, path, None, Some(ws))
             }
         };
@@ -1110,7 +1099,7 @@ mod tests {
         let (_, s1) = push(&repo, &data2, Some("img-2"), Some(8));
         let stem = key_file_stem("img-2");
         let partial = repo.tmp_dir().join(format!("{stem}.partial"));
-        let f = OpenOptions::new().write(true).open(&partial).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&partial).unwrap();
         f.write_all_at(b"rot", 3 * 4096 + 17).unwrap();
         let (e, s2) = push(&repo, &data2, Some("img-2"), None);
         assert_eq!(s2, 21 - s1 + 1);
