@@ -65,9 +65,8 @@ impl Compressor {
             self.skip.store(s - 1, Ordering::Relaxed);
             return None;
         }
-        let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
         match zstd::bulk::compress(data, ZSTD_LEVEL) {
-            Ok(c) if c.len() <= limit => Some(c),
+            Ok(c) if saves_enough(data.len(), c.len()) => Some(c),
             _ => {
                 self.skip.store(SKIP_AFTER_MISS, Ordering::Relaxed);
                 None
