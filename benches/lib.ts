@@ -1,5 +1,6 @@
 /** Small helpers shared by the benchmarks: timing, medians, external commands, tables. */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -53,3 +54,10 @@ export function printTable(title: string, rows: (string | number)[][], header: s
 }
 
 export const CLI = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
+
+/** Stops a child process (SIGTERM) and waits for it to exit. */
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}

@@ -37,7 +37,7 @@ import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { CLI, dropCaches, median, printTable, time, workDir } from './lib.js';
+import { CLI, dropCaches, median, printTable, stopChild, time, workDir } from './lib.js';
 import { limitDiskReads } from './disk-throttle.js';
 import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 
@@ -115,12 +115,6 @@ async function startReceiver(ns: Netns, repo: string): Promise<ChildProcess> {
     if ((JSON.parse(line) as { event?: string }).event === 'listening') return child;
   }
   throw new Error('osfarm receive exited before listening');
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  child.kill('SIGTERM');
-  await once(child, 'exit');
 }
 
 /** Payload goodput of one plain TCP stream host -> namespace (bytes/s). */
@@ -253,7 +247,7 @@ async function table(ns: Netns, link: number, disk: Disk, rowDeltas: number[]): 
         `${r.seconds.toFixed(2)}${spread}`,
       ]);
     } finally {
-      await stop(receiver);
+      await stopChild(receiver);
       rmSync(repo, { recursive: true, force: true });
     }
   }

@@ -24,12 +24,11 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { CLI, printTable, workDir } from './lib.js';
+import { CLI, printTable, stopChild, workDir } from './lib.js';
 import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 
 const MBIT = 100;
@@ -89,12 +88,6 @@ async function waitForPort(ns: Netns | undefined, host: string, port: number): P
   throw new Error(`nothing listens on ${host}:${port}`);
 }
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  await once(child, 'exit');
-}
-
 interface Pair {
   label: string;
   old: string;
@@ -121,7 +114,7 @@ async function osfarm(ns: Netns, p: Pair, work: string) {
     const path = (JSON.parse(execFileSync(process.execPath, [CLI, '--json', '--repo', repo, 'repo', 'show', digest], { encoding: 'utf8' })) as { path: string }).path;
     return { ...m, path, digestBytes };
   } finally {
-    await stop(rx);
+    await stopChild(rx);
   }
 }
 
@@ -139,7 +132,7 @@ async function rsync(ns: Netns, p: Pair, work: string) {
     );
     return { ...m, path: join(dest, 'image.tar') };
   } finally {
-    await stop(d);
+    await stopChild(d);
   }
 }
 
@@ -171,7 +164,7 @@ async function casync(ns: Netns, p: Pair, work: string) {
     const m = await measure(ns, () => ns.exec('casync', ['extract', `--store=${base}/store.castr`, `--seed=${p.old}`, `${base}/image.caibx`, out]));
     return { ...m, path: out };
   } finally {
-    await stop(server);
+    await stopChild(server);
   }
 }
 
@@ -188,7 +181,7 @@ async function zsync(ns: Netns, p: Pair, work: string) {
     );
     return { ...m, path: out };
   } finally {
-    await stop(server);
+    await stopChild(server);
   }
 }
 
