@@ -9,7 +9,7 @@
  *   (RFC 2544, reserved for benchmarking) and exist only on this pair. `remove()`, and exit
  *   or SIGINT/SIGTERM in any case, delete the namespace and whatever still runs in it.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 
 export interface Host {
@@ -30,15 +30,16 @@ export interface Lan {
   destroy(): void;
 }
 
-function ip(args: string[]): void {
-  const r = spawnSync('ip', args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip ${args.join(' ')} failed: ${r.stderr.trim()}`);
-}
-
 /** Runs `cmd` on the host (`ns` undefined) or inside namespace `ns`; returns its stdout. */
 function run(ns: string | undefined, cmd: string, args: string[]): string {
   const [c, a] = ns === undefined ? [cmd, args] : ['ip', ['netns', 'exec', ns, cmd, ...args]];
-  return execFileSync(c, a, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const r = spawnSync(c, a, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.status !== 0) throw new Error(`${[c, ...a].join(' ')} failed: ${(r.stderr ?? r.error?.message ?? '').trim()}`);
+  return r.stdout;
+}
+
+function ip(args: string[]): void {
+  run(undefined, 'ip', args);
 }
 
 function namespaces(): string[] {
@@ -201,7 +202,7 @@ export function createNetns(name: string, link: LinkOptions, subnet = 0): Netns 
     exec: (cmd, args) => run(name, cmd, args),
     spawn: (cmd, args, options = {}) => spawn('ip', ['netns', 'exec', name, cmd, ...args], options),
     hostCounters: () => {
-      const j = JSON.parse(execFileSync('ip', ['-j', '-s', 'link', 'show', hostDev], { encoding: 'utf8' })) as {
+      const j = JSON.parse(run(undefined, 'ip', ['-j', '-s', 'link', 'show', hostDev])) as {
         stats64: { tx: { bytes: number }; rx: { bytes: number } };
       }[];
       return { tx: j[0]!.stats64.tx.bytes, rx: j[0]!.stats64.rx.bytes };
