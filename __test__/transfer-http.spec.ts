@@ -17,7 +17,7 @@ import { createPullHandler, listenHttp, parseRange } from '../src/transfer/http-
 import { coalesce, parseImageUrl, pull } from '../src/transfer/pull.js';
 import { nginxHasSlice, startNginx } from './helpers/nginx.js';
 import { ProxyLab } from './helpers/proxy-lab.js';
-import { pseudoRandom, tempDir } from './helpers/tmp.js';
+import { cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const MiB = 1 << 20;
 const CLI = [`--import=${import.meta.resolve('tsx')}`, join(import.meta.dirname, '..', 'src', 'cli', 'main.ts')];
@@ -88,16 +88,6 @@ function http(url: string, path: string, opts: { method?: string; headers?: Reco
   });
 }
 
-function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number; result: any; stderr: string }> {
-  const child = spawn(process.execPath, [...CLI, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) =>
-    child.once('close', (code) => resolve({ status: code ?? -1, result: JSON.parse(stdout.trim().split('\n').pop() || 'null'), stderr })),
-  );
-}
 
 interface RelayOptions {
   /** Cut every connection after this many bytes from the server. */
@@ -227,13 +217,13 @@ test('pull over HTTPS: a certificate from a CA in NODE_EXTRA_CA_CERTS works; an 
   t.teardown(() => nginx.stop());
   const url = `https://127.0.0.1:${port}/images/${o.digest}`;
 
-  const untrusted = await runCli(['pull', url, '--repo', o.receiver]);
+  const untrusted = await cliJsonAsync(['pull', url, '--repo', o.receiver]);
   t.is(untrusted.status, 1, untrusted.stderr);
   t.is(untrusted.result.error.code, 'OSFARM_UNAUTHORIZED');
   t.regex(untrusted.result.error.message, /not trusted.*NODE_EXTRA_CA_CERTS/);
   t.notRegex(untrusted.result.error.message, /gave up after/, 'a certificate problem is not retried');
 
-  const trusted = await runCli(['pull', url, '--repo', o.receiver], { NODE_EXTRA_CA_CERTS: cert });
+  const trusted = await cliJsonAsync(['pull', url, '--repo', o.receiver], { NODE_EXTRA_CA_CERTS: cert });
   t.is(trusted.status, 0, trusted.stderr);
   t.is(trusted.result.blocksFetched, o.changedBytes / 4096);
   t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
@@ -371,13 +361,13 @@ test('dropped connections: retried within a pull, and a pull that gives up resum
   const receiver = join(tempDir(t), 'r2');
   Repository.init(receiver).addSync(o.oldImage);
   const dying = await relay(t, o.url, { cutAfter: MiB, deadAfter: 1 });
-  const failed = await runCli(['pull', `${dying.url}/images/new`, '--repo', receiver, '--retries', '1', '--parallel', '1', '--max-request', '512K']);
+  const failed = await cliJsonAsync(['pull', `${dying.url}/images/new`, '--repo', receiver, '--retries', '1', '--parallel', '1', '--max-request', '512K']);
   t.not(failed.status, 0);
   t.is(failed.result.error.code, 'OSFARM_IO', failed.stderr);
   t.regex(failed.result.error.message, /run the same pull again/);
   t.false(Repository.open(receiver).list().some((e) => e.digest === o.digest));
   t.true(existsSync(join(receiver, 'tmp', `${o.digest}.partial`)));
-  const ok = await runCli(['pull', `${o.url}/images/new`, '--repo', receiver]);
+  const ok = await cliJsonAsync(['pull', `${o.url}/images/new`, '--repo', receiver]);
   t.is(ok.status, 0, ok.stderr);
   t.true(ok.result.blocksResumed > 0, JSON.stringify(ok.result));
   // What the first run copied locally and fetched is kept: only the rest is fetched now.
@@ -413,7 +403,7 @@ test('a busy server answers 503 beyond its request limit and pull retries; Ctrl-
   t.not(status, 0);
   t.is(JSON.parse(out.trim().split('\n').pop()!).error.code, 'OSFARM_ABORTED');
   t.false(Repository.open(receiver).list().some((x) => x.digest === o.digest));
-  const again = await runCli(['pull', `${o.url}/images/${o.digest}`, '--repo', receiver]);
+  const again = await cliJsonAsync(['pull', `${o.url}/images/${o.digest}`, '--repo', receiver]);
   t.is(again.status, 0, again.stderr);
   t.true(again.result.blocksResumed > 0);
   t.true(again.result.blocksFetched < o.changedBytes / 4096);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Repository } from '../../src/repo/index.js';
 import type { PullResult } from '../../src/transfer/pull.js';
 import { createLan, sweepStale, type Lan } from './netns.js';
+import { finished } from './tmp.js';
 import { startNginx } from './nginx.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -25,16 +26,6 @@ export interface Round {
   originTxBytes: number;
   pulls: PullResult[];
   seconds: number;
-}
-
-/** Collects a child's output; resolves with its exit status. */
-function finished(child: ChildProcess): Promise<{ status: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  // 'close', not 'exit': the exit can be seen before the last of stdout is read.
-  return new Promise((resolve) => child.once('close', (code) => resolve({ status: code ?? -1, stdout, stderr })));
 }
 
 export class ProxyLab {

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import type { ExecutionContext } from 'ava';
 
@@ -42,11 +42,31 @@ export function cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Collects a child's output; resolves with its exit status once that output is closed. */
+export function finished(child: ChildProcess): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  // 'close', not 'exit': the exit can be seen before the last of stdout is read.
+  return new Promise((resolve) => child.once('close', (code) => resolve({ status: code ?? -1, stdout, stderr })));
+}
+
+/** A --json run's result: the last line of its stdout, parsed. */
+function jsonResult<T>(r: CliResult): { status: number; result: T; stderr: string } {
+  const lines = r.stdout.trim().split('\n');
+  return { status: r.status, result: JSON.parse(lines[lines.length - 1] || 'null') as T, stderr: r.stderr };
+}
+
 /** Runs the CLI with --json and parses the last line of stdout. */
 export function cliJson<T = any>(args: string[], env: NodeJS.ProcessEnv = {}): { status: number; result: T; stderr: string } {
-  const r = cli(['--json', ...args], env);
-  const lines = r.stdout.trim().split('\n');
-  return { status: r.status, result: JSON.parse(lines[lines.length - 1] ?? 'null') as T, stderr: r.stderr };
+  return jsonResult<T>(cli(['--json', ...args], env));
+}
+
+/** The asynchronous twin of `cliJson`: the test goes on (serves requests) while the CLI runs. */
+export async function cliJsonAsync<T = any>(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number; result: T; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  return jsonResult<T>(await finished(child));
 }
 
 export function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
