@@ -17,7 +17,7 @@ import {
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { canonicalTagInput, type CowName, probeBackends, StageStore, stageTag, type StageTagInput } from '../src/stages/index.js';
 import { loopAvailable, loopFs, plainDir } from './helpers/loopfs.js';
 import { cliJson, pseudoRandom } from './helpers/tmp.js';

@@ -14,10 +14,10 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { indexImageSync } from '../src/blocks/index.js';
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
-import { mac, newNonce } from '../src/transfer/auth.js';
-import { native } from '../src/native.js';
+import { mac, newNonce } from '../src/transfer/push/auth.js';
+import { native } from '../src/base/native.js';
 import {
   FrameReader,
   FrameType,
@@ -30,9 +30,9 @@ import {
   parseJson,
   parseRequest,
   type Frame,
-} from '../src/transfer/frames.js';
-import { push } from '../src/transfer/push.js';
-import { Receiver, type TransferReport } from '../src/transfer/receive.js';
+} from '../src/transfer/push/frames.js';
+import { push } from '../src/transfer/push/push.js';
+import { Receiver, type TransferReport } from '../src/transfer/push/receive.js';
 import { cli, pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
 
 const BS = 4096;

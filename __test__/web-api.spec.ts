@@ -9,12 +9,12 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/build/index.js';
+import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/builder/index.js';
 import { specToXml } from '../src/images/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
-import { createPullHandler } from '../src/transfer/http-server.js';
-import { Receiver } from '../src/transfer/receive.js';
+import { createPullHandler } from '../src/transfer/http/serve.js';
+import { Receiver } from '../src/transfer/push/receive.js';
 import { startServer, type StartedServer } from '../src/web/index.js';
 import { tempDir, writeBlocks } from './helpers/tmp.js';
 

@@ -2,8 +2,8 @@
 /** The `osfarm` command line: global flags, dispatch, output and errors. */
 import { parseArgs } from 'node:util';
 
-import { OsfarmError } from '../errors.js';
-import { SOFTWARE } from '../version.js';
+import { OsfarmError } from '../base/errors.js';
+import { SOFTWARE } from '../base/version.js';
 import type { Command, CommandContext, OptionSpec, ParsedArgs } from './command.js';
 import { commands } from './commands/index.js';
 import { progressBar } from './progress.js';

@@ -5,8 +5,8 @@
  */
 import { existsSync } from 'node:fs';
 
-import type { OutputFormat } from '../build/distros.js';
-import type { CanonicalSpec } from '../build/spec.js';
+import type { OutputFormat } from '../spec/distros.js';
+import type { CanonicalSpec } from '../spec/spec.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 
 export const BUILD_META_KIND = 'osfarm-build';

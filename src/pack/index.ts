@@ -4,9 +4,9 @@
  * size, so that fixed-size block hashing finds the files two images share.
  * The format is described in docs/aligned-tar.md.
  */
-import { callNative, callNativeSync, OsfarmError, throwIfAborted } from '../errors.js';
-import { withProgress } from '../util/progress.js';
-import { native } from '../native.js';
+import { callNative, callNativeSync, OsfarmError, throwIfAborted } from '../base/errors.js';
+import { withProgress } from '../base/progress.js';
+import { native } from '../base/native.js';
 
 /** Progress of packing: bytes of input consumed out of the input's total. */
 export interface PackProgressEvent {

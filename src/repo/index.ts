@@ -7,8 +7,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { callNative, callNativeSync, throwIfAborted } from '../errors.js';
-import { withProgress } from '../util/progress.js';
+import { callNative, callNativeSync, throwIfAborted } from '../base/errors.js';
+import { withProgress } from '../base/progress.js';
 import type { HashName, LongRunning } from '../blocks/index.js';
 import {
   native,
@@ -19,7 +19,7 @@ import {
   type RepositoryHandle,
   type RepoRebuildReport,
   type RepoStats as NativeRepoStats,
-} from '../native.js';
+} from '../base/native.js';
 
 /** Where a repository lives when no path is given: `$OSFARM_REPO`, else `./osfarm-repo`. */
 export const DEFAULT_REPOSITORY = './osfarm-repo';

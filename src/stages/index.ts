@@ -8,5 +8,5 @@ export * from './store.js';
 export { Lease, type LeaseRecord } from './lease.js';
 export { BACKENDS, backendByName, probeBackends, selectBackend, type BackendReport } from './cow/index.js';
 export { COW_NAMES, type CowBackend, type CowName, type ProbeResult, type StageTrees, type View, type Workspace } from './cow/types.js';
-export * from './chain.js';
-export { ensureChain, stagePlans, toolVersion, type ChainOptions, type ChainResult, type StageReport } from './run.js';
+export * from '../builder/plan.js';
+export { ensureChain, stagePlans, toolVersion, type ChainOptions, type ChainResult, type StageReport } from '../builder/stages.js';

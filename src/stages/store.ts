@@ -21,13 +21,13 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, s
 import { isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { OsfarmError, throwIfAborted } from '../errors.js';
-import { parseSize } from '../util/size.js';
+import { OsfarmError, throwIfAborted } from '../base/errors.js';
+import { parseSize } from '../base/size.js';
 import { backendByName, selectBackend } from './cow/index.js';
 import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
-import { acquireLock, type FileLock } from './lock.js';
-import { fsyncDir, isSubvolume, killProcessesIn, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from './sys.js';
+import { acquireLock, type FileLock } from '../host/lock.js';
+import { fsyncDir, isSubvolume, killProcessesIn, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from '../host/sys.js';
 import { type CanonicalTagInput, canonicalTagInput, isStageTag, type StageTagInput, tagOfCanonical } from './tag.js';
 
 export const STORE_FORMAT = 1;

@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 
 /** Tag format version: part of every tag, bumped when the meaning of a tag input changes. */
 export const STAGE_TAG_FORMAT = 'osfarm-stage/1';

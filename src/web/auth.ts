@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 
 /**
  * The session cookie's name: `osfarm_<12 hex digits of the token's sha256>`. Browsers keep

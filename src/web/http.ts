@@ -1,8 +1,8 @@
 /** Small HTTP helpers for the web API: routing, JSON bodies and answers, errors with codes. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-import { SpecError } from '../build/errors.js';
-import { type ErrorCode, OsfarmError } from '../errors.js';
+import { SpecError } from '../spec/errors.js';
+import { type ErrorCode, OsfarmError } from '../base/errors.js';
 
 export interface Request {
   req: IncomingMessage;

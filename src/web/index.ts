@@ -8,9 +8,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { defaultWorkDir } from '../build/builder.js';
-import { OsfarmError } from '../errors.js';
-import { VERSION } from '../version.js';
+import { defaultWorkDir } from '../builder/builder.js';
+import { OsfarmError } from '../base/errors.js';
+import { VERSION } from '../base/version.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
 import { cookieName, loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';

@@ -12,8 +12,8 @@ import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import type { Architecture, Distribution } from '../build/distros.js';
-import { OsfarmError } from '../errors.js';
+import type { Architecture, Distribution } from '../spec/distros.js';
+import { OsfarmError } from '../base/errors.js';
 
 const run = promisify(execFile);
 const APT_HELPER = '/usr/lib/apt/apt-helper';

@@ -5,7 +5,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { type HttpHandler, listenHttp } from '../transfer/http-server.js';
+import { type HttpHandler, listenHttp } from '../transfer/http/serve.js';
 import { createWebHandler, type WebHandler, type WebOptions } from './index.js';
 
 export interface ServerOptions extends WebOptions {

@@ -1,8 +1,8 @@
 /** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
 import { readFileSync } from 'node:fs';
 
-import { build, type BuildEvent, type BuildOptions, type BuildResult, type BuildSpec, setOnChain, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
-import { SpecError } from '../../build/errors.js';
+import { build, type BuildEvent, type BuildOptions, type BuildResult, type BuildSpec, setOnChain, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../builder/index.js';
+import { SpecError } from '../../spec/errors.js';
 import { repositoryParents } from '../../images/index.js';
 import { backendByName } from '../../stages/cow/index.js';
 import { type Command, flag, type ParsedArgs, str, strs } from '../command.js';
@@ -142,7 +142,7 @@ const command: Command<Result> = {
     const output = str(args, 'output');
     // `-o image.tar.gz` with no --format and no outputs in the spec file: the ending picks the format.
     if (output !== undefined && raw.outputs === undefined) {
-      const { outputFormatOfPath } = await import('../../build/distros.js');
+      const { outputFormatOfPath } = await import('../../spec/distros.js');
       const f = outputFormatOfPath(output);
       if (f) raw.outputs = [f];
     }

@@ -1,6 +1,6 @@
 import { compare, type CompareResult, type HashName } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { count, percent, table } from '../format.js';
 
 const command: Command<CompareResult & { aPath: string; bPath: string }> = {

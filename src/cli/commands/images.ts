@@ -1,7 +1,7 @@
 /** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
 import { writeFileSync } from 'node:fs';
 
-import { loadSpec } from '../../build/spec.js';
+import { loadSpec } from '../../spec/spec.js';
 import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';

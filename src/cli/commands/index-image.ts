@@ -1,6 +1,6 @@
 import { indexImage, type HashName, type IndexInfo } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<IndexInfo> = {

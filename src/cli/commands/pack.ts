@@ -1,6 +1,6 @@
 import { pack, type PackResult } from '../../pack/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count } from '../format.js';
 
 const command: Command<PackResult & { output: string }> = {

@@ -1,6 +1,6 @@
-import { pull, type PullResult } from '../../transfer/pull.js';
+import { pull, type PullResult } from '../../transfer/http/pull.js';
 import { type Command, str, throttled, wholeNumber } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<PullResult> = {

@@ -1,5 +1,5 @@
-import { push, type PushResult } from '../../transfer/push.js';
-import { resolveToken } from '../../transfer/auth.js';
+import { push, type PushResult } from '../../transfer/push/push.js';
+import { resolveToken } from '../../transfer/push/auth.js';
 import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 

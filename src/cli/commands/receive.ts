@@ -1,6 +1,6 @@
-import { Receiver, type TransferReport } from '../../transfer/receive.js';
-import { resolveToken } from '../../transfer/auth.js';
-import { parseAddress } from '../../transfer/util.js';
+import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
+import { resolveToken } from '../../transfer/push/auth.js';
+import { parseAddress } from '../../transfer/address.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 

@@ -1,8 +1,8 @@
 import type { HashName } from '../../blocks/index.js';
-import { OsfarmError } from '../../errors.js';
+import { OsfarmError } from '../../base/errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
 
 /** An image entry as printed: dates as ISO strings. */

@@ -1,5 +1,5 @@
-import { createPullHandler, listenHttp, type PullServeStats } from '../../transfer/http-server.js';
-import { parseAddress } from '../../transfer/util.js';
+import { createPullHandler, listenHttp, type PullServeStats } from '../../transfer/http/serve.js';
+import { parseAddress } from '../../transfer/address.js';
 import { Repository } from '../../repo/index.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';

@@ -1,10 +1,10 @@
 /** `osfarm stages …`: the stage cache (list, garbage-collect, verify, remove, backends). */
 import { existsSync } from 'node:fs';
 
-import { OsfarmError } from '../../errors.js';
+import { OsfarmError } from '../../base/errors.js';
 import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
 import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
 import { bytes, table } from '../format.js';
 

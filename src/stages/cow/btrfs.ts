@@ -7,8 +7,8 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../../errors.js';
-import { fsType, isSubvolume, ownerToken, randomSuffix, tool, toolChecked } from '../sys.js';
+import { OsfarmError } from '../../base/errors.js';
+import { fsType, isSubvolume, ownerToken, randomSuffix, tool, toolChecked } from '../../host/sys.js';
 import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 async function snapshotOrCreate(source: string | null, tree: string): Promise<void> {

@@ -7,7 +7,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { fsType, ownerToken, randomSuffix, tool, toolChecked } from '../sys.js';
+import { fsType, ownerToken, randomSuffix, tool, toolChecked } from '../../host/sys.js';
 import type { CowBackend, CowName, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 function copyBackend(name: CowName, reflink: 'always' | 'never'): CowBackend {

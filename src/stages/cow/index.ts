@@ -1,5 +1,5 @@
 /** The copy-on-write backends and how one is chosen for a store. */
-import { OsfarmError } from '../../errors.js';
+import { OsfarmError } from '../../base/errors.js';
 import { btrfs } from './btrfs.js';
 import { copy, reflink } from './copy.js';
 import { lvmThin } from './lvm.js';

@@ -5,8 +5,8 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 
-import { OsfarmError } from '../../errors.js';
-import { tool } from '../sys.js';
+import { OsfarmError } from '../../base/errors.js';
+import { tool } from '../../host/sys.js';
 import type { CowBackend, ProbeResult, View, Workspace } from './types.js';
 
 async function probeLvm(): Promise<ProbeResult> {

@@ -15,8 +15,8 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../../errors.js';
-import { fsType, ownerToken, randomSuffix, toolChecked, unmount, unmountUnder } from '../sys.js';
+import { OsfarmError } from '../../base/errors.js';
+import { fsType, ownerToken, randomSuffix, toolChecked, unmount, unmountUnder } from '../../host/sys.js';
 import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 const OPTIONS = 'redirect_dir=off,index=off,metacopy=off,xino=off';

@@ -1,0 +1,329 @@
+/**
+ * Chroot hygiene: /proc, /sys, /dev and resolv.conf set up for commands run inside a tree,
+ * a policy-rc.d that keeps daemons from starting, and a teardown that always runs and that
+ * verifies in /proc/self/mountinfo that nothing is left mounted under the tree.
+ */
+import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+
+import { buildFailed } from '../spec/errors.js';
+import { run, SYSTEM_PATH } from '../host/process.js';
+
+/** The character devices of a build tree's /dev (the set mmdebstrap creates): name, major, minor. */
+const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
+  ['null', 1, 3],
+  ['zero', 1, 5],
+  ['full', 1, 7],
+  ['random', 1, 8],
+  ['urandom', 1, 9],
+  ['tty', 5, 0],
+  ['console', 5, 1],
+  ['ptmx', 5, 2],
+];
+
+/**
+ * Fills a `dev` directory with the standard device nodes, pts/ and shm/, and the fd
+ * links. With `ptmx: 'link'` /dev/ptmx points at the devpts instance mounted on pts/.
+ * Entries already there are kept (a tree built on a parent stage has them).
+ */
+export async function populateDev(dev: string, opts: { ptmx: 'node' | 'link' } = { ptmx: 'node' }): Promise<void> {
+  await mkdir(join(dev, 'pts'), { recursive: true, mode: 0o755 });
+  await mkdir(join(dev, 'shm'), { recursive: true, mode: 0o755 });
+  const link = async (target: string, path: string) => {
+    if (!(await exists(path))) await symlink(target, path);
+  };
+  for (const [name, major, minor] of DEVICE_NODES) {
+    if (await exists(join(dev, name))) continue;
+    if (name === 'ptmx' && opts.ptmx === 'link') {
+      await link('pts/ptmx', join(dev, name));
+      continue;
+    }
+    const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)], { env: { PATH: SYSTEM_PATH } });
+    if (r.code !== 0) throw buildFailed(`cannot create /dev/${name} in the tree (mknod)`);
+  }
+  await link('/proc/self/fd', join(dev, 'fd'));
+  for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await link(`/proc/self/fd/${i}`, join(dev, name));
+}
+
+/** Decodes the octal escapes (`\040`) of /proc/self/mountinfo. */
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points at or below `dir` (only below it with `strictlyBelow`), in mount order (unmount in reverse). */
+export function mountsUnder(dir: string, strictlyBelow = false): string[] {
+  let real: string;
+  try {
+    real = realpathSync(dir);
+  } catch {
+    real = dir;
+  }
+  const out: string[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length < 5) continue;
+    const mp = unescapeMount(fields[4]!);
+    if ((mp === real && !strictlyBelow) || mp.startsWith(`${real}/`)) out.push(mp);
+  }
+  return out;
+}
+
+/**
+ * Unmounts everything at or below `dir` (deepest and latest first; lazily if a plain umount
+ * fails). Returns what is still mounted. With `strictlyBelow`, `dir` itself stays mounted
+ * (a tree that is itself a mount, such as a stage's overlay).
+ */
+export async function unmountAll(dir: string, log?: (line: string) => void, strictlyBelow = false): Promise<string[]> {
+  for (let round = 0; round < 4; round++) {
+    const mounts = mountsUnder(dir, strictlyBelow);
+    if (mounts.length === 0) return [];
+    for (const mp of mounts.reverse()) {
+      const r = await run('umount', [mp], { env: { PATH: SYSTEM_PATH } });
+      if (r.code !== 0) {
+        log?.(`osfarm: umount ${mp} failed; detaching it lazily`);
+        await run('umount', ['--lazy', mp], { env: { PATH: SYSTEM_PATH } });
+      }
+    }
+  }
+  return mountsUnder(dir, strictlyBelow);
+}
+
+/** Kills every process whose root directory is `root` or below it (daemons a command left behind). Returns how many. */
+export async function killChrootProcesses(root: string): Promise<number> {
+  let real: string;
+  try {
+    real = realpathSync(root);
+  } catch {
+    return 0;
+  }
+  const find = () => {
+    const pids: number[] = [];
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      const pid = Number(name);
+      if (pid === process.pid) continue;
+      try {
+        const r = readlinkSync(`/proc/${name}/root`);
+        if (r === real || r.startsWith(`${real}/`)) pids.push(pid);
+      } catch {
+        /* gone, or not ours to see */
+      }
+    }
+    return pids;
+  };
+  let pids = find();
+  const total = pids.length;
+  for (const sig of ['SIGTERM', 'SIGKILL'] as const) {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        /* gone */
+      }
+    }
+    if (pids.length === 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+    pids = find();
+  }
+  return total;
+}
+
+/**
+ * Resolves an absolute path inside a tree the way the chroot would see it: symlinks in the
+ * tree are followed relative to `root` and can never point outside it. Components that do
+ * not exist yet are appended as they are.
+ */
+export async function resolveInRoot(root: string, path: string, followLast = true): Promise<string> {
+  const parts = posix.normalize(path).split('/').filter((p) => p !== '' && p !== '.');
+  const resolved: string[] = [];
+  let hops = 0;
+  while (parts.length > 0) {
+    const part = parts.shift()!;
+    if (part === '..') {
+      resolved.pop();
+      continue;
+    }
+    const host = join(root, ...resolved, part);
+    const isLast = parts.length === 0;
+    let st;
+    try {
+      st = await lstat(host);
+    } catch {
+      resolved.push(part, ...parts.filter((p) => p !== '.'));
+      break;
+    }
+    if (st.isSymbolicLink() && (!isLast || followLast)) {
+      if (++hops > 40) throw buildFailed(`too many symbolic links resolving ${path} in the image`);
+      const target = await readlink(host);
+      if (target.startsWith('/')) resolved.length = 0;
+      parts.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
+      continue;
+    }
+    resolved.push(part);
+  }
+  // '..' entries left over from an unfinished walk cannot climb out either.
+  const clean: string[] = [];
+  for (const p of resolved) {
+    if (p === '..') clean.pop();
+    else clean.push(p);
+  }
+  return join(root, ...clean);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface ChrootOptions {
+  /** Copy the host's resolv.conf in for the duration (commands that need the network). */
+  resolvConf?: boolean;
+  /** Put a policy-rc.d (exit 101) in place for the duration (Debian family). */
+  policyRcD?: boolean;
+  log?: (line: string) => void;
+}
+
+/**
+ * A chroot session over a tree. `enter()` mounts /proc, /sys and a private /dev (tmpfs with
+ * the standard nodes, its own devpts instance and /dev/shm), installs resolv.conf
+ * and policy-rc.d; `leave()` undoes each step, kills leftover processes, unmounts anything
+ * still mounted below the tree and fails loudly if it cannot.
+ */
+export class Chroot {
+  readonly root: string;
+  private undo: Array<() => Promise<void>> = [];
+  private entered = false;
+
+  constructor(root: string, private readonly opts: ChrootOptions = {}) {
+    this.root = root;
+  }
+
+  private async mountOn(what: string, args: string[]): Promise<void> {
+    const target = join(this.root, what);
+    const st = await lstat(target).catch(() => undefined);
+    if (st && !st.isDirectory()) throw buildFailed(`/${what} in the image is not a directory; refusing to mount over it`);
+    if (!st) await mkdir(target, { mode: 0o755 });
+    const r = await run('mount', [...args, target], { env: { PATH: SYSTEM_PATH }, onLine: this.opts.log });
+    if (r.code !== 0) throw buildFailed(`mount of /${what} in the chroot failed`);
+    this.undo.push(async () => {
+      await run('umount', ['--recursive', target], { env: { PATH: SYSTEM_PATH } }).then(async (u) => {
+        if (u.code !== 0) await run('umount', ['--recursive', '--lazy', target], { env: { PATH: SYSTEM_PATH } });
+      });
+    });
+  }
+
+  async enter(): Promise<void> {
+    if (this.entered) return;
+    this.entered = true;
+    await this.mountOn('proc', ['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc']);
+    const sys = await run('mount', ['-t', 'sysfs', '-o', 'ro,nosuid,nodev,noexec', 'sysfs', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } }).catch(() => ({ code: 1 }));
+    if (sys.code === 0) {
+      this.undo.push(async () => {
+        await run('umount', ['--lazy', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } });
+      });
+    } else {
+      await this.mountOn('sys', ['--rbind', '/sys']);
+      await run('mount', ['--make-rslave', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } });
+    }
+    // A /dev of its own, never the host's: what commands create or delete there goes with
+    // the tmpfs at teardown, and the tree's own /dev underneath stays as it was.
+    await this.mountOn('dev', ['-t', 'tmpfs', '-o', 'nosuid,noexec,mode=0755,size=16m', 'osfarm-dev']);
+    const dev = join(this.root, 'dev');
+    await populateDev(dev, { ptmx: 'link' });
+    const pts = await run('mount', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec', 'devpts', join(dev, 'pts')], { env: { PATH: SYSTEM_PATH } });
+    if (pts.code !== 0) this.opts.log?.('osfarm: no devpts instance for the chroot (pseudo-terminals will not work in it)');
+    await run('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,mode=1777,size=64m', 'osfarm-shm', join(dev, 'shm')], { env: { PATH: SYSTEM_PATH } });
+    if (this.opts.resolvConf) await this.swapFile('/etc/resolv.conf', await hostResolvConf(), 0o644);
+    if (this.opts.policyRcD) await this.swapFile('/usr/sbin/policy-rc.d', '#!/bin/sh\n# osfarm: no daemons start during an image build\nexit 101\n', 0o755);
+  }
+
+  /** Puts `content` at `path` (inside the tree) for the session; whatever was there comes back on leave. */
+  private async swapFile(path: string, content: string, mode: number): Promise<void> {
+    const parent = await resolveInRoot(this.root, posix.dirname(path));
+    if (!(await exists(parent))) return;
+    const target = join(parent, posix.basename(path));
+    const saved = `${target}.osfarm-saved`;
+    const had = await exists(target);
+    if (had) await rename(target, saved);
+    await writeFile(target, content, { mode });
+    await chmod(target, mode);
+    this.undo.push(async () => {
+      await rm(target, { force: true });
+      if (had) await rename(saved, target);
+    });
+  }
+
+  /** Tears everything down, in reverse; always safe to call, also twice or after a failed enter. */
+  async leave(): Promise<void> {
+    const errors: unknown[] = [];
+    const killed = await killChrootProcesses(this.root);
+    if (killed > 0) this.opts.log?.(`osfarm: killed ${killed} process(es) left running in the chroot`);
+    while (this.undo.length > 0) {
+      const step = this.undo.pop()!;
+      try {
+        await step();
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    // Only below the root: the tree itself may be a mount (a stage's overlay) that outlives the session.
+    const left = await unmountAll(this.root, this.opts.log, true);
+    if (left.length > 0) throw buildFailed(`could not unmount ${left.join(', ')}; unmount by hand before deleting the tree`);
+    if (errors.length > 0) throw buildFailed(`chroot teardown: ${(errors[0] as Error).message}`, errors[0]);
+  }
+
+  /** Runs a shell script inside the chroot with a clean environment; resolves to its exit code. */
+  async sh(script: string, opts: { signal?: AbortSignal; onLine?: (l: string) => void; env?: Record<string, string> } = {}): Promise<number> {
+    const rel = `/tmp/osfarm-command-${process.pid}-${Date.now()}.sh`;
+    const tmp = await resolveInRoot(this.root, '/tmp');
+    await mkdir(tmp, { recursive: true, mode: 0o1777 });
+    const hostPath = join(tmp, posix.basename(rel));
+    await writeFile(hostPath, script, { mode: 0o700 });
+    try {
+      const r = await run('chroot', [this.root, '/bin/sh', '-e', rel], {
+        env: {
+          PATH: SYSTEM_PATH,
+          HOME: '/root',
+          LANG: 'C.UTF-8',
+          LC_ALL: 'C.UTF-8',
+          TERM: 'dumb',
+          DEBIAN_FRONTEND: 'noninteractive',
+          DEBCONF_NONINTERACTIVE_SEEN: 'true',
+          ...opts.env,
+        },
+        cwd: '/',
+        signal: opts.signal,
+        onLine: opts.onLine,
+      });
+      return r.code ?? 128;
+    } finally {
+      await rm(hostPath, { force: true });
+    }
+  }
+}
+
+async function hostResolvConf(): Promise<string> {
+  try {
+    return await readFile('/etc/resolv.conf', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Deletes a build tree, but only when nothing is mounted below it: `rm -rf` through a
+ * forgotten bind mount of /dev would empty the host's /dev.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  if (!(await exists(dir))) return;
+  const left = await unmountAll(dir);
+  if (left.length > 0) throw buildFailed(`refusing to delete ${dir}: still mounted below it: ${left.join(', ')}`);
+  const r = await run('rm', ['-rf', '--one-file-system', '--', dir], { env: { PATH: SYSTEM_PATH } });
+  if (r.code !== 0) throw buildFailed(`cannot delete ${dir}`);
+}
+
