@@ -16,13 +16,13 @@ import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images
 import { specToXml } from '../spec/xml.js';
 import type { CowName } from '../stages/cow/types.js';
 import { type ChainResult, ensureChain, type StageReport } from './stages.js';
-import { removeTree, unmountAll } from './chroot.js';
 import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
 import { selectDriver } from './drivers/index.js';
 import type { Phase } from './drivers/types.js';
-import { aborted, buildFailed } from '../spec/errors.js';
+import { aborted, buildFailed } from './errors.js';
+import { removeTree } from '../host/fs.js';
+import { unmountBelow } from '../host/mounts.js';
 import { haveTool } from '../host/process.js';
-import { addToRepository } from './integrations.js';
 import { writeOutput } from './outputs.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
@@ -283,7 +283,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
         };
-        const entry = await addToRepository(repoPath, path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
+        const entry = await Repository.openOrInit(repoPath).add(path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
         out = { format, path, size, digest: entry.digest, inRepository: true };
       }
       outputs.push(out);
@@ -291,7 +291,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
       emit({ type: 'output', format, path, size, digest: out.digest });
     }
   } catch (err) {
-    failure = signal.aborted && !(err instanceof OsfarmError && err.code === 'OSFARM_ABORTED') ? aborted() : err;
+    failure = signal.aborted ? aborted() : err;
   }
 
   // Teardown, whatever happened: nothing stays mounted, the scratch tree goes.
@@ -302,9 +302,9 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
       logLine(`osfarm: tree kept at ${root} (a working copy in the stage store; osfarm stages gc removes it once this process is gone)`);
     }
     await chain?.release();
-    const left = await unmountAll(buildDir, logLine);
+    const left = await unmountBelow(buildDir, { log: logLine });
     if (left.length > 0) throw buildFailed(`still mounted after the build: ${left.join(', ')}`);
-    await removeTree(buildDir);
+    await removeTree(buildDir, { errorCode: 'OSFARM_BUILD_FAILED', log: logLine });
   } catch (err) {
     logLine(`osfarm: teardown: ${(err as Error).message}`);
     failure ??= err;

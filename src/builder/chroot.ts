@@ -3,12 +3,14 @@
  * a policy-rc.d that keeps daemons from starting, and a teardown that always runs and that
  * verifies in /proc/self/mountinfo that nothing is left mounted under the tree.
  */
-import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 
-import { buildFailed } from '../spec/errors.js';
+import { exists } from '../host/fs.js';
+import { mount, unmountBelow } from '../host/mounts.js';
 import { run, SYSTEM_PATH } from '../host/process.js';
+import { killProcessesIn } from '../host/procs.js';
+import { buildFailed } from './errors.js';
 
 /** The character devices of a build tree's /dev (the set mmdebstrap creates): name, major, minor. */
 const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
@@ -39,94 +41,11 @@ export async function populateDev(dev: string, opts: { ptmx: 'node' | 'link' } =
       await link('pts/ptmx', join(dev, name));
       continue;
     }
-    const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)], { env: { PATH: SYSTEM_PATH } });
+    const r = await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)]);
     if (r.code !== 0) throw buildFailed(`cannot create /dev/${name} in the tree (mknod)`);
   }
   await link('/proc/self/fd', join(dev, 'fd'));
   for (const [i, name] of ['stdin', 'stdout', 'stderr'].entries()) await link(`/proc/self/fd/${i}`, join(dev, name));
-}
-
-/** Decodes the octal escapes (`\040`) of /proc/self/mountinfo. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** Mount points at or below `dir` (only below it with `strictlyBelow`), in mount order (unmount in reverse). */
-export function mountsUnder(dir: string, strictlyBelow = false): string[] {
-  let real: string;
-  try {
-    real = realpathSync(dir);
-  } catch {
-    real = dir;
-  }
-  const out: string[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ');
-    if (fields.length < 5) continue;
-    const mp = unescapeMount(fields[4]!);
-    if ((mp === real && !strictlyBelow) || mp.startsWith(`${real}/`)) out.push(mp);
-  }
-  return out;
-}
-
-/**
- * Unmounts everything at or below `dir` (deepest and latest first; lazily if a plain umount
- * fails). Returns what is still mounted. With `strictlyBelow`, `dir` itself stays mounted
- * (a tree that is itself a mount, such as a stage's overlay).
- */
-export async function unmountAll(dir: string, log?: (line: string) => void, strictlyBelow = false): Promise<string[]> {
-  for (let round = 0; round < 4; round++) {
-    const mounts = mountsUnder(dir, strictlyBelow);
-    if (mounts.length === 0) return [];
-    for (const mp of mounts.reverse()) {
-      const r = await run('umount', [mp], { env: { PATH: SYSTEM_PATH } });
-      if (r.code !== 0) {
-        log?.(`osfarm: umount ${mp} failed; detaching it lazily`);
-        await run('umount', ['--lazy', mp], { env: { PATH: SYSTEM_PATH } });
-      }
-    }
-  }
-  return mountsUnder(dir, strictlyBelow);
-}
-
-/** Kills every process whose root directory is `root` or below it (daemons a command left behind). Returns how many. */
-export async function killChrootProcesses(root: string): Promise<number> {
-  let real: string;
-  try {
-    real = realpathSync(root);
-  } catch {
-    return 0;
-  }
-  const find = () => {
-    const pids: number[] = [];
-    for (const name of readdirSync('/proc')) {
-      if (!/^\d+$/.test(name)) continue;
-      const pid = Number(name);
-      if (pid === process.pid) continue;
-      try {
-        const r = readlinkSync(`/proc/${name}/root`);
-        if (r === real || r.startsWith(`${real}/`)) pids.push(pid);
-      } catch {
-        /* gone, or not ours to see */
-      }
-    }
-    return pids;
-  };
-  let pids = find();
-  const total = pids.length;
-  for (const sig of ['SIGTERM', 'SIGKILL'] as const) {
-    for (const pid of pids) {
-      try {
-        process.kill(pid, sig);
-      } catch {
-        /* gone */
-      }
-    }
-    if (pids.length === 0) break;
-    await new Promise((r) => setTimeout(r, 500));
-    pids = find();
-  }
-  return total;
 }
 
 /**
@@ -171,15 +90,6 @@ export async function resolveInRoot(root: string, path: string, followLast = tru
   return join(root, ...clean);
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export interface ChrootOptions {
   /** Copy the host's resolv.conf in for the duration (commands that need the network). */
   resolvConf?: boolean;
@@ -207,37 +117,28 @@ export class Chroot {
     const target = join(this.root, what);
     const st = await lstat(target).catch(() => undefined);
     if (st && !st.isDirectory()) throw buildFailed(`/${what} in the image is not a directory; refusing to mount over it`);
-    if (!st) await mkdir(target, { mode: 0o755 });
-    const r = await run('mount', [...args, target], { env: { PATH: SYSTEM_PATH }, onLine: this.opts.log });
-    if (r.code !== 0) throw buildFailed(`mount of /${what} in the chroot failed`);
-    this.undo.push(async () => {
-      await run('umount', ['--recursive', target], { env: { PATH: SYSTEM_PATH } }).then(async (u) => {
-        if (u.code !== 0) await run('umount', ['--recursive', '--lazy', target], { env: { PATH: SYSTEM_PATH } });
-      });
-    });
+    this.undo.push(await mount(args, target, { log: this.opts.log, errorCode: 'OSFARM_BUILD_FAILED', what: `mount of /${what} in the chroot` }));
   }
 
   async enter(): Promise<void> {
     if (this.entered) return;
     this.entered = true;
     await this.mountOn('proc', ['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc']);
-    const sys = await run('mount', ['-t', 'sysfs', '-o', 'ro,nosuid,nodev,noexec', 'sysfs', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } }).catch(() => ({ code: 1 }));
-    if (sys.code === 0) {
-      this.undo.push(async () => {
-        await run('umount', ['--lazy', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } });
-      });
-    } else {
+    try {
+      await this.mountOn('sys', ['-t', 'sysfs', '-o', 'ro,nosuid,nodev,noexec', 'sysfs']);
+    } catch {
+      // No sysfs of its own here (a container): the host's, read through a slave bind.
       await this.mountOn('sys', ['--rbind', '/sys']);
-      await run('mount', ['--make-rslave', join(this.root, 'sys')], { env: { PATH: SYSTEM_PATH } });
+      await run('mount', ['--make-rslave', join(this.root, 'sys')]);
     }
     // A /dev of its own, never the host's: what commands create or delete there goes with
     // the tmpfs at teardown, and the tree's own /dev underneath stays as it was.
     await this.mountOn('dev', ['-t', 'tmpfs', '-o', 'nosuid,noexec,mode=0755,size=16m', 'osfarm-dev']);
     const dev = join(this.root, 'dev');
     await populateDev(dev, { ptmx: 'link' });
-    const pts = await run('mount', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec', 'devpts', join(dev, 'pts')], { env: { PATH: SYSTEM_PATH } });
+    const pts = await run('mount', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec', 'devpts', join(dev, 'pts')]);
     if (pts.code !== 0) this.opts.log?.('osfarm: no devpts instance for the chroot (pseudo-terminals will not work in it)');
-    await run('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,mode=1777,size=64m', 'osfarm-shm', join(dev, 'shm')], { env: { PATH: SYSTEM_PATH } });
+    await run('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,mode=1777,size=64m', 'osfarm-shm', join(dev, 'shm')]);
     if (this.opts.resolvConf) await this.swapFile('/etc/resolv.conf', await hostResolvConf(), 0o644);
     if (this.opts.policyRcD) await this.swapFile('/usr/sbin/policy-rc.d', '#!/bin/sh\n# osfarm: no daemons start during an image build\nexit 101\n', 0o755);
   }
@@ -261,7 +162,7 @@ export class Chroot {
   /** Tears everything down, in reverse; always safe to call, also twice or after a failed enter. */
   async leave(): Promise<void> {
     const errors: unknown[] = [];
-    const killed = await killChrootProcesses(this.root);
+    const killed = await killProcessesIn(this.root, { graceMs: 500, errorCode: 'OSFARM_BUILD_FAILED' });
     if (killed > 0) this.opts.log?.(`osfarm: killed ${killed} process(es) left running in the chroot`);
     while (this.undo.length > 0) {
       const step = this.undo.pop()!;
@@ -272,7 +173,7 @@ export class Chroot {
       }
     }
     // Only below the root: the tree itself may be a mount (a stage's overlay) that outlives the session.
-    const left = await unmountAll(this.root, this.opts.log, true);
+    const left = await unmountBelow(this.root, { log: this.opts.log, strictlyBelow: true });
     if (left.length > 0) throw buildFailed(`could not unmount ${left.join(', ')}; unmount by hand before deleting the tree`);
     if (errors.length > 0) throw buildFailed(`chroot teardown: ${(errors[0] as Error).message}`, errors[0]);
   }
@@ -314,16 +215,3 @@ async function hostResolvConf(): Promise<string> {
     return '';
   }
 }
-
-/**
- * Deletes a build tree, but only when nothing is mounted below it: `rm -rf` through a
- * forgotten bind mount of /dev would empty the host's /dev.
- */
-export async function removeTree(dir: string): Promise<void> {
-  if (!(await exists(dir))) return;
-  const left = await unmountAll(dir);
-  if (left.length > 0) throw buildFailed(`refusing to delete ${dir}: still mounted below it: ${left.join(', ')}`);
-  const r = await run('rm', ['-rf', '--one-file-system', '--', dir], { env: { PATH: SYSTEM_PATH } });
-  if (r.code !== 0) throw buildFailed(`cannot delete ${dir}`);
-}
-

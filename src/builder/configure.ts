@@ -8,8 +8,9 @@ import { join, posix } from 'node:path';
 
 import { Chroot, resolveInRoot } from './chroot.js';
 import type { Family } from '../spec/distros.js';
-import { buildFailed } from '../spec/errors.js';
-import { run, SYSTEM_PATH } from '../host/process.js';
+import { buildFailed } from './errors.js';
+import { exists } from '../host/fs.js';
+import { run } from '../host/process.js';
 import type { BuildSpec } from '../spec/spec.js';
 
 export interface ConfigureContext {
@@ -19,15 +20,6 @@ export interface ConfigureContext {
   sourceDateEpoch: number | null;
   signal?: AbortSignal;
   log: (line: string) => void;
-}
-
-async function lexists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Where `path` (absolute, in the image) is on the host, its parent directories created inside the tree. */
@@ -108,7 +100,7 @@ async function writeHosts(ctx: ConfigureContext): Promise<void> {
 async function setTimezone(ctx: ConfigureContext): Promise<void> {
   const tz = ctx.spec.timezone;
   const zone = await resolveInRoot(ctx.root, `/usr/share/zoneinfo/${tz}`);
-  const haveZone = await lexists(zone);
+  const haveZone = await exists(zone);
   if (!haveZone) {
     // glibc reads a missing /etc/localtime as UTC: a minimal image without tzdata stays as it is.
     if (tz === 'Etc/UTC') return;
@@ -188,11 +180,11 @@ async function copyFileIn(ctx: ConfigureContext, i: number): Promise<void> {
   const st = await lstat(f.source!);
   if (st.isDirectory()) {
     await mkdir(target, { recursive: true, mode: st.mode & 0o7777 });
-    const r = await run('cp', ['-a', '--no-preserve=ownership', '--', `${f.source}/.`, `${target}/`], { env: { PATH: SYSTEM_PATH }, onLine: ctx.log });
+    const r = await run('cp', ['-a', '--no-preserve=ownership', '--', `${f.source}/.`, `${target}/`], { onLine: ctx.log });
     if (r.code !== 0) throw buildFailed(`spec.files[${i}]: copying ${f.source} to ${f.destination} failed`);
-    await run('chown', ['-R', '--no-dereference', '0:0', '--', target], { env: { PATH: SYSTEM_PATH } });
+    await run('chown', ['-R', '--no-dereference', '0:0', '--', target]);
   } else {
-    const r = await run('cp', ['--preserve=mode,timestamps', '--no-preserve=ownership', '-L', '--', f.source!, target], { env: { PATH: SYSTEM_PATH }, onLine: ctx.log });
+    const r = await run('cp', ['--preserve=mode,timestamps', '--no-preserve=ownership', '-L', '--', f.source!, target], { onLine: ctx.log });
     if (r.code !== 0) throw buildFailed(`spec.files[${i}]: copying ${f.source} to ${f.destination} failed`);
     await lchown(target, 0, 0);
   }
@@ -247,6 +239,6 @@ async function sweep(ctx: ConfigureContext, commandsRan: boolean): Promise<void>
       await rm(await at(p), { force: true });
     }
     const machineId = await at('/etc/machine-id');
-    if (await lexists(machineId)) await writeFile(machineId, '');
+    if (await exists(machineId)) await writeFile(machineId, '');
   }
 }

@@ -45,4 +45,3 @@ export {
   planGroup,
 } from '../spec/distros.js';
 export { deriveSalt, sha512Crypt, verifySha512Crypt } from '../spec/password.js';
-export { mountsUnder } from './chroot.js';

@@ -9,13 +9,12 @@ import { lstat, lutimes, readdir, rename, rm, writeFile } from 'node:fs/promises
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { spawn } from 'node:child_process';
 import { createGzip } from 'node:zlib';
 
 import type { OutputFormat } from '../spec/distros.js';
-import { aborted, buildFailed } from '../spec/errors.js';
-import { run, SYSTEM_PATH } from '../host/process.js';
-import { packTree } from './integrations.js';
+import { aborted, buildFailed } from './errors.js';
+import { run, runPiped, SYSTEM_PATH } from '../host/process.js';
+import { pack } from '../pack/index.js';
 
 export interface OutputContext {
   /** The spec digest: seeds the ext4 UUID and directory hash seed. */
@@ -58,7 +57,7 @@ export async function clampTree(root: string, epoch: number): Promise<number> {
 }
 
 /** Bytes the tree needs on a 4 KiB-block file system, and its inode count (hard links once). */
-export async function treeUsage(root: string): Promise<{ blocks: number; inodes: number }> {
+async function ext4Footprint(root: string): Promise<{ blocks: number; inodes: number }> {
   const seen = new Set<number>();
   let blocks = 0;
   let inodes = 0;
@@ -112,7 +111,7 @@ export async function writeOutput(format: OutputFormat, root: string, path: stri
   try {
     switch (format) {
       case 'tar':
-        await packTree(root, tmp, {
+        await pack(root, tmp, {
           ...(ctx.sourceDateEpoch !== null ? { sourceDateEpoch: ctx.sourceDateEpoch } : {}),
           onProgress: ctx.onProgress,
           signal: ctx.signal,
@@ -168,26 +167,17 @@ async function writeTarGz(root: string, path: string, ctx: OutputContext): Promi
     '.',
   ];
   if (ctx.sourceDateEpoch !== null) args.unshift(`--mtime=@${ctx.sourceDateEpoch}`, '--clamp-mtime');
-  const child = spawn('tar', args, { env: env(ctx), stdio: ['ignore', 'pipe', 'pipe'] });
-  const stderr: string[] = [];
-  child.stderr.setEncoding('utf8').on('data', (d: string) => stderr.push(d));
-  const onAbort = () => child.kill('SIGTERM');
-  ctx.signal?.addEventListener('abort', onAbort, { once: true });
-  const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
-  try {
-    await pipeline(child.stdout, createGzip({ level: 6 }), createWriteStream(path));
-  } finally {
-    ctx.signal?.removeEventListener('abort', onAbort);
-  }
-  const code = await exited;
-  if (ctx.signal?.aborted) throw aborted();
-  for (const l of stderr.join('').split('\n')) if (l) ctx.log(l);
-  if (code !== 0) throw buildFailed(`tar.gz output failed (tar exited with ${code})`);
+  const r = await runPiped('tar', args, { env: env(ctx), signal: ctx.signal, onLine: ctx.log }, (stdout) =>
+    pipeline(stdout, createGzip({ level: 6 }), createWriteStream(path)),
+  ).catch((err) => {
+    throw ctx.signal?.aborted ? aborted() : err;
+  });
+  if (r.code !== 0) throw buildFailed(`tar.gz output failed (tar exited with ${r.code ?? r.signal})`);
 }
 
 /** Raw ext4 with 4 KiB blocks (so file data is block-aligned), sized to the tree plus headroom. */
 async function writeExt4(root: string, path: string, ctx: OutputContext): Promise<void> {
-  const usage = await treeUsage(root);
+  const usage = await ext4Footprint(root);
   const inodes = Math.ceil(usage.inodes * 1.25) + 1024;
   // data + inode tables (256 B) + 25 % headroom + journal and metadata.
   const bytes = usage.blocks * 4096 * 1.25 + inodes * 256 + 48 * 2 ** 20;

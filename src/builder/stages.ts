@@ -6,11 +6,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import type { Driver, Phase } from './drivers/types.js';
-import { capture } from '../host/process.js';
+import { runChecked } from '../host/process.js';
 import type { BuildSpec } from '../spec/spec.js';
 import { planStages, type StagePlan } from './plan.js';
 import type { CowName } from '../stages/cow/types.js';
@@ -64,35 +64,48 @@ export interface ChainResult {
 
 const versions = new Map<string, Promise<string>>();
 
-/** The first line of `<tool> --version` (cached per process); "unknown" if it has none. */
+/** The first line of `<tool> --version` (cached per process); "<tool> (version unknown)" if it has none. */
 export function toolVersion(tool: string): Promise<string> {
   let v = versions.get(tool);
   if (!v) {
-    v = capture(tool, ['--version'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } })
-      .then((out) => out.split('\n')[0]!.trim())
+    v = runChecked('asking its version', tool, ['--version'])
+      .then((out) => out.split('\n').find((l) => l.trim() !== '')!.trim())
       .catch(() => `${tool} (version unknown)`);
     versions.set(tool, v);
   }
   return v;
 }
 
-/** osfarm's modules whose code shapes a stage's tree (drivers, chroot, configure, clamp, the stage steps). */
-const STEP_MODULES = ['builder/chroot', 'builder/configure', 'host/process', 'builder/outputs', 'builder/drivers/debian', 'builder/drivers/rpm', 'builder/drivers/emulation', 'builder/steps'];
+/** Where osfarm's own tree-making code starts: the stage steps and every bootstrap driver. */
+const STEP_ROOTS = ['builder/steps', 'builder/drivers/index'];
+/** A relative import that stays in the code at run time (`import type` and `export type` vanish). */
+const RUNTIME_IMPORT = /^\s*(?:import|export)\s+(?!type\s)(?:[^'";]*?\sfrom\s+)?['"](\.[^'"]+)['"]|\bimport\(\s*['"](\.[^'"]+)['"]\s*\)/gm;
 let stepsDigest: string | undefined;
 
 /**
  * sha256 (12 hex digits) of the code of osfarm's tree-making steps, as installed (dist/*.js,
- * or src/*.ts when run from source). With osfarm's version it names osfarm's own part in a
- * tree, so a changed step is never answered by a stage the old code made.
+ * or src/*.ts when run from source): the step and driver modules and every module they
+ * import, found by following their imports, so a new helper module counts without being
+ * listed anywhere. With osfarm's version it names osfarm's own part in a tree, so a
+ * changed step is never answered by a stage the old code made.
  */
 export function osfarmStepsDigest(): string {
   if (stepsDigest === undefined) {
     const root = fileURLToPath(new URL('..', import.meta.url));
+    const ext = existsSync(join(root, `${STEP_ROOTS[0]}.js`)) ? '.js' : '.ts';
+    const seen = new Set<string>();
+    const visit = (module: string) => {
+      if (seen.has(module)) return;
+      seen.add(module);
+      const text = readFileSync(join(root, `${module}${ext}`), 'utf8');
+      for (const m of text.matchAll(RUNTIME_IMPORT)) {
+        const target = relative(root, resolve(root, dirname(module), m[1] ?? m[2]!)).replace(/\.js$/, '');
+        if (!target.startsWith('..')) visit(target);
+      }
+    };
+    STEP_ROOTS.forEach(visit);
     const h = createHash('sha256');
-    for (const m of STEP_MODULES) {
-      const file = ['.js', '.ts'].map((ext) => join(root, `${m}${ext}`)).find((f) => existsSync(f));
-      h.update(`${m}\0${file ? readFileSync(file) : 'missing'}\0`);
-    }
+    for (const m of [...seen].sort()) h.update(`${m}\0${readFileSync(join(root, `${m}${ext}`))}\0`);
     stepsDigest = h.digest('hex').slice(0, 12);
   }
   return stepsDigest;

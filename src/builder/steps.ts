@@ -13,8 +13,8 @@ import { Chroot, resolveInRoot } from './chroot.js';
 import { configureTree } from './configure.js';
 import { debianPlan, shq } from './drivers/debian.js';
 import type { Driver, Phase } from './drivers/types.js';
-import { buildFailed } from '../spec/errors.js';
-import { run, SYSTEM_PATH } from '../host/process.js';
+import { buildFailed } from './errors.js';
+import { mount } from '../host/mounts.js';
 import { clampTree } from './outputs.js';
 import type { BuildSpec } from '../spec/spec.js';
 import type { StagePlan } from './plan.js';
@@ -79,16 +79,13 @@ async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, 
   await mkdir(join(lists, 'partial'), { recursive: true });
   await mkdir(join(ctx.cacheDir, 'partial'), { recursive: true });
   const chroot = new Chroot(root, { resolvConf: true, policyRcD: true, log: ctx.log });
-  const binds: string[] = [];
+  const unbind: Array<() => Promise<void>> = [];
   let failure: unknown;
   try {
     await chroot.enter();
     for (const [from, inTree] of [[ctx.cacheDir, '/var/cache/apt/archives'], [lists, '/var/lib/apt/lists']] as const) {
       const target = await resolveInRoot(root, inTree);
-      await mkdir(target, { recursive: true });
-      const r = await run('mount', ['--bind', from, target], { env: { PATH: SYSTEM_PATH }, onLine: ctx.log });
-      if (r.code !== 0) throw buildFailed(`cannot bind-mount ${from} on ${inTree} in the stage`);
-      binds.push(target);
+      unbind.push(await mount(['--bind', from], target, { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED', what: `bind-mounting ${from} on ${inTree} in the stage` }));
     }
     ctx.log(`osfarm: stage ${spec.name}: apt-get install ${include.join(' ')}`);
     const env: Record<string, string> = {};
@@ -98,9 +95,12 @@ async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, 
   } catch (err) {
     failure = err;
   }
-  for (const b of binds.reverse()) {
-    const r = await run('umount', [b], { env: { PATH: SYSTEM_PATH } });
-    if (r.code !== 0) await run('umount', ['--lazy', b], { env: { PATH: SYSTEM_PATH } });
+  for (const undo of unbind.reverse()) {
+    try {
+      await undo();
+    } catch (err) {
+      failure ??= err;
+    }
   }
   try {
     await chroot.leave();

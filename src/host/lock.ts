@@ -20,7 +20,8 @@ import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
-import { OsfarmError } from '../base/errors.js';
+import { type ErrorCode, OsfarmError } from '../base/errors.js';
+import { SYSTEM_PATH } from './process.js';
 
 export interface FileLock {
   readonly path: string;
@@ -32,6 +33,8 @@ export interface LockOptions {
   /** Wait for the lock (default) or give up at once and return null. */
   wait?: boolean;
   signal?: AbortSignal;
+  /** The code of the error when flock(1) fails (default OSFARM_IO). */
+  errorCode?: ErrorCode;
 }
 
 const CONFLICT = 75;
@@ -49,7 +52,7 @@ export function acquireLock(path: string, opts: LockOptions = {}): Promise<FileL
     const args = ['--exclusive', '--close', '--conflict-exit-code', String(CONFLICT)];
     if (!wait) args.push('--nonblock');
     args.push(path, 'sh', '-c', 'echo locked; exec cat >/dev/null');
-    const child = spawn('flock', args, { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: '/usr/bin:/bin' } });
+    const child = spawn('flock', args, { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: SYSTEM_PATH } });
     let settled = false;
     let stderr = '';
     let exited: Promise<void> | undefined;
@@ -88,14 +91,14 @@ export function acquireLock(path: string, opts: LockOptions = {}): Promise<FileL
       if (settled) return;
       settled = true;
       opts.signal?.removeEventListener('abort', onAbort);
-      reject(new OsfarmError('OSFARM_STAGE', `cannot run flock(1) (util-linux) for the lock ${path}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+      reject(new OsfarmError(opts.errorCode ?? 'OSFARM_IO', `cannot run flock(1) (util-linux) for the lock ${path}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
     });
     child.once('close', (code) => {
       if (settled) return;
       settled = true;
       opts.signal?.removeEventListener('abort', onAbort);
       if (code === CONFLICT) resolvePromise(null);
-      else reject(new OsfarmError('OSFARM_STAGE', `flock ${path} exited with ${code}: ${stderr.trim()}`));
+      else reject(new OsfarmError(opts.errorCode ?? 'OSFARM_IO', `flock ${path} exited with ${code}: ${stderr.trim()}`));
     });
   });
 }

@@ -3,10 +3,10 @@
  * spec is read, and only the hash travels on. The password goes to `openssl passwd -6 -stdin`
  * on its standard input, never in a process argument.
  */
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 
 import { OsfarmError } from '../base/errors.js';
+import { runSync } from '../host/process.js';
 
 const CRYPT_ALPHABET = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 
@@ -29,16 +29,7 @@ export function deriveSalt(material: string): string {
 export function sha512Crypt(password: string, salt: string): string {
   if (!/^[./0-9A-Za-z]{1,16}$/.test(salt)) throw new RangeError('a crypt salt is 1 to 16 characters of [./0-9A-Za-z]');
   if (/[\n\r\0]/.test(password)) throw new RangeError('a password cannot contain a line break or NUL');
-  let out: string;
-  try {
-    out = execFileSync('openssl', ['passwd', '-6', '-salt', salt, '-stdin'], {
-      input: `${password}\n`,
-      encoding: 'utf8',
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-  } catch (err) {
-    throw new OsfarmError('OSFARM_BUILD_FAILED', 'cannot hash the root password: openssl passwd -6 failed (is openssl installed?)', { cause: err });
-  }
+  const out = runSync('openssl', ['passwd', '-6', '-salt', salt, '-stdin'], { input: `${password}\n`, errorCode: 'OSFARM_BUILD_FAILED', what: 'cannot hash the root password (openssl passwd -6)' });
   const hash = out.trim();
   if (!hash.startsWith(`$6$${salt}$`)) throw new OsfarmError('OSFARM_INTERNAL', 'openssl passwd -6 returned something that is not a SHA-512 crypt hash');
   return hash;

@@ -27,11 +27,16 @@ import { backendByName, selectBackend } from './cow/index.js';
 import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
 import { acquireLock, type FileLock } from '../host/lock.js';
-import { fsyncDir, isSubvolume, killProcessesIn, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from '../host/sys.js';
+import { fsyncDir, isSubvolume, removeTree, syncFs, treeUsage, writeFileAtomic } from '../host/fs.js';
+import { mountsUnder } from '../host/mounts.js';
+import { killProcessesIn, ownerAlive, ownerToken, randomSuffix } from '../host/procs.js';
+import { STAGE_ERRORS } from './errors.js';
 import { type CanonicalTagInput, canonicalTagInput, isStageTag, type StageTagInput, tagOfCanonical } from './tag.js';
 
 export const STORE_FORMAT = 1;
 export const STAGE_FORMAT = 1;
+
+const STAGE = STAGE_ERRORS;
 
 /** What stage.json holds. */
 export interface StageRecord {
@@ -399,11 +404,11 @@ export class StageStore {
       let hit = true;
       let waited = false;
       if (!rec) {
-        let lock = await acquireLock(this.lockPath(tag), { wait: false });
+        let lock = await acquireLock(this.lockPath(tag), { wait: false, ...STAGE });
         if (!lock) {
           waited = true;
           this.onEvent({ type: 'waiting', tag });
-          lock = (await acquireLock(this.lockPath(tag), { signal: opts.signal })) as FileLock;
+          lock = (await acquireLock(this.lockPath(tag), { signal: opts.signal, ...STAGE })) as FileLock;
         }
         try {
           rec = this.get(tag);
@@ -426,7 +431,7 @@ export class StageStore {
       const view = await backend.view({ layers: this.layersOf(tag, backend) }, at);
       lease.onRelease(async () => {
         await view.close();
-        await removeTree(at);
+        await removeTree(at, STAGE);
       });
       if (!hit && this.maxSize !== undefined) await this.autoGc();
       return { tag, dir: view.dir, hit, waited, stage: rec, lease };
@@ -483,7 +488,7 @@ export class StageStore {
       const full = treeUsage(ws.dir, since);
       await ws.seal();
       const own = !parentTag || !backend.sharesData ? full.bytes : backend.layered ? treeUsage(join(tmp, 'tree')).bytes : full.changedBytes;
-      if (this.durable) await syncFs(tmp);
+      if (this.durable) await syncFs(tmp, STAGE.errorCode);
       const now = new Date().toISOString();
       const rec: StageRecord = {
         format: STAGE_FORMAT,
@@ -506,7 +511,7 @@ export class StageStore {
       } catch (err) {
         if (errno(err) !== 'ENOTEMPTY' && errno(err) !== 'EEXIST') throw err;
         // Someone committed the same stage without our lock (a lock file was replaced): keep theirs.
-        await removeTree(tmp);
+        await removeTree(tmp, STAGE);
         const theirs = this.get(tag);
         if (theirs) return theirs;
         throw err;
@@ -516,7 +521,7 @@ export class StageStore {
       return rec;
     } catch (err) {
       if (ws) await ws.discard().catch(() => {});
-      await removeTree(tmp).catch(() => {});
+      await removeTree(tmp, STAGE).catch(() => {});
       throw err;
     } finally {
       await parentLease?.release();
@@ -540,12 +545,12 @@ export class StageStore {
       const ws = await backend.checkout({ layers: this.layersOf(tag, backend) }, dir);
       lease.onRelease(async () => {
         await ws.discard();
-        await removeTree(dir);
+        await removeTree(dir, STAGE);
       });
       this.touch(tag, false);
       return { tag, dir: ws.dir, lease, release: () => lease.release() };
     } catch (err) {
-      await removeTree(dir).catch(() => {});
+      await removeTree(dir, STAGE).catch(() => {});
       await lease.release().catch(() => {});
       throw err;
     }
@@ -560,7 +565,7 @@ export class StageStore {
    * then leases and children are checked again and it is put back if either appeared.
    */
   private async removeOne(tag: string): Promise<{ removed: boolean; reason?: string }> {
-    const lock = await acquireLock(this.lockPath(tag), { wait: false });
+    const lock = await acquireLock(this.lockPath(tag), { wait: false, ...STAGE });
     if (!lock) return { removed: false, reason: 'busy (being built or removed)' };
     try {
       if (!existsSync(this.path(tag))) return { removed: false, reason: 'not in the store' };
@@ -587,7 +592,7 @@ export class StageStore {
         return { removed: false, reason: after };
       }
       fsyncDir(this.root);
-      await removeTree(away);
+      await removeTree(away, STAGE);
       return { removed: true };
     } finally {
       await lock.release();
@@ -632,7 +637,7 @@ export class StageStore {
     const max = opts.maxSize !== undefined ? parseSize(opts.maxSize, 'maxSize') : this.maxSize;
     if (max === undefined) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'gc needs a size bound: --max-size (e.g. 20G) or $OSFARM_STAGES_MAX');
     const dryRun = opts.dryRun ?? false;
-    const gcLock = (await acquireLock(this.path('locks', 'gc.lock'), { signal: opts.signal })) as FileLock;
+    const gcLock = (await acquireLock(this.path('locks', 'gc.lock'), { signal: opts.signal, ...STAGE })) as FileLock;
     try {
       const swept = dryRun ? { temps: 0, checkouts: 0, views: 0, leases: 0 } : await this.sweep();
       const stages = this.list();
@@ -686,8 +691,8 @@ export class StageStore {
       const owner = ownerOf(name);
       if (!force && owner && ownerAlive(owner)) continue;
       // Tools the dead build started (mmdebstrap, apt in a chroot) may still be writing there.
-      await killProcessesIn(this.path('tmp', name));
-      await removeTree(this.path('tmp', name));
+      await killProcessesIn(this.path('tmp', name), STAGE);
+      await removeTree(this.path('tmp', name), STAGE);
       n++;
     }
     return n;
@@ -706,7 +711,7 @@ export class StageStore {
       for (const name of names) {
         const owner = ownerOf(name);
         if (owner && ownerAlive(owner)) continue;
-        await removeTree(this.path(kind, name));
+        await removeTree(this.path(kind, name), STAGE);
         result[kind]++;
       }
     }
@@ -721,7 +726,7 @@ export class StageStore {
       const probe = /^\.probe-(\d+-\d+)-/.exec(name);
       const tmpFile = /\.(\d+-\d+)\.[0-9a-f]+\.tmp$/.exec(name);
       const owner = probe?.[1] ?? tmpFile?.[1];
-      if (owner && !ownerAlive(owner)) await removeTree(this.path(name));
+      if (owner && !ownerAlive(owner)) await removeTree(this.path(name), STAGE);
     }
     // Half-written stage.json replacements (a process killed while recording a hit).
     for (const tag of this.stageTags()) {
@@ -832,7 +837,7 @@ export class StageStore {
       const owner = ownerOf(name);
       leftovers.push({ path: this.path('tmp', name), live: owner ? ownerAlive(owner) : false });
     }
-    for (const m of mountsUnder(this.root)) {
+    for (const m of new Set(mountsUnder(this.root))) {
       const rel = m.slice(this.root.length + 1).split('/');
       const owner = ['tmp', 'checkouts', 'views'].includes(rel[0] ?? '') ? ownerOf(rel[1] ?? '') : undefined;
       if (owner !== undefined && !ownerAlive(owner)) leftovers.push({ path: m, live: false });

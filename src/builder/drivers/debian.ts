@@ -5,11 +5,12 @@
  * are hard-linked into the tree before the download and back out after the install, and
  * never stay in the image.
  */
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { type DebVariant, hostArchitecture, planGroup } from '../../spec/distros.js';
-import { buildFailed, SpecError } from '../../spec/errors.js';
+import { SpecError } from '../../spec/errors.js';
+import { buildFailed } from '../errors.js';
 import { run, SYSTEM_PATH } from '../../host/process.js';
 import type { BuildSpec } from '../../spec/spec.js';
 import { ensureEmulation } from './emulation.js';
@@ -195,6 +196,6 @@ export class DebootstrapDriver implements Driver {
     }
     if (r.code !== 0) throw buildFailed(`debootstrap failed (exit ${r.code ?? r.signal}); see the build log`);
     // debootstrap leaves the host's resolv.conf and its .debs; configure's sweep takes the .debs.
-    await run('rm', ['-f', join(ctx.root, 'etc/resolv.conf')], { env: { PATH: SYSTEM_PATH } });
+    await rm(join(ctx.root, 'etc/resolv.conf'), { force: true });
   }
 }

@@ -1,20 +1,12 @@
 /** Foreign architectures: qemu-user-static through binfmt_misc, registered on demand. */
-import { access, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 
 import { type Architecture, nativeArchitectures, QEMU_CPU } from '../../spec/distros.js';
-import { buildFailed } from '../../spec/errors.js';
-import { run, SYSTEM_PATH } from '../../host/process.js';
+import { buildFailed } from '../errors.js';
+import { exists } from '../../host/fs.js';
+import { run } from '../../host/process.js';
 
 const BINFMT = '/proc/sys/fs/binfmt_misc';
-
-async function present(p: string): Promise<boolean> {
-  try {
-    await access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Makes sure binaries of `arch` run here: natively, or through qemu-user-static with a
@@ -24,16 +16,15 @@ async function present(p: string): Promise<boolean> {
 export async function ensureEmulation(arch: Architecture, log: (l: string) => void): Promise<void> {
   if (nativeArchitectures().includes(arch)) return;
   const cpu = QEMU_CPU[arch];
-  const env = { PATH: SYSTEM_PATH };
-  if (!(await present(`${BINFMT}/status`))) {
+  if (!(await exists(`${BINFMT}/status`))) {
     log(`osfarm: mounting binfmt_misc for ${arch} emulation`);
-    await run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { env, onLine: log });
+    await run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { onLine: log });
   }
   const entry = `${BINFMT}/qemu-${cpu}`;
-  if (!(await present(entry))) {
+  if (!(await exists(entry))) {
     log(`osfarm: enabling qemu-${cpu} in binfmt_misc (update-binfmts --enable qemu-${cpu})`);
-    const r = await run('update-binfmts', ['--enable', `qemu-${cpu}`], { env, onLine: log });
-    if (r.code !== 0 || !(await present(entry))) {
+    const r = await run('update-binfmts', ['--enable', `qemu-${cpu}`], { onLine: log });
+    if (r.code !== 0 || !(await exists(entry))) {
       throw buildFailed(`cannot run ${arch} binaries here: install qemu-user-static and binfmt-support (qemu-${cpu} is not registered in binfmt_misc)`);
     }
   }

@@ -1,5 +1,5 @@
 import { familyOf } from '../../spec/distros.js';
-import { buildFailed } from '../../spec/errors.js';
+import { buildFailed } from '../errors.js';
 import { haveTool } from '../../host/process.js';
 import type { BuildSpec } from '../../spec/spec.js';
 import { DebootstrapDriver, MmdebstrapDriver } from './debian.js';

@@ -11,8 +11,10 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { hostArchitecture, nativeArchitectures, planGroup, RPM_ARCH, RPM_GROUP_ALIASES } from '../../spec/distros.js';
-import { mountsUnder, populateDev } from '../chroot.js';
-import { buildFailed, SpecError } from '../../spec/errors.js';
+import { mount, mountsUnder } from '../../host/mounts.js';
+import { populateDev } from '../chroot.js';
+import { SpecError } from '../../spec/errors.js';
+import { buildFailed } from '../errors.js';
 import { run, SYSTEM_PATH } from '../../host/process.js';
 import type { BuildSpec } from '../../spec/spec.js';
 import { ensureEmulation } from './emulation.js';
@@ -78,16 +80,6 @@ export function rpmDbPath(spec: BuildSpec): string {
   return usr ? '/usr/lib/sysimage/rpm' : '/var/lib/rpm';
 }
 
-async function mount(args: string[], target: string, log: (l: string) => void): Promise<() => Promise<void>> {
-  await mkdir(target, { recursive: true });
-  const r = await run('mount', [...args, target], { env: { PATH: SYSTEM_PATH }, onLine: log });
-  if (r.code !== 0) throw buildFailed(`mount ${args.join(' ')} ${target} failed`);
-  return async () => {
-    const u = await run('umount', [target], { env: { PATH: SYSTEM_PATH } });
-    if (u.code !== 0) await run('umount', ['--lazy', target], { env: { PATH: SYSTEM_PATH } });
-  };
-}
-
 export class RpmDriver implements Driver {
   readonly family = 'rpm' as const;
   constructor(readonly backend: 'dnf' | 'yum') {}
@@ -141,8 +133,8 @@ export class RpmDriver implements Driver {
     let failure: unknown;
     try {
       // Package scripts expect /proc; the cache is shared between builds but never ships.
-      undo.push(await mount(['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc'], join(ctx.root, 'proc'), ctx.log));
-      undo.push(await mount(['--bind', ctx.cacheDir], join(ctx.root, 'var/cache', this.backend), ctx.log));
+      undo.push(await mount(['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc'], join(ctx.root, 'proc'), { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED' }));
+      undo.push(await mount(['--bind', ctx.cacheDir], join(ctx.root, 'var/cache', this.backend), { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED' }));
       const args = RpmDriver.args(this.backend, spec, { root: ctx.root, config, reposDir });
       ctx.log(`osfarm: ${this.backend} ${args.join(' ')}`);
       ctx.phase('packages', this.backend);
@@ -157,7 +149,13 @@ export class RpmDriver implements Driver {
     } catch (err) {
       failure = err;
     }
-    for (const step of undo.reverse()) await step();
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        failure ??= err;
+      }
+    }
     if (failure) throw failure;
     // The mount point of the cache stays behind empty; dnf's own leftovers go with it.
     const cache = join(ctx.root, 'var/cache', this.backend);
