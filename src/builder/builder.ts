@@ -6,10 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, createWriteStream, type WriteStream } from 'node:fs';
 import { copyFile, mkdir, stat } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { indexImage } from '../blocks/index.js';
+import { defaultWorkDir, repositoryPath, sourceDateEpochFromEnv } from '../base/env.js';
 import { OsfarmError } from '../base/errors.js';
 import { SOFTWARE, VERSION } from '../base/version.js';
 import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images/lookup.js';
@@ -100,13 +100,6 @@ export interface BuildResult {
   cached: boolean;
 }
 
-/** The default work directory: $OSFARM_WORK, else $XDG_CACHE_HOME/osfarm or ~/.cache/osfarm. */
-export function defaultWorkDir(): string {
-  if (process.env.OSFARM_WORK) return resolve(process.env.OSFARM_WORK);
-  const cache = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  return join(cache, 'osfarm');
-}
-
 const TOOLS: Record<OutputFormat, string[]> = {
   tar: [],
   'tar.gz': ['tar'],
@@ -132,16 +125,10 @@ export function outputPaths(spec: BuildSpec, output: string | undefined, workDir
 
 function resolveEpoch(spec: BuildSpec, options: BuildOptions): number | null {
   if (options.sourceDateEpoch !== undefined) {
-    if (!Number.isSafeInteger(options.sourceDateEpoch) || options.sourceDateEpoch < 0) throw new RangeError('sourceDateEpoch must be a whole number of seconds');
+    if (!Number.isSafeInteger(options.sourceDateEpoch) || options.sourceDateEpoch < 0) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'sourceDateEpoch must be a whole number of seconds');
     return options.sourceDateEpoch;
   }
-  if (spec.sourceDateEpoch !== null) return spec.sourceDateEpoch;
-  const env = process.env.SOURCE_DATE_EPOCH;
-  if (env !== undefined && env !== '') {
-    if (!/^\d+$/.test(env)) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `$SOURCE_DATE_EPOCH must be a whole number of seconds (is ${JSON.stringify(env)})`);
-    return Number(env);
-  }
-  return null;
+  return spec.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? null;
 }
 
 /** Builds the images a spec describes. Nothing runs before the spec, tools and paths check out. */
@@ -151,7 +138,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
   const digest = specDigest(spec);
   const epoch = resolveEpoch(spec, options);
   const workDir = resolve(options.workDir ?? defaultWorkDir());
-  const repoPath = resolve(options.repoPath ?? process.env.OSFARM_REPO ?? 'osfarm-repo');
+  const repoPath = resolve(repositoryPath(options.repoPath));
   const paths = outputPaths(spec, options.output, workDir, digest);
   if (!options.noRepo && !options.rebuild) {
     const found = findBuilt(repoPath, digest, spec.outputs, epoch);

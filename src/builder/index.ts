@@ -30,7 +30,6 @@ export {
   type BuildResult,
   type Phase,
   build,
-  defaultWorkDir,
   outputPaths,
 } from './builder.js';
 export {
@@ -45,3 +44,4 @@ export {
   planGroup,
 } from '../spec/distros.js';
 export { deriveSalt, sha512Crypt, verifySha512Crypt } from '../spec/password.js';
+export { defaultWorkDir } from '../base/env.js';

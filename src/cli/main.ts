@@ -2,6 +2,7 @@
 /** The `osfarm` command line: global flags, dispatch, output and errors. */
 import { parseArgs } from 'node:util';
 
+import { debugEnabled, repositoryPath } from '../base/env.js';
 import { OsfarmError } from '../base/errors.js';
 import { SOFTWARE } from '../base/version.js';
 import type { Command, CommandContext, OptionSpec, ParsedArgs } from './command.js';
@@ -38,7 +39,7 @@ function helpText(cmd?: Command, path: string[] = [], summary = cmd?.summary ?? 
 function makeContext(json: boolean, repo: string | undefined, signal: AbortSignal): CommandContext {
   return {
     json,
-    repoPath: repo ?? process.env.OSFARM_REPO ?? 'osfarm-repo',
+    repoPath: repositoryPath(repo),
     signal,
     event(event) {
       if (json) process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -83,7 +84,7 @@ function exitWithError(err: unknown, json: boolean): never {
   const message = err instanceof Error ? err.message : String(err);
   if (json) process.stdout.write(`${JSON.stringify({ error: { code, message } })}\n`);
   else process.stderr.write(`osfarm: ${message} (${code})\n`);
-  if (code === 'OSFARM_INTERNAL' && err instanceof Error && process.env.OSFARM_DEBUG) process.stderr.write(`${err.stack}\n`);
+  if (code === 'OSFARM_INTERNAL' && err instanceof Error && debugEnabled()) process.stderr.write(`${err.stack}\n`);
   process.exit(code === 'OSFARM_INVALID_ARGUMENT' ? 2 : 1);
 }
 

@@ -18,9 +18,10 @@
  * nothing that looks complete; its temp is swept once its owner is gone.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { stagesMaxSize, stagesPath } from '../base/env.js';
 import { OsfarmError, throwIfAborted } from '../base/errors.js';
 import { parseSize } from '../base/size.js';
 import { backendByName, selectBackend } from './cow/index.js';
@@ -178,8 +179,7 @@ export interface VerifyResult {
 
 /** The store directory from options and environment. */
 export function stagesRoot(opts: { root?: string; repoPath?: string } = {}): string {
-  const root = opts.root ?? process.env.OSFARM_STAGES ?? join(opts.repoPath ?? process.env.OSFARM_REPO ?? 'osfarm-repo', 'stages');
-  return isAbsolute(root) ? root : resolve(root);
+  return stagesPath(opts);
 }
 
 const SUBDIRS = ['tmp', 'locks', 'leases', 'checkouts', 'views'] as const;
@@ -210,7 +210,7 @@ export class StageStore {
     this.root = root;
     this.requested = opts.cow ?? 'auto';
     if (this.requested !== 'auto') backendByName(this.requested);
-    const max = opts.maxSize ?? process.env.OSFARM_STAGES_MAX;
+    const max = opts.maxSize ?? stagesMaxSize();
     this.maxSize = max === undefined || max === '' ? undefined : parseSize(max, 'the stage store size limit');
     this.durable = opts.durable ?? true;
     this.onEvent = opts.onEvent ?? (() => {});

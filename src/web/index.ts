@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { defaultWorkDir } from '../builder/builder.js';
+import { defaultWorkDir } from '../base/env.js';
 import { OsfarmError } from '../base/errors.js';
 import { VERSION } from '../base/version.js';
 import { stagesRoot } from '../stages/store.js';

@@ -10,6 +10,7 @@
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { rpmGpgKeysFromEnv } from '../../base/env.js';
 import { hostArchitecture, nativeArchitectures, planGroup, RPM_ARCH, RPM_GROUP_ALIASES } from '../../spec/distros.js';
 import { mount, mountsUnder } from '../../host/mounts.js';
 import { populateDev } from '../chroot.js';
@@ -34,9 +35,9 @@ export function rpmPlan(spec: BuildSpec): string[] {
 }
 
 /** The signing keys to trust with gpgCheck: $OSFARM_RPM_GPGKEYS, URLs separated by spaces. */
-function gpgKeys(spec: BuildSpec, env: NodeJS.ProcessEnv): string[] {
+function gpgKeys(spec: BuildSpec): string[] {
   if (!spec.gpgCheck) return [];
-  const keys = (env.OSFARM_RPM_GPGKEYS ?? '').split(/\s+/).filter(Boolean);
+  const keys = rpmGpgKeysFromEnv();
   if (keys.length === 0) {
     throw new SpecError([{
       path: 'spec.gpgCheck',
@@ -110,13 +111,13 @@ export class RpmDriver implements Driver {
     if (this.backend === 'yum' && spec.architecture !== hostArchitecture()) {
       throw buildFailed(`yum cannot install ${spec.architecture} packages on this ${hostArchitecture()} machine; use dnf (it has --forcearch)`);
     }
-    gpgKeys(spec, process.env);
+    gpgKeys(spec);
   }
 
   async bootstrap(ctx: DriverContext): Promise<void> {
     const { spec } = ctx;
     this.check(spec);
-    const keys = gpgKeys(spec, process.env);
+    const keys = gpgKeys(spec);
     ctx.phase('bootstrap', this.backend);
     await ensureEmulation(spec.architecture, ctx.log);
     const config = join(ctx.buildDir, `${this.backend}.conf`);

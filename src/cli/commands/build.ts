@@ -1,6 +1,7 @@
 /** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
 import { readFileSync } from 'node:fs';
 
+import { mirrorsFromEnv } from '../../base/env.js';
 import { build, type BuildEvent, type BuildOptions, type BuildResult, type BuildSpec, setOnChain, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../builder/index.js';
 import { SpecError } from '../../spec/errors.js';
 import { repositoryParents } from '../../images/index.js';
@@ -70,7 +71,8 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
   const mirrors = strs(args, 'mirror');
   if (mirrors.length > 0) raw.mirrors = mirrors;
   else if (raw.mirrors === undefined || (raw.mirrors as unknown[]).length === 0) {
-    if (process.env.OSFARM_MIRROR) raw.mirrors = process.env.OSFARM_MIRROR.split(/\s*,\s*|\s+(?=\w+:\/\/)/).filter(Boolean);
+    const fromEnv = mirrorsFromEnv();
+    if (fromEnv.length > 0) raw.mirrors = fromEnv;
   }
   const commands = strs(args, 'run');
   if (commands.length > 0) raw.commands = [...((raw.commands as string[] | undefined) ?? []), ...commands];

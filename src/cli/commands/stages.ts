@@ -1,6 +1,7 @@
 /** `osfarm stages …`: the stage cache (list, garbage-collect, verify, remove, backends). */
 import { existsSync } from 'node:fs';
 
+import { stagesMaxSize } from '../../base/env.js';
 import { OsfarmError } from '../../base/errors.js';
 import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
 import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
@@ -67,7 +68,7 @@ const gc: Command<GcResult> = {
   usage: `stages gc --max-size N [--dry-run] ${STORE_USAGE}\n(N like 20G or 500M; default $OSFARM_STAGES_MAX)`,
   options: { ...STORE_OPTIONS, 'max-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
   async run(args, ctx) {
-    const max = str(args, 'max-size') ?? process.env.OSFARM_STAGES_MAX;
+    const max = str(args, 'max-size') ?? stagesMaxSize();
     if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
     const maxSize = parseSize(max, '--max-size');
     const store = await openStore(args, ctx);

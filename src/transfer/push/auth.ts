@@ -6,6 +6,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
+import { tokenFromEnv } from '../../base/env.js';
 import { OsfarmError } from '../../base/errors.js';
 
 export const NONCE_LEN = 32;
@@ -58,7 +59,7 @@ export function resolveToken(o: TokenOptions): string | undefined {
       throw new OsfarmError('OSFARM_IO', `cannot read the token file ${o.tokenFile}: ${(err as Error).message}`);
     }
   }
-  token ??= (o.env ?? process.env).OSFARM_TOKEN || undefined;
+  token ??= tokenFromEnv(o.env);
   if (token !== undefined && token.length === 0) throw new RangeError('the token is empty');
   return token;
 }
