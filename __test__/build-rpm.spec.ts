@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSyn
 import { basename, join } from 'node:path';
 
 import { mountsUnder } from '../src/host/mounts.js';
-import { specFromObject } from '../src/builder/index.js';
+import { specFromObject } from '../src/spec/index.js';
 import { RpmDriver, rpmConfig, rpmDbPath, rpmPlan } from '../src/builder/drivers/rpm.js';
 import { Repository } from '../src/repo/index.js';
 import { buildWorkDir, cliAsync, leftovers, resultOf } from './fixtures/build/harness.js';

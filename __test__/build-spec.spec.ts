@@ -14,7 +14,7 @@ import {
   specDigest,
   specFromObject,
   stableStringify,
-} from '../src/builder/index.js';
+} from '../src/spec/index.js';
 import { SpecError } from '../src/spec/errors.js';
 import { cli, tempDir } from './helpers/tmp.js';
 

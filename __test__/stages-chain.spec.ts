@@ -7,7 +7,7 @@ import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 
-import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type BuildSpec } from '../src/builder/index.js';
+import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type BuildSpec } from '../src/spec/index.js';
 import { specToXml } from '../src/spec/xml.js';
 import { type ChainContext, planStages, specChain } from '../src/builder/plan.js';
 import { cliJson, tempDir } from './helpers/tmp.js';

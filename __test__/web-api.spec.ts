@@ -9,8 +9,8 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/builder/index.js';
-import { specToXml } from '../src/images/index.js';
+import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/spec/index.js';
+import { specToXml } from '../src/spec/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
 import { createPullHandler } from '../src/transfer/http/serve.js';

@@ -206,7 +206,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     for (const p of new Set([...paths.values()].map((p) => dirname(p)))) await mkdir(p, { recursive: true });
     await mkdir(buildDir, { recursive: true });
     log = createWriteStream(logPath, { mode: 0o644 });
-    logLine(`${SOFTWARE}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.backend}`);
+    logLine(`${SOFTWARE}: building ${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture}) with ${driver.tool}`);
     logLine(`osfarm: spec digest ${digest}${epoch !== null ? `, SOURCE_DATE_EPOCH ${epoch}` : ''}`);
 
     if (!options.noRepo) Repository.openOrInit(repoPath);
@@ -265,7 +265,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           spec: canonical,
           specXml: specToXml(spec),
           stages: chain!.stages.map((s) => ({ tag: s.tag, label: s.label })),
-          backend: driver.backend,
+          backend: driver.tool,
           cow: chain!.cow,
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
@@ -317,7 +317,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     name: spec.name,
     specDigest: digest,
     spec: canonical,
-    backend: driver.backend,
+    backend: driver.tool,
     sourceDateEpoch: epoch,
     outputs,
     logPath,

@@ -8,6 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { familyOf } from '../spec/distros.js';
+import { fieldsFor, SECRET_FIELDS, SET_FIELDS } from '../spec/fields.js';
 import { canonicalSpec, type BuildSpec } from '../spec/spec.js';
 import { stageTag, type StageTagInput } from '../stages/tag.js';
 
@@ -70,14 +71,20 @@ export function hostSourcesDigest(family: 'deb' | 'rpm'): string | null {
   return found ? h.digest('hex') : null;
 }
 
+/** The spec fields that change a stage's tree. */
+const TREE_FIELDS = fieldsFor('tree');
+
 /**
- * What enters a stage's tag from its spec: every field of the canonical spec that changes
- * the tree, with the resolved SOURCE_DATE_EPOCH. Left out: the name and output formats
- * (no effect on the tree), the parent (its tag is there instead), the package source and
- * backend (in `source` and `driver`).
+ * What enters a stage's tag from its spec: the spec format's version and every field of the
+ * canonical spec that changes the tree (spec/fields.ts), with the resolved
+ * SOURCE_DATE_EPOCH. Left out: the name and output formats (no effect on the tree), the
+ * parent (its tag is there instead), the package source and bootstrap tool (in `source`
+ * and `driver`).
  */
 function stageConfig(spec: BuildSpec, step: StageStep, epoch: number | null): Record<string, unknown> {
-  const { parent: _parent, name: _name, outputs: _outputs, mirrors: _m, components: _c, backend: _b, gpgCheck: _g, ...config } = canonicalSpec(spec);
+  const canonical = canonicalSpec(spec) as unknown as Record<string, unknown>;
+  const config: Record<string, unknown> = { specVersion: canonical.specVersion };
+  for (const name of TREE_FIELDS) config[name] = canonical[name];
   return { ...config, sourceDateEpoch: epoch, step };
 }
 
@@ -98,6 +105,8 @@ export function planStages(spec: BuildSpec, ctx: ChainContext): StagePlan[] {
       // The host's dnf installs RPM stages; apt inside the parent's tree (covered by the parent's tag) installs Debian ones.
       driverVersion: step === 'bootstrap' || familyOf(s.distribution) === 'rpm' ? ctx.driverVersion : `osfarm ${ctx.osfarmVersion}`,
       source,
+      sets: SET_FIELDS,
+      secrets: SECRET_FIELDS,
     };
     const tag = stageTag(inputs);
     const label = i === 0 ? `${s.distribution} ${s.release} ${s.architecture} core (${s.name})` : `${'+'.repeat(i)} ${s.name}`;

@@ -114,8 +114,8 @@ export function osfarmStepsDigest(): string {
 /** The stage plans of a spec for a driver (tags only; nothing is built). */
 export async function stagePlans(spec: BuildSpec, driver: Driver, osfarmVersion: string, sourceDateEpoch: number | null): Promise<StagePlan[]> {
   const osfarm = `${osfarmVersion} (steps ${osfarmStepsDigest()})`;
-  const driverVersion = `${await toolVersion(driver.backend)}; osfarm ${osfarm}`;
-  return planStages(spec, { driver: driver.backend, driverVersion, osfarmVersion: osfarm, sourceDateEpoch });
+  const driverVersion = `${await toolVersion(driver.tool)}; osfarm ${osfarm}`;
+  return planStages(spec, { driver: driver.tool, driverVersion, osfarmVersion: osfarm, sourceDateEpoch });
 }
 
 /** Ensures every stage of the spec's chain in the store and returns the last one's tree. */
@@ -128,7 +128,7 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
     opts.onStoreEvent?.(e);
   };
   const store = await StageStore.open({ root: opts.stagesDir, repoPath: opts.repoPath, cow: opts.cow, maxSize: opts.maxSize, onEvent });
-  const cow = (await store.backend()).name;
+  const cow = (await store.cowMethod()).name;
   // What killed builds left (unfinished stages, their mounts and tools, views, leases) goes first.
   try {
     const swept = await store.sweep();

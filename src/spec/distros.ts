@@ -191,9 +191,9 @@ export function outputFormatOfPath(path: string): OutputFormat | undefined {
   return undefined;
 }
 
-export const BACKENDS = ['auto', 'mmdebstrap', 'debootstrap', 'dnf', 'yum'] as const;
-export type Backend = (typeof BACKENDS)[number];
+export const BOOTSTRAP_TOOLS = ['auto', 'mmdebstrap', 'debootstrap', 'dnf', 'yum'] as const;
+export type BootstrapTool = (typeof BOOTSTRAP_TOOLS)[number];
 
-export function backendsFor(family: Family): Backend[] {
+export function bootstrapToolsFor(family: Family): BootstrapTool[] {
   return family === 'deb' ? ['auto', 'mmdebstrap', 'debootstrap'] : ['auto', 'dnf', 'yum'];
 }

@@ -3,6 +3,7 @@ import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import YAML from 'yaml';
 
 import { SpecError } from './errors.js';
+import { XML_LISTS } from './fields.js';
 
 export type SpecFormat = 'yaml' | 'json' | 'xml';
 
@@ -22,17 +23,6 @@ export function sniffFormat(text: string): SpecFormat {
   if (t.startsWith('{')) return 'json';
   return 'yaml';
 }
-
-/** List fields and the element name of one item in XML (`<packages><package>…</package></packages>`). */
-export const XML_LISTS: Record<string, string> = {
-  groups: 'group',
-  packages: 'package',
-  files: 'file',
-  commands: 'command',
-  outputs: 'output',
-  mirrors: 'mirror',
-  components: 'component',
-};
 
 const XML_ROOTS = ['image', 'spec', 'osfarm'];
 

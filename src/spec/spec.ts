@@ -11,9 +11,9 @@ import {
   ARCH_ALIASES,
   ARCHITECTURES,
   type Architecture,
-  BACKENDS,
-  type Backend,
-  backendsFor,
+  BOOTSTRAP_TOOLS,
+  type BootstrapTool,
+  bootstrapToolsFor,
   DISTRIBUTION_ALIASES,
   DISTRIBUTIONS,
   type Distribution,
@@ -26,6 +26,7 @@ import {
   planGroup,
 } from './distros.js';
 import { SpecError, type SpecIssue } from './errors.js';
+import { aliasesOf, CANONICAL_FIELDS, FIELD_NAMES, FIXED_FIELDS, INHERITED_FIELDS } from './fields.js';
 import { formatOf, parseText, type SpecFormat, sniffFormat } from './formats.js';
 import { CRYPT_HASH, deriveSalt, sha512Crypt } from './password.js';
 
@@ -63,7 +64,7 @@ export interface BuildSpec {
   /** Mirror URLs (or, for Debian, whole `deb …` lines); empty = the host's apt sources / the distribution's repos. */
   mirrors: string[];
   components: string[];
-  backend: Backend;
+  backend: BootstrapTool;
   /** Check package signatures (RPM: dnf gpgcheck). */
   gpgCheck: boolean;
   /** Timestamp for reproducible builds; null = take $SOURCE_DATE_EPOCH at build time, if set. */
@@ -75,31 +76,6 @@ export interface BuildSpec {
    */
   parent?: BuildSpec;
 }
-
-/** Fields a spec may contain (plus `rootPassword` and `mirror`, which are read and converted). */
-const FIELDS = [
-  'name',
-  'distribution',
-  'release',
-  'architecture',
-  'groups',
-  'packages',
-  'rootPassword',
-  'rootPasswordHash',
-  'files',
-  'commands',
-  'hostname',
-  'locale',
-  'timezone',
-  'outputs',
-  'mirror',
-  'mirrors',
-  'components',
-  'backend',
-  'gpgCheck',
-  'sourceDateEpoch',
-  'parent',
-] as const;
 
 export interface SpecOptions {
   /** Directory that relative `files[].source` paths are resolved against (default: the current directory). */
@@ -132,10 +108,10 @@ export function loadSpec(path: string, options: Omit<SpecOptions, 'baseDir'> = {
 
 function suggest(key: string): string {
   const k = key.toLowerCase().replace(/[-_ ]/g, '');
-  for (const f of FIELDS) if (f.toLowerCase() === k) return ` (did you mean ${f}?)`;
+  for (const f of FIELD_NAMES) if (f.toLowerCase() === k) return ` (did you mean ${f}?)`;
   let best: string | undefined;
   let bestScore = 3;
-  for (const f of FIELDS) {
+  for (const f of FIELD_NAMES) {
     const d = editDistance(k, f.toLowerCase());
     if (d < bestScore) {
       best = f;
@@ -166,6 +142,27 @@ const COMPONENT = /^[a-z0-9][a-z0-9-]*$/;
 const MIRROR = /^(?:(?:https?|ftp|file|mirror\+https?|mirror\+file):\/\/\S+|deb(?:-src)? \S.*)$/;
 const MODE = /^0?[0-7]{3,4}$/;
 
+/**
+ * What a spec that may not read this machine's files does wrong: one a client sends to a
+ * server (the web API) may give file contents but no `files[].source`, and name a parent
+ * by image name or digest but not by path. Empty if nothing.
+ */
+export function hostPathIssues(raw: unknown): SpecIssue[] {
+  const issues: SpecIssue[] = [];
+  const visit = (r: Record<string, unknown>, at: string) => {
+    if (Array.isArray(r.files)) {
+      r.files.forEach((f, i) => {
+        if (typeof f === 'object' && f !== null && 'source' in f) issues.push({ path: `${at}.files[${i}].source`, message: 'a spec sent over the web cannot copy files of the server: give `content` instead' });
+      });
+    }
+    if (typeof r.parent === 'string' && (r.parent.includes('/') || r.parent.startsWith('.'))) {
+      issues.push({ path: `${at}.parent`, message: 'over the web a parent is an image in the repository (name or digest), not a path' });
+    } else if (typeof r.parent === 'object' && r.parent !== null && !Array.isArray(r.parent)) visit(r.parent as Record<string, unknown>, `${at}.parent`);
+  };
+  if (typeof raw === 'object' && raw !== null && !Array.isArray(raw)) visit(raw as Record<string, unknown>, 'spec');
+  return issues;
+}
+
 /** Checks a plain object against the spec format and returns the normalised spec; hashes a plain root password at once. */
 export function specFromObject(input: unknown, options: SpecOptions = {}): BuildSpec {
   const issues: SpecIssue[] = [];
@@ -175,7 +172,7 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   }
   const raw = { ...(input as Record<string, unknown>) };
   for (const key of Object.keys(raw)) {
-    if (!(FIELDS as readonly string[]).includes(key)) bad(`spec.${key}`, `unknown field${suggest(key)}`);
+    if (!FIELD_NAMES.includes(key)) bad(`spec.${key}`, `unknown field${suggest(key)}`);
   }
   // A parent first: this spec inherits what it leaves out.
   const parent = raw.parent === undefined || raw.parent === null ? undefined : parentSpec(raw.parent, options, bad);
@@ -369,12 +366,12 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   const components = strList('components', COMPONENT, 'an archive component (main, contrib, universe…)');
   if (components.length === 0) components.push('main');
 
-  let backend: Backend = 'auto';
+  let backend: BootstrapTool = 'auto';
   const b = str('backend');
   if (b !== undefined) {
-    if (!(BACKENDS as readonly string[]).includes(b)) bad('spec.backend', `${JSON.stringify(b)} is not a backend (${BACKENDS.join(', ')})`);
-    else if (family && !backendsFor(family).includes(b as Backend)) bad('spec.backend', `${b} cannot build ${distribution} (use ${backendsFor(family).join(', ')})`);
-    else backend = b as Backend;
+    if (!(BOOTSTRAP_TOOLS as readonly string[]).includes(b)) bad('spec.backend', `${JSON.stringify(b)} is not a backend (${BOOTSTRAP_TOOLS.join(', ')})`);
+    else if (family && !bootstrapToolsFor(family).includes(b as BootstrapTool)) bad('spec.backend', `${b} cannot build ${distribution} (use ${bootstrapToolsFor(family).join(', ')})`);
+    else backend = b as BootstrapTool;
   }
   let gpgCheck = true;
   if (raw.gpgCheck !== undefined && raw.gpgCheck !== null) {
@@ -390,11 +387,11 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   }
 
   if (parent) {
-    const mine = { distribution, release, architecture, mirrors, components, backend, gpgCheck };
-    for (const key of STAGE_FIXED) {
-      const theirs = parent[key];
+    const mine: Record<string, unknown> = { distribution, release, architecture, mirrors, components, backend, gpgCheck };
+    for (const key of FIXED_FIELDS) {
+      const theirs = (parent as unknown as Record<string, unknown>)[key];
       if (stableStringify(mine[key]) !== stableStringify(theirs)) {
-        bad(`spec.${key}`, `is ${JSON.stringify(mine[key])}, but the parent's is ${JSON.stringify(theirs)}: a spec keeps its parent's ${STAGE_FIXED.join(', ')} (it is built on the parent's tree)`);
+        bad(`spec.${key}`, `is ${JSON.stringify(mine[key])}, but the parent's is ${JSON.stringify(theirs)}: a spec keeps its parent's ${FIXED_FIELDS.join(', ')} (it is built on the parent's tree)`);
       }
     }
     groups.forEach((g, i) => {
@@ -432,28 +429,27 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
   return spec;
 }
 
-/** Fields a spec keeps from its parent: they decide how the parent's tree was made. */
-const STAGE_FIXED = ['distribution', 'release', 'architecture', 'mirrors', 'components', 'backend', 'gpgCheck'] as const;
-/** Settings a spec inherits from its parent unless it sets them itself. */
-const STAGE_INHERITED = ['hostname', 'locale', 'timezone', 'sourceDateEpoch'] as const;
 const MAX_PARENTS = 32;
 
 /**
  * The spec with `fields` set on it and on every parent: for settings of the whole chain,
  * such as a package source given on the command line (a stage keeps its parent's).
  */
-export function setOnChain(spec: BuildSpec, fields: Partial<Pick<BuildSpec, (typeof STAGE_FIXED)[number]>>): BuildSpec {
+export function setOnChain(spec: BuildSpec, fields: Partial<Omit<BuildSpec, 'parent'>>): BuildSpec {
   return { ...spec, ...fields, ...(spec.parent ? { parent: setOnChain(spec.parent, fields) } : {}) };
 }
 
-/** Fills the fields `raw` leaves out from its parent (the fixed ones are checked against the parent afterwards). */
+/**
+ * Fills the fields `raw` leaves out from its parent: the fixed and inherited ones, unless
+ * the spec gives them in another form (`mirror`, `rootPassword`). The fixed ones are
+ * checked against the parent afterwards.
+ */
 function inheritDefaults(raw: Record<string, unknown>, parent: BuildSpec): void {
-  for (const key of [...STAGE_FIXED, ...STAGE_INHERITED]) {
-    if (key === 'mirrors' && raw.mirror !== undefined) continue;
-    if (raw[key] === undefined || raw[key] === null) raw[key] = parent[key];
+  const given = (key: string) => raw[key] !== undefined && raw[key] !== null;
+  for (const key of [...FIXED_FIELDS, ...INHERITED_FIELDS]) {
+    if (given(key) || aliasesOf(key).some(given)) continue;
+    raw[key] = (parent as unknown as Record<string, unknown>)[key];
   }
-  const password = [raw.rootPassword, raw.rootPasswordHash].some((v) => v !== undefined && v !== null);
-  if (!password && parent.rootPasswordHash) raw.rootPasswordHash = parent.rootPasswordHash;
 }
 
 /**
@@ -537,29 +533,29 @@ const uniqSorted = (xs: string[]) => [...new Set(xs)].sort();
  * the image and not where the spec happens to live.
  */
 export function canonicalSpec(spec: BuildSpec): CanonicalSpec {
-  return {
-    specVersion: SPEC_VERSION,
-    name: spec.name,
-    distribution: spec.distribution,
-    release: spec.release,
-    architecture: spec.architecture,
-    groups: uniqSorted(spec.groups),
-    packages: uniqSorted(spec.packages),
-    rootPasswordHash: spec.rootPasswordHash,
-    files: spec.files.map(canonicalFile),
-    commands: [...spec.commands],
-    hostname: spec.hostname,
-    locale: spec.locale,
-    timezone: spec.timezone,
-    outputs: [...new Set(spec.outputs)].sort() as OutputFormat[],
-    mirrors: [...spec.mirrors],
-    components: uniqSorted(spec.components),
-    backend: spec.backend,
-    gpgCheck: spec.gpgCheck,
-    sourceDateEpoch: spec.sourceDateEpoch,
-    // Only when there is one, so a spec without a parent keeps its digest.
-    ...(spec.parent ? { parent: canonicalSpec(spec.parent) } : {}),
-  };
+  const out: Record<string, unknown> = { specVersion: SPEC_VERSION };
+  const from = spec as unknown as Record<string, unknown>;
+  for (const f of CANONICAL_FIELDS) {
+    const v = from[f.name];
+    switch (f.shape) {
+      case 'set':
+        out[f.name] = uniqSorted(v as string[]);
+        break;
+      case 'list':
+        out[f.name] = [...(v as string[])];
+        break;
+      case 'files':
+        out[f.name] = spec.files.map(canonicalFile);
+        break;
+      case 'parent':
+        // Only when there is one, so a spec without a parent keeps its digest.
+        if (spec.parent) out[f.name] = canonicalSpec(spec.parent);
+        break;
+      default:
+        out[f.name] = v;
+    }
+  }
+  return out as CanonicalSpec;
 }
 
 function canonicalFile(f: SpecFile): CanonicalFile {

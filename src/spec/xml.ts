@@ -1,9 +1,9 @@
 /**
- * A spec written back as XML (the format src/build/formats.ts reads): reading the text
+ * A spec written back as XML (the format formats.ts reads): reading the text
  * gives the same spec again, so the same request checksum. File contents and commands go
  * into CDATA sections, which keep their whitespace; a parent goes inline as <parent>.
  */
-import { XML_LISTS } from './formats.js';
+import { CANONICAL_FIELDS } from './fields.js';
 import type { BuildSpec, SpecFile } from './spec.js';
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -21,33 +21,29 @@ function fileXml(f: SpecFile, pad: string): string {
 function body(spec: BuildSpec, depth: number): string[] {
   const pad = '  '.repeat(depth);
   const lines: string[] = [];
-  const scalar = (key: string, value: string | number | boolean | null) => {
-    if (value !== null) lines.push(`${pad}<${key}>${esc(String(value))}</${key}>`);
-  };
-  const list = (key: keyof typeof XML_LISTS & keyof BuildSpec, items: string[], raw = false) => {
-    const item = XML_LISTS[key]!;
-    if (items.length === 0) return;
-    lines.push(`${pad}<${key}>`, ...items.map((v) => `${pad}  <${item}>${raw ? cdata(v) : esc(v)}</${item}>`), `${pad}</${key}>`);
-  };
-  scalar('name', spec.name);
-  scalar('distribution', spec.distribution);
-  scalar('release', spec.release);
-  scalar('architecture', spec.architecture);
-  list('groups', spec.groups);
-  list('packages', spec.packages);
-  scalar('rootPasswordHash', spec.rootPasswordHash);
-  if (spec.files.length > 0) lines.push(`${pad}<files>`, ...spec.files.map((f) => fileXml(f, `${pad}  `)), `${pad}</files>`);
-  list('commands', spec.commands, true);
-  scalar('hostname', spec.hostname);
-  scalar('locale', spec.locale);
-  scalar('timezone', spec.timezone);
-  list('outputs', spec.outputs);
-  list('mirrors', spec.mirrors);
-  list('components', spec.components);
-  scalar('backend', spec.backend);
-  scalar('gpgCheck', spec.gpgCheck);
-  scalar('sourceDateEpoch', spec.sourceDateEpoch);
-  if (spec.parent) lines.push(`${pad}<parent>`, ...body(spec.parent, depth + 1), `${pad}</parent>`);
+  const values = spec as unknown as Record<string, unknown>;
+  for (const f of CANONICAL_FIELDS) {
+    const value = values[f.name];
+    switch (f.shape) {
+      case 'scalar':
+        if (value !== null && value !== undefined) lines.push(`${pad}<${f.name}>${esc(String(value))}</${f.name}>`);
+        break;
+      case 'set':
+      case 'list': {
+        const items = value as string[];
+        if (items.length === 0) break;
+        const item = f.xml!.item;
+        lines.push(`${pad}<${f.name}>`, ...items.map((v) => `${pad}  <${item}>${f.xml!.cdata ? cdata(v) : esc(v)}</${item}>`), `${pad}</${f.name}>`);
+        break;
+      }
+      case 'files':
+        if (spec.files.length > 0) lines.push(`${pad}<files>`, ...spec.files.map((file) => fileXml(file, `${pad}  `)), `${pad}</files>`);
+        break;
+      case 'parent':
+        if (spec.parent) lines.push(`${pad}<parent>`, ...body(spec.parent, depth + 1), `${pad}</parent>`);
+        break;
+    }
+  }
   return lines;
 }
 

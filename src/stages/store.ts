@@ -24,8 +24,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { stagesMaxSize, stagesPath } from '../base/env.js';
 import { OsfarmError, throwIfAborted } from '../base/errors.js';
 import { parseSize } from '../base/size.js';
-import { backendByName, selectBackend } from './cow/index.js';
-import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
+import { cowMethod, selectCowMethod } from './cow/index.js';
+import { COW_NAMES, type CowMethod, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
 import { acquireLock, type FileLock } from '../host/lock.js';
 import { fsyncDir, isSubvolume, removeTree, syncFs, treeUsage, writeFileAtomic } from '../host/fs.js';
@@ -204,12 +204,12 @@ export class StageStore {
   private readonly requested: CowName | 'auto';
   private readonly durable: boolean;
   private readonly onEvent: (e: StageEvent) => void;
-  private backendPromise: Promise<CowBackend> | undefined;
+  private methodPromise: Promise<CowMethod> | undefined;
 
   private constructor(root: string, opts: StageStoreOptions) {
     this.root = root;
     this.requested = opts.cow ?? 'auto';
-    if (this.requested !== 'auto') backendByName(this.requested);
+    if (this.requested !== 'auto') cowMethod(this.requested);
     const max = opts.maxSize ?? stagesMaxSize();
     this.maxSize = max === undefined || max === '' ? undefined : parseSize(max, 'the stage store size limit');
     this.durable = opts.durable ?? true;
@@ -242,7 +242,7 @@ export class StageStore {
   }
 
   /** The name of the backend recorded for this store (null before the first stage). */
-  recordedBackend(): CowName | null {
+  recordedCowMethod(): CowName | null {
     return this.readStoreFile()?.backend ?? null;
   }
 
@@ -251,10 +251,10 @@ export class StageStore {
    * backend: overlayfs trees are diffs, btrfs trees are subvolumes); a different one asked
    * for is an error unless the store is empty; a new store probes and records its choice.
    */
-  backend(): Promise<CowBackend> {
-    this.backendPromise ??= (async () => {
+  cowMethod(): Promise<CowMethod> {
+    this.methodPromise ??= (async () => {
       const recorded = this.readStoreFile();
-      if (recorded && (this.requested === 'auto' || this.requested === recorded.backend)) return backendByName(recorded.backend);
+      if (recorded && (this.requested === 'auto' || this.requested === recorded.backend)) return cowMethod(recorded.backend);
       if (recorded && this.stageTags().length > 0) {
         throw new OsfarmError(
           'OSFARM_STAGE',
@@ -262,14 +262,14 @@ export class StageStore {
         );
       }
       mkdirSync(this.root, { recursive: true });
-      const { backend } = await selectBackend(this.root, this.requested);
-      writeFileAtomic(this.path('store.json'), `${JSON.stringify({ format: STORE_FORMAT, backend: backend.name }, null, 2)}\n`);
-      return backend;
+      const { method } = await selectCowMethod(this.root, this.requested);
+      writeFileAtomic(this.path('store.json'), `${JSON.stringify({ format: STORE_FORMAT, backend: method.name }, null, 2)}\n`);
+      return method;
     })();
-    this.backendPromise.catch(() => {
-      this.backendPromise = undefined;
+    this.methodPromise.catch(() => {
+      this.methodPromise = undefined;
     });
-    return this.backendPromise;
+    return this.methodPromise;
   }
 
   // -------------------------------------------------------------------------
@@ -343,7 +343,7 @@ export class StageStore {
   }
 
   /** The trees a stage's full view is made of: its own, then (layered backends) its ancestors'. */
-  private layersOf(tag: string, backend: CowBackend): string[] {
+  private layersOf(tag: string, backend: CowMethod): string[] {
     if (!backend.layered) return [this.path(tag, 'tree')];
     const layers: string[] = [];
     const seen = new Set<string>();
@@ -395,7 +395,7 @@ export class StageStore {
       if (inputs.parent !== parentTag) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `the inputs name parent ${inputs.parent}, but ensure was given ${parentTag}`);
     }
     throwIfAborted(opts.signal);
-    const backend = await this.backend();
+    const backend = await this.cowMethod();
     mkdirSync(this.path('leases'), { recursive: true });
     // Lease first, then look: GC renames a stage away before it checks leases, so either it sees our lease or we see the stage gone.
     const lease = createLease(this.path('leases'), tag, opts.label ? `ensure ${opts.label}` : 'ensure');
@@ -450,7 +450,7 @@ export class StageStore {
     tag: string,
     parentTag: string | null,
     populate: Populate,
-    backend: CowBackend,
+    backend: CowMethod,
     inputs: CanonicalTagInput | null,
     opts: EnsureOptions,
   ): Promise<StageRecord> {
@@ -459,7 +459,7 @@ export class StageStore {
     let parentLease: Lease | undefined;
     const tmp = this.path('tmp', `${tag}.${ownerToken()}.${randomSuffix()}`);
     const t0 = process.hrtime.bigint();
-    let ws: Awaited<ReturnType<CowBackend['snapshot']>> | undefined;
+    let ws: Awaited<ReturnType<CowMethod['snapshot']>> | undefined;
     try {
       let parentLayers: string[] | null = null;
       if (parentTag) {
@@ -536,7 +536,7 @@ export class StageStore {
   async checkout(tag: string, opts: { signal?: AbortSignal } = {}): Promise<Checkout> {
     if (!isStageTag(tag)) tag = this.resolve(tag);
     throwIfAborted(opts.signal);
-    const backend = await this.backend();
+    const backend = await this.cowMethod();
     const lease = createLease(this.path('leases'), tag, 'checkout');
     const dir = this.path('checkouts', lease.id);
     try {

@@ -11,10 +11,8 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
 import { compare } from '../blocks/index.js';
-import { build, type BuildOptions, type BuildSpec, canonicalSpec, specDigest, specFromObject, type SpecFormat } from '../builder/index.js';
-import { parseText, sniffFormat } from '../spec/formats.js';
-import { SpecError } from '../spec/errors.js';
-import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution, OUTPUT_EXTENSION, type OutputFormat } from '../spec/distros.js';
+import { build, type BuildOptions } from '../builder/index.js';
+import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
 import { OsfarmError } from '../base/errors.js';
 import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
@@ -104,18 +102,7 @@ function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
     raw = parseText(text, format ?? sniffFormat(text));
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
-  const issues: { path: string; message: string }[] = [];
-  const visit = (r: Record<string, unknown>, at: string) => {
-    if (Array.isArray(r.files)) {
-      r.files.forEach((f, i) => {
-        if (typeof f === 'object' && f !== null && 'source' in f) issues.push({ path: `${at}.files[${i}].source`, message: 'a spec sent over the web cannot copy files of the server: give `content` instead' });
-      });
-    }
-    if (typeof r.parent === 'string' && (r.parent.includes('/') || r.parent.startsWith('.'))) {
-      issues.push({ path: `${at}.parent`, message: 'over the web a parent is an image in the repository (name or digest), not a path' });
-    } else if (typeof r.parent === 'object' && r.parent !== null && !Array.isArray(r.parent)) visit(r.parent as Record<string, unknown>, `${at}.parent`);
-  };
-  visit(raw as Record<string, unknown>, 'spec');
+  const issues = hostPathIssues(raw);
   if (issues.length > 0) throw new SpecError(issues);
   return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
 }
@@ -354,7 +341,7 @@ export class Api {
         handler: async ({ res }) => {
           const store = await StageStore.open({ root: this.o.stagesPath, create: false });
           const stages = store.list();
-          sendJson(res, 200, { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages });
+          sendJson(res, 200, { root: store.root, backend: existsSync(store.root) ? store.recordedCowMethod() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages });
         },
       },
       {

@@ -92,7 +92,7 @@ function baseEnv(ctx: DriverContext): NodeJS.ProcessEnv {
 }
 
 export class MmdebstrapDriver implements Driver {
-  readonly backend = 'mmdebstrap' as const;
+  readonly tool = 'mmdebstrap' as const;
   readonly family = 'deb' as const;
 
   /** The mmdebstrap command line for a spec (exported for the bench and tests). */
@@ -152,7 +152,7 @@ const DEBOOTSTRAP_VARIANT: Partial<Record<DebVariant, string | null>> = {
 };
 
 export class DebootstrapDriver implements Driver {
-  readonly backend = 'debootstrap' as const;
+  readonly tool = 'debootstrap' as const;
   readonly family = 'deb' as const;
 
   static check(spec: BuildSpec): void {

@@ -83,7 +83,7 @@ export function rpmDbPath(spec: BuildSpec): string {
 
 export class RpmDriver implements Driver {
   readonly family = 'rpm' as const;
-  constructor(readonly backend: 'dnf' | 'yum') {}
+  constructor(readonly tool: 'dnf' | 'yum') {}
 
   /** The command line for a spec (exported for tests and the docs). */
   static args(tool: 'dnf' | 'yum', spec: BuildSpec, ctx: { root: string; config: string; reposDir: string }): string[] {
@@ -108,7 +108,7 @@ export class RpmDriver implements Driver {
         message: `${spec.distribution} needs its repositories: give their base URLs in mirrors, --mirror or $OSFARM_MIRROR (e.g. a mirror's .../${spec.release}/BaseOS/${RPM_ARCH[spec.architecture]}/os/)`,
       }]);
     }
-    if (this.backend === 'yum' && spec.architecture !== hostArchitecture()) {
+    if (this.tool === 'yum' && spec.architecture !== hostArchitecture()) {
       throw buildFailed(`yum cannot install ${spec.architecture} packages on this ${hostArchitecture()} machine; use dnf (it has --forcearch)`);
     }
     gpgKeys(spec);
@@ -118,9 +118,9 @@ export class RpmDriver implements Driver {
     const { spec } = ctx;
     this.check(spec);
     const keys = gpgKeys(spec);
-    ctx.phase('bootstrap', this.backend);
+    ctx.phase('bootstrap', this.tool);
     await ensureEmulation(spec.architecture, ctx.log);
-    const config = join(ctx.buildDir, `${this.backend}.conf`);
+    const config = join(ctx.buildDir, `${this.tool}.conf`);
     const reposDir = join(ctx.buildDir, 'repos.d');
     await mkdir(reposDir, { recursive: true });
     await mkdir(ctx.cacheDir, { recursive: true });
@@ -135,18 +135,18 @@ export class RpmDriver implements Driver {
     try {
       // Package scripts expect /proc; the cache is shared between builds but never ships.
       undo.push(await mount(['-t', 'proc', '-o', 'nosuid,nodev,noexec', 'proc'], join(ctx.root, 'proc'), { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED' }));
-      undo.push(await mount(['--bind', ctx.cacheDir], join(ctx.root, 'var/cache', this.backend), { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED' }));
-      const args = RpmDriver.args(this.backend, spec, { root: ctx.root, config, reposDir });
-      ctx.log(`osfarm: ${this.backend} ${args.join(' ')}`);
-      ctx.phase('packages', this.backend);
+      undo.push(await mount(['--bind', ctx.cacheDir], join(ctx.root, 'var/cache', this.tool), { log: ctx.log, errorCode: 'OSFARM_BUILD_FAILED' }));
+      const args = RpmDriver.args(this.tool, spec, { root: ctx.root, config, reposDir });
+      ctx.log(`osfarm: ${this.tool} ${args.join(' ')}`);
+      ctx.phase('packages', this.tool);
       // rpm reads macros from $HOME/.rpmmacros: a home of the build's own, not the host user's.
       const home = join(ctx.buildDir, 'home');
       await mkdir(home, { recursive: true });
       await writeFile(join(home, '.rpmmacros'), `%_dbpath ${rpmDbPath(spec)}\n`);
       const env: NodeJS.ProcessEnv = { PATH: SYSTEM_PATH, HOME: home, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
       if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
-      const r = await run(this.backend, args, { env, signal: ctx.signal, onLine: ctx.log });
-      if (r.code !== 0) throw buildFailed(`${this.backend} install failed (exit ${r.code ?? r.signal}); see the build log`);
+      const r = await run(this.tool, args, { env, signal: ctx.signal, onLine: ctx.log });
+      if (r.code !== 0) throw buildFailed(`${this.tool} install failed (exit ${r.code ?? r.signal}); see the build log`);
     } catch (err) {
       failure = err;
     }
@@ -159,7 +159,7 @@ export class RpmDriver implements Driver {
     }
     if (failure) throw failure;
     // The mount point of the cache stays behind empty; dnf's own leftovers go with it.
-    const cache = join(ctx.root, 'var/cache', this.backend);
+    const cache = join(ctx.root, 'var/cache', this.tool);
     if (mountsUnder(cache).length > 0) throw buildFailed(`the package cache is still mounted at ${cache}; unmount it by hand`);
     for (const n of await readdir(cache).catch(() => [] as string[])) await rm(join(cache, n), { recursive: true, force: true });
     // dnf's history database records its command line (host paths) and the build's clock.

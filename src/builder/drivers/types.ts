@@ -1,4 +1,4 @@
-import type { Backend, Family } from '../../spec/distros.js';
+import type { BootstrapTool, Family } from '../../spec/distros.js';
 import type { BuildSpec } from '../../spec/spec.js';
 
 /** Build phases, in order; `phase` events carry one of these. */
@@ -21,7 +21,7 @@ export interface DriverContext {
 /** One way of creating a distribution's tree: bootstrap plus the spec's groups and packages. */
 export interface Driver {
   /** The backend that runs (mmdebstrap, debootstrap, dnf, yum). */
-  readonly backend: Exclude<Backend, 'auto'>;
+  readonly tool: Exclude<BootstrapTool, 'auto'>;
   readonly family: Family;
   /** Builds the tree at ctx.root: base system, groups and packages; caches swept. */
   bootstrap(ctx: DriverContext): Promise<void>;

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 
 import { stagesMaxSize } from '../../base/env.js';
 import { OsfarmError } from '../../base/errors.js';
-import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
+import { probeCowMethods, type CowMethodReport } from '../../stages/cow/index.js';
 import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
 import { parseSize } from '../../base/size.js';
 import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
@@ -41,7 +41,7 @@ const ls: Command<LsResult> = {
   async run(args, ctx) {
     const store = await openStore(args, ctx);
     const stages = store.list().sort((a, b) => b.lastUsed.localeCompare(a.lastUsed));
-    return { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages };
+    return { root: store.root, backend: existsSync(store.root) ? store.recordedCowMethod() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages };
   },
   render(r) {
     if (r.stages.length === 0) return `no stages in ${r.root}`;
@@ -123,14 +123,14 @@ const rm: Command<{ removed: string[] }> = {
   },
 };
 
-const backends: Command<{ root: string; recorded: string | null; backends: BackendReport[] }> = {
+const backends: Command<{ root: string; recorded: string | null; backends: CowMethodReport[] }> = {
   name: 'backends',
   summary: 'which copy-on-write backends work for the store here, and why not',
   usage: `stages backends ${STORE_USAGE}`,
   options: STORE_OPTIONS,
   async run(args, ctx) {
     const store = await StageStore.open({ root: root(args, ctx) });
-    return { root: store.root, recorded: store.recordedBackend(), backends: await probeBackends(store.root) };
+    return { root: store.root, recorded: store.recordedCowMethod(), backends: await probeCowMethods(store.root) };
   },
   render(r) {
     const first = r.backends.find((b) => b.available)?.name;

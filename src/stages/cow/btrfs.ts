@@ -12,7 +12,7 @@ import { fsType, isSubvolume } from '../../host/fs.js';
 import { run, runChecked } from '../../host/process.js';
 import { ownerToken, randomSuffix } from '../../host/procs.js';
 import { STAGE_ERRORS } from '../errors.js';
-import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import type { CowMethod, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 async function snapshotOrCreate(source: string | null, tree: string): Promise<void> {
   if (source === null) {
@@ -25,7 +25,7 @@ async function snapshotOrCreate(source: string | null, tree: string): Promise<vo
   await runChecked('taking a btrfs snapshot', 'btrfs', ['subvolume', 'snapshot', source, tree], STAGE_ERRORS);
 }
 
-export const btrfs: CowBackend = {
+export const btrfs: CowMethod = {
   name: 'btrfs',
   layered: false,
   sharesData: true,

@@ -11,9 +11,9 @@ import { fsType } from '../../host/fs.js';
 import { run, runChecked } from '../../host/process.js';
 import { ownerToken, randomSuffix } from '../../host/procs.js';
 import { STAGE_ERRORS } from '../errors.js';
-import type { CowBackend, CowName, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import type { CowMethod, CowName, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
-function copyBackend(name: CowName, reflink: 'always' | 'never'): CowBackend {
+function copyBackend(name: CowName, reflink: 'always' | 'never'): CowMethod {
   const copyTree = async (source: string | null, tree: string) => {
     if (source === null) mkdirSync(tree, { mode: 0o755 });
     else await runChecked(reflink === 'always' ? 'reflink-copying the parent stage' : 'copying the parent stage', 'cp', ['-a', `--reflink=${reflink}`, '--no-target-directory', source, tree], STAGE_ERRORS);

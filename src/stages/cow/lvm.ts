@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { OsfarmError } from '../../base/errors.js';
 import { run } from '../../host/process.js';
 import { miscDevices } from '../../host/procs.js';
-import type { CowBackend, ProbeResult, View, Workspace } from './types.js';
+import type { CowMethod, ProbeResult, View, Workspace } from './types.js';
 
 async function probeLvm(): Promise<ProbeResult> {
   const need = 'LVM thin snapshots need device-mapper with the thin-pool target and an LVM thin pool';
@@ -37,7 +37,7 @@ async function refuse(): Promise<never> {
   throw new OsfarmError('OSFARM_STAGE', `the lvm-thin backend cannot be used: ${p.detail}`);
 }
 
-export const lvmThin: CowBackend = {
+export const lvmThin: CowMethod = {
   name: 'lvm-thin',
   layered: false,
   sharesData: true,

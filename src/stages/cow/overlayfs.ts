@@ -21,7 +21,7 @@ import { unmountBelow } from '../../host/mounts.js';
 import { runChecked } from '../../host/process.js';
 import { ownerToken, randomSuffix } from '../../host/procs.js';
 import { STAGE_ERRORS } from '../errors.js';
-import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import type { CowMethod, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 const OPTIONS = 'redirect_dir=off,index=off,metacopy=off,xino=off';
 
@@ -59,7 +59,7 @@ const unmounter = (dir: string) => async (): Promise<void> => {
   await unmountBelow(dir, STAGE_ERRORS);
 };
 
-export const overlayfs: CowBackend = {
+export const overlayfs: CowMethod = {
   name: 'overlayfs',
   layered: true,
   sharesData: true,
