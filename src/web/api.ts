@@ -14,9 +14,10 @@ import { compare } from '../blocks/index.js';
 import { build, type BuildOptions } from '../builder/index.js';
 import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
 import { OsfarmError } from '../base/errors.js';
-import { type BuildMeta, buildMeta, exportSpec, findBuilt, imagesOfRequest, repositoryParents } from '../images/index.js';
+import { exportSpec, findBuilt, imagesOfRequest, repositoryParents, requireBuildMeta } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
-import { StageStore } from '../stages/store.js';
+import { imageView } from '../app/images.js';
+import { gcStages, stageSummary } from '../app/stages.js';
 import { parseSize } from '../base/size.js';
 import { parseImageUrl, pull } from '../transfer/http/pull.js';
 import { push } from '../transfer/push/push.js';
@@ -46,46 +47,6 @@ export interface RouteDoc {
 }
 
 export type DocumentedRoute = Route & { doc: RouteDoc };
-
-/** An image as the API lists it: the repository entry plus what its build recorded. */
-export interface ImageView {
-  digest: string;
-  name: string | null;
-  format: string;
-  size: number;
-  blockCount: number;
-  added: string;
-  specDigest: string | null;
-  distribution: string | null;
-  release: string | null;
-  architecture: string | null;
-  packages: string[];
-}
-
-function view(e: ImageEntry): ImageView {
-  const meta = buildMeta(e);
-  const spec = meta?.spec;
-  return {
-    digest: e.digest,
-    name: e.name ?? null,
-    format: e.format,
-    size: e.size,
-    blockCount: e.blockCount,
-    added: e.added.toISOString(),
-    specDigest: meta?.specDigest ?? null,
-    distribution: spec?.distribution ?? null,
-    release: spec?.release ?? null,
-    architecture: spec?.architecture ?? null,
-    packages: spec?.packages ?? [],
-  };
-}
-
-/** An image's build metadata, or OSFARM_NOT_FOUND naming what is missing. */
-function builtMeta(e: ImageEntry, what: string): BuildMeta {
-  const meta = buildMeta(e);
-  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${e.name ?? e.digest.slice(0, 16)} has no ${what}: it was not built by osfarm build`);
-  return meta;
-}
 
 /**
  * A spec sent over the web: checked like any other, except that it may not read the
@@ -202,7 +163,7 @@ export class Api {
         handler: async ({ req, res }) => {
           const spec = webSpec(await readJson(req), this.o.repoPath);
           const digest = specDigest(spec);
-          const built = imagesOfRequest(this.repo(), digest).map(view);
+          const built = imagesOfRequest(this.repo(), digest).map(imageView);
           sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
         },
       },
@@ -289,7 +250,7 @@ export class Api {
         doc: { tag: 'images', summary: 'The repository: every image with size, format and what built it', response: { status: 200, description: '{ images: Image[], stats }' } },
         handler: ({ res }) => {
           const repo = this.repo();
-          sendJson(res, 200, { images: repo.list().map(view).reverse(), stats: repo.stats() });
+          sendJson(res, 200, { images: repo.list().map(imageView).reverse(), stats: repo.stats() });
         },
       },
       {
@@ -297,13 +258,13 @@ export class Api {
         doc: { tag: 'images', summary: 'One image (by name, digest or digest prefix) with its metadata', response: { status: 200, description: 'Image with meta' } },
         handler: ({ res, params }) => {
           const e = this.image(params.ref!);
-          sendJson(res, 200, { ...view(e), originalName: e.originalName ?? null, meta: e.meta ?? null });
+          sendJson(res, 200, { ...imageView(e), originalName: e.originalName ?? null, meta: e.meta ?? null });
         },
       },
       {
         method: 'GET', path: '/api/images/:ref/spec.json', read: true,
         doc: { tag: 'images', summary: 'The canonical spec the image was built from, as JSON', response: { status: 200, type: 'application/json', description: 'CanonicalSpec' } },
-        handler: ({ res, params }) => sendJson(res, 200, builtMeta(this.image(params.ref!), 'spec').spec),
+        handler: ({ res, params }) => sendJson(res, 200, requireBuildMeta(this.image(params.ref!), 'spec').spec),
       },
       {
         method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
@@ -314,7 +275,7 @@ export class Api {
         method: 'GET', path: '/api/images/:ref/log', read: true,
         doc: { tag: 'images', summary: "The image's build log (the end kept with the image)", response: { status: 200, type: 'text/plain', description: 'log text' } },
         handler: ({ res, params }) => {
-          const log = builtMeta(this.image(params.ref!), 'build log').buildLog;
+          const log = requireBuildMeta(this.image(params.ref!), 'build log').buildLog;
           if (!log) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no build log`);
           sendText(res, 200, log.tail, 'text/plain; charset=utf-8');
         },
@@ -333,16 +294,12 @@ export class Api {
       {
         method: 'DELETE', path: '/api/images/:ref',
         doc: { tag: 'images', summary: 'Remove an image (blocks other images share stay)', response: { status: 200, description: '{ removed: Image }' } },
-        handler: async ({ res, params }) => sendJson(res, 200, { removed: view(await this.repo().remove(params.ref!)) }),
+        handler: async ({ res, params }) => sendJson(res, 200, { removed: imageView(await this.repo().remove(params.ref!)) }),
       },
       {
         method: 'GET', path: '/api/stages', read: true,
         doc: { tag: 'stages', summary: 'The stage store: each stage with parent, sizes, hits and last use', response: { status: 200, description: '{ root, backend, totalOwnSize, stages }' } },
-        handler: async ({ res }) => {
-          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
-          const stages = store.list();
-          sendJson(res, 200, { root: store.root, backend: existsSync(store.root) ? store.recordedCowMethod() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages });
-        },
+        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stagesPath)),
       },
       {
         method: 'POST', path: '/api/stages/gc',
@@ -353,9 +310,7 @@ export class Api {
           if (typeof max !== 'string' && typeof max !== 'number') throw bad('maxSize is required: a size like 20G or 500M, or a number of bytes');
           const maxSize = parseSize(max, 'maxSize');
           if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw bad('dryRun must be true or false');
-          if (!existsSync(this.o.stagesPath)) return sendJson(res, 200, { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: body.dryRun === true });
-          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
-          sendJson(res, 200, await store.gc({ maxSize, dryRun: body.dryRun === true }));
+          sendJson(res, 200, await gcStages(this.o.stagesPath, { maxSize, dryRun: body.dryRun === true }));
         },
       },
       {
@@ -365,7 +320,7 @@ export class Api {
           const a = this.image(query(url, 'a'));
           const b = this.image(query(url, 'b'));
           const r = await compare(a.indexPath, b.indexPath);
-          sendJson(res, 200, { ...r, images: { a: view(a), b: view(b) } });
+          sendJson(res, 200, { ...r, images: { a: imageView(a), b: imageView(b) } });
         },
       },
       {

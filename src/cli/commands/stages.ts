@@ -4,7 +4,8 @@ import { existsSync } from 'node:fs';
 import { stagesMaxSize } from '../../base/env.js';
 import { OsfarmError } from '../../base/errors.js';
 import { probeCowMethods, type CowMethodReport } from '../../stages/cow/index.js';
-import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
+import { gcStages, stageSummary, type StageSummary } from '../../app/stages.js';
+import { type GcResult, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
 import { parseSize } from '../../base/size.js';
 import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
 import { bytes, table } from '../format.js';
@@ -26,22 +27,13 @@ function openStore(args: ParsedArgs, ctx: CommandContext): Promise<StageStore> {
 const short = (tag: string | null) => (tag ? tag.slice(0, 12) : '-');
 const when = (iso: string) => (iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-');
 
-interface LsResult {
-  root: string;
-  backend: string | null;
-  totalOwnSize: number;
-  stages: StageInfo[];
-}
-
-const ls: Command<LsResult> = {
+const ls: Command<StageSummary> = {
   name: 'ls',
   summary: 'list cached stages: tag, parent, size, last use, hits',
   usage: `stages ls ${STORE_USAGE}`,
   options: STORE_OPTIONS,
   async run(args, ctx) {
-    const store = await openStore(args, ctx);
-    const stages = store.list().sort((a, b) => b.lastUsed.localeCompare(a.lastUsed));
-    return { root: store.root, backend: existsSync(store.root) ? store.recordedCowMethod() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages };
+    return stageSummary(root(args, ctx));
   },
   render(r) {
     if (r.stages.length === 0) return `no stages in ${r.root}`;
@@ -71,9 +63,7 @@ const gc: Command<GcResult> = {
     const max = str(args, 'max-size') ?? stagesMaxSize();
     if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
     const maxSize = parseSize(max, '--max-size');
-    const store = await openStore(args, ctx);
-    if (!existsSync(store.root)) return { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: flag(args, 'dry-run'), swept: { temps: 0, checkouts: 0, views: 0, leases: 0 } };
-    return store.gc({ maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
+    return gcStages(root(args, ctx), { maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
   },
   render(r) {
     const lines = r.removed.map((s) => `${r.dryRun ? 'would remove' : 'removed'} ${short(s.tag)}  ${bytes(s.ownSize)}  last used ${when(s.lastUsed)}${s.label ? `  ${s.label}` : ''}`);
