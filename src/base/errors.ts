@@ -28,15 +28,48 @@ export class OsfarmError extends Error {
   }
 }
 
+/** A bad argument or option (code `OSFARM_INVALID_ARGUMENT`): the message says what is wrong and what to give instead. */
+export function invalidArgument(message: string): OsfarmError {
+  return new OsfarmError('OSFARM_INVALID_ARGUMENT', message);
+}
+
+const CODE = /^OSFARM_[A-Z_]+$/;
 const NATIVE_PREFIX = /^(OSFARM_[A-Z_]+): ([\s\S]*)$/;
 
-/** Turns an error thrown by the native module ("CODE: message") into an OsfarmError. */
-export function fromNative(err: unknown): unknown {
-  if (err instanceof Error && !(err instanceof OsfarmError)) {
-    const m = NATIVE_PREFIX.exec(err.message);
-    if (m) return new OsfarmError(m[1] as ErrorCode, m[2]!, { cause: err });
-  }
-  return err;
+/**
+ * The code an error of the native module carries, lifted into an OsfarmError; undefined if
+ * it carries none. The one place that knows how the binding marks codes: as napi-rs's
+ * custom status in `code`, or (older bindings) as a "CODE: message" prefix. napi-rs's own
+ * InvalidArg (a JS value of the wrong type) is an invalid argument too.
+ */
+export function fromNative(err: unknown): OsfarmError | undefined {
+  if (!(err instanceof Error) || err instanceof OsfarmError) return undefined;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && CODE.test(code)) return new OsfarmError(code as ErrorCode, err.message, { cause: err });
+  const m = NATIVE_PREFIX.exec(err.message);
+  if (m) return new OsfarmError(m[1] as ErrorCode, m[2]!, { cause: err });
+  if (code === 'InvalidArg') return new OsfarmError('OSFARM_INVALID_ARGUMENT', err.message, { cause: err });
+  return undefined;
+}
+
+/**
+ * Any error as an OsfarmError, for whoever has to report one with a code (the CLI's exit,
+ * the push protocol's ERROR frame, the web API's JSON): osfarm's own as they are, the
+ * native module's with their code, Node's argument errors as OSFARM_INVALID_ARGUMENT,
+ * system errors (ENOENT, EACCES…) as OSFARM_IO, aborts as OSFARM_ABORTED, anything else
+ * as OSFARM_INTERNAL (a bug).
+ */
+export function toOsfarmError(err: unknown): OsfarmError {
+  if (err instanceof OsfarmError) return err;
+  const lifted = fromNative(err);
+  if (lifted) return lifted;
+  const e = err as NodeJS.ErrnoException | undefined;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const message = err instanceof Error ? err.message : String(err);
+  if (/^ERR_(INVALID_ARG|OUT_OF_RANGE|MISSING_ARGS|PARSE_ARGS)/.test(code)) return new OsfarmError('OSFARM_INVALID_ARGUMENT', message, { cause: err });
+  if (/^E[A-Z]+$/.test(code)) return new OsfarmError('OSFARM_IO', message, { cause: err });
+  if (e?.name === 'AbortError') return new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled', { cause: err });
+  return new OsfarmError('OSFARM_INTERNAL', message, { cause: err });
 }
 
 /** Runs a native call, sync or async, and lifts its errors into OsfarmErrors. */
@@ -44,7 +77,7 @@ export async function callNative<T>(fn: () => Promise<T> | T): Promise<T> {
   try {
     return await fn();
   } catch (err) {
-    throw fromNative(err);
+    throw fromNative(err) ?? err;
   }
 }
 
@@ -53,8 +86,14 @@ export function callNativeSync<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    throw fromNative(err);
+    throw fromNative(err) ?? err;
   }
+}
+
+/** An error as JSON, the one shape osfarm writes errors in (CLI --json output, every HTTP answer): `{ error: { code, message } }`. */
+export function errorJson(err: unknown): { error: { code: ErrorCode; message: string } } {
+  const { code, message } = toOsfarmError(err);
+  return { error: { code, message } };
 }
 
 /** Throws OSFARM_ABORTED if the signal has already fired (a native task only sees later aborts). */

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 
-import { OsfarmError } from '../base/errors.js';
+import { invalidArgument, OsfarmError } from '../base/errors.js';
 import { runSync } from '../host/process.js';
 
 const CRYPT_ALPHABET = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
@@ -27,8 +27,8 @@ export function deriveSalt(material: string): string {
 
 /** SHA-512 crypt of `password` with `salt` (16 characters of [./0-9A-Za-z]), through openssl. */
 export function sha512Crypt(password: string, salt: string): string {
-  if (!/^[./0-9A-Za-z]{1,16}$/.test(salt)) throw new RangeError('a crypt salt is 1 to 16 characters of [./0-9A-Za-z]');
-  if (/[\n\r\0]/.test(password)) throw new RangeError('a password cannot contain a line break or NUL');
+  if (!/^[./0-9A-Za-z]{1,16}$/.test(salt)) throw invalidArgument('a crypt salt is 1 to 16 characters of [./0-9A-Za-z]');
+  if (/[\n\r\0]/.test(password)) throw invalidArgument('a password cannot contain a line break or NUL');
   const out = runSync('openssl', ['passwd', '-6', '-salt', salt, '-stdin'], { input: `${password}\n`, errorCode: 'OSFARM_BUILD_FAILED', what: 'cannot hash the root password (openssl passwd -6)' });
   const hash = out.trim();
   if (!hash.startsWith(`$6$${salt}$`)) throw new OsfarmError('OSFARM_INTERNAL', 'openssl passwd -6 returned something that is not a SHA-512 crypt hash');

@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { compare } from '../blocks/index.js';
 import { build, type BuildOptions } from '../builder/index.js';
 import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
-import { OsfarmError } from '../base/errors.js';
+import { invalidArgument, OsfarmError } from '../base/errors.js';
 import { exportSpec, findBuilt, imagesOfRequest, repositoryParents, requireBuildMeta } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageView } from '../app/images.js';
@@ -22,7 +22,7 @@ import { parseSize } from '../base/size.js';
 import { parseImageUrl, pull } from '../transfer/http/pull.js';
 import { push } from '../transfer/push/push.js';
 import { type Catalog, catalog } from './catalog.js';
-import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
+import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
 
@@ -58,11 +58,11 @@ function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
   let raw: unknown = body.spec;
   if (typeof text === 'string') {
     const format = optField(body, 'format') as SpecFormat | undefined;
-    if (format !== undefined && !['yaml', 'json', 'xml'].includes(format)) throw bad('format must be yaml, json or xml');
+    if (format !== undefined && !['yaml', 'json', 'xml'].includes(format)) throw invalidArgument('format must be yaml, json or xml');
     // Parsed only to an object here: validation below applies the web's limits first.
     raw = parseText(text, format ?? sniffFormat(text));
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidArgument('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
   const issues = hostPathIssues(raw);
   if (issues.length > 0) throw new SpecError(issues);
   return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
@@ -81,7 +81,7 @@ function sampler(emit: JobContext['emit']): (fields: Record<string, number>, for
 }
 
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
-  if (!(allowed as readonly string[]).includes(value)) throw bad(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
+  if (!(allowed as readonly string[]).includes(value)) throw invalidArgument(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
   return value as T;
 }
 
@@ -147,7 +147,7 @@ export class Api {
           const d = oneOf(query(url, 'distribution'), DISTRIBUTIONS, 'distribution') as Distribution;
           const a = oneOf(query(url, 'architecture'), ARCHITECTURES, 'architecture') as Architecture;
           const release = query(url, 'release');
-          if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw bad(`release ${JSON.stringify(release)} is not a release name`);
+          if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw invalidArgument(`release ${JSON.stringify(release)} is not a release name`);
           const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
           const known = (await this.catalog()).distributions.find((x) => x.name === d)?.releases.includes(release) ?? false;
           sendJson(res, 200, await this.packages.search(d, release, a, known, url.searchParams.get('q') ?? '', limit));
@@ -307,9 +307,9 @@ export class Api {
         handler: async ({ req, res }) => {
           const body = await readJson(req);
           const max = body.maxSize;
-          if (typeof max !== 'string' && typeof max !== 'number') throw bad('maxSize is required: a size like 20G or 500M, or a number of bytes');
+          if (typeof max !== 'string' && typeof max !== 'number') throw invalidArgument('maxSize is required: a size like 20G or 500M, or a number of bytes');
           const maxSize = parseSize(max, 'maxSize');
-          if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw bad('dryRun must be true or false');
+          if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw invalidArgument('dryRun must be true or false');
           sendJson(res, 200, await gcStages(this.o.stagesPath, { maxSize, dryRun: body.dryRun === true }));
         },
       },
@@ -336,8 +336,8 @@ export class Api {
           const address = field(body, 'address');
           const token = optField(body, 'token');
           const name = optField(body, 'name');
-          if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw bad('insecure must be true or false');
-          if (!token && body.insecure !== true) throw bad('give the receiver\'s token, or insecure: true for a receiver without one');
+          if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw invalidArgument('insecure must be true or false');
+          if (!token && body.insecure !== true) throw invalidArgument('give the receiver\'s token, or insecure: true for a receiver without one');
           const info = this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await push(entry.digest, address, {

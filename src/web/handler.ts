@@ -9,7 +9,7 @@ import { extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { defaultWorkDir } from '../base/env.js';
-import { OsfarmError } from '../base/errors.js';
+import { errorJson, invalidArgument, OsfarmError } from '../base/errors.js';
 import { VERSION } from '../base/version.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
@@ -130,7 +130,7 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
       const m = router.match(method, path);
       if (!m.route) {
         const allowed = [...pub.methods, ...m.methods];
-        if (allowed.length > 0) sendJson(res, 405, { error: { code: 'OSFARM_INVALID_ARGUMENT', message: `${method} is not allowed on ${path} (use ${allowed.join(', ')})` } }, { allow: allowed.join(', ') });
+        if (allowed.length > 0) sendJson(res, 405, errorJson(invalidArgument(`${method} is not allowed on ${path} (use ${allowed.join(', ')})`)), { allow: allowed.join(', ') });
         else throw new OsfarmError('OSFARM_NOT_FOUND', `no API route ${path}: see /api/docs`);
         return true;
       }

@@ -1,6 +1,7 @@
 /** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/spec/ and src/builder/. */
 import { readFileSync } from 'node:fs';
 
+import { invalidArgument } from '../../base/errors.js';
 import { mirrorsFromEnv } from '../../base/env.js';
 import { build, type BuildEvent, type BuildOptions, type BuildResult } from '../../builder/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, loadSpec, outputFormatOfPath, parseTarget, setOnChain, SPEC_FIELDS, SpecError, specDigest, specFromObject } from '../../spec/index.js';
@@ -28,7 +29,7 @@ function listOf(args: ParsedArgs, name: string): string[] {
 function readPassword(args: ParsedArgs): string | undefined {
   const file = str(args, 'root-password-file');
   const plain = str(args, 'root-password');
-  if (file !== undefined && plain !== undefined) throw new RangeError('give --root-password or --root-password-file, not both');
+  if (file !== undefined && plain !== undefined) throw invalidArgument('give --root-password or --root-password-file, not both');
   if (file !== undefined) {
     const text = readFileSync(file === '-' ? 0 : file, 'utf8');
     return text.replace(/\r?\n$/, '');
@@ -43,7 +44,7 @@ function readPassword(args: ParsedArgs): string | undefined {
 /** The spec as a plain object: the spec file (if any) with the flags on top. */
 function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unknown>; baseDir?: string } {
   const [file, extra] = args.positionals;
-  if (extra !== undefined) throw new RangeError(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
+  if (extra !== undefined) throw invalidArgument(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
   let raw: Record<string, unknown> = {};
   let baseDir: string | undefined;
   if (file !== undefined) {
@@ -72,7 +73,7 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
   }
   const files = strs(args, 'file').map((f, i) => {
     const at = f.lastIndexOf(':');
-    if (at <= 0) throw new RangeError(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
+    if (at <= 0) throw invalidArgument(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
     return { source: f.slice(0, at), destination: f.slice(at + 1) };
   });
   if (files.length > 0) raw.files = [...((raw.files as unknown[] | undefined) ?? []), ...files];

@@ -1,3 +1,4 @@
+import { invalidArgument } from '../../base/errors.js';
 import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { parseAddress } from '../../transfer/address.js';
@@ -29,7 +30,7 @@ const command: Command<{ transfers: number; failed: number }> = {
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
-    if (!listen) throw new RangeError('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
+    if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const idle = wholeNumber(args, 'idle-timeout', 1);

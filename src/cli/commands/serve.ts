@@ -1,3 +1,4 @@
+import { invalidArgument } from '../../base/errors.js';
 import { serve } from '../../app/serve.js';
 import { createPullHandler, type PullServeStats } from '../../transfer/http/serve.js';
 import { parseAddress } from '../../transfer/address.js';
@@ -17,7 +18,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
-    if (!listen) throw new RangeError('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
+    if (!listen) throw invalidArgument('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 
 import { stagesMaxSize } from '../../base/env.js';
-import { OsfarmError } from '../../base/errors.js';
+import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { probeCowMethods, type CowMethodReport } from '../../stages/cow/index.js';
 import { gcStages, stageSummary, type StageSummary } from '../../app/stages.js';
 import { type GcResult, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
@@ -61,7 +61,7 @@ const gc: Command<GcResult> = {
   options: { ...STORE_OPTIONS, 'max-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
   async run(args, ctx) {
     const max = str(args, 'max-size') ?? stagesMaxSize();
-    if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
+    if (max === undefined) throw invalidArgument('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
     const maxSize = parseSize(max, '--max-size');
     return gcStages(root(args, ctx), { maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
   },
@@ -101,7 +101,7 @@ const rm: Command<{ removed: string[] }> = {
   options: { ...STORE_OPTIONS, recursive: { type: 'boolean', short: 'r' } },
   allowPositionals: true,
   async run(args, ctx) {
-    if (args.positionals.length === 0) throw new RangeError('stages rm takes one or more stage tags (or unique prefixes)');
+    if (args.positionals.length === 0) throw invalidArgument('stages rm takes one or more stage tags (or unique prefixes)');
     const store = await openStore(args, ctx);
     if (!existsSync(store.root)) throw new OsfarmError('OSFARM_NOT_FOUND', `no stage store in ${store.root}`);
     const removed: string[] = [];

@@ -12,7 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
-import { OsfarmError } from '../../base/errors.js';
+import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
 import { SOFTWARE } from '../../base/version.js';
 
@@ -138,8 +138,8 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       res.end();
     }
   };
-  const error = (res: ServerResponse, status: number, message: string, extra: Record<string, string | number> = {}): void =>
-    finish(res, status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', ...extra }, `${JSON.stringify({ error: message })}\n`);
+  const error = (res: ServerResponse, status: number, code: ErrorCode, message: string, extra: Record<string, string | number> = {}): void =>
+    finish(res, status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', ...extra }, `${JSON.stringify(errorJson(new OsfarmError(code, message)))}\n`);
 
   async function serveFile(req: IncomingMessage, res: ServerResponse, entry: ImageEntry, file: string): Promise<void> {
     const kind = IMAGE_FILES[file]!;
@@ -205,15 +205,15 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);
     } catch {
-      return error(res, 400, 'the image reference is not valid percent-encoding');
+      return error(res, 400, 'OSFARM_INVALID_ARGUMENT', 'the image reference is not valid percent-encoding');
     }
     const entry = await listing.resolve(ref);
-    if (!entry) return error(res, 404, `no image '${ref}' in this repository`);
+    if (!entry) return error(res, 404, 'OSFARM_NOT_FOUND', `no image '${ref}' in this repository`);
     if (!DIGEST.test(m[1]!) || entry.digest !== m[1]) {
       // A name or prefix: send the client to the immutable, cacheable digest URL.
       return finish(res, 307, { Location: `/images/${entry.digest}/${m[2]}`, 'Cache-Control': 'no-store', 'Content-Length': 0 });
@@ -231,11 +231,11 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
     if (!(path.startsWith('/images/') || path === '/v1/images.json' || path === '/osfarm-repo.json')) return false;
     stats.requests++;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      error(res, 405, `${req.method} is not allowed: this is a read-only repository`, { Allow: 'GET, HEAD' });
+      error(res, 405, 'OSFARM_INVALID_ARGUMENT', `${req.method} is not allowed: this is a read-only repository`, { Allow: 'GET, HEAD' });
       return true;
     }
     if (stats.active >= maxConcurrent) {
-      error(res, 503, `busy: ${stats.active} requests in progress; retry shortly`, { 'Retry-After': 1 });
+      error(res, 503, 'OSFARM_LOCKED', `busy: ${stats.active} requests in progress; retry shortly`, { 'Retry-After': 1 });
       return true;
     }
     stats.active++;
@@ -243,8 +243,9 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       await route(req, res, path);
     } catch (err) {
       if (!res.headersSent) {
-        const code = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 404 : 500;
-        error(res, code, code === 404 ? 'the image was removed' : `server error: ${(err as Error).message}`);
+        const gone = (err as NodeJS.ErrnoException).code === 'ENOENT';
+        const e = toOsfarmError(err);
+        error(res, gone ? 404 : 500, gone ? 'OSFARM_NOT_FOUND' : e.code, gone ? 'the image was removed' : `server error: ${e.message}`);
       } else {
         res.destroy();
       }
@@ -272,7 +273,7 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
       if (await h(req, res)) return;
     }
     res.writeHead(404, { 'Content-Type': 'application/json', Server: SOFTWARE });
-    res.end(`${JSON.stringify({ error: `no such resource: ${req.url}` })}\n`);
+    res.end(`${JSON.stringify(errorJson(new OsfarmError('OSFARM_NOT_FOUND', `no such resource: ${req.url}`)))}\n`);
   });
   server.maxConnections = opts.maxConnections ?? 512;
   server.keepAliveTimeout = 30_000;

@@ -7,7 +7,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
 import { tokenFromEnv } from '../../base/env.js';
-import { OsfarmError } from '../../base/errors.js';
+import { invalidArgument, OsfarmError } from '../../base/errors.js';
 
 export const NONCE_LEN = 32;
 
@@ -49,7 +49,7 @@ export interface TokenOptions {
 /** The token from --token, else --token-file (first line), else $OSFARM_TOKEN; undefined if none. */
 export function resolveToken(o: TokenOptions): string | undefined {
   if (o.token !== undefined && o.tokenFile !== undefined) {
-    throw new RangeError('give either --token or --token-file, not both');
+    throw invalidArgument('give either --token or --token-file, not both');
   }
   let token = o.token;
   if (o.tokenFile !== undefined) {
@@ -60,6 +60,6 @@ export function resolveToken(o: TokenOptions): string | undefined {
     }
   }
   token ??= tokenFromEnv(o.env);
-  if (token !== undefined && token.length === 0) throw new RangeError('the token is empty');
+  if (token !== undefined && token.length === 0) throw invalidArgument('the token is empty');
   return token;
 }

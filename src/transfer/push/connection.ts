@@ -4,7 +4,7 @@
  */
 import type { Socket } from 'node:net';
 
-import { OsfarmError, type ErrorCode } from '../../base/errors.js';
+import { type ErrorCode, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import {
   FrameReader,
   FrameType,
@@ -25,15 +25,6 @@ export interface ConnectionOptions {
   maxFrame: number;
   /** Who the peer is, for messages ("receiver", "source"). */
   peer: string;
-}
-
-/** Turns anything thrown into an error with a stable code for an ERROR frame. */
-export function asOsfarmError(err: unknown): OsfarmError {
-  if (err instanceof OsfarmError) return err;
-  if (err instanceof RangeError || err instanceof TypeError) return new OsfarmError('OSFARM_INVALID_ARGUMENT', err.message, { cause: err });
-  const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code)) return new OsfarmError('OSFARM_IO', e.message, { cause: err });
-  return new OsfarmError('OSFARM_INTERNAL', err instanceof Error ? err.message : String(err), { cause: err });
 }
 
 export class Connection {
@@ -167,7 +158,7 @@ export class Connection {
     try {
       frames = this.reader.push(chunk);
     } catch (err) {
-      this.fail(asOsfarmError(err));
+      this.fail(toOsfarmError(err));
       return;
     }
     for (const f of frames) {
@@ -185,7 +176,7 @@ export class Connection {
         try {
           this.handler(f);
         } catch (err) {
-          this.fail(asOsfarmError(err));
+          this.fail(toOsfarmError(err));
           return;
         }
       } else {

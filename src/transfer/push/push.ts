@@ -10,12 +10,12 @@ import { connect, type Socket } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-import { OsfarmError, callNative, callNativeSync, throwIfAborted } from '../../base/errors.js';
+import { callNative, callNativeSync, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
 import { native } from '../../base/native.js';
 import type { ImageSourceHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
-import { Connection, asOsfarmError, field, intField } from './connection.js';
+import { Connection, field, intField } from './connection.js';
 import {
   BLOCKS_HEADER_LEN,
   DEFAULT_MAX_FRAME,
@@ -295,7 +295,7 @@ export async function push(image: string, address: string, options: PushOptions 
     conn.end();
     return result;
   } catch (err) {
-    const e = asOsfarmError(err);
+    const e = toOsfarmError(err);
     if (!conn.isClosed) conn.fail(e);
     throw conn.closeError && conn.closeError !== e && e.code === 'OSFARM_IO' ? conn.closeError : e;
   } finally {
@@ -401,7 +401,7 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     };
 
     const fail = (err: unknown) => {
-      const e = asOsfarmError(err);
+      const e = toOsfarmError(err);
       conn.fail(e);
       settle(e);
     };

@@ -10,11 +10,11 @@ import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { existsSync } from 'node:fs';
 
-import { OsfarmError, callNative } from '../../base/errors.js';
+import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
-import { Connection, asOsfarmError, field, intField, optString } from './connection.js';
+import { Connection, field, intField, optString } from './connection.js';
 import {
   DEFAULT_MAX_FRAME,
   Encoding,
@@ -82,7 +82,7 @@ function bySource<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    const e = asOsfarmError(err);
+    const e = toOsfarmError(err);
     throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
   }
 }
@@ -164,7 +164,7 @@ export class Receiver extends EventEmitter {
     // Garbage and wrong magic get an ERROR frame that says why (see protocol.md).
     conn.sendMagic();
     this.session(conn, remote).catch((err) => {
-      const e = asOsfarmError(err);
+      const e = toOsfarmError(err);
       conn.fail(e);
       this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
     });
@@ -372,7 +372,7 @@ export class Receiver extends EventEmitter {
           },
           // A wrong image digest is the source's fault (nothing kept); a damaged local block is not.
           (err) => {
-            const e = asOsfarmError(err);
+            const e = toOsfarmError(err);
             end(e, e.code === 'OSFARM_DIGEST_MISMATCH' && /announced/.test(e.message));
           },
         );
@@ -486,7 +486,7 @@ export class Receiver extends EventEmitter {
                 pump();
               },
               (err) => {
-                const e = asOsfarmError(err);
+                const e = toOsfarmError(err);
                 end(e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e, true);
               },
             );
