@@ -7,7 +7,7 @@ import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile
 import { join, posix } from 'node:path';
 
 import { exists } from '../host/fs.js';
-import { mount, unmountBelow } from '../host/mounts.js';
+import { mount, undoAll, unmountBelow } from '../host/mounts.js';
 import { run, SYSTEM_PATH } from '../host/process.js';
 import { killProcessesIn } from '../host/procs.js';
 import { buildFailed } from './errors.js';
@@ -161,21 +161,13 @@ export class Chroot {
 
   /** Tears everything down, in reverse; always safe to call, also twice or after a failed enter. */
   async leave(): Promise<void> {
-    const errors: unknown[] = [];
     const killed = await killProcessesIn(this.root, { graceMs: 500, errorCode: 'OSFARM_BUILD_FAILED' });
     if (killed > 0) this.opts.log?.(`osfarm: killed ${killed} process(es) left running in the chroot`);
-    while (this.undo.length > 0) {
-      const step = this.undo.pop()!;
-      try {
-        await step();
-      } catch (err) {
-        errors.push(err);
-      }
-    }
+    const failure = await undoAll(this.undo);
     // Only below the root: the tree itself may be a mount (a stage's overlay) that outlives the session.
     const left = await unmountBelow(this.root, { log: this.opts.log, strictlyBelow: true });
     if (left.length > 0) throw buildFailed(`could not unmount ${left.join(', ')}; unmount by hand before deleting the tree`);
-    if (errors.length > 0) throw buildFailed(`chroot teardown: ${(errors[0] as Error).message}`, errors[0]);
+    if (failure) throw buildFailed(`chroot teardown: ${(failure as Error).message}`, failure);
   }
 
   /** Runs a shell script inside the chroot with a clean environment; resolves to its exit code. */

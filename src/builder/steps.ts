@@ -14,7 +14,7 @@ import { configureTree } from './configure.js';
 import { debianPlan, shq } from './drivers/debian.js';
 import type { Driver, Phase } from './drivers/types.js';
 import { buildFailed } from './errors.js';
-import { mount } from '../host/mounts.js';
+import { mount, undoAll } from '../host/mounts.js';
 import { clampTree } from './outputs.js';
 import type { BuildSpec } from '../spec/spec.js';
 import type { StagePlan } from './plan.js';
@@ -95,13 +95,7 @@ async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, 
   } catch (err) {
     failure = err;
   }
-  for (const undo of unbind.reverse()) {
-    try {
-      await undo();
-    } catch (err) {
-      failure ??= err;
-    }
-  }
+  failure ??= await undoAll(unbind);
   try {
     await chroot.leave();
   } catch (err) {

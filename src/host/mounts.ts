@@ -65,6 +65,22 @@ export async function unmountBelow(dir: string, opts: UnmountOptions = {}): Prom
 }
 
 /**
+ * Runs undo steps (what `mount` returns, and the like) latest first, every one of them
+ * even when one fails, and empties the list; returns the first failure, if any.
+ */
+export async function undoAll(steps: Array<() => Promise<void>>): Promise<unknown> {
+  let first: unknown;
+  while (steps.length > 0) {
+    try {
+      await steps.pop()!();
+    } catch (err) {
+      first ??= err;
+    }
+  }
+  return first;
+}
+
+/**
  * Mounts (`mount ARGS TARGET`, the target made if missing) and returns what undoes it:
  * unmounting the target and anything mounted below it since.
  */

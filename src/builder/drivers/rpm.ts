@@ -12,7 +12,7 @@ import { join } from 'node:path';
 
 import { rpmGpgKeysFromEnv } from '../../base/env.js';
 import { hostArchitecture, nativeArchitectures, planGroup, RPM_ARCH, RPM_GROUP_ALIASES } from '../../spec/distros.js';
-import { mount, mountsUnder } from '../../host/mounts.js';
+import { mount, mountsUnder, undoAll } from '../../host/mounts.js';
 import { populateDev } from '../chroot.js';
 import { SpecError } from '../../spec/errors.js';
 import { buildFailed } from '../errors.js';
@@ -150,13 +150,7 @@ export class RpmDriver implements Driver {
     } catch (err) {
       failure = err;
     }
-    for (const step of undo.reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        failure ??= err;
-      }
-    }
+    failure ??= await undoAll(undo);
     if (failure) throw failure;
     // The mount point of the cache stays behind empty; dnf's own leftovers go with it.
     const cache = join(ctx.root, 'var/cache', this.tool);
