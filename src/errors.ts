@@ -28,13 +28,11 @@ export class OsfarmError extends Error {
   }
 }
 
-const NATIVE_PREFIX = /^(OSFARM_[A-Z_]+): ([\s\S]*)$/;
-
-/** Turns an error thrown by the native module ("CODE: message") into an OsfarmError. */
+/** Turns an error thrown by the native module (which sets its `code`) into an OsfarmError. */
 export function fromNative(err: unknown): unknown {
-  if (err instanceof Error && !(err instanceof OsfarmError)) {
-    const m = NATIVE_PREFIX.exec(err.message);
-    if (m) return new OsfarmError(m[1] as ErrorCode, m[2]!, { cause: err });
+  const code = (err as { code?: unknown } | null)?.code;
+  if (err instanceof Error && !(err instanceof OsfarmError) && typeof code === 'string' && code.startsWith('OSFARM_')) {
+    return new OsfarmError(code as ErrorCode, err.message, { cause: err });
   }
   return err;
 }

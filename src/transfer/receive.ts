@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { existsSync } from 'node:fs';
 
-import { OsfarmError, callNative } from '../errors.js';
+import { OsfarmError, callNative, fromNative } from '../errors.js';
 import { native, type PushAssembly } from '../native.js';
 import { Repository } from '../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
@@ -82,7 +82,7 @@ function bySource<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    const e = asOsfarmError(err);
+    const e = asOsfarmError(fromNative(err));
     throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
   }
 }
@@ -370,10 +370,11 @@ export class Receiver extends EventEmitter {
             conn.end();
             resolve();
           },
-          // A wrong image digest is the source's fault (nothing kept); a damaged local block is not.
+          // A wrong image digest is the source's fault (nothing kept); a damaged local
+          // block (OSFARM_BAD_REPOSITORY) or an I/O error is not.
           (err) => {
             const e = asOsfarmError(err);
-            end(e, e.code === 'OSFARM_DIGEST_MISMATCH' && /announced/.test(e.message));
+            end(e, e.code === 'OSFARM_DIGEST_MISMATCH');
           },
         );
       };

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
+use napi::Env;
 use napi_derive::napi;
 use osfarm_core::repo::stream::{StreamAssembler, StreamOptions, StreamStats};
 use osfarm_core::repo::{self, AddOptions, Repository};
@@ -17,39 +17,8 @@ use osfarm_core::transfer::groups::Grouper;
 use osfarm_core::transfer::source::{ImageSource, SourceOptions};
 use osfarm_core::{HashAlg, Index};
 
-use crate::js_err;
-
-// ----- a closure run on the libuv pool -----
-
-type Work<T> = Box<dyn FnOnce() -> osfarm_core::Result<T> + Send>;
-type Finish<T, J> = fn(Env, T) -> Result<J>;
-
-pub struct Run<T: Send + 'static, J> {
-    work: Option<Work<T>>,
-    finish: Finish<T, J>,
-}
-
-impl<T: Send + 'static, J: ToNapiValue + TypeName> Task for Run<T, J> {
-    type Output = T;
-    type JsValue = J;
-
-    fn compute(&mut self) -> Result<T> {
-        let work = self.work.take().ok_or_else(|| Error::from_reason("task already ran"))?;
-        work().map_err(js_err)
-    }
-
-    fn resolve(&mut self, env: Env, output: T) -> Result<J> {
-        (self.finish)(env, output)
-    }
-}
-
-fn run<T: Send + 'static, J: ToNapiValue + TypeName>(
-    signal: Option<AbortSignal>,
-    finish: Finish<T, J>,
-    work: impl FnOnce() -> osfarm_core::Result<T> + Send + 'static,
-) -> AsyncTask<Run<T, J>> {
-    AsyncTask::with_optional_signal(Run { work: Some(Box::new(work)), finish }, signal)
-}
+use crate::task::{run, Run};
+use crate::{js_err, Result};
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
@@ -274,7 +243,7 @@ impl BlockStreamEncoder {
     }
 }
 
-fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> Result<BlockRun> {
+fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> napi::Result<BlockRun> {
     Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
 }
 

@@ -178,7 +178,7 @@ impl Assembler {
 
     /// Copies every block the repository holds (verifying each), in parallel, in reads of
     /// up to 1 MiB of consecutive source blocks. Holds the shared repository lock meanwhile.
-    /// A local block that does not match its digest is a `DigestMismatch` error: the
+    /// A local block that does not match its digest is a `BadRepository` error: the
     /// repository is damaged there (`osfarm repo verify`).
     pub fn fill_from_repository(&self, progress: &dyn Progress) -> Result<FillReport> {
         let Some(engine) = self.engine() else { return Ok(FillReport::default()) };

@@ -711,6 +711,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rotten_local_block_is_the_repository_s_fault_not_the_sender_s() {
+        let (dir, repo) = new_repo();
+        let p = dir.path().join("a.img");
+        fs::write(&p, image(&[1, 2, 3])).unwrap();
+        let held = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
+        fs::OpenOptions::new().write(true).open(&held.path).unwrap().write_all_at(&[0xAA], 4096 + 17).unwrap();
+        let data = image(&[2, 9]);
+        let idx = index_bytes(&data, IndexOptions::default()).unwrap();
+        let asm = repo
+            .begin_stream(StreamOptions { image_len: data.len() as u64, resume_key: None, expected_digest: None })
+            .unwrap();
+        let runs = asm.offer(0, idx.digests()).unwrap();
+        assert_eq!(runs, vec![Run { first: 1, count: 1 }], "block 2 is held locally");
+        asm.put_blocks(1, &data[4096..]).unwrap();
+        let err = asm.finish(idx.image_digest(), &AddOptions::default()).unwrap_err();
+        assert_eq!(err.code, Code::BadRepository, "{}", err.message);
+        assert!(err.message.contains(&held.digest), "{}", err.message);
+        assert_eq!(repo.list().unwrap().len(), 1);
+    }
+
+    #[test]
     fn resumes_from_an_interrupted_attempt() {
         let (_dir, repo) = new_repo();
         let data = image(&(1..=40).collect::<Vec<_>>());

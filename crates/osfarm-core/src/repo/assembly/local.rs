@@ -72,8 +72,8 @@ impl Sources {
 
 impl Assembly {
     /// Copies blocks from repository images in parallel, one read per job, verifying
-    /// every block: a local block that does not match its digest is `DigestMismatch`
-    /// naming the image (it is damaged on disk).
+    /// every block: a local block that does not match its digest is `BadRepository` (the
+    /// image is damaged on disk), not the fault of whoever supplies the other blocks.
     pub(in crate::repo) fn copy(&self, jobs: &[CopyJob], sources: &Sources, progress: &dyn Progress) -> Result<()> {
         self.check_live()?;
         progress.start(jobs.iter().map(|j| self.geo.run_len(j.dst_block, j.count)).sum());
@@ -87,7 +87,7 @@ impl Assembly {
                 .map_err(|e| Error::io(Path::new(src_hex), "cannot read repository image", e))?;
             if let Some(bad) = verify::first_mismatch(&self.geo, j.dst_block, buf, &j.digests) {
                 bail!(
-                    DigestMismatch,
+                    BadRepository,
                     "block {} of repository image {src_hex} does not match its digest: the image is damaged on disk \
                      (run `osfarm repo verify`, then remove it and add it again); nothing was published",
                     j.src_block + (bad - j.dst_block)

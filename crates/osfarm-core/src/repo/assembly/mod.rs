@@ -517,7 +517,7 @@ impl Assembly {
         self.check_live()?;
         if let Some((j, f)) = self.fill_duplicates(index.digests())? {
             bail!(
-                DigestMismatch,
+                BadRepository,
                 "block {f} of {}, the first copy of block {j}, no longer matches its digest as read back from {}: \
                  the disk may be failing; nothing was published",
                 self.label,
