@@ -21,7 +21,7 @@ use crate::task::{run, Run};
 use crate::{js_err, Result};
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
@@ -49,6 +49,11 @@ pub struct ImageSourceOptions {
     /// is then expected to match it; the receiver verifies every block anyway).
     pub index: Option<String>,
 }
+
+/// A window of digests off the hashing thread: first block, count, digests.
+type Window = (u64, u32, Vec<u8>);
+/// A run read for sending: encoding, bytes, length before encoding.
+type ReadRun = (Encoding, Vec<u8>, usize);
 
 /// A window of block digests, as produced.
 #[napi(object)]
@@ -126,8 +131,8 @@ impl ImageSourceHandle {
         self.src.alg().name().into()
     }
     /// True if the digests come from an index (no hashing).
-    #[napi(getter)]
-    pub fn from_index(&self) -> bool {
+    #[napi(getter, js_name = "fromIndex")]
+    pub fn is_from_index(&self) -> bool {
         self.src.from_index()
     }
 
@@ -139,10 +144,7 @@ impl ImageSourceHandle {
 
     /// The next window of digests, or null after the last one.
     #[napi(ts_return_type = "Promise<DigestWindow | null>")]
-    pub fn next(
-        &self,
-        signal: Option<AbortSignal>,
-    ) -> AsyncTask<Run<Option<(u64, u32, Vec<u8>)>, Option<DigestWindow>>> {
+    pub fn next(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<Option<Window>, Option<DigestWindow>>> {
         let src = self.src.clone();
         run(
             signal,
@@ -156,12 +158,7 @@ impl ImageSourceHandle {
 
     /// Reads `count` blocks from `first`, zstd-compressed when `compress` and it pays.
     #[napi(ts_return_type = "Promise<BlockRun>")]
-    pub fn read_run(
-        &self,
-        first: f64,
-        count: u32,
-        compress: bool,
-    ) -> AsyncTask<Run<(Encoding, Vec<u8>, usize), BlockRun>> {
+    pub fn read_run(&self, first: f64, count: u32, compress: bool) -> AsyncTask<Run<ReadRun, BlockRun>> {
         let src = self.src.clone();
         run(None, block_run, move || src.read_run(first as u64, count as u64, compress))
     }
@@ -243,7 +240,7 @@ impl BlockStreamEncoder {
     }
 }
 
-fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> napi::Result<BlockRun> {
+fn block_run(_: Env, r: ReadRun) -> napi::Result<BlockRun> {
     Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
 }
 
