@@ -93,37 +93,6 @@ export declare class ImageSourceHandle {
 }
 
 /**
- * The receiving side of a pull: the whole index is known, local blocks are copied by
- * `fill()` while the missing runs are fetched and `put()` (verified, off the JS thread).
- * Resumable: an interrupted pull of the same image continues where it stopped.
- */
-export declare class PullAssembly {
-  /** Starts (or resumes, re-verifying what an earlier attempt wrote) a pull. */
-  static begin(repoPath: string, index: Buffer, options?: PullAssemblyOptions | undefined | null): Promise<PullAssembly>
-  get digest(): string
-  get blockCount(): number
-  get blockSize(): number
-  get imageSize(): number
-  get haveBlocks(): number
-  get alreadyPresent(): boolean
-  /** Copies every block the repository holds (verified). Returns the blocks copied. */
-  fill(signal?: AbortSignal | undefined | null): Promise<number>
-  /**
-   * The runs still missing (repeats of a block come with their first occurrence).
-   * Call after `fill()`.
-   */
-  missing(): Array<TransferRun>
-  /** Verifies and writes consecutive blocks from `first`; returns how many were new. */
-  put(first: number, data: Buffer): Promise<number>
-  /** Makes the resumable state durable now. */
-  flush(): void
-  /** Checks that every block is present and publishes the image atomically. */
-  finish(options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
-  /** Discards the partial image. */
-  abort(): void
-}
-
-/**
  * The receiving side of a push: digests are offered as they arrive, the runs it returns
  * are requested from the sender, received runs are put (verified), then finish.
  */
@@ -358,11 +327,6 @@ export declare function packSync(input: string, output: string, options?: PackOp
 export interface ProgressEvent {
   done: number
   total: number
-}
-
-export interface PullAssemblyOptions {
-  /** Refuse an index that does not name this image (hex). */
-  expectedDigest?: string
 }
 
 export interface PushAssemblyOptions {

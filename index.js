@@ -773,12 +773,11 @@ if (
   }
 }
 
-const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
 export { AssemblerHandle }
 export { BlockStreamEncoder }
 export { DigestGrouper }
 export { ImageSourceHandle }
-export { PullAssembly }
 export { PushAssembly }
 export { RepositoryHandle }
 export { compare }

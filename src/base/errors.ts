@@ -34,20 +34,16 @@ export function invalidArgument(message: string): OsfarmError {
 }
 
 const CODE = /^OSFARM_[A-Z_]+$/;
-const NATIVE_PREFIX = /^(OSFARM_[A-Z_]+): ([\s\S]*)$/;
-
 /**
  * The code an error of the native module carries, lifted into an OsfarmError; undefined if
- * it carries none. The one place that knows how the binding marks codes: as napi-rs's
- * custom status in `code`, or (older bindings) as a "CODE: message" prefix. napi-rs's own
- * InvalidArg (a JS value of the wrong type) is an invalid argument too.
+ * it carries none. The one place that knows how the binding marks codes: napi-rs's custom
+ * status in `code`. napi-rs's own InvalidArg (a JS value of the wrong type) is an invalid
+ * argument too.
  */
 export function fromNative(err: unknown): OsfarmError | undefined {
   if (!(err instanceof Error) || err instanceof OsfarmError) return undefined;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && CODE.test(code)) return new OsfarmError(code as ErrorCode, err.message, { cause: err });
-  const m = NATIVE_PREFIX.exec(err.message);
-  if (m) return new OsfarmError(m[1] as ErrorCode, m[2]!, { cause: err });
   if (code === 'InvalidArg') return new OsfarmError('OSFARM_INVALID_ARGUMENT', err.message, { cause: err });
   return undefined;
 }

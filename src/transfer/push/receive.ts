@@ -370,10 +370,11 @@ export class Receiver extends EventEmitter {
             conn.end();
             resolve();
           },
-          // A wrong image digest is the source's fault (nothing kept); a damaged local block is not.
+          // A wrong image digest is the source's fault (nothing kept); a damaged local
+          // block (OSFARM_BAD_REPOSITORY) or an I/O error is not.
           (err) => {
             const e = toOsfarmError(err);
-            end(e, e.code === 'OSFARM_DIGEST_MISMATCH' && /announced/.test(e.message));
+            end(e, e.code === 'OSFARM_DIGEST_MISMATCH');
           },
         );
       };
