@@ -2,6 +2,7 @@
 //! thread (`AsyncTask`, each with a `*Sync` twin) and reports progress; no logic lives here.
 
 mod blocks;
+mod nbd;
 mod pack;
 mod progress;
 mod repo;
