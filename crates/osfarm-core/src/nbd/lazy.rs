@@ -441,8 +441,12 @@ impl LazyImage {
     /// Fills `buf` with the verified blocks starting at `first` (all whole blocks, the
     /// image's last one possibly short).
     fn fill(&self, first: u64, buf: &mut [u8], urgent: bool) -> Result<()> {
-        self.store.read(first, buf)?;
         let bs = self.bs as usize;
+        let count = buf.len().div_ceil(bs) as u64;
+        // Which blocks were verified before this read: only those can have gone bad. (A
+        // block stored by a racing job after the read is simply probed again below.)
+        let known: Vec<bool> = (first..first + count).map(|i| self.present.get(i)).collect();
+        self.store.read(first, buf)?;
         let mut need: Vec<u64> = Vec::new();
         for (k, block) in buf.chunks_mut(bs).enumerate() {
             let i = first + k as u64;
@@ -450,8 +454,8 @@ impl LazyImage {
                 block.fill(0);
             } else if self.verify(i, block) {
                 self.present.set(i);
-            } else if self.present.get(i) || self.store.is_complete_image() {
-                // Verified before (or published): the data file went bad under us.
+            } else if known[k] || self.store.is_complete_image() {
+                // Verified before (or published whole): the data file went bad under us.
                 self.counters.bad_blocks.fetch_add(1, Ordering::Relaxed);
                 let message = format!("block {i} of image {} no longer matches its digest on disk", self.digest_hex());
                 self.event(Event::BadBlock { block: i, origin: Origin::Store, message: message.clone() });
@@ -460,12 +464,21 @@ impl LazyImage {
                 need.push(i);
             }
         }
-        // A bad local copy turns into a fetch, so at most two rounds are needed.
+        // Blocks to try again are probed in the file once more: stored meanwhile by a
+        // racing job, or (a bad local copy) now to be fetched, so two rounds suffice.
         for _ in 0..3 {
             if need.is_empty() {
                 return Ok(());
             }
-            need = self.obtain(&need, first, buf, urgent)?;
+            let mut again = Vec::new();
+            for i in self.obtain(&need, first, buf, urgent)? {
+                let range = self.block_range(first, i);
+                self.store.read(i, &mut buf[range.clone()])?;
+                if !self.verify(i, &buf[range]) {
+                    again.push(i);
+                }
+            }
+            need = again;
         }
         bail!(Io, "blocks {need:?} of image {} could not be obtained", self.digest_hex())
     }
@@ -485,9 +498,6 @@ impl LazyImage {
     fn obtain(&self, need: &[u64], first: u64, buf: &mut [u8], urgent: bool) -> Result<Vec<u64>> {
         if self.closed.load(Ordering::Acquire) {
             bail!(Io, "the export of image {} was closed", self.digest_hex());
-        }
-        if self.sources.is_empty() {
-            bail!(Io, "image {} is complete in the repository but its data could not be read", self.digest_hex());
         }
         let mut retry = Vec::new();
         // (block, job key, job) for every block a job brings.

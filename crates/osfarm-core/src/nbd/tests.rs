@@ -328,6 +328,22 @@ fn a_local_block_is_copied_not_fetched_and_a_damaged_one_is_fetched_instead() {
 }
 
 #[test]
+fn a_stored_block_that_rots_on_disk_is_not_served() {
+    let lab = Lab::new();
+    let fetcher = TestFetcher::new(&lab);
+    let (img, events) = open(&lab, &fetcher);
+    let b = 13u64;
+    let mut buf = vec![0u8; BS as usize];
+    img.read_at(b * BS, &mut buf).unwrap();
+    let partial = lab.repo.root().join("tmp").join(format!("{}.partial", lab.index.image_digest_hex()));
+    let f = std::fs::OpenOptions::new().write(true).open(partial).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"rot", b * BS + 9).unwrap();
+    assert_eq!(img.read_at(b * BS, &mut buf).unwrap_err().code, Code::DigestMismatch);
+    let ev = events.lock().unwrap();
+    assert!(matches!(&ev[..], [Event::BadBlock { block, origin: Origin::Store, .. }] if *block == b), "{ev:?}");
+}
+
+#[test]
 fn first_reads_make_the_profile_and_ensure_completes_the_rest() {
     let lab = Lab::new();
     let fetcher = TestFetcher::new(&lab);
