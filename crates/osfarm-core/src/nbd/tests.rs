@@ -376,6 +376,9 @@ fn a_new_export_resumes_with_the_blocks_an_earlier_one_stored() {
     img.ensure(100, 60).unwrap();
     let first = fetcher.requested();
     assert!(!first.is_empty());
+    // One export of an image per repository at a time.
+    let e = LazyImage::open(&lab.repo, lab.index.clone(), LazyOptions::default()).err().unwrap();
+    assert_eq!(e.code, Code::Locked);
     drop(img); // an interrupted run: the partial and its bitmap stay
 
     let again = TestFetcher::new(&lab);
@@ -411,6 +414,17 @@ fn the_export_is_listed_read_only_and_without_a_fetcher_a_miss_is_eio() {
     // qemu refuses to write to a read-only export before sending anything.
     let o = run("qemu-io", &["-f", "raw", "-c", "write 0 4096", &uri(server.socket_path())]);
     assert!(!o.status.success());
+    // Guest writes go to a qcow2 overlay whose backing file is the export. With clusters
+    // of the block size, a block-sized write reads nothing from the backing file (here
+    // block 1, which is missing and could not be fetched).
+    let overlay = lab.dir.path().join("overlay.qcow2");
+    let backing = format!("nbd+unix:///osfarm-test?socket={sock}");
+    let create = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", &backing, "-F", "raw"];
+    ok(&run("qemu-img", &[&create[..], &[overlay.to_str().unwrap()]].concat()));
+    let o =
+        run("qemu-io", &["-c", "write -P 0x5a 4096 4096", "-c", "read -P 0x5a 4096 4096", overlay.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&ok(&o).stdout).contains("read 4096/4096"), "{o:?}");
+    assert_eq!(img.stats().have_blocks, (0..N).filter(|&i| wanted_seed(i) == 0).count() as u64);
     // A zero block and a local block are served; a missing one cannot be.
     ok(&qemu_read(server.socket_path(), 0, BS));
     ok(&qemu_read(server.socket_path(), lab.local[0] * BS, BS));
