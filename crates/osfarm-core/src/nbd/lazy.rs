@@ -139,7 +139,7 @@ pub struct LazyStats {
 /// What `ensure` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnsureReport {
-    /// Blocks of the range that were not present before and are now.
+    /// Blocks that became present while it ran (reads running at the same time count too).
     pub blocks: u64,
 }
 
@@ -187,7 +187,8 @@ impl Job {
     }
 }
 
-/// A block's source in the local repository: an open image file and the block in it.
+/// A repository image holding some of the wanted blocks: its digest (for messages) and
+/// an open descriptor (which stays valid if the image is removed meanwhile).
 struct LocalImage {
     digest: String,
     file: File,
