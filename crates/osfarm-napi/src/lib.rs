@@ -2,6 +2,7 @@
 //! thread (`task`, each with a `*Sync` twin) and reports progress; no logic lives here.
 
 mod blocks;
+mod nbd;
 mod pack;
 mod progress;
 mod repo;
@@ -15,4 +16,11 @@ pub(crate) type Result<T> = napi::Result<T, osfarm_core::Code>;
 /// A core error as the binding throws it.
 pub(crate) fn js_err(e: osfarm_core::Error) -> napi::Error<osfarm_core::Code> {
     napi::Error::new(e.code, e.message)
+}
+
+/// A core error as the JS value a promise is rejected with: the same coded error a
+/// synchronous call throws (napi's own task and deferred errors carry only its statuses).
+pub(crate) fn coded_error(env: napi::Env, e: osfarm_core::Error) -> napi::Error {
+    use napi::bindgen_prelude::JsError;
+    napi::Error::from(JsError::from(js_err(e)).into_unknown(env))
 }

@@ -50,7 +50,7 @@ pub struct RepoImage {
     pub index_path: String,
 }
 
-fn image(e: repo::ImageEntry) -> RepoImage {
+pub(crate) fn image(e: repo::ImageEntry) -> RepoImage {
     RepoImage {
         digest: e.digest,
         name: e.name,
@@ -77,7 +77,7 @@ pub struct RepoAddOptions {
     pub original_name: Option<String>,
 }
 
-fn add_options(o: Option<RepoAddOptions>) -> AddOptions {
+pub(crate) fn add_options(o: Option<RepoAddOptions>) -> AddOptions {
     o.map_or_else(AddOptions::default, |o| AddOptions {
         name: o.name,
         meta_json: o.meta_json,
@@ -155,7 +155,7 @@ fn plan_result(p: repo::Plan) -> RepoPlan {
     }
 }
 
-fn runs(r: &[repo::Run]) -> Vec<RepoRun> {
+pub(crate) fn runs(r: &[repo::Run]) -> Vec<RepoRun> {
     r.iter().map(|r| RepoRun { first: r.first as f64, count: r.count as f64 }).collect()
 }
 
@@ -200,19 +200,19 @@ pub struct RepoFillReport {
 
 /// An index given as an `.osfi` path, an image path (indexed with the repository's
 /// parameters), or the bytes of an index.
-enum IndexSource {
+pub(crate) enum IndexSource {
     Path(String),
     Bytes(Vec<u8>),
 }
 
 impl IndexSource {
-    fn from_js(v: Either<String, Buffer>) -> IndexSource {
+    pub(crate) fn from_js(v: Either<String, Buffer>) -> IndexSource {
         match v {
             Either::A(p) => IndexSource::Path(p),
             Either::B(b) => IndexSource::Bytes(b.to_vec()),
         }
     }
-    fn load(&self, repo: &Repository, progress: &dyn Progress) -> osfarm_core::Result<Index> {
+    pub(crate) fn load(&self, repo: &Repository, progress: &dyn Progress) -> osfarm_core::Result<Index> {
         match self {
             IndexSource::Path(p) => crate::blocks::load_or_index(p, repo.index_options(), progress),
             IndexSource::Bytes(b) => Index::parse(b),
@@ -225,7 +225,7 @@ impl IndexSource {
 /// A repository handle (see `Repository` in src/repo for the documented API).
 #[napi]
 pub struct RepositoryHandle {
-    repo: Repository,
+    pub(crate) repo: Repository,
 }
 
 #[napi]

@@ -40,7 +40,7 @@ impl<T: Send + 'static, J: ToNapiValue + TypeName> Task for Run<T, J> {
         // A task fails with napi's own statuses only, but a promise is rejected with the JS
         // value its error refers to: make that value here, with osfarm's code.
         match self.failed.take() {
-            Some(e) => Err(napi::Error::from(JsError::from(crate::js_err(e)).into_unknown(env))),
+            Some(e) => Err(crate::coded_error(env, e)),
             None => Err(err),
         }
     }
