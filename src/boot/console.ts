@@ -1,0 +1,73 @@
+/**
+ * A VM's serial console: the bytes as a stream, and the same output as clean lines
+ * (terminal escapes and carriage returns removed) kept for waiting on and for error
+ * messages.
+ */
+import { PassThrough } from 'node:stream';
+
+/** Lines kept for `waitFor` and `lastLines`; the stream carries everything. */
+const KEEP_LINES = 20_000;
+
+// CSI sequences (colours, cursor moves), other two-byte escapes, and control characters but tab.
+const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]/g;
+
+export function cleanLine(raw: string): string {
+  return raw.replace(ESCAPES, '').trimEnd();
+}
+
+export class Console {
+  /** The console's bytes as the guest wrote them (a reader that falls behind gets them later; none are dropped). */
+  readonly stream = new PassThrough();
+  private readonly lines: string[] = [];
+  private partial = '';
+  private readonly listeners = new Set<(line: string, complete: boolean) => void>();
+  private bytes = 0;
+
+  /** Bytes seen so far. */
+  get size(): number {
+    return this.bytes;
+  }
+
+  push(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    this.stream.write(chunk);
+    const parts = (this.partial + chunk.toString('latin1')).split('\n');
+    this.partial = parts.pop() ?? '';
+    for (const p of parts) {
+      const line = cleanLine(p);
+      this.lines.push(line);
+      if (this.lines.length > KEEP_LINES) this.lines.shift();
+      for (const l of this.listeners) l(line, true);
+    }
+    // A prompt ("login: ") has no newline yet: listeners see it as an incomplete line.
+    const rest = cleanLine(this.partial);
+    if (rest) for (const l of this.listeners) l(rest, false);
+  }
+
+  /** Forgets the lines (not the stream): a restarted guest starts a new history. */
+  reset(): void {
+    this.lines.length = 0;
+    this.partial = '';
+  }
+
+  /** The last `n` non-empty lines, the current incomplete one included. */
+  lastLines(n = 20): string[] {
+    const all = [...this.lines, cleanLine(this.partial)].filter((l) => l.length > 0);
+    return all.slice(-n);
+  }
+
+  /** Calls `fn` for each line from now on (`complete` false for the line still being written); returns the unsubscribe. */
+  onLine(fn: (line: string, complete: boolean) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** The first kept line (or the incomplete one) matching `pattern`. */
+  find(pattern: RegExp): string | undefined {
+    return this.lines.find((l) => pattern.test(l)) ?? (pattern.test(cleanLine(this.partial)) ? cleanLine(this.partial) : undefined);
+  }
+
+  end(): void {
+    this.stream.end();
+  }
+}
