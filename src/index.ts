@@ -13,3 +13,4 @@ export * from './builder/plan.js';
 export { ensureChain, stagePlans, toolVersion, type ChainOptions, type ChainResult, type StageReport } from './builder/stages.js';
 export * from './images/index.js';
 export { createWebHandler, startServer, type WebHandler, type WebOptions, type StartedServer } from './web/index.js';
+export * from './boot/index.js';

@@ -326,10 +326,13 @@ export async function boot(image: string, options: BootOptions = {}): Promise<Vm
   const arch = o.arch ?? r.arch;
   const { dir, kept } = await vmDir(o);
   const log = createWriteStream(join(dir, 'console.log'));
+  // Copies of parts of the disk for debugfs and mtools: gone before qemu starts.
+  const scratch = join(dir, 'scratch');
+  await mkdir(scratch);
   let run: QemuRun | undefined;
   try {
     await requireTool('qemu-img', 'qemu-utils', 'osfarm boot');
-    const layout = await readLayout(r.source, dir, o.signal);
+    const layout = await readLayout(r.source, scratch, o.signal);
     const m = MACHINES[arch ?? layout.rootArch ?? hostArchitecture()];
     await requireTool(m.qemu, m.package, `booting a ${m.arch} image`);
     const mode = chooseMode(o, r, layout, m, warn);
@@ -338,8 +341,9 @@ export async function boot(image: string, options: BootOptions = {}): Promise<Vm
     let kernel: KernelBoot | undefined;
     if (mode === 'kernel') {
       await requireTool('debugfs', 'e2fsprogs', '--kernel-boot');
-      kernel = await kernelBoot(r.label, r.source, layout, m, dir, o.signal);
+      kernel = await kernelBoot(r.label, r.source, layout, m, dir, scratch, o.signal);
     }
+    await rm(scratch, { recursive: true, force: true });
     const overlay = join(dir, 'overlay.qcow2');
     const plan: QemuPlan = {
       machine: m,

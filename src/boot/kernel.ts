@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { OsfarmError } from '../base/errors.js';
-import { run, runChecked, SYSTEM_PATH } from '../host/process.js';
+import { haveTool, run, runChecked, SYSTEM_PATH } from '../host/process.js';
 import { type DiskLayout, type DiskSource, extractRange, readRange } from './disk.js';
 import type { Machine } from './machine.js';
 
@@ -60,10 +60,10 @@ async function blsOptions(fs: string, dir: string, signal?: AbortSignal): Promis
   return undefined;
 }
 
-/** The `options` of the EFI system partition's boot entry (systemd-boot's /loader/entries), read with mtools. */
+/** The `options` of the EFI system partition's boot entry (systemd-boot's /loader/entries), read with mtools if it is installed. */
 async function espOptions(src: DiskSource, layout: DiskLayout, scratch: string, signal?: AbortSignal): Promise<{ path: string; options: string } | undefined> {
   const esp = layout.esp;
-  if (!esp) return undefined;
+  if (!esp || !(await haveTool('mtype'))) return undefined;
   let image = `${src.location}@@${esp.offset}`;
   if (src.kind !== 'file' || src.format !== 'raw') {
     image = join(scratch, 'esp.raw');
@@ -92,20 +92,20 @@ export function noKernel(image: string, why: string): OsfarmError {
 
 /**
  * Copies the newest kernel and its initramfs out of the image's root file system into
- * `dir`, and makes the command line: the boot entry's options (the root file system's
+ * `dir` (`scratch` takes copies of the disk's partitions when it is not a raw file), and makes the command line: the boot entry's options (the root file system's
  * /boot/loader/entries, else the ESP's), else `root=UUID=… ro`; the machine's serial
  * console is added when the entry names none, so the boot shows on the console.
  */
-export async function kernelBoot(image: string, src: DiskSource, layout: DiskLayout, m: Machine, dir: string, signal?: AbortSignal): Promise<KernelBoot> {
+export async function kernelBoot(image: string, src: DiskSource, layout: DiskLayout, m: Machine, dir: string, scratch: string, signal?: AbortSignal): Promise<KernelBoot> {
   const root = layout.root;
   if (!root) throw noKernel(image, 'it has no Linux root partition');
   // debugfs reads a raw file at an offset; other disks (qcow2, NBD) lend it a copy of the partition.
   const direct = src.kind === 'file' && src.format === 'raw';
-  const fsFile = direct ? src.location : join(dir, 'rootfs.raw');
+  const fsFile = direct ? src.location : join(scratch, 'rootfs.raw');
   const fsOffset = direct ? root.offset : 0;
   if (!direct) await extractRange(src, root.offset, root.size, fsFile, signal);
   const fs = fsOffset === 0 ? fsFile : `${fsFile}?offset=${fsOffset}`;
-  const sb = await readRange({ kind: 'file', location: fsFile, format: 'raw' }, fsOffset, 2048, dir, signal);
+  const sb = await readRange({ kind: 'file', location: fsFile, format: 'raw' }, fsOffset, 2048, scratch, signal);
   if (sb.length < 2048 || sb.readUInt16LE(1024 + 0x38) !== 0xef53) throw noKernel(image, 'its root partition holds no ext2/3/4 file system that osfarm can read');
   const boot = await listDir(fs, '/boot', signal);
   const versions = boot.filter((e) => isFile(e.mode) && e.name.startsWith('vmlinuz-')).map((e) => e.name.slice('vmlinuz-'.length)).sort(byVersion);
@@ -124,7 +124,7 @@ export async function kernelBoot(image: string, src: DiskSource, layout: DiskLay
   const bls = await blsOptions(fs, '/boot/loader/entries', signal);
   if (bls) [cmdline, cmdlineFrom] = [bls, '/boot/loader/entries'];
   else {
-    const esp = await espOptions(src, layout, dir, signal);
+    const esp = await espOptions(src, layout, scratch, signal);
     if (esp) [cmdline, cmdlineFrom] = [esp.options, esp.path];
   }
   cmdline ??= `root=UUID=${extUuid(sb)} ro`;

@@ -23,19 +23,19 @@ export interface ExecResult {
 }
 
 /**
- * ssh's arguments for the guest. Host keys are not checked or remembered: each boot of an
+ * ssh's arguments for the guest (`batch`: for a program, not a person). Host keys are not checked or remembered: each boot of an
  * image makes new ones (they are generated at first boot, never shipped), and the port is
  * on the loopback only.
  */
-export function sshArgs(t: SshTarget, command?: string): string[] {
+export function sshArgs(t: SshTarget, command?: string, batch = false): string[] {
   return [
     '-p', String(t.port),
-    ...(t.key ? ['-i', t.key, '-o', 'IdentitiesOnly=yes'] : []),
-    '-o', 'BatchMode=yes',
+    ...(t.key ? ['-i', t.key] : []),
     '-o', 'StrictHostKeyChecking=no',
     '-o', 'UserKnownHostsFile=/dev/null',
     '-o', 'LogLevel=ERROR',
-    '-o', 'ConnectTimeout=5',
+    // A program never answers a password prompt, and must not wait on a guest still booting.
+    ...(batch ? ['-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=5'] : []),
     `${t.user ?? 'root'}@127.0.0.1`,
     ...(command === undefined ? [] : ['--', command]),
   ];
@@ -56,7 +56,7 @@ export async function sshExec(t: SshTarget, command: string, opts: { timeoutMs: 
   for (;;) {
     let r;
     try {
-      r = await run('ssh', sshArgs(t, command), { capture: true, signal, errorCode: 'OSFARM_BOOT_FAILED' });
+      r = await run('ssh', sshArgs(t, command, true), { capture: true, signal, errorCode: 'OSFARM_BOOT_FAILED' });
     } catch (err) {
       if (opts.signal?.aborted || !(err instanceof OsfarmError) || err.code !== 'OSFARM_ABORTED') throw err;
       break;
