@@ -92,9 +92,10 @@ export function noKernel(image: string, why: string): OsfarmError {
 
 /**
  * Copies the newest kernel and its initramfs out of the image's root file system into
- * `dir` (`scratch` takes copies of the disk's partitions when it is not a raw file), and makes the command line: the boot entry's options (the root file system's
- * /boot/loader/entries, else the ESP's), else `root=UUID=… ro`; the machine's serial
- * console is added when the entry names none, so the boot shows on the console.
+ * `dir` (`scratch` takes copies of the disk's partitions when it is not a raw file), and
+ * makes the command line: the boot entry's options (the root file system's
+ * /boot/loader/entries, else the ESP's, else GRUB's grub.cfg), else `root=UUID=… ro`; the
+ * machine's serial console is added when the entry names none, so the boot shows on it.
  */
 export async function kernelBoot(image: string, src: DiskSource, layout: DiskLayout, m: Machine, dir: string, scratch: string, signal?: AbortSignal): Promise<KernelBoot> {
   const root = layout.root;
