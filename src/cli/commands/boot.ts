@@ -24,11 +24,7 @@ function memoryMiB(text: string | undefined): number | undefined {
 
 const command: Command<BootResult> = {
   name: 'boot',
-  usage: [
-    'boot IMAGE|NAME|DIGEST [--memory 1G] [--cpus N] [--ssh-port N] [--ssh-key KEY] [--ssh-user USER]',
-    '     [--firmware uefi|bios] [--kernel-boot] [--accel auto|kvm|tcg] [--keep DIR]',
-    '     [--until REGEX] [--exec CMD] [--timeout SECONDS] [--json]',
-  ].join('\n'),
+  usage: 'boot IMAGE|NAME|DIGEST [--firmware uefi|bios] [--kernel-boot] [--accel auto|kvm|tcg] [--memory 1G] [--cpus N] [--ssh-port N] [-i KEY] [--ssh-user U] [--keep DIR] [--until REGEX] [--exec CMD] [--timeout S]',
   options: {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
