@@ -4,6 +4,7 @@
  * messages.
  */
 import { PassThrough } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 
 /** Lines kept for `waitFor` and `lastLines`; the stream carries everything. */
 const KEEP_LINES = 20_000;
@@ -20,6 +21,8 @@ export class Console {
   readonly stream = new PassThrough();
   private readonly lines: string[] = [];
   private partial = '';
+  // UTF-8 (systemd writes "…"), with a character split between two chunks kept for the next.
+  private decoder = new StringDecoder('utf8');
   private readonly listeners = new Set<(line: string, complete: boolean) => void>();
   private bytes = 0;
 
@@ -31,7 +34,7 @@ export class Console {
   push(chunk: Buffer): void {
     this.bytes += chunk.length;
     this.stream.write(chunk);
-    const parts = (this.partial + chunk.toString('latin1')).split('\n');
+    const parts = (this.partial + this.decoder.write(chunk)).split('\n');
     this.partial = parts.pop() ?? '';
     for (const p of parts) {
       const line = cleanLine(p);
@@ -48,6 +51,7 @@ export class Console {
   reset(): void {
     this.lines.length = 0;
     this.partial = '';
+    this.decoder = new StringDecoder('utf8');
   }
 
   /** The last `n` non-empty lines, the current incomplete one included. */
