@@ -184,7 +184,7 @@ export class VmHandle implements AsyncDisposable {
 
   constructor(
     readonly info: BootInfo,
-    private run: QemuRun,
+    private readonly run: QemuRun,
     private readonly con: Console,
     private readonly log: WriteStream,
     private readonly options: BootOptions,
@@ -239,9 +239,9 @@ export class VmHandle implements AsyncDisposable {
     const re = typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : new RegExp(pattern.source, pattern.flags.replace('g', ''));
     const timeoutMs = opts.timeoutMs ?? 300_000;
     const run = this.run;
-    const seconds = () => Math.round((Date.now() - run.startedAt) / 100) / 10;
+    const seconds = (at = Date.now()) => Math.round((at - run.startedAt) / 100) / 10;
     const seen = this.con.find(re);
-    if (seen !== undefined) return Promise.resolve({ line: seen, seconds: seconds() });
+    if (seen !== undefined) return Promise.resolve({ line: seen.text, seconds: seconds(seen.at) });
     return new Promise((resolvePromise, reject) => {
       let finished = false;
       const cleanups: (() => void)[] = [];

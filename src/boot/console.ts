@@ -19,7 +19,8 @@ export function cleanLine(raw: string): string {
 export class Console {
   /** The console's bytes as the guest wrote them (a reader that falls behind gets them later; none are dropped). */
   readonly stream = new PassThrough();
-  private readonly lines: string[] = [];
+  /** Clean lines with the time each was complete (ms since the epoch). */
+  private readonly lines: { text: string; at: number }[] = [];
   private partial = '';
   // UTF-8 (systemd writes "…"), with a character split between two chunks kept for the next.
   private decoder = new StringDecoder('utf8');
@@ -38,7 +39,7 @@ export class Console {
     this.partial = parts.pop() ?? '';
     for (const p of parts) {
       const line = cleanLine(p);
-      this.lines.push(line);
+      this.lines.push({ text: line, at: Date.now() });
       if (this.lines.length > KEEP_LINES) this.lines.shift();
       for (const l of this.listeners) l(line, true);
     }
@@ -56,7 +57,7 @@ export class Console {
 
   /** The last `n` non-empty lines, the current incomplete one included. */
   lastLines(n = 20): string[] {
-    const all = [...this.lines, cleanLine(this.partial)].filter((l) => l.length > 0);
+    const all = [...this.lines.map((l) => l.text), cleanLine(this.partial)].filter((l) => l.length > 0);
     return all.slice(-n);
   }
 
@@ -66,9 +67,10 @@ export class Console {
     return () => this.listeners.delete(fn);
   }
 
-  /** The first kept line (or the incomplete one) matching `pattern`. */
-  find(pattern: RegExp): string | undefined {
-    return this.lines.find((l) => pattern.test(l)) ?? (pattern.test(cleanLine(this.partial)) ? cleanLine(this.partial) : undefined);
+  /** The first kept line (or the incomplete one) matching `pattern`, and when it came. */
+  find(pattern: RegExp): { text: string; at: number } | undefined {
+    const rest = cleanLine(this.partial);
+    return this.lines.find((l) => pattern.test(l.text)) ?? (pattern.test(rest) ? { text: rest, at: Date.now() } : undefined);
   }
 
   end(): void {
