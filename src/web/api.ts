@@ -345,9 +345,10 @@ export class Api {
               signal,
               ...(token ? { token } : { insecure: true }),
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: 'push', done: p.haveBlocks, total: p.blockCount });
-                sample({ wireBytes: p.wireBytesSent, blocks: p.blocksSent });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: 'push', done: e.done, total: e.total });
+                sample({ wireBytes: e.wireBytesSent, blocks: e.blocksSent });
               },
             });
             sample({ wireBytes: r.wireBytesSent, blocks: r.blocksSent }, true);
@@ -374,9 +375,10 @@ export class Api {
               repo: this.o.repo,
               signal,
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: p.phase, done: p.done, total: p.total });
-                sample({ wireBytes: p.bytesFetched });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total });
+                sample({ wireBytes: e.bytesFetched });
               },
             });
             sample({ wireBytes: r.bytesFetched }, true);
