@@ -28,6 +28,7 @@ export * from './repo/index.js';
 export {
   canonicalJson,
   canonicalSpec,
+  hostPathIssues,
   loadSpec,
   parseSpec,
   parseTarget,
