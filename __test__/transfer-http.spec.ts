@@ -11,7 +11,7 @@ import { request, type Server } from 'node:http';
 import { createServer as createTcpServer, connect, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../src/base/errors.js';
+import type { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
 import { createPullHandler, listenHttp, parseRange } from '../src/transfer/http/serve.js';
 import { coalesce, parseImageUrl, pull } from '../src/transfer/http/pull.js';

@@ -36,9 +36,9 @@ use crate::index::{self, Index};
 use crate::indexer::{self, IndexOptions};
 use crate::progress::{self, Progress};
 
+use crate::lock::{self, FileLock, LockKind};
 pub use assemble::{Assembler, AssemblyOptions};
 use catalog::{Catalog, CatalogEntry};
-use crate::lock::{self, FileLock, LockKind};
 pub use plan::{BlockSource, Plan, PlanSummary, Run};
 use table::{BlockTable, Entry, TableHeader};
 

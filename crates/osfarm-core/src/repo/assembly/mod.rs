@@ -30,7 +30,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::catalog::CatalogEntry;
-use crate::lock::{self, FileLock, LockKind};
 use super::plan::Run;
 use super::{AddOptions, ImageEntry, Repository, Workspace, IMAGE_FILE};
 use crate::bail;
@@ -38,6 +37,7 @@ use crate::error::{Code, Error, Result};
 use crate::fsutil;
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
+use crate::lock::{self, FileLock, LockKind};
 use journal::Journal;
 pub(super) use local::{add_copy, CopyJob, Sources};
 
