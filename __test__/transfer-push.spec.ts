@@ -53,7 +53,7 @@ async function startReceiver(
 ): Promise<Running> {
   const repoPath = join(tempDir(t), 'repo');
   Repository.init(repoPath, { hash: options.hash, blockSize: options.blockSize });
-  const receiver = new Receiver({ repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers, protocols: options.protocols });
+  const receiver = new Receiver({ repo: repoPath, token: options.token ?? TOKEN, maxTransfers: options.maxTransfers, protocols: options.protocols });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
   return {

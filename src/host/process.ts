@@ -7,7 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 
-import { type ErrorCode, OsfarmError } from '../base/errors.js';
+import { abortError, type ErrorCode, OsfarmError } from '../base/errors.js';
 
 /** PATH for the tools osfarm runs: the usual system directories, whatever the caller's PATH. */
 export const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -41,10 +41,6 @@ export interface RunResult {
   stderr: string;
 }
 
-function aborted(): OsfarmError {
-  return new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
-}
-
 function cannotStart(cmd: string, err: Error, code: ErrorCode | undefined): OsfarmError {
   const errno = (err as NodeJS.ErrnoException).code;
   const why = errno === 'ENOENT' ? 'it is not installed' : (errno ?? err.message);
@@ -72,7 +68,7 @@ export function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
  */
 export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?: (stdout: Readable) => Promise<void>): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    if (opts.signal?.aborted) return reject(aborted());
+    if (opts.signal?.aborted) return reject(abortError(opts.signal));
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], detached: true });
     if (opts.stdin && child.stdin) {
       // A child that exits while input is still being written must not crash the writer with EPIPE.
@@ -117,8 +113,8 @@ export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?
     child.on('close', (code, signal) => {
       done();
       consumed.then(
-        () => (wasAborted ? reject(aborted()) : resolvePromise({ code, signal, ...out })),
-        (err) => reject(wasAborted ? aborted() : err),
+        () => (wasAborted ? reject(abortError(opts.signal)) : resolvePromise({ code, signal, ...out })),
+        (err) => reject(wasAborted ? abortError(opts.signal) : err),
       );
     });
   });

@@ -10,7 +10,8 @@ import { connect, type Socket } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-import { callNative, callNativeSync, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
+import { abortError, callNative, callNativeSync, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
+import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native } from '../../base/native.js';
 import type { ImageSourceHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
@@ -45,6 +46,12 @@ export interface PushProgress {
   wireBytesSent: number;
 }
 
+/**
+ * What a push reports, in order: progress (`done` blocks the receiver holds out of
+ * `total`, with the counters of PushProgress), then `{ type: 'result', result }`.
+ */
+export type PushEvent = ({ type: 'progress'; done: number; total: number } & PushProgress) | ResultEvent<PushResult>;
+
 export interface PushOptions {
   /** The shared token (see `resolveToken`). Without one, only an `--insecure` receiver accepts. */
   token?: string;
@@ -56,7 +63,11 @@ export interface PushOptions {
   repo?: string;
   /** zstd-compress runs when it helps (default true). */
   compress?: boolean;
+  /** Stops the push; it rejects with an AbortError carrying OSFARM_ABORTED (the receiver keeps the blocks it has for a resume). */
   signal?: AbortSignal;
+  /** Progress events (a few per second), then the result; a listener's error is ignored. */
+  onEvent?: (event: PushEvent) => void;
+  /** @deprecated since 0.2: use `onEvent` (its `progress` events carry the same fields); kept for one release. */
   onProgress?: (p: PushProgress) => void;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
@@ -157,7 +168,7 @@ function connectSocket(host: string, port: number, timeoutMs: number, signal?: A
     }, timeoutMs);
     const onAbort = () => {
       socket.destroy();
-      reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled'));
+      reject(abortError(signal, 'the push was cancelled'));
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     socket.once('connect', () => {
@@ -194,7 +205,8 @@ export async function push(image: string, address: string, options: PushOptions 
     throw err;
   }
   const conn = new Connection(socket, { idleTimeoutMs: options.idleTimeoutMs ?? 60_000, maxFrame: DEFAULT_MAX_FRAME, peer: 'receiver' });
-  const onAbort = () => conn.fail(new OsfarmError('OSFARM_ABORTED', 'the sender cancelled the push'));
+  const cancelled = () => abortError(options.signal, 'the sender cancelled the push');
+  const onAbort = () => conn.fail(cancelled());
   options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     // ----- handshake -----
@@ -255,14 +267,13 @@ export async function push(image: string, address: string, options: PushOptions 
     const accept = await conn.next();
     let done: Record<string, unknown>;
     const stats = { digestsSent: 0, digestBytes: 0, blocksSent: 0, rawBytes: 0, encodedBytes: 0, haveBlocks: 0 };
-    const progress = () =>
-      options.onProgress?.({
-        digestsSent: stats.digestsSent,
-        blocksSent: stats.blocksSent,
-        haveBlocks: stats.haveBlocks,
-        blockCount,
-        wireBytesSent: conn.bytesOut,
-      });
+    const emit = eventSink(options.onEvent);
+    const onProgress = eventSink(options.onProgress);
+    const progress = () => {
+      const p: PushProgress = { digestsSent: stats.digestsSent, blocksSent: stats.blocksSent, haveBlocks: stats.haveBlocks, blockCount, wireBytesSent: conn.bytesOut };
+      emit({ type: 'progress', done: p.haveBlocks, total: p.blockCount, ...p });
+      onProgress(p);
+    };
     if (accept.type === FrameType.DONE) {
       done = parseJson(accept.type, accept.payload);
     } else if (accept.type !== FrameType.ACCEPT) {
@@ -293,9 +304,11 @@ export async function push(image: string, address: string, options: PushOptions 
     };
     if (typeof done.name === 'string') result.name = done.name;
     conn.end();
+    emit({ type: 'result', result });
     return result;
   } catch (err) {
-    const e = toOsfarmError(err);
+    // Once the caller aborted, whatever broke (the socket, a pending read) is that abort.
+    const e = options.signal?.aborted ? cancelled() : toOsfarmError(err);
     if (!conn.isClosed) conn.fail(e);
     throw conn.closeError && conn.closeError !== e && e.code === 'OSFARM_IO' ? conn.closeError : e;
   } finally {
@@ -451,7 +464,7 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     void (async () => {
       try {
         for (;;) {
-          const w = await callNative(() => src.next(s.signal));
+          const w = await callNative(() => src.next(s.signal), s.signal);
           if (finished) return;
           if (!w) break;
           if (grouper) {
