@@ -121,23 +121,37 @@ export async function writeDisk(path: string, populated: string, ctx: OutputCont
   const l = diskLayout(firmware, espBytes(kernelBytes), (await stat(populated)).size);
   ctx.log(`osfarm: disk: ${firmware}, kernel ${boot.version}${l.esp ? `, ESP ${l.esp.size / MiB} MiB` : ''}, root ${l.root.size / MiB} MiB, root UUID ${rootUuid}`);
 
+  const times: string[] = [];
+  let t0 = Date.now();
+  const step = (what: string) => {
+    times.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    t0 = Date.now();
+  };
   await rm(path, { force: true });
   const f = await open(path, 'w');
   await f.truncate(l.size);
   await f.close();
   await writeGpt(path, l, ctx);
+  step('GPT');
 
   // The root: the populated file system, then what differs per disk (the same writes on every
   // disk, so disks of one chain keep sharing blocks): fstab and grub.cfg by UUID.
   const files: RootFile[] = [{ path: '/etc/fstab', content: `# written by osfarm: the root file system by its UUID\nUUID=${rootUuid}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n` }];
   if (l.bios) files.push({ path: '/boot/grub/grub.cfg', content: grubConfig(rootUuid, boot, cmdline, ctx.spec.serialConsole) });
   await copyInto(populated, path, l.root.offset, ctx.signal);
+  step('root copied');
   await finishRoot(path, l.root.offset, ctx, { uuid: rootUuid, label: 'root', files });
+  step('root finished');
 
   if (l.esp) {
     const volumeId = derivedUuid(ctx.digest, 'fat volume id').replace(/-/g, '').slice(0, 8);
     await writeEsp(path, { offset: l.esp.offset, size: l.esp.size, volumeId, boot, cmdline }, ctx);
+    step('ESP');
   }
-  if (l.bios) await writeBiosBoot(path, rootUuid, l.bios.offset, l.bios.size, ctx);
+  if (l.bios) {
+    await writeBiosBoot(path, rootUuid, l.bios.offset, l.bios.size, ctx);
+    step('GRUB');
+  }
+  ctx.log(`osfarm: disk: ${times.join(', ')}`);
   return l;
 }

@@ -14,6 +14,7 @@
  * "derived" file): a child's image starts as a copy of its parent's, so an appliance on a
  * cached base applies only its own changes.
  */
+import type { BigIntStats } from 'node:fs';
 import { link, lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -80,14 +81,24 @@ export async function sparseCopy(from: string, to: string, ctx: OutputContext): 
   await tool('copying a file system image', 'cp', ['--reflink=auto', '--sparse=always', '--', from, to], ctx);
 }
 
-/** `sif` lines that set every entry's ctime to the epoch and its atime to its mtime (mke2fs -d copies the host's). */
+/**
+ * `sif` lines that set every entry's ctime to the epoch and its atime to its mtime (mke2fs -d
+ * copies the host's), and an mtime after the epoch to the epoch (a stage's tree is clamped
+ * already; a tree given by hand may not be).
+ */
 async function clampLines(tree: string, epoch: number, ctx: OutputContext): Promise<string[]> {
-  const lines = [`sif "/" ctime @${epoch}`, `sif "/" atime @${mtimeOf(await lstat(tree, { bigint: true }), epoch)}`];
+  const lines: string[] = [];
+  const clamp = (o: string, st: BigIntStats) => {
+    const m = mtimeOf(st, epoch);
+    lines.push(`sif ${o} ctime @${epoch}`, `sif ${o} atime @${m}`);
+    if (st.mtimeNs > BigInt(m) * 1_000_000_000n) lines.push(`sif ${o} mtime @${m}`);
+  };
+  clamp('"/"', await lstat(tree, { bigint: true }));
   let skipped = 0;
   for (const [r, st] of await walkTree(tree, ctx.signal)) {
     const o = quoted(r);
     if (o === null) skipped++;
-    else lines.push(`sif ${o} ctime @${epoch}`, `sif ${o} atime @${mtimeOf(st, epoch)}`);
+    else clamp(o, st);
   }
   if (skipped > 0) ctx.log(`osfarm: ext4: ${skipped} path(s) with double quotes or line breaks keep their build-time ctime`);
   return lines;
@@ -180,8 +191,10 @@ export async function finishRoot(image: string, offset: number, ctx: OutputConte
   const tree = treeOf(ctx);
   const lines: string[] = [];
   const dirs = new Set<string>();
+  const scratch = join(ctx.buildDir, 'rootfs');
+  await mkdir(scratch, { recursive: true });
   for (const [i, f] of opts.files.entries()) {
-    const local = join(ctx.buildDir, 'rootfs', `file-${i}`);
+    const local = join(scratch, `file-${i}`);
     await writeFile(local, f.content, { mode: 0o644 });
     const parent = f.path.slice(0, f.path.lastIndexOf('/')) || '/';
     const exists = async (p: string) => lstat(join(tree, p)).then(() => true, () => false);
