@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-export const BOOT_MARKER = 'OSFARM-BOOT-MARKER';
+import { BOOT_MARKER } from '../../src/spec/distros.js';
+
 
 export interface BootResult {
   /** Seconds from qemu's start to the marker line, or null if it never came. */

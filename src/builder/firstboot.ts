@@ -20,11 +20,8 @@ import type { Chroot } from './chroot.js';
 import { resolveInRoot } from './chroot.js';
 import { buildFailed } from './errors.js';
 import { exists } from '../host/fs.js';
-import { familyOf, type Family } from '../spec/distros.js';
+import { BOOT_MARKER, familyOf, type Family } from '../spec/distros.js';
 import type { BuildSpec } from '../spec/spec.js';
-
-/** The line a booted image prints on its console (/dev/console: the serial port too) once multi-user.target is up. */
-export const BOOT_MARKER = 'OSFARM-BOOT-MARKER';
 
 /** Block and file system drivers virtual machines boot from (qemu/KVM, Xen, Hyper-V, the clouds' NVMe). */
 const VM_MODULES: Record<string, string[]> = {

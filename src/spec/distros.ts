@@ -213,6 +213,15 @@ export const BOOT_FIRMWARES: Partial<Record<Architecture, readonly Firmware[]>> 
   arm64: ['uefi'],
 };
 
+/**
+ * The line a booted image prints on its console once multi-user.target is up (the unit
+ * osfarm-boot-marker.service, docs/disk.md): how a runner sees that a boot finished.
+ */
+export const BOOT_MARKER = 'OSFARM-BOOT-MARKER';
+
+/** The serial console of each architecture's usual virtual machine (qemu -M virt on arm64: the PL011). */
+export const SERIAL_TTY: Record<Architecture, string> = { amd64: 'ttyS0', i386: 'ttyS0', arm64: 'ttyAMA0', armhf: 'ttyAMA0' };
+
 /** The firmware a disk boots with: the spec's, else the architecture's default. */
 export function diskFirmware(firmware: Firmware | null, architecture: Architecture): Firmware {
   return firmware ?? BOOT_FIRMWARES[architecture]?.[0] ?? 'uefi';

@@ -3,7 +3,7 @@ import { lstat, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { OsfarmError } from '../../base/errors.js';
-import type { Architecture } from '../../spec/distros.js';
+import { SERIAL_TTY } from '../../spec/distros.js';
 import type { BuildSpec } from '../../spec/spec.js';
 
 export interface BootFiles {
@@ -47,13 +47,9 @@ export async function findBootFiles(tree: string, spec: BuildSpec): Promise<Boot
   return { version, kernel: `/boot/vmlinuz-${version}`, initrd, title: pretty };
 }
 
-/** The serial console of each architecture's usual virtual machine (qemu's -M virt on arm64: PL011). */
-export const SERIAL_TTY: Partial<Record<Architecture, string>> = { amd64: 'ttyS0', i386: 'ttyS0', arm64: 'ttyAMA0' };
-
 /** The kernel command line: the root by file system UUID, and the console on the serial port too when asked (the last console= is /dev/console). */
 export function kernelCommandLine(rootUuid: string, spec: BuildSpec): string {
   const parts = [`root=UUID=${rootUuid}`, 'ro'];
-  const tty = SERIAL_TTY[spec.architecture];
-  if (spec.serialConsole && tty) parts.push('console=tty0', `console=${tty},115200`);
+  if (spec.serialConsole) parts.push('console=tty0', `console=${SERIAL_TTY[spec.architecture]},115200`);
   return parts.join(' ');
 }
