@@ -2,10 +2,11 @@
 // the layered ext4 root (a parent tree by mke2fs -d, a child's changes applied with debugfs)
 // on small trees made here, read back with debugfs. Needs root (owners) and e2fsprogs.
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { writeDisk } from '../src/builder/outputs/disk.js';
 import { populatedRoot, rootBlocks } from '../src/builder/outputs/rootfs.js';
 import type { OutputContext } from '../src/builder/outputs/context.js';
 import { canonicalSpec, parseSpec, specDigest, specFromObject, specToXml } from '../src/spec/index.js';
@@ -170,5 +171,34 @@ test('layered ext4: a child stage applied to the parent\'s file system equals th
     const b = stat(layered, p);
     t.is(b.inode, a.inode, `${p} inode`);
     t.is(b.blocks, a.blocks, `${p} blocks`);
+  }
+});
+
+test('each firmware gets its partitions: hybrid BIOS boot + ESP + root, uefi ESP + root, bios BIOS boot + root', async (t) => {
+  const dir = tempDir(t, 'osfarm-disk-fw-');
+  // A tree with a stand-in kernel and initramfs (the layout is checked here, booting in disk.spec.ts).
+  const tree = join(dir, 'tree');
+  mkdirSync(join(tree, 'boot'), { recursive: true });
+  mkdirSync(join(tree, 'etc'), { recursive: true });
+  writeFileSync(join(tree, 'boot/vmlinuz-6.1.0-1-amd64'), pseudoRandom(3 << 20, 3));
+  writeFileSync(join(tree, 'boot/initrd.img-6.1.0-1-amd64'), pseudoRandom(1 << 20, 4));
+  writeFileSync(join(tree, 'etc/os-release'), 'PRETTY_NAME="Test Linux"\n');
+  const expected: Record<string, string[]> = { hybrid: ['bios', 'esp', 'root'], uefi: ['esp', 'root'], bios: ['bios', 'root'] };
+  for (const firmware of ['hybrid', 'uefi', 'bios'] as const) {
+    const build = join(dir, firmware);
+    mkdirSync(build);
+    const ctx: OutputContext = { ...ctxFor(build, [tree]), spec: specFromObject({ ...base, kernel: true, firmware, outputs: ['disk'] }) };
+    const disk = join(dir, `${firmware}.img`);
+    await writeDisk(disk, await populatedRoot(ctx, await rootBlocks(tree)), ctx);
+    const parts = JSON.parse(execFileSync('sfdisk', ['--json', disk], { encoding: 'utf8' })).partitiontable.partitions;
+    t.deepEqual(parts.map((p: { name: string }) => p.name), expected[firmware], firmware);
+    const mbr = execFileSync('dd', [`if=${disk}`, 'bs=512', 'count=1', 'status=none']);
+    // GRUB's boot code in the MBR only where there is a BIOS boot partition.
+    t.is(mbr.subarray(0, 0x1b8).some((b) => b !== 0), firmware !== 'uefi', `${firmware}: MBR boot code`);
+    const root = parts.at(-1);
+    const rootArg = `${disk}?offset=${root.start * 512}`;
+    const grub = spawnSync('debugfs', ['-R', 'cat /boot/grub/grub.cfg', rootArg], { encoding: 'utf8' }).stdout;
+    t.is(grub.includes('menuentry "Test Linux (6.1.0-1-amd64)"'), firmware !== 'uefi', `${firmware}: grub.cfg`);
+    execFileSync('e2fsck', ['-fn', rootArg], { stdio: 'ignore' });
   }
 });
