@@ -13,7 +13,7 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 
 import { defaultWorkDir, repositoryPath } from '../base/env.js';
-import { invalidArgument, OsfarmError, throwIfAborted } from '../base/errors.js';
+import { abortError, invalidArgument, OsfarmError, throwIfAborted } from '../base/errors.js';
 import { buildMeta, openIfExists } from '../images/lookup.js';
 import { type Architecture, hostArchitecture } from '../spec/distros.js';
 import { Console } from './console.js';
@@ -24,8 +24,8 @@ import { createOverlay, describeExit, type QemuExit, qemuArgs, type QemuPlan, Qe
 import { type ExecResult, sshArgs, sshExec } from './ssh.js';
 
 export interface BootOptions {
-  /** The repository an image name or digest is looked up in (default $OSFARM_REPO or ./osfarm-repo). */
-  repoPath?: string;
+  /** The repository (its directory) an image name or digest is looked up in (default $OSFARM_REPO, else ./osfarm-repo). */
+  repo?: string;
   /** The guest's architecture when neither the repository nor the disk says (default: this host's). */
   arch?: Architecture;
   /** Default: the image's own (its spec's firmware; hybrid boots UEFI), else UEFI when the disk has an EFI system partition, else BIOS. */
@@ -107,7 +107,7 @@ async function resolveImage(image: string, o: BootOptions): Promise<Resolved> {
     const path = resolve(image);
     return { label: image, source: { kind: 'file', location: path, format: await sniffFile(path) } };
   }
-  const repoPath = repositoryPath(o.repoPath);
+  const repoPath = repositoryPath(o.repo);
   const repo = openIfExists(repoPath);
   if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `no file ${image}, and no repository at ${repoPath} to look it up in (give --repo or $OSFARM_REPO)`);
   const entry = repo.resolve(image);
@@ -257,7 +257,7 @@ export class VmHandle implements AsyncDisposable {
       void run.exited.then((e) => done(() => reject(this.failure(`qemu ended (${describeExit(e)}) before a console line matched ${re}`))));
       void run.kvmFailed.then((line) => done(() => reject(this.failure(`KVM cannot run this guest (${line}): boot with --accel tcg`))));
       if (opts.signal) {
-        const onAbort = () => done(() => reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled')));
+        const onAbort = () => done(() => reject(abortError(opts.signal, 'waiting for the console was cancelled')));
         if (opts.signal.aborted) return onAbort();
         opts.signal.addEventListener('abort', onAbort, { once: true });
         cleanups.push(() => opts.signal!.removeEventListener('abort', onAbort));

@@ -5,7 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { OsfarmError } from '../base/errors.js';
+import { abortError, OsfarmError } from '../base/errors.js';
 import { run } from '../host/process.js';
 
 export interface SshTarget {
@@ -70,7 +70,7 @@ export async function sshExec(t: SshTarget, command: string, opts: { timeoutMs: 
     last = r.stderr.trim() || last;
     if (Date.now() + 1000 >= deadline) break;
     await sleep(1000, undefined, { signal: opts.signal }).catch(() => {});
-    if (opts.signal?.aborted) throw new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
+    if (opts.signal?.aborted) throw abortError(opts.signal);
   }
   throw new OsfarmError('OSFARM_BOOT_FAILED', `ssh to the guest (127.0.0.1:${t.port}) did not answer within ${Math.round(opts.timeoutMs / 1000)} s${last ? `: ${last}` : ''}`);
 }

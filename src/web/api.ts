@@ -391,7 +391,7 @@ export class Api {
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
-      ...bootRoutes({ queue: this.boots, repoPath: this.o.repoPath, workDir: this.o.workDir, image: (ref) => this.image(ref) }),
+      ...bootRoutes({ queue: this.boots, repo: this.o.repo, workDir: this.o.workDir, image: (ref) => this.image(ref) }),
     ];
   }
 }

@@ -3,7 +3,7 @@
  * one VM at a time, CPU is what a VM takes), the guest's console lines are the job's `log`
  * events, and cancelling the job stops the VM.
  */
-import { invalidArgument, OsfarmError } from '../base/errors.js';
+import { abortError, invalidArgument, OsfarmError } from '../base/errors.js';
 import { boot, describeExit, parseAccel, parseFirmware, sniffFile } from '../boot/index.js';
 import type { ImageEntry } from '../repo/index.js';
 import { optField, readJson, type Route, sendJson } from './http.js';
@@ -11,7 +11,7 @@ import type { JobQueue } from './jobs.js';
 
 export interface BootRoutesOptions {
   queue: JobQueue;
-  repoPath: string;
+  repo: string;
   workDir: string;
   image(ref: string): ImageEntry;
 }
@@ -51,7 +51,7 @@ export function bootRoutes(o: BootRoutesOptions): BootRoute[] {
         const accel = optField(body, 'accel');
         if (body.kernelBoot !== undefined && typeof body.kernelBoot !== 'boolean') throw invalidArgument('kernelBoot must be true or false');
         const options = {
-          repoPath: o.repoPath,
+          repo: o.repo,
           workDir: o.workDir,
           firmware: fw === undefined ? undefined : parseFirmware(fw),
           accel: accel === undefined ? undefined : parseAccel(accel),
@@ -75,7 +75,7 @@ export function bootRoutes(o: BootRoutesOptions): BootRoute[] {
             const exit = await vm.exited;
             clearTimeout(timer);
             off();
-            if (signal.aborted) throw new OsfarmError('OSFARM_ABORTED', 'the VM was stopped');
+            if (signal.aborted) throw abortError(signal, 'the VM was stopped');
             if (!exit.stopped && exit.code !== 0) throw new OsfarmError('OSFARM_BOOT_FAILED', `qemu ended (${describeExit(exit)}): ${vm.lastLines(3).join(' | ')}`);
             return { image: entry.digest, arch: i.arch, mode: i.mode, accel: i.accel, sshPort: i.sshPort, warnings: i.warnings, exit, seconds: Math.round((Date.now() - started) / 1000) };
           } finally {

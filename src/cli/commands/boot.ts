@@ -55,7 +55,7 @@ const command: Command<BootResult> = {
     }
     const started = Date.now();
     const vm = await boot(args.positionals[0]!, {
-      repoPath: ctx.repoPath,
+      repo: ctx.repoPath,
       memoryMiB: memoryMiB(str(args, 'memory')),
       cpus: wholeNumber(args, 'cpus', 1),
       sshPort: wholeNumber(args, 'ssh-port', 1),
