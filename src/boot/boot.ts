@@ -217,6 +217,12 @@ export class VmHandle implements AsyncDisposable {
     this.run.write(data);
   }
 
+  /** The caller's signal for one call together with the boot's own: either ends the wait. */
+  private signalFor(own?: AbortSignal): AbortSignal | undefined {
+    const boot = this.options.signal;
+    return own && boot ? AbortSignal.any([own, boot]) : (own ?? boot);
+  }
+
   /** A failed boot, with what the console and qemu said. */
   private failure(what: string): OsfarmError {
     const silent = this.run.bytes === 0;
@@ -256,11 +262,12 @@ export class VmHandle implements AsyncDisposable {
       cleanups.push(() => clearTimeout(timer));
       void run.exited.then((e) => done(() => reject(this.failure(`qemu ended (${describeExit(e)}) before a console line matched ${re}`))));
       void run.kvmFailed.then((line) => done(() => reject(this.failure(`KVM cannot run this guest (${line}): boot with --accel tcg`))));
-      if (opts.signal) {
-        const onAbort = () => done(() => reject(abortError(opts.signal, 'waiting for the console was cancelled')));
-        if (opts.signal.aborted) return onAbort();
-        opts.signal.addEventListener('abort', onAbort, { once: true });
-        cleanups.push(() => opts.signal!.removeEventListener('abort', onAbort));
+      const signal = this.signalFor(opts.signal);
+      if (signal) {
+        const onAbort = () => done(() => reject(abortError(signal, 'waiting for the console was cancelled')));
+        if (signal.aborted) return onAbort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        cleanups.push(() => signal.removeEventListener('abort', onAbort));
       }
     });
   }
@@ -277,11 +284,13 @@ export class VmHandle implements AsyncDisposable {
   async exec(command: string, opts: { user?: string; key?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExecResult> {
     const ended = new AbortController();
     void this.run.exited.then(() => ended.abort());
-    const signal = opts.signal ? AbortSignal.any([opts.signal, ended.signal]) : ended.signal;
+    const caller = this.signalFor(opts.signal);
+    const signal = caller ? AbortSignal.any([caller, ended.signal]) : ended.signal;
     try {
       return await sshExec({ port: this.info.sshPort, user: opts.user ?? this.options.sshUser, key: opts.key ?? this.options.sshKey }, command, { timeoutMs: opts.timeoutMs ?? 120_000, signal });
     } catch (err) {
-      if (ended.signal.aborted && !opts.signal?.aborted) throw this.failure(`qemu ended (${describeExit(await this.run.exited)}) while running ${JSON.stringify(command)} over SSH`);
+      if (caller?.aborted) throw abortError(caller, `running ${JSON.stringify(command)} over SSH was cancelled`);
+      if (ended.signal.aborted) throw this.failure(`qemu ended (${describeExit(await this.run.exited)}) while running ${JSON.stringify(command)} over SSH`);
       throw err;
     }
   }

@@ -10,6 +10,7 @@ import { StringDecoder } from 'node:string_decoder';
 const KEEP_LINES = 20_000;
 
 // CSI sequences (colours, cursor moves), other two-byte escapes, and control characters but tab.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is what it is for
 const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]/g;
 
 export function cleanLine(raw: string): string {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { OsfarmError } from '../base/errors.js';
 import { haveTool, run, runChecked, SYSTEM_PATH } from '../host/process.js';
 import { type DiskLayout, type DiskSource, extractRange, readRange } from './disk.js';
+import { SERIAL_TTY } from '../spec/distros.js';
 import type { Machine } from './machine.js';
 
 export interface KernelBoot {
@@ -130,6 +131,7 @@ export async function kernelBoot(image: string, src: DiskSource, layout: DiskLay
   }
   cmdline ??= `root=UUID=${extUuid(sb)} ro`;
   if (!/(^|\s)root=/.test(cmdline)) cmdline = `root=UUID=${extUuid(sb)} ${cmdline}`;
-  if (!new RegExp(`(^|\\s)console=${m.serial}\\b`).test(cmdline)) cmdline = `${cmdline} console=${m.serial},115200`;
+  const tty = SERIAL_TTY[m.arch];
+  if (!new RegExp(`(^|\\s)console=${tty}\\b`).test(cmdline)) cmdline = `${cmdline} console=${tty},115200`;
   return { version, kernel, initrd, cmdline, cmdlineFrom };
 }

@@ -1,6 +1,6 @@
 /**
  * What qemu needs per guest architecture: the emulator and its Debian package, the machine
- * and CPU, the serial console's name, and where the UEFI firmware lives. docs/boot.md has
+ * and CPU, and where the UEFI firmware lives. docs/boot.md has
  * the same table in prose.
  */
 import { access, constants } from 'node:fs/promises';
@@ -35,8 +35,6 @@ export interface Machine {
   machine: string[];
   /** The CPU under TCG; undefined = qemu's default. Under KVM it is always `host`. */
   tcgCpu?: string;
-  /** The kernel's name for the first serial port (what `console=` names). */
-  serial: string;
   /** Boots through a PC BIOS (SeaBIOS, part of qemu-system-x86). */
   bios: boolean;
   uefi?: UefiFirmware;
@@ -46,21 +44,21 @@ export interface Machine {
 
 export const MACHINES: Record<Architecture, Machine> = {
   amd64: {
-    arch: 'amd64', qemu: 'qemu-system-x86_64', package: 'qemu-system-x86', machine: [], serial: 'ttyS0', bios: true,
+    arch: 'amd64', qemu: 'qemu-system-x86_64', package: 'qemu-system-x86', machine: [], bios: true,
     uefi: { pairs: [['OVMF_CODE_4M.fd', 'OVMF_VARS_4M.fd'], ['OVMF_CODE.fd', 'OVMF_VARS.fd']], dirs: ['/usr/share/OVMF'], package: 'ovmf' },
     kvmHosts: ['amd64'],
   },
   i386: {
-    arch: 'i386', qemu: 'qemu-system-i386', package: 'qemu-system-x86', machine: [], serial: 'ttyS0', bios: true,
+    arch: 'i386', qemu: 'qemu-system-i386', package: 'qemu-system-x86', machine: [], bios: true,
     kvmHosts: ['amd64'],
   },
   arm64: {
-    arch: 'arm64', qemu: 'qemu-system-aarch64', package: 'qemu-system-arm', machine: ['-M', 'virt'], tcgCpu: 'cortex-a57', serial: 'ttyAMA0', bios: false,
+    arch: 'arm64', qemu: 'qemu-system-aarch64', package: 'qemu-system-arm', machine: ['-M', 'virt'], tcgCpu: 'cortex-a57', bios: false,
     uefi: { pairs: [['AAVMF_CODE.fd', 'AAVMF_VARS.fd']], dirs: ['/usr/share/AAVMF'], package: 'qemu-efi-aarch64' },
     kvmHosts: ['arm64'],
   },
   armhf: {
-    arch: 'armhf', qemu: 'qemu-system-arm', package: 'qemu-system-arm', machine: ['-M', 'virt'], tcgCpu: 'cortex-a15', serial: 'ttyAMA0', bios: false,
+    arch: 'armhf', qemu: 'qemu-system-arm', package: 'qemu-system-arm', machine: ['-M', 'virt'], tcgCpu: 'cortex-a15', bios: false,
     uefi: { pairs: [['AAVMF32_CODE.fd', 'AAVMF32_VARS.fd']], dirs: ['/usr/share/AAVMF'], package: 'qemu-efi-arm' },
     kvmHosts: [],
   },
