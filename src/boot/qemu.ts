@@ -54,7 +54,7 @@ export function qemuArgs(p: QemuPlan): string[] {
     '-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console',
     ...firmware,
     '-drive', `file=${p.overlay.replaceAll(',', ',,')},format=qcow2,if=virtio,discard=unmap`,
-    // No option ROM on the NIC: a disk the firmware cannot boot fails, rather than netbooting.
+    // No option ROM on the NIC: a disk the firmware cannot boot ends in the firmware's own messages, not in iPXE's.
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${p.sshPort}-:22`, '-device', 'virtio-net-pci,netdev=net0,romfile=',
     // Entropy for the guest's first boot (SSH host keys) without waiting for the CPU jitter.
     '-device', 'virtio-rng-pci',
