@@ -18,7 +18,7 @@ use crate::error::{Code, Error, Result};
 use crate::progress::{self, Progress};
 
 use super::paths;
-use super::writer::{AlignedWriter, Entry, Kind, PaxRecords};
+use super::writer::{AlignedWriter, Entry, Kind, Output, PaxRecords};
 use super::{read_up_to, InputKind, COPY_BUFFER};
 
 /// Largest pax or GNU long-name header accepted (xattrs included).
@@ -58,7 +58,7 @@ pub fn sniff(head: &[u8]) -> Result<InputKind> {
 
 /// Re-emits the entries of the tar or tar.gz at `input` into `w`; returns the bytes of
 /// the file read (all of it).
-pub fn pack_tar<W: std::io::Write>(
+pub fn pack_tar<W: Output>(
     input: &Path,
     kind: InputKind,
     w: &mut AlignedWriter<W>,
@@ -69,20 +69,29 @@ pub fn pack_tar<W: std::io::Write>(
     progress.start(len);
     let consumed = Cell::new(0u64);
     let counted = BufReader::with_capacity(COPY_BUFFER, Counting { file, progress, consumed: &consumed });
+    read_tar(counted, kind, input, w, progress)?;
+    Ok(consumed.get())
+}
+
+/// Re-emits the entries of a tar or tar.gz stream (`name` is what messages call it).
+pub(crate) fn read_tar<W: Output>(
+    input: impl io::BufRead,
+    kind: InputKind,
+    name: &Path,
+    w: &mut AlignedWriter<W>,
+    progress: &dyn Progress,
+) -> Result<()> {
     let reader: Box<dyn Read + '_> = match kind {
-        InputKind::TarGz => {
-            Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(counted)))
-        }
-        _ => Box::new(counted),
+        InputKind::TarGz => Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(input))),
+        _ => Box::new(input),
     };
-    let mut r = TarInput { r: reader, pos: 0, gz: kind == InputKind::TarGz, path: input };
+    let mut r = TarInput { r: reader, pos: 0, gz: kind == InputKind::TarGz, path: name };
     read_entries(&mut r, w, progress)?;
     // Read to the end: trailing zero records, and for gzip the CRC and length trailer,
     // which is how a cut-off stream is noticed.
     let mut sink = vec![0u8; 64 << 10];
     while r.read(&mut sink)? > 0 {}
-    drop(r);
-    Ok(consumed.get())
+    Ok(())
 }
 
 /// Pending extended-header state for the next real entry.
@@ -100,7 +109,7 @@ impl Pending {
     }
 }
 
-fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<()> {
+fn read_entries<W: Output>(r: &mut TarInput, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<()> {
     let mut global: PaxRecords = Vec::new();
     let mut pending = Pending::default();
     // Paths stored so far that are not directories (hard-link targets) and symlinks.
