@@ -1,10 +1,10 @@
 /**
  * `osfarm pack` and what expands (issue 17): a sparse file is packed by its data, into an
  * archive whose zero blocks are holes (a 20 GiB sparse disk image used to give a tar with
- * 20 GiB allocated, in 133 s), and `--max-size` refuses a decompression bomb before the
- * disk fills, leaving nothing.
+ * 20 GiB allocated, in 133 s), also as a `tar -S` member, and `--max-size` refuses a
+ * decompression bomb before the disk fills, leaving nothing.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -35,7 +35,21 @@ function readAt(path: string, at: number, length: number): Buffer {
   return b;
 }
 
-test('a 20 GiB sparse file packs by its data into a tar of holes that GNU tar reads', (t) => {
+/** Checks that `out` holds the 20 GiB `parts` file as ./disk.img, as GNU tar sees it, with holes. */
+function checkArchive(t: ExecutionContext, out: string, size: number, parts: Array<[number, Buffer]>): void {
+  t.true(allocated(out) < 16 * MiB, `${allocated(out)} bytes allocated for a ${statSync(out).size}-byte archive`);
+  // GNU tar lists it at its size; its data lies at the block the member header announces.
+  const listing = sh('tar', ['-tvR', '-f', out]);
+  const line = listing.split('\n').find((l) => l.endsWith(' ./disk.img'));
+  t.truthy(line, listing);
+  t.regex(line!, new RegExp(` ${size} `));
+  const data = (Number(/^block (\d+):/.exec(line!)![1]) + 1) * 512;
+  t.is(data % 4096, 0, 'aligned');
+  for (const [at, bytes] of parts) t.true(readAt(out, data + at, bytes.length).equals(bytes), `data at ${at}`);
+  t.true(readAt(out, data + 5 * GiB, MiB).equals(Buffer.alloc(MiB)), 'a hole reads as zeros');
+}
+
+test('a 20 GiB sparse file packs by its data into a tar of holes that GNU tar reads, from a directory or tar -S', (t) => {
   const dir = tempDir(t, 'osfarm-fuzz-sparse-');
   const tree = join(dir, 'tree');
   mkdirSync(tree);
@@ -52,17 +66,17 @@ test('a 20 GiB sparse file packs by its data into a tar of holes that GNU tar re
   t.is(r.status, 0, r.stderr);
   t.is(r.result.fileBytes, size);
   t.is(statSync(out).size, r.result.outputSize);
-  t.true(allocated(out) < 16 * MiB, `${allocated(out)} bytes allocated for a ${r.result.outputSize}-byte archive`);
+  checkArchive(t, out, size, parts);
 
-  // GNU tar lists it at its size; its data lies at the block the member header announces.
-  const listing = sh('tar', ['-tvR', '-f', out]);
-  const line = listing.split('\n').find((l) => l.endsWith(' ./disk.img'));
-  t.truthy(line, listing);
-  t.regex(line!, new RegExp(` ${size} `));
-  const data = (Number(/^block (\d+):/.exec(line!)![1]) + 1) * 512;
-  t.is(data % 4096, 0, 'aligned');
-  for (const [at, bytes] of parts) t.true(readAt(out, data + at, bytes.length).equals(bytes), `data at ${at}`);
-  t.true(readAt(out, data + 5 * GiB, MiB).equals(Buffer.alloc(MiB)), 'a hole reads as zeros');
+  // The same file as a sparse member of a tar.gz (GNU tar -S, pax format 1.0).
+  const gz = join(dir, 'disk.tar.gz');
+  sh('tar', ['-S', '--format=pax', '-czf', gz, '-C', tree, 'disk.img']);
+  t.true(statSync(gz).size < 4 * MiB);
+  const out2 = join(dir, 'out2.tar');
+  const r2 = cliJson(['pack', gz, '-o', out2]);
+  t.is(r2.status, 0, r2.stderr);
+  t.is(r2.result.fileBytes, size);
+  checkArchive(t, out2, size, parts);
 });
 
 test('a smaller sparse file round-trips through GNU tar byte for byte', (t) => {

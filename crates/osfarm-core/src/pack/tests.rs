@@ -594,3 +594,97 @@ fn a_size_limit_refuses_a_gzip_bomb_before_writing() {
     assert_eq!(pack(&input, &outdir.join("z.tar"), &short, &Silent).unwrap_err().code, Code::InvalidArgument);
     assert!(!outdir.join("z.tar").exists());
 }
+
+#[test]
+fn sparse_members_of_gnu_tar_are_packed_with_their_holes() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    // Eight extents, at the start and unaligned ones after (more than the four a GNU 'S'
+    // header holds: extension records follow it), and a trailing hole.
+    let sparse = root.join("disk.img");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&content(10_000, 1), 0).unwrap();
+    for k in 1..8u64 {
+        f.write_all_at(&content(300 * k as usize, k as u8), k * (7 << 20) + 77).unwrap();
+    }
+    drop(f);
+    let want = fs::read(&sparse).unwrap();
+    for (format, extra) in [("gnu", None), ("pax", Some("0.0")), ("pax", Some("0.1")), ("pax", Some("1.0"))] {
+        let archive = dir.path().join(format!("in-{format}-{}.tar", extra.unwrap_or("")));
+        let mut cmd = std::process::Command::new("tar");
+        cmd.arg(format!("--format={format}")).arg("-S");
+        if let Some(v) = extra {
+            cmd.arg(format!("--sparse-version={v}"));
+        }
+        let st = cmd.arg("-cf").arg(&archive).arg("-C").arg(&root).arg("disk.img").status().unwrap();
+        assert!(st.success());
+        assert!(fs::metadata(&archive).unwrap().len() < 1 << 20, "GNU tar wrote a sparse member");
+        let out = dir.path().join(format!("out-{format}-{}.tar", extra.unwrap_or("")));
+        let stats = pack(&archive, &out, &opts(4096), &Silent).unwrap();
+        assert_eq!(stats.file_bytes, 64 << 20, "{format} {extra:?}");
+        assert!(allocated(&out) < 1 << 20, "{format} {extra:?}: {} bytes allocated", allocated(&out));
+        let items = read_back(&fs::read(&out).unwrap());
+        let item = items.iter().find(|i| i.name == b"./disk.img").expect("the file, under its real name");
+        assert!(item.data == want, "{format} {extra:?}: contents differ");
+        assert!(item.pax.iter().all(|(k, _)| !k.starts_with("GNU.sparse")), "an ordinary entry");
+    }
+}
+
+#[test]
+fn lying_sparse_maps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sparse_tar = |records: &[(&[u8], &[u8])], data: &[u8]| {
+        let mut pax = Vec::new();
+        for (k, v) in records {
+            super::writer::push_record(&mut pax, k, v);
+        }
+        raw_tar(&[(b"./PaxHeaders/x", b'x', b"", &pax), (b"./x", b'0', b"", data)])
+    };
+    let ok = sparse_tar(&[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000,2")], b"abcde");
+    let input = d.join("ok.tar");
+    fs::write(&input, &ok).unwrap();
+    let out = d.join("ok.out");
+    pack(&input, &out, &opts(4096), &Silent).unwrap();
+    let item = read_back(&fs::read(&out).unwrap()).into_iter().find(|i| i.name == b"./x").unwrap();
+    let mut want = vec![0u8; 10000];
+    want[..3].copy_from_slice(b"abc");
+    want[5000..5002].copy_from_slice(b"de");
+    assert!(item.data == want);
+
+    for (name, records, data, what) in [
+        (
+            "overlap",
+            &[(&b"GNU.sparse.size"[..], &b"10000"[..]), (b"GNU.sparse.map", b"0,3,2,2")][..],
+            &b"abcde"[..],
+            "out of order",
+        ),
+        (
+            "past-end",
+            &[(b"GNU.sparse.size", b"100"), (b"GNU.sparse.map", b"0,3,99,2")],
+            b"abcde",
+            "past the file's end",
+        ),
+        ("short-data", &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000,9")], b"abcde", "stores 5"),
+        ("odd-map", &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000")], b"abcde", "number of extents"),
+        (
+            "count",
+            &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.numblocks", b"3"), (b"GNU.sparse.map", b"0,5")],
+            b"abcde",
+            "number of extents",
+        ),
+        ("no-size", &[(b"GNU.sparse.map", b"0,5")], b"abcde", "real size"),
+        ("version", &[(b"GNU.sparse.major", b"2"), (b"GNU.sparse.realsize", b"5")], b"abcde", "format 2"),
+        (
+            "map-runs-on",
+            &[(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"5")],
+            &[b'7'; 600][..],
+            "malformed number",
+        ),
+    ] {
+        assert_refused(d, name, &sparse_tar(records, data), what);
+    }
+}
