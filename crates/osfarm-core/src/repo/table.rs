@@ -360,9 +360,9 @@ impl BlockTable {
         BlockTable::checked(entries, expected)
     }
 
-    /// The table of `entries` if they agree with the header: checksum, entries in use, and
-    /// a load of at most 0.75 (a full table would make the probe for an absent digest
-    /// loop forever).
+    /// The table of `entries` if they agree with the header: checksum, entries in use, a
+    /// load of at most 0.75 (a full table would make the probe for an absent digest loop
+    /// forever), and every entry where a probe finds it.
     fn checked(entries: Vec<Entry>, header: &TableHeader) -> std::result::Result<BlockTable, String> {
         let t = BlockTable { entries, used: header.used as usize };
         if t.checksum() != header.checksum {
@@ -375,7 +375,36 @@ impl BlockTable {
         if used * MAX_LOAD.1 > t.entries.len() * MAX_LOAD.0 {
             return Err(format!("{used} of {} entries in use, more than the table ever holds", t.entries.len()));
         }
+        t.check_reachable()?;
         Ok(t)
+    }
+
+    /// Every entry must lie in the run of non-empty entries that holds its home position,
+    /// at or after it: otherwise a lookup stops at an empty entry before reaching it, and the
+    /// digest would be added a second time. One pass, from just after an empty entry (there
+    /// is one: the load is at most 0.75), so that no run wraps around.
+    fn check_reachable(&self) -> std::result::Result<(), String> {
+        let n = self.entries.len();
+        let Some(empty) = self.entries.iter().position(Entry::is_empty) else { return Ok(()) };
+        // Positions counted from just after that empty entry.
+        let rotated = |i: usize| (i + n - empty - 1) % n;
+        let mut run_start = 0;
+        for p in 0..n {
+            let i = (empty + 1 + p) % n;
+            let e = &self.entries[i];
+            if e.is_empty() {
+                run_start = p + 1;
+                continue;
+            }
+            let home = rotated(self.home(e.prefix()));
+            if home < run_start || home > p {
+                return Err(format!(
+                    "entry {i} lies where no lookup from its home position {} reaches",
+                    self.home(e.prefix())
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -580,6 +609,38 @@ mod tests {
         let mut bytes = Vec::new();
         let h = t.write_to(&mut bytes, 1).unwrap();
         assert_eq!(BlockTable::decode(&bytes, &h).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_entry_no_lookup_reaches_is_refused() {
+        // Homes of these prefixes in 8 entries: 2 and 2 (a cluster at 2, 3), then 6.
+        let (a, b, c) = (2u64 << 61 | 1, 2u64 << 61 | 2, 6u64 << 61);
+        let mut entries = vec![Entry::default(); 8];
+        entries[2] = Entry::new(a, 0, 0);
+        entries[3] = Entry::new(b, 0, 1);
+        entries[6] = Entry::new(c, 0, 2);
+        let table = |entries: &[Entry]| {
+            let t = BlockTable { entries: entries.to_vec(), used: 3 };
+            let mut bytes = Vec::new();
+            let h = t.write_to(&mut bytes, 1).unwrap();
+            BlockTable::decode(&bytes, &h)
+        };
+        assert!(table(&entries).is_ok());
+        // The same entries with a hole in the cluster: b sits past an empty entry.
+        let mut broken = entries.clone();
+        broken.swap(3, 4);
+        let err = table(&broken).unwrap_err();
+        assert!(err.contains("entry 4 lies where no lookup"), "{err}");
+        // And one before its home.
+        let mut before = entries.clone();
+        before.swap(6, 5);
+        assert!(table(&before).unwrap_err().contains("entry 5"));
+        // A run that wraps around the end is fine.
+        let mut wrap = vec![Entry::default(); 8];
+        wrap[7] = Entry::new(7u64 << 61, 0, 0);
+        wrap[0] = Entry::new(7u64 << 61 | 1, 0, 1);
+        wrap[1] = Entry::new(1, 0, 2);
+        assert!(table(&wrap).is_ok());
     }
 
     #[test]
