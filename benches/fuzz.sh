@@ -48,13 +48,18 @@ update_corpus() {
   local t=$1 stored=$fuzz_dir/corpus/$1 scratch
   scratch=$(mktemp -d "$work/update-$t.XXXX")
   mkdir -p "$scratch/keep" "$scratch/old" "$work/corpus/$t"
+  : >"$work/$t-update.log"
   copy_named "$t" "$scratch/keep"
   find "$stored" -maxdepth 1 -type f -name 'cov-*' -exec cp -t "$scratch/old" {} +
-  # A greedy set cover over edges (no hit counts): the named inputs count as chosen, then
-  # the input reaching the most edges not yet reached is taken, and so on. It writes the
-  # inputs it takes into keep/ under their SHA-1.
-  nice "$bin/$t" -set_cover_merge=1 -use_counters=0 "$scratch/keep" "$scratch/old" "$work/corpus/$t" \
-    >"$work/$t-update.log" 2>&1 || { tail -5 "$work/$t-update.log" >&2; rm -rf "$scratch"; return 1; }
+  # A greedy set cover over edges (no hit counts): the inputs in keep/ count as chosen, then
+  # the input reaching the most edges not yet reached is taken, and so on; it writes them
+  # into keep/ under their SHA-1. The cov-* inputs stored before go first, so that an update
+  # only adds what reaches new code and the repository does not churn.
+  local from
+  for from in "$scratch/old" "$work/corpus/$t"; do
+    nice "$bin/$t" -set_cover_merge=1 -use_counters=0 "$scratch/keep" "$from" >>"$work/$t-update.log" 2>&1 ||
+      { tail -5 "$work/$t-update.log" >&2; rm -rf "$scratch"; return 1; }
+  done
   find "$stored" -maxdepth 1 -type f -name 'cov-*' -delete
   local f name
   for f in "$scratch/keep"/*; do
