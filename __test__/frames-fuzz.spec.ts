@@ -1,5 +1,5 @@
 /**
- * Fuzzing of the push protocol's frame decoder (src/transfer/frames.ts), the TypeScript
+ * Fuzzing of the push protocol's frame decoder (src/transfer/push/frames.ts), the TypeScript
  * part of the parsers fuzzed for issue 17 (the Rust ones are in crates/osfarm-core/src/fuzz/).
  * The corpus in fixtures/fuzz-frames/ holds byte streams as peers send them; the test
  * decodes each, then random mutations of them for a bounded time, from a seed that changes
@@ -26,8 +26,8 @@ import {
   parseJson,
   parseRequest,
   type Frame,
-} from '../src/transfer/frames.js';
-import { OsfarmError } from '../src/errors.js';
+} from '../src/transfer/push/frames.js';
+import { OsfarmError } from '../src/base/errors.js';
 
 const CORPUS = fileURLToPath(new URL('./fixtures/fuzz-frames/', import.meta.url));
 const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
