@@ -11,6 +11,9 @@ import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
+import { indexImageSync } from '../src/blocks/index.js';
+import type { OsfarmError } from '../src/base/errors.js';
+import { Repository } from '../src/repo/index.js';
 import { pseudoRandom, sh, tempDir } from './helpers/tmp.js';
 
 const CLI = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
@@ -57,6 +60,23 @@ for (const [name, args] of commands) {
     t.is(list.status, 0);
   });
 }
+
+test('Repository.assemble refuses a FIFO and a character device as the source of missing blocks', async (t) => {
+  const dir = tempDir(t, 'osfarm-fuzz-paths-');
+  const image = join(dir, 'a.img');
+  writeFileSync(image, pseudoRandom(3 * 4096, 3));
+  indexImageSync(image, { output: join(dir, 'a.osfi') });
+  const repo = Repository.init(join(dir, 'repo'));
+  for (const [kind, special] of Object.entries(specialFiles(dir))) {
+    // The open of a FIFO used to block a worker thread forever: the promise never settled.
+    const hang = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('hung for 30 s')), 30_000).unref());
+    const err = await t.throwsAsync(Promise.race([repo.assemble(join(dir, 'a.osfi'), { from: special }), hang]));
+    t.is((err as OsfarmError).code, 'OSFARM_INVALID_ARGUMENT', `${kind}: ${err?.message}`);
+    t.regex(err?.message ?? '', /not a regular file/, kind);
+  }
+  t.deepEqual(repo.list(), []);
+  t.deepEqual(readdirSync(join(dir, 'repo', 'tmp')), [], 'no partial left');
+});
 
 test('an out-of-range block size is refused, not wrapped to 1661992960', (t) => {
   const dir = tempDir(t, 'osfarm-fuzz-paths-');
