@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod hash;
 pub mod index;
 pub mod indexer;
+pub mod lock;
 pub mod nbd;
 pub mod pack;
 pub mod progress;

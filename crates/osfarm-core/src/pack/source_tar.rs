@@ -576,7 +576,7 @@ fn pax_sparse(records: &PaxRecords) -> std::result::Result<Option<Sparse>, Strin
         Some(1) => s.map = None,
         Some(m) => return Err(format!("sparse format {m} is not supported")),
         None => {
-            if pairs.len() % 2 != 0 || count.is_some_and(|c| c != pairs.len() as u64 / 2) {
+            if !pairs.len().is_multiple_of(2) || count.is_some_and(|c| c != pairs.len() as u64 / 2) {
                 return Err("the sparse map does not have the announced number of extents".into());
             }
             s.map = Some(pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect());
