@@ -87,9 +87,7 @@ fn hash_windows(
                 BUFFER.with_borrow_mut(|buf| {
                     buf.resize(chunk as usize, 0);
                     file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(path, "cannot read image", e))?;
-                    for (block, digest) in buf[..n].chunks(bs as usize).zip(out.chunks_exact_mut(dlen)) {
-                        opts.alg.block_digest_into(block, digest);
-                    }
+                    opts.alg.block_digests(&buf[..n], bs as usize, out);
                     Ok::<(), Error>(())
                 })?;
                 progress.advance(n as u64);

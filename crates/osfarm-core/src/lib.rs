@@ -14,6 +14,7 @@ pub mod pack;
 pub mod progress;
 mod readahead;
 pub mod repo;
+mod sha1_pair;
 #[cfg(test)]
 mod test_data;
 pub mod transfer;
