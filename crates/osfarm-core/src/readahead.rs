@@ -42,9 +42,9 @@ impl ReadAhead {
         ReadAhead { consumed, stop, thread }
     }
 
-    /// The consumer is done with everything before `offset`.
+    /// The consumer has got as far as `offset` (several workers may report out of order).
     pub(crate) fn consumed(&self, offset: u64) {
-        self.consumed.store(offset, Ordering::Relaxed);
+        self.consumed.fetch_max(offset, Ordering::Relaxed);
     }
 }
 
