@@ -66,7 +66,8 @@ pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> R
 /// Hashes the blocks of `range` of `file` (starting on a block boundary, ending on one
 /// or at the end of the file) into `digests`, one digest per block. Every rayon worker
 /// takes the next piece in file order until none is left; the read-ahead hears how far
-/// they got. Cancelling through `progress` stops them between pieces.
+/// they got, and a piece not yet cached waits for it. Cancelling through `progress` stops
+/// them between pieces.
 pub(crate) fn hash_range(
     file: &File,
     path: &Path,
@@ -93,9 +94,11 @@ pub(crate) fn hash_range(
             let offset = range.start + i as u64 * piece;
             ahead.consumed(offset);
             let n = (range.end - offset).min(piece) as usize;
+            ahead.wait_for(file, offset, offset + n as u64);
             let mut out = outs[i].lock().unwrap();
-            let done = progress::check(progress)
-                .and_then(|()| reader.with_piece(offset, n, |bytes| opts.alg.block_digests(bytes, bs as usize, &mut out)));
+            let done = progress::check(progress).and_then(|()| {
+                reader.with_piece(offset, n, |bytes| opts.alg.block_digests(bytes, bs as usize, &mut out))
+            });
             match done {
                 Ok(()) => progress.advance(n as u64),
                 Err(e) => {
