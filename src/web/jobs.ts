@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 import { errorBody } from './http.js';
 
 export type JobKind = 'build' | 'push' | 'pull';

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod index;
 pub mod indexer;
 mod mapped;
+pub mod nbd;
 pub mod pack;
 pub mod progress;
 mod readahead;
