@@ -120,28 +120,40 @@ impl HashAlg {
     }
 
     /// Checks consecutive blocks (cut as in `block_digests`) against their expected
-    /// digests, in parallel for large `data`: `None` if every block matches, else the
-    /// position of the first that does not. Assembly verifies received and copied blocks
-    /// with this; `expected` must hold one digest per block.
-    pub fn first_bad_block(self, data: &[u8], block_size: usize, expected: &[u8]) -> Option<usize> {
+    /// digests, hashing in parallel for large `data`: `ok[k]` says whether block `k`
+    /// matches. `expected` holds one digest per block, `ok` one flag.
+    pub fn check_blocks(self, data: &[u8], block_size: usize, expected: &[u8], ok: &mut [bool]) {
         let dl = self.len();
-        assert_eq!(expected.len(), data.len().div_ceil(block_size) * dl, "one expected digest per block");
+        let n = data.len().div_ceil(block_size);
+        assert!(expected.len() == n * dl && ok.len() == n, "one expected digest and one flag per block");
         // A batch: enough blocks to pair up and to be worth a rayon task, few enough for
         // the stack.
         const BATCH: usize = 64;
-        let check = |k: usize, batch: &[u8]| {
+        let check = |k: usize, batch: &[u8], ok: &mut [bool]| {
             let mut digests = [0u8; BATCH * MAX_DIGEST_LEN];
-            let digests = &mut digests[..batch.len().div_ceil(block_size) * dl];
+            let digests = &mut digests[..ok.len() * dl];
             self.block_digests(batch, block_size, digests);
             let want = &expected[k * BATCH * dl..][..digests.len()];
-            let bad = digests.chunks_exact(dl).zip(want.chunks_exact(dl)).position(|(d, w)| d != w);
-            bad.map(|b| k * BATCH + b)
+            for ((o, d), w) in ok.iter_mut().zip(digests.chunks_exact(dl)).zip(want.chunks_exact(dl)) {
+                *o = d == w;
+            }
         };
-        let batch_bytes = BATCH * block_size;
-        if data.len() <= batch_bytes {
-            return check(0, data);
+        if n <= BATCH {
+            return check(0, data, ok);
         }
-        data.par_chunks(batch_bytes).enumerate().find_map_first(|(k, batch)| check(k, batch))
+        data.par_chunks(BATCH * block_size)
+            .zip(ok.par_chunks_mut(BATCH))
+            .enumerate()
+            .for_each(|(k, (batch, ok))| check(k, batch, ok));
+    }
+
+    /// The position of the first of consecutive blocks (as in `check_blocks`) that does
+    /// not match its expected digest, `None` if all match. Assembly verifies received and
+    /// copied blocks with this.
+    pub fn first_bad_block(self, data: &[u8], block_size: usize, expected: &[u8]) -> Option<usize> {
+        let mut ok = vec![false; data.len().div_ceil(block_size)];
+        self.check_blocks(data, block_size, expected, &mut ok);
+        ok.iter().position(|&o| !o)
     }
 }
 
@@ -237,6 +249,13 @@ mod tests {
                         let mut wrong = want.clone();
                         wrong[last] ^= 1;
                         assert_eq!(alg.first_bad_block(part, bs, &wrong), Some(len.div_ceil(bs) - 1));
+                        let mut ok = vec![false; len.div_ceil(bs)];
+                        alg.check_blocks(part, bs, &wrong, &mut ok);
+                        assert!(
+                            ok[..ok.len() - 1].iter().all(|&o| o) && !ok[ok.len() - 1],
+                            "{} bs {bs} len {len}",
+                            alg.name()
+                        );
                         wrong[dl / 2] ^= 1;
                         assert_eq!(alg.first_bad_block(part, bs, &wrong), Some(0));
                     }
