@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod index;
 pub mod indexer;
+pub mod lock;
 mod mapped;
 pub mod nbd;
 pub mod pack;
