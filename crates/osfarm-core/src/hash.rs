@@ -101,7 +101,7 @@ impl HashAlg {
     pub fn block_digests(self, data: &[u8], block_size: usize, out: &mut [u8]) {
         let dl = self.len();
         assert_eq!(out.len(), data.len().div_ceil(block_size) * dl, "one digest per block");
-        let pairs = self == HashAlg::Sha1 && block_size % 64 == 0 && sha1_pair::available();
+        let pairs = self == HashAlg::Sha1 && block_size.is_multiple_of(64) && sha1_pair::available();
         let mut waiting: Option<(&[u8], &mut [u8])> = None;
         for (block, digest) in data.chunks(block_size).zip(out.chunks_exact_mut(dl)) {
             if is_zero(block) {

@@ -29,7 +29,7 @@ pub(crate) fn available() -> bool {
 /// `a` and `b` must have the same length, a multiple of 64 bytes, and `available()` must
 /// be true.
 pub(crate) fn digest_pair(a: &[u8], b: &[u8], out_a: &mut [u8], out_b: &mut [u8]) {
-    assert!(a.len() == b.len() && a.len() % 64 == 0 && out_a.len() == 20 && out_b.len() == 20);
+    assert!(a.len() == b.len() && a.len().is_multiple_of(64) && out_a.len() == 20 && out_b.len() == 20);
     assert!(available(), "digest_pair needs the SHA extensions");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has the features (checked above); the lengths were checked.
