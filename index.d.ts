@@ -150,7 +150,9 @@ export declare class PushAssembly {
   get blockCount(): number
   /** The announced image is already in the repository: nothing to receive. */
   get alreadyPresent(): boolean
+  /** True while the data would be kept for a later attempt if this one ends unfinished. */
   get resumable(): boolean
+  /** The counts so far (after `finish` or `abort`: the final ones). */
   get stats(): PushStats
   /** Takes the digests of the next blocks, from `first`; returns the runs to request. */
   offer(first: number, digests: Buffer): Array<TransferRun>
@@ -170,12 +172,13 @@ export declare class PushAssembly {
   putSync(first: number, count: number, encoding: number, data: Buffer): number
   /**
    * Checks the announced image digest against the digests received, waits for local
-   * copies, and publishes the image atomically.
+   * copies, and publishes the image atomically; then lets go of the assembly.
    */
   finish(imageDigest: string, options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
   /**
    * Ends an unfinished push: with `discard`, its partial data is deleted; otherwise it
-   * stays for the next attempt with the same resume key.
+   * stays for the next attempt with the same resume key. Its files are closed as soon
+   * as running tasks end. Idempotent.
    */
   abort(discard: boolean): void
 }
@@ -436,6 +439,8 @@ export interface PushAssemblyOptions {
   expectedDigest?: string
   /** Group the repository's indexes for a protocol v2 sender (`lookupGroups`). */
   groups?: boolean
+  /** The name the image will get: checked now, before any data is received. */
+  name?: string
 }
 
 export interface PushStats {

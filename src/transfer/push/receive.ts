@@ -257,7 +257,7 @@ export class Receiver extends EventEmitter {
     this.emit('transfer-start', { remote, size, name: imageOptions.name });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
+      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, name: imageOptions.name }),
     );
     /** Where the image's blocks came from so far (reported in DONE and to listeners). */
     const counts = () => {

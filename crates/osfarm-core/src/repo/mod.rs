@@ -936,7 +936,9 @@ impl Drop for Workspace {
     }
 }
 
-fn check_name(name: Option<&str>) -> Result<()> {
+/// Refuses an image name that is empty, too long, has control characters or surrounding
+/// spaces; a receiver checks the name a sender announces before accepting any data.
+pub fn check_name(name: Option<&str>) -> Result<()> {
     if let Some(n) = name {
         if n.is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(|c| c.is_control()) || n.trim() != n {
             bail!(
