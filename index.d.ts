@@ -441,6 +441,11 @@ export interface PushAssemblyOptions {
   groups?: boolean
   /** The name the image will get: checked now, before any data is received. */
   name?: string
+  /**
+   * The sender's bound on the bytes of the image's non-zero blocks: an image that
+   * cannot fit in the repository's file system is refused now.
+   */
+  dataBytes?: number
 }
 
 export interface PushStats {

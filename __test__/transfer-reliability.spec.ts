@@ -13,7 +13,7 @@ import { native } from '../src/base/native.js';
 import { Repository } from '../src/repo/index.js';
 import { FrameType, blocksHeader, digestsPayload, groupsPayload, jsonPayload, parseJson, parseRequest } from '../src/transfer/push/frames.js';
 import { push } from '../src/transfer/push/push.js';
-import { BS, RawClient, blockDigests, openFiles, startChild, type ChildServer } from './helpers/push-client.js';
+import { BS, RawClient, blockDigests, openFiles, settledFiles, startChild, type ChildServer } from './helpers/push-client.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 async function receiver(t: ExecutionContext): Promise<ChildServer & { repoPath: string }> {
@@ -31,16 +31,6 @@ function pushStem(key: string): string {
 function tmpFiles(repoPath: string): string[] {
   const dir = join(repoPath, 'tmp');
   return existsSync(dir) ? readdirSync(dir).sort() : [];
-}
-
-/** Polls until the receiver holds at most `baseline` descriptors and no deleted file (or 5 s pass). */
-async function settled(pid: number, baseline: number): Promise<{ count: number; deleted: string[] }> {
-  let now = openFiles(pid);
-  for (let i = 0; i < 50 && (now.count > baseline || now.deleted.length > 0); i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    now = openFiles(pid);
-  }
-  return now;
 }
 
 /** Answers every REQUEST truthfully until the receiver ends the connection; the frame it ended with. */
@@ -144,7 +134,7 @@ test('every failed transfer closes what it opened: no descriptor and no deleted 
       const from = r.events.length;
       await fail(r.address, data, key && `${kind} ${seed}`);
       const report = await r.waitFor('transfer-failed', from);
-      const now = await settled(r.pid, baseline);
+      const now = await settledFiles(r.pid, baseline);
       const what = `${kind} (${key ? 'resumable' : 'private'}, ${(report.error as { code: string }).code}: ${(report.error as { message: string }).message})`;
       if (now.count > baseline || now.deleted.length > 0) {
         leaks.push(`${what}: ${now.count} descriptors (baseline ${baseline}), ${now.deleted.length} deleted files open`);

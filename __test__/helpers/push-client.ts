@@ -203,3 +203,17 @@ export function openFiles(pid: number): { count: number; deleted: string[] } {
   }
   return { count, deleted };
 }
+
+/**
+ * Polls until `pid` holds at most `baseline` descriptors (any number if undefined) and no
+ * deleted file, or 5 s pass (a transfer's last writes may still be running when it is
+ * reported failed); returns what it holds then.
+ */
+export async function settledFiles(pid: number, baseline = Infinity): Promise<{ count: number; deleted: string[] }> {
+  let now = openFiles(pid);
+  for (let i = 0; i < 50 && (now.count > baseline || now.deleted.length > 0); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    now = openFiles(pid);
+  }
+  return now;
+}

@@ -258,6 +258,9 @@ pub struct PushAssemblyOptions {
     pub groups: Option<bool>,
     /// The name the image will get: checked now, before any data is received.
     pub name: Option<String>,
+    /// The sender's bound on the bytes of the image's non-zero blocks: an image that
+    /// cannot fit in the repository's file system is refused now.
+    pub data_bytes: Option<f64>,
 }
 
 /// One group of a v2 sender's GROUPS frame, resolved against the repository.
@@ -413,6 +416,7 @@ fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(
         image_len: o.image_size as u64,
         resume_key: o.resume_key.clone(),
         expected_digest,
+        data_bytes: o.data_bytes.filter(|d| *d >= 0.0).map(|d| d as u64),
     })?;
     if o.groups == Some(true) {
         asm.load_groups()?;

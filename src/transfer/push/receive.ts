@@ -233,6 +233,8 @@ export class Receiver extends EventEmitter {
     if (blockCount !== Math.ceil(size / blockSize)) throw protocolError(`IMAGE says ${blockCount} blocks for ${size} bytes at ${blockSize}-byte blocks`);
     const resumeKey = optString(image, 'resumeKey', 512);
     const digest = optString(image, 'digest', 64);
+    // The source's bound on the image's data (optional): an image that cannot fit is refused now.
+    const dataBytes = image.dataBytes === undefined ? undefined : intField(image, 'dataBytes', 'IMAGE');
     if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
     const imageOptions = {
       name: optString(image, 'name', 255),
@@ -257,7 +259,7 @@ export class Receiver extends EventEmitter {
     this.emit('transfer-start', { remote, size, name: imageOptions.name });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, name: imageOptions.name }),
+      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, name: imageOptions.name, dataBytes }),
     );
     /** Where the image's blocks came from so far (reported in DONE and to listeners). */
     const counts = () => {
