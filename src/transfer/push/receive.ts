@@ -15,6 +15,7 @@ import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
+import { ConnectionGate, type Ticket } from '../gate.js';
 import {
   DEFAULT_MAX_FRAME,
   Encoding,
@@ -45,8 +46,11 @@ export interface ReceiverOptions {
   maxTransfers?: number;
   /** Close a connection that sends nothing for this long (default 60 s). */
   idleTimeoutMs?: number;
-  /** Time allowed for magic + HELLO + AUTH (default 10 s). */
+  /** Time allowed for magic + HELLO + AUTH (default 5 s). */
   handshakeTimeoutMs?: number;
+  /** Connections waiting to authenticate, from one address (default 8) and in all (default 64); more get OSFARM_LOCKED. */
+  maxPendingPerAddress?: number;
+  maxPending?: number;
   /** Requested-but-unreceived bytes per transfer (default 16 MiB). */
   windowBytes?: number;
   /** Largest payload accepted after authentication (default 4 MiB). */
@@ -95,6 +99,8 @@ function bySource<T>(fn: () => T): T {
 export class Receiver extends EventEmitter {
   private server: Server | undefined;
   private readonly connections = new Set<Socket>();
+  /** Connections before authentication (see gate.ts). */
+  private gate!: ConnectionGate;
   private active = 0;
   private repoChecked = false;
   readonly options: Required<Omit<ReceiverOptions, 'token'>> & { token?: string };
@@ -115,11 +121,15 @@ export class Receiver extends EventEmitter {
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
-      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 5_000,
+      maxPendingPerAddress: options.maxPendingPerAddress ?? 8,
+      maxPending: options.maxPending ?? 64,
       windowBytes: options.windowBytes ?? 16 << 20,
       maxFrame: Math.max(options.maxFrame ?? DEFAULT_MAX_FRAME, MAX_RUN_BYTES + 64),
       protocols: options.protocols ?? [...PROTOCOL_VERSIONS],
     };
+    const o = this.options;
+    this.gate = new ConnectionGate({ perAddress: o.maxPendingPerAddress, total: o.maxPending, deadlineMs: o.handshakeTimeoutMs });
     if (this.options.protocols.length === 0 || this.options.protocols.some((v) => !PROTOCOL_VERSIONS.includes(v))) {
       throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `protocol versions ${JSON.stringify(options.protocols)}: this osfarm speaks ${PROTOCOL_VERSIONS.join(', ')}`);
     }
@@ -129,7 +139,9 @@ export class Receiver extends EventEmitter {
   async listen(host: string, port: number): Promise<AddressInfo> {
     this.ensureRepository();
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
+    // A backstop only (beyond it the kernel's connections are reset): the gate bounds
+    // unauthenticated connections, IMAGE the transfers.
+    server.maxConnections = 4 * (this.options.maxPending + this.options.maxTransfers) + 64;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -163,16 +175,25 @@ export class Receiver extends EventEmitter {
     const conn = new Connection(socket, { idleTimeoutMs: this.options.idleTimeoutMs, maxFrame: PRE_AUTH_MAX_FRAME, peer: 'source' });
     // Garbage and wrong magic get an ERROR frame that says why (see protocol.md).
     conn.sendMagic();
-    this.session(conn, remote).catch((err) => {
-      const e = toOsfarmError(err);
+    let refused = false;
+    const refuse = (e: OsfarmError) => {
+      if (refused) return;
+      refused = true;
       conn.fail(e);
       this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
+    };
+    const busy = (why: string) => new OsfarmError('OSFARM_LOCKED', `receiver busy: ${why}; retry in a few seconds`);
+    const ticket = this.gate.admit(socket.remoteAddress, {
+      refuse: (why) => refuse(busy(why)),
+      expire: () => refuse(protocolError(`the handshake was not completed within ${this.options.handshakeTimeoutMs / 1000} s`)),
     });
+    if (typeof ticket === 'string') return refuse(busy(ticket));
+    socket.once('close', () => ticket.leave());
+    this.session(conn, remote, ticket).catch((err) => refuse(toOsfarmError(err)));
   }
 
-  private async session(conn: Connection, remote: string): Promise<void> {
+  private async session(conn: Connection, remote: string, ticket: Ticket): Promise<void> {
     const o = this.options;
-    const timer = setTimeout(() => conn.fail(protocolError(`the handshake was not completed within ${o.handshakeTimeoutMs / 1000} s`)), o.handshakeTimeoutMs);
     let repo: Repository;
     let version: number;
     try {
@@ -205,7 +226,7 @@ export class Receiver extends EventEmitter {
         conn.sendJson(FrameType.AUTH_OK, {});
       }
     } finally {
-      clearTimeout(timer);
+      ticket.leave();
     }
     conn.setMaxFrame(o.maxFrame);
     const image = await conn.expectJson(FrameType.IMAGE, 'IMAGE');
