@@ -5,6 +5,7 @@
  * OSFARM_PROTOCOL, and a bad image name is refused before any data is sent.
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,6 +16,8 @@ import { FrameType, blocksHeader, digestsPayload, groupsPayload, jsonPayload, pa
 import { push } from '../src/transfer/push/push.js';
 import { BS, RawClient, blockDigests, openFiles, settledFiles, startChild, type ChildServer } from './helpers/push-client.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
+
+const CLI_MAIN = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 
 async function receiver(t: ExecutionContext): Promise<ChildServer & { repoPath: string }> {
   const repoPath = join(tempDir(t, 'osfarm-reliability-'), 'repo');
@@ -201,4 +204,28 @@ test('an image name with control characters is refused before ACCEPT, before any
   );
   t.is(err?.code, 'OSFARM_INVALID_ARGUMENT');
   t.deepEqual(tmpFiles(r.repoPath).filter((f) => f.startsWith('push-')), [], 'nothing was started');
+});
+
+test('numeric options of receive, serve and pull refuse out-of-range values instead of wrapping or overflowing', (t) => {
+  const repo = join(tempDir(t, 'osfarm-reliability-'), 'repo');
+  Repository.init(repo);
+  const huge = '99999999999999999999';
+  const cases: [string[], RegExp][] = [
+    [['receive', '--listen', '127.0.0.1:0', '--insecure', '--idle-timeout', huge], /--idle-timeout: '9+' is not a whole number from 1 to 86400/],
+    [['receive', '--listen', '127.0.0.1:0', '--insecure', '--idle-timeout', '0'], /--idle-timeout/],
+    [['receive', '--listen', '127.0.0.1:0', '--insecure', '--max-transfers', huge], /--max-transfers/],
+    [['serve', '--listen', '127.0.0.1:0', '--max-requests', huge], /--max-requests/],
+    [['pull', 'http://127.0.0.1:1/images/x', '--parallel', huge], /--parallel/],
+    [['pull', 'http://127.0.0.1:1/images/x', '--retries', '1e3'], /--retries/],
+    [['pull', 'http://127.0.0.1:1/images/x', '--max-request', '999999999999999999999999G'], /--max-request/],
+    [['pull', 'http://127.0.0.1:1/images/x', '--max-request', '0'], /--max-request/],
+  ];
+  for (const [args, message] of cases) {
+    // A server that accepted the value would run until killed: a timeout tells.
+    const r = spawnSync(process.execPath, ['--import', 'tsx', CLI_MAIN, '--repo', repo, ...args], { encoding: 'utf8', timeout: 20_000 });
+    t.not(r.status, 0, args.join(' '));
+    t.not(r.status, null, `${args.join(' ')} was accepted and ran until killed`);
+    t.regex(r.stderr, /OSFARM_INVALID_ARGUMENT/, args.join(' '));
+    t.regex(r.stderr, message, args.join(' '));
+  }
 });

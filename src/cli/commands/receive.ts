@@ -33,12 +33,12 @@ const command: Command<{ transfers: number; failed: number }> = {
     if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const idle = wholeNumber(args, 'idle-timeout', 1);
+    const idle = wholeNumber(args, 'idle-timeout', 1, 86_400);
     const receiver = new Receiver({
       repoPath: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
-      maxTransfers: wholeNumber(args, 'max-transfers', 1),
+      maxTransfers: wholeNumber(args, 'max-transfers', 1, 1024),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });
     receiver.on('repository-created', (e: { path: string }) => {
