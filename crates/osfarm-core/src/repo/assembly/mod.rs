@@ -637,7 +637,8 @@ pub(super) fn existing_named(repo: &Repository, e: &ImageEntry, name: Option<&st
     }
 }
 
-/// Refuses an image that cannot fit: `needed` bytes of data plus its record, against the
+/// Refuses an image that cannot fit: `needed` bytes of data plus its record and the room
+/// the repository needs to commit it (`commit_reserve`), against the
 /// free space of the repository's file system and what a partial of an earlier attempt
 /// already takes there. Issue 17: a push that fills the disk fails anyway, later, after
 /// the whole transfer, and leaves the disk full for a moment.
@@ -651,13 +652,14 @@ fn check_space(repo: &Repository, geo: &Geometry, target: &Target<'_>, needed: u
         let taken = |ext: &str| fs::metadata(repo.tmp_dir().join(format!("{s}.{ext}"))).map_or(0, |m| m.blocks() * 512);
         taken("partial") + taken("got")
     });
-    let needed = needed + record;
+    let needed = needed + record + repo.commit_reserve();
     let free = fsutil::free_bytes(repo.root())?;
     if needed > free + held {
         bail!(
             Io,
-            "{label} needs {} of space in {} ({needed} bytes of data), but its file system has only {} free \
-             ({free} bytes{}): free some space, or receive it into a repository with room",
+            "{label} needs {} of space in {} ({needed} bytes: its data, its resume record and room to \
+             commit it), but its file system has only {} free ({free} bytes{}): free some space, or \
+             receive it into a repository with room",
             mib(needed),
             repo.root().display(),
             mib(free),
