@@ -3,10 +3,11 @@
  * and a destination repository on a small ext4 (192 MiB on a loop device), reached through
  * a network namespace (`reliability-soak`, a 100 Mbit/s veth pair), with a fault at a
  * random moment of most rounds: kill -9 of the client or of the server (`osfarm receive`
- * for a push, `osfarm serve` for a pull), the link cut (`ip link down`) or lossy (`tc
- * netem loss`), or the disk filled by someone else. A failed transfer is retried without
- * a fault (it resumes); one that cannot fit makes room by removing the destination's
- * oldest images. After every round:
+ * for a push, `osfarm serve` for a pull), the link cut (`ip link down`) or lossy (10-40 %
+ * of packets dropped by nft inside the namespace: this kernel has no netem), or the disk
+ * filled by someone else. A failed transfer is retried without a fault (it resumes); one
+ * that cannot fit makes room by removing the destination's oldest images. After every
+ * round:
  *
  * - every image of the destination repository verifies (block by block);
  * - nothing leaked: no deleted-but-open file and no extra descriptor in the long-running
@@ -18,7 +19,7 @@
  *
  * Needs root (loop device, namespace, tc) and `npm run build` (it runs dist/cli/main.js).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,6 +82,7 @@ const counts = {
   imagesVerified: 0,
   verifyFailures: 0,
   leaks: 0,
+  faultErrors: 0,
 };
 const leakLog: string[] = [];
 
@@ -207,6 +209,11 @@ async function main(): Promise<void> {
     cleanup();
     process.exit(130);
   });
+  process.on('uncaughtException', (err) => {
+    console.error(err);
+    cleanup();
+    process.exit(1);
+  });
   try {
     const dst = join(fs.mountpoint, 'repo');
     Repository.init(dst);
@@ -220,7 +227,15 @@ async function main(): Promise<void> {
     console.log(`destination: ${(freeBytes(fs.mountpoint) / MiB).toFixed(0)} MiB free on a 192 MiB ext4; link ${MBIT} Mbit/s through namespace ${ns.name}`);
 
     const linkUp = (): void => void execFileSync('ip', ['link', 'set', ns.hostDev, 'up']);
-    const lossless = (): void => void execFileSync('tc', ['qdisc', 'replace', 'dev', ns.hostDev, 'root', 'tbf', 'rate', `${MBIT}mbit`, 'burst', '131072', 'latency', '50ms']);
+    // Packet loss: nft drops a share of the packets entering or leaving the namespace at
+    // random (this kernel has no netem); only the namespace's own rules are touched.
+    const lossy = (percent: number): void => {
+      const rule = (hook: string) => `add chain inet reliability ${hook} { type filter hook ${hook} priority 0; }\nadd rule inet reliability ${hook} numgen random mod 100 < ${percent} drop\n`;
+      execFileSync('ip', ['netns', 'exec', ns.name, 'nft', '-f', '-'], { input: `add table inet reliability\n${rule('input')}${rule('output')}` });
+    };
+    const lossless = (): void => {
+      spawnSync('ip', ['netns', 'exec', ns.name, 'nft', 'delete', 'table', 'inet', 'reliability'], { stdio: 'ignore' });
+    };
 
     for (let round = 1; round <= ROUNDS; round++) {
       counts.rounds = round;
@@ -257,41 +272,55 @@ async function main(): Promise<void> {
           faultTimer = setTimeout(() => {
             if (child.exitCode !== null || child.signalCode !== null) return;
             fired = true;
-            switch (withFault) {
-              case 'kill-client':
-                counts.kills++;
-                counts.killsClient++;
-                child.kill('SIGKILL');
-                break;
-              case 'kill-server': {
-                counts.kills++;
-                counts.killsServer++;
-                const s = op === 'push' ? servers.receiver! : servers.serve!;
-                s.child.kill('SIGKILL');
-                restore.push(async () => void (op === 'push' ? await startReceiver() : await startServe()));
-                break;
-              }
-              case 'link-down':
-                counts.cuts++;
-                counts.linkDown++;
-                execFileSync('ip', ['link', 'set', ns.hostDev, 'down']);
-                setTimeout(linkUp, between(300, 2500));
-                restore.push(linkUp);
-                break;
-              case 'loss':
-                counts.cuts++;
-                counts.loss++;
-                execFileSync('tc', ['qdisc', 'replace', 'dev', ns.hostDev, 'root', 'netem', 'loss', `${between(10, 40)}%`, 'rate', `${MBIT}mbit`]);
-                setTimeout(lossless, between(500, 3000));
-                restore.push(lossless);
-                break;
-              case 'disk-full':
-                counts.diskFull++;
-                execFileSync('fallocate', ['-l', String(Math.max(4096, freeBytes(fs.mountpoint) - MiB)), filler]);
-                restore.push(() => rmSync(filler, { force: true }));
-                break;
+            try {
+              applyFault(child);
+            } catch (err) {
+              notes.push(`the fault ${withFault} could not be applied: ${(err as Error).message}`);
+              counts.faultErrors++;
             }
           }, at);
+        };
+        const applyFault = (child: ChildProcess): void => {
+          switch (withFault) {
+            case 'kill-client':
+              counts.kills++;
+              counts.killsClient++;
+              child.kill('SIGKILL');
+              break;
+            case 'kill-server': {
+              counts.kills++;
+              counts.killsServer++;
+              const s = op === 'push' ? servers.receiver! : servers.serve!;
+              s.child.kill('SIGKILL');
+              // Back at once, as a supervisor would restart it: the client's retries may find it.
+              const back = op === 'push' ? startReceiver() : startServe();
+              restore.push(async () => void (await back));
+              break;
+            }
+            case 'link-down':
+              counts.cuts++;
+              counts.linkDown++;
+              execFileSync('ip', ['link', 'set', ns.hostDev, 'down']);
+              setTimeout(linkUp, between(300, 2500));
+              restore.push(linkUp);
+              break;
+            case 'loss':
+              counts.cuts++;
+              counts.loss++;
+              lossy(between(10, 40));
+              setTimeout(lossless, between(500, 3000));
+              restore.push(lossless);
+              break;
+            case 'disk-full':
+              counts.diskFull++;
+              // All but 1 MiB of what is free now (less if the transfer takes space meanwhile).
+              for (const spare of [1, 4, 16].map((m) => m * MiB)) {
+                const r = spawnSync('fallocate', ['-l', String(Math.max(4096, freeBytes(fs.mountpoint) - spare)), filler], { stdio: 'ignore' });
+                if (r.status === 0) break;
+              }
+              restore.push(() => rmSync(filler, { force: true }));
+              break;
+          }
         };
         outcome =
           op === 'push'
@@ -376,7 +405,7 @@ async function main(): Promise<void> {
   );
   for (const l of leakLog) console.log(`  ${l}`);
   console.log(JSON.stringify({ soak: counts }));
-  if (counts.leaks > 0 || counts.verifyFailures > 0 || counts.transfersNeverDone > 0 || counts.removeFailures > 0) process.exitCode = 1;
+  if (counts.leaks > 0 || counts.faultErrors > 0 || counts.verifyFailures > 0 || counts.transfersNeverDone > 0 || counts.removeFailures > 0) process.exitCode = 1;
 }
 
 await main();
