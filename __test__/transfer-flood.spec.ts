@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 
 import { Repository } from '../src/repo/index.js';
+import { addressKey, ConnectionGate } from '../src/transfer/gate.js';
 import { pull } from '../src/transfer/http/pull.js';
 import { createPullHandler, listenHttp } from '../src/transfer/http/serve.js';
 import { FrameReader, FrameType, parseJson } from '../src/transfer/push/frames.js';
@@ -161,4 +162,27 @@ test('slowloris on the HTTP port: pulls from another address still succeed; the 
   t.true((f.answers['503 OSFARM_LOCKED'] ?? 0) > 0, 'flooders over the limit got 503 OSFARM_LOCKED');
   t.true((f.answers['408 OSFARM_PROTOCOL'] ?? 0) > 0, 'trickling connections got 408 at the header deadline');
   t.is(f.resets, 0, 'no flood connection was reset without an answer');
+});
+
+test('the gate counts an IPv6 /64 as one address, and a quiet address takes the place of the busiest one', (t) => {
+  t.is(addressKey('::ffff:127.0.0.2'), '127.0.0.2');
+  t.is(addressKey('2001:db8::1'), '2001:db8:0:0::/64');
+  t.is(addressKey('2001:db8:0:0:ffff::2'), addressKey('2001:0db8::7'));
+  t.not(addressKey('2001:db8:0:1::1'), addressKey('2001:db8::1'));
+
+  const gate = new ConnectionGate({ perAddress: 3, total: 4, deadlineMs: 60_000 });
+  const refused: string[] = [];
+  const waiting = (name: string) => ({ refuse: () => refused.push(name), expire: () => {} });
+  const tickets = ['a1', 'a2', 'a3'].map((n) => gate.admit('10.0.0.1', waiting(n)));
+  t.true(tickets.every((k) => typeof k !== 'string'));
+  t.regex(String(gate.admit('10.0.0.1', waiting('a4'))), /limit per address/);
+  t.not(typeof gate.admit('10.0.0.2', waiting('b1')), 'string');
+  // Full (4): a newcomer from a third address evicts the oldest of the busiest (a1).
+  t.not(typeof gate.admit('10.0.0.3', waiting('c1')), 'string');
+  t.deepEqual(refused, ['a1']);
+  t.is(gate.pending, 4);
+  // b (1) vs the busiest a (2): evicting would not be fairer, so b is refused.
+  t.regex(String(gate.admit('10.0.0.2', waiting('b2'))), /already waiting/);
+  for (const k of tickets) if (typeof k !== 'string') k.leave();
+  t.is(gate.pending, 2);
 });

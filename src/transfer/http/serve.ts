@@ -303,8 +303,9 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
     const away = (status: 503 | 408, error: OsfarmError) => {
       if (turnedAway.has(socket)) return;
       turnedAway.add(socket);
-      // Between requests nothing is owed: just close.
-      if (first || status === 503) turnAway(socket, status, error);
+      // Between requests nothing is owed (and an answer nobody asked for would be taken
+      // for the answer to the next request): just close.
+      if (first) turnAway(socket, status, error);
       else socket.end();
     };
     const busy = (why: string) => new OsfarmError('OSFARM_LOCKED', `server busy: ${why}; retry in a second`);

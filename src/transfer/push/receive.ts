@@ -100,7 +100,7 @@ export class Receiver extends EventEmitter {
   private server: Server | undefined;
   private readonly connections = new Set<Socket>();
   /** Connections before authentication (see gate.ts). */
-  private gate!: ConnectionGate;
+  private readonly gate: ConnectionGate;
   private active = 0;
   private repoChecked = false;
   readonly options: Required<Omit<ReceiverOptions, 'token'>> & { token?: string };
