@@ -120,6 +120,11 @@ test('a flood of idle connections on the push port: pushes from another address 
   t.true((f.answers.OSFARM_LOCKED ?? 0) > 0, 'flooders over the limit were told OSFARM_LOCKED');
   t.true((f.answers.OSFARM_PROTOCOL ?? 0) > 0, 'idle connections were closed at the handshake deadline');
   t.is(f.resets, 0, 'no flood connection was reset without an answer');
+  // The receiver reports the turned-away connections summed up, not one log line each.
+  const busy = await r.waitFor('busy');
+  t.true(Number(busy.refused) > 0);
+  const lines = r.events.filter((e) => e.event === 'connection-refused').length;
+  t.true(lines < f.opened / 10, `${lines} connection-refused events for ${f.opened} flood connections`);
 });
 
 test('slowloris on the HTTP port: pulls from another address still succeed; the flooders get 503 OSFARM_LOCKED or 408', async (t) => {

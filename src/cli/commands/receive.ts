@@ -59,6 +59,10 @@ const command: Command<{ transfers: number; failed: number }> = {
       ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
       ctx.event({ event: 'connection-refused', ...e });
     });
+    receiver.on('busy', (e: { refused: number; message: string }) => {
+      ctx.info(`turned away ${count(e.refused)} connections in 5 s (OSFARM_LOCKED), the last: ${e.message}`);
+      ctx.event({ event: 'busy', ...e });
+    });
     const addr = await receiver.listen(host, port);
     ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}`);
     ctx.event({ event: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath });

@@ -94,7 +94,8 @@ function bySource<T>(fn: () => T): T {
 /**
  * A push receiver. Events: `transfer-start` ({remote, size, name}), `transfer-done`
  * (TransferReport), `transfer-failed` (TransferReport with `error`), `connection-refused`
- * ({remote, error}).
+ * ({remote, error}), `busy` ({refused, message}: connections turned away because too many
+ * wait to authenticate, summed over 5 s so a flood does not flood the log too).
  */
 export class Receiver extends EventEmitter {
   private server: Server | undefined;
@@ -102,6 +103,9 @@ export class Receiver extends EventEmitter {
   /** Connections before authentication (see gate.ts). */
   private readonly gate: ConnectionGate;
   private active = 0;
+  private busyRefused = 0;
+  private busyMessage = '';
+  private busyTimer: NodeJS.Timeout | undefined;
   private repoChecked = false;
   readonly options: Required<Omit<ReceiverOptions, 'token'>> & { token?: string };
   /** Totals over the receiver's life. */
@@ -176,20 +180,32 @@ export class Receiver extends EventEmitter {
     // Garbage and wrong magic get an ERROR frame that says why (see protocol.md).
     conn.sendMagic();
     let refused = false;
-    const refuse = (e: OsfarmError) => {
+    const refuse = (e: OsfarmError, quiet = false) => {
       if (refused) return;
       refused = true;
       conn.fail(e);
-      this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
+      if (quiet) this.noteBusy(e.message);
+      else this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
     };
-    const busy = (why: string) => new OsfarmError('OSFARM_LOCKED', `receiver busy: ${why}; retry in a few seconds`);
+    const busy = (why: string) => refuse(new OsfarmError('OSFARM_LOCKED', `receiver busy: ${why}; retry in a few seconds`), true);
     const ticket = this.gate.admit(socket.remoteAddress, {
-      refuse: (why) => refuse(busy(why)),
+      refuse: busy,
       expire: () => refuse(protocolError(`the handshake was not completed within ${this.options.handshakeTimeoutMs / 1000} s`)),
     });
-    if (typeof ticket === 'string') return refuse(busy(ticket));
+    if (typeof ticket === 'string') return busy(ticket);
     socket.once('close', () => ticket.leave());
     this.session(conn, remote, ticket).catch((err) => refuse(toOsfarmError(err)));
+  }
+
+  /** Counts a connection turned away by the gate; `busy` reports them once per 5 s. */
+  private noteBusy(message: string): void {
+    this.busyRefused++;
+    this.busyMessage = message;
+    this.busyTimer ??= setTimeout(() => {
+      this.emit('busy', { refused: this.busyRefused, message: this.busyMessage });
+      this.busyRefused = 0;
+      this.busyTimer = undefined;
+    }, 5_000).unref();
   }
 
   private async session(conn: Connection, remote: string, ticket: Ticket): Promise<void> {
