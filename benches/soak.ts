@@ -134,6 +134,7 @@ async function startServer(cmd: string, args: string[]): Promise<Server> {
   await new Promise<void>((resolve, reject) => {
     lines.on('line', (l) => {
       if (l.includes('"event":"listening"')) resolve();
+      else if (l.includes('"error"')) stderr += l;
     });
     child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited (${code}): ${stderr}`)));
   });
@@ -226,7 +227,7 @@ async function main(): Promise<void> {
     await startServe();
     console.log(`destination: ${(freeBytes(fs.mountpoint) / MiB).toFixed(0)} MiB free on a 192 MiB ext4; link ${MBIT} Mbit/s through namespace ${ns.name}`);
 
-    const linkUp = (): void => void execFileSync('ip', ['link', 'set', ns.hostDev, 'up']);
+    const linkUp = (): void => void execFileSync('ip', ['-n', ns.name, 'link', 'set', ns.nsDev, 'up']);
     // Packet loss: nft drops a share of the packets entering or leaving the namespace at
     // random (this kernel has no netem); only the namespace's own rules are touched.
     const lossy = (percent: number): void => {
@@ -291,16 +292,20 @@ async function main(): Promise<void> {
               counts.kills++;
               counts.killsServer++;
               const s = op === 'push' ? servers.receiver! : servers.serve!;
+              const gone = new Promise((r) => s.child.once('exit', r));
               s.child.kill('SIGKILL');
-              // Back at once, as a supervisor would restart it: the client's retries may find it.
-              const back = op === 'push' ? startReceiver() : startServe();
+              // Back at once, as a supervisor would restart it (once the port is free): the
+              // client's retries may find it.
+              const back = gone.then(() => (op === 'push' ? startReceiver() : startServe()));
               restore.push(async () => void (await back));
               break;
             }
             case 'link-down':
               counts.cuts++;
               counts.linkDown++;
-              execFileSync('ip', ['link', 'set', ns.hostDev, 'down']);
+              // The namespace's end: the host's end only loses its carrier, so its route
+              // stays (linkdown) and nothing is sent anywhere else meanwhile.
+              execFileSync('ip', ['-n', ns.name, 'link', 'set', ns.nsDev, 'down']);
               setTimeout(linkUp, between(300, 2500));
               restore.push(linkUp);
               break;
