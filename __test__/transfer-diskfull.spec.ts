@@ -110,11 +110,11 @@ loopTest('a pull that cannot fit is refused at once; one that fills the disk fai
   const o = Repository.open(origin);
   const bigImage = await o.add(join(src, 'big.img'), { name: 'big' });
   const midImage = await o.add(join(src, 'mid.img'), { name: 'mid' });
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repoPath: origin })] });
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: origin })] });
   t.teardown(() => server.close());
   const base = `http://127.0.0.1:${address.port}/images`;
 
-  const refused = await failure(pull(`${base}/${bigImage.digest}`, { repoPath }));
+  const refused = await failure(pull(`${base}/${bigImage.digest}`, { repo: repoPath }));
   t.is(refused.code, 'OSFARM_IO', refused.message);
   t.regex(refused.message, /needs 10\d\.\d MiB of space .* only \d+\.\d MiB free/);
   t.deepEqual(tmpFiles(repoPath), []);
@@ -123,11 +123,11 @@ loopTest('a pull that cannot fit is refused at once; one that fills the disk fai
   let filled = false;
   const e = await failure(
     pull(`${base}/${midImage.digest}`, {
-      repoPath,
+      repo: repoPath,
       retries: 0,
-      onProgress: (p) => {
+      onEvent: (p) => {
         // Before the first request: someone else takes all but 25 MiB.
-        if (p.phase === 'fetch' && !filled) {
+        if (p.type === 'progress' && p.phase === 'fetch' && !filled) {
           filled = true;
           writeFileSync(filler, pseudoRandom(free(mnt) - 25 * MiB, 13));
         }
@@ -143,7 +143,7 @@ loopTest('a pull that cannot fit is refused at once; one that fills the disk fai
   // With room again, the same pull works.
   rmSync(filler);
   await Repository.open(repoPath).remove('fits-14');
-  const ok = await pull(`${base}/${midImage.digest}`, { repoPath });
+  const ok = await pull(`${base}/${midImage.digest}`, { repo: repoPath });
   t.is(ok.digest, midImage.digest);
 });
 

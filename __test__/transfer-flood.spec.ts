@@ -133,7 +133,7 @@ test('slowloris on the HTTP port: pulls from another address still succeed; the 
   Repository.init(origin);
   writeFileSync(join(dir, 'a.img'), pseudoRandom(4 << 20, 50));
   const image = await Repository.open(origin).add(join(dir, 'a.img'), { name: 'a' });
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repoPath: origin })] });
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: origin })] });
   t.teardown(() => {
     server.closeAllConnections();
     server.close();
@@ -156,7 +156,7 @@ test('slowloris on the HTTP port: pulls from another address still succeed; the 
   let pulled = 0;
   for (let i = 0; i < 3; i++) {
     const into = join(dir, `into-${i}`);
-    const res = await pull(`http://127.0.0.1:${address.port}/images/${image.digest}`, { repoPath: into, idleTimeoutMs: 5_000 });
+    const res = await pull(`http://127.0.0.1:${address.port}/images/${image.digest}`, { repo: into, idleTimeoutMs: 5_000 });
     t.is(res.digest, image.digest);
     pulled++;
     await new Promise((res) => setTimeout(res, 3_000)); // across the 10 s header deadline
