@@ -13,11 +13,13 @@ pub mod hash;
 pub mod index;
 pub mod indexer;
 pub mod lock;
+mod mapped;
 pub mod nbd;
 pub mod pack;
 pub mod progress;
 mod readahead;
 pub mod repo;
+mod sha1_pair;
 #[cfg(test)]
 mod test_data;
 pub mod transfer;

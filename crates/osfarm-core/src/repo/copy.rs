@@ -50,11 +50,10 @@ pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progres
             let offset = i as u64 * chunk;
             let n = (len - offset).min(chunk) as usize;
             sfile.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(src, "cannot read image", e))?;
+            opts.alg.block_digests(&buf[..n], bs as usize, out);
             // Write maximal runs of non-zero blocks; zero blocks are left as holes.
             let mut run_start: Option<usize> = None;
-            let blocks: Vec<&[u8]> = buf[..n].chunks(bs as usize).collect();
-            for (b, (block, digest)) in blocks.iter().zip(out.chunks_exact_mut(dlen)).enumerate() {
-                opts.alg.block_digest_into(block, digest);
+            for (b, digest) in out.chunks_exact(dlen).enumerate() {
                 let zero = hash::is_zero_digest(digest);
                 match (zero, run_start) {
                     (false, None) => run_start = Some(b),
