@@ -52,7 +52,10 @@ function rand(): number {
 const between = (a: number, b: number) => a + Math.floor(rand() * (b - a + 1));
 function pick<T>(weighted: [T, number][]): T {
   let r = rand() * weighted.reduce((n, [, w]) => n + w, 0);
-  for (const [v, w] of weighted) if ((r -= w) < 0) return v;
+  for (const [v, w] of weighted) {
+    r -= w;
+    if (r < 0) return v;
+  }
   return weighted[weighted.length - 1]![0];
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -92,9 +92,11 @@ export class ConnectionGate {
       this.refused++;
       oldest.waiting.refuse(`too many connections from ${biggest} are waiting (${held.size + 1}); others come first`);
     }
-    let set = this.byAddress.get(key);
-    if (!set) this.byAddress.set(key, (set = new Set()));
-    const entries = set;
+    let entries = this.byAddress.get(key);
+    if (!entries) {
+      entries = new Set();
+      this.byAddress.set(key, entries);
+    }
     const entry: Entry = {
       address: key,
       waiting,

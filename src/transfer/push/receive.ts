@@ -245,7 +245,10 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       refuse: busy,
       expire: () => refuse(protocolError(`the handshake was not completed within ${this.options.handshakeTimeoutMs / 1000} s`)),
     });
-    if (typeof ticket === 'string') return busy(ticket);
+    if (typeof ticket === 'string') {
+      busy(ticket);
+      return;
+    }
     socket.once('close', () => ticket.leave());
     this.session(conn, remote, ticket).catch((err) => refuse(toOsfarmError(err)));
   }
