@@ -46,7 +46,7 @@ const command: Command<BootResult> = {
     const accel = str(args, 'accel');
     const until = str(args, 'until');
     const execCmd = str(args, 'exec');
-    const timeout = wholeNumber(args, 'timeout', 1);
+    const timeout = wholeNumber(args, 'timeout', 1, 86_400);
     let untilRe: RegExp | undefined;
     try {
       untilRe = until === undefined ? undefined : new RegExp(until);
@@ -57,8 +57,8 @@ const command: Command<BootResult> = {
     const vm = await boot(args.positionals[0]!, {
       repo: ctx.repoPath,
       memoryMiB: memoryMiB(str(args, 'memory')),
-      cpus: wholeNumber(args, 'cpus', 1),
-      sshPort: wholeNumber(args, 'ssh-port', 1),
+      cpus: wholeNumber(args, 'cpus', 1, 1024),
+      sshPort: wholeNumber(args, 'ssh-port', 1, 65_535),
       sshKey: str(args, 'ssh-key'),
       sshUser: str(args, 'ssh-user'),
       firmware: firmware === undefined ? undefined : parseFirmware(firmware),

@@ -139,6 +139,7 @@ function resolveSource(image: string, repo?: string): Source {
     return { path: real, resumeKey: `file:${key}`, originalName: basename(image) };
   }
   if (st?.isDirectory()) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a directory: pack it first (osfarm pack)`);
+  if (st) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a device, FIFO or socket, not a regular file: osfarm sends images from regular files`);
   if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and no repository was given to look it up in`);
   let r: Repository;
   try {
@@ -270,6 +271,9 @@ export async function push(image: string, address: string, options: PushOptions 
       blockSize,
       resumeKey: source.resumeKey,
       digest: src.fromIndex ? source.digest : undefined,
+      // The space the file takes: a bound on its non-zero blocks (holes take none), so a
+      // receiver without room refuses at once.
+      dataBytes: Math.min(src.imageSize, statSync(source.path).blocks * 512),
       name: options.name,
       originalName: source.originalName,
       format: source.format,
