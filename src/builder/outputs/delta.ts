@@ -229,6 +229,6 @@ export async function treeDelta(parent: string, child: string, opts: DeltaOption
     else continue; // sockets do not go into images
     await created(r, o, st);
   }
-  if (opts.signal?.aborted) throw aborted();
+  if (opts.signal?.aborted) throw aborted(opts.signal);
   return { lines, added, removed: gone.length, changed, skipped };
 }

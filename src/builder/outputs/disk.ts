@@ -89,7 +89,7 @@ async function copyInto(from: string, to: string, offset: number, signal?: Abort
     const chunk = Buffer.alloc(4 * MiB);
     const zero = Buffer.alloc(4096);
     for (let pos = 0; ; pos += chunk.length) {
-      if (signal?.aborted) throw aborted();
+      if (signal?.aborted) throw aborted(signal);
       const { bytesRead } = await src.read(chunk, 0, chunk.length, pos);
       if (bytesRead === 0) break;
       // Runs of non-zero blocks, each written at once.

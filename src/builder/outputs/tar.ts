@@ -40,7 +40,7 @@ export async function writeTarGz(path: string, ctx: OutputContext): Promise<void
   const r = await runPiped('tar', args, { env: toolEnv(ctx), signal: ctx.signal, onLine: ctx.log }, (stdout) =>
     pipeline(stdout, createGzip({ level: 6 }), createWriteStream(path)),
   ).catch((err) => {
-    throw ctx.signal?.aborted ? aborted() : err;
+    throw ctx.signal?.aborted ? aborted(ctx.signal) : err;
   });
   if (r.code !== 0) throw buildFailed(`tar.gz output failed (tar exited with ${r.code ?? r.signal})`);
 }

@@ -1,5 +1,5 @@
 import { invalidArgument } from '../../base/errors.js';
-import { serve } from '../../app/serve.js';
+import { serveHandlers } from '../../app/serve.js';
 import { createPullHandler, type PullServeStats } from '../../transfer/http/serve.js';
 import { parseAddress } from '../../transfer/address.js';
 import { Repository } from '../../repo/index.js';
@@ -22,13 +22,13 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
-    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
-    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
+    const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
+    const web = await createWebHandler({ repo: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
     if (web.token.created) {
       // Shown this once; afterwards it is only in the file.
       process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
     }
-    const serving = await serve({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
+    const serving = await serveHandlers({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
     const { url, address } = serving;
     ctx.info(`serving ${ctx.repoPath} on ${url} (pull ${url}/images/<digest or name>; GUI ${url}/, API ${url}/api/docs)`);
     ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath });
