@@ -2,6 +2,7 @@ import type { HashName } from '../../blocks/index.js';
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
+import { signImage } from '../../trust/manifest.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
 
@@ -61,6 +62,7 @@ const add: Command<ShownEntry[]> = {
       const bar = ctx.progress(`add ${image}`);
       try {
         const e = await repo.add(image, { name, meta, onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+        signImage(repo.path, e);
         ctx.event({ event: 'added', digest: e.digest, path: image });
         out.push(shown(e));
       } finally {

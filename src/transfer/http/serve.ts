@@ -14,6 +14,7 @@ import { pipeline } from 'node:stream/promises';
 
 import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from '../../trust/manifest.js';
 import { SOFTWARE } from '../../base/version.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
@@ -44,6 +45,9 @@ const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix
   'index.osfi': { type: 'application/vnd.osfarm.index', immutable: true, etagSuffix: '.osfi' },
   // meta.json carries the image's name, which can change: revalidate every time.
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
+  // The signed manifest (docs/trust.md) names the image too, and is re-signed when it moves.
+  [MANIFEST_FILE]: { type: 'application/json', immutable: false, etagSuffix: '' },
+  [SIGNATURE_FILE]: { type: 'text/plain; charset=utf-8', immutable: false, etagSuffix: '' },
 };
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -144,8 +148,12 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
 
   async function serveFile(req: IncomingMessage, res: ServerResponse, entry: ImageEntry, file: string): Promise<void> {
     const kind = IMAGE_FILES[file]!;
-    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', 'meta.json');
-    const fh = await fsp.open(path, 'r');
+    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', file);
+    const fh = await fsp.open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' && (file === MANIFEST_FILE || file === SIGNATURE_FILE)) return undefined;
+      throw err;
+    });
+    if (!fh) return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} is not signed (the repository had no signing key when it got it)`);
     try {
       const st = await fh.stat();
       const size = st.size;
@@ -206,7 +214,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,manifest.json,manifest.json.minisig}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);

@@ -14,6 +14,8 @@ import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
+import { loadSigningKey } from '../../trust/keys.js';
+import { signImage } from '../../trust/manifest.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
 import {
@@ -157,6 +159,8 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
     this.ensureRepository();
+    // A signing key that cannot be used fails now, not after the first transfer.
+    loadSigningKey(this.options.repo);
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
     this.server = server;
@@ -194,6 +198,13 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.sink(event);
     const { type, ...payload } = event;
     this.emit(type, type === 'result' ? event.result : payload);
+  }
+
+  /** Signs an accepted image with the repository's key, if it has one (docs/trust.md). */
+  private signAccepted<E extends { digest: string }>(e: E): E {
+    using repo = Repository.open(this.options.repo);
+    signImage(this.options.repo, repo.resolve(e.digest));
+    return e;
   }
 
   private ensureRepository(): Repository {
@@ -334,7 +345,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     };
 
     if (asm.alreadyPresent) {
-      const e = await callNative(() => asm.finish(digest!, imageOptions));
+      const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e));
       conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
@@ -408,7 +419,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
         if (groupHead < groups.length || asked.size) return;
         finishing = true;
-        callNative(() => asm.finish(endDigest!, imageOptions)).then(
+        callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e)).then(
           (e) => {
             if (over) return;
             conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });
