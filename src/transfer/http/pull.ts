@@ -15,6 +15,7 @@ import { eventSink, type ResultEvent } from '../../base/events.js';
 import { Repository, type Assembler, type ImageEntry } from '../../repo/index.js';
 import { SOFTWARE } from '../../base/version.js';
 import { trustedKeys } from '../../trust/keys.js';
+import { isCertificateError } from '../../trust/tls.js';
 import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
 import type { PublicKey } from '../../trust/minisign.js';
 
@@ -206,24 +207,9 @@ function aborted(signal: AbortSignal | undefined): OsfarmError {
   return abortError(signal, 'the pull was cancelled; run it again to continue where it stopped');
 }
 
-/** TLS errors that say the server's certificate is not trusted: retrying cannot help. */
-const UNTRUSTED_CERT = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'CERT_UNTRUSTED',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_REVOKED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
-
 function classify(err: unknown, url: string): Error {
   if (err instanceof OsfarmError || err instanceof Transient) return err;
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code && UNTRUSTED_CERT.has(code)) {
+  if (isCertificateError(err)) {
     return new OsfarmError(
       'OSFARM_UNAUTHORIZED',
       `${url}: the server's TLS certificate is not trusted (${(err as Error).message}); if your own CA signed it, give that CA's certificate in NODE_EXTRA_CA_CERTS`,

@@ -8,6 +8,7 @@
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -15,6 +16,7 @@ import { pipeline } from 'node:stream/promises';
 import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from '../../trust/manifest.js';
+import type { TlsServerOptions } from '../../trust/tls.js';
 import { SOFTWARE } from '../../base/version.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
@@ -273,17 +275,21 @@ export interface HttpServerOptions {
   handlers: HttpHandler[];
   /** Open connections at once (default 512). */
   maxConnections?: number;
+  /** Serve HTTPS with this certificate chain and key (PEM) instead of HTTP. */
+  tls?: TlsServerOptions;
 }
 
 /** A node:http server over a chain of handlers, with timeouts that drop idle or stuck peers. */
 export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Server; address: AddressInfo }> {
-  const server = createServer(async (req, res) => {
+  const listener = async (req: IncomingMessage, res: ServerResponse) => {
     for (const h of opts.handlers) {
       if (await h(req, res)) return;
     }
     res.writeHead(404, { 'Content-Type': 'application/json', Server: SOFTWARE });
     res.end(`${JSON.stringify(errorJson(new OsfarmError('OSFARM_NOT_FOUND', `no such resource: ${req.url}`)))}\n`);
-  });
+  };
+  // An https.Server is an http.Server with TLS underneath: the same timeouts and handlers apply.
+  const server: Server = opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, listener) : createServer(listener);
   server.maxConnections = opts.maxConnections ?? 512;
   server.keepAliveTimeout = 30_000;
   server.headersTimeout = 20_000;

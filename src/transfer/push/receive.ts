@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
@@ -15,6 +16,7 @@ import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { loadSigningKey } from '../../trust/keys.js';
+import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
 import { signImage } from '../../trust/manifest.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
@@ -44,6 +46,8 @@ export interface ReceiverOptions {
   token?: string;
   /** Accept sources without a token (trusted networks, tests). */
   insecure?: boolean;
+  /** Listen with TLS (certificate chain and key, PEM); sources pin its fingerprint or check it against a CA. Without it: plain TCP. */
+  tls?: TlsServerOptions;
   /** Transfers at once; more are refused with OSFARM_LOCKED (default 4). */
   maxTransfers?: number;
   /** Close a connection that sends nothing for this long (default 60 s). */
@@ -95,7 +99,7 @@ export interface ReceiverTotals {
  * refused connections, and `{ type: 'result', result }` with its totals when it closes.
  */
 export type ReceiveEvent =
-  | { type: 'listening'; address: string; port: number; repo: string }
+  | { type: 'listening'; address: string; port: number; repo: string; /** With TLS: the certificate's SHA-256 fingerprint, for sources to pin. */ tlsFingerprint?: string }
   | { type: 'repository-created'; path: string }
   | { type: 'transfer-start'; remote: string; size: number; name?: string }
   | ({ type: 'transfer-done' } & TransferReport)
@@ -127,7 +131,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   private repoChecked = false;
   private closing: Promise<void> | undefined;
   private readonly sink: (event: ReceiveEvent) => void;
-  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent'>> & { token?: string };
+  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent' | 'tls'>> & { token?: string; tls?: TlsServerOptions };
   /** Totals over the receiver's life. */
   readonly totals: ReceiverTotals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
 
@@ -143,6 +147,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.options = {
       repo: options.repo,
       token: options.token,
+      tls: options.tls,
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
@@ -161,7 +166,12 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.ensureRepository();
     // A signing key that cannot be used fails now, not after the first transfer.
     loadSigningKey(this.options.repo);
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    const tls = this.options.tls;
+    const server = tls ? createTlsServer({ ...tls, noDelay: true }, (socket) => this.accept(socket)) : createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // A source that does not complete the TLS handshake (it distrusts the certificate, or speaks plain TCP) is refused.
+    server.on('tlsClientError', (err: Error, socket: Socket) => {
+      this.report({ type: 'connection-refused', remote: `${socket.remoteAddress}:${socket.remotePort}`, error: { code: 'OSFARM_UNAUTHORIZED', message: `TLS handshake failed: ${err.message}` } });
+    });
     server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -172,7 +182,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       });
     });
     const address = server.address() as AddressInfo;
-    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo });
+    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo, ...(tls ? { tlsFingerprint: certificateFingerprint(tls.cert) } : {}) });
     return address;
   }
 
