@@ -18,7 +18,7 @@ import { generateKeys, trustKey } from '../src/trust/keys.js';
 import { MANIFEST_FILE, SIGNATURE_FILE, signImage } from '../src/trust/manifest.js';
 import { parsePublicKey, parseSignature, verifyMessage } from '../src/trust/minisign.js';
 import { startNginx } from './helpers/nginx.js';
-import { cliJson, cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';
+import { cli, cliJson, cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const MiB = 1 << 20;
 
@@ -247,4 +247,31 @@ test("the repository's trust store is enforced without --trust (CLI pull, OSFARM
   t.is(good.status, 0, good.stderr);
   t.is(good.result.digest, o.app);
   t.regex(good.result.signedBy, /^[0-9A-F]{16}$/);
+});
+
+test('a name that moves is said aloud and kept: repo add prints the move, images history lists every holder', (t) => {
+  const dir = tempDir(t, 'osfarm-trust-names-');
+  const repo = join(dir, 'repo');
+  Repository.init(repo);
+  writeFileSync(join(dir, 'a.img'), pseudoRandom(100_000, 1));
+  writeFileSync(join(dir, 'b.img'), pseudoRandom(100_000, 2));
+  const a = cliJson(['repo', 'add', join(dir, 'a.img'), '--name', 'app', '--repo', repo]);
+  const b = cli(['--json', 'repo', 'add', join(dir, 'b.img'), '--name', 'app', '--repo', repo]);
+  t.is(b.status, 0, b.stderr);
+  const events = b.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  const bDigest = events[events.length - 1][0].digest;
+  t.like(events.find((e) => e.event === 'name-moved'), { name: 'app', previous: a.result[0].digest, digest: bDigest, via: 'add' });
+  const human = cli(['repo', 'add', join(dir, 'a.img'), '--name', 'app', '--repo', repo]);
+  t.regex(human.stderr, new RegExp(`name 'app' moved from ${bDigest} to ${a.result[0].digest}`));
+  const h = cliJson(['images', 'history', 'app', '--repo', repo]).result;
+  t.is(h.current, a.result[0].digest);
+  t.deepEqual(
+    h.moves.map((m: { digest: string; previous: string | null }) => [m.digest, m.previous]),
+    [
+      [a.result[0].digest, null],
+      [bDigest, a.result[0].digest],
+      [a.result[0].digest, bDigest],
+    ],
+  );
+  t.deepEqual(cliJson(['images', 'history', 'nothing', '--repo', repo]).result, { name: 'nothing', current: null, moves: [] });
 });

@@ -91,6 +91,8 @@ export { pull, parseImageUrl, type PullEvent, type PullOptions, type PullProgres
 export { exportPublicKey, generateKeys, listKeys, loadSigningKey, readPublicKey, trustedKeys, trustKey, type KeyInfo } from './trust/keys.js';
 export { checkIndex, describeImage, MANIFEST_FILE, readManifest, SIGNATURE_FILE, signImage, verifyManifest, writeManifest, type ImageManifest, type SignedManifest } from './trust/manifest.js';
 export { formatPublicKey, parsePublicKey, parseSignature, signMessage, verifyMessage, type PublicKey, type SecretKey, type Signature } from './trust/minisign.js';
+export { NAMES_FILE, nameHistory, recordName, type NameRecord } from './trust/names.js';
+export { imageArrived, type Arrival } from './trust/provenance.js';
 export { certificateFingerprint, normalizeFingerprint, type TlsClientOptions, type TlsServerOptions } from './trust/tls.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';
 export type { Serving } from './app/serve.js';

@@ -16,6 +16,7 @@ import { Repository, type Assembler, type ImageEntry } from '../../repo/index.js
 import { SOFTWARE } from '../../base/version.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { isCertificateError } from '../../trust/tls.js';
+import { recordName } from '../../trust/names.js';
 import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
 import type { PublicKey } from '../../trust/minisign.js';
 
@@ -552,6 +553,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     }
     // Keep the origin's verified manifest beside the image: this repository republishes it.
     if (prep.signed) writeManifest(entry, prep.signed);
+    recordName(options.repo, entry, 'pull');
     result.name = entry.name;
     result.bytesFetched = fetcher.bytes;
     result.requests = fetcher.requests;

@@ -17,7 +17,7 @@ import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { loadSigningKey } from '../../trust/keys.js';
 import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
-import { signImage } from '../../trust/manifest.js';
+import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
 import {
@@ -210,10 +210,10 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.emit(type, type === 'result' ? event.result : payload);
   }
 
-  /** Signs an accepted image with the repository's key, if it has one (docs/trust.md). */
+  /** Records an accepted image's name and signs it with the repository's key, if it has one (docs/trust.md). */
   private signAccepted<E extends { digest: string }>(e: E): E {
     using repo = Repository.open(this.options.repo);
-    signImage(this.options.repo, repo.resolve(e.digest));
+    imageArrived(this.options.repo, repo.resolve(e.digest), 'receive');
     return e;
   }
 

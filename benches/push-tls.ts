@@ -1,0 +1,125 @@
+/**
+ * The cost of TLS on push (docs/trust.md): `osfarm push` of an image of OSFARM_BENCH_SIZE_MIB
+ * (default 1024) to `osfarm receive` on loopback, plain TCP (--insecure) against TLS (the
+ * receiver's certificate pinned), at delta 1 (the receiver has nothing) and delta 0.1 (it
+ * has an image that differs in 10 % of its MiB). The bounds come from outside osfarm: the
+ * same bytes through a plain TCP stream (node:net, file → socket → /dev/null) and through
+ * openssl s_client → s_server. Random data, so zstd cannot shrink it. Push times are the
+ * push's own (connect to DONE, without the CLI's start-up), the bounds' are wall times;
+ * median of OSFARM_BENCH_ROUNDS (default 3) runs; receiver and sender are separate processes.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, existsSync, rmSync, statSync } from 'node:fs';
+import { createServer, connect, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+import { CLI, median, printTable, stopChild, time, workDir } from './lib.js';
+
+const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 1024);
+const rounds = Number(process.env.OSFARM_BENCH_ROUNDS ?? 3);
+const TOKEN = 'push-tls-bench-token';
+const dir = workDir('push-tls');
+
+function sh(cmd: string): void {
+  execFileSync('sh', ['-c', cmd], { stdio: 'ignore' });
+}
+
+// The images: `base` random, `next` = base with every tenth MiB replaced.
+const base = join(dir, `base-${sizeMiB}M.img`);
+const next = join(dir, `next-${sizeMiB}M.img`);
+if (!existsSync(base) || statSync(base).size !== sizeMiB << 20) sh(`head -c ${sizeMiB}M /dev/urandom > ${base}`);
+if (!existsSync(next) || statSync(next).size !== sizeMiB << 20) {
+  sh(`cp ${base} ${next}`);
+  for (let m = 5; m < sizeMiB; m += 10) sh(`head -c 1M /dev/urandom | dd of=${next} bs=1M seek=${m} conv=notrunc status=none`);
+}
+const cert = join(dir, 'cert.pem');
+const key = join(dir, 'key.pem');
+if (!existsSync(cert)) {
+  sh(`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ${key} -out ${cert} -days 30 -subj /CN=bench -addext subjectAltName=IP:127.0.0.1`);
+}
+const fingerprint = execFileSync('openssl', ['x509', '-in', cert, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1]!;
+
+/** An `osfarm receive` child on a free loopback port into `repo`. */
+async function receiver(repo: string, tls: boolean): Promise<{ child: ChildProcess; port: number }> {
+  const args = [CLI, '--json', '--repo', repo, 'receive', '--listen', '127.0.0.1:0', '--token', TOKEN, ...(tls ? ['--tls-cert', cert, '--tls-key', key] : ['--insecure'])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  for await (const line of createInterface({ input: child.stdout! })) {
+    const e = JSON.parse(line) as { event?: string; port?: number };
+    if (e.event === 'listening') return { child, port: e.port! };
+  }
+  throw new Error('receive did not start');
+}
+
+/** Seconds of one push of `image` to a fresh receiver that holds `have` (or nothing). */
+async function pushOnce(image: string, have: string | undefined, tls: boolean): Promise<number> {
+  const repo = join(dir, 'rx');
+  rmSync(repo, { recursive: true, force: true });
+  execFileSync(process.execPath, [CLI, 'repo', 'init', '--repo', repo], { stdio: 'ignore' });
+  if (have) execFileSync(process.execPath, [CLI, 'repo', 'add', have, '--repo', repo], { stdio: 'ignore' });
+  const rx = await receiver(repo, tls);
+  try {
+    const args = [CLI, '--json', 'push', image, `127.0.0.1:${rx.port}`, '--token', TOKEN, ...(tls ? ['--tls-fingerprint', fingerprint] : ['--insecure'])];
+    // The push's own clock, connect to DONE: not the CLI's start-up.
+    const out = execFileSync(process.execPath, args, { encoding: 'utf8' }).trim().split('\n');
+    return (JSON.parse(out[out.length - 1]!) as { seconds: number }).seconds;
+  } finally {
+    await stopChild(rx.child);
+  }
+}
+
+/** The plain-TCP bound: the file through a node:net socket to a sink that discards it. */
+async function plainStream(image: string): Promise<number> {
+  const server = createServer((s) => s.resume());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as AddressInfo).port;
+  try {
+    return await time(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const sock = connect(port, '127.0.0.1', () => createReadStream(image, { highWaterMark: 1 << 20 }).pipe(sock));
+          sock.on('error', reject);
+          sock.on('close', () => resolve());
+        }),
+    );
+  } finally {
+    server.close();
+  }
+}
+
+/** The TLS bound: openssl s_client sends the file to openssl s_server, which discards it. */
+async function opensslStream(image: string): Promise<number> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const server = spawn('openssl', ['s_server', '-accept', `127.0.0.1:${port}`, '-cert', cert, '-key', key, '-naccept', '1', '-quiet'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise((r) => setTimeout(r, 500));
+  try {
+    return await time(() => {
+      execFileSync('sh', ['-c', `openssl s_client -connect 127.0.0.1:${port} -quiet -no_ign_eof < ${image}`], { stdio: 'ignore' });
+      return new Promise<void>((r) => (server.exitCode !== null ? r() : server.once('exit', () => r())));
+    });
+  } finally {
+    await stopChild(server);
+  }
+}
+
+async function medianSeconds(fn: () => Promise<number>): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < rounds; i++) xs.push(await fn());
+  return median(xs);
+}
+
+const MB = sizeMiB * 1.048576;
+const rows: (string | number)[][] = [];
+const plainBound = await medianSeconds(() => plainStream(base));
+const tlsBound = await medianSeconds(() => opensslStream(base));
+rows.push(['bound: plain TCP stream (node:net)', '1', plainBound.toFixed(2), (MB / plainBound).toFixed(0), '']);
+rows.push(['bound: openssl s_client → s_server', '1', tlsBound.toFixed(2), (MB / tlsBound).toFixed(0), `${((tlsBound / plainBound - 1) * 100).toFixed(1)} %`]);
+for (const [delta, image, have] of [['1', base, undefined], ['0.1', next, base]] as const) {
+  const plain = await medianSeconds(() => pushOnce(image, have, false));
+  const tls = await medianSeconds(() => pushOnce(image, have, true));
+  rows.push([`osfarm push --insecure`, delta, plain.toFixed(2), (MB / plain).toFixed(0), '']);
+  rows.push([`osfarm push --tls-fingerprint`, delta, tls.toFixed(2), (MB / tls).toFixed(0), `${((tls / plain - 1) * 100).toFixed(1)} %`]);
+}
+printTable(`push over loopback, ${sizeMiB} MiB of random data, median of ${rounds} (wall s; MB/s of image size; TLS's extra time)`, rows, ['what', 'delta', 's', 'MB/s', 'TLS cost']);
+// The receiver's repository and its images go; the inputs stay for the next run.
+rmSync(join(dir, 'rx'), { recursive: true, force: true });
