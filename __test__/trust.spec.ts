@@ -154,6 +154,8 @@ test("signatures made by the real minisign verify with osfarm's code, and a flip
 test('a signed image pulls with --trust; the manifest is kept and republished; by name, by digest, from a static copy', async (t) => {
   const o = await origin(t);
   const receiver = join(tempDir(t), 'receiver');
+  // By a digest prefix (the server resolves it): no name to check.
+  t.is((await pull(`${o.url}/images/${o.app.slice(0, 8)}`, { repo: join(tempDir(t), 'by-prefix'), trust: [o.pub] })).digest, o.app);
   const r = await pull(`${o.url}/images/app`, { repo: receiver, trust: [o.pub] });
   t.is(r.digest, o.app);
   t.truthy(r.signedBy);

@@ -417,7 +417,9 @@ async function fetchManifest(
   if (signed.manifest.digest !== digest) {
     throw new OsfarmError('OSFARM_UNTRUSTED', `${url} is signed for image ${signed.manifest.digest}, not ${digest}: the server or a cache substituted it`);
   }
-  if (!DIGEST.test(loc.ref) && signed.manifest.name !== loc.ref) {
+  // Asked for by name (not by the digest or a prefix of it): the signed name must be that name.
+  const byDigest = /^[0-9a-f]{4,}$/i.test(loc.ref) && digest.startsWith(loc.ref.toLowerCase());
+  if (!byDigest && signed.manifest.name !== loc.ref) {
     throw new OsfarmError('OSFARM_UNTRUSTED', `the server resolved name '${loc.ref}' to image ${digest}, which was signed as ${signed.manifest.name === null ? 'unnamed' : `'${signed.manifest.name}'`}; pull it by digest if you meant that image`);
   }
   return signed;
