@@ -6,11 +6,14 @@
  * pull reports its own time (not the CLI's start-up).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { CLI, median, printTable, stopChild, workDir } from './lib.js';
+import { Repository } from '../src/repo/index.js';
+import { readPublicKey } from '../src/trust/keys.js';
+import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest } from '../src/trust/manifest.js';
+import { CLI, median, medianOf, printTable, stopChild, workDir } from './lib.js';
 
 const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 256);
 const rounds = Number(process.env.OSFARM_BENCH_ROUNDS ?? 3);
@@ -55,6 +58,13 @@ try {
   const [p, v] = [median(plain), median(verified)];
   rows.push(['pull', p.toFixed(3), '']);
   rows.push(['pull --trust', v.toFixed(3), `${((v / p - 1) * 100).toFixed(1)} %`]);
+  // The checks alone, in-process: both signatures and the SHA-256 over the index.
+  const entry = Repository.open(origin).resolve('bench');
+  const imageDir = join(entry.path, '..');
+  const [bytes, sig, index] = [readFileSync(join(imageDir, MANIFEST_FILE)), readFileSync(join(imageDir, SIGNATURE_FILE), 'utf8'), readFileSync(entry.indexPath)];
+  const keys = [readPublicKey(join(origin, 'keys', 'signing.pub'))];
+  const checks = await medianOf(21, () => checkIndex(verifyManifest(bytes, sig, keys, 'bench').manifest, index, 'bench'));
+  rows.push([`the checks alone (index ${(index.length / 1e6).toFixed(1)} MB)`, checks.toFixed(4), `${((checks / p) * 100).toFixed(2)} %`]);
   printTable(`pull of ${sizeMiB} MiB over loopback into an empty repository, median of ${rounds} (s)`, rows, ['what', 's', 'extra']);
 } finally {
   await stopChild(server);
