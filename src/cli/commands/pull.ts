@@ -4,6 +4,13 @@ import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
+/** --max-request: from 4 KiB (one block) to 1 GiB. */
+function requestSize(text: string): number {
+  const n = parseSize(text, '--max-request');
+  if (!(n >= 4096 && n <= 2 ** 30)) throw invalidArgument(`--max-request: '${text}' is not a size from 4K to 1G`);
+  return n;
+}
+
 const command: Command<PullResult> = {
   name: 'pull',
   usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
@@ -27,9 +34,9 @@ const command: Command<PullResult> = {
       return await pull(url, {
         repo: ctx.repoPath,
         name: str(args, 'name'),
-        parallel: wholeNumber(args, 'parallel', 1),
-        maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-        retries: wholeNumber(args, 'retries', 0),
+        parallel: wholeNumber(args, 'parallel', 1, 64),
+        maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
+        retries: wholeNumber(args, 'retries', 0, 100),
         trust: strs(args, 'trust'),
         signal: ctx.signal,
         onProgress: (p) => {
