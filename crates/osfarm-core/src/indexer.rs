@@ -42,7 +42,7 @@ impl Default for IndexOptions {
 /// Hashes every block of the file at `path`.
 pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> Result<Index> {
     hash::block_size_log2(opts.block_size)?;
-    let file = File::open(path).map_err(|e| Error::io(path, "cannot open image", e))?;
+    let file = crate::fsutil::open_regular(path, "image")?;
     let meta = file.metadata().map_err(|e| Error::io(path, "cannot stat image", e))?;
     if meta.is_dir() {
         return Err(Error::io(path, "cannot index", std::io::Error::other("it is a directory: pack it first")));

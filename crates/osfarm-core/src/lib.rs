@@ -7,6 +7,8 @@ pub mod compare;
 pub mod digest_set;
 pub mod error;
 pub mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod hash;
 pub mod index;
 pub mod indexer;

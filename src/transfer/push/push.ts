@@ -139,6 +139,7 @@ function resolveSource(image: string, repo?: string): Source {
     return { path: real, resumeKey: `file:${key}`, originalName: basename(image) };
   }
   if (st?.isDirectory()) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a directory: pack it first (osfarm pack)`);
+  if (st) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a device, FIFO or socket, not a regular file: osfarm sends images from regular files`);
   if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and no repository was given to look it up in`);
   let r: Repository;
   try {

@@ -10,6 +10,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::hash;
 use crate::index::{block_count_for, Index};
 use crate::indexer::{self, IndexOptions};
@@ -20,11 +21,8 @@ const CHUNK_BYTES: u64 = 1 << 20;
 /// Copies `src` to the new file `dst` and returns the index of the copy (what was
 /// written, not what `src` holds now). `dst` is fsynced.
 pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progress: &dyn Progress) -> Result<Index> {
-    let sfile = File::open(src).map_err(|e| Error::io(src, "cannot open image", e))?;
+    let sfile = fsutil::open_regular(src, "image")?;
     let meta = sfile.metadata().map_err(|e| Error::io(src, "cannot stat image", e))?;
-    if !meta.is_file() {
-        return Err(Error::io(src, "cannot add", std::io::Error::other("not a regular file")));
-    }
     let dfile = OpenOptions::new()
         .read(true)
         .write(true)

@@ -325,7 +325,7 @@ impl Drop for ImageSource {
 }
 
 fn open_image(path: &Path) -> Result<File> {
-    let file = File::open(path).map_err(|e| Error::io(path, "cannot open image", e))?;
+    let file = crate::fsutil::open_regular(path, "image")?;
     let meta = file.metadata().map_err(|e| Error::io(path, "cannot stat image", e))?;
     if meta.is_dir() {
         return Err(Error::io(path, "cannot send", std::io::Error::other("it is a directory: pack it first")));
