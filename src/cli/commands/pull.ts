@@ -1,6 +1,6 @@
 import { invalidArgument } from '../../base/errors.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, throttled, wholeNumber } from '../command.js';
+import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
@@ -13,12 +13,13 @@ function requestSize(text: string): number {
 
 const command: Command<PullResult> = {
   name: 'pull',
-  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
   options: {
     name: { type: 'string' },
     parallel: { type: 'string' },
     'max-request': { type: 'string' },
     retries: { type: 'string' },
+    trust: { type: 'string', multiple: true },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -36,6 +37,7 @@ const command: Command<PullResult> = {
         parallel: wholeNumber(args, 'parallel', 1, 64),
         maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
         retries: wholeNumber(args, 'retries', 0, 100),
+        trust: strs(args, 'trust'),
         signal: ctx.signal,
         onProgress: (p) => {
           if (p.phase !== phase) {
@@ -56,6 +58,7 @@ const command: Command<PullResult> = {
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
       `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      ...(r.signedBy ? [`signed     by key ${r.signedBy} (manifest and index verified)`] : []),
       `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
       `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
       `time       ${r.seconds.toFixed(2)} s`,
