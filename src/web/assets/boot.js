@@ -1,3 +1,4 @@
+// @ts-check
 // Boots: the VMs the server runs from repository images; for one, its console live (SSE) and Stop.
 import { api, el, followJob, notice, showError, short, when } from './lib.js';
 
@@ -48,7 +49,7 @@ export async function render(view, [id]) {
     } else if (e.type === 'log') {
       const keep = stick();
       consoleView.append(`${e.line}\n`);
-      if (++lines > MAX_LINES) consoleView.firstChild.remove();
+      if (++lines > MAX_LINES) consoleView.firstChild?.remove();
       if (keep) consoleView.scrollTop = consoleView.scrollHeight;
     } else if (e.type === 'result') {
       outcome.replaceChildren(el('p', { class: 'ok' }, `VM ended after ${e.result.seconds} s (${e.result.accel.toUpperCase()})`));
