@@ -1,13 +1,24 @@
 import { invalidArgument } from '../../base/errors.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, throttled, wholeNumber } from '../command.js';
+import type { LazyPullResult } from '../../transfer/lazy/export.js';
+import { type Command, flag, str, throttled, wholeNumber } from '../command.js';
+import { pullLazyCommand, renderLazy } from './pull-lazy.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
-const command: Command<PullResult> = {
+const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
-  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  usage: [
+    'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+    'pull --lazy <URL> [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  ].join('\n'),
   options: {
+    lazy: { type: 'boolean' },
+    socket: { type: 'string' },
+    export: { type: 'string' },
+    'until-complete': { type: 'boolean' },
+    'record-profile': { type: 'boolean' },
+    'no-prefetch': { type: 'boolean' },
     name: { type: 'string' },
     parallel: { type: 'string' },
     'max-request': { type: 'string' },
@@ -18,6 +29,7 @@ const command: Command<PullResult> = {
     const [url, extra] = args.positionals;
     if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
     const maxRequest = str(args, 'max-request');
+    if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx);
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
@@ -45,6 +57,7 @@ const command: Command<PullResult> = {
     }
   },
   render(r) {
+    if ('profile' in r) return renderLazy(r);
     if (r.alreadyPresent) return `image ${r.digest}${r.name ? ` (${r.name})` : ''} is already in the repository: nothing fetched`;
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [

@@ -38,12 +38,14 @@ export interface PullServeStats {
 
 export type PullHandler = HttpHandler & { stats: PullServeStats };
 
-/** The three files of an image directory that are served, and how. */
+/** The files of an image directory that are served, and how. */
 const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix: string }> = {
   image: { type: 'application/octet-stream', immutable: true, etagSuffix: '' },
   'index.osfi': { type: 'application/vnd.osfarm.index', immutable: true, etagSuffix: '.osfi' },
   // meta.json carries the image's name, which can change: revalidate every time.
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
+  // The boot profile (docs/lazy-boot.md), optional (404 without one); it can be recorded later.
+  'profile.json': { type: 'application/json', immutable: false, etagSuffix: '' },
 };
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -144,7 +146,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
 
   async function serveFile(req: IncomingMessage, res: ServerResponse, entry: ImageEntry, file: string): Promise<void> {
     const kind = IMAGE_FILES[file]!;
-    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', 'meta.json');
+    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', file);
     const fh = await fsp.open(path, 'r');
     try {
       const st = await fh.stat();
@@ -206,7 +208,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,profile.json}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);
