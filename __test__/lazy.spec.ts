@@ -5,7 +5,7 @@
  * goes away and comes back, and a resumed export.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { cpSync, existsSync, openSync, readFileSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
@@ -237,6 +237,40 @@ test('osfarm pull --lazy --json: ready and result events, the image published, e
   const lines = stdout.trim().split('\n').map((x) => JSON.parse(x) as Record<string, unknown>);
   t.like(lines[0], { type: 'ready', exportName: 'new', digest: l.digest });
   t.like(lines.at(-1), { digest: l.digest, name: 'new', blocksFetched: 512 });
+  const repo = Repository.open(l.receiver);
+  t.teardown(() => repo.close());
+  t.true(readFileSync(repo.resolve('new').path).equals(readFileSync(l.newImage)), 'the bytes differ');
+});
+
+test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arrived and fetches only the rest', async (t) => {
+  const l = lab(t);
+  // A slow origin: every image range (64 KiB) waits 400 ms, so the 2 MiB to fetch take over 12 s.
+  const slow = async (req: IncomingMessage) => {
+    if (req.url?.endsWith('/image')) await new Promise((r) => setTimeout(r, 400));
+    return false;
+  };
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [slow, createPullHandler({ repo: l.origin })] });
+  t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+  const url = `http://127.0.0.1:${address.port}/images/new`;
+  const args = [...CLI, '--json', '--repo', l.receiver, 'pull', '--lazy', '--until-complete', '--parallel', '2', '--max-request', '64k', '--socket', join(l.dir, 'k.sock'), url];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  // Killed 8 s after it started serving: the partial's bitmap is saved every 5 s.
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', () => {
+      if (out.includes('"ready"')) setTimeout(resolve, 8000);
+    });
+    child.once('exit', () => reject(new Error(`the pull ended before it was killed: ${out}`)));
+  });
+  t.false(out.includes('"result"'), 'not complete when killed');
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+
+  const { stdout } = await run(process.execPath, args);
+  const result = JSON.parse(stdout.trim().split('\n').at(-1)!) as { blocksFetched: number; blocksResumed: number; blocksLocal: number };
+  t.true(result.blocksFetched < 512, `fetched ${result.blocksFetched} of 512 again`);
+  t.is(result.blocksFetched + result.blocksResumed + result.blocksLocal, 512 + 1280);
   const repo = Repository.open(l.receiver);
   t.teardown(() => repo.close());
   t.true(readFileSync(repo.resolve('new').path).equals(readFileSync(l.newImage)), 'the bytes differ');

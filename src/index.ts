@@ -82,12 +82,14 @@ export {
 // Images by request: lookup, details, spec export
 export * from './images/index.js';
 
-// Transfers: push and receive over TCP, pull and serve over HTTP
+// Transfers: push and receive over TCP, pull and serve over HTTP, lazy pull over NBD
 export { push, type PushEvent, type PushOptions, type PushProgress, type PushResult } from './transfer/push/push.js';
 export { Receiver, type ReceiveEvent, type ReceiverOptions, type ReceiverTotals, type TransferReport } from './transfer/push/receive.js';
 export { resolveToken, type TokenOptions } from './transfer/push/auth.js';
 export { pull, parseImageUrl, type PullEvent, type PullOptions, type PullProgress, type PullResult } from './transfer/http/pull.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';
+export { pullLazy, type LazyEvent, type LazyExport, type LazyProgress, type LazyPullOptions, type LazyPullResult } from './transfer/lazy/export.js';
+export { readBootProfile, writeBootProfile, type BootProfile, type ProfileRun } from './transfer/lazy/profile.js';
 export type { Serving } from './app/serve.js';
 
 // Serving a repository: pull endpoints, web GUI and REST API

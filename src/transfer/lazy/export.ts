@@ -359,7 +359,8 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
         blockCount,
         alreadyPresent,
         blocksLocal: s.localBlocks,
-        blocksResumed: alreadyPresent ? 0 : Math.max(0, haveAtStart - plan.zeroBlocks),
+        // Neither zero, copied nor fetched now: kept from before (recorded, or found in the partial after a kill).
+        blocksResumed: alreadyPresent ? 0 : Math.max(0, blockCount - plan.zeroBlocks - s.localBlocks - s.fetchedBlocks - plan.duplicateBlocks),
         blocksFetched: s.fetchedBlocks,
         blocksZero: plan.zeroBlocks,
         bytesFetched: fetcher.bytes,
