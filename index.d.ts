@@ -404,6 +404,11 @@ export interface PackOptions {
   blockSize?: number
   /** Clamp every mtime to at most this many seconds since the epoch. */
   sourceDateEpoch?: number
+  /**
+   * Fail (leaving nothing) before the archive would grow past this many bytes: a
+   * bound on what an untrusted tar.gz may expand to.
+   */
+  maxSize?: number
 }
 
 /** What `pack` wrote. */

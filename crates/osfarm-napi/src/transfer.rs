@@ -44,7 +44,7 @@ pub struct ImageSourceOptions {
     /// Hash the blocks with this algorithm (`sha1` or `sha256`): the receiver's.
     pub hash: Option<String>,
     /// Block size: the receiver's. Default 4096.
-    pub block_size: Option<u32>,
+    pub block_size: Option<f64>,
     /// An `.osfi` index of the image: its digests are sent instead of hashing (the image
     /// is then expected to match it; the receiver verifies every block anyway).
     pub index: Option<String>,
@@ -91,7 +91,7 @@ impl ImageSourceHandle {
             Some(h) => HashAlg::parse(h).map_err(js_err)?,
             None => HashAlg::Sha1,
         };
-        let block_size = o.block_size.unwrap_or(osfarm_core::hash::DEFAULT_BLOCK_SIZE);
+        let block_size = crate::block_size(o.block_size)?.unwrap_or(osfarm_core::hash::DEFAULT_BLOCK_SIZE);
         let src = match &o.index {
             Some(ix) => {
                 let index = Index::load(Path::new(ix)).map_err(js_err)?;

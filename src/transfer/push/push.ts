@@ -10,7 +10,7 @@ import { connect, type Socket } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-import { abortError, callNative, callNativeSync, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
+import { abortError, callNative, callNativeSync, invalidArgument, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native } from '../../base/native.js';
 import type { ImageSourceHandle } from '../../base/native.js';
@@ -63,6 +63,12 @@ export interface PushOptions {
   repo?: string;
   /** zstd-compress runs when it helps (default true). */
   compress?: boolean;
+  /**
+   * A fixed zstd level (1–9) for protocol v2's block stream. By default the level adapts to
+   * whether the encoder or the link holds the push back; each change starts a new zstd frame
+   * (without the earlier runs' history), so a fixed level gives repeatable sizes.
+   */
+  compressLevel?: number;
   /** Stops the push; it rejects with an AbortError carrying OSFARM_ABORTED (the receiver keeps the blocks it has for a resume). */
   signal?: AbortSignal;
   /** Progress events (a few per second), then the result; a listener's error is ignored. */
@@ -133,6 +139,7 @@ function resolveSource(image: string, repo?: string): Source {
     return { path: real, resumeKey: `file:${key}`, originalName: basename(image) };
   }
   if (st?.isDirectory()) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a directory: pack it first (osfarm pack)`);
+  if (st) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a device, FIFO or socket, not a regular file: osfarm sends images from regular files`);
   if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and no repository was given to look it up in`);
   let r: Repository;
   try {
@@ -190,6 +197,10 @@ function connectSocket(host: string, port: number, timeoutMs: number, signal?: A
  */
 export async function push(image: string, address: string, options: PushOptions = {}): Promise<PushResult> {
   throwIfAborted(options.signal);
+  const { compressLevel } = options;
+  if (compressLevel !== undefined && !(Number.isInteger(compressLevel) && compressLevel >= 1 && compressLevel <= 9)) {
+    throw invalidArgument(`compressLevel must be a whole number from 1 to 9, got ${compressLevel}`);
+  }
   const started = process.hrtime.bigint();
   const source = resolveSource(image, options.repo);
   const { host, port } = parseAddress(address);
@@ -279,7 +290,7 @@ export async function push(image: string, address: string, options: PushOptions 
     } else if (accept.type !== FrameType.ACCEPT) {
       throw protocolError(`expected ACCEPT or DONE, got frame type 0x${accept.type.toString(16)}`);
     } else {
-      done = await stream(conn, src, { version, maxFrame, blockCount, maxRunBlocks, compress: options.compress ?? true, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
+      done = await stream(conn, src, { version, maxFrame, blockCount, maxRunBlocks, compress: options.compress ?? true, compressLevel, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const num = (k: string) => (typeof done[k] === 'number' ? (done[k] as number) : 0);
@@ -329,6 +340,7 @@ interface StreamState {
   blockCount: number;
   maxRunBlocks: number;
   compress: boolean;
+  compressLevel?: number;
   readAhead: number;
   stats: { digestsSent: number; digestBytes: number; blocksSent: number; rawBytes: number; encodedBytes: number; haveBlocks: number };
   progress: () => void;
@@ -372,7 +384,7 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     // ones, at a level that adapts to whether the encoder or the link is the bottleneck.
     const streamEncoder = s.version >= 2 && s.compress ? new native.BlockStreamEncoder() : undefined;
     let encodeTail: Promise<void> = Promise.resolve();
-    const level = new StreamLevel();
+    const level = new StreamLevel(s.compressLevel === undefined ? {} : { start: s.compressLevel, min: s.compressLevel, max: s.compressLevel });
     const sendRun = (r: Run, encoding: number, data: Buffer, rawLength: number) => {
       if (finished || conn.isClosed) return;
       conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, encoding), data]);

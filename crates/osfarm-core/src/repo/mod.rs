@@ -614,6 +614,10 @@ impl Repository {
             *self.inner.cache.lock().unwrap() = Some(Arc::new(st));
             return Ok(e);
         }
+        let slot = st.catalog.free_slot();
+        if slot >= catalog::MAX_SLOTS {
+            bail!(InvalidArgument, "the repository holds {slot} images, the most it can: remove some first");
+        }
         let dest = self.image_dir(&hex);
         if dest.exists() {
             // An unreferenced leftover of a crashed add or remove: replace it.
@@ -626,8 +630,7 @@ impl Repository {
         drop(ws);
         crash_point("add:placed");
 
-        entry.slot = st.catalog.free_slot();
-        let slot = entry.slot;
+        entry.slot = slot;
         {
             let table = Arc::make_mut(&mut st.table);
             let holders = Holders::new(self, &st.catalog);
