@@ -139,6 +139,11 @@ webTest('every route but the session refuses requests without the token or with 
     }
   }
   t.true(checked >= 18, `${checked} routes checked`);
+  // The scheme is case-insensitive (RFC 7235).
+  for (const scheme of ['bearer', 'BEARER', 'Bearer']) {
+    const r = await fetch(`${c.s.url}/api/images`, { headers: { authorization: `${scheme} ${c.token}` } });
+    t.is(r.status, 200, scheme);
+  }
   t.deepEqual((await json(await call(c, 'GET', '/api/jobs'))).jobs, [], 'no refused request started a job');
   // Nothing was removed by the refused DELETE.
   t.is(Repository.open(c.repo).list().length, 2);
@@ -282,6 +287,9 @@ webTest('invalid specs are refused with the field named, and a web spec cannot r
     [{ spec: { ...SPEC, files: [{ destination: '/etc/x', source: '/etc/shadow' }] } }, /spec\.files\[0\]\.source/],
     [{ spec: { ...SPEC, parent: '/etc/osfarm/base.yaml' } }, /spec\.parent/],
     [{ text: 'distribution: [', format: 'yaml' }, /not valid YAML/],
+    // Refused safely by the parsers, and as spec errors (422), not internal ones (500).
+    [{ text: '<?xml version="1.0"?><!DOCTYPE image [<!ENTITY x SYSTEM "file:///etc/passwd">]><image><name>&x;</name></image>', format: 'xml' }, /not valid XML: External entities/],
+    [{ text: Array.from({ length: 9 }, (_, i) => (i === 0 ? 'a0: &a0 [l, l, l, l, l, l, l, l, l]' : `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`)).join('\n'), format: 'yaml' }, /Excessive alias count/],
   ];
   for (const path of ['/api/specs/check', '/api/builds']) {
     for (const [body, re] of cases) {
@@ -438,6 +446,18 @@ webTest('compare: common blocks both ways', ['GET /api/compare'], async (t) => {
   t.is(r.images.a.name, 'a.tar');
   t.is((await call(c, 'GET', '/api/compare?a=a.tar')).status, 400);
   t.is((await call(c, 'GET', '/api/compare?a=a.tar&b=zzzz-none')).status, 404);
+});
+
+webTest('boot refuses what is not a disk, and bad options, before queueing a VM (boot.spec.ts boots a real one)', ['POST /api/images/{ref}/boot'], async (t) => {
+  const c = await start(t);
+  const notDisk = await call(c, 'POST', '/api/images/a.tar/boot', { body: {} });
+  t.is(notDisk.status, 400);
+  t.regex((await json(notDisk)).error.message, /not a disk/);
+  const badFirmware = await call(c, 'POST', '/api/images/a.tar/boot', { body: { firmware: 'coreboot' } });
+  t.is(badFirmware.status, 400);
+  t.regex((await json(badFirmware)).error.message, /unknown firmware "coreboot": give uefi or bios/);
+  t.is((await call(c, 'POST', '/api/images/zzzz-none/boot', { body: {} })).status, 404);
+  t.deepEqual((await json(await call(c, 'GET', '/api/jobs'))).jobs, []);
 });
 
 webTest('stages: listing with sizes and hits, and GC', ['GET /api/stages', 'POST /api/stages/gc'], async (t) => {

@@ -11,12 +11,20 @@
  * Goals (issues 2 and 16): one CPU >= 90 % of `openssl speed sha1`; `indexImage()` >= 85 %
  * of `openssl speed -multi 2` (>= 1.8x `openssl dgst -sha1`); the CLI >= 1.6x; cold >=
  * 0.9x dd; index <= 0.5 %. Run it on a quiet machine: the load average is printed.
+ *
+ * Assembly (warm): `Repository.assemble()` of the image from the file into an empty
+ * repository on a tmpfs: every block read, verified (SHA-1 on both CPUs) and written, so
+ * bound by `openssl speed -multi 2` and a memory copy.
+ *
+ * Start-up: `osfarm index` of a 64 KiB file (median of 20) against Node's own start-up
+ * (`node -e 0`) and `openssl dgst -sha1` of the same file: what the CLI costs before
+ * and around the work, which every CLI figure above includes.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
-import { indexImage } from '../src/index.js';
+import { indexImage, Repository } from '../src/index.js';
 import { load, opensslSha1 } from './bounds.js';
 import { CLI, dropCaches, median, medianOf, printTable, time, timeCommand, workDir } from './lib.js';
 
@@ -52,6 +60,32 @@ const warm = {
   cli: await medianOf(runs, () => timeCommand(process.execPath, [CLI, 'index', image, '-o', out, '--json'])),
   api: await medianOf(runs, () => indexImage(image, { output: out })),
   apiOneCpu: oneCpuSeconds(),
+};
+
+// Assembly: out (written by the last API run) is the image's index.
+const repoDir = '/dev/shm/osfarm-bench-index-speed-repo';
+async function assembleSeconds(): Promise<number> {
+  rmSync(repoDir, { recursive: true, force: true });
+  const repo = Repository.init(repoDir);
+  try {
+    return await time(() => repo.assemble(out, { from: image }));
+  } finally {
+    repo.close();
+    rmSync(repoDir, { recursive: true, force: true });
+  }
+}
+const assembleRuns: number[] = [];
+for (let i = 0; i < runs; i++) assembleRuns.push(await assembleSeconds());
+const assemble = median(assembleRuns);
+
+// Start-up: a file small enough that hashing it costs nothing.
+const small = join(dir, 'small-64K.img');
+if (!existsSync(small)) execFileSync('sh', ['-c', `head -c 64K /dev/urandom > ${small}`]);
+const startupRuns = 20;
+const startup = {
+  node: await medianOf(startupRuns, () => timeCommand(process.execPath, ['-e', '0'])),
+  openssl: await medianOf(startupRuns, () => timeCommand('openssl', ['dgst', '-sha1', small])),
+  cli: await medianOf(startupRuns, () => timeCommand(process.execPath, [CLI, 'index', small, '-o', out, '--json'])),
 };
 
 const coldRuns = 5;
@@ -93,6 +127,7 @@ printTable(
     ['sha1sum', warm.sha1sum.toFixed(3), rate(warm.sha1sum), '-', (warm.openssl / warm.sha1sum).toFixed(2)],
     ['osfarm index (CLI, incl. node start-up)', warm.cli.toFixed(3), rate(warm.cli), pct(bytes / warm.cli / sha1TwoCpus), (warm.openssl / warm.cli).toFixed(2)],
     ['osfarm indexImage() (API), two CPUs', warm.api.toFixed(3), rate(warm.api), pct(bytes / warm.api / sha1TwoCpus), (warm.openssl / warm.api).toFixed(2)],
+    ['osfarm Repository.assemble() into a tmpfs (verify + write)', assemble.toFixed(3), rate(assemble), pct(bytes / assemble / sha1TwoCpus), (warm.openssl / assemble).toFixed(2)],
   ],
   ['tool', 'seconds', 'rate', 'of openssl speed on the same CPUs', 'speed vs openssl dgst'],
 );
@@ -105,6 +140,16 @@ printTable(
   ],
   ['tool', 'seconds', 'rate', 'speed vs dd', 'of min(dd, openssl -multi 2)'],
 );
+const ms = (s: number) => (1000 * s).toFixed(1);
+printTable(
+  `Start-up: a 64 KiB file (median of ${startupRuns} runs, wall ms)`,
+  [
+    ['node -e 0 (Node alone)', ms(startup.node), '-'],
+    ['openssl dgst -sha1', ms(startup.openssl), '-'],
+    ['osfarm index (CLI)', ms(startup.cli), ms(startup.cli - startup.node)],
+  ],
+  ['command', 'ms', 'more than node -e 0'],
+);
 const indexSize = statSync(out).size;
 console.log(`\nindex size: ${indexSize} bytes = ${((100 * indexSize) / bytes).toFixed(3)} % of the image`);
 console.log(
@@ -115,6 +160,8 @@ console.log(
     bounds: { opensslSha1OneCpu: sha1OneCpu, opensslSha1TwoCpus: sha1TwoCpus },
     warm,
     cold,
+    assemble,
+    startup,
     oneCpuVsOpensslSpeed: bytes / warm.apiOneCpu / sha1OneCpu,
     apiVsOpensslSpeedMulti2: bytes / warm.api / sha1TwoCpus,
     ratioWarmVsOpenssl: warm.openssl / warm.cli,

@@ -104,3 +104,6 @@ export {
   type WebHandler,
   type WebOptions,
 } from './web/index.js';
+
+// Booting images under qemu: console, SSH, stop (docs/boot.md)
+export { boot, type Accel, type BootInfo, type BootMode, type BootOptions, type DiskSource, type ExecResult, type QemuExit, VmHandle, type WaitResult } from './boot/index.js';

@@ -91,6 +91,24 @@ pub fn create_atomic(path: &Path, write: impl FnOnce(File) -> Result<File>) -> R
     result
 }
 
+/// Bytes free for unprivileged writers on the file system holding `path` (what `df`
+/// shows as available).
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::new(crate::error::Code::InvalidArgument, format!("{} has a NUL byte", path.display())))?;
+    // SAFETY: statvfs reads a NUL-terminated path and fills the struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(Error::io(path, "cannot read the free space of", std::io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// True for a write that failed because the file system (or a quota) is full.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 /// Renames a finished temp file or directory into place and makes the rename durable.
 pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
     fs::rename(tmp, path).map_err(|e| Error::io(path, "cannot publish", e))?;

@@ -1,4 +1,3 @@
-import { parseSize } from '../../base/size.js';
 import { type LazyPullResult, pullLazy } from '../../transfer/lazy/export.js';
 import { type CommandContext, flag, type ParsedArgs, str, throttled, wholeNumber } from '../command.js';
 import { bytes, count, percent } from '../format.js';
@@ -8,8 +7,7 @@ import { bytes, count, percent } from '../format.js';
  * the background, and keeps serving until Ctrl-C (or, with --until-complete, until the image
  * is published): NBD clients may still be reading.
  */
-export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: CommandContext): Promise<LazyPullResult> {
-  const maxRequest = str(args, 'max-request');
+export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: CommandContext, maxRequestBytes: number | undefined): Promise<LazyPullResult> {
   const bar = ctx.progress('lazy pull');
   const progressEvent = throttled((e: object) => ctx.event({ ...e }));
   const exp = await pullLazy(url, {
@@ -17,9 +15,9 @@ export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: Comman
     name: str(args, 'name'),
     socket: str(args, 'socket'),
     exportName: str(args, 'export'),
-    parallel: wholeNumber(args, 'parallel', 1),
-    maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-    retries: wholeNumber(args, 'retries', 0),
+    parallel: wholeNumber(args, 'parallel', 1, 64),
+    maxRequestBytes,
+    retries: wholeNumber(args, 'retries', 0, 100),
     prefetch: !flag(args, 'no-prefetch'),
     recordProfile: flag(args, 'record-profile'),
     signal: ctx.signal,

@@ -6,6 +6,13 @@ import { pullLazyCommand, renderLazy } from './pull-lazy.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
+/** --max-request: from 4 KiB (one block) to 1 GiB. */
+function requestSize(text: string): number {
+  const n = parseSize(text, '--max-request');
+  if (!(n >= 4096 && n <= 2 ** 30)) throw invalidArgument(`--max-request: '${text}' is not a size from 4K to 1G`);
+  return n;
+}
+
 const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
   usage: [
@@ -29,7 +36,7 @@ const command: Command<PullResult | LazyPullResult> = {
     const [url, extra] = args.positionals;
     if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
     const maxRequest = str(args, 'max-request');
-    if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx);
+    if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx, maxRequest === undefined ? undefined : requestSize(maxRequest));
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
@@ -38,9 +45,9 @@ const command: Command<PullResult | LazyPullResult> = {
       return await pull(url, {
         repo: ctx.repoPath,
         name: str(args, 'name'),
-        parallel: wholeNumber(args, 'parallel', 1),
-        maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-        retries: wholeNumber(args, 'retries', 0),
+        parallel: wholeNumber(args, 'parallel', 1, 64),
+        maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
+        retries: wholeNumber(args, 'retries', 0, 100),
         signal: ctx.signal,
         onProgress: (p) => {
           if (p.phase !== phase) {

@@ -33,12 +33,12 @@ const command: Command<{ transfers: number; failed: number }> = {
     if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const idle = wholeNumber(args, 'idle-timeout', 1);
+    const idle = wholeNumber(args, 'idle-timeout', 1, 86_400);
     const receiver = new Receiver({
       repo: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
-      maxTransfers: wholeNumber(args, 'max-transfers', 1),
+      maxTransfers: wholeNumber(args, 'max-transfers', 1, 1024),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });
     receiver.on('repository-created', (e: { path: string }) => {
@@ -58,6 +58,10 @@ const command: Command<{ transfers: number; failed: number }> = {
     receiver.on('connection-refused', (e: { remote: string; error: { code: string; message: string } }) => {
       ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
       ctx.event({ event: 'connection-refused', ...e });
+    });
+    receiver.on('busy', (e: { refused: number; message: string }) => {
+      ctx.info(`turned away ${count(e.refused)} connections in 5 s (OSFARM_LOCKED), the last: ${e.message}`);
+      ctx.event({ event: 'busy', ...e });
     });
     const addr = await receiver.listen(host, port);
     ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}`);

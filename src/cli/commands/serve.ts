@@ -20,7 +20,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const listen = str(args, 'listen');
     if (!listen) throw invalidArgument('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
-    const maxConcurrent = wholeNumber(args, 'max-requests', 1);
+    const maxConcurrent = wholeNumber(args, 'max-requests', 1, 65_536);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
     const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
     const web = await createWebHandler({ repo: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });

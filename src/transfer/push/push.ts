@@ -271,6 +271,9 @@ export async function push(image: string, address: string, options: PushOptions 
       blockSize,
       resumeKey: source.resumeKey,
       digest: src.fromIndex ? source.digest : undefined,
+      // The space the file takes: a bound on its non-zero blocks (holes take none), so a
+      // receiver without room refuses at once.
+      dataBytes: Math.min(src.imageSize, statSync(source.path).blocks * 512),
       name: options.name,
       originalName: source.originalName,
       format: source.format,

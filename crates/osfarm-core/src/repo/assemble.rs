@@ -85,7 +85,8 @@ impl Repository {
             true => Target::Bitmap { stem: hex.clone(), index: &index, busy: &busy },
             false => Target::Private,
         };
-        let engine = Assembly::open(self, geo, "asm", format!("image {hex}"), target)?;
+        let needed = (0..geo.block_count).filter(|&i| !index.is_zero_block(i)).map(|i| geo.run_len(i, 1)).sum();
+        let engine = Assembly::open(self, geo, "asm", format!("image {hex}"), target, needed)?;
         // Later blocks that repeat an earlier one are written with it.
         let mut first: DigestMap<'_, u64> = DigestMap::default();
         let mut dups = Vec::new();
