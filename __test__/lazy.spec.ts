@@ -7,15 +7,15 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFile, spawn } from 'node:child_process';
 import { cpSync, existsSync, openSync, readFileSync, writeFileSync, writeSync, closeSync } from 'node:fs';
-import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
+import { lazySource } from '../src/app/lazy-boot.js';
 import type { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
-import { createPullHandler, listenHttp } from '../src/transfer/http/serve.js';
 import { pullLazy, type LazyEvent } from '../src/transfer/lazy/export.js';
 import { readBootProfile, writeBootProfile } from '../src/transfer/lazy/profile.js';
+import { serveRepo } from './helpers/origin.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const run = promisify(execFile);
@@ -54,19 +54,6 @@ function lab(t: ExecutionContext): Lab {
   const receiver = join(dir, 'receiver');
   Repository.init(receiver).addSync(join(dir, 'old.img'), { name: 'old' });
   return { dir, origin, receiver, newImage, digest: entry.digest, blockCount: entry.blockCount };
-}
-
-/** `osfarm serve`'s handler on loopback; `ranges` lists the image byte ranges asked for, in order. */
-async function serveRepo(t: ExecutionContext, repo: string, port = 0): Promise<{ url: string; port: number; ranges: string[]; stop: () => Promise<void> }> {
-  const ranges: string[] = [];
-  const record = async (req: IncomingMessage) => {
-    if (req.url?.endsWith('/image') && req.headers.range) ranges.push(req.headers.range);
-    return false;
-  };
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port, handlers: [record, createPullHandler({ repo })] });
-  const stop = () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r())));
-  t.teardown(stop);
-  return { url: `http://127.0.0.1:${address.port}`, port: address.port, ranges, stop };
 }
 
 const readAt = (uri: string, offset: number, length: number) => run('qemu-io', ['-r', '-f', 'raw', '-c', `read ${offset} ${length}`, uri]);
@@ -205,7 +192,7 @@ test('the origin goes away: present blocks are still served, missing ones fail c
   t.false(existsSync(sock));
 
   // Back on the same port: a new export keeps the MiB fetched before and completes.
-  await serveRepo(t, l.origin, o.port);
+  await serveRepo(t, l.origin, { port: o.port });
   const exp2 = await pullLazy(`${o.url}/images/new`, { repo: l.receiver, socket: sock });
   t.teardown(() => exp2.close());
   const result = await exp2.completed;
@@ -224,7 +211,7 @@ test('the origin stops mid-read and comes back within the retries: the read wait
   await o.stop();
   const reading = readAt(exp.uri, 5 * MiB, MiB);
   await new Promise((r) => setTimeout(r, 1500));
-  await serveRepo(t, l.origin, o.port);
+  await serveRepo(t, l.origin, { port: o.port });
   const r = await reading;
   t.regex(r.stdout, /read 1048576\/1048576 bytes/);
   t.is(exp.stats().fetchedBlocks, 256);
@@ -245,13 +232,8 @@ test('osfarm pull --lazy --json: ready and result events, the image published, e
 test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arrived and fetches only the rest', async (t) => {
   const l = lab(t);
   // A slow origin: every image range (64 KiB) waits 400 ms, so the 2 MiB to fetch take over 12 s.
-  const slow = async (req: IncomingMessage) => {
-    if (req.url?.endsWith('/image')) await new Promise((r) => setTimeout(r, 400));
-    return false;
-  };
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [slow, createPullHandler({ repo: l.origin })] });
-  t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
-  const url = `http://127.0.0.1:${address.port}/images/new`;
+  const o = await serveRepo(t, l.origin, { delayMs: () => 400 });
+  const url = `${o.url}/images/new`;
   const args = [...CLI, '--json', '--repo', l.receiver, 'pull', '--lazy', '--until-complete', '--parallel', '2', '--max-request', '64k', '--socket', join(l.dir, 'k.sock'), url];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
   let out = '';
@@ -266,6 +248,10 @@ test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arriv
   t.false(out.includes('"result"'), 'not complete when killed');
   child.kill('SIGKILL');
   await new Promise((r) => child.once('exit', r));
+  // The partial's origin is recorded: `osfarm boot new` would go on fetching it from there.
+  t.deepEqual(lazySource('new', l.receiver), { url: `${o.url}/images/${l.digest}`, name: 'new' });
+  t.deepEqual(lazySource(l.digest.slice(0, 12), l.receiver), { url: `${o.url}/images/${l.digest}`, name: 'new' });
+  t.is(lazySource('old', l.receiver), undefined, 'a complete image is booted as it is');
 
   const { stdout } = await run(process.execPath, args);
   const result = JSON.parse(stdout.trim().split('\n').at(-1)!) as { blocksFetched: number; blocksResumed: number; blocksLocal: number };
@@ -274,4 +260,5 @@ test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arriv
   const repo = Repository.open(l.receiver);
   t.teardown(() => repo.close());
   t.true(readFileSync(repo.resolve('new').path).equals(readFileSync(l.newImage)), 'the bytes differ');
+  t.false(existsSync(join(l.receiver, 'tmp', `${l.digest}.origin.json`)), 'the record went with the publication');
 });

@@ -107,3 +107,5 @@ export {
 
 // Booting images under qemu: console, SSH, stop (docs/boot.md)
 export { boot, type Accel, type BootInfo, type BootMode, type BootOptions, type DiskSource, type ExecResult, type QemuExit, VmHandle, type WaitResult } from './boot/index.js';
+// Lazy boot: an image booted from its origin before it has arrived (docs/lazy-boot.md)
+export { bootAny, bootLazy, lazySource, type LazyBootOptions } from './app/lazy-boot.js';

@@ -15,6 +15,7 @@ import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type NbdFetchRequest, type NbdServer, type RepositoryHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { type BlockRange, type BlockSink, Fetcher, fetchRange, parseImageUrl, prepare, type RetryOptions, sleep, withRetries } from '../http/pull.js';
+import { removePartialOrigin, writePartialOrigin } from './origin.js';
 import { type BootProfile, parseBootProfile, type ProfileRun, readBootProfile, writeBootProfile } from './profile.js';
 
 export interface LazyProgress {
@@ -62,6 +63,8 @@ export interface LazyPullOptions {
   maxRetryDelayMs?: number;
   /** A connection that sends nothing for this long is dropped and retried (default 30 s). */
   idleTimeoutMs?: number;
+  /** After a client's read that had to be fetched, fetch up to this much after it at once (default 2 MiB; 0: none): see `Readahead`. */
+  readaheadBytes?: number;
   /** Fetch the rest in the background and publish (default true); false fetches only what clients read. */
   prefetch?: boolean;
   /** Keep the clients' read order as the image's boot profile when the export closes, if the image is complete by then (default false). */
@@ -105,19 +108,30 @@ export interface LazyExport extends AsyncDisposable {
   readonly uri: string;
   /** Resolves when the image is complete and published; rejects if the export closes first or a block cannot be had. */
   readonly completed: Promise<LazyPullResult>;
+  /** Where the prefetch order came from (as in the result). */
+  readonly profileSource: LazyPullResult['profile'];
   /** The NBD server's counters (reads, blocks copied, fetched, bad). */
   stats(): ReturnType<NbdServer['stats']>;
   /** The clients' first reads so far, in order (the boot profile being recorded). */
   profile(): ProfileRun[];
-  /** Keeps the clients' read order so far as the image's boot profile (the image must be published). */
-  saveProfile(): string;
+  /**
+   * Keeps the clients' read order so far (e.g. up to a boot's marker) as the image's boot
+   * profile: written when the image is published (at once if it is); resolves with the file.
+   */
+  saveProfile(): Promise<string>;
   /** Stops serving and fetching; blocks received are kept for the next run. Idempotent. */
   close(): Promise<void>;
 }
 
-/** Answers the NBD server's fetch requests over HTTP: client reads first, prefetch on the other slots. */
+/**
+ * Answers the NBD server's fetch requests over HTTP. Reads a client waits for go first, on
+ * any slot, then the client's readahead, then the prefetch: on all but one slot, and on one
+ * only while a client's read or readahead is in flight, so that on a slow link the guest's
+ * reads share it with one prefetch, not with all of them.
+ */
 class RangeQueue {
   private readonly urgent: NbdFetchRequest[] = [];
+  private readonly soon: NbdFetchRequest[] = [];
   private readonly background: NbdFetchRequest[] = [];
   private active = 0;
   private activeBackground = 0;
@@ -125,19 +139,23 @@ class RangeQueue {
   constructor(
     private readonly parallel: number,
     private readonly run: (r: NbdFetchRequest) => Promise<void>,
+    private readonly forClient: (r: NbdFetchRequest) => boolean,
   ) {}
 
   push(r: NbdFetchRequest): void {
-    (r.urgent ? this.urgent : this.background).push(r);
+    (r.urgent ? this.urgent : this.forClient(r) ? this.soon : this.background).push(r);
     this.pump();
   }
 
   private pump(): void {
     while (this.active < this.parallel) {
-      let r = this.urgent.shift();
+      let r = this.urgent.shift() ?? this.soon.shift();
       const background = !r;
-      // One slot stays free for reads a client waits for.
-      if (!r && this.activeBackground < Math.max(1, this.parallel - 1)) r = this.background.shift();
+      if (!r) {
+        const clientReading = this.active > this.activeBackground;
+        const slots = clientReading ? 1 : Math.max(1, this.parallel - 1);
+        if (this.activeBackground < slots) r = this.background.shift();
+      }
       if (!r) return;
       this.active++;
       if (background) this.activeBackground++;
@@ -147,6 +165,50 @@ class RangeQueue {
         this.pump();
       });
     }
+  }
+}
+
+/**
+ * Sequential readahead for a client (a boot reads files front to back): after a read that
+ * had to be fetched, the blocks after it are made present at once, ahead of the prefetch.
+ * The window starts at `min` blocks and doubles, up to `max`, while each fetched read
+ * starts where the last window ended (the reads inside a window are served without a fetch,
+ * so the next fetch comes at its end); any other read starts over at `min`.
+ */
+class Readahead {
+  private readonly windows = new Set<{ first: number; end: number }>();
+  private next = -1;
+  private size = 0;
+
+  constructor(
+    private readonly min: number,
+    private readonly max: number,
+    private readonly blockCount: number,
+    private readonly ensure: (first: number, count: number) => Promise<unknown>,
+  ) {}
+
+  /** A client's read fetches blocks `[first, first + count)`. */
+  fetched(first: number, count: number): void {
+    if (this.max <= 0) return;
+    const end = first + count;
+    const sequential = this.next >= 0 && first >= this.next - this.size && first <= this.next;
+    this.size = sequential ? Math.min(this.size * 2, this.max) : this.min;
+    const from = Math.max(end, sequential ? this.next : end);
+    const to = Math.min(this.blockCount, end + this.size);
+    this.next = to;
+    if (to <= from) return;
+    const w = { first: from, end: to };
+    this.windows.add(w);
+    // A failure is the client's to meet (its own read retries and reports it), not the readahead's.
+    void this.ensure(from, to - from)
+      .catch(() => {})
+      .finally(() => this.windows.delete(w));
+  }
+
+  /** Whether a fetch request brings a window's blocks (it then goes before the prefetch). */
+  covers(r: NbdFetchRequest): boolean {
+    for (const w of this.windows) if (r.first < w.end && r.first + r.count > w.first) return true;
+    return false;
   }
 }
 
@@ -216,11 +278,15 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       }
     }
 
+    // `osfarm boot NAME` can go on with a partly present image from this record.
+    if (!alreadyPresent) writePartialOrigin(repoPath, { digest: prep.digest, url: `${loc.base}/images/${prep.digest}`, ...(name ? { name } : {}) });
+
     const handle: RepositoryHandle = native.RepositoryHandle.open(repoPath);
     const socket = options.socket ?? join(tmpdir(), `osfarm-nbd-${prep.digest.slice(0, 12)}-${process.pid}.sock`);
     const exportName = options.exportName ?? name ?? prep.digest;
     const bs = prep.params.blockSize;
     const maxBlocks = Math.max(1, Math.floor((options.maxRequestBytes ?? 2 << 20) / bs));
+    const maxReadahead = Math.max(0, options.readaheadBytes ?? 2 << 20);
     const dataUrl = `${loc.base}/images/${prep.digest}/image`;
 
     // One fetch request: a single range into a buffer, retried from where it stopped.
@@ -254,13 +320,22 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
         }
       }
     };
-    const queue = new RangeQueue(parallel, answer);
+    const readahead = new Readahead(
+      Math.min(64, Math.ceil(maxReadahead / bs)),
+      Math.floor(maxReadahead / bs),
+      blockCount,
+      async (first, count) => server?.ensure(first, count),
+    );
+    const queue = new RangeQueue(parallel, answer, (r) => readahead.covers(r));
     // Requests can come before `start` resolves (none do today: nothing reads yet).
     server = await native.NbdServer.start(
       handle,
       prep.index,
       { socket, exportName, expectedDigest: prep.digest, maxFetchBlocks: maxBlocks },
-      (r) => queue.push(r),
+      (r) => {
+        queue.push(r);
+        if (r.urgent) readahead.fetched(r.first, r.count);
+      },
       (e) => {
         if (e.kind === 'bad-block') emit({ type: 'bad-block', block: e.block ?? -1, origin: e.origin ?? '', message: e.message });
         else emit({ type: 'fetch-failed', first: e.first ?? -1, count: e.count ?? 0, message: e.message });
@@ -341,6 +416,7 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       srv.flush();
       const entry = await srv.publish({ name, ...imageMeta });
       published = true;
+      removePartialOrigin(repoPath, prep.digest);
       // The profile travels with the image, so this repository can serve it on.
       if (profile && profileSource === 'origin') {
         try {
@@ -373,10 +449,12 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       return result;
     };
 
-    const saveProfile = (): string => {
+    const saveProfile = async (): Promise<string> => {
       const runs = srv.profile();
       if (runs.length === 0) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'no client has read from the export yet: there is no access order to keep');
-      return writeBootProfile(repoPath, { image: prep.digest, blockSize: bs, blockCount, recorded: new Date().toISOString(), runs });
+      const recorded = new Date().toISOString();
+      await completed;
+      return writeBootProfile(repoPath, { image: prep.digest, blockSize: bs, blockCount, recorded, runs });
     };
 
     const close = async (): Promise<void> => {
@@ -384,7 +462,7 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       closed = true;
       if (options.recordProfile && published) {
         try {
-          saveProfile();
+          await saveProfile();
         } catch (err) {
           emit({ type: 'warning', message: `the boot profile was not kept: ${(err as Error).message}` });
         }
@@ -408,6 +486,7 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       exportName,
       uri,
       completed,
+      profileSource,
       stats: () => srv.stats(),
       profile: () => srv.profile(),
       saveProfile,
