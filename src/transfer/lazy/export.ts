@@ -63,7 +63,7 @@ export interface LazyPullOptions {
   maxRetryDelayMs?: number;
   /** A connection that sends nothing for this long is dropped and retried (default 30 s). */
   idleTimeoutMs?: number;
-  /** After a client's read that had to be fetched, fetch up to this much after it at once (default 2 MiB; 0: none): see `Readahead`. */
+  /** After a client's read that had to be fetched, fetch up to this much after it at once (default 2 MiB; 0: none; none without the prefetch): see `Readahead`. */
   readaheadBytes?: number;
   /** Fetch the rest in the background and publish (default true); false fetches only what clients read. */
   prefetch?: boolean;
@@ -286,7 +286,8 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
     const exportName = options.exportName ?? name ?? prep.digest;
     const bs = prep.params.blockSize;
     const maxBlocks = Math.max(1, Math.floor((options.maxRequestBytes ?? 2 << 20) / bs));
-    const maxReadahead = Math.max(0, options.readaheadBytes ?? 2 << 20);
+    // Without the prefetch, only what clients read is fetched: no readahead either.
+    const maxReadahead = options.prefetch === false ? 0 : Math.max(0, options.readaheadBytes ?? 2 << 20);
     const dataUrl = `${loc.base}/images/${prep.digest}/image`;
 
     // One fetch request: a single range into a buffer, retried from where it stopped.
