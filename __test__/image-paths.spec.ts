@@ -39,7 +39,7 @@ const commands: Array<[string, (special: string, ctx: { image: string; repo: str
   ['compare (B)', (s, c) => ['compare', c.image, s]],
   ['repo add', (s, c) => ['--repo', c.repo, 'repo', 'add', s]],
   ['plan', (s, c) => ['--repo', c.repo, 'plan', s]],
-  ['push', (s, c) => ['--repo', c.repo, 'push', s, '127.0.0.1:9']],
+  ['push', (s, c) => ['--repo', c.repo, 'push', s, '127.0.0.1:9', '--insecure']],
 ];
 
 for (const [name, args] of commands) {

@@ -15,6 +15,8 @@ import type { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
 import { pullLazy, type LazyEvent } from '../src/transfer/lazy/export.js';
 import { readBootProfile, writeBootProfile } from '../src/transfer/lazy/profile.js';
+import { generateKeys, trustKey } from '../src/trust/keys.js';
+import { MANIFEST_FILE, signImage } from '../src/trust/manifest.js';
 import { serveRepo } from './helpers/origin.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
@@ -261,4 +263,23 @@ test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arriv
   t.teardown(() => repo.close());
   t.true(readFileSync(repo.resolve('new').path).equals(readFileSync(l.newImage)), 'the bytes differ');
   t.false(existsSync(join(l.receiver, 'tmp', `${l.digest}.origin.json`)), 'the record went with the publication');
+});
+
+test('signatures are required as pull requires them: an unsigned image is refused before anything is served; a signed one keeps its manifest', async (t) => {
+  const l = lab(t);
+  // "new" is unsigned (added before the origin had a key); "signed" is signed by it.
+  const key = generateKeys(l.origin);
+  const repo = Repository.open(l.origin);
+  const signed = repo.addSync(join(l.dir, 'old.img'), { name: 'signed' });
+  signImage(l.origin, signed);
+  repo.close();
+  trustKey(l.receiver, key.path);
+  const o = await serveRepo(t, l.origin);
+  const err = await t.throwsAsync(pullLazy(`${o.url}/images/new`, { repo: l.receiver, socket: join(l.dir, 'nbd.sock') }));
+  t.is((err as OsfarmError).code, 'OSFARM_UNTRUSTED');
+  t.false(existsSync(join(l.dir, 'nbd.sock')), 'nothing was served');
+  await using exp = await pullLazy(`${o.url}/images/signed`, { repo: l.receiver, socket: join(l.dir, 'nbd2.sock') });
+  const result = await exp.completed;
+  t.regex(result.signedBy ?? '', /^[0-9A-F]{16}$/);
+  t.true(existsSync(join(l.receiver, 'images', signed.digest, MANIFEST_FILE)));
 });

@@ -441,13 +441,14 @@ test('a source whose END names another image is refused after its blocks, and no
   t.deepEqual(pushPartials(r.repoPath), []);
 });
 
-test('osfarm receive refuses to start without a token unless --insecure', async (t) => {
+test('osfarm receive refuses to start without TLS and a token unless --insecure', async (t) => {
   const repo = join(tempDir(t), 'repo');
   const env = { OSFARM_TOKEN: '' };
   const refused = cli(['--repo', repo, 'receive', '--listen', '127.0.0.1:0'], env);
   t.not(refused.status, 0);
-  t.regex(refused.stderr, /OSFARM_UNAUTHORIZED/);
-  t.regex(refused.stderr, /--insecure/);
+  // Neither TLS nor a token: plain TCP must be asked for (docs/trust.md).
+  t.regex(refused.stderr, /OSFARM_INVALID_ARGUMENT/);
+  t.regex(refused.stderr, /--tls-cert FILE --tls-key FILE, or --insecure/);
 
   const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, '--json', '--repo', repo, 'receive', '--listen', '127.0.0.1:0', '--insecure'], {
     env: { ...process.env, ...env },

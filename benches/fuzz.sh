@@ -23,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzz_dir=crates/osfarm-core/fuzz
-work=${OSFARM_BENCH_WORK:-$PWD/bench-work}/fuzz
+work=${OSFARM_BENCH_DIR:-$PWD/bench-work}/fuzz
 all=(index tar groups zstd_run catalog table json)
 seconds=600
 update=0

@@ -17,6 +17,8 @@
  *
  *   node --import tsx benches/soak.ts [--rounds 200] [--seed 1]
  *
+ * SIGINT or SIGTERM stops it after the running round, with the counts so far.
+ *
  * Needs root (loop device, namespace, tc) and `npm run build` (it runs dist/cli/main.js).
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -209,10 +211,19 @@ async function main(): Promise<void> {
     ns.remove();
     fs.cleanup();
   };
-  process.on('SIGINT', () => {
-    cleanup();
-    process.exit(130);
-  });
+  // The first SIGINT or SIGTERM ends the soak after the running round (its counts are
+  // printed); a second one ends it at once.
+  let stopping = false;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      if (stopping) {
+        cleanup();
+        process.exit(130);
+      }
+      stopping = true;
+      console.log(`${sig}: stopping after this round (again to stop at once)`);
+    });
+  }
   process.on('uncaughtException', (err) => {
     console.error(err);
     cleanup();
@@ -223,7 +234,7 @@ async function main(): Promise<void> {
     Repository.init(dst);
     const baseUnaccounted = unaccounted(fs.mountpoint);
     const receiverArgs = ['netns', 'exec', ns.name, process.execPath, CLI, '--json', '--repo', dst, 'receive', '--listen', `${ns.nsIp}:7070`, '--insecure'];
-    const serveArgs = [CLI, '--json', '--repo', src, 'serve', '--listen', `${ns.hostIp}:8080`, '--token-file', join(work, 'web-token')];
+    const serveArgs = [CLI, '--json', '--repo', src, 'serve', '--listen', `${ns.hostIp}:8080`, '--token-file', join(work, 'web-token'), '--insecure'];
     const startReceiver = async () => (servers.receiver = await startServer('ip', receiverArgs));
     const startServe = async () => (servers.serve = await startServer(process.execPath, serveArgs));
     await startReceiver();
@@ -241,7 +252,7 @@ async function main(): Promise<void> {
       spawnSync('ip', ['netns', 'exec', ns.name, 'nft', 'delete', 'table', 'inet', 'reliability'], { stdio: 'ignore' });
     };
 
-    for (let round = 1; round <= ROUNDS; round++) {
+    for (let round = 1; round <= ROUNDS && !stopping; round++) {
       counts.rounds = round;
       const held = new Set(Repository.open(dst).list().map((e) => e.digest));
       const missing = images.filter((d) => !held.has(d));

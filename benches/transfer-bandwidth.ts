@@ -114,7 +114,7 @@ function cli(args: string[], disk?: Disk): unknown {
 
 /** Starts `osfarm receive` in the namespace; resolves once it listens. */
 async function startReceiver(ns: Netns, repo: string): Promise<ChildProcess> {
-  const child = ns.spawn('taskset', ['-c', RECEIVER_CPU, process.execPath, CLI, '--json', '--repo', repo, 'receive', '--listen', `${ns.nsIp}:${PORT}`, '--token', TOKEN], {
+  const child = ns.spawn('taskset', ['-c', RECEIVER_CPU, process.execPath, CLI, '--json', '--repo', repo, 'receive', '--listen', `${ns.nsIp}:${PORT}`, '--token', TOKEN, '--insecure'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   for await (const line of createInterface({ input: child.stdout! })) {
@@ -217,7 +217,7 @@ async function table(ns: Netns, link: number, disk: Disk, rowDeltas: number[]): 
         if (i > 0 && results[0]!.r.digest !== oldDigest) cli(['--repo', repo, 'repo', 'rm', results[0]!.r.digest]);
         dropCaches();
         const before = ns.hostCounters();
-        const r = cli(['push', newImage, `${ns.nsIp}:${PORT}`, '--token', TOKEN], disk) as PushResult;
+        const r = cli(['push', newImage, `${ns.nsIp}:${PORT}`, '--token', TOKEN, '--insecure'], disk) as PushResult;
         const after = ns.hostCounters();
         results.push({ r, wire: after.tx - before.tx + (after.rx - before.rx) });
       }

@@ -5,7 +5,7 @@ import { bootAny } from '../../app/lazy-boot.js';
 import type { BootInfo, ExecResult, QemuExit, WaitResult } from '../../boot/index.js';
 import { parseAccel, parseFirmware } from '../../boot/index.js';
 import type { LazyExport, LazyPullResult } from '../../transfer/lazy/export.js';
-import { type Command, flag, str, wholeNumber } from '../command.js';
+import { type Command, flag, str, strs, wholeNumber } from '../command.js';
 import { bytes } from '../format.js';
 import { finishLazy, lazyEvents, markProfile } from './boot-lazy.js';
 
@@ -33,7 +33,7 @@ function memoryMiB(text: string | undefined): number | undefined {
 
 const command: Command<BootResult> = {
   name: 'boot',
-  usage: 'boot IMAGE|NAME|DIGEST|http://HOST:PORT/images/NAME [--firmware uefi|bios] [--kernel-boot] [--accel auto|kvm|tcg] [--memory 1G] [--cpus N] [--ssh-port N] [-i KEY] [--ssh-user U] [--keep DIR] [--until REGEX] [--exec CMD] [--timeout S] [--parallel N] [--no-prefetch]',
+  usage: 'boot IMAGE|NAME|DIGEST|http://HOST:PORT/images/NAME [--firmware uefi|bios] [--kernel-boot] [--accel auto|kvm|tcg] [--memory 1G] [--cpus N] [--ssh-port N] [-i KEY] [--ssh-user U] [--keep DIR] [--until REGEX] [--exec CMD] [--timeout S] [--parallel N] [--no-prefetch] [--trust KEYFILE]...',
   options: {
     memory: { type: 'string', short: 'm' },
     cpus: { type: 'string' },
@@ -49,6 +49,7 @@ const command: Command<BootResult> = {
     timeout: { type: 'string' },
     parallel: { type: 'string' },
     'no-prefetch': { type: 'boolean' },
+    trust: { type: 'string', multiple: true },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -85,7 +86,7 @@ const command: Command<BootResult> = {
     };
     // A URL, or an image only partly here: served lazily over NBD while it arrives (docs/lazy-boot.md).
     const prefetch = !flag(args, 'no-prefetch');
-    const lazy = { parallel: wholeNumber(args, 'parallel', 1, 64), prefetch };
+    const lazy = { parallel: wholeNumber(args, 'parallel', 1, 64), prefetch, trust: strs(args, 'trust') };
     const { vm, exp } = await bootAny(target, { ...bootOptions, lazy, onLazyEvent: lazyEvents(ctx) });
     let profile: Promise<string> | undefined;
     const i = vm.info;

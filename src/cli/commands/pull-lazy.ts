@@ -1,5 +1,5 @@
 import { type LazyPullResult, pullLazy } from '../../transfer/lazy/export.js';
-import { type CommandContext, flag, type ParsedArgs, str, throttled, wholeNumber } from '../command.js';
+import { type CommandContext, flag, type ParsedArgs, str, strs, throttled, wholeNumber } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 
 /**
@@ -18,6 +18,7 @@ export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: Comman
     parallel: wholeNumber(args, 'parallel', 1, 64),
     maxRequestBytes,
     retries: wholeNumber(args, 'retries', 0, 100),
+    trust: strs(args, 'trust'),
     prefetch: !flag(args, 'no-prefetch'),
     recordProfile: flag(args, 'record-profile'),
     signal: ctx.signal,

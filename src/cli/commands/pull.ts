@@ -1,7 +1,7 @@
 import { invalidArgument } from '../../base/errors.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
 import type { LazyPullResult } from '../../transfer/lazy/export.js';
-import { type Command, flag, str, throttled, wholeNumber } from '../command.js';
+import { type Command, flag, str, strs, throttled, wholeNumber } from '../command.js';
 import { pullLazyCommand, renderLazy } from './pull-lazy.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
@@ -16,8 +16,8 @@ function requestSize(text: string): number {
 const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
   usage: [
-    'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
-    'pull --lazy <URL> [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+    'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+    'pull --lazy <URL> [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
   ].join('\n'),
   options: {
     lazy: { type: 'boolean' },
@@ -30,6 +30,7 @@ const command: Command<PullResult | LazyPullResult> = {
     parallel: { type: 'string' },
     'max-request': { type: 'string' },
     retries: { type: 'string' },
+    trust: { type: 'string', multiple: true },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -48,6 +49,7 @@ const command: Command<PullResult | LazyPullResult> = {
         parallel: wholeNumber(args, 'parallel', 1, 64),
         maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
         retries: wholeNumber(args, 'retries', 0, 100),
+        trust: strs(args, 'trust'),
         signal: ctx.signal,
         onProgress: (p) => {
           if (p.phase !== phase) {
@@ -69,6 +71,7 @@ const command: Command<PullResult | LazyPullResult> = {
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
       `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      ...(r.signedBy ? [`signed     by key ${r.signedBy} (manifest and index verified)`] : []),
       `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
       `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
       `time       ${r.seconds.toFixed(2)} s`,

@@ -6,21 +6,25 @@ import { Repository } from '../../repo/index.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
+import { SERVER_TLS_OPTIONS, serverTls } from '../tls.js';
+import { certificateFingerprint } from '../../trust/tls.js';
 
 const command: Command<Omit<PullServeStats, 'active'>> = {
   name: 'serve',
-  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token)',
+  usage: 'serve --listen <host:port> [--repo DIR] (--tls-cert FILE --tls-key FILE | --insecure) [--max-requests N] [--token-file F] [--read-only]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token)',
   options: {
     listen: { type: 'string', short: 'l' },
     'max-requests': { type: 'string' },
     'token-file': { type: 'string' },
     'read-only': { type: 'boolean' },
+    ...SERVER_TLS_OPTIONS,
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
     if (!listen) throw invalidArgument('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1, 65_536);
+    const tls = serverTls(args, 'serve');
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
     const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
     const web = await createWebHandler({ repo: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
@@ -28,10 +32,12 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
       // Shown this once; afterwards it is only in the file.
       process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
     }
-    const serving = await serveHandlers({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
+    const serving = await serveHandlers({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close(), tls });
     const { url, address } = serving;
     ctx.info(`serving ${ctx.repoPath} on ${url} (pull ${url}/images/<digest or name>; GUI ${url}/, API ${url}/api/docs)`);
-    ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath });
+    const fingerprint = tls ? certificateFingerprint(tls.cert) : undefined;
+    if (fingerprint) ctx.info(`TLS certificate SHA-256 ${fingerprint}`);
+    ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath, ...(fingerprint ? { tlsFingerprint: fingerprint } : {}) });
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener('abort', () => resolve(), { once: true });

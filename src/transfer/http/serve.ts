@@ -8,12 +8,15 @@
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
 import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from '../../trust/manifest.js';
+import type { TlsServerOptions } from '../../trust/tls.js';
 import { SOFTWARE } from '../../base/version.js';
 import { ConnectionGate, type Ticket } from '../gate.js';
 
@@ -47,6 +50,9 @@ const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
   // The boot profile (docs/lazy-boot.md), optional (404 without one); it can be recorded later.
   'profile.json': { type: 'application/json', immutable: false, etagSuffix: '' },
+  // The signed manifest (docs/trust.md) names the image too, and is re-signed when it moves.
+  [MANIFEST_FILE]: { type: 'application/json', immutable: false, etagSuffix: '' },
+  [SIGNATURE_FILE]: { type: 'text/plain; charset=utf-8', immutable: false, etagSuffix: '' },
 };
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -148,7 +154,12 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
   async function serveFile(req: IncomingMessage, res: ServerResponse, entry: ImageEntry, file: string): Promise<void> {
     const kind = IMAGE_FILES[file]!;
     const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', file);
-    const fh = await fsp.open(path, 'r');
+    const fh = await fsp.open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' && (file === MANIFEST_FILE || file === SIGNATURE_FILE || file === 'profile.json')) return undefined;
+      throw err;
+    });
+    if (!fh && file === 'profile.json') return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} has no boot profile`);
+    if (!fh) return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} is not signed (the repository had no signing key when it got it)`);
     try {
       const st = await fh.stat();
       const size = st.size;
@@ -209,7 +220,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,profile.json}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,profile.json,manifest.json,manifest.json.minisig}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);
@@ -268,6 +279,8 @@ export interface HttpServerOptions {
   handlers: HttpHandler[];
   /** Open connections at once, a backstop beyond which new ones are reset (default 1024). */
   maxConnections?: number;
+  /** Serve HTTPS with this certificate chain and key (PEM) instead of HTTP. */
+  tls?: TlsServerOptions;
   /**
    * Connections with no request in progress (sending headers, or idle between requests),
    * per source address (default 16) and in all (default 256): more get 503 OSFARM_LOCKED
@@ -319,7 +332,7 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
     if (typeof ticket === 'string') away(503, busy(ticket));
     else tickets.set(socket, ticket);
   };
-  const server = createServer(async (req, res) => {
+  const listener = async (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
     tickets.get(socket)?.leave();
     if (turnedAway.has(socket)) {
@@ -336,8 +349,11 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
     }
     res.writeHead(404, { 'Content-Type': 'application/json', Server: SOFTWARE });
     res.end(`${JSON.stringify(errorJson(new OsfarmError('OSFARM_NOT_FOUND', `no such resource: ${req.url}`)))}\n`);
-  });
-  server.on('connection', (socket: Socket) => {
+  };
+  // An https.Server is an http.Server with TLS underneath: the same gate, timeouts and
+  // handlers apply, counting from the end of the handshake (the socket requests arrive on).
+  const server: Server = opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, listener) : createServer(listener);
+  server.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket) => {
     socket.once('close', () => tickets.get(socket)?.leave());
     waitForRequest(socket, true);
   });

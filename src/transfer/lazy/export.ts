@@ -14,6 +14,9 @@ import { abortError, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type NbdFetchRequest, type NbdServer, type RepositoryHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
+import { trustedKeys } from '../../trust/keys.js';
+import { writeManifest } from '../../trust/manifest.js';
+import { recordName } from '../../trust/names.js';
 import { type BlockRange, type BlockSink, Fetcher, fetchRange, parseImageUrl, prepare, type RetryOptions, sleep, withRetries } from '../http/pull.js';
 import { removePartialOrigin, writePartialOrigin } from './origin.js';
 import { type BootProfile, parseBootProfile, type ProfileRun, readBootProfile, writeBootProfile } from './profile.js';
@@ -45,6 +48,8 @@ export interface LazyPullOptions {
   repo: string;
   /** Name for the published image; default: the name it was pulled by, if any. */
   name?: string;
+  /** Public key files whose signature the image must carry, beside the repository's trust store (as `pull`'s). */
+  trust?: string[];
   /** The unix socket to serve on (default: a new one in the temp directory). */
   socket?: string;
   /** The NBD export name (default: the image's name if pulled by name, else its digest); clients may also ask for "". */
@@ -79,6 +84,8 @@ export interface LazyPullResult {
   blockCount: number;
   /** The repository held the image whole before: nothing was fetched. */
   alreadyPresent: boolean;
+  /** The key id whose signed manifest the image matched (absent: no keys were required). */
+  signedBy?: string;
   /** Blocks copied from other images of the local repository. */
   blocksLocal: number;
   /** Blocks kept from an earlier, interrupted pull or export. */
@@ -243,7 +250,8 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
   const emit = eventSink(options.onEvent);
   let server: NbdServer | undefined;
   try {
-    const prep = await prepare(loc, fetcher, retry);
+    // Signatures are required as `pull` requires them (docs/trust.md): before any block is served.
+    const prep = await prepare(loc, fetcher, retry, trustedKeys(options.repo, options.trust));
     const local = Repository.openOrInit(options.repo, prep.params);
     const repoPath = local.path;
     let plan: Awaited<ReturnType<Repository['plan']>>;
@@ -418,6 +426,16 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       const entry = await srv.publish({ name, ...imageMeta });
       published = true;
       removePartialOrigin(repoPath, prep.digest);
+      // As `pull` does: the origin's verified manifest is kept beside the image (this
+      // repository republishes it), and the name's move is recorded.
+      const repo = Repository.open(repoPath);
+      try {
+        const stored = repo.resolve(prep.digest);
+        if (prep.signed) writeManifest(stored, prep.signed);
+        recordName(repoPath, stored, 'pull --lazy');
+      } finally {
+        repo.close();
+      }
       // The profile travels with the image, so this repository can serve it on.
       if (profile && profileSource === 'origin') {
         try {
@@ -435,6 +453,7 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
         size,
         blockCount,
         alreadyPresent,
+        ...(prep.signed ? { signedBy: prep.signed.key.keyId } : {}),
         blocksLocal: s.localBlocks,
         // Neither zero, copied nor fetched now: kept from before (recorded, or found in the partial after a kill).
         blocksResumed: alreadyPresent ? 0 : Math.max(0, blockCount - plan.zeroBlocks - s.localBlocks - s.fetchedBlocks - plan.duplicateBlocks),

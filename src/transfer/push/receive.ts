@@ -8,12 +8,16 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
+import { loadSigningKey } from '../../trust/keys.js';
+import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
+import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
 import { ConnectionGate, type Ticket } from '../gate.js';
@@ -43,6 +47,8 @@ export interface ReceiverOptions {
   token?: string;
   /** Accept sources without a token (trusted networks, tests). */
   insecure?: boolean;
+  /** Listen with TLS (certificate chain and key, PEM); sources pin its fingerprint or check it against a CA. Without it: plain TCP. */
+  tls?: TlsServerOptions;
   /** Transfers at once; more are refused with OSFARM_LOCKED (default 4). */
   maxTransfers?: number;
   /** Close a connection that sends nothing for this long (default 60 s). */
@@ -97,7 +103,7 @@ export interface ReceiverTotals {
  * refused connections, and `{ type: 'result', result }` with its totals when it closes.
  */
 export type ReceiveEvent =
-  | { type: 'listening'; address: string; port: number; repo: string }
+  | { type: 'listening'; address: string; port: number; repo: string; /** With TLS: the certificate's SHA-256 fingerprint, for sources to pin. */ tlsFingerprint?: string }
   | { type: 'repository-created'; path: string }
   | { type: 'transfer-start'; remote: string; size: number; name?: string }
   | ({ type: 'transfer-done' } & TransferReport)
@@ -138,7 +144,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   private repoChecked = false;
   private closing: Promise<void> | undefined;
   private readonly sink: (event: ReceiveEvent) => void;
-  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent'>> & { token?: string };
+  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent' | 'tls'>> & { token?: string; tls?: TlsServerOptions };
   /** Totals over the receiver's life. */
   readonly totals: ReceiverTotals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
 
@@ -154,6 +160,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.options = {
       repo: options.repo,
       token: options.token,
+      tls: options.tls,
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
@@ -174,7 +181,15 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
     this.ensureRepository();
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // A signing key that cannot be used fails now, not after the first transfer.
+    loadSigningKey(this.options.repo);
+    const tls = this.options.tls;
+    // With TLS, accept() (and the gate in it) gets the connection once its handshake is done.
+    const server = tls ? createTlsServer({ ...tls, noDelay: true }, (socket) => this.accept(socket)) : createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // A source that does not complete the TLS handshake (it distrusts the certificate, or speaks plain TCP) is refused.
+    server.on('tlsClientError', (err: Error, socket: Socket) => {
+      this.report({ type: 'connection-refused', remote: `${socket.remoteAddress}:${socket.remotePort}`, error: { code: 'OSFARM_UNAUTHORIZED', message: `TLS handshake failed: ${err.message}` } });
+    });
     // A backstop only (beyond it the kernel's connections are reset): the gate bounds
     // unauthenticated connections, IMAGE the transfers.
     server.maxConnections = 4 * (this.options.maxPending + this.options.maxTransfers) + 64;
@@ -187,7 +202,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       });
     });
     const address = server.address() as AddressInfo;
-    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo });
+    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo, ...(tls ? { tlsFingerprint: certificateFingerprint(tls.cert) } : {}) });
     return address;
   }
 
@@ -214,6 +229,13 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.sink(event);
     const { type, ...payload } = event;
     this.emit(type, type === 'result' ? event.result : payload);
+  }
+
+  /** Records an accepted image's name and signs it with the repository's key, if it has one (docs/trust.md). */
+  private signAccepted<E extends { digest: string }>(e: E): E {
+    using repo = Repository.open(this.options.repo);
+    imageArrived(this.options.repo, repo.resolve(e.digest), 'receive');
+    return e;
   }
 
   private ensureRepository(): Repository {
@@ -386,7 +408,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     };
 
     if (asm.alreadyPresent) {
-      const e = await callNative(() => asm.finish(digest!, imageOptions));
+      const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e));
       conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
@@ -460,7 +482,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
         if (groupHead < groups.length || asked.size) return;
         finishing = true;
-        callNative(() => asm.finish(endDigest!, imageOptions)).then(
+        callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e)).then(
           (e) => {
             if (over) return;
             conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });

@@ -48,7 +48,7 @@ export async function render(view, [id]) {
     } else if (e.type === 'log') {
       const keep = stick();
       consoleView.append(`${e.line}\n`);
-      if (++lines > MAX_LINES) consoleView.firstChild.remove();
+      if (++lines > MAX_LINES) consoleView.firstChild?.remove();
       if (keep) consoleView.scrollTop = consoleView.scrollHeight;
     } else if (e.type === 'result') {
       outcome.replaceChildren(el('p', { class: 'ok' }, `VM ended after ${e.result.seconds} s (${e.result.accel.toUpperCase()})`));
