@@ -82,19 +82,36 @@ export {
 // Images by request: lookup, details, spec export
 export * from './images/index.js';
 
-// Transfers: push and receive over TCP, pull and serve over HTTP
+// Transfers: push and receive over TCP, pull and serve over HTTP, lazy pull over NBD
 export { push, type PushEvent, type PushOptions, type PushProgress, type PushResult } from './transfer/push/push.js';
 export { Receiver, type ReceiveEvent, type ReceiverOptions, type ReceiverTotals, type TransferReport } from './transfer/push/receive.js';
 export { resolveToken, type TokenOptions } from './transfer/push/auth.js';
 export { pull, parseImageUrl, type PullEvent, type PullOptions, type PullProgress, type PullResult } from './transfer/http/pull.js';
 // Trust and provenance: signing keys, signed image manifests, verified pulls (docs/trust.md)
 export { exportPublicKey, generateKeys, listKeys, loadSigningKey, readPublicKey, trustedKeys, trustKey, type KeyInfo } from './trust/keys.js';
-export { checkIndex, describeImage, MANIFEST_FILE, readManifest, SIGNATURE_FILE, signImage, verifyManifest, writeManifest, type ImageManifest, type SignedManifest } from './trust/manifest.js';
+export {
+  checkIndex,
+  checkMeta,
+  checkPushed,
+  describeImage,
+  MANIFEST_FILE,
+  metaDigest,
+  readManifest,
+  SIGNATURE_FILE,
+  signImage,
+  verifyManifest,
+  writeManifest,
+  type ImageManifest,
+  type PushedImage,
+  type SignedManifest,
+} from './trust/manifest.js';
 export { formatPublicKey, parsePublicKey, parseSignature, signMessage, verifyMessage, type PublicKey, type SecretKey, type Signature } from './trust/minisign.js';
 export { NAMES_FILE, nameHistory, recordName, type NameRecord } from './trust/names.js';
 export { imageArrived, type Arrival } from './trust/provenance.js';
 export { certificateFingerprint, normalizeFingerprint, type TlsClientOptions, type TlsServerOptions } from './trust/tls.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';
+export { pullLazy, type LazyEvent, type LazyExport, type LazyProgress, type LazyPullOptions, type LazyPullResult } from './transfer/lazy/export.js';
+export { readBootProfile, writeBootProfile, type BootProfile, type ProfileRun } from './transfer/lazy/profile.js';
 export type { Serving } from './app/serve.js';
 
 // Serving a repository: pull endpoints, web GUI and REST API
@@ -112,3 +129,5 @@ export {
 
 // Booting images under qemu: console, SSH, stop (docs/boot.md)
 export { boot, type Accel, type BootInfo, type BootMode, type BootOptions, type DiskSource, type ExecResult, type QemuExit, VmHandle, type WaitResult } from './boot/index.js';
+// Lazy boot: an image booted from its origin before it has arrived (docs/lazy-boot.md)
+export { bootAny, bootLazy, lazySource, type LazyBootOptions } from './app/lazy-boot.js';
