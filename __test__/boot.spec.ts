@@ -136,7 +136,8 @@ test.serial('osfarm boot NAME --firmware bios --until MARKER --exec CMD --json: 
   t.is(r.mode, 'bios');
   t.is(r.image, name);
   t.true(run.lines.some((l) => l.type === 'started'), 'a started event');
-  t.true(run.lines.some((l) => l.type === 'console' && l.line.includes(BOOT_MARKER)), 'the console as events');
+  t.true(run.lines.some((l) => l.type === 'matched' && l.line.includes(BOOT_MARKER)), 'a matched event at the marker');
+  t.true(run.lines.some((l) => l.type === 'console'), 'the console as events');
   t.is(r.exec.stdout.trim(), '42');
   t.true(r.exit.stopped);
   t.false(existsSync(r.dir));
