@@ -326,7 +326,12 @@ impl Repository {
         let detect_collisions = match v.get("collisionDetection") {
             None | Some(json::Value::Bool(false)) => false,
             Some(json::Value::Bool(true)) if alg == HashAlg::Sha1 => true,
-            Some(_) => return Err(bad_repo(path, format!("{FORMAT_FILE} has an invalid collisionDetection (true, for sha1 only)"))),
+            Some(_) => {
+                return Err(bad_repo(
+                    path,
+                    format!("{FORMAT_FILE} has an invalid collisionDetection (true, for sha1 only)"),
+                ))
+            }
         };
         Ok(Repository {
             inner: Arc::new(Inner {
