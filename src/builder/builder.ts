@@ -17,13 +17,12 @@ import { specToXml } from '../spec/xml.js';
 import type { CowName } from '../stages/cow/types.js';
 import { type ChainResult, ensureChain, type StageReport } from './stages.js';
 import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
-import { selectDriver } from './drivers/index.js';
 import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
-import { haveTool } from '../host/process.js';
 import { writeOutput } from './outputs.js';
+import { preflight } from './preflight.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
 
@@ -32,7 +31,7 @@ export type { Phase } from './drivers/types.js';
 export type BuildEvent =
   | { type: 'phase'; phase: Phase; detail?: string; elapsedMs: number }
   | { type: 'log'; line: string }
-  | { type: 'progress'; phase: Phase; done: number; total: number; detail?: string }
+  | { type: 'progress'; phase: Phase; done: number; total: number; unit: 'bytes' | 'items'; detail?: string }
   | { type: 'output'; format: OutputFormat; path: string; size: number; digest: string };
 
 export interface BuildOptions {
@@ -100,14 +99,6 @@ export interface BuildResult {
   cached: boolean;
 }
 
-const TOOLS: Record<OutputFormat, string[]> = {
-  tar: [],
-  'tar.gz': ['tar'],
-  ext4: ['mke2fs', 'debugfs'],
-  qcow2: ['mke2fs', 'debugfs', 'qemu-img'],
-  squashfs: ['mksquashfs'],
-};
-
 /** Where each output goes. */
 export function outputPaths(spec: BuildSpec, output: string | undefined, workDir: string, digest: string): Map<OutputFormat, string> {
   const paths = new Map<OutputFormat, string>();
@@ -144,10 +135,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     const found = findBuilt(repoPath, digest, spec.outputs, epoch);
     if (found) return fromRepository(spec, found, options.output ? paths : null, started);
   }
-  const driver = await selectDriver(spec);
-  for (const f of spec.outputs) {
-    for (const tool of TOOLS[f]) if (!(await haveTool(tool))) throw buildFailed(`output ${f} needs ${tool}, which is not installed`);
-  }
+  // Everything a spec can be refused for, before anything runs (as `osfarm build --check` does).
+  const { driver } = await preflight(spec, { workDir, signal: options.signal, log: (line) => options.onEvent?.({ type: 'log', line }) });
   if (process.getuid && process.getuid() !== 0) throw buildFailed('building an image needs root (chroot, mounts, file ownership)');
 
   // Signals and the caller's AbortSignal both end the build through one controller.
@@ -242,7 +231,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
         buildDir,
         signal,
         log: logLine,
-        onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, detail: format }),
+        onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, unit: e.unit ?? 'bytes', detail: format }),
       }, raw);
     }
 
@@ -251,7 +240,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     for (const [format, path] of paths) {
       if (signal.aborted) throw aborted();
       const size = (await stat(path)).size;
-      const onProgress = (e: { done: number; total: number }) => emit({ type: 'progress', phase: 'index', done: e.done, total: e.total, detail: format });
+      const onProgress = (e: { done: number; total: number }) => emit({ type: 'progress', phase: 'index', done: e.done, total: e.total, unit: 'bytes', detail: format });
       let out: BuildOutput;
       if (options.noRepo) {
         const info = await indexImage(path, { output: `${path}.osfi`, onProgress, signal });

@@ -25,7 +25,8 @@ export interface OutputContext {
   buildDir: string;
   signal?: AbortSignal;
   log(line: string): void;
-  onProgress?(e: { done: number; total: number }): void;
+  /** Progress of the writer: bytes, or (`unit: 'items'`) a count such as mksquashfs's blocks. */
+  onProgress?(e: { done: number; total: number; unit?: 'bytes' | 'items' }): void;
 }
 
 /**
@@ -242,10 +243,20 @@ async function clampExt4Ctimes(root: string, image: string, ctx: OutputContext):
   if (r.code !== 0) throw buildFailed(`ext4 output: debugfs could not set inode times (exit ${r.code ?? r.signal})`);
 }
 
+/** mksquashfs's progress bar, `[====   ]  1234/5678  21%` (redrawn after a carriage return). */
+const SQUASHFS_PROGRESS = /\]\s+(\d+)\/(\d+)\s+\d+%\s*$/;
+
 /** squashfs with zstd, reproducible; the file system time is SOURCE_DATE_EPOCH when set. */
 async function writeSquashfs(root: string, path: string, ctx: OutputContext): Promise<void> {
   // With SOURCE_DATE_EPOCH in its environment mksquashfs sets the file system time itself
-  // (and refuses -mkfs-time next to it).
-  const args = [root, path, '-noappend', '-comp', 'zstd', '-xattrs', '-no-progress', '-quiet', '-processors', String(Math.max(1, cpus().length)), '-reproducible'];
-  await checked('squashfs output', 'mksquashfs', args, ctx);
+  // (and refuses -mkfs-time next to it). -quiet keeps its progress bar, which becomes
+  // progress events (in blocks written) instead of log lines.
+  const args = [root, path, '-noappend', '-comp', 'zstd', '-xattrs', '-quiet', '-processors', String(Math.max(1, cpus().length)), '-reproducible'];
+  const onLine = (line: string) => {
+    const m = SQUASHFS_PROGRESS.exec(line);
+    if (m) ctx.onProgress?.({ done: Number(m[1]), total: Number(m[2]), unit: 'items' });
+    else ctx.log(line);
+  };
+  const r = await run('mksquashfs', args, { env: env(ctx), signal: ctx.signal, onLine });
+  if (r.code !== 0) throw buildFailed(`squashfs output failed (mksquashfs exited with ${r.code ?? r.signal}); see the build log`);
 }
