@@ -23,6 +23,7 @@ export {
   stableStringify,
   treeDigest,
 } from './spec.js';
+export { type SpecFlags, specFromFlags } from './flags.js';
 export { type SpecFormat, formatOf, parseText, sniffFormat } from './formats.js';
 export { SpecError, type SpecIssue } from './errors.js';
 export { specToXml } from './xml.js';
