@@ -15,6 +15,7 @@ import { pipeline } from 'node:stream/promises';
 import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
 import { SOFTWARE } from '../../base/version.js';
+import { listenOn } from '../address.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
@@ -280,12 +281,6 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
   server.headersTimeout = 20_000;
   server.requestTimeout = 0; // large bodies take as long as they take; idle sockets time out below
   server.setTimeout(120_000, (socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listenOn(server, opts.host, opts.port);
   return { server, address: server.address() as AddressInfo };
 }

@@ -8,12 +8,12 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
+import { listenOn } from '../address.js';
 import { Connection, field, intField, optString } from './connection.js';
 import {
   DEFAULT_MAX_FRAME,
@@ -125,19 +125,18 @@ export class Receiver extends EventEmitter {
     }
   }
 
-  /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
+  /** Listens, then opens (or creates) the repository: a taken port leaves no new repository behind. Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
-    this.ensureRepository();
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
+    await listenOn(server, host, port);
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    try {
+      this.ensureRepository();
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
     return server.address() as AddressInfo;
   }
 
@@ -148,7 +147,7 @@ export class Receiver extends EventEmitter {
   }
 
   private ensureRepository(): Repository {
-    if (!this.repoChecked && !existsSync(this.options.repoPath)) {
+    if (!this.repoChecked && !Repository.exists(this.options.repoPath)) {
       Repository.init(this.options.repoPath);
       this.emit('repository-created', { path: this.options.repoPath });
     }
