@@ -37,6 +37,7 @@ import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { CLI, dropCaches, median, printTable, stopChild, time, workDir } from './lib.js';
 import { limitDiskReads } from './disk-throttle.js';
 import { createNetns, type Netns } from '../__test__/helpers/netns.js';
@@ -103,7 +104,7 @@ function cli(args: string[], disk?: Disk): unknown {
   const cmd = [process.execPath, CLI, '--json', ...args];
   const [c, ...a] = disk === undefined ? cmd : disk.wrap(['taskset', '-c', SOURCE_CPU, ...cmd]);
   const out = execFileSync(c!, a, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  return JSON.parse(out.trim().split('\n').pop()!);
+  return lastOutcome(out);
 }
 
 /** Starts `osfarm receive` in the namespace; resolves once it listens. */
@@ -112,7 +113,7 @@ async function startReceiver(ns: Netns, repo: string): Promise<ChildProcess> {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   for await (const line of createInterface({ input: child.stdout! })) {
-    if ((JSON.parse(line) as { event?: string }).event === 'listening') return child;
+    if ((JSON.parse(line) as { type?: string }).type === 'listening') return child;
   }
   throw new Error('osfarm receive exited before listening');
 }

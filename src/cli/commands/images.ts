@@ -1,7 +1,6 @@
 /** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
 import { writeFileSync } from 'node:fs';
 
-import { invalidArgument } from '../../base/errors.js';
 import { loadSpec } from '../../spec/spec.js';
 import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
@@ -9,18 +8,14 @@ import { bytes, table } from '../format.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
-function oneArg(positionals: string[], what: string): string {
-  if (positionals.length !== 1) throw invalidArgument(`give one ${what} (got ${positionals.length})`);
-  return positionals[0]!;
-}
-
 const find: Command<FindResult> = {
   name: 'find',
-  summary: 'the images built from a spec (same request checksum), every format',
-  usage: 'images find SPEC.yaml|SPEC.json|SPEC.xml',
-  allowPositionals: true,
+  summary: 'the images built from a spec (same request checksum), every format; exits 1 when there is none',
+  usage: ['SPEC.yaml|SPEC.json|SPEC.xml'],
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images find appliance.yaml', what: 'the images of that request, if the repository has them' }],
   async run(args, ctx) {
-    const spec = loadSpec(oneArg(args.positionals, 'spec file'), { resolveParent: repositoryParents(ctx.repoPath) });
+    const spec = loadSpec(args.positionals[0]!, { resolveParent: repositoryParents(ctx.repoPath) });
     const r = findImages(ctx.repoPath, spec);
     if (r.images.length === 0) process.exitCode = 1;
     return r;
@@ -35,11 +30,12 @@ const find: Command<FindResult> = {
 const show: Command<ShowResult> = {
   name: 'show',
   summary: "an image's spec, stages, size, formats and build log",
-  usage: 'images show NAME|DIGEST [--log]',
-  options: { log: { type: 'boolean' } },
-  allowPositionals: true,
+  usage: ['NAME|DIGEST [--log]'],
+  options: { log: { type: 'boolean', description: 'print the whole kept end of the build log (default: its last 10 lines)' } },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images show app1.tar --log', what: 'how app1.tar was built, with the end of its build log' }],
   async run(args, ctx) {
-    const r = showImage(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    const r = showImage(ctx.repoPath, args.positionals[0]!);
     // The human form prints the whole log tail only when asked.
     if (!flag(args, 'log') && !ctx.json && r.buildLog) r.buildLog = { ...r.buildLog, tail: r.buildLog.tail.split('\n').slice(-10).join('\n') };
     return r;
@@ -63,11 +59,12 @@ const show: Command<ShowResult> = {
 const exportCmd: Command<{ specDigest: string; xml: string; output: string | null }> = {
   name: 'export',
   summary: "the spec an image was built from, as XML (reading it back gives the same request checksum)",
-  usage: 'images export NAME|DIGEST [-o SPEC.xml]',
-  options: { output: { type: 'string', short: 'o' } },
-  allowPositionals: true,
+  usage: ['NAME|DIGEST [-o SPEC.xml]'],
+  options: { output: { type: 'string', short: 'o', value: 'SPEC.xml', complete: 'file', description: 'write the XML to this file instead of printing it' } },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images export app1.tar -o app1.xml && osfarm build app1.xml', what: 'rebuild an image from the spec it was built from' }],
   async run(args, ctx) {
-    const r = exportSpec(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    const r = exportSpec(ctx.repoPath, args.positionals[0]!);
     const output = str(args, 'output') ?? null;
     if (output) writeFileSync(output, r.xml);
     return { ...r, output };
@@ -79,7 +76,9 @@ const exportCmd: Command<{ specDigest: string; xml: string; output: string | nul
 
 const command: Command = {
   name: 'images',
-  usage: 'images <find|show|export> [options]',
+  section: 'build',
+  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML)',
+  usage: [],
   subcommands: [find, show, exportCmd] as Command[],
 };
 export default command;

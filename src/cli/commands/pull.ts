@@ -1,27 +1,35 @@
-import { invalidArgument } from '../../base/errors.js';
+/** `osfarm pull`: fetch an image over HTTP, only the blocks the repository lacks. */
+import { parseSize } from '../../base/size.js';
+import { Repository } from '../../repo/index.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
 import { type Command, str, throttled, wholeNumber } from '../command.js';
-import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<PullResult> = {
   name: 'pull',
-  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  section: 'transfer',
+  summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)',
+  usage: ['http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N]'],
+  description: 'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size.',
   options: {
-    name: { type: 'string' },
-    parallel: { type: 'string' },
-    'max-request': { type: 'string' },
-    retries: { type: 'string' },
+    name: { type: 'string', value: 'N', description: 'the name the image gets here (default: the name it was pulled by)' },
+    parallel: { type: 'string', value: 'N', description: 'range requests in flight at once (default 4)' },
+    'max-request': { type: 'string', value: 'SIZE', description: 'the largest single range request, like 8M (default)' },
+    retries: { type: 'string', value: 'N', description: 'retries of a failed request before giving up' },
   },
-  allowPositionals: true,
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [
+    { command: 'osfarm pull http://build1:8080/images/app1.tar', what: 'fetch app1.tar into the repository, only the blocks it lacks' },
+    { command: 'osfarm pull http://cache.example:3128/osfarm/images/3f2a9c0d --parallel 8', what: 'through a caching proxy, eight requests at a time' },
+  ],
   async run(args, ctx) {
-    const [url, extra] = args.positionals;
-    if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
+    const [url] = args.positionals as [string];
     const maxRequest = str(args, 'max-request');
+    if (!Repository.exists(ctx.repoPath)) ctx.info(`no repository at ${ctx.repoPath}: creating it with the image's hash and block size`);
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
-    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
+    const progressEvent = throttled((p: object) => ctx.event({ type: 'progress', unit: 'bytes', ...p }));
     try {
       return await pull(url, {
         repoPath: ctx.repoPath,
@@ -34,6 +42,7 @@ const command: Command<PullResult> = {
           if (p.phase !== phase) {
             bar.done();
             phase = p.phase;
+            ctx.detail(`pull: ${p.phase === 'local' ? 'copying the blocks the repository holds' : 'fetching the missing blocks'}`);
             bar = ctx.progress(p.phase === 'local' ? 'local blocks' : 'fetch');
           }
           bar.update(p.done, p.total, p.phase === 'fetch' ? `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}` : '');

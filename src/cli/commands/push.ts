@@ -1,26 +1,32 @@
-import { invalidArgument } from '../../base/errors.js';
-import { push, type PushResult } from '../../transfer/push/push.js';
+/** `osfarm push`: send an image to an `osfarm receive`, only the blocks it lacks. */
 import { resolveToken } from '../../transfer/push/auth.js';
+import { push, type PushResult } from '../../transfer/push/push.js';
 import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<PushResult> = {
   name: 'push',
-  usage: 'push <image file | repository image (name, digest)> <host:port> [--name N] [--token T | --token-file F] [--insecure] [--no-compress]',
+  section: 'transfer',
+  summary: 'send an image to an osfarm receive, only the blocks it lacks',
+  usage: ['IMAGE HOST:PORT [--name N] [--token T | --token-file F] [--insecure] [--no-compress]'],
+  description: 'IMAGE is an image file, or an image of the repository by name, digest or digest prefix. The receiver tells which blocks it holds; only the others cross the network (docs/protocol.md). An interrupted push resumes where it stopped.',
   options: {
-    name: { type: 'string' },
-    token: { type: 'string' },
-    'token-file': { type: 'string' },
-    insecure: { type: 'boolean' },
-    'no-compress': { type: 'boolean' },
+    name: { type: 'string', value: 'N', description: 'the name the image gets in the receiver\'s repository' },
+    token: { type: 'string', value: 'T', description: 'the shared token (default $OSFARM_TOKEN); prefer --token-file, a token on the command line shows in ps' },
+    'token-file': { type: 'string', value: 'F', complete: 'file', description: 'read the shared token from F' },
+    insecure: { type: 'boolean', description: 'push to a receiver that runs without a token (a trusted network only)' },
+    'no-compress': { type: 'boolean', description: 'send blocks uncompressed (default: zstd where it helps)' },
   },
-  allowPositionals: true,
+  operands: { complete: 'file', min: 2, max: 2 },
+  examples: [
+    { command: 'osfarm push app1.tar build2:7070 --token-file ~/.osfarm-token', what: 'send app1.tar (a file, or the repository image of that name) to the receiver on build2' },
+    { command: 'osfarm --json push 3f2a9c0d build2:7070 --token-file t | jq -c "select(.type == \\"progress\\")"', what: 'follow a push by its progress events' },
+  ],
   async run(args, ctx) {
-    const [image, address, extra] = args.positionals;
-    if (!image || !address || extra) throw invalidArgument('push takes an image and a host:port');
+    const [image, address] = args.positionals as [string, string];
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const bar = ctx.progress('push');
-    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
+    const bar = ctx.progress('push', 'items');
+    const progressEvent = throttled((p: object) => ctx.event({ type: 'progress', ...p }));
     try {
       return await push(image, address, {
         token,
@@ -30,8 +36,8 @@ const command: Command<PushResult> = {
         compress: !flag(args, 'no-compress'),
         signal: ctx.signal,
         onProgress: (p) => {
-          bar.update(p.haveBlocks, p.blockCount, `sent ${count(p.blocksSent)} blocks, ${bytes(p.wireBytesSent)} on the wire`);
-          progressEvent(p);
+          bar.update(p.haveBlocks, p.blockCount, `blocks; sent ${count(p.blocksSent)}, ${bytes(p.wireBytesSent)} on the wire`);
+          progressEvent({ phase: 'push', done: p.haveBlocks, total: p.blockCount, unit: 'blocks', ...p });
         },
       });
     } finally {

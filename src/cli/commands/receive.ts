@@ -1,8 +1,9 @@
+/** `osfarm receive`: accept pushed images into the repository. */
 import { invalidArgument } from '../../base/errors.js';
-import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
-import { resolveToken } from '../../transfer/push/auth.js';
 import { parseAddress } from '../../transfer/address.js';
-import { type Command, flag, str, wholeNumber } from '../command.js';
+import { resolveToken } from '../../transfer/push/auth.js';
+import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
+import { type Command, flag, str, untilAborted, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 
 function line(r: TransferReport): string {
@@ -19,18 +20,25 @@ function line(r: TransferReport): string {
 
 const command: Command<{ transfers: number; failed: number }> = {
   name: 'receive',
-  usage: 'receive --listen <host:port> [--repo DIR] [--token T | --token-file F | $OSFARM_TOKEN] [--insecure] [--max-transfers N] [--idle-timeout S]',
+  section: 'transfer',
+  summary: 'accept pushed images into the repository (TCP, shared token)',
+  usage: ['--listen HOST:PORT [--token T | --token-file F] [--insecure] [--max-transfers N] [--idle-timeout S]'],
+  description: 'Runs until Ctrl-C. A missing repository is created (and said so) once the port is bound; a port in use is refused before anything is created.',
   options: {
-    listen: { type: 'string', short: 'l' },
-    token: { type: 'string' },
-    'token-file': { type: 'string' },
-    insecure: { type: 'boolean' },
-    'max-transfers': { type: 'string' },
-    'idle-timeout': { type: 'string' },
+    listen: { type: 'string', short: 'l', value: 'HOST:PORT', description: 'where to listen, e.g. 0.0.0.0:7070 (:7070 is every interface)' },
+    token: { type: 'string', value: 'T', description: 'the shared token pushers must know (default $OSFARM_TOKEN); prefer --token-file' },
+    'token-file': { type: 'string', value: 'F', complete: 'file', description: 'read the shared token from F' },
+    insecure: { type: 'boolean', description: 'accept pushes without a token (a trusted network only)' },
+    'max-transfers': { type: 'string', value: 'N', description: 'transfers at once (default 4)' },
+    'idle-timeout': { type: 'string', value: 'S', description: 'drop a connection silent for S seconds (default 60)' },
   },
+  examples: [
+    { command: 'osfarm receive --listen 0.0.0.0:7070 --token-file /etc/osfarm/token --repo /srv/osfarm', what: 'accept pushes into /srv/osfarm from anyone who knows the token' },
+    { command: 'osfarm --json receive --listen 127.0.0.1:7070 --insecure', what: 'a local receiver whose events a script reads (one JSON object a line)' },
+  ],
   async run(args, ctx) {
     const listen = str(args, 'listen');
-    if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
+    if (!listen) throw invalidArgument('receive needs --listen HOST:PORT (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const idle = wholeNumber(args, 'idle-timeout', 1);
@@ -42,30 +50,27 @@ const command: Command<{ transfers: number; failed: number }> = {
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });
     receiver.on('repository-created', (e: { path: string }) => {
-      ctx.info(`created repository ${e.path}`);
-      ctx.event({ event: 'repository-created', path: e.path });
+      ctx.info(`created repository ${e.path} (it did not exist)`);
+      ctx.event({ type: 'repository-created', path: e.path });
     });
     receiver.on('transfer-start', (e: { remote: string; size: number; name?: string }) => {
       ctx.info(`${e.remote}: receiving ${bytes(e.size)}${e.name ? ` (${e.name})` : ''}`);
-      ctx.event({ event: 'transfer-start', ...e });
+      ctx.event({ type: 'transfer-start', ...e });
     });
     for (const kind of ['transfer-done', 'transfer-failed'] as const) {
       receiver.on(kind, (r: TransferReport) => {
         ctx.info(line(r));
-        ctx.event({ event: kind, ...r });
+        ctx.event({ type: kind, ...r });
       });
     }
     receiver.on('connection-refused', (e: { remote: string; error: { code: string; message: string } }) => {
       ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
-      ctx.event({ event: 'connection-refused', ...e });
+      ctx.event({ type: 'connection-refused', ...e });
     });
     const addr = await receiver.listen(host, port);
     ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}`);
-    ctx.event({ event: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath });
-    await new Promise<void>((resolve) => {
-      if (ctx.signal.aborted) resolve();
-      ctx.signal.addEventListener('abort', () => resolve(), { once: true });
-    });
+    ctx.event({ type: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath });
+    await untilAborted(ctx.signal);
     await receiver.close();
     return { transfers: receiver.totals.transfers, failed: receiver.totals.failed };
   },
