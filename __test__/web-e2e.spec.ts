@@ -66,6 +66,14 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.selectOption('#distribution', 'debian');
   t.is(await page.inputValue('#architecture'), 'amd64');
   t.true(await page.isChecked('#groups input[value="minbase"]'));
+  // A name the package index lacks, typed and added with Enter: marked at once, with the closest names.
+  await page.fill('#package-search', 'helo');
+  await page.press('#package-search', 'Enter');
+  await page.waitForSelector('.chip.unknown[data-package="helo"]');
+  t.regex(await page.getAttribute('.chip[data-package="helo"]', 'title') ?? '', /"helo" is not a package of debian .*did you mean[^?]*\bhello\b/);
+  t.regex(await page.textContent('#spec-issues') ?? '', /spec\.packages\[0\]/);
+  t.true(await page.isDisabled('#build'));
+  await page.click('.chip[data-package="helo"] button');
   await page.fill('#package-search', 'hello');
   await page.waitForSelector('[data-package="hello"]');
   t.regex(await page.textContent('#index-info') ?? '', /\d+ packages in debian/);

@@ -14,8 +14,8 @@
  * files change.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 import { OsfarmError } from '../base/errors.js';
 import { acquireLock } from '../host/lock.js';
@@ -97,6 +97,41 @@ async function indexTargets(aptOptions: string[]): Promise<Target[]> {
       const [file, codename, suite, arch, uri, origin, component] = l.split('\t') as string[];
       return { file: file!, codename: codename!, suite: suite!, arch: arch!, uri: uri!, origin: (origin ?? '').toLowerCase(), component: component ?? '' };
     });
+}
+
+/**
+ * What apt's answer about its indexes depends on: its sources and configuration, and the
+ * lists themselves (their files and directories). Cheap to take (a few stats); `apt-get
+ * indextargets` is not (it parses every list, more than a second where apt keeps no
+ * package cache, as in containers).
+ */
+async function targetsKey(files: string[]): Promise<string> {
+  const parts: string[] = [];
+  for (const f of files) parts.push(`${f}\t${await stat(f).then((st) => `${st.mtimeMs}\t${st.size}`, () => '-')}`);
+  return parts.join('\n');
+}
+
+/** The files apt's sources and configuration are read from (in the default places). */
+async function aptConfigFiles(): Promise<string[]> {
+  const out = ['/etc/apt/sources.list', '/etc/apt/sources.list.d', '/etc/apt/apt.conf.d'];
+  for (const d of ['/etc/apt/sources.list.d', '/etc/apt/apt.conf.d']) out.push(...(await readdir(d).catch(() => [] as string[])).sort().map((n) => join(d, n)));
+  return out;
+}
+
+/**
+ * `indexTargets` with its answer kept in `cacheFile` while the files it depends on
+ * (`inputs`, and the index files and their directories it named) are unchanged.
+ */
+async function cachedTargets(aptOptions: string[], cacheFile: string, inputs: string[]): Promise<Target[]> {
+  const depends = (targets: Target[]) => [...inputs, ...new Set(targets.flatMap((t) => [dirname(t.file), t.file]))];
+  const kept = await readFile(cacheFile, 'utf8').then((t) => JSON.parse(t) as { key: string; targets: Target[] }, () => undefined);
+  if (kept && kept.key === (await targetsKey(depends(kept.targets)))) return kept.targets;
+  const targets = await indexTargets(aptOptions);
+  await mkdir(dirname(cacheFile), { recursive: true });
+  const tmp = `${cacheFile}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify({ key: await targetsKey(depends(targets)), targets }));
+  await rename(tmp, cacheFile);
+  return targets;
 }
 
 /** The release's own index plus its -updates and -security companions, for the architecture. */
@@ -183,7 +218,7 @@ export class PackageIndexes {
 
   /** The machine's apt indexes (read once). */
   private hostTargets(): Promise<Target[]> {
-    this.host ??= indexTargets([]).catch((err) => {
+    this.host ??= aptConfigFiles().then((inputs) => cachedTargets([], join(this.cacheDir, 'host-targets.json'), inputs)).catch((err) => {
       this.host = undefined;
       throw err;
     });
@@ -201,7 +236,7 @@ export class PackageIndexes {
    */
   async index(req: IndexRequest, full = false): Promise<PackageIndex | null> {
     if (req.distribution !== 'debian' && req.distribution !== 'ubuntu') {
-      throw new OsfarmError('OSFARM_NOT_FOUND', `package indexes cover Debian and Ubuntu (apt); ${req.distribution}'s packages are checked by dnf itself`);
+      throw new OsfarmError('OSFARM_NOT_FOUND', `package indexes cover Debian and Ubuntu (apt); ${req.distribution}'s packages are checked by dnf itself: type the package names`);
     }
     const key = `${full ? 'full' : 'names'}|${req.distribution}|${req.release}|${req.architecture}|${JSON.stringify(req.sources)}`;
     const hit = this.cache.get(key) ?? (full ? undefined : this.cache.get(key.replace(/^names/, 'full')));
@@ -318,18 +353,20 @@ export class PackageIndexes {
     ];
     const own = (targets: Target[]) => targets.filter((t) => t.codename === release || t.suite === release);
     await mkdir(dir, { recursive: true });
+    const inputs = await aptConfigFiles();
     const lock = await acquireLock(join(dir, 'lock'), { signal: req.signal });
     try {
       const stamp = join(dir, 'fetched');
       const fetchedAt = await stat(stamp).then((s) => s.mtimeMs, () => 0);
-      const before = fetchedAt > 0 ? await existing(matching(await indexTargets(options), release, architecture)) : [];
+      const targets = () => cachedTargets(options, join(dir, 'targets.json'), [join(dir, 'sources.list'), ...inputs]);
+      const before = fetchedAt > 0 ? await existing(matching(await targets(), release, architecture)) : [];
       if (own(before).length > 0 && Date.now() - fetchedAt < FRESH_MS) return before;
       for (const d of ['lists/partial', 'parts', 'cache']) await mkdir(join(dir, d), { recursive: true });
       await writeFile(join(dir, 'sources.list'), text);
       req.log?.(`osfarm: fetching the package index of ${distribution} ${release} (${architecture}) with apt-get update into ${dir}`);
       const timeout = AbortSignal.timeout(180_000);
       const r = await run('apt-get', [...options, '-q', 'update'], { capture: true, signal: req.signal ? AbortSignal.any([req.signal, timeout]) : timeout });
-      const after = await existing(matching(await indexTargets(options), release, architecture));
+      const after = await existing(matching(await targets(), release, architecture));
       if (own(after).length > 0) {
         // A companion (-updates, -security) the release lacks is no reason to refuse; the release itself is there.
         await writeFile(stamp, new Date().toISOString());

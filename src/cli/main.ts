@@ -47,9 +47,9 @@ function fail(err: unknown, json: boolean, verbose: boolean): never {
   const e: OsfarmError = toOsfarmError(err);
   if (json) process.stdout.write(`${JSON.stringify({ type: 'error', error: { code: e.code, message: e.message } })}\n`);
   else process.stderr.write(`osfarm: ${e.message} (${e.code})\n`);
-  if (verbose || debugEnabled()) {
-    // The causes, then the stack of what was really thrown.
-    for (let c = e.cause; c instanceof Error; c = c.cause) process.stderr.write(`  caused by: ${c.message}\n`);
+  // --verbose: what caused it; the stack only of a bug (or with $OSFARM_DEBUG).
+  if (verbose || debugEnabled()) for (let c = e.cause; c instanceof Error; c = c.cause) process.stderr.write(`  caused by: ${c.message}\n`);
+  if ((verbose && e.code === 'OSFARM_INTERNAL') || debugEnabled()) {
     if (err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   }
   process.exit(e.code === 'OSFARM_INVALID_ARGUMENT' ? USAGE : FAILED);

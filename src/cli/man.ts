@@ -4,12 +4,13 @@ import type { Command, Flags } from './command.js';
 import { flagSynopsis, flagText, usageLines } from './help.js';
 import { GLOBAL_FLAGS, SECTIONS } from './table.js';
 
-/** Text safe for roff: backslashes and leading dots or quotes neutralised, dashes as minus signs. */
+/** Text safe for roff: backslashes and leading dots or quotes neutralised, dashes as minus signs, other than ASCII as \[uXXXX]. */
 function esc(text: string): string {
   return text
     .replace(/\\/g, '\\e')
     .replace(/-/g, '\\-')
-    .replace(/^([.'])/gm, '\\&$1');
+    .replace(/^([.'])/gm, '\\&$1')
+    .replace(/[^\x00-\x7f]/gu, (c) => `\\[u${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`);
 }
 
 function flags(list: Flags): string[] {

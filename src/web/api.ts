@@ -161,7 +161,8 @@ export class Api {
           const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
           // Only a release the catalogue knows may make apt fetch an index (a request cannot make it chase any name).
           const known = (await this.catalog()).distributions.find((x) => x.name === d)?.releases.includes(release) ?? false;
-          const req = { distribution: d, release, architecture: a, sources: { mirrors: [], components: ['main'], gpgCheck: true }, fetch: known ? ('host' as const) : ('none' as const) };
+          if (!known && (d === 'debian' || d === 'ubuntu')) throw new OsfarmError('OSFARM_NOT_FOUND', `${release} is not a release of ${d} that the archive serves (see GET /api/distributions): no package index`);
+          const req = { distribution: d, release, architecture: a, sources: { mirrors: [], components: ['main'], gpgCheck: true }, fetch: 'host' as const };
           sendJson(res, 200, await this.packages.search(req, url.searchParams.get('q') ?? '', limit));
         },
       },

@@ -1,5 +1,6 @@
-// Compose: distribution, release, architecture, groups, packages (searched in the real index),
-// outputs, root password, parent; the request checksum and whether it is already built.
+// Compose: distribution, release, architecture, groups, packages (searched in the real index;
+// one the index lacks is marked as it is added), outputs, root password, parent; the request
+// checksum and whether it is already built.
 import { api, debounce, el, notice, showError, short, bytes } from './lib.js';
 
 const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'];
@@ -45,8 +46,21 @@ export async function render(view) {
   }
 
   function renderChips() {
-    chips.replaceChildren(...state.packages.map((p) => el('span', { class: 'chip' }, p, el('button', { title: `remove ${p}`, onclick: () => { state.packages = state.packages.filter((x) => x !== p); renderChips(); check(); } }, '×'))));
+    chips.replaceChildren(...state.packages.map((p) => el('span', { class: 'chip', 'data-package': p }, p, el('button', { title: `remove ${p}`, onclick: () => { state.packages = state.packages.filter((x) => x !== p); renderChips(); check(); } }, '×'))));
     if (state.packages.length === 0) chips.append(el('span', { class: 'muted' }, 'no extra packages'));
+  }
+  // The spec check names each package the release's index lacks (spec.packages[i], with the closest names).
+  function markPackages(issues) {
+    const unknown = new Map();
+    for (const i of issues ?? []) {
+      const m = /^spec\.packages\[(\d+)\]$/.exec(i.path);
+      if (m) unknown.set(state.packages[Number(m[1])], i.message);
+    }
+    for (const chip of chips.querySelectorAll('.chip')) {
+      const message = unknown.get(chip.dataset.package);
+      chip.classList.toggle('unknown', message !== undefined);
+      chip.title = message ?? '';
+    }
   }
   function addPackage(p) {
     if (p && !state.packages.includes(p)) state.packages.push(p);
@@ -106,9 +120,11 @@ export async function render(view) {
         ? el('span', { class: 'ok', id: 'built' }, `already built: ${r.built.map((i) => `${i.name ?? short(i.digest)} (${bytes(i.size)})`).join(', ')}`)
         : el('span', { class: 'muted', id: 'built' }, 'not built yet');
       digest.replaceChildren(el('div', {}, 'request checksum ', el('code', { id: 'spec-digest' }, r.specDigest)), built);
+      markPackages([]);
       buildButton.disabled = false;
     } catch (err) {
       if (seq !== checkSeq) return;
+      markPackages(err.issues);
       digest.replaceChildren(el('pre', { class: 'bad', id: 'spec-issues' }, err.issues ? err.issues.map((i) => `${i.path}: ${i.message}`).join('\n') : err.message));
       buildButton.disabled = true;
     }
