@@ -5,9 +5,8 @@
  * each of them; the last test checks that the tests name every route of the OpenAPI
  * document (so it holds whichever tests run, in any order).
  */
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 
 import test, { type ExecutionContext } from 'ava';

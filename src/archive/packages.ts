@@ -372,6 +372,11 @@ export class PackageIndexes {
         await writeFile(stamp, new Date().toISOString());
         return after;
       }
+      // apt keeps no list for an empty index: a clean update that gave none is an archive with no packages.
+      if (r.code === 0) {
+        await writeFile(stamp, new Date().toISOString());
+        return after;
+      }
       if (own(before).length > 0) {
         req.log?.(`osfarm: could not refresh the package index (apt-get exited with ${r.code}); using the one fetched ${new Date(fetchedAt).toISOString()}`);
         return before;
