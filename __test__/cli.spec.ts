@@ -248,9 +248,14 @@ async function startStop(args: string[], ready: RegExp): Promise<{ status: numbe
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const done = finished(child);
   let seen = '';
+  let stopping = false;
+  // Once: output after the stop (the result) must not send a second SIGINT.
   const watch = (d: Buffer) => {
     seen += d.toString();
-    if (ready.test(seen)) child.kill('SIGINT');
+    if (!stopping && ready.test(seen)) {
+      stopping = true;
+      child.kill('SIGINT');
+    }
   };
   child.stderr!.on('data', watch);
   child.stdout!.on('data', watch);

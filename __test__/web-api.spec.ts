@@ -15,9 +15,8 @@ import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/spe
 import { specToXml } from '../src/spec/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
-import { createPullHandler } from '../src/transfer/http/serve.js';
 import { Receiver } from '../src/transfer/push/receive.js';
-import { startServer, type StartedServer } from '../src/web/index.js';
+import { serve, type OsfarmServer } from '../src/web/index.js';
 import { localArchive } from './helpers/apt-archive.js';
 import { tempDir, writeBlocks } from './helpers/tmp.js';
 
@@ -28,7 +27,7 @@ const declared = new Set<string>();
 const reached = new WeakMap<object, Set<string>>();
 
 interface Ctx {
-  s: StartedServer;
+  s: OsfarmServer;
   token: string;
   dir: string;
   repo: string;
@@ -80,7 +79,7 @@ function seedRepository(dir: string): { repo: string; a: string; b: string; spec
 async function start(t: ExecutionContext, opts: { readOnly?: boolean; maxQueuedBuilds?: number } = {}): Promise<Ctx & { a: string; b: string; spec: ReturnType<typeof specFromObject> }> {
   const dir = tempDir(t, 'osfarm-web-api-');
   const seeded = seedRepository(dir);
-  const s = await startServer({ repoPath: seeded.repo, tokenFile: join(dir, 'etc', 'token'), workDir: join(dir, 'work'), stagesPath: join(dir, 'stages'), ...opts });
+  const s = await serve({ repo: seeded.repo, tokenFile: join(dir, 'etc', 'token'), workDir: join(dir, 'work'), stages: join(dir, 'stages'), pull: false, ...opts });
   t.teardown(() => s.close());
   if (documented.length === 0) {
     const doc = (await (await fetch(`${s.url}/api/openapi.json`)).json()) as { paths: Record<string, Record<string, unknown>> };
@@ -112,12 +111,12 @@ webTest('the token file is created once with mode 0600 and refused when others c
   t.is(statSync(file).mode & 0o777, 0o600);
   t.true(c.s.web.token.created);
   t.is(readFileSync(file, 'utf8').trim(), c.token);
-  const again = await startServer({ repoPath: c.repo, tokenFile: file, workDir: join(c.dir, 'work') });
+  const again = await serve({ repo: c.repo, tokenFile: file, workDir: join(c.dir, 'work'), pull: false });
   t.teardown(() => again.close());
   t.false(again.web.token.created);
   t.is(again.web.token.value, c.token);
   chmodSync(file, 0o644);
-  const err = await t.throwsAsync(startServer({ repoPath: c.repo, tokenFile: file }));
+  const err = await t.throwsAsync(serve({ repo: c.repo, tokenFile: file, pull: false }));
   t.is((err as any).code, 'OSFARM_UNAUTHORIZED');
   t.regex(err!.message, /chmod 600/);
 });
@@ -486,7 +485,7 @@ webTest('stages: listing with sizes and hits, and GC', ['GET /api/stages', 'POST
 webTest('push: an image goes to a real receiver as a job with bandwidth samples', ['POST /api/transfers/push', 'GET /api/jobs/{id}/events'], async (t) => {
   const c = await start(t);
   const remoteRepo = join(c.dir, 'remote');
-  const receiver = new Receiver({ repoPath: remoteRepo, token: 'remote-secret-token' });
+  const receiver = new Receiver({ repo: remoteRepo, token: 'remote-secret-token' });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
   const refused = await call(c, 'POST', '/api/transfers/push', { body: { image: 'a.tar', address: `127.0.0.1:${addr.port}` } });
@@ -513,7 +512,7 @@ webTest('push: an image goes to a real receiver as a job with bandwidth samples'
 webTest("pull: an image comes from another node's HTTP endpoints, only the blocks missing here", ['POST /api/transfers/pull', 'GET /api/jobs/{id}/events'], async (t) => {
   const source = await start(t);
   // The source node serves its repository for pull before the web handler, as osfarm serve does.
-  const other = await startServer({ repoPath: source.repo, tokenFile: join(source.dir, 'token2'), workDir: join(source.dir, 'work'), before: [createPullHandler({ repoPath: source.repo })] });
+  const other = await serve({ repo: source.repo, tokenFile: join(source.dir, 'token2'), workDir: join(source.dir, 'work') });
   t.teardown(() => other.close());
   writeBlocks(join(source.dir, 'c.img'), [7, 8, 3, 0]);
   const c = Repository.open(source.repo).addSync(join(source.dir, 'c.img'), { name: 'c.tar' });

@@ -11,7 +11,7 @@ import { closest, didYouMean } from '../base/suggest.js';
 import { type Distribution, familyOf, nativeArchitectures, planGroup, QEMU_CPU } from '../spec/distros.js';
 import { SpecError, type SpecIssue } from '../spec/errors.js';
 import type { BuildSpec } from '../spec/spec.js';
-import { type FetchPolicy, type PackageIndex, type PackageIndexes } from './packages.js';
+import type { FetchPolicy, PackageIndex, PackageIndexes } from './packages.js';
 import { releaseCatalogue } from './releases.js';
 
 export interface SourceCheckOptions {

@@ -149,7 +149,11 @@ async function existing(targets: Target[]): Promise<Target[]> {
 /** Decompresses one Packages file (whatever apt stored) through apt-helper. */
 async function catFile(file: string, consume: (stdout: NodeJS.ReadableStream) => Promise<void>): Promise<void> {
   let stderr = '';
-  const r = await runPiped(APT_HELPER, ['cat-file', file], { onLine: (l, stream) => (stream === 'stderr' ? (stderr += `${l}\n`) : undefined) }, consume);
+  const r = await runPiped(APT_HELPER, ['cat-file', file], {
+    onLine: (l, stream) => {
+      if (stream === 'stderr') stderr += `${l}\n`;
+    },
+  }, consume);
   if (r.code !== 0) throw new OsfarmError('OSFARM_IO', `cannot read the package index ${file}: ${stderr.trim() || `apt-helper exited with ${r.code}`}`);
 }
 

@@ -91,7 +91,12 @@ async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, 
     const env: Record<string, string> = {};
     if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
     const errors = new ToolErrors();
-    const code = await chroot.sh(`apt-get update -q\napt-get install -y -q --no-install-recommends ${include.map(shq).join(' ')}\n`, { signal, onLine: (l) => (ctx.log(l), errors.see(l)), env });
+    const code = await chroot.sh(`apt-get update -q\napt-get install -y -q --no-install-recommends ${include.map(shq).join(' ')}\n`, { signal, onLine: (l) => {
+      ctx.log(l);
+      errors.see(l);
+    },
+    env,
+  });
     if (code !== 0) throw buildFailed(`${spec.name}: apt-get install ${include.join(' ')} failed (exit ${code})${errors.summary()}; see the build log`);
   } catch (err) {
     failure = err;

@@ -44,7 +44,6 @@ export interface ProgressDisplay {
 /** A line of a --json stream: every line has a `type`; the last is `result` or `error` (docs/cli.md). */
 export interface CliEvent {
   type: string;
-  [key: string]: unknown;
 }
 
 export interface CommandContext {
@@ -59,7 +58,7 @@ export interface CommandContext {
   /** Aborted on Ctrl-C (SIGINT) or SIGTERM. */
   signal: AbortSignal;
   /** Writes one event line in --json mode; nothing otherwise. */
-  event(event: CliEvent): void;
+  event<E extends CliEvent>(event: E): void;
   /** A progress bar on the terminal for one step (`unit` bytes by default, or a count of items). */
   progress(label: string, unit?: 'bytes' | 'items'): ProgressDisplay;
   /** A line of information on stderr (not with --json or --quiet). */

@@ -33,7 +33,7 @@ const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const fq = (s: string) => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
 
 /** What a value-taking flag offers: its choices, or files or directories. */
-function valueOf(f: Flag): string {
+function flagValues(f: Flag): string {
   if (f.choices) return f.choices.join(' ');
   return f.complete === 'dir' ? ':dir' : f.complete === 'file' ? ':file' : ':none';
 }
@@ -45,7 +45,7 @@ function caseTables(all: Place[]): string {
   const values = all.flatMap((p) =>
     Object.entries(p.flags)
       .filter(([, f]) => f.type === 'string')
-      .map(([n, f]) => `    ${names(n, f).map((x) => q(`${p.path}|${x}`)).join('|')}) echo ${q(valueOf(f))} ;;`),
+      .map(([n, f]) => `    ${names(n, f).map((x) => q(`${p.path}|${x}`)).join('|')}) echo ${q(flagValues(f))} ;;`),
   );
   const operands = all.filter((p) => p.operands !== 'none').map((p) => `    ${q(p.path)}) echo ${p.operands} ;;`);
   return [
@@ -80,6 +80,7 @@ function caseTables(all: Place[]): string {
     '      -*) [ -n "$(_osfarm_value "$place" "$w")" ] && skip=1; continue ;;',
     '    esac',
     '    case " $(_osfarm_subs "$place") " in',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: bash, not a template
     '      *" $w "*) place=${place:+$place }$w ;;',
     '    esac',
     '  done',

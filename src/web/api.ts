@@ -27,8 +27,8 @@ import { field, optField, query, readJson, type Route, sendJson, sendText } from
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
 
 export interface ApiOptions {
-  repoPath: string;
-  stagesPath: string;
+  repo: string;
+  stages: string;
   /** Build scratch space and package caches (build()'s workDir). */
   workDir: string;
   /** Builds waiting at most (one more is refused with 503). */
@@ -53,7 +53,7 @@ export type DocumentedRoute = Route & { doc: RouteDoc };
  * server's files (`files[].source`, a parent spec file). A parent names an image in the
  * repository, whose recorded spec it builds on.
  */
-function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
+function webSpec(body: Record<string, unknown>, repo: string): BuildSpec {
   const text = body.text;
   let raw: unknown = body.spec;
   if (typeof text === 'string') {
@@ -65,7 +65,7 @@ function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidArgument('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
   const issues = hostPathIssues(raw);
   if (issues.length > 0) throw new SpecError(issues);
-  return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
+  return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repo) });
 }
 
 /** Emits a transfer's `sample` events at most every 200 ms (and the last one always), timed from the start. */
@@ -110,7 +110,7 @@ export class Api {
 
   /** The repository, created (with the defaults) on first use if missing, as `osfarm serve` does. */
   private repo(): Repository {
-    return Repository.openOrInit(this.o.repoPath);
+    return Repository.openOrInit(this.o.repo);
   }
 
   /**
@@ -174,7 +174,7 @@ export class Api {
           response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec (a misspelt package: an issue at spec.packages[i] naming the closest packages)' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), this.o.repoPath);
+          const spec = webSpec(await readJson(req), this.o.repo);
           await this.checkSources(spec);
           const digest = specDigest(spec);
           const built = imagesOfRequest(this.repo(), digest).map(imageView);
@@ -189,21 +189,21 @@ export class Api {
           response: { status: 202, description: 'Job; 422 for an invalid spec, 503 when the queue is full' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), this.o.repoPath);
+          const spec = webSpec(await readJson(req), this.o.repo);
           await this.checkSources(spec);
           const digest = specDigest(spec);
           const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
             // A new build's files are scratch: the repository keeps its own copy (and the log's end
             // in the metadata). A request already answered needs no files at all.
-            const answered = findBuilt(this.o.repoPath, digest, spec.outputs, spec.sourceDateEpoch) !== null;
+            const answered = findBuilt(this.o.repo, digest, spec.outputs, spec.sourceDateEpoch) !== null;
             const scratch = answered ? undefined : join(this.o.workDir, 'web-builds', randomBytes(6).toString('hex'));
             const output = (o: { format: OutputFormat; size: number; digest: string }) =>
               emit({ type: 'output', output: { format: o.format, size: o.size, digest: o.digest, file: `${spec.name}${OUTPUT_EXTENSION[o.format]}` } });
             const options: BuildOptions = {
               ...(scratch ? { output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`) } : {}),
-              repoPath: this.o.repoPath,
+              repo: this.o.repo,
               workDir: this.o.workDir,
-              stagesDir: this.o.stagesPath,
+              stages: this.o.stages,
               signal,
               handleSignals: false,
               onEvent: (e) => {
@@ -284,7 +284,7 @@ export class Api {
       {
         method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
         doc: { tag: 'images', summary: 'The same spec in the XML spec form', response: { status: 200, type: 'application/xml', description: 'XML spec' } },
-        handler: ({ res, params }) => sendText(res, 200, exportSpec(this.o.repoPath, params.ref!).xml, 'application/xml; charset=utf-8'),
+        handler: ({ res, params }) => sendText(res, 200, exportSpec(this.o.repo, params.ref!).xml, 'application/xml; charset=utf-8'),
       },
       {
         method: 'GET', path: '/api/images/:ref/log', read: true,
@@ -314,7 +314,7 @@ export class Api {
       {
         method: 'GET', path: '/api/stages', read: true,
         doc: { tag: 'stages', summary: 'The stage store: each stage with parent, sizes, hits and last use', response: { status: 200, description: '{ root, backend, totalOwnSize, stages }' } },
-        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stagesPath)),
+        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stages)),
       },
       {
         method: 'POST', path: '/api/stages/gc',
@@ -325,7 +325,7 @@ export class Api {
           if (typeof max !== 'string' && typeof max !== 'number') throw invalidArgument('maxSize is required: a size like 20G or 500M, or a number of bytes');
           const maxSize = parseSize(max, 'maxSize');
           if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw invalidArgument('dryRun must be true or false');
-          sendJson(res, 200, await gcStages(this.o.stagesPath, { maxSize, dryRun: body.dryRun === true }));
+          sendJson(res, 200, await gcStages(this.o.stages, { maxSize, dryRun: body.dryRun === true }));
         },
       },
       {
@@ -356,13 +356,14 @@ export class Api {
           const info = this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await push(entry.digest, address, {
-              repo: this.o.repoPath,
+              repo: this.o.repo,
               signal,
               ...(token ? { token } : { insecure: true }),
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: 'push', done: p.haveBlocks, total: p.blockCount });
-                sample({ wireBytes: p.wireBytesSent, blocks: p.blocksSent });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: 'push', done: e.done, total: e.total });
+                sample({ wireBytes: e.wireBytesSent, blocks: e.blocksSent });
               },
             });
             sample({ wireBytes: r.wireBytesSent, blocks: r.blocksSent }, true);
@@ -386,12 +387,13 @@ export class Api {
           const info = this.transfers.submit('pull', `pull ${url}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await pull(url, {
-              repoPath: this.o.repoPath,
+              repo: this.o.repo,
               signal,
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: p.phase, done: p.done, total: p.total });
-                sample({ wireBytes: p.bytesFetched });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total });
+                sample({ wireBytes: e.bytesFetched });
               },
             });
             sample({ wireBytes: r.bytesFetched }, true);

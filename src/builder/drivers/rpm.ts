@@ -146,7 +146,11 @@ export class RpmDriver implements Driver {
       const env: NodeJS.ProcessEnv = { PATH: SYSTEM_PATH, HOME: home, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
       if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
       const errors = new ToolErrors();
-      const r = await run(this.tool, args, { env, signal: ctx.signal, onLine: (l) => (ctx.log(l), errors.see(l)) });
+      const r = await run(this.tool, args, { env, signal: ctx.signal, onLine: (l) => {
+          ctx.log(l);
+          errors.see(l);
+        },
+      });
       if (r.code !== 0) throw buildFailed(`${this.tool} install failed (exit ${r.code ?? r.signal})${errors.summary()}; see the build log`);
     } catch (err) {
       failure = err;

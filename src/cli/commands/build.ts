@@ -124,7 +124,7 @@ async function runBuild(args: ParsedArgs, ctx: CommandContext): Promise<Result> 
   let barPhase = '';
   const tail: string[] = [];
   const onEvent = (e: BuildEvent) => {
-    ctx.event(e);
+    if (e.type !== 'result') ctx.event(e); // the result is printed once, last
     if (e.type === 'log') {
       tail.push(e.line);
       if (tail.length > 20) tail.shift();
@@ -147,10 +147,10 @@ async function runBuild(args: ParsedArgs, ctx: CommandContext): Promise<Result> 
     return await build(spec, {
       workDir,
       output,
-      repoPath: ctx.repoPath,
+      repo: ctx.repoPath,
       noRepo: flag(args, 'no-repo'),
       keepTree: flag(args, 'keep-tree'),
-      stagesDir: str(args, 'stages'),
+      stages: str(args, 'stages'),
       cow: str(args, 'cow') as BuildOptions['cow'],
       stagesMaxSize: str(args, 'stages-max-size'),
       rebuild: flag(args, 'rebuild'),

@@ -13,6 +13,7 @@ const command: Command<{ shell: Shell; script: string }> = {
   operands: { complete: 'none', min: 1, max: 1 },
   examples: [
     { command: 'source <(osfarm completion bash)', what: 'complete osfarm commands, flags and values in this bash session' },
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a zsh command line, not a template
     { command: 'osfarm completion zsh > "${fpath[1]}/_osfarm"', what: 'install the zsh completion (start a new shell)' },
     { command: 'osfarm completion fish > ~/.config/fish/completions/osfarm.fish', what: 'install the fish completion' },
   ],

@@ -32,13 +32,15 @@ const command: Command<PullResult> = {
     const progressEvent = throttled((p: object) => ctx.event({ type: 'progress', unit: 'bytes', ...p }));
     try {
       return await pull(url, {
-        repoPath: ctx.repoPath,
+        repo: ctx.repoPath,
         name: str(args, 'name'),
         parallel: wholeNumber(args, 'parallel', 1),
         maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
         retries: wholeNumber(args, 'retries', 0),
         signal: ctx.signal,
-        onProgress: (p) => {
+        // The result is printed once, last, by the CLI: only progress is shown as it comes.
+        onEvent: (p) => {
+          if (p.type !== 'progress') return;
           if (p.phase !== phase) {
             bar.done();
             phase = p.phase;

@@ -35,9 +35,11 @@ const command: Command<PushResult> = {
         repo: ctx.repoPath,
         compress: !flag(args, 'no-compress'),
         signal: ctx.signal,
-        onProgress: (p) => {
-          bar.update(p.haveBlocks, p.blockCount, `blocks; sent ${count(p.blocksSent)}, ${bytes(p.wireBytesSent)} on the wire`);
-          progressEvent({ phase: 'push', done: p.haveBlocks, total: p.blockCount, unit: 'blocks', ...p });
+        // The result is printed once, last, by the CLI: only progress is shown as it comes.
+        onEvent: (e) => {
+          if (e.type !== 'progress') return;
+          bar.update(e.done, e.total, `blocks; sent ${count(e.blocksSent)}, ${bytes(e.wireBytesSent)} on the wire`);
+          progressEvent({ ...e, phase: 'push', unit: 'blocks' });
         },
       });
     } finally {

@@ -2,7 +2,7 @@
 import { invalidArgument } from '../../base/errors.js';
 import { parseAddress } from '../../transfer/address.js';
 import { resolveToken } from '../../transfer/push/auth.js';
-import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
+import { Receiver, type ReceiverTotals, type TransferReport } from '../../transfer/push/receive.js';
 import { type Command, flag, str, untilAborted, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 
@@ -18,7 +18,7 @@ function line(r: TransferReport): string {
   );
 }
 
-const command: Command<{ transfers: number; failed: number }> = {
+const command: Command<ReceiverTotals> = {
   name: 'receive',
   section: 'transfer',
   summary: 'accept pushed images into the repository (TCP, shared token)',
@@ -43,39 +43,29 @@ const command: Command<{ transfers: number; failed: number }> = {
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const idle = wholeNumber(args, 'idle-timeout', 1);
     const receiver = new Receiver({
-      repoPath: ctx.repoPath,
+      repo: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
       maxTransfers: wholeNumber(args, 'max-transfers', 1),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
+      onEvent: (e) => {
+        // The totals are the command's result, printed once, last.
+        if (e.type === 'result') return;
+        ctx.event(e);
+        if (e.type === 'repository-created') ctx.info(`created repository ${e.path} (it did not exist)`);
+        else if (e.type === 'listening') ctx.info(`receiving into ${e.repo} on ${e.address}:${e.port}${token ? '' : ' (insecure: no token)'}`);
+        else if (e.type === 'transfer-start') ctx.info(`${e.remote}: receiving ${bytes(e.size)}${e.name ? ` (${e.name})` : ''}`);
+        else if (e.type === 'connection-refused') ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
+        else ctx.info(line(e));
+      },
     });
-    receiver.on('repository-created', (e: { path: string }) => {
-      ctx.info(`created repository ${e.path} (it did not exist)`);
-      ctx.event({ type: 'repository-created', path: e.path });
-    });
-    receiver.on('transfer-start', (e: { remote: string; size: number; name?: string }) => {
-      ctx.info(`${e.remote}: receiving ${bytes(e.size)}${e.name ? ` (${e.name})` : ''}`);
-      ctx.event({ type: 'transfer-start', ...e });
-    });
-    for (const kind of ['transfer-done', 'transfer-failed'] as const) {
-      receiver.on(kind, (r: TransferReport) => {
-        ctx.info(line(r));
-        ctx.event({ type: kind, ...r });
-      });
-    }
-    receiver.on('connection-refused', (e: { remote: string; error: { code: string; message: string } }) => {
-      ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
-      ctx.event({ type: 'connection-refused', ...e });
-    });
-    const addr = await receiver.listen(host, port);
-    ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}`);
-    ctx.event({ type: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath });
+    await receiver.listen(host, port);
     await untilAborted(ctx.signal);
     await receiver.close();
-    return { transfers: receiver.totals.transfers, failed: receiver.totals.failed };
+    return receiver.totals;
   },
   render(r) {
-    return `stopped after ${count(r.transfers)} transfers (${count(r.failed)} failed)`;
+    return `stopped after ${count(r.transfers)} transfers (${count(r.failed)} failed), ${bytes(r.receivedBytes)} received as ${bytes(r.wireBytesReceived)} on the wire`;
   },
 };
 export default command;

@@ -1,7 +1,7 @@
 /** `osfarm serve`: the repository over HTTP for pull, and the web GUI and REST API on the same port. */
 import { invalidArgument } from '../../base/errors.js';
 import { openOrCreateRepository } from '../../app/repository.js';
-import { serve } from '../../app/serve.js';
+import { serveHandlers } from '../../app/serve.js';
 import { parseAddress } from '../../transfer/address.js';
 import { createPullHandler, type PullServeStats } from '../../transfer/http/serve.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
@@ -30,10 +30,10 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     if (!listen) throw invalidArgument('serve needs --listen HOST:PORT (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
-    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
-    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
+    const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
+    const web = await createWebHandler({ repo: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
     // Bind first: a port in use leaves no new repository behind.
-    const serving = await serve({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
+    const serving = await serveHandlers({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
     try {
       // A damaged repository is refused here, before anyone is told to use the server.
       if (openOrCreateRepository(ctx.repoPath).created) {

@@ -1,3 +1,4 @@
+// @ts-check
 // Build: the jobs the server runs, and for one job its phases, progress and live log, with cancel.
 import { api, el, followJob, notice, showError, when, short, bytes } from './lib.js';
 
@@ -43,7 +44,7 @@ export async function render(view, [id]) {
   const mark = (failed) => {
     const at = PHASES.indexOf(phase);
     for (const span of phaseBar.children) {
-      const i = PHASES.indexOf(span.dataset.phase);
+      const i = PHASES.indexOf(span.getAttribute('data-phase') ?? '');
       span.className = i < at ? 'done' : i === at ? (failed ? 'failed' : 'current') : '';
     }
   };
@@ -77,7 +78,7 @@ export async function render(view, [id]) {
     } else if (e.type === 'log') {
       const keep = stick();
       log.append(`${e.line}\n`);
-      if (++lines > MAX_LOG_LINES) log.firstChild.remove();
+      if (++lines > MAX_LOG_LINES) log.firstChild?.remove();
       if (keep) log.scrollTop = log.scrollHeight;
     } else if (e.type === 'output') {
       outputs.append(el('p', { class: 'ok' }, `${e.output.format}: ${bytes(e.output.size)} `, el('a', { href: `#/repository/${e.output.digest}` }, `image ${short(e.output.digest)}`)));

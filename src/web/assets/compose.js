@@ -1,3 +1,4 @@
+// @ts-check
 // Compose: distribution, release, architecture, groups, packages (searched in the real index;
 // one the index lacks is marked as it is added), outputs, root password, parent; the request
 // checksum and whether it is already built.
@@ -7,6 +8,7 @@ const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'];
 
 export async function render(view) {
   const [catalog, repo] = await Promise.all([api('GET', '/api/distributions'), api('GET', '/api/images')]);
+  /** @type {{ packages: string[], groups: Set<string>, outputs: Set<string> }} */
   const state = { packages: [], groups: new Set(['minbase']), outputs: new Set(['tar']) };
 
   const dist = el('select', { id: 'distribution' }, catalog.distributions.map((d) =>
@@ -56,7 +58,7 @@ export async function render(view) {
       const m = /^spec\.packages\[(\d+)\]$/.exec(i.path);
       if (m) unknown.set(state.packages[Number(m[1])], i.message);
     }
-    for (const chip of chips.querySelectorAll('.chip')) {
+    for (const chip of /** @type {NodeListOf<HTMLElement>} */ (chips.querySelectorAll('.chip'))) {
       const message = unknown.get(chip.dataset.package);
       chip.classList.toggle('unknown', message !== undefined);
       chip.title = message ?? '';
@@ -97,6 +99,7 @@ export async function render(view) {
   });
 
   function spec() {
+    /** @type {Record<string, unknown>} */
     const s = { distribution: dist.value, release: releaseValue(), architecture: arch.value, groups: [...state.groups], packages: state.packages, outputs: [...state.outputs] };
     if (name.value.trim()) s.name = name.value.trim();
     if (password.value) s.rootPassword = password.value;
