@@ -420,6 +420,16 @@ webTest('images: list, details, spec as JSON and XML, log, download, delete', ['
   t.is(list.images[1].distribution, 'debian');
   t.deepEqual(list.images[1].packages, ['hello']);
   t.is(list.stats.images, 2);
+  // An image built on another: its packages are the whole chain's, and which it adds itself.
+  const child = specFromObject({ parent: SPEC, packages: ['jq'], name: 'child' });
+  writeBlocks(join(c.dir, 'c.img'), [7]);
+  using repo = Repository.open(c.repo);
+  const childMeta = { kind: 'osfarm-build', builder: 'test', backend: 'mmdebstrap', format: 'tar', sourceDateEpoch: null, specDigest: specDigest(child), spec: canonicalSpec(child), specXml: specToXml(child) };
+  const cDigest = repo.addSync(join(c.dir, 'c.img'), { name: 'c.tar', meta: childMeta }).digest;
+  const withChild = (await json(await call(c, 'GET', '/api/images'))).images.find((i: any) => i.digest === cDigest);
+  t.deepEqual(withChild.packages, ['hello', 'jq']);
+  t.deepEqual(withChild.addedPackages, ['jq']);
+  await repo.remove(cDigest);
   const one = await json(await call(c, 'GET', '/api/images/a.tar'));
   t.is(one.digest, c.a);
   t.is(one.meta.kind, 'osfarm-build');

@@ -65,6 +65,12 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.selectOption('#distribution', 'debian');
   t.is(await page.inputValue('#architecture'), 'amd64');
   t.true(await page.isChecked('#groups input[value="minbase"]'));
+  // Bootstrap variants are one choice; tasks add up.
+  t.is(await page.locator('#variants input[type="radio"]').count(), 10);
+  t.true(await page.locator('#tasks input[type="checkbox"]').count() > 0);
+  await page.check('#variants input[value="essential"]');
+  t.false(await page.isChecked('#groups input[value="minbase"]'));
+  await page.check('#variants input[value="minbase"]');
   // A name the package index lacks, typed and added with Enter: marked at once, with the closest names.
   await page.fill('#package-search', 'helo');
   await page.press('#package-search', 'Enter');
@@ -183,7 +189,13 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.is(await page.locator('#transfer-charts svg.chart').count(), 2);
   t.regex(await page.textContent('#transfer-result') ?? '', /blocks sent/);
   t.deepEqual(Repository.open(join(dir, 'remote')).list().map((i) => i.digest), [built!.digest]);
+  await page.waitForFunction(() => document.querySelectorAll('#recent-transfers li').length === 1 && /succeeded/.test(document.querySelector('#recent-transfers')?.textContent ?? ''));
   await shot(page, '7-transfer');
+  // The same push again: nothing to send, so a sentence instead of empty charts; the recent list grows without a reload.
+  await page.click('#push-run');
+  await page.waitForFunction(() => /nothing sent/.test(document.querySelector('#transfer-result')?.textContent ?? ''), undefined, { timeout: 120_000 });
+  t.is(await page.locator('#transfer-charts svg.chart').count(), 0);
+  await page.waitForFunction(() => document.querySelectorAll('#recent-transfers li').length === 2);
 
   // Pull: a second node (its own repository and token) pulls the image from this one in its GUI.
   const otherRepo = join(dir, 'other');
@@ -214,6 +226,14 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.false((await page.textContent('#images'))!.includes('variant.tar'));
   t.deepEqual(Repository.open(repoPath).list().map((i) => i.name), ['e2e-hello.tar']);
   await shot(page, '8-repository-after-delete');
+
+  // A narrow screen: tables scroll inside their cards, the page itself does not overflow.
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.goto(`${server.url}/#/repository`);
+  await page.waitForSelector('#images');
+  t.true(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no horizontal overflow at 375 px');
+  await shot(page, '8b-repository-narrow');
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   await page.goto(`${server.url}/api/docs`);
   await shot(page, '9-api-docs');

@@ -9,8 +9,16 @@ export async function render(view, [first, second]) {
     view.append(el('h1', {}, 'Compare'), el('p', { class: 'muted' }, 'Compare needs two images in the repository.'));
     return;
   }
-  const a = imageSelect(images, { id: 'compare-a' }, first ?? images[1].digest);
-  const b = imageSelect(images, { id: 'compare-b' }, second ?? images.find((i) => i.digest !== a.value)?.digest);
+  // By default the newest two images of one format (images of different formats share almost nothing).
+  const pair = (() => {
+    for (const [n, x] of images.entries()) {
+      const y = images.slice(n + 1).find((i) => i.format === x.format);
+      if (y) return [y, x];
+    }
+    return [images[1], images[0]];
+  })();
+  const a = imageSelect(images, { id: 'compare-a' }, first ?? pair[0].digest);
+  const b = imageSelect(images, { id: 'compare-b' }, second ?? (first ? images.find((i) => i.digest !== a.value)?.digest : pair[1].digest));
   const result = el('div', { id: 'compare-result' });
   const go = el('button', { class: 'primary', id: 'compare-run' }, 'Compare');
   const run = async () => {

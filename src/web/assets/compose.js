@@ -42,7 +42,18 @@ export async function render(view) {
     release.hidden = d.releases.length === 0;
     releaseText.hidden = !release.hidden;
     state.groups = new Set(d.groups.includes('minbase') ? ['minbase'] : []);
-    groups.replaceChildren(...d.groups.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g)));
+    // A bootstrap variant is one choice (radio buttons); tasks and package groups add up (check boxes).
+    const pick = (v) => {
+      for (const x of d.variants) state.groups.delete(x);
+      if (v) state.groups.add(v);
+      check();
+    };
+    const tasks = d.groups.filter((g) => !d.variants.includes(g));
+    groups.replaceChildren(
+      ...(d.variants.length > 0 ? [el('fieldset', { id: 'variants' }, el('legend', {}, 'bootstrap variant (one; a child stage has its parent\'s)'),
+        ...d.variants.map((v) => el('label', {}, el('input', { type: 'radio', name: 'variant', value: v, checked: state.groups.has(v), onchange: () => pick(v) }), v)))] : []),
+      el('fieldset', { id: 'tasks' }, el('legend', {}, 'tasks and package groups (any number)'),
+        ...tasks.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g))));
     indexInfo.textContent = '';
     needs.textContent = d.needs ?? '';
   }

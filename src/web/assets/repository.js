@@ -11,7 +11,8 @@ export async function render(view, [ref], session) {
     el('td', {}, i.format),
     el('td', { class: 'num' }, bytes(i.size)),
     el('td', {}, i.distribution ? `${i.distribution} ${i.release} ${i.architecture}` : '-'),
-    el('td', {}, i.packages.join(' ')),
+    // The whole chain: what the parents' stages installed (muted), then what this image's own stage adds.
+    el('td', { class: 'packages' }, el('span', { class: 'muted' }, i.packages.filter((p) => !i.addedPackages.includes(p)).join(' ')), ' ', i.addedPackages.join(' ')),
     el('td', {}, when(i.added))));
   view.append(
     el('h1', {}, 'Repository'),
