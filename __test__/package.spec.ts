@@ -71,6 +71,13 @@ test('the packed tarballs install offline into an empty project and run without 
   const nativeFiles = run('tar', ['-tzf', native], dir).split('\n');
   t.true(nativeFiles.includes(`package/osfarm.${platform}.node`));
   t.true(nativeFiles.includes('package/LICENSE'));
+  // The arm64 package, when scripts/build-arm64.sh has cross-compiled its module: an aarch64 ELF.
+  const arm64 = join(packs, `osfarm-linux-arm64-gnu-${pkg.version}.tgz`);
+  if (existsSync(arm64)) {
+    t.deepEqual(JSON.parse(run('tar', ['-xzOf', arm64, 'package/package.json'], dir)).cpu, ['arm64']);
+    const elf = execFileSync('tar', ['-xzOf', arm64, 'package/osfarm.linux-arm64-gnu.node'], { maxBuffer: 64 << 20 });
+    t.is(elf.readUInt16LE(18), 0xb7, 'e_machine EM_AARCH64');
+  }
 
   // The runtime dependencies as tarballs, so that npm needs no registry.
   const deps = join(dir, 'deps');
