@@ -235,7 +235,14 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await shot(page, '8b-repository-narrow');
   await page.setViewportSize({ width: 1280, height: 900 });
 
+  // The API docs: each operation can be tried from the page (the GUI session authorizes it).
   await page.goto(`${server.url}/api/docs`);
+  const op = page.locator('section.op[data-method="GET"][data-path="/api/images/{ref}"]');
+  await op.locator('summary').click();
+  await op.locator('input[name="ref"]').fill('e2e-hello.tar');
+  await op.locator('button.primary').click();
+  await page.waitForFunction(() => /\n200 /.test(document.querySelector('section.op[data-path="/api/images/{ref}"] pre.try-answer')?.textContent ?? ''));
+  t.true((await op.locator('pre.try-answer').textContent())!.includes(`"digest": "${built!.digest}"`));
   await shot(page, '9-api-docs');
   t.deepEqual(pageErrors, []);
 });
