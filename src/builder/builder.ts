@@ -23,6 +23,7 @@ import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
 import { writeOutput } from './outputs.js';
+import { installedPackages } from './installed.js';
 import { preflight } from './preflight.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
@@ -219,6 +220,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     root = chain.dir;
     if (signal.aborted) throw aborted(signal);
 
+    const installed = await installedPackages(root, spec, logLine);
+
     phase('pack');
     const raw: { path?: string } = {};
     // ext4 first: a qcow2 is converted from it.
@@ -260,6 +263,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           cow: chain!.cow,
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
+          ...(installed ? { installed } : {}),
         };
         const entry = await Repository.openOrInit(repoPath).add(path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
         out = { format, path, size, digest: entry.digest, inRepository: true };

@@ -28,6 +28,8 @@ export interface BuildMeta {
   cow?: string;
   sourceDateEpoch: number | null;
   buildLog?: { path: string; tail: string };
+  /** The packages installed in the image with their versions, by name (builds since 0.1: older images lack it). */
+  installed?: { name: string; version: string }[];
 }
 
 /** The build metadata of an image, or null for images osfarm did not build. */
