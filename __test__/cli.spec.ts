@@ -233,7 +233,7 @@ async function takenPort(t: { teardown: (fn: () => void) => void }): Promise<num
 test('a port in use: a clear error before anything is created, for receive and serve', async (t) => {
   const dir = tempDir(t);
   const port = await takenPort(t);
-  for (const args of [['receive', '--insecure'], ['serve', '--token-file', join(dir, 'token')]]) {
+  for (const args of [['receive', '--insecure'], ['serve', '--insecure', '--token-file', join(dir, 'token')]]) {
     const repo = join(dir, `repo-${args[0]}`);
     const r = cliJson(['--repo', repo, ...args, '--listen', `127.0.0.1:${port}`]);
     t.is(r.status, 1, args[0]);
@@ -265,12 +265,12 @@ async function startStop(args: string[], ready: RegExp): Promise<{ status: numbe
 test('a missing repository: serve, receive and build create it and say so; serve names its token file on every start', async (t) => {
   const dir = tempDir(t);
   const token = join(dir, 'token');
-  const first = await startStop(['--repo', join(dir, 'served'), 'serve', '--listen', '127.0.0.1:0', '--token-file', token], /serving/);
+  const first = await startStop(['--repo', join(dir, 'served'), 'serve', '--listen', '127.0.0.1:0', '--token-file', token, '--insecure'], /serving/);
   t.is(first.status, 0, first.stderr);
   t.regex(first.stderr, new RegExp(`^created repository ${join(dir, 'served')} \\(it did not exist\\)$`, 'm'));
   t.regex(first.stderr, new RegExp(`^web token \\(new, kept in ${token}, mode 0600\\): \\S{20,}$`, 'm'));
   t.true(existsSync(join(dir, 'served', 'osfarm-repo.json')));
-  const again = await startStop(['--repo', join(dir, 'served'), 'serve', '--listen', '127.0.0.1:0', '--token-file', token], /serving/);
+  const again = await startStop(['--repo', join(dir, 'served'), 'serve', '--listen', '127.0.0.1:0', '--token-file', token, '--insecure'], /serving/);
   t.notRegex(again.stderr, /created repository/);
   t.regex(again.stderr, new RegExp(`^web token: in ${token}$`, 'm'));
   t.false(again.stderr.includes(readFileSync(token, 'utf8').trim()), 'the token itself only once');

@@ -134,6 +134,15 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.is(await page.getAttribute('#download', 'href'), `/api/images/${built!.digest}/download`);
   t.regex(await page.textContent('#image-stages') ?? '', /core/);
   t.regex((built!.meta as { spec: { rootPasswordHash: string } }).spec.rootPasswordHash, /^\$6\$/, 'the root password went in as a hash');
+  // Every package installed in the image with its version, searchable.
+  const installed = (built!.meta as { installed: { name: string; version: string }[] }).installed;
+  t.true(installed.some((p) => p.name === 'hello'));
+  t.is(await page.textContent('#installed h2'), `Installed packages (${installed.length})`);
+  t.is(await page.locator('#installed-table tbody tr').count(), installed.length);
+  await page.fill('#installed-filter', 'hell');
+  const shown = await page.locator('#installed-table tbody tr').allTextContents();
+  t.true(shown.length > 0 && shown.length < installed.length && shown.every((r) => r.includes('hell')), shown.join(', '));
+  t.true(shown.includes(`hello${installed.find((p) => p.name === 'hello')!.version}`));
   await shot(page, '4-repository');
 
   // Compose on top of it: the built image is offered as a parent; the child's request is new.
@@ -157,7 +166,9 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   const from = Math.floor((size * 3) / 4 / 4096) * 4096;
   writeSync(fd, pseudoRandom(size - from, 42), 0, size - from, from);
   closeSync(fd);
-  const variant = await repo.add(variantPath, { name: 'variant.tar' });
+  // Its package list as a certifier would see it differ: hello gone, dpkg at another version, one package more.
+  const variantInstalled = [...installed.filter((p) => p.name !== 'hello').map((p) => (p.name === 'dpkg' ? { ...p, version: '9.9' } : p)), { name: 'zz-extra', version: '1.0' }];
+  const variant = await repo.add(variantPath, { name: 'variant.tar', meta: { installed: variantInstalled } });
 
   // Compare: numbers as the library computes them, and a chart.
   await page.goto(`${server.url}/#/compare/${built!.digest}/${variant.digest}`);
@@ -167,6 +178,12 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.deepEqual(shares, [expected.a.shareInOther, expected.b.shareInOther].map((x) => `${(x * 100).toFixed(1)} %`));
   t.true(expected.a.shareInOther > 0.5 && expected.a.shareInOther < 1, `share ${expected.a.shareInOther}`);
   t.is(await page.locator('#compare-result svg.chart rect').count(), 4);
+  // Which packages differ: only in one, or at another version.
+  await page.waitForSelector('#package-diff-table');
+  t.regex(await page.textContent('#package-diff p') ?? '', new RegExp(`^3 differ, ${installed.length - 2} the same$`));
+  const dpkg = installed.find((p) => p.name === 'dpkg')!.version;
+  const hello = installed.find((p) => p.name === 'hello')!.version;
+  t.deepEqual(await page.locator('#package-diff-table tbody tr').allTextContents(), [`dpkg${dpkg}9.9`, `hello${hello}—`, 'zz-extra—1.0']);
   await shot(page, '5-compare');
 
   // Stages.

@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'OSFARM_PROTOCOL'
   | 'OSFARM_UNAUTHORIZED'
   | 'OSFARM_ADDRESS_IN_USE'
+  | 'OSFARM_UNTRUSTED'
   | 'OSFARM_INTERNAL';
 
 /** Every error osfarm raises on purpose: a stable `code` and a message that says what to do. */

@@ -1,10 +1,12 @@
-/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
+/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML; a name's history. */
 import { writeFileSync } from 'node:fs';
 
 import { loadSpec } from '../../spec/spec.js';
 import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';
+import { nameHistory, type NameRecord } from '../../trust/names.js';
+import { Repository } from '../../repo/index.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
@@ -74,11 +76,31 @@ const exportCmd: Command<{ specDigest: string; xml: string; output: string | nul
   },
 };
 
+const history: Command<{ name: string; current: string | null; moves: NameRecord[] }> = {
+  name: 'history',
+  summary: 'every image a name was given to, oldest first (names.jsonl), and which has it now',
+  usage: ['NAME'],
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images history app1.tar', what: 'which images were called app1.tar, and when each got the name (build, add, receive, pull)' }],
+  async run(args, ctx) {
+    const name = args.positionals[0]!;
+    const current = Repository.open(ctx.repoPath).list().find((e) => e.name === name)?.digest ?? null;
+    return { name, current, moves: nameHistory(ctx.repoPath, name) };
+  },
+  render(r) {
+    const rows = r.moves.map((m) => [when(m.at), m.via, m.digest.slice(0, 16), m.previous ? m.previous.slice(0, 16) : '-']);
+    return [
+      `name ${r.name}: ${r.current ? `now ${r.current}` : 'held by no image now'}`,
+      rows.length ? table(rows, ['when', 'via', 'image', 'previous']) : '  no recorded moves',
+    ].join('\n');
+  },
+};
+
 const command: Command = {
   name: 'images',
   section: 'build',
-  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML)',
+  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME',
   usage: [],
-  subcommands: [find, show, exportCmd] as Command[],
+  subcommands: [find, show, exportCmd, history] as Command[],
 };
 export default command;

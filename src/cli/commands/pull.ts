@@ -1,21 +1,30 @@
 /** `osfarm pull`: fetch an image over HTTP, only the blocks the repository lacks. */
+import { invalidArgument } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import { Repository } from '../../repo/index.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, throttled, wholeNumber } from '../command.js';
+import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
 import { bytes, count, percent } from '../format.js';
+
+/** --max-request: from 4 KiB (one block) to 1 GiB. */
+function requestSize(text: string): number {
+  const n = parseSize(text, '--max-request');
+  if (!(n >= 4096 && n <= 2 ** 30)) throw invalidArgument(`--max-request: '${text}' is not a size from 4K to 1G`);
+  return n;
+}
 
 const command: Command<PullResult> = {
   name: 'pull',
   section: 'transfer',
   summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)',
-  usage: ['http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N]'],
-  description: 'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size.',
+  usage: ['http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...'],
+  description: 'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size. With --trust, or a repository that trusts keys (osfarm keys trust), the image\'s signed manifest and index are checked before any block is assembled (docs/trust.md).',
   options: {
     name: { type: 'string', value: 'N', description: 'the name the image gets here (default: the name it was pulled by)' },
     parallel: { type: 'string', value: 'N', description: 'range requests in flight at once (default 4)' },
     'max-request': { type: 'string', value: 'SIZE', description: 'the largest single range request, like 8M (default)' },
     retries: { type: 'string', value: 'N', description: 'retries of a failed request before giving up' },
+    trust: { type: 'string', multiple: true, value: 'KEYFILE', complete: 'file', description: 'require a signature by this public key (minisign format; may be repeated)' },
   },
   operands: { complete: 'none', min: 1, max: 1 },
   examples: [
@@ -34,9 +43,10 @@ const command: Command<PullResult> = {
       return await pull(url, {
         repo: ctx.repoPath,
         name: str(args, 'name'),
-        parallel: wholeNumber(args, 'parallel', 1),
-        maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-        retries: wholeNumber(args, 'retries', 0),
+        parallel: wholeNumber(args, 'parallel', 1, 64),
+        maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
+        retries: wholeNumber(args, 'retries', 0, 100),
+        trust: strs(args, 'trust'),
         signal: ctx.signal,
         // The result is printed once, last, by the CLI: only progress is shown as it comes.
         onEvent: (p) => {
@@ -60,6 +70,7 @@ const command: Command<PullResult> = {
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
       `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      ...(r.signedBy ? [`signed     by key ${r.signedBy} (manifest and index verified)`] : []),
       `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
       `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
       `time       ${r.seconds.toFixed(2)} s`,

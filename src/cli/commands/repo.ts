@@ -4,6 +4,7 @@ import { parseSize } from '../../base/size.js';
 import type { HashName } from '../../blocks/index.js';
 import { type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
+import { imageArrived } from '../../trust/provenance.js';
 import { bytes, count, table } from '../format.js';
 
 /** An image entry as printed: dates as ISO strings. */
@@ -75,6 +76,12 @@ const add: Command<ShownEntry[]> = {
       const bar = ctx.progress(`add ${image}`);
       try {
         const e = await repo.add(image, { name, meta, onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+        const moved = imageArrived(repo.path, e, 'add').name;
+        if (moved?.previous) {
+          // Said aloud: the name left another image (osfarm images history NAME lists every move).
+          ctx.info(`name '${moved.name}' moved from ${moved.previous} to ${moved.digest}`);
+          ctx.event({ type: 'name-moved', ...moved });
+        }
         ctx.event({ type: 'added', digest: e.digest, path: image });
         out.push(shown(e));
       } finally {
