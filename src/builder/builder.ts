@@ -22,7 +22,7 @@ import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
-import { writeOutput } from './outputs.js';
+import { OutputWriter } from './outputs/index.js';
 import { installedPackages } from './installed.js';
 import { preflight } from './preflight.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
@@ -116,7 +116,7 @@ export function outputPaths(spec: BuildSpec, output: string | undefined, workDir
     const f = outputFormatOfPath(abs);
     if (f && spec.outputs.includes(f)) paths.set(f, abs);
     base = f ? abs.slice(0, abs.length - (abs.toLowerCase().endsWith('.tgz') ? 4 : OUTPUT_EXTENSION[f].length)) : abs;
-    if (f === 'ext4' && !abs.toLowerCase().endsWith('.ext4')) base = abs.replace(/\.(img|raw)$/i, '');
+    if (f === 'disk' && !abs.toLowerCase().endsWith('.img')) base = abs.replace(/\.raw$/i, '');
   } else base = join(workDir, 'images', `${spec.name}-${digest.slice(0, 12)}`);
   for (const f of spec.outputs) if (!paths.has(f)) paths.set(f, `${base}${OUTPUT_EXTENSION[f]}`);
   return paths;
@@ -224,21 +224,27 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     const installed = await installedPackages(root, spec, logLine);
 
     phase('pack');
-    const raw: { path?: string } = {};
-    // ext4 first: a qcow2 is converted from it.
-    const order = [...paths.entries()].sort(([a], [b]) => (a === 'ext4' ? -1 : b === 'ext4' ? 1 : 0));
-    for (const [format, path] of order) {
+    let format: OutputFormat = spec.outputs[0]!;
+    const store = chain.store;
+    const writer = new OutputWriter({
+      digest,
+      spec,
+      sourceDateEpoch: epoch,
+      layers: chain.trees,
+      derivedPath: (tag, name) => store.derivedPath(tag, name),
+      buildDir,
+      signal,
+      log: logLine,
+      onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, unit: e.unit ?? 'bytes', detail: format }),
+    });
+    for (const f of OutputWriter.order(paths.keys())) {
       if (signal.aborted) throw aborted(signal);
-      logLine(`osfarm: writing ${format} to ${path}`);
-      await writeOutput(format, root, path, {
-        digest,
-        name: spec.name,
-        sourceDateEpoch: epoch,
-        buildDir,
-        signal,
-        log: logLine,
-        onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, unit: e.unit ?? 'bytes', detail: format }),
-      }, raw);
+      format = f;
+      const path = paths.get(f)!;
+      const t0 = Date.now();
+      logLine(`osfarm: writing ${f} to ${path}`);
+      await writer.write(f, path);
+      logLine(`osfarm: ${f} written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
 
     phase('index');

@@ -7,21 +7,11 @@
  */
 import { checkSources, type FetchPolicy, packageIndexDir, PackageIndexes } from '../archive/index.js';
 import { SpecError, type SpecIssue } from '../spec/errors.js';
-import type { OutputFormat } from '../spec/distros.js';
+import { diskFirmware } from '../spec/distros.js';
 import type { BuildSpec } from '../spec/spec.js';
-import { haveTool } from '../host/process.js';
 import { selectDriver } from './drivers/index.js';
 import type { Driver } from './drivers/types.js';
-import { buildFailed } from './errors.js';
-
-/** The tools each output format runs. */
-export const OUTPUT_TOOLS: Record<OutputFormat, string[]> = {
-  tar: [],
-  'tar.gz': ['tar'],
-  ext4: ['mke2fs', 'debugfs'],
-  qcow2: ['mke2fs', 'debugfs', 'qemu-img'],
-  squashfs: ['mksquashfs'],
-};
+import { checkOutputTools } from './outputs/index.js';
 
 export interface PreflightOptions {
   /** The build's work directory: private package indexes are cached under it. */
@@ -54,8 +44,6 @@ export async function preflight(spec: BuildSpec, options: PreflightOptions): Pro
     issues.push(...err.issues);
   }
   if (issues.length > 0) throw new SpecError(issues);
-  for (const f of spec.outputs) {
-    for (const tool of OUTPUT_TOOLS[f]) if (!(await haveTool(tool))) throw buildFailed(`output ${f} needs ${tool}, which is not installed`);
-  }
+  await checkOutputTools(spec.outputs, diskFirmware(spec.firmware, spec.architecture));
   return { driver: driver!, notes: sources.notes, ...(sources.index ? { packageIndex: sources.index.where } : {}) };
 }

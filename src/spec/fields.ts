@@ -6,8 +6,8 @@
  * docs/build.md describes each field; docs/stages.md what enters a stage's tag.
  */
 
-/** How a value looks: one value, a list whose order never matters (a set), an ordered list, the files, the parent. */
-export type FieldShape = 'scalar' | 'set' | 'list' | 'files' | 'parent';
+/** How a value looks: one value, a list whose order never matters (a set), an ordered list, the files, the users, the parent. */
+export type FieldShape = 'scalar' | 'set' | 'list' | 'files' | 'users' | 'parent';
 
 /**
  * What a field is to a stage's tag: `tree`, part of the stage's own config (it changes its
@@ -51,6 +51,12 @@ export interface SpecField {
   xml?: { item: string; cdata?: boolean };
   /** The `osfarm build` flag that sets it directly (fields with their own flag handling have none). */
   flag?: FlagSpec;
+  /**
+   * Fields added after spec version 1 have one: while a spec holds it, the field is left out
+   * of the canonical form (and so of the digest, the XML and stage tags), so a spec that does
+   * not use the field keeps the digest it always had.
+   */
+  default?: unknown;
 }
 
 /** The fields in the order of the canonical form and of the XML a spec is written as. */
@@ -68,13 +74,21 @@ export const SPEC_FIELDS: readonly SpecField[] = [
   { name: 'hostname', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'hostname', value: 'NAME', description: 'the image\'s host name (default localhost)' } },
   { name: 'locale', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'locale', value: 'LOCALE', description: 'the default locale (default C.UTF-8), e.g. en_US.UTF-8' } },
   { name: 'timezone', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'timezone', value: 'TZ', description: 'the time zone (default Etc/UTC), e.g. Europe/Zurich' } },
-  { name: 'outputs', shape: 'set', stage: 'none', chain: 'own', xml: { item: 'output' }, flag: { name: 'format', short: 'f', list: 'replace', commas: true, value: 'FORMAT[,FORMAT…]', description: 'output formats: tar (block-aligned, default), tar.gz, ext4, qcow2, squashfs' } },
+  { name: 'outputs', shape: 'set', stage: 'none', chain: 'own', xml: { item: 'output' }, flag: { name: 'format', short: 'f', list: 'replace', commas: true, value: 'FORMAT[,FORMAT…]', description: 'output formats: tar (block-aligned, default), tar.gz, ext4, disk, qcow2, squashfs, oci' } },
   { name: 'mirror', shape: 'list', stage: 'source', chain: 'fixed', becomes: 'mirrors' },
   { name: 'mirrors', shape: 'list', stage: 'source', chain: 'fixed', xml: { item: 'mirror' }, flag: { name: 'mirror', list: 'replace', value: 'URL', description: 'a package mirror (or a "deb …" line) instead of the machine\'s apt sources (default $OSFARM_MIRROR)' } },
   { name: 'components', shape: 'set', stage: 'source', chain: 'fixed', xml: { item: 'component' } },
   { name: 'backend', shape: 'scalar', stage: 'driver', chain: 'fixed', flag: { name: 'backend', value: 'TOOL', description: 'the bootstrap tool: auto (default), mmdebstrap, debootstrap, dnf, yum' } },
   { name: 'gpgCheck', shape: 'scalar', stage: 'source', chain: 'fixed' },
   { name: 'sourceDateEpoch', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'source-date-epoch', value: 'S', description: 'build reproducibly as of S seconds since 1970 (default $SOURCE_DATE_EPOCH)' } },
+  // Booting (docs/disk.md). The kernel is installed by the first stage that names one; the
+  // firmware and the serial console only shape the disk (its boot loaders and command line).
+  { name: 'kernel', shape: 'scalar', stage: 'tree', chain: 'inherited', default: null, flag: { name: 'kernel', value: 'on|off|PKG', description: 'a kernel for a bootable disk: on (the distribution\'s, with an initramfs), off (default), or a kernel package (docs/disk.md)' } },
+  { name: 'firmware', shape: 'scalar', stage: 'none', chain: 'inherited', default: null, flag: { name: 'firmware', value: 'hybrid|uefi|bios', description: 'how a disk boots: hybrid (UEFI and BIOS, amd64\'s default), uefi (arm64\'s only), bios' } },
+  { name: 'serialConsole', shape: 'scalar', stage: 'none', chain: 'inherited', default: true, flag: { name: 'serial-console', value: 'on|off', description: 'a disk\'s kernel also logs to the first serial port (default on)' } },
+  { name: 'network', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'network', value: 'dhcp|none', description: 'systemd-networkd DHCP on the Ethernet NICs at first boot (default none)' } },
+  { name: 'users', shape: 'users', stage: 'tree', chain: 'own', default: [], xml: { item: 'user' } },
+  { name: 'cloudInit', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'cloud-init', value: 'none|cloud|nocloud', description: 'cloud: install cloud-init; nocloud: also a NoCloud seed from this spec (default none)' } },
   { name: 'parent', shape: 'parent', stage: 'none', chain: 'own' },
 ];
 

@@ -1,7 +1,8 @@
 /**
  * genfs-style build flags to a spec: `-t debian-bookworm-amd64 -g minbase -p jq`, on their
  * own or on top of a spec file. What the flags add to an image (packages, package groups,
- * files, commands, host name, locale, time zone, root password) becomes a stage of its own
+ * files, commands, host name, locale, time zone, root password, kernel, network, users,
+ * cloud-init) becomes a stage of its own
  * above the spec they start from, so that flag builds differing only in those share their
  * core (and a spec file's stages): docs/stages.md, "Flag builds".
  */
@@ -18,6 +19,8 @@ export interface SpecFlags {
   fields: Record<string, string | string[] | undefined>;
   /** `--file SOURCE:DESTINATION`. */
   files?: { source: string; destination: string }[];
+  /** `--user NAME[:KEYS.pub]`: users with their SSH public keys. */
+  users?: { name: string; sshKeys: string[] }[];
   /** `--no-gpg-check`. */
   noGpgCheck?: boolean;
   rootPassword?: string;
@@ -25,10 +28,10 @@ export interface SpecFlags {
   defaultMirrors?: string[];
 }
 
-/** The fields whose flags add to an image rather than choose how its core is made. */
-const ADDITIONS = new Set(['packages', 'groups', 'commands', 'hostname', 'locale', 'timezone']);
-/** This image's own: on the stage of the flags when there is one. */
-const OWN = new Set(['name', 'outputs']);
+/** The fields whose flags add to an image rather than choose how its core is made (a kernel too: a stage above a shared core installs it). */
+const ADDITIONS = new Set(['packages', 'groups', 'commands', 'hostname', 'locale', 'timezone', 'kernel', 'network', 'cloudInit']);
+/** This image's own, shaping only its outputs: on the stage of the flags when there is one. */
+const OWN = new Set(['name', 'outputs', 'firmware', 'serialConsole']);
 
 /** A group that picks the bootstrap variant (minbase, core, buildd…): it belongs to the core. */
 function isVariant(group: string): boolean {
@@ -62,6 +65,7 @@ export function specFromFlags(file: BuildSpec | undefined, flags: SpecFlags): Re
     } else add(into, name, v, into === top ? 'append' : flag!.list);
   }
   if (flags.files?.length) top.files = flags.files;
+  if (flags.users?.length) top.users = flags.users;
   if (flags.rootPassword !== undefined) top.rootPassword = flags.rootPassword;
   if ((base.mirrors === undefined || (base.mirrors as unknown[]).length === 0) && flags.defaultMirrors?.length) base.mirrors = flags.defaultMirrors;
   if (flags.noGpgCheck) base.gpgCheck = false;

@@ -70,10 +70,25 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
     if (at <= 0) throw invalidArgument(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
     return { source: f.slice(0, at), destination: f.slice(at + 1) };
   });
+  // --user NAME[:AUTHORIZED_KEYS_FILE] (repeatable): a user, with the SSH public keys of that file.
+  const users = strs(args, 'user').map((u, i) => {
+    const at = u.indexOf(':');
+    const name = at < 0 ? u : u.slice(0, at);
+    if (at < 0) return { name, sshKeys: [] };
+    const file = u.slice(at + 1);
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw invalidArgument(`--user ${JSON.stringify(u)} (the ${i + 1}. one): cannot read the key file ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); write NAME:FILE, e.g. root:$HOME/.ssh/id_ed25519.pub`);
+    }
+    return { name, sshKeys: text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#')) };
+  });
   const raw = specFromFlags(spec, {
     target: str(args, 'target'),
     fields,
     files,
+    users,
     noGpgCheck: flag(args, 'no-gpg-check'),
     rootPassword: readPassword(args),
     defaultMirrors: mirrorsFromEnv(),
@@ -178,6 +193,8 @@ const command: Command<Result> = {
     'Builds stage by stage (core, then what the spec or the flags add), reusing cached stages (docs/stages.md), and adds the images to the repository (created if missing). A request the repository already holds is answered from it.',
     '',
     'Before anything runs the release, architecture and package names are checked against the release catalogue and the real package index (docs/cli.md, "Up-front checks"); --check runs only those checks.',
+    '',
+    'A bootable disk (--format disk or qcow2) needs a kernel (--kernel on); --network, --user, --serial-console and --cloud-init configure its first boot (docs/disk.md).',
   ].join('\n'),
   options: {
     target: { type: 'string', short: 't', value: 'DIST-RELEASE[-ARCH]', description: 'genfs-style target, e.g. debian-bookworm-amd64, ubuntu-noble, rocky-9-x86_64' },
@@ -187,6 +204,7 @@ const command: Command<Result> = {
     'root-password': { type: 'string', short: 'w', value: 'PASSWORD', description: 'root\'s password (hashed at once; prefer --root-password-file, this shows in ps until osfarm starts)' },
     'root-password-file': { type: 'string', value: 'FILE', complete: 'file', description: 'read root\'s password from FILE (- for standard input)' },
     file: { type: 'string', multiple: true, value: 'SRC:DEST', complete: 'file', description: 'copy a host file or directory into the image' },
+    user: { type: 'string', multiple: true, value: 'NAME[:KEYS.pub]', description: 'a user (created unless there), with the SSH public keys of that file as its authorized keys' },
     'no-gpg-check': { type: 'boolean', description: 'do not check package signatures (a mirror without keys)' },
     'no-repo': { type: 'boolean', description: 'do not add the images to a repository (each gets an .osfi index next to it)' },
     'keep-tree': { type: 'boolean', description: 'keep a working copy of the built tree for inspection (its path is in the result)' },
@@ -201,6 +219,7 @@ const command: Command<Result> = {
     { command: 'osfarm build -t debian-bookworm-amd64 -g minbase -p python3,vim -o py.tar', what: 'a minbase bookworm with two packages (in a stage above a shared minbase core)' },
     { command: 'osfarm build appliance.yaml', what: 'a spec file with parents (base.yaml → core.yaml); cached stages are reused' },
     { command: 'osfarm build -t debian-bookworm -p jqq --check', what: 'check a build without running it (here: jqq is refused, did you mean jq?)' },
+    { command: 'osfarm build -t debian-bookworm -g minbase --kernel on --network dhcp --user root:$HOME/.ssh/id_ed25519.pub -f qcow2 -o vm.qcow2', what: 'a bootable VM disk that takes your SSH key for root' },
     { command: 'osfarm build -t ubuntu-noble --mirror http://mirror.example/ubuntu -f qcow2 -o noble.qcow2', what: 'Ubuntu on a Debian machine: its packages come from an Ubuntu mirror' },
   ],
   async run(args, ctx) {
