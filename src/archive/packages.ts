@@ -376,17 +376,18 @@ export class PackageIndexes {
         await writeFile(stamp, new Date().toISOString());
         return after;
       }
-      // apt keeps no list for an empty index: a clean update that gave none is an archive with no packages.
-      if (r.code === 0) {
+      // apt keeps no list for an empty index: a clean update that gave none is an archive with
+      // no packages. Not clean: an Err: line (apt exits 0 when a mirror cannot be reached).
+      const errors = aptErrors(`${r.stdout}\n${r.stderr}`);
+      if (r.code === 0 && errors.length === 0) {
         await writeFile(stamp, new Date().toISOString());
         return after;
       }
       if (own(before).length > 0) {
-        req.log?.(`osfarm: could not refresh the package index (apt-get exited with ${r.code}); using the one fetched ${new Date(fetchedAt).toISOString()}`);
+        req.log?.(`osfarm: could not refresh the package index (${errors[0] ?? `apt-get exited with ${r.code}`}); using the one fetched ${new Date(fetchedAt).toISOString()}`);
         return before;
       }
       // apt's own words, those about the release itself (not its companions) first.
-      const errors = aptErrors(`${r.stdout}\n${r.stderr}`);
       const main = errors.filter((e) => !/-(updates|security|backports)\b/.test(e));
       const said = [...main, ...errors].slice(0, 2).join('; ') || `apt-get update exited with ${r.code ?? r.signal} and gave no index`;
       throw new SpecError([{ path: blame, message: `no package index of ${distribution} ${release} (${architecture}) from ${lines.map((l) => l.split(' ').find((w) => /^[a-z+]+:\/\//.test(w)) ?? l).join(', ')}: ${said}` }]);
