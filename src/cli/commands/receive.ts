@@ -3,7 +3,7 @@ import { invalidArgument } from '../../base/errors.js';
 import { parseAddress } from '../../transfer/address.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { Receiver, type ReceiverTotals, type TransferReport } from '../../transfer/push/receive.js';
-import { type Command, flag, str, untilAborted, wholeNumber } from '../command.js';
+import { type Command, flag, str, strs, untilAborted, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 import { SERVER_TLS_OPTIONS, serverTls } from '../tls.js';
 
@@ -23,15 +23,16 @@ const command: Command<ReceiverTotals> = {
   name: 'receive',
   section: 'transfer',
   summary: 'accept pushed images into the repository (TCP, shared token, TLS)',
-  usage: ['--listen HOST:PORT [--token T | --token-file F] (--tls-cert FILE --tls-key FILE | --insecure) [--max-transfers N] [--idle-timeout S]'],
+  usage: ['--listen HOST:PORT [--token T | --token-file F] (--tls-cert FILE --tls-key FILE | --insecure) [--trust KEYFILE]... [--max-transfers N] [--idle-timeout S]'],
   description:
-    'Runs until Ctrl-C. Without TLS it refuses to start unless told --insecure, which also allows running without a token (docs/trust.md). A missing repository is created (and said so) once the port is bound; a port in use is refused before anything is created.',
+    'Runs until Ctrl-C. Without TLS it refuses to start unless told --insecure, which also allows running without a token (docs/trust.md). With --trust, or a repository that trusts keys (osfarm keys trust), an image must come signed by one of those keys. A missing repository is created (and said so) once the port is bound; a port in use is refused before anything is created.',
   options: {
     listen: { type: 'string', short: 'l', value: 'HOST:PORT', description: 'where to listen, e.g. 0.0.0.0:7070 (:7070 is every interface)' },
     token: { type: 'string', value: 'T', description: 'the shared token pushers must know (default $OSFARM_TOKEN); prefer --token-file' },
     'token-file': { type: 'string', value: 'F', complete: 'file', description: 'read the shared token from F' },
     ...SERVER_TLS_OPTIONS,
     insecure: { type: 'boolean', description: 'run without TLS, and without a token if none is given (a trusted network only)' },
+    trust: { type: 'string', multiple: true, value: 'KEYFILE', complete: 'file', description: 'accept only images signed by this public key (minisign format; may be repeated)' },
     'max-transfers': { type: 'string', value: 'N', description: 'transfers at once (default 4)' },
     'idle-timeout': { type: 'string', value: 'S', description: 'drop a connection silent for S seconds (default 60)' },
   },
@@ -51,6 +52,7 @@ const command: Command<ReceiverTotals> = {
       token,
       insecure: flag(args, 'insecure'),
       tls,
+      trust: strs(args, 'trust'),
       maxTransfers: wholeNumber(args, 'max-transfers', 1, 1024),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
       onEvent: (e) => {

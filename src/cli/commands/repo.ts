@@ -3,7 +3,7 @@ import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import type { HashName } from '../../blocks/index.js';
 import { type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
-import { type Command, str } from '../command.js';
+import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { bytes, count, table } from '../format.js';
 
@@ -18,19 +18,21 @@ function imageLine(e: ShownEntry): string {
   return `${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)} in ${count(e.blockCount)} blocks`;
 }
 
-const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
+const init: Command<{ path: string; hash: HashName; blockSize: number; detectCollisions: boolean }> = {
   name: 'init',
-  summary: 'create a repository in a new or empty directory (hash and block size are fixed for its life)',
-  usage: ['[DIR] [--hash sha1|sha256] [--block-size N]'],
+  summary: 'create a repository in a new or empty directory (hash, block size and collision detection are fixed for its life)',
+  usage: ['[DIR] [--hash sha1|sha256] [--block-size N] [--detect-collisions]'],
   description: 'DIR defaults to --repo, $OSFARM_REPO or ./osfarm-repo. build, serve and receive create a missing repository themselves (with the defaults), and say so.',
   options: {
     hash: { type: 'string', value: 'sha1|sha256', choices: ['sha1', 'sha256'], description: 'block digest (default sha1)' },
     'block-size': { type: 'string', short: 'b', value: 'N', description: 'block size: 4K (default), 512 to 1M, a power of two' },
+    'detect-collisions': { type: 'boolean', description: 'run every pushed or pulled block through SHA-1 collision detection (sha1dc) and refuse a colliding pair: for a sha1 repository that takes untrusted pushes' },
   },
   operands: { complete: 'dir', max: 1 },
   examples: [
     { command: 'osfarm repo init', what: 'create ./osfarm-repo (or $OSFARM_REPO)' },
     { command: 'osfarm repo init /srv/osfarm --hash sha256 --block-size 64K', what: 'a repository with SHA-256 digests of 64 KiB blocks' },
+    { command: 'osfarm repo init /srv/inbox --detect-collisions', what: 'a repository that takes pushes from untrusted sources' },
   ],
   async run(args, ctx) {
     const [dir] = args.positionals;
@@ -38,10 +40,11 @@ const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
     const repo = Repository.init(dir ?? ctx.repoPath, {
       hash: str(args, 'hash') as HashName | undefined,
       blockSize: bs === undefined ? undefined : parseSize(bs, '--block-size'),
+      detectCollisions: flag(args, 'detect-collisions'),
     });
-    return { path: repo.path, hash: repo.hash, blockSize: repo.blockSize };
+    return { path: repo.path, hash: repo.hash, blockSize: repo.blockSize, detectCollisions: repo.detectsCollisions };
   },
-  render: (r) => `created repository ${r.path} (${r.hash}, ${r.blockSize}-byte blocks)`,
+  render: (r) => `created repository ${r.path} (${r.hash}${r.detectCollisions ? ' with collision detection' : ''}, ${r.blockSize}-byte blocks)`,
 };
 
 const add: Command<ShownEntry[]> = {
