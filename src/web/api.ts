@@ -25,6 +25,7 @@ import { push } from '../transfer/push/push.js';
 import { type Catalog, catalog } from './catalog.js';
 import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
+import { bootRoutes } from './boot.js';
 
 export interface ApiOptions {
   repo: string;
@@ -88,12 +89,15 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], what: str
 export class Api {
   readonly builds: JobQueue;
   readonly transfers: JobQueue;
+  readonly boots: JobQueue;
   private readonly packages: PackageIndexes;
   private catalogCache: { at: number; value: Promise<Catalog> } | undefined;
 
   constructor(private readonly o: ApiOptions) {
     this.builds = new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
+    // A VM takes CPU for as long as it runs: one at a time, one waiting.
+    this.boots = new JobQueue({ concurrency: 1, maxQueued: 1 });
     this.packages = new PackageIndexes(packageIndexDir(o.workDir));
   }
 
@@ -124,7 +128,7 @@ export class Api {
   }
 
   private job(id: string): { queue: JobQueue; info: JobInfo } {
-    for (const queue of [this.builds, this.transfers]) {
+    for (const queue of [this.builds, this.transfers, this.boots]) {
       const info = queue.get(id);
       if (info) return { queue, info };
     }
@@ -136,7 +140,7 @@ export class Api {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.builds.close(), this.transfers.close()]);
+    await Promise.all([this.builds.close(), this.transfers.close(), this.boots.close()]);
   }
 
   routes(): DocumentedRoute[] {
@@ -231,9 +235,9 @@ export class Api {
       },
       {
         method: 'GET', path: '/api/jobs', read: true,
-        doc: { tag: 'jobs', summary: 'Every build and transfer job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
+        doc: { tag: 'jobs', summary: 'Every build, transfer and boot job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
         handler: ({ res }) => {
-          const jobs = [...this.builds.list(), ...this.transfers.list()].sort((a, b) => b.created.localeCompare(a.created));
+          const jobs = [...this.builds.list(), ...this.transfers.list(), ...this.boots.list()].sort((a, b) => b.created.localeCompare(a.created));
           sendJson(res, 200, { jobs });
         },
       },
@@ -402,6 +406,7 @@ export class Api {
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
+      ...bootRoutes({ queue: this.boots, repo: this.o.repo, workDir: this.o.workDir, image: (ref) => this.image(ref) }),
     ];
   }
 }

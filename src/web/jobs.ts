@@ -10,7 +10,7 @@ import type { ServerResponse } from 'node:http';
 import { OsfarmError } from '../base/errors.js';
 import { errorBody } from './http.js';
 
-export type JobKind = 'build' | 'push' | 'pull';
+export type JobKind = 'build' | 'push' | 'pull' | 'boot';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
 /** What a job reports while it runs; `t` is milliseconds since the job was created. */

@@ -3,7 +3,9 @@ import { invalidArgument } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import { Repository } from '../../repo/index.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
+import type { LazyPullResult } from '../../transfer/lazy/export.js';
+import { type Command, flag, str, strs, throttled, wholeNumber } from '../command.js';
+import { pullLazyCommand, renderLazy } from '../pull-lazy.js';
 import { bytes, count, percent } from '../format.js';
 
 /** --max-request: from 4 KiB (one block) to 1 GiB. */
@@ -13,18 +15,28 @@ function requestSize(text: string): number {
   return n;
 }
 
-const command: Command<PullResult> = {
+const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
   section: 'transfer',
   summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)',
-  usage: ['http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...'],
-  description: 'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size. With --trust, or a repository that trusts keys (osfarm keys trust), the image\'s signed manifest and index are checked before any block is assembled (docs/trust.md).',
+  usage: [
+    'http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+    '--lazy URL [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [flags]',
+  ],
+  description:
+    'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size. With --trust, or a repository that trusts keys (osfarm keys trust), the image\'s signed manifest and index are checked before any block is assembled (docs/trust.md). With --lazy the image is served over NBD at once while it arrives (docs/lazy-boot.md).',
   options: {
     name: { type: 'string', value: 'N', description: 'the name the image gets here (default: the name it was pulled by)' },
     parallel: { type: 'string', value: 'N', description: 'range requests in flight at once (default 4)' },
     'max-request': { type: 'string', value: 'SIZE', description: 'the largest single range request, like 8M (default)' },
     retries: { type: 'string', value: 'N', description: 'retries of a failed request before giving up' },
     trust: { type: 'string', multiple: true, value: 'KEYFILE', complete: 'file', description: 'require a signature by this public key (minisign format; may be repeated)' },
+    lazy: { type: 'boolean', description: 'serve the image over NBD at once, fetching blocks as they are read, and publish it when complete' },
+    socket: { type: 'string', value: 'PATH', complete: 'file', description: '--lazy: the Unix socket the NBD server listens on' },
+    export: { type: 'string', value: 'NAME', description: '--lazy: the NBD export name' },
+    'until-complete': { type: 'boolean', description: '--lazy: stop serving once the image is complete and published (default: serve until Ctrl-C)' },
+    'record-profile': { type: 'boolean', description: '--lazy: keep the read order as the image\'s boot profile' },
+    'no-prefetch': { type: 'boolean', description: '--lazy: fetch only the blocks that are read (the image is not published)' },
   },
   operands: { complete: 'none', min: 1, max: 1 },
   examples: [
@@ -34,6 +46,7 @@ const command: Command<PullResult> = {
   async run(args, ctx) {
     const [url] = args.positionals as [string];
     const maxRequest = str(args, 'max-request');
+    if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx, maxRequest === undefined ? undefined : requestSize(maxRequest));
     if (!Repository.exists(ctx.repoPath)) ctx.info(`no repository at ${ctx.repoPath}: creating it with the image's hash and block size`);
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
@@ -66,6 +79,7 @@ const command: Command<PullResult> = {
     }
   },
   render(r) {
+    if ('profile' in r) return renderLazy(r);
     if (r.alreadyPresent) return `image ${r.digest}${r.name ? ` (${r.name})` : ''} is already in the repository: nothing fetched`;
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
