@@ -51,7 +51,7 @@ function lab(t: ExecutionContext): Lab {
   const origin = join(dir, 'origin');
   const repo = Repository.init(origin);
   repo.addSync(join(dir, 'old.img'), { name: 'old' });
-  const entry = repo.addSync(newImage, { name: 'new' });
+  const entry = repo.addSync(newImage, { name: 'new', meta: { kind: 'lazy-test', note: 'travels with the image' } });
   repo.close();
   const receiver = join(dir, 'receiver');
   Repository.init(receiver).addSync(join(dir, 'old.img'), { name: 'old' });
@@ -93,6 +93,8 @@ test('qemu-img reads the export byte for byte; the image is published with the o
   t.teardown(() => repo.close());
   const entry = await repo.verify('new');
   t.true(readFileSync(entry.path).equals(readFileSync(l.newImage)), 'the bytes differ');
+  // The origin's metadata is published with it, as pull publishes it.
+  t.deepEqual(repo.resolve('new').meta, { kind: 'lazy-test', note: 'travels with the image' });
   // The profile is kept with the image, so this repository can serve it on.
   t.deepEqual(readBootProfile(l.receiver, l.digest, l.blockCount)?.runs, [
     { first: 1280, count: 256 },

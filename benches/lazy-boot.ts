@@ -108,7 +108,7 @@ function boot(repo: string, image: string, wire: () => number): Promise<Run> {
   let last: Record<string, any> = {};
   createInterface({ input: child.stdout }).on('line', (l) => {
     const o = JSON.parse(l) as Record<string, any>;
-    if (!marker && o.type === 'console' && String(o.line).includes(BOOT_MARKER)) marker = { at: secs(), wire: wire() - w0, load: load() };
+    if (!marker && o.type === 'matched') marker = { at: secs(), wire: wire() - w0, load: load() };
     last = o;
   });
   return new Promise((resolve, reject) => {

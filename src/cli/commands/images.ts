@@ -2,11 +2,12 @@
 import { writeFileSync } from 'node:fs';
 
 import { loadSpec } from '../../spec/spec.js';
-import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
+import { type DiffResult, diffImages, exportSpec, findImages, type FindResult, imageSbom, repositoryParents, type SbomFormat, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';
 import { nameHistory, type NameRecord } from '../../trust/names.js';
 import { Repository } from '../../repo/index.js';
+import { writeFileAtomic } from '../../host/fs.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
@@ -96,11 +97,56 @@ const history: Command<{ name: string; current: string | null; moves: NameRecord
   },
 };
 
+const diff: Command<DiffResult> = {
+  name: 'diff',
+  summary: 'the packages image B adds, removes and changes against image A',
+  usage: ['A B'],
+  operands: { complete: 'none', min: 2, max: 2 },
+  examples: [{ command: 'osfarm images diff app1.tar app2.tar', what: 'which packages app2.tar adds, removes and changes against app1.tar' }],
+  async run(args, ctx) {
+    return diffImages(ctx.repoPath, args.positionals[0]!, args.positionals[1]!);
+  },
+  render(r) {
+    const label = (x: DiffResult['a']) => `${x.name ?? '(no name)'} ${x.digest.slice(0, 12)}`;
+    const arch = (a?: string) => (a ? `:${a}` : '');
+    return [
+      `${label(r.a)} -> ${label(r.b)}: ${r.added.length} added, ${r.removed.length} removed, ${r.changed.length} changed, ${r.unchanged} unchanged`,
+      ...r.added.map((p) => `+ ${p.name}${arch(p.arch)} ${p.version}`),
+      ...r.removed.map((p) => `- ${p.name}${arch(p.arch)} ${p.version}`),
+      ...r.changed.map((p) => `~ ${p.name}${arch(p.arch)} ${p.from} -> ${p.to}`),
+    ].join('\n');
+  },
+};
+
+const SBOM_FORMATS: readonly SbomFormat[] = ['spdx', 'cyclonedx'];
+
+const sbom: Command<{ format: SbomFormat; output: string | null; document: Record<string, unknown> }> = {
+  name: 'sbom',
+  summary: "an image's installed packages as an SBOM: SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON",
+  usage: ['NAME|DIGEST [--format spdx|cyclonedx] [-o FILE]'],
+  options: {
+    format: { type: 'string', value: 'spdx|cyclonedx', choices: SBOM_FORMATS, description: 'SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON' },
+    output: { type: 'string', short: 'o', value: 'FILE', complete: 'file', description: 'write the SBOM to FILE instead of printing it' },
+  },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images sbom app1.tar --format cyclonedx -o app1.cdx.json', what: "app1.tar's installed packages as a CycloneDX SBOM" }],
+  async run(args, ctx) {
+    const format = (str(args, 'format') ?? 'spdx') as SbomFormat;
+    const document = imageSbom(ctx.repoPath, args.positionals[0]!, format);
+    const output = str(args, 'output') ?? null;
+    if (output) writeFileAtomic(output, `${JSON.stringify(document, null, 2)}\n`);
+    return { format, output, document };
+  },
+  render(r) {
+    return r.output ? `wrote the ${r.format} SBOM to ${r.output}` : JSON.stringify(r.document, null, 2);
+  },
+};
+
 const command: Command = {
   name: 'images',
   section: 'build',
-  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME',
+  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME, diff A B, sbom NAME|DIGEST',
   usage: [],
-  subcommands: [find, show, exportCmd, history] as Command[],
+  subcommands: [find, show, exportCmd, history, diff, sbom] as Command[],
 };
 export default command;

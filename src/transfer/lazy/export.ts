@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { abortError, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type NbdFetchRequest, type NbdServer, type RepositoryHandle } from '../../base/native.js';
-import { Repository } from '../../repo/index.js';
+import { nativeImageOptions, Repository } from '../../repo/index.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { writeManifest } from '../../trust/manifest.js';
 import { recordName } from '../../trust/names.js';
@@ -423,7 +423,7 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       }
       if (closed) throw closedError();
       srv.flush();
-      const entry = await srv.publish({ name, ...imageMeta });
+      const entry = await srv.publish(nativeImageOptions({ name, ...imageMeta }));
       published = true;
       removePartialOrigin(repoPath, prep.digest);
       // As `pull` does: the origin's verified manifest is kept beside the image (this
