@@ -53,8 +53,11 @@ fn init_open_and_refusals() {
     let e = Repository::open(f.dir.path()).unwrap_err();
     assert_eq!(e.code, Code::BadRepository);
     assert!(e.message.contains("osfarm repo init"), "{}", e.message);
+    // It holds other files, which `repo init` would refuse: the hint says so.
+    assert!(e.message.contains("new or empty directory"), "{}", e.message);
     let e = Repository::open(&f.dir.path().join("nope")).unwrap_err();
     assert_eq!(e.code, Code::BadRepository);
+    assert!(e.message.contains("does not exist; run `osfarm repo init"), "{}", e.message);
     // Unknown format version.
     let fp = f.root().join(FORMAT_FILE);
     let text = std::fs::read_to_string(&fp).unwrap();
