@@ -130,7 +130,8 @@ export function outputPaths(spec: BuildSpec, output: string | undefined, workDir
   return paths;
 }
 
-function resolveEpoch(spec: BuildSpec, options: BuildOptions): number | null {
+/** The SOURCE_DATE_EPOCH a build uses: the option, else the spec's, else $SOURCE_DATE_EPOCH, else none. */
+export function resolveEpoch(spec: BuildSpec, options: BuildOptions): number | null {
   if (options.sourceDateEpoch !== undefined) {
     if (!Number.isSafeInteger(options.sourceDateEpoch) || options.sourceDateEpoch < 0) throw new RangeError('sourceDateEpoch must be a whole number of seconds');
     return options.sourceDateEpoch;

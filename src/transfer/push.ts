@@ -104,6 +104,8 @@ interface Source {
   resumeKey: string;
   originalName: string;
   format?: string;
+  /** What the repository recorded with the image (a build's spec and log): recorded at the receiver too. */
+  meta?: unknown;
 }
 
 /** Finds what to send: a file, or an image of a local repository. */
@@ -139,6 +141,7 @@ function resolveSource(image: string, repo?: string): Source {
     resumeKey: `image:${e.digest}`,
     originalName: e.originalName ?? e.name ?? e.digest,
     format: e.format,
+    meta: e.meta,
   };
 }
 
@@ -251,6 +254,7 @@ export async function push(image: string, address: string, options: PushOptions 
       name: options.name,
       originalName: source.originalName,
       format: source.format,
+      meta: source.meta,
     });
     const accept = await conn.next();
     let done: Record<string, unknown>;

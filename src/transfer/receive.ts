@@ -34,6 +34,9 @@ import {
 } from './frames.js';
 import { SOFTWARE } from '../version.js';
 
+/** Largest `meta` an IMAGE frame may carry (as JSON): a build's spec, its XML and its log's end. */
+const MAX_META = 1 << 20;
+
 export interface ReceiverOptions {
   /** The repository images are received into (created if the directory does not exist). */
   repoPath: string;
@@ -234,10 +237,13 @@ export class Receiver extends EventEmitter {
     const resumeKey = optString(image, 'resumeKey', 512);
     const digest = optString(image, 'digest', 64);
     if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
+    const meta = image.meta === undefined || image.meta === null ? undefined : JSON.stringify(image.meta);
+    if (meta !== undefined && meta.length > MAX_META) throw protocolError(`IMAGE meta is ${meta.length} bytes of JSON; at most ${MAX_META}`);
     const imageOptions = {
       name: optString(image, 'name', 255),
       originalName: optString(image, 'originalName', 4096),
       format: optString(image, 'format', 64),
+      metaJson: meta,
     };
     const report: TransferReport = {
       remote,

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 import { defaultWorkDir } from '../build/builder.js';
 import { OsfarmError } from '../errors.js';
+import type { FarmClient } from '../farm/client.js';
 import { VERSION } from '../version.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
@@ -29,6 +30,8 @@ export interface WebOptions {
   workDir?: string;
   /** Builds waiting at most (default 4). */
   maxQueuedBuilds?: number;
+  /** A build farm: builds go to its workers (and its job history is in Redis). */
+  farm?: FarmClient;
 }
 
 export interface WebHandler {
@@ -78,6 +81,7 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     stagesPath: options.stagesPath ?? stagesRoot({ repoPath: options.repoPath }),
     workDir: resolve(options.workDir ?? defaultWorkDir()),
     maxQueuedBuilds: options.maxQueuedBuilds ?? 4,
+    ...(options.farm ? { farm: options.farm } : {}),
   });
   const routes = api.routes();
   // The session routes are open (they are how a browser logs in) and documented with the rest.

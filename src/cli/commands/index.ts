@@ -21,4 +21,5 @@ export const commands: CommandEntry[] = [
   { name: 'receive', summary: 'accept pushed images into the repository (TCP, shared token)', load: () => import('./receive.js') },
   { name: 'serve', summary: 'serve the repository over HTTP for pull (static-compatible URLs, ranges, cache headers)', load: () => import('./serve.js') },
   { name: 'pull', summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)', load: () => import('./pull.js') },
+  { name: 'worker', summary: 'a build farm worker: takes build jobs from Redis (BullMQ), builds them, pushes the images to the central repository', load: () => import('./worker.js') },
 ];

@@ -1,5 +1,7 @@
 import { createPullHandler, listenHttp, type PullServeStats } from '../../transfer/http-server.js';
 import { parseAddress } from '../../transfer/util.js';
+import { FarmClient } from '../../farm/client.js';
+import type { SchedulingMode } from '../../farm/scheduler.js';
 import { Repository } from '../../repo/index.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
@@ -7,12 +9,16 @@ import { bytes, count } from '../format.js';
 
 const command: Command<Omit<PullServeStats, 'active'>> = {
   name: 'serve',
-  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token)',
+  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n      [--queue redis://host:port [--schedule cache-aware|plain] [--affinity-wait-ms N] [--lock-ms N]]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token;\n --queue: builds go to a farm of osfarm workers on that Redis, see docs/farm.md)',
   options: {
     listen: { type: 'string', short: 'l' },
     'max-requests': { type: 'string' },
     'token-file': { type: 'string' },
     'read-only': { type: 'boolean' },
+    queue: { type: 'string' },
+    schedule: { type: 'string' },
+    'affinity-wait-ms': { type: 'string' },
+    'lock-ms': { type: 'string' },
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
@@ -21,15 +27,22 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
     const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
-    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only') });
+    const queue = str(args, 'queue');
+    const schedule = str(args, 'schedule') ?? 'cache-aware';
+    if (schedule !== 'cache-aware' && schedule !== 'plain') throw new RangeError(`--schedule ${schedule}: cache-aware or plain`);
+    if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms') || str(args, 'lock-ms'))) throw new RangeError('--schedule, --affinity-wait-ms and --lock-ms are for a farm: give --queue redis://host:port too');
+    const farm = queue
+      ? await FarmClient.open({ url: queue, repoPath: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0), lockMs: wholeNumber(args, 'lock-ms', 100) })
+      : undefined;
+    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only'), ...(farm ? { farm } : {}) });
     if (web.token.created) {
       // Shown this once; afterwards it is only in the file.
       process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
     }
     const { server, address } = await listenHttp({ host, port, handlers: [pullHandler, web.handler] });
     const where = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-    ctx.info(`serving ${ctx.repoPath} on ${where} (pull ${where}/images/<digest or name>; GUI ${where}/, API ${where}/api/docs)`);
-    ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath });
+    ctx.info(`serving ${ctx.repoPath} on ${where} (pull ${where}/images/<digest or name>; GUI ${where}/, API ${where}/api/docs)${farm ? `; builds go to the farm on ${queue} (${farm.scheduling.mode})` : ''}`);
+    ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath, ...(farm ? { queue, schedule: farm.scheduling } : {}) });
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener('abort', () => resolve(), { once: true });

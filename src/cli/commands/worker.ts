@@ -1,0 +1,62 @@
+import { resolve } from 'node:path';
+
+import { defaultWorkDir } from '../../build/builder.js';
+import { FarmWorker, type WorkerSummary } from '../../farm/worker.js';
+import { resolveToken } from '../../transfer/auth.js';
+import { parseAddress } from '../../transfer/util.js';
+import { type Command, flag, str, wholeNumber } from '../command.js';
+
+const command: Command<WorkerSummary> = {
+  name: 'worker',
+  usage:
+    'worker --queue redis://host:port --push-to <host:port> [--token T | --token-file F | $OSFARM_TOKEN] [--insecure]\n' +
+    '       [--id NAME] [-d|--work-dir DIR] [--stages DIR] [--lock-ms N]\n' +
+    '(builds the farm\'s jobs in its own work directory and stage cache, pushes each image to the central repository\'s osfarm receive; see docs/farm.md)',
+  options: {
+    queue: { type: 'string' },
+    'push-to': { type: 'string' },
+    token: { type: 'string' },
+    'token-file': { type: 'string' },
+    insecure: { type: 'boolean' },
+    id: { type: 'string' },
+    'work-dir': { type: 'string', short: 'd' },
+    stages: { type: 'string' },
+    'lock-ms': { type: 'string' },
+  },
+  async run(args, ctx) {
+    const queue = str(args, 'queue');
+    const pushTo = str(args, 'push-to');
+    if (!queue || !pushTo) throw new RangeError('worker needs --queue redis://host:port (the farm\'s Redis) and --push-to host:port (the central repository\'s osfarm receive)');
+    parseAddress(pushTo);
+    const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
+    if (!token && !flag(args, 'insecure')) throw new RangeError('give the receiver\'s token (--token, --token-file or $OSFARM_TOKEN), or --insecure for a receiver without one');
+    const workDir = resolve(str(args, 'work-dir') ?? defaultWorkDir());
+    const worker = new FarmWorker({
+      url: queue,
+      pushTo,
+      ...(token ? { token } : { insecure: true }),
+      workDir,
+      ...(str(args, 'stages') ? { stagesDir: resolve(str(args, 'stages')!) } : {}),
+      ...(str(args, 'id') ? { id: str(args, 'id')! } : {}),
+      lockMs: wholeNumber(args, 'lock-ms', 100),
+      onEvent: (e) => {
+        ctx.event(e);
+        if (e.event === 'ready') ctx.info(`worker ${e.id}: taking jobs from ${queue} (${e.stages} cached stages in ${workDir}), pushing to ${pushTo}`);
+        else if (e.event === 'job-start') ctx.info(`job ${e.job}: started (attempt ${e.attempt}, from ${e.queue})`);
+        else if (e.event === 'job-end') ctx.info(`job ${e.job}: ${e.state} in ${(e.ms / 1000).toFixed(1)} s`);
+        else ctx.info(`worker: ${e.message}`);
+      },
+    });
+    await worker.start();
+    await new Promise<void>((done) => {
+      if (ctx.signal.aborted) done();
+      ctx.signal.addEventListener('abort', () => done(), { once: true });
+    });
+    await worker.stop();
+    return worker.summary;
+  },
+  render(r) {
+    return `worker ${r.id} stopped after ${r.jobs} job(s): ${r.succeeded} succeeded, ${r.failed} failed`;
+  },
+};
+export default command;
