@@ -38,7 +38,7 @@ export class FarmClient implements JobSource {
   readonly scheduler: Scheduler | undefined;
 
   private constructor(private readonly o: FarmClientOptions) {
-    this.scheduling = { mode: o.mode ?? DEFAULT_SCHEDULING.mode, waitMs: o.waitMs ?? DEFAULT_SCHEDULING.waitMs, lockMs: o.lockMs ?? DEFAULT_SCHEDULING.lockMs };
+    this.scheduling = { mode: o.mode ?? DEFAULT_SCHEDULING.mode, waitMs: o.waitMs ?? DEFAULT_SCHEDULING.waitMs };
     this.store = new RedisJobStore(o.url, o.prefix);
     this.connection = connectRedis(o.url, 'osfarm-server');
     this.queues = new FarmQueues(this.connection, this.store.keys);

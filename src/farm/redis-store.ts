@@ -46,8 +46,10 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return ms`;
 
 /**
- * KEYS job; ARGV route, worker. Starts a run of the job by the BullMQ job on `route`:
- * 'final', 'stale' (the job was moved elsewhere), 'cancelled', or 'ok:<previous runner>'.
+ * KEYS job; ARGV route, worker, alive-key prefix. Starts a run of the job by the BullMQ job
+ * on `route`: 'final', 'stale' (the job was moved elsewhere), 'cancelled', 'busy' (another
+ * worker that is still alive runs it: BullMQ redelivered it after a lapse of that worker's
+ * lock, e.g. while Redis was away), or 'ok:<previous runner>'.
  */
 const CLAIM = `${FINAL_STATES}
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'final' end
@@ -55,6 +57,7 @@ if final(redis.call('HGET', KEYS[1], 'state')) then return 'final' end
 if redis.call('HGET', KEYS[1], 'route') ~= ARGV[1] then return 'stale' end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'cancelled' end
 local previous = redis.call('HGET', KEYS[1], 'runner')
+if previous ~= '' and previous ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. previous .. ':alive') == 1 then return 'busy' end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts')) + 1
 redis.call('HSET', KEYS[1], 'runner', ARGV[2], 'worker', cjson.encode(ARGV[2]), 'attempts', attempts)
 return 'ok:' .. previous`;
@@ -81,7 +84,7 @@ return s`;
 type Scripted = Redis & {
   farmAppend(job: string, events: string, channel: string, open: string, finished: string, ...args: (string | number)[]): Promise<string | null>;
   farmCreate(job: string, jobs: string, open: string, ...args: (string | number)[]): Promise<number>;
-  farmClaim(job: string, route: string, worker: string): Promise<string>;
+  farmClaim(job: string, route: string, worker: string, alivePrefix: string): Promise<string>;
   farmReroute(job: string, expected: string, next: string, started: string): Promise<number>;
   farmCancel(job: string): Promise<string | null>;
 };
@@ -277,7 +280,7 @@ export class RedisJobStore implements JobStore {
 
   /** Starts a run by the BullMQ job on `route` (see CLAIM). */
   claim(id: string, route: string, worker: string): Promise<string> {
-    return this.redis.farmClaim(this.keys.job(id), route, worker);
+    return this.redis.farmClaim(this.keys.job(id), route, worker, this.keys.alive('').slice(0, -':alive'.length));
   }
 
   /**

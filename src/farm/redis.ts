@@ -87,7 +87,7 @@ export class Keys {
   worker(id: string): string {
     return `${this.prefix}:worker:${id}`;
   }
-  /** Exists while the worker is alive (it renews the expiry). */
+  /** Exists while the worker is alive (it renews the expiry). The claim script builds it as `<prefix>:worker:<id>:alive`. */
   alive(id: string): string {
     return `${this.prefix}:worker:${id}:alive`;
   }

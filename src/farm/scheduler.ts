@@ -28,11 +28,16 @@ export interface SchedulingOptions {
   mode: SchedulingMode;
   /** How long a job waits for a worker that holds its deepest stage before any free worker may take it (ms). */
   waitMs: number;
-  /** A worker silent this long is gone; also BullMQ's job lock (ms). */
-  lockMs: number;
 }
 
-export const DEFAULT_SCHEDULING: SchedulingOptions = { mode: 'cache-aware', waitMs: 15_000, lockMs: 30_000 };
+export const DEFAULT_SCHEDULING: SchedulingOptions = { mode: 'cache-aware', waitMs: 15_000 };
+
+/** A worker silent this long is gone, and BullMQ's lock on its job expires (ms; `osfarm worker --lock-ms`). */
+export const DEFAULT_LOCK_MS = 30_000;
+/** How often the stalled-job check runs on a gone worker's queue (it costs one script call). */
+const ADOPTER_STALLED_MS = 1_000;
+/** A worker is gone only if it stays without a heartbeat this long after it was first seen so (Redis may just have come back). */
+const GONE_CONFIRM_MS = 1_500;
 
 /** How often the scheduler looks without being asked (a submit or a worker going idle asks at once). */
 const TICK_MS = 500;
@@ -62,6 +67,8 @@ export class Scheduler {
   private lastReconcile = 0;
   /** BullMQ stalled-job checkers on the own queues of workers that stopped answering. */
   private readonly adopters = new Map<string, Worker<FarmJobData>>();
+  /** When each worker was first seen without a heartbeat. */
+  private readonly silentSince = new Map<string, number>();
   private readonly subscriber: Redis;
 
   constructor(
@@ -123,7 +130,10 @@ export class Scheduler {
     const workers = await readWorkers(this.connection, k);
     const open = (await this.store.routing(await this.store.openJobs())) as Open[];
     const alive = new Map(workers.filter((w) => w.alive).map((w) => [w.id, w]));
-    await this.recover(workers.filter((w) => !w.alive), open);
+    const now = Date.now();
+    for (const id of [...this.silentSince.keys()]) if (alive.has(id)) this.silentSince.delete(id);
+    for (const w of workers) if (!w.alive && !this.silentSince.has(w.id)) this.silentSince.set(w.id, now);
+    await this.recover(workers.filter((w) => !w.alive && now - this.silentSince.get(w.id)! >= GONE_CONFIRM_MS), open);
     if (Date.now() - this.lastReconcile > RECONCILE_MS) {
       this.lastReconcile = Date.now();
       await this.reconcile(open, alive);
@@ -215,8 +225,7 @@ export class Scheduler {
           connection: this.connection,
           prefix: this.store.keys.bullPrefix,
           autorun: false,
-          lockDuration: this.options.lockMs,
-          stalledInterval: Math.max(250, Math.round(this.options.lockMs / 4)),
+          stalledInterval: ADOPTER_STALLED_MS,
           maxStalledCount: 2,
         });
         adopter.on('error', () => {});
@@ -235,6 +244,7 @@ export class Scheduler {
         this.adopters.delete(w.id);
         await this.queues.drop(queue);
         await forgetWorker(this.connection, this.store.keys, w.id);
+        this.silentSince.delete(w.id);
       }
     }
   }

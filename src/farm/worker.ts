@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { type Job, WaitingError, Worker } from 'bullmq';
+import { DelayedError, type Job, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 
 import { specDigest, specFromObject } from '../build/index.js';
@@ -24,7 +24,7 @@ import { bullIdOf, type FarmJobData, FarmQueues, parseRoute, routeOf } from './q
 import { connectRedis, ownQueue, SHARED_QUEUE } from './redis.js';
 import { type FarmFields, RedisJobStore } from './redis-store.js';
 import { WorkerRegistration } from './registry.js';
-import { DEFAULT_SCHEDULING } from './scheduler.js';
+import { DEFAULT_LOCK_MS } from './scheduler.js';
 
 export interface FarmWorkerOptions {
   /** The farm's Redis (redis://host:port). */
@@ -66,6 +66,7 @@ export interface PushedOutput {
   digest: string;
   name: string | null;
   alreadyPresent: boolean;
+  blockCount: number;
   blocksSent: number;
   rawBytesSent: number;
   wireBytesSent: number;
@@ -103,7 +104,7 @@ export class FarmWorker {
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(this.id)) {
       throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `worker id ${JSON.stringify(this.id)}: use letters, digits, '.', '_' and '-' (it names the worker's queue), e.g. --id build-3`);
     }
-    this.lockMs = o.lockMs ?? DEFAULT_SCHEDULING.lockMs;
+    this.lockMs = o.lockMs ?? DEFAULT_LOCK_MS;
     this.store = new RedisJobStore(o.url, o.prefix);
     this.connection = connectRedis(o.url, `osfarm-worker-${this.id}`);
     this.subscriber = connectRedis(o.url, `osfarm-worker-${this.id}-cancel`);
@@ -119,6 +120,8 @@ export class FarmWorker {
     Repository.openOrInit(this.repoPath);
     const stages = await this.advertise();
     await this.registration.heartbeat();
+    // Back from a Redis outage: say at once that this worker is alive.
+    this.connection.on('ready', () => void this.beat());
     await this.subscriber.subscribe(this.store.keys.cancelChannel);
     this.subscriber.on('message', (_channel: string, id: string) => {
       if (this.current?.id === id) this.current.controller.abort();
@@ -172,7 +175,7 @@ export class FarmWorker {
     // Paused, the other queue's worker fetches nothing while this job runs.
     await other?.pause(true);
     try {
-      return await this.run(job, which === 'own' ? ownQueue(this.id) : SHARED_QUEUE);
+      return await this.run(job, token, which === 'own' ? ownQueue(this.id) : SHARED_QUEUE);
     } finally {
       this.busy = false;
       if (!this.stopping) {
@@ -182,11 +185,17 @@ export class FarmWorker {
     }
   }
 
-  private async run(job: Job<FarmJobData>, queue: string): Promise<unknown> {
+  private async run(job: Job<FarmJobData>, token: string | undefined, queue: string): Promise<unknown> {
     const id = job.data.id;
     const route = routeOf(queue, job.id!);
     const claim = await this.store.claim(id, route, this.id);
     if (claim === 'final' || claim === 'stale') return { skipped: claim };
+    if (claim === 'busy') {
+      // Its worker is alive (its lock lapsed while Redis was away): look again once a worker
+      // that really stopped would have been declared gone.
+      await job.moveToDelayed(Date.now() + this.lockMs, token);
+      throw new DelayedError();
+    }
     const started = Date.now();
     const emitter = new JobEmitter(this.store, id, { runner: this.id });
     if (claim === 'cancelled') {
@@ -266,7 +275,7 @@ export class FarmWorker {
         onProgress: (x) => emitter.emit({ type: 'progress', phase: 'push', done: x.haveBlocks, total: x.blockCount }),
       });
       emitter.emit({ type: 'log', line: `osfarm: pushed ${entry.name ?? out.digest} to ${this.o.pushTo}: ${p.alreadyPresent ? 'the repository already held it' : `${p.blocksSent} of ${p.blockCount} blocks sent, ${p.wireBytesSent} bytes on the wire`}` });
-      pushed.push({ format: out.format, digest: p.digest, name: p.name ?? entry.name ?? null, alreadyPresent: p.alreadyPresent, blocksSent: p.blocksSent, rawBytesSent: p.rawBytesSent, wireBytesSent: p.wireBytesSent });
+      pushed.push({ format: out.format, digest: p.digest, name: p.name ?? entry.name ?? null, alreadyPresent: p.alreadyPresent, blockCount: p.blockCount, blocksSent: p.blocksSent, rawBytesSent: p.rawBytesSent, wireBytesSent: p.wireBytesSent });
     }
     // The central repository has them now; the local copies were only the push's source.
     for (const out of r.outputs) await repo.remove(out.digest).catch(() => {});

@@ -9,7 +9,7 @@ import { bytes, count } from '../format.js';
 
 const command: Command<Omit<PullServeStats, 'active'>> = {
   name: 'serve',
-  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n      [--queue redis://host:port [--schedule cache-aware|plain] [--affinity-wait-ms N] [--lock-ms N]]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token;\n --queue: builds go to a farm of osfarm workers on that Redis, see docs/farm.md)',
+  usage: 'serve --listen <host:port> [--repo DIR] [--max-requests N] [--token-file F] [--read-only]\n      [--queue redis://host:port [--schedule cache-aware|plain] [--affinity-wait-ms N]]\n(the GUI at /, the REST API at /api/docs; --read-only lets anyone browse without the token;\n --queue: builds go to a farm of osfarm workers on that Redis, see docs/farm.md)',
   options: {
     listen: { type: 'string', short: 'l' },
     'max-requests': { type: 'string' },
@@ -18,7 +18,6 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     queue: { type: 'string' },
     schedule: { type: 'string' },
     'affinity-wait-ms': { type: 'string' },
-    'lock-ms': { type: 'string' },
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
@@ -30,9 +29,9 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const queue = str(args, 'queue');
     const schedule = str(args, 'schedule') ?? 'cache-aware';
     if (schedule !== 'cache-aware' && schedule !== 'plain') throw new RangeError(`--schedule ${schedule}: cache-aware or plain`);
-    if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms') || str(args, 'lock-ms'))) throw new RangeError('--schedule, --affinity-wait-ms and --lock-ms are for a farm: give --queue redis://host:port too');
+    if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms'))) throw new RangeError('--schedule and --affinity-wait-ms are for a farm: give --queue redis://host:port too');
     const farm = queue
-      ? await FarmClient.open({ url: queue, repoPath: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0), lockMs: wholeNumber(args, 'lock-ms', 100) })
+      ? await FarmClient.open({ url: queue, repoPath: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0) })
       : undefined;
     const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only'), ...(farm ? { farm } : {}) });
     if (web.token.created) {
