@@ -72,7 +72,7 @@ test.serial('builds spread over the workers and go through push into the central
   t.deepEqual(workers.filter((w) => w.alive).map((w) => w.id).sort(), ['w1', 'w2', 'w3']);
 
   const submitted = [];
-  for (const name of ['app1', 'app2', 'app3']) submitted.push(await lab.build(appliance(name, 3)));
+  for (const name of ['app1', 'app2', 'app3']) submitted.push(await lab.build(appliance(name, 1)));
   const finished = await lab.finished(submitted.map((j) => j.id));
   for (const j of finished) {
     t.is(j.state, 'succeeded', JSON.stringify(j.error));
@@ -97,7 +97,7 @@ test.serial('builds spread over the workers and go through push into the central
   t.is(tar.stdout, 'built\n', "the appliance's command ran in its stage");
 
   // The same appliance as another output: only the worker that built app1 holds its stage, and it gets the job.
-  const again = await lab.build(appliance('app1', 3, { outputs: ['ext4'] }));
+  const again = await lab.build(appliance('app1', 1, { outputs: ['ext4'] }));
   const [a] = await lab.finished([again.id]);
   t.is(a.state, 'succeeded', JSON.stringify(a.error));
   t.is(a.worker, jobs.get('app1').worker);
@@ -108,7 +108,7 @@ test.serial('builds spread over the workers and go through push into the central
 
 test.serial('a worker killed mid-build: the job completes on another worker; nothing half-built is published', async (t) => {
   const before = (await lab.api('GET', '/api/images')).body.images.length;
-  const job = await lab.build(appliance('app4', 8));
+  const job = await lab.build(appliance('app4', 5));
   // Kill its worker while the appliance's command runs (the stage is half made).
   let victim = '';
   await new Promise<void>((resolve) => {
@@ -144,7 +144,7 @@ test.serial('a worker killed mid-build: the job completes on another worker; not
 });
 
 test.serial('the server killed and restarted mid-build: the job history and the whole log are still there', async (t) => {
-  const job = await lab.build(appliance('app5', 5));
+  const job = await lab.build(appliance('app5', 3));
   const seen: any[] = [];
   const stream = lab.events(job.id, 0, (e) => seen.push(e));
   while (!seen.some((e) => e.type === 'log' && /spec\.commands\[0\]/.test(e.line))) await sleep(100);
@@ -165,7 +165,7 @@ test.serial('the server killed and restarted mid-build: the job history and the 
 });
 
 test.serial('Redis restarted: the running job goes on and a job submitted while Redis was away runs', async (t) => {
-  const running = await lab.build(appliance('app6', 4));
+  const running = await lab.build(appliance('app6', 3));
   while ((await lab.job(running.id)).phase !== 'configure') await sleep(100);
   await lab.redis!.stop('SIGTERM');
   const late = lab.build(appliance('app7', 1));
