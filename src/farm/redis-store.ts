@@ -74,6 +74,21 @@ if ARGV[3] ~= '1' and redis.call('HGET', KEYS[1], 'runner') ~= '' then return 0 
 redis.call('HSET', KEYS[1], 'route', ARGV[2], 'runner', '')
 return 1`;
 
+/**
+ * KEYS finished, jobs; ARGV keep, at most, key prefix. Forgets the oldest finished jobs
+ * beyond `keep`, a few at a time (each new job calls it: the work stays constant, and
+ * concurrent callers never pick the same job).
+ */
+const FORGET = `
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if extra <= 0 then return 0 end
+local old = redis.call('ZPOPMIN', KEYS[1], math.min(extra, tonumber(ARGV[2])))
+for i = 1, #old, 2 do
+  redis.call('DEL', ARGV[3] .. old[i], ARGV[3] .. old[i] .. ':events')
+  redis.call('ZREM', KEYS[2], old[i])
+end
+return #old / 2`;
+
 /** KEYS job; marks a job to be cancelled; returns its state (JSON) or false. */
 const CANCEL = `${FINAL_STATES}
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -87,6 +102,7 @@ type Scripted = Redis & {
   farmClaim(job: string, route: string, worker: string, alivePrefix: string): Promise<string>;
   farmReroute(job: string, expected: string, next: string, started: string): Promise<number>;
   farmCancel(job: string): Promise<string | null>;
+  farmForget(finished: string, jobs: string, keep: number, most: number, jobPrefix: string): Promise<number>;
 };
 
 function defineScripts(redis: Redis): Scripted {
@@ -95,6 +111,7 @@ function defineScripts(redis: Redis): Scripted {
   redis.defineCommand('farmClaim', { numberOfKeys: 1, lua: CLAIM });
   redis.defineCommand('farmReroute', { numberOfKeys: 1, lua: REROUTE });
   redis.defineCommand('farmCancel', { numberOfKeys: 1, lua: CANCEL });
+  redis.defineCommand('farmForget', { numberOfKeys: 2, lua: FORGET });
   return redis as Scripted;
 }
 
@@ -325,19 +342,10 @@ export class RedisJobStore implements JobStore {
     this.redis.disconnect();
   }
 
-  /** Forgets the oldest finished jobs beyond keepFinished. */
+  /** Forgets the oldest finished jobs beyond keepFinished (up to 10 per new job). */
   private async forget(): Promise<void> {
     const k = this.keys;
-    const extra = (await this.redis.zcard(k.finished)) - (this.options.keepFinished ?? 1000);
-    if (extra <= 0) return;
-    const old = await this.redis.zrange(k.finished, '0', String(extra - 1));
-    const pipe = this.redis.pipeline();
-    for (const id of old) {
-      pipe.del(k.job(id), k.events(id));
-      pipe.zrem(k.jobs, id);
-      pipe.zrem(k.finished, id);
-    }
-    await pipe.exec();
+    await this.redis.farmForget(k.finished, k.jobs, this.options.keepFinished ?? 1000, 10, k.job(''));
   }
 }
 

@@ -75,6 +75,19 @@ export interface PushedOutput {
 /** A build job's result on a farm: the build's, plus where it ran and what the push sent. */
 export type FarmBuildResult = BuildJobResult & { worker: string; pushed: PushedOutput[] };
 
+/** How long a stop waits for the running job to tear down and go back to the queue. */
+const STOP_MS = 30_000;
+
+/** Whether `p` settled within `ms` (its failure counts as settled: the stop goes on). */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  const settled = p.then(() => true as const, () => true as const);
+  const r = await Promise.race([settled, late]);
+  clearTimeout(timer);
+  return r;
+}
+
 interface Current {
   id: string;
   controller: AbortController;
@@ -151,14 +164,18 @@ export class FarmWorker {
    */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.heartbeatTimer);
+    const running = this.current !== undefined;
     if (this.current) {
       this.current.shutdown = true;
       this.current.controller.abort();
     }
-    await Promise.all([this.own?.close(), this.shared?.close()]);
-    clearInterval(this.heartbeatTimer);
-    await this.registration.leave().catch(() => {});
-    await this.queues.close();
+    // Each step needs Redis: bounded, so that a stop never hangs on a Redis that is gone
+    // (the job's lock then lapses and another worker takes it over).
+    const closing = Promise.all([this.own?.close(), this.shared?.close()]);
+    if (!(await within(closing, running ? STOP_MS : 2000))) await within(Promise.all([this.own?.close(true), this.shared?.close(true)]), 1000);
+    await within(this.registration.leave(), 1000);
+    await within(this.queues.close(), 1000);
     this.subscriber.disconnect();
     this.connection.disconnect();
     await this.store.close();

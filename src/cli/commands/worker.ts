@@ -53,6 +53,8 @@ const command: Command<WorkerSummary> = {
       ctx.signal.addEventListener('abort', () => done(), { once: true });
     });
     await worker.stop();
+    // With Redis gone, BullMQ's connections keep retrying and would keep the process alive.
+    setTimeout(() => process.exit(0), 2000).unref();
     return worker.summary;
   },
   render(r) {
