@@ -81,6 +81,14 @@ export class Keys {
   get open(): string {
     return `${this.prefix}:jobs:open`;
   }
+  /** Jobs in the shared queue waiting for the scheduler to place them (they have stage tags). */
+  get awaiting(): string {
+    return `${this.prefix}:jobs:awaiting`;
+  }
+  /** Jobs the scheduler placed on an own queue that no worker has started yet. */
+  get placed(): string {
+    return `${this.prefix}:jobs:placed`;
+  }
   get workers(): string {
     return `${this.prefix}:workers`;
   }

@@ -41,6 +41,8 @@ const GONE_CONFIRM_MS = 1_500;
 
 /** How often the scheduler looks without being asked (a submit or a worker going idle asks at once). */
 const TICK_MS = 500;
+/** The least time between rounds asked for while one runs. */
+const ROUND_SPACING_MS = 20;
 /** How often it checks open jobs against their BullMQ placements. */
 const RECONCILE_MS = 5_000;
 
@@ -103,8 +105,10 @@ export class Scheduler {
       .finally(() => {
         this.running = undefined;
         if (this.again) {
+          // Asked again meanwhile: one more round, a little later, so a burst of submits and
+          // idle signals costs a few rounds, not one each.
           this.again = false;
-          this.kick();
+          setTimeout(() => this.kick(), ROUND_SPACING_MS);
         }
       });
   }
@@ -128,17 +132,17 @@ export class Scheduler {
     const held = await (this.connection as Redis & { farmLease(key: string, me: string, ms: number): Promise<number> }).farmLease(k.schedulerLease, this.me, TICK_MS * 6);
     if (held !== 1) return;
     const workers = await readWorkers(this.connection, k);
-    const open = (await this.store.routing(await this.store.openJobs())) as Open[];
     const alive = new Map(workers.filter((w) => w.alive).map((w) => [w.id, w]));
     const now = Date.now();
     for (const id of [...this.silentSince.keys()]) if (alive.has(id)) this.silentSince.delete(id);
     for (const w of workers) if (!w.alive && !this.silentSince.has(w.id)) this.silentSince.set(w.id, now);
-    await this.recover(workers.filter((w) => !w.alive && now - this.silentSince.get(w.id)! >= GONE_CONFIRM_MS), open);
-    if (Date.now() - this.lastReconcile > RECONCILE_MS) {
-      this.lastReconcile = Date.now();
-      await this.reconcile(open, alive);
+    const gone = workers.filter((w) => !w.alive && now - this.silentSince.get(w.id)! >= GONE_CONFIRM_MS);
+    if (gone.length > 0) await this.recover(gone);
+    if (now - this.lastReconcile > RECONCILE_MS) {
+      this.lastReconcile = now;
+      await this.reconcile((await this.store.routing(await this.store.openJobs())) as Open[], alive);
     }
-    if (this.options.mode === 'cache-aware') await this.place(open, alive);
+    if (this.options.mode === 'cache-aware') await this.place(alive);
   }
 
   /**
@@ -147,9 +151,23 @@ export class Scheduler {
    * live worker holds more of it, unless nobody holds anything of it or it has waited out
    * `waitMs` (then the least lost depth wins).
    */
-  private async place(open: Open[], alive: Map<string, WorkerView>): Promise<void> {
-    const pending = open.filter((j) => j.runner === '' && j.state === 'queued' && parseRoute(j.route).queue === SHARED_QUEUE).sort((a, b) => a.createdMs - b.createdMs);
+  private async place(alive: Map<string, WorkerView>): Promise<void> {
+    const k = this.store.keys;
+    const [awaiting, placed] = await Promise.all([this.connection.smembers(k.awaiting), this.connection.smembers(k.placed)]);
+    if (awaiting.length === 0) return;
+    const jobs = (await this.store.routing([...awaiting, ...placed])) as Open[];
+    const byId = new Map(jobs.map((j) => [j.id, j]));
+    const unstarted = (j: Open | undefined) => j !== undefined && j.runner === '' && j.state === 'queued';
+    const pending = awaiting.map((id) => byId.get(id)).filter((j): j is Open => unstarted(j) && parseRoute(j!.route).queue === SHARED_QUEUE);
+    const onOwn = placed.map((id) => byId.get(id)).filter((j): j is Open => unstarted(j) && queueOwner(parseRoute(j!.route).queue) !== null);
+    // The sets keep only what is still waiting to be placed, or placed and not started.
+    const drop = (ids: string[], keep: Open[], key: string) => {
+      const gone = ids.filter((id) => !keep.some((j) => j.id === id));
+      return gone.length > 0 ? this.connection.srem(key, ...gone) : 0;
+    };
+    await Promise.all([drop(awaiting, pending, k.awaiting), drop(placed, onOwn, k.placed)]);
     if (pending.length === 0 || alive.size === 0) return;
+    pending.sort((a, b) => a.createdMs - b.createdMs);
     // What each live worker holds or will hold: its cache, the job it runs, the jobs placed on it.
     const promised = new Map<string, Set<string>>();
     const busy = new Set<string>();
@@ -157,9 +175,9 @@ export class Scheduler {
       promised.set(w.id, new Set(w.building));
       if (w.job) busy.add(w.id);
     }
-    for (const j of open) {
-      const owner = queueOwner(parseRoute(j.route).queue);
-      if (owner && promised.has(owner)) {
+    for (const j of onOwn) {
+      const owner = queueOwner(parseRoute(j.route).queue)!;
+      if (promised.has(owner)) {
         busy.add(owner);
         for (const t of j.tags) promised.get(owner)!.add(t);
       }
@@ -189,6 +207,7 @@ export class Scheduler {
       if (!best) return;
       left.splice(left.indexOf(best.j), 1);
       if (await this.move(best.j, ownQueue(best.w), 0)) {
+        await this.connection.multi().srem(k.awaiting, best.j.id).sadd(k.placed, best.j.id).exec();
         busy.add(best.w);
         for (const t of best.j.tags) promised.get(best.w)!.add(t);
       }
@@ -210,7 +229,7 @@ export class Scheduler {
    * shared queue, free for anyone at once (they have waited already). An emptied queue is
    * deleted and the worker forgotten; a worker that comes back registers again.
    */
-  private async recover(dead: WorkerView[], open: Open[]): Promise<void> {
+  private async recover(dead: WorkerView[]): Promise<void> {
     for (const [id, adopter] of this.adopters) {
       if (!dead.some((w) => w.id === id)) {
         this.adopters.delete(id);
@@ -233,8 +252,8 @@ export class Scheduler {
         void adopter.startStalledCheckTimer().catch(() => {});
       }
       for (const b of await this.queues.waiting(queue)) {
-        const j = open.find((o) => o.id === b.data.id && o.route === routeOf(queue, b.id!));
-        if (j && (await this.move(j, SHARED_QUEUE, 0, true))) {
+        const [j] = (await this.store.routing([b.data.id])) as Open[];
+        if (j && j.route === routeOf(queue, b.id!) && (await this.move(j, SHARED_QUEUE, 0, true))) {
           await this.store.append(j.id, { type: 'log', line: `osfarm: worker ${w.id} stopped answering: the job goes back to the shared queue, for the next free worker (it starts from that worker's deepest cached stage)` });
         } else await this.queues.remove(routeOf(queue, b.id!));
       }

@@ -19,7 +19,7 @@ import { Repository } from '../repo/index.js';
 import { StageStore } from '../stages/store.js';
 import { push, type PushResult } from '../transfer/push.js';
 import { type BuildJobResult, runBuildJob } from './build-job.js';
-import { JobEmitter, jobError } from './job-model.js';
+import { JobEmitter, jobError, type JobInfo } from './job-model.js';
 import { bullIdOf, type FarmJobData, FarmQueues, parseRoute, routeOf } from './queues.js';
 import { connectRedis, ownQueue, SHARED_QUEUE } from './redis.js';
 import { type FarmFields, RedisJobStore } from './redis-store.js';
@@ -110,6 +110,7 @@ export class FarmWorker {
   private busy = false;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private stopping = false;
+  private stages: StageStore | undefined;
   readonly summary: WorkerSummary;
 
   constructor(private readonly o: FarmWorkerOptions) {
@@ -197,7 +198,7 @@ export class FarmWorker {
       this.busy = false;
       if (!this.stopping) {
         other?.resume();
-        await this.connection.publish(this.store.keys.idleChannel, this.id).catch(() => {});
+        void this.connection.publish(this.store.keys.idleChannel, this.id).catch(() => {});
       }
     }
   }
@@ -221,13 +222,13 @@ export class FarmWorker {
       return { cancelled: true };
     }
     const previous = claim.slice('ok:'.length);
-    const fields = (await this.store.farmFields(id))!;
-    const info = (await this.store.get(id))!;
+    const [fields, info] = (await Promise.all([this.store.farmFields(id), this.store.get(id)])) as [FarmFields, JobInfo];
     this.summary.jobs++;
     this.o.onEvent?.({ event: 'job-start', job: id, queue, attempt: info.attempts });
     const current: Current = { id, controller: new AbortController(), shutdown: false };
     this.current = current;
-    await this.registration.heartbeat({ job: id, building: fields.tags }).catch(() => {});
+    // Not awaited: one connection keeps the order, and the job need not wait for its advert.
+    void this.registration.heartbeat({ job: id, building: fields.tags }).catch(() => {});
     await emitter.append({ type: 'state', state: 'running' });
     emitter.emit({
       type: 'log',
@@ -254,8 +255,9 @@ export class FarmWorker {
       this.current = undefined;
       if (state === 'succeeded') this.summary.succeeded++;
       else if (state === 'failed') this.summary.failed++;
-      await this.advertise().catch(() => {});
-      await this.registration.heartbeat({ job: null, building: [] }).catch(() => {});
+      // A build may have added stages; the advert says so before the worker says it is idle.
+      if (fields.spec) await this.advertise().catch(() => {});
+      void this.registration.heartbeat({ job: null, building: [] }).catch(() => {});
       this.o.onEvent?.({ event: 'job-end', job: id, state, ms: Date.now() - started });
     }
     return { state };
@@ -313,8 +315,8 @@ export class FarmWorker {
 
   /** Advertises what the stage cache holds now; returns how many stages. */
   private async advertise(): Promise<number> {
-    const store = await StageStore.open({ root: this.stagesDir });
-    const tags = store.stageTags();
+    this.stages ??= await StageStore.open({ root: this.stagesDir });
+    const tags = this.stages.stageTags();
     await this.registration.syncStages(tags);
     return tags.length;
   }
