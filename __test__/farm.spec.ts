@@ -24,6 +24,7 @@ const CLI = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 const OSFARM = [process.execPath, '--import', 'tsx', CLI];
 /** The build tests' shared work directory: the minbase core's packages are fetched once. */
 const WORK = process.env.OSFARM_TEST_WORK ?? '/var/tmp/osfarm-test-build';
+const SEED = join(WORK, 'farm-seed-stages');
 
 const CORE = { name: 'core', distribution: 'debian', release: 'bookworm', groups: ['minbase'] };
 
@@ -41,10 +42,11 @@ let lab: FarmLab;
 
 test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'osfarm-farm-'));
-  // The core, once: built into a seed stage store, then copied into each worker's cache.
+  // The core, once: built into a seed stage store kept in the shared work directory (a later
+  // run finds it there: the same tag), then copied into each worker's cache.
   writeFileSync(join(dir, 'core.yaml'), 'name: core\ndistribution: debian\nrelease: bookworm\ngroups: [minbase]\n');
   mkdirSync(WORK, { recursive: true });
-  const seed = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'seed-repo'), 'build', join(dir, 'core.yaml'), '-d', WORK, '--stages', join(dir, 'seed-stages'), '-o', join(dir, 'core.tar')], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const seed = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'seed-repo'), 'build', join(dir, 'core.yaml'), '-d', WORK, '--stages', SEED, '-o', join(dir, 'core.tar')], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (seed.status !== 0) throw new Error(`building the core failed: ${seed.stdout.slice(-1500)}${seed.stderr.slice(-1500)}`);
 
   sweepStale('osf-farm');
@@ -52,7 +54,7 @@ test.before(async () => {
   lab = new FarmLab({ dir: join(dir, 'farm'), launch: lanLauncher(lan), osfarm: OSFARM, server: { host: 'srv', ip: lan.hosts.srv!.ip }, serveArgs: ['--affinity-wait-ms', '20000'] });
   await lab.startRedis();
   await lab.startServer();
-  await Promise.all(['w1', 'w2', 'w3'].map((id) => lab.startWorker({ host: id, id, seedStages: join(dir, 'seed-stages'), lockMs: 3000 })));
+  await Promise.all(['w1', 'w2', 'w3'].map((id) => lab.startWorker({ host: id, id, seedStages: SEED, lockMs: 3000 })));
 });
 
 test.after.always(async () => {
