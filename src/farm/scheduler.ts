@@ -30,7 +30,8 @@ export interface SchedulingOptions {
   waitMs: number;
 }
 
-export const DEFAULT_SCHEDULING: SchedulingOptions = { mode: 'cache-aware', waitMs: 15_000 };
+/** The wait's default: about what a missed stage costs (an appliance stage builds in 0.5 to a few minutes); waiting longer than a miss costs only loses time. */
+export const DEFAULT_SCHEDULING: SchedulingOptions = { mode: 'cache-aware', waitMs: 60_000 };
 
 /** A worker silent this long is gone, and BullMQ's lock on its job expires (ms; `osfarm worker --lock-ms`). */
 export const DEFAULT_LOCK_MS = 30_000;
