@@ -61,6 +61,13 @@ export class FarmQueues {
     await this.queue(queue).remove(bullId).catch(() => 0);
   }
 
+  /** Sets a delayed placement to become waiting `delayMs` from now (a no-op once it is not delayed). */
+  async delay(route: string, delayMs: number): Promise<void> {
+    const { queue, bullId } = parseRoute(route);
+    const job = await this.queue(queue).getJob(bullId);
+    await job?.changeDelay(Math.max(0, Math.round(delayMs))).catch(() => {});
+  }
+
   /** The BullMQ state of a placement ('unknown' once removed). */
   async state(route: string): Promise<string> {
     const { queue, bullId } = parseRoute(route);

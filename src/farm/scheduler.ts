@@ -3,8 +3,9 @@
  * BullMQ job. The scheduler, in the server, places waiting jobs on idle workers' own queues:
  * each job preferably on a worker that holds (or is building, or was just given a job that
  * builds) its deepest stage; a job nobody holds anything of goes to any idle worker. A job
- * whose preferred workers stay busy longer than the wait becomes waiting in the shared queue,
- * where BullMQ hands it to any free worker, with or without the scheduler.
+ * whose preferred workers stay busy while another worker idles longer than the wait goes to
+ * that worker. Should no scheduler run, BullMQ frees a waiting job in the shared queue (its
+ * delay, kept ahead by the scheduler while it runs) for any free worker.
  *
  * It also looks after workers that stopped answering: their own queue's running job is
  * found by BullMQ's stalled-job check (run here, since its owner cannot) and, with the
@@ -42,6 +43,8 @@ const GONE_CONFIRM_MS = 1_500;
 
 /** How often the scheduler looks without being asked (a submit or a worker going idle asks at once). */
 const TICK_MS = 500;
+/** A waiting job's BullMQ delay is pushed forward when it would end within this. */
+const EXTEND_MARGIN_MS = 5_000;
 /** The least time between rounds asked for while one runs. */
 const ROUND_SPACING_MS = 20;
 /** How often it checks open jobs against their BullMQ placements. */
@@ -72,6 +75,10 @@ export class Scheduler {
   private readonly adopters = new Map<string, Worker<FarmJobData>>();
   /** When each worker was first seen without a heartbeat. */
   private readonly silentSince = new Map<string, number>();
+  /** When an idle worker was first denied each waiting job (its wait runs from then). */
+  private readonly passedOver = new Map<string, number>();
+  /** When the shared queue frees each waiting job (its BullMQ delay's end). */
+  private readonly freeAt = new Map<string, number>();
   private readonly subscriber: Redis;
 
   constructor(
@@ -183,34 +190,56 @@ export class Scheduler {
         for (const t of j.tags) promised.get(owner)!.add(t);
       }
     }
-    if (busy.size === alive.size) return;
     const holders = await holdersOf(this.connection, this.store.keys, pending.flatMap((j) => j.tags));
     const depth = (w: string, j: Open) => {
       for (let i = j.tags.length - 1; i >= 0; i--) if (promised.get(w)!.has(j.tags[i]!) || holders.get(j.tags[i]!)?.has(w)) return i + 1;
       return 0;
     };
     const now = Date.now();
+    const expired = (j: Open) => now - (this.passedOver.get(j.id) ?? now) >= this.options.waitMs;
     const left = [...pending];
-    for (;;) {
-      const idle = [...alive.keys()].filter((w) => !busy.has(w));
-      if (idle.length === 0 || left.length === 0) return;
+    let idle = [...alive.keys()].filter((w) => !busy.has(w));
+    while (idle.length > 0 && left.length > 0) {
       let best: { w: string; j: Open; d: number; loss: number } | undefined;
       for (const j of left) {
         const top = Math.max(...[...alive.keys()].map((w) => depth(w, j)));
-        const expired = now - j.createdMs >= this.options.waitMs;
         for (const w of idle) {
           const d = depth(w, j);
-          if (!(top === 0 || d === top || expired)) continue;
+          if (!(top === 0 || d === top || expired(j))) continue;
           const loss = top - d;
           if (!best || d > best.d || (d === best.d && (loss < best.loss || (loss === best.loss && j.createdMs < best.j.createdMs)))) best = { w, j, d, loss };
         }
       }
-      if (!best) return;
+      if (!best) break;
       left.splice(left.indexOf(best.j), 1);
       if (await this.move(best.j, ownQueue(best.w), 0)) {
         await this.connection.multi().srem(k.awaiting, best.j.id).sadd(k.placed, best.j.id).exec();
         busy.add(best.w);
         for (const t of best.j.tags) promised.get(best.w)!.add(t);
+      }
+      idle = idle.filter((w) => w !== best!.w);
+    }
+    await this.keepWaiting(left, idle.length > 0, now);
+  }
+
+  /**
+   * The jobs left waiting. The wait runs only while an idle worker is denied a job (a job
+   * queued behind others, with every worker busy, loses nothing by waiting): from then on,
+   * after `waitMs`, any idle worker may take it. Meanwhile the shared queue's delay, the
+   * fallback for when no scheduler runs, is pushed forward so that BullMQ does not free the
+   * job earlier.
+   */
+  private async keepWaiting(left: Open[], idleDenied: boolean, now: number): Promise<void> {
+    const ids = new Set(left.map((j) => j.id));
+    for (const id of [...this.passedOver.keys()]) if (!ids.has(id)) this.passedOver.delete(id);
+    for (const id of [...this.freeAt.keys()]) if (!ids.has(id)) this.freeAt.delete(id);
+    for (const j of left) {
+      if (idleDenied && !this.passedOver.has(j.id)) this.passedOver.set(j.id, now);
+      const due = this.freeAt.get(j.id) ?? j.createdMs + this.options.waitMs;
+      const want = (this.passedOver.get(j.id) ?? now) + this.options.waitMs;
+      if (due - now < EXTEND_MARGIN_MS && want > due) {
+        await this.queues.delay(j.route, want - now);
+        this.freeAt.set(j.id, want);
       }
     }
   }
