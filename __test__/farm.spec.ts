@@ -7,8 +7,9 @@
  * namespaces have no route to a package mirror, so the appliances add files and commands,
  * not packages). Covered: jobs spread over the workers and follow their cached stages; a
  * worker killed with SIGKILL mid-build (the job completes on another, nothing half-built is
- * published); the server killed and restarted mid-build (history and the whole log are
- * still there); Redis restarted (the jobs go on).
+ * published); cancel of a running job (its worker stops the build); the server killed and
+ * restarted mid-build (history and the whole log are still there); Redis restarted (the
+ * jobs go on).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -143,6 +144,27 @@ test.serial('a worker killed mid-build: the job completes on another worker; not
   for (let i = 0; i < 40 && (await lab.workersSeen()).some((w) => w.id === victim && w.alive); i++) await sleep(250);
   t.false((await lab.workersSeen()).some((w) => w.id === victim && w.alive));
   lab.workers.delete(victim);
+});
+
+test.serial('cancel reaches the worker running the job: its build stops and nothing is published', async (t) => {
+  const before = (await lab.api('GET', '/api/images')).body.images.length;
+  const job = await lab.build(appliance('app8', 120));
+  while ((await lab.job(job.id)).phase !== 'configure') await sleep(100);
+  await sleep(1000);
+  const worker = (await lab.job(job.id)).worker;
+  const t0 = Date.now();
+  const r = await lab.api('DELETE', `/api/jobs/${job.id}`);
+  t.is(r.status, 200);
+  t.true(r.body.cancelled);
+  const [j] = await lab.finished([job.id], 60_000);
+  t.is(j.state, 'cancelled');
+  t.is(j.error.code, 'OSFARM_ABORTED');
+  t.true(Date.now() - t0 < 30_000, `cancelled in ${Date.now() - t0} ms, long before the command's 120 s`);
+  t.is(j.worker, worker);
+  t.is((await lab.api('GET', '/api/images')).body.images.length, before);
+  // The worker is free again: the next job runs.
+  const next = await lab.build(appliance('app9', 1));
+  t.is((await lab.finished([next.id]))[0].state, 'succeeded');
 });
 
 test.serial('the server killed and restarted mid-build: the job history and the whole log are still there', async (t) => {
