@@ -92,35 +92,45 @@ export declare class ImageSourceHandle {
   cancel(): void
 }
 
-/**
- * The receiving side of a pull: the whole index is known, local blocks are copied by
- * `fill()` while the missing runs are fetched and `put()` (verified, off the JS thread).
- * Resumable: an interrupted pull of the same image continues where it stopped.
- */
-export declare class PullAssembly {
-  /** Starts (or resumes, re-verifying what an earlier attempt wrote) a pull. */
-  static begin(repoPath: string, index: Buffer, options?: PullAssemblyOptions | undefined | null): Promise<PullAssembly>
-  get digest(): string
-  get blockCount(): number
-  get blockSize(): number
-  get imageSize(): number
-  get haveBlocks(): number
-  get alreadyPresent(): boolean
-  /** Copies every block the repository holds (verified). Returns the blocks copied. */
-  fill(signal?: AbortSignal | undefined | null): Promise<number>
+/** A running NBD export of one image (see `osfarm_core::nbd`). */
+export declare class NbdServer {
   /**
-   * The runs still missing (repeats of a block come with their first occurrence).
-   * Call after `fill()`.
+   * Opens (or resumes) the lazy assembly of the image `index` (an `.osfi` path, an
+   * image path, or index bytes) in `repo`, and serves it on `options.socket`.
+   * Missing blocks are asked of `fetch`; `onEvent` hears of bad blocks and failed fetches.
    */
-  missing(): Array<TransferRun>
-  /** Verifies and writes consecutive blocks from `first`; returns how many were new. */
-  put(first: number, data: Buffer): Promise<number>
-  /** Makes the resumable state durable now. */
+  static start(repo: RepositoryHandle, index: string | Buffer, options: NbdServerOptions, fetch?: ((request: NbdFetchRequest) => void) | undefined | null, onEvent?: ((event: NbdEvent) => void) | undefined | null): Promise<NbdServer>
+  get socket(): string
+  get digest(): string
+  get size(): number
+  get blockSize(): number
+  /** Answers fetch request `id` with its bytes; they are verified before use. */
+  supply(id: number, data: Buffer): void
+  /** Answers fetch request `id` with a failure: the reads that wanted it get EIO. */
+  fail(id: number, message: string): void
+  /**
+   * Makes blocks `first`..`first+count` present (copied or fetched, verified, stored):
+   * the background prefetch.
+   */
+  ensure(first: number, count: number): Promise<NbdEnsureReport>
+  /** The boot profile: runs of blocks in the order clients first read them. */
+  profile(): Array<RepoRun>
+  /** Blocks not yet stored, as runs. */
+  missing(): Array<RepoRun>
+  stats(): NbdStats
+  /** Makes the stored blocks durable and recorded for a resume. */
   flush(): void
-  /** Checks that every block is present and publishes the image atomically. */
-  finish(options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
-  /** Discards the partial image. */
-  abort(): void
+  /**
+   * Publishes the image into the repository once every block is stored; the export
+   * keeps serving.
+   */
+  publish(options?: RepoAddOptions | undefined | null): Promise<RepoImage>
+  /**
+   * Stops serving: fails fetches still pending, disconnects clients, removes the
+   * socket, and (once running `ensure`s end) flushes and unlocks the partial for a
+   * later resume. Idempotent.
+   */
+  stop(): void
 }
 
 /**
@@ -317,6 +327,63 @@ export interface IndexInfo {
   indexPath?: string
 }
 
+export interface NbdEnsureReport {
+  /** Blocks that became present. */
+  blocks: number
+}
+
+/**
+ * `kind` "bad-block": `block` (from `origin`: "store", "local" or "fetched") did not
+ * match its digest and was not served; "fetch-failed": blocks `first`..`first+count`
+ * could not be fetched.
+ */
+export interface NbdEvent {
+  kind: string
+  block?: number
+  origin?: string
+  first?: number
+  count?: number
+  message: string
+}
+
+/** Blocks the server needs: answer with `supply(id, bytes)` or `fail(id, message)`. */
+export interface NbdFetchRequest {
+  id: number
+  first: number
+  count: number
+  /** The byte range: exactly `length` bytes from `offset` are expected. */
+  offset: number
+  length: number
+  /** A client read waits for these blocks (else they are prefetch): serve them first. */
+  urgent: boolean
+}
+
+export interface NbdServerOptions {
+  /** The unix socket to listen on (a stale socket file is replaced). */
+  socket: string
+  /** The export's name; clients may also ask for "" (default: the image digest). */
+  exportName?: string
+  /** Refuse an index that names another image. */
+  expectedDigest?: string
+  /** Largest fetch request, and largest step of `ensure`, in blocks (default 8 MiB worth). */
+  maxFetchBlocks?: number
+  /** Worker threads per client connection (default 8). */
+  workers?: number
+}
+
+export interface NbdStats {
+  blockCount: number
+  haveBlocks: number
+  reads: number
+  readBytes: number
+  localBlocks: number
+  fetchRequests: number
+  fetchedBlocks: number
+  fetchedBytes: number
+  coalesced: number
+  badBlocks: number
+}
+
 /**
  * Packs a directory, tar or tar.gz into a block-aligned tar at `output`, off the JS
  * thread. The output is written atomically: on error or abort nothing is left.
@@ -358,11 +425,6 @@ export declare function packSync(input: string, output: string, options?: PackOp
 export interface ProgressEvent {
   done: number
   total: number
-}
-
-export interface PullAssemblyOptions {
-  /** Refuse an index that does not name this image (hex). */
-  expectedDigest?: string
 }
 
 export interface PushAssemblyOptions {

@@ -773,12 +773,12 @@ if (
   }
 }
 
-const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, PullAssembly, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, NbdServer, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
 export { AssemblerHandle }
 export { BlockStreamEncoder }
 export { DigestGrouper }
 export { ImageSourceHandle }
-export { PullAssembly }
+export { NbdServer }
 export { PushAssembly }
 export { RepositoryHandle }
 export { compare }

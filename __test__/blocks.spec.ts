@@ -110,8 +110,15 @@ test('an aborted signal cancels indexing', async (t) => {
   writeFileSync(img, pseudoRandom(64 << 20, 5));
   const ac = new AbortController();
   ac.abort();
-  const err = await t.throwsAsync(indexImage(img, { signal: ac.signal, output: join(dir, 'big.osfi') }));
-  t.truthy(err);
+  const err = await t.throwsAsync(indexImage(img, { signal: ac.signal, output: join(dir, 'big.osfi') }), { instanceOf: OsfarmError });
+  t.is((err as OsfarmError).code, 'OSFARM_ABORTED');
+  t.false(existsSync(join(dir, 'big.osfi')), 'no index is written');
+  // Aborted once the native task has started.
+  const running = new AbortController();
+  const pending = indexImage(img, { signal: running.signal, output: join(dir, 'big.osfi') });
+  running.abort();
+  const late = await t.throwsAsync(pending, { instanceOf: OsfarmError });
+  t.is((late as OsfarmError).code, 'OSFARM_ABORTED');
   t.false(existsSync(join(dir, 'big.osfi')), 'no index is written');
 });
 

@@ -35,33 +35,39 @@ function built(t: { log: (...a: unknown[]) => void }, run: CliRun): Record<strin
 }
 
 // One image with everything a user sets (group, packages, password, a command in the
-// chroot), one plain minbase built twice; all through the CLI, all asserted below.
+// chroot), one plain minbase built twice; all through the CLI, all asserted below. They
+// start when the first test that needs them runs (never at import, so loading this file,
+// or running only some of its tests, builds nothing it does not use), one after another.
 const out = join(WORK, 'debian-test-out');
-rmSync(out, { recursive: true, force: true });
-mkdirSync(out, { recursive: true });
 const repo = join(out, 'repo');
-const full = cliAsync([
-  '--repo', repo, 'build', '-t', 'debian-bookworm-amd64', '-d', WORK, '-o', join(out, 'full.tar'),
-  '-f', 'tar,tar.gz', '-g', 'core', '-p', 'python3-minimal', '-p', 'less', '-w', PASSWORD,
-  '--run', 'test -r /proc/self/status && test -c /dev/null && touch /dev/osfarm-probe && echo osfarm-was-here > /etc/osfarm-test',
-  '--source-date-epoch', EPOCH,
-]);
 // Each from scratch: its own repository and stage store, so no cached tree is reused.
 const scratch = (name: string) => ['--repo', join(out, `repo-${name}`)];
 const scratchEnv = (name: string) => ({ OSFARM_STAGES: join(out, `stages-${name}`) });
-const minbase = (n: number) =>
-  full.then(() =>
+let started: { full: Promise<CliRun>; minbase1: Promise<CliRun>; minbase2: Promise<CliRun> } | undefined;
+function builds(): NonNullable<typeof started> {
+  if (started) return started;
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  const full = cliAsync([
+    '--repo', repo, 'build', '-t', 'debian-bookworm-amd64', '-d', WORK, '-o', join(out, 'full.tar'),
+    '-f', 'tar,tar.gz', '-g', 'core', '-p', 'python3-minimal', '-p', 'less', '-w', PASSWORD,
+    '--run', 'test -r /proc/self/status && test -c /dev/null && touch /dev/osfarm-probe && echo osfarm-was-here > /etc/osfarm-test',
+    '--source-date-epoch', EPOCH,
+  ]);
+  const minbase = (n: number) =>
     cliAsync(
       [...scratch(`minbase-${n}`), 'build', '-t', 'debian-bookworm-amd64', '-d', WORK, '-o', join(out, `minbase-${n}.tar`), '--no-repo', '--source-date-epoch', EPOCH],
       undefined,
       scratchEnv(`minbase-${n}`),
-    ),
-  );
-const minbase1 = minbase(1);
-const minbase2 = minbase1.then(() => minbase(2));
+    );
+  const minbase1 = full.then(() => minbase(1));
+  const minbase2 = minbase1.then(() => minbase(2));
+  started = { full, minbase1, minbase2 };
+  return started;
+}
 
 test.serial('a bookworm build with a group, packages, a password and a command: events, outputs, repository', async (t) => {
-  const run = await full;
+  const run = await builds().full;
   const r = built(t, run);
   t.is(run.status, 0);
   t.is(r.backend, 'mmdebstrap');
@@ -88,7 +94,7 @@ test.serial('a bookworm build with a group, packages, a password and a command: 
 });
 
 test.serial('the tree: packages installed, no host mounts, caches, lists or host paths', async (t) => {
-  const r = built(t, await full);
+  const r = built(t, await builds().full);
   const tar = join(out, 'full.tar');
   const tree = tempDir(t, 'osfarm-tree-');
   execFileSync('tar', ['-xpf', tar, '-C', tree, '--numeric-owner']);
@@ -118,7 +124,7 @@ test.serial('the tree: packages installed, no host mounts, caches, lists or host
 });
 
 test.serial('the root password: the hash in /etc/shadow verifies, the password itself is nowhere', async (t) => {
-  const r = built(t, await full);
+  const r = built(t, await builds().full);
   const tree = tempDir(t, 'osfarm-tree-');
   execFileSync('tar', ['-xpf', join(out, 'full.tar'), '-C', tree, '--numeric-owner', './etc', './usr', './lib', './lib64', './bin', './dev']);
   const shadow = readFileSync(join(tree, 'etc/shadow'), 'utf8');
@@ -136,7 +142,7 @@ test.serial('the root password: the hash in /etc/shadow verifies, the password i
   t.is(readFileSync(join(out, 'full.tar')).indexOf(needle), -1, 'not in the aligned tar');
   t.is(gunzipSync(readFileSync(join(out, 'full.tar.gz'))).indexOf(needle), -1, 'not in the tar.gz');
   t.is(readFileSync(r.logPath).indexOf(needle), -1, 'not in the build log');
-  const run = await full;
+  const run = await builds().full;
   t.false(JSON.stringify(run.lines).includes(PASSWORD), 'not in the --json events or result');
   t.false(run.stderr.includes(PASSWORD));
   const meta = JSON.stringify(Repository.open(repo).list().map((e) => e.meta));
@@ -145,7 +151,7 @@ test.serial('the root password: the hash in /etc/shadow verifies, the password i
 });
 
 test.serial('with SOURCE_DATE_EPOCH two builds of one spec give byte-identical aligned tars', async (t) => {
-  const [a, b] = [await minbase1, await minbase2];
+  const [a, b] = [await builds().minbase1, await builds().minbase2];
   t.is(a.status, 0, JSON.stringify(resultOf(a)));
   t.is(b.status, 0, JSON.stringify(resultOf(b)));
   const [pa, pb] = [join(out, 'minbase-1.tar'), join(out, 'minbase-2.tar')];
@@ -162,8 +168,8 @@ test.serial('with SOURCE_DATE_EPOCH two builds of one spec give byte-identical a
 });
 
 test.serial('block-aligned minbase and minbase + python3 share at least 95 % of the smaller one\'s blocks', async (t) => {
-  t.is((await full).status, 0);
-  t.is((await minbase1).status, 0);
+  t.is((await builds().full).status, 0);
+  t.is((await builds().minbase1).status, 0);
   const r = await compare(join(out, 'minbase-1.tar'), join(out, 'full.tar'), { blockSize: 4096 });
   t.log(`minbase's non-zero blocks in minbase + python3: ${(100 * r.a.shareInOther).toFixed(2)} % of ${r.a.blocks - r.a.zeroBlocks}`);
   t.true(r.a.blocks < r.b.blocks);
@@ -171,7 +177,7 @@ test.serial('block-aligned minbase and minbase + python3 share at least 95 % of 
 });
 
 test.serial('an interrupted build tears the chroot down: nothing mounted, no process left, no tree', async (t) => {
-  await minbase2;
+  await builds().minbase2;
   let signalled = false;
   let pid = 0;
   const run = await cliAsync(
@@ -198,7 +204,7 @@ test.serial('an interrupted build tears the chroot down: nothing mounted, no pro
 });
 
 test.serial('the debootstrap backend builds the same kind of tree, swept the same way', async (t) => {
-  await minbase2;
+  await builds().minbase2;
   const image = join(out, 'debootstrap.tar');
   const run = await cliAsync(
     [...scratch('debootstrap'), 'build', '-t', 'debian-bookworm-amd64', '--backend', 'debootstrap', '-d', WORK, '-o', image, '--no-repo', '--source-date-epoch', EPOCH],

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { hostArchitecture } from '../src/build/distros.js';
+import { hostArchitecture } from '../src/spec/distros.js';
 import { buildWorkDir, cliAsync, leftovers, resultOf } from './fixtures/build/harness.js';
 import { tempDir } from './helpers/tmp.js';
 

@@ -6,8 +6,9 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
-import { mountsUnder, specFromObject } from '../src/build/index.js';
-import { RpmDriver, rpmConfig, rpmDbPath, rpmPlan } from '../src/build/drivers/rpm.js';
+import { mountsUnder } from '../src/host/mounts.js';
+import { specFromObject } from '../src/spec/index.js';
+import { RpmDriver, rpmConfig, rpmDbPath, rpmPlan } from '../src/builder/drivers/rpm.js';
 import { Repository } from '../src/repo/index.js';
 import { buildWorkDir, cliAsync, leftovers, resultOf } from './fixtures/build/harness.js';
 import { tempDir } from './helpers/tmp.js';

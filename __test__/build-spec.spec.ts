@@ -14,8 +14,8 @@ import {
   specDigest,
   specFromObject,
   stableStringify,
-} from '../src/build/index.js';
-import { SpecError } from '../src/build/errors.js';
+} from '../src/spec/index.js';
+import { SpecError } from '../src/spec/errors.js';
 import { cli, tempDir } from './helpers/tmp.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'build');

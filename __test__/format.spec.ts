@@ -1,7 +1,7 @@
 import test from 'ava';
 
 import { bytes, count, percent } from '../src/cli/format.js';
-import { parseSize } from '../src/util/size.js';
+import { parseSize } from '../src/base/size.js';
 
 test('count groups thousands like en-US', (t) => {
   for (const n of [0, 7, 999, 1000, 65536, 1234567, -1234567, 1000000000, 12.5, 123456.75]) {

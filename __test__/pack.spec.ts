@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 
 import { pack, packSync, type PackResult } from '../src/pack/index.js';
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const MTIME = 1_600_000_000;

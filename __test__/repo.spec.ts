@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline';
 
 import { Repository, type ImageEntry } from '../src/repo/index.js';
 import { indexImageSync } from '../src/blocks/index.js';
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
 
 const CHILD = join(import.meta.dirname, 'helpers', 'repo-child.ts');

@@ -7,9 +7,9 @@ import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 
-import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type BuildSpec } from '../src/build/index.js';
-import { specToXml } from '../src/images/xml.js';
-import { type ChainContext, planStages, specChain } from '../src/stages/chain.js';
+import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type BuildSpec } from '../src/spec/index.js';
+import { specToXml } from '../src/spec/xml.js';
+import { type ChainContext, planStages, specChain } from '../src/builder/plan.js';
 import { cliJson, tempDir } from './helpers/tmp.js';
 
 const CTX: ChainContext = { driver: 'mmdebstrap', driverVersion: 'mmdebstrap 1.3.5; osfarm 0.1.0', osfarmVersion: '0.1.0', sourceDateEpoch: null, hostSources: 'host-sources-1' };

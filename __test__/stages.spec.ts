@@ -17,8 +17,8 @@ import {
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { OsfarmError } from '../src/errors.js';
-import { canonicalTagInput, type CowName, probeBackends, StageStore, stageTag, type StageTagInput } from '../src/stages/index.js';
+import { OsfarmError } from '../src/base/errors.js';
+import { canonicalTagInput, type CowName, probeCowMethods, StageStore, stageTag, type StageTagInput } from '../src/stages/index.js';
 import { loopAvailable, loopFs, plainDir } from './helpers/loopfs.js';
 import { cliJson, pseudoRandom } from './helpers/tmp.js';
 
@@ -37,12 +37,15 @@ const core: StageTagInput = {
   source: ['http://mirror-a.invalid/debian'],
 };
 const coreTag = stageTag(core);
+/** What the builder declares about its config (the store itself knows nothing of specs). */
+const declared = { sets: ['packages', 'groups', 'components'], exclude: ['name', 'outputs'], secrets: ['rootPassword'] };
 const base = (extra: Record<string, unknown> = {}, parentTag = coreTag): StageTagInput => ({
   config: { packages: ['openssh-server', 'python3', 'curl'], commands: ['systemctl enable ssh'], ...extra },
   parentTag,
   driver: 'apt',
   driverVersion: '2.6.1',
   source: ['http://mirror-a.invalid/debian'],
+  ...declared,
 });
 
 test('a tag is sha256 hex over the canonical inputs', (t) => {
@@ -56,12 +59,12 @@ test('a tag is sha256 hex over the canonical inputs', (t) => {
 test('tags ignore key order, package order, duplicates and formatting', (t) => {
   const a = stageTag(base());
   t.is(stageTag(base({ packages: ['python3', 'curl', 'openssh-server', 'curl'] })), a);
-  const reordered: StageTagInput = { source: ['http://mirror-a.invalid/debian'], driverVersion: '2.6.1', driver: 'apt', parentTag: coreTag, config: { commands: ['systemctl enable ssh'], packages: ['curl', 'python3', 'openssh-server'] } };
+  const reordered: StageTagInput = { source: ['http://mirror-a.invalid/debian'], driverVersion: '2.6.1', driver: 'apt', parentTag: coreTag, config: { commands: ['systemctl enable ssh'], packages: ['curl', 'python3', 'openssh-server'] }, ...declared };
   t.is(stageTag(reordered), a);
   // Same data parsed from differently formatted JSON.
   const json = JSON.parse('{ "packages" : [ "curl","openssh-server" ,"python3" ], "commands":["systemctl enable ssh"] }') as Record<string, unknown>;
   t.is(stageTag({ ...base(), config: json }), a);
-  // undefined members are like absent ones; name and output formats never change the tree.
+  // undefined members are like absent ones; excluded keys (the builder's name and output formats) never change the tag.
   t.is(stageTag(base({ hostname: undefined, name: 'my-image', outputs: ['qcow2', 'tar'] })), a);
   t.is(stageTag(base({ name: 'other-name', outputs: ['ext4'] })), a);
 });
@@ -91,7 +94,7 @@ test('tags change when the tree would change', (t) => {
   t.not(stageTag({ ...core, source: ['http://mirror-b.invalid/debian'] }), coreTag);
 });
 
-test('a plain password, NaN and non-JSON values are refused; custom sets and exclusions apply', (t) => {
+test('a declared secret (a plain password), NaN and non-JSON values are refused; sets and exclusions apply only as declared', (t) => {
   const err = t.throws(() => stageTag(base({ rootPassword: 'secret' })), { instanceOf: OsfarmError });
   t.is(err?.code, 'OSFARM_INVALID_ARGUMENT');
   t.regex(err!.message, /plain password never enters/);
@@ -105,6 +108,9 @@ test('a plain password, NaN and non-JSON values are refused; custom sets and exc
   t.is(stageTag({ ...base({ commands: ['b', 'a'] }), sets }), stageTag({ ...base({ commands: ['a', 'b', 'a'] }), sets }));
   t.is(stageTag({ ...base({ extra: { groups: ['y', 'x'] } }), sets: ['extra.groups'] }), stageTag({ ...base({ extra: { groups: ['x', 'y'] } }), sets: ['extra.groups'] }));
   t.not(stageTag({ ...base({ name: 'a' }), exclude: [] }), stageTag({ ...base({ name: 'b' }), exclude: [] }));
+  // Undeclared, a list keeps its order and a key is no secret: the store assumes nothing about the config.
+  const plain = { config: { packages: ['b', 'a'], rootPassword: 'x' }, parentTag: null, driver: 'd', driverVersion: '1', source: null };
+  t.not(stageTag(plain), stageTag({ ...plain, config: { packages: ['a', 'b'], rootPassword: 'x' } }));
 });
 
 // ---------------------------------------------------------------------------
@@ -199,7 +205,7 @@ for (const { cow, fs } of BACKEND_CASES) {
     const expected = expectedTrees(t);
     const root = storeDir(t, fs);
     const store = await StageStore.open({ root, cow });
-    t.is((await store.backend()).name, cow);
+    t.is((await store.cowMethod()).name, cow);
     const tCore = tagFor('core', null);
     const tBase = tagFor('base', tCore);
     const tApp = tagFor('app', tBase);
@@ -259,31 +265,31 @@ function mountsIn(dir: string): string[] {
 
 loopTest('a backend the file system cannot do is refused with what it needs; lvm-thin says it is unavailable here', async (t) => {
   const plain = join(plainDir(t), 'stages');
-  const e1 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'btrfs' })).backend(), { instanceOf: OsfarmError });
+  const e1 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'btrfs' })).cowMethod(), { instanceOf: OsfarmError });
   t.is(e1?.code, 'OSFARM_STAGE');
   t.regex(e1!.message, /btrfs backend cannot work .* needs the store on a btrfs file system; .* is on ext4/);
-  const e2 = await t.throwsAsync((await StageStore.open({ root: storeDir(t, 'xfs-noreflink'), cow: 'reflink' })).backend());
+  const e2 = await t.throwsAsync((await StageStore.open({ root: storeDir(t, 'xfs-noreflink'), cow: 'reflink' })).cowMethod());
   t.regex(e2!.message, /needs a file system with reflinks .*mkfs.xfs -m reflink=1.* is on xfs without reflink=1/);
-  const e3 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'lvm-thin' })).backend());
+  const e3 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'lvm-thin' })).cowMethod());
   t.regex(e3!.message, /lvm-thin backend cannot work .*unavailable here: .*device-mapper/);
-  const report = await probeBackends(plain);
+  const report = await probeCowMethods(plain);
   t.false(report.find((r) => r.name === 'lvm-thin')!.available);
   t.true(report.find((r) => r.name === 'copy')!.available);
   await t.throwsAsync(StageStore.open({ root: plain, cow: 'zfs' as CowName }), { message: /unknown copy-on-write backend "zfs"/ });
   // auto picks btrfs on btrfs, overlayfs on ext4, and a store keeps its backend.
-  t.is((await (await StageStore.open({ root: storeDir(t, 'btrfs') })).backend()).name, 'btrfs');
+  t.is((await (await StageStore.open({ root: storeDir(t, 'btrfs') })).cowMethod()).name, 'btrfs');
   const s = await StageStore.open({ root: plain });
-  t.is((await s.backend()).name, 'overlayfs');
+  t.is((await s.cowMethod()).name, 'overlayfs');
   const r = await s.ensure(tagFor('core', null), null, async (d) => writeFileSync(join(d, 'f'), 'x'));
   await r.lease.release();
-  const e4 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'copy' })).backend());
+  const e4 = await t.throwsAsync((await StageStore.open({ root: plain, cow: 'copy' })).cowMethod());
   t.regex(e4!.message, /holds stages made with overlayfs; it cannot switch to copy/);
 });
 
 test('ensure checks its inputs against the tag and keeps them for verify', async (t) => {
   const root = join(plainDir(t), 'stages');
   const store = await StageStore.open({ root, cow: 'copy', durable: false });
-  const inputs: StageTagInput = { config: { step: 'core', packages: ['b', 'a'] }, parentTag: null, driver: 'test', driverVersion: '1', source: 'file:///mirror' };
+  const inputs: StageTagInput = { config: { step: 'core', packages: ['b', 'a'] }, parentTag: null, driver: 'test', driverVersion: '1', source: 'file:///mirror', sets: ['packages'] };
   const tag = stageTag(inputs);
   await t.throwsAsync(store.ensure(tagFor('other', null), null, async () => {}, { inputs }), { message: /does not match its inputs/ });
   await t.throwsAsync(store.ensure('nope', null, async () => {}), { code: 'OSFARM_INVALID_ARGUMENT' });

@@ -11,10 +11,10 @@ import { request, type Server } from 'node:http';
 import { createServer as createTcpServer, connect, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
-import { createPullHandler, listenHttp, parseRange } from '../src/transfer/http-server.js';
-import { coalesce, parseImageUrl, pull } from '../src/transfer/pull.js';
+import { createPullHandler, listenHttp, parseRange } from '../src/transfer/http/serve.js';
+import { coalesce, parseImageUrl, pull } from '../src/transfer/http/pull.js';
 import { nginxHasSlice, startNginx } from './helpers/nginx.js';
 import { ProxyLab } from './helpers/proxy-lab.js';
 import { cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';

@@ -1,6 +1,6 @@
 import test from 'ava';
 
-import { StreamLevel } from '../src/transfer/level.js';
+import { StreamLevel } from '../src/transfer/push/level.js';
 
 /** Drives a StreamLevel with a fake clock: each encode takes `busyMs(level)`, then `idleMs(level)` pass. */
 async function drive(level: StreamLevel, clock: { t: bigint }, steps: number, busyMs: (l: number) => number, idleMs: (l: number) => number): Promise<number[]> {

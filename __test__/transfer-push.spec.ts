@@ -8,16 +8,16 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { indexImageSync } from '../src/blocks/index.js';
-import { OsfarmError } from '../src/errors.js';
+import { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
-import { mac, newNonce } from '../src/transfer/auth.js';
-import { native } from '../src/native.js';
+import { mac, newNonce } from '../src/transfer/push/auth.js';
+import { native } from '../src/base/native.js';
 import {
   FrameReader,
   FrameType,
@@ -30,9 +30,9 @@ import {
   parseJson,
   parseRequest,
   type Frame,
-} from '../src/transfer/frames.js';
-import { push } from '../src/transfer/push.js';
-import { Receiver, type TransferReport } from '../src/transfer/receive.js';
+} from '../src/transfer/push/frames.js';
+import { push } from '../src/transfer/push/push.js';
+import { Receiver, type TransferReport } from '../src/transfer/push/receive.js';
 import { cli, pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
 
 const BS = 4096;
@@ -447,6 +447,28 @@ test('a cut connection leaves nothing visible; the same push again sends only wh
   t.is(sha256File(Repository.open(r.repoPath).resolve(want.digest).path), sha256File(image));
   assertOnlyImages(t, r.repoPath, [want.digest]);
   t.deepEqual(pushPartials(r.repoPath), []);
+});
+
+test('a block of the receiver\'s own repository damaged on disk is not the source\'s fault: OSFARM_BAD_REPOSITORY, the partial is kept', async (t) => {
+  const dir = tempDir(t);
+  const r = await startReceiver(t);
+  writeBlocks(join(dir, 'held.img'), [1, 2, 3, 4]);
+  const held = await Repository.open(r.repoPath).add(join(dir, 'held.img'), { name: 'held' });
+  // Disk rot in block 1 of the held image, which the pushed image shares.
+  chmodSync(held.path, 0o644);
+  const fd = openSync(held.path, 'r+');
+  writeSync(fd, Buffer.from('rot'), 0, 3, BS + 17);
+  closeSync(fd);
+  writeBlocks(join(dir, 'new.img'), [2, 9, 10]);
+  const failed = r.next<TransferReport>('transfer-failed');
+  const err = await codeOf(push(join(dir, 'new.img'), r.address, { token: TOKEN }));
+  t.is(err.code, 'OSFARM_BAD_REPOSITORY', err.message);
+  t.regex(err.message, new RegExp(`block 1 of repository image ${held.digest}`));
+  const report = await failed;
+  t.is(report.error?.code, 'OSFARM_BAD_REPOSITORY');
+  t.true(report.keptPartial, 'the blocks the source sent stay for a retry');
+  t.true(pushPartials(r.repoPath).some((f) => f.endsWith('.partial')));
+  assertOnlyImages(t, r.repoPath, [held.digest]);
 });
 
 test('a source that sends a block not matching its digest is disconnected and nothing is kept', async (t) => {

@@ -14,8 +14,8 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 
 import { compare } from '../src/blocks/index.js';
 import { Repository } from '../src/repo/index.js';
-import { createPullHandler } from '../src/transfer/http-server.js';
-import { Receiver } from '../src/transfer/receive.js';
+import { createPullHandler } from '../src/transfer/http/serve.js';
+import { Receiver } from '../src/transfer/push/receive.js';
 import { startServer } from '../src/web/index.js';
 import { buildWorkDir } from './fixtures/build/harness.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';

@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { CLI, median, printTable, workDir } from './lib.js';
+import { childrenCpu, CLI, median, printTable, workDir } from './lib.js';
 
 const dir = workDir('build-speed');
 const runs = Number(process.env.OSFARM_BENCH_RUNS ?? 3);
@@ -28,12 +28,6 @@ mkdirSync(debCache, { recursive: true });
 interface Timing {
   wall: number;
   cpu: number;
-}
-
-/** CPU seconds of reaped children (and theirs): cutime + cstime of /proc/self/stat, in 1/100 s. */
-function childrenCpu(): number {
-  const fields = readFileSync('/proc/self/stat', 'utf8').replace(/^.*\) /, '').split(' ');
-  return (Number(fields[13]) + Number(fields[14])) / 100;
 }
 
 function timed(what: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Timing {

@@ -1,7 +1,7 @@
 /** Small helpers shared by the benchmarks: timing, medians, external commands, tables. */
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Where benchmarks keep their data (large files): $OSFARM_BENCH_DIR or ./bench-work. */
@@ -25,6 +25,12 @@ export function timeCommand(cmd: string, args: string[], env?: NodeJS.ProcessEnv
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   return secs;
+}
+
+/** CPU seconds of reaped children (and theirs): cutime + cstime of /proc/self/stat, in 1/100 s. */
+export function childrenCpu(): number {
+  const fields = readFileSync('/proc/self/stat', 'utf8').replace(/^.*\) /, '').split(' ');
+  return (Number(fields[13]) + Number(fields[14])) / 100;
 }
 
 export function median(xs: number[]): number {

@@ -10,7 +10,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Repository } from '../../src/repo/index.js';
-import type { PullResult } from '../../src/transfer/pull.js';
+import type { PullResult } from '../../src/transfer/http/pull.js';
 import { createLan, sweepStale, type Lan } from './netns.js';
 import { finished } from './tmp.js';
 import { startNginx } from './nginx.js';

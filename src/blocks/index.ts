@@ -2,11 +2,11 @@
  * Block hashing, indexes and comparison: the content-addressed view of an image.
  * An image is cut into fixed-size blocks; its index holds one digest per block.
  */
-import { callNative, callNativeSync, throwIfAborted } from '../errors.js';
-import { withProgress } from '../util/progress.js';
-import { native, type CompareResult, type IndexInfo, type ProgressEvent } from '../native.js';
+import { callNative, callNativeSync, throwIfAborted } from '../base/errors.js';
+import { withProgress } from '../base/progress.js';
+import { native, type CompareResult, type IndexInfo, type ProgressEvent } from '../base/native.js';
 
-export type { CompareResult, CompareSide, IndexInfo, ProgressEvent } from '../native.js';
+export type { CompareResult, CompareSide, IndexInfo, ProgressEvent } from '../base/native.js';
 
 export type HashName = 'sha1' | 'sha256';
 

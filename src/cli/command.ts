@@ -1,4 +1,5 @@
 import type { ParseArgsConfig } from 'node:util';
+import { invalidArgument } from '../base/errors.js';
 
 /** Options in node:util parseArgs form. */
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
@@ -62,7 +63,7 @@ export function wholeNumber(args: ParsedArgs, name: string, min: number): number
   const text = str(args, name);
   if (text === undefined) return undefined;
   if (!/^\d+$/.test(text) || Number(text) < min) {
-    throw new RangeError(`--${name}: '${text}' is not ${min === 1 ? 'a positive whole number' : `a whole number ≥ ${min}`}`);
+    throw invalidArgument(`--${name}: '${text}' is not ${min === 1 ? 'a positive whole number' : `a whole number ≥ ${min}`}`);
   }
   return Number(text);
 }

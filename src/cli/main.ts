@@ -2,8 +2,9 @@
 /** The `osfarm` command line: global flags, dispatch, output and errors. */
 import { parseArgs } from 'node:util';
 
-import { OsfarmError } from '../errors.js';
-import { SOFTWARE } from '../version.js';
+import { debugEnabled, repositoryPath } from '../base/env.js';
+import { errorJson, invalidArgument, toOsfarmError } from '../base/errors.js';
+import { SOFTWARE } from '../base/version.js';
 import type { Command, CommandContext, OptionSpec, ParsedArgs } from './command.js';
 import { commands } from './commands/index.js';
 import { progressBar } from './progress.js';
@@ -38,7 +39,7 @@ function helpText(cmd?: Command, path: string[] = [], summary = cmd?.summary ?? 
 function makeContext(json: boolean, repo: string | undefined, signal: AbortSignal): CommandContext {
   return {
     json,
-    repoPath: repo ?? process.env.OSFARM_REPO ?? 'osfarm-repo',
+    repoPath: repositoryPath(repo),
     signal,
     event(event) {
       if (json) process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -79,11 +80,10 @@ async function resolveCommand(argv: string[]): Promise<{ cmd?: Command; summary:
 }
 
 function exitWithError(err: unknown, json: boolean): never {
-  const code = err instanceof OsfarmError ? err.code : err instanceof RangeError || err instanceof TypeError ? 'OSFARM_INVALID_ARGUMENT' : 'OSFARM_INTERNAL';
-  const message = err instanceof Error ? err.message : String(err);
-  if (json) process.stdout.write(`${JSON.stringify({ error: { code, message } })}\n`);
+  const { code, message } = toOsfarmError(err);
+  if (json) process.stdout.write(`${JSON.stringify(errorJson(err))}\n`);
   else process.stderr.write(`osfarm: ${message} (${code})\n`);
-  if (code === 'OSFARM_INTERNAL' && err instanceof Error && process.env.OSFARM_DEBUG) process.stderr.write(`${err.stack}\n`);
+  if (code === 'OSFARM_INTERNAL' && err instanceof Error && debugEnabled()) process.stderr.write(`${err.stack}\n`);
   process.exit(code === 'OSFARM_INVALID_ARGUMENT' ? 2 : 1);
 }
 
@@ -99,14 +99,14 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${helpText()}\n`);
       return;
     }
-    exitWithError(new RangeError(`unknown command '${argv[0]}': run osfarm --help for the list`), json);
+    exitWithError(invalidArgument(`unknown command '${argv[0]}': run osfarm --help for the list`), json);
   }
   if (cmd.subcommands || !cmd.run) {
     if (rest.includes('--help') || rest.includes('-h') || rest.length === 0) {
       process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);
       return;
     }
-    exitWithError(new RangeError(`unknown sub-command '${rest[0]}' of ${path.join(' ')}: run osfarm ${path.join(' ')} --help`), json);
+    exitWithError(invalidArgument(`unknown sub-command '${rest[0]}' of ${path.join(' ')}: run osfarm ${path.join(' ')} --help`), json);
   }
   let args: ParsedArgs;
   try {
@@ -117,7 +117,7 @@ export async function main(argv: string[]): Promise<void> {
       strict: true,
     }) as ParsedArgs;
   } catch (err) {
-    exitWithError(new RangeError(`${(err as Error).message}; run osfarm ${path.join(' ')} --help`), json);
+    exitWithError(invalidArgument(`${(err as Error).message}; run osfarm ${path.join(' ')} --help`), json);
   }
   if (args.values.help) {
     process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);

@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { build, type BuildOptions, type BuildSpec, specDigest } from '../build/index.js';
-import { OUTPUT_EXTENSION, type OutputFormat } from '../build/distros.js';
+import { build, type BuildOptions } from '../builder/index.js';
+import { type BuildSpec, OUTPUT_EXTENSION, type OutputFormat, specDigest } from '../spec/index.js';
 import { findBuilt } from '../images/index.js';
 import type { Emitted } from './job-model.js';
 

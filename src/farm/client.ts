@@ -9,8 +9,7 @@ import { randomBytes } from 'node:crypto';
 
 import type { Redis } from 'ioredis';
 
-import { type BuildSpec, specDigest } from '../build/index.js';
-import { OUTPUT_EXTENSION } from '../build/distros.js';
+import { type BuildSpec, OUTPUT_EXTENSION, specDigest } from '../spec/index.js';
 import { findBuilt } from '../images/index.js';
 import { isFinal, JobEmitter, type JobEvent, type JobInfo, type JobKind, type JobSource, newJobInfo } from './job-model.js';
 import { bullIdOf, FarmQueues, routeOf } from './queues.js';

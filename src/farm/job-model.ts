@@ -5,7 +5,7 @@
  * A job's info is the fold of its events: the store applies each event's effect (state,
  * phase, progress, result, error) as it appends it. docs/farm.md describes the Redis form.
  */
-import { errorBody } from '../web/http.js';
+import { errorJson } from '../base/errors.js';
 
 export type JobKind = 'build' | 'push' | 'pull' | 'probe';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -79,8 +79,7 @@ export function isFinal(state: JobState): boolean {
 
 /** An error as a job records it: the stable code and the message. */
 export function jobError(err: unknown): JobError {
-  const { body } = errorBody(err);
-  return { code: body.error.code, message: body.error.message };
+  return errorJson(err).error;
 }
 
 /** A new job's info, queued. */

@@ -6,7 +6,7 @@
  */
 import { Redis } from 'ioredis';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 
 export const DEFAULT_PREFIX = 'osfarm';
 

@@ -1,13 +1,10 @@
 /**
  * A build job's stage tags, core first, computed the way the builder will compute them
- * (the same stage planning, this host's tools and package sources) without building
+ * (the builder's own stage planning, this host's tools and package sources) without building
  * anything: what the scheduler matches against the workers' stage caches.
  */
-import { resolveEpoch } from '../build/builder.js';
-import { selectDriver } from '../build/drivers/index.js';
-import type { BuildSpec } from '../build/spec.js';
-import { stagePlans } from '../stages/run.js';
-import { VERSION } from '../version.js';
+import { plannedStages } from '../builder/index.js';
+import type { BuildSpec } from '../spec/index.js';
 
 /**
  * The spec's stage tags, or none when this host cannot plan them (its bootstrap tool is
@@ -15,8 +12,7 @@ import { VERSION } from '../version.js';
  */
 export async function stageTagsOf(spec: BuildSpec): Promise<string[]> {
   try {
-    const driver = await selectDriver(spec);
-    return (await stagePlans(spec, driver, VERSION, resolveEpoch(spec, {}))).map((p) => p.tag);
+    return (await plannedStages(spec)).map((p) => p.tag);
   } catch {
     return [];
   }

@@ -13,11 +13,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DelayedError, type Job, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 
-import { specDigest, specFromObject } from '../build/index.js';
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
+import { specDigest, specFromObject } from '../spec/index.js';
 import { Repository } from '../repo/index.js';
 import { StageStore } from '../stages/store.js';
-import { push, type PushResult } from '../transfer/push.js';
+import { push, type PushResult } from '../transfer/push/push.js';
 import { type BuildJobResult, runBuildJob } from './build-job.js';
 import { JobEmitter, jobError, type JobInfo } from './job-model.js';
 import { bullIdOf, type FarmJobData, FarmQueues, parseRoute, routeOf } from './queues.js';

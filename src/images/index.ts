@@ -3,14 +3,14 @@
  * spec, stages, formats and build log, export its spec (XML round-trips to the same
  * checksum), and let a spec name a repository image as its parent.
  */
-import { parseText } from '../build/formats.js';
-import { type BuildSpec, specDigest } from '../build/spec.js';
-import { OsfarmError } from '../errors.js';
+import { parseText } from '../spec/formats.js';
+import { type BuildSpec, specDigest } from '../spec/spec.js';
+import { OsfarmError } from '../base/errors.js';
 import type { ImageEntry, Repository } from '../repo/index.js';
-import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists } from './lookup.js';
+import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists, requireBuildMeta } from './lookup.js';
 
 export * from './lookup.js';
-export { specToXml } from './xml.js';
+export { specToXml } from '../spec/xml.js';
 
 /** One image of a request, as listed. */
 export interface ImageSummary {
@@ -55,9 +55,7 @@ export function findImages(repoPath: string, spec: BuildSpec): FindResult {
 
 function builtEntry(repo: Repository, ref: string): { entry: ImageEntry; meta: BuildMeta } {
   const entry = repo.resolve(ref);
-  const meta = buildMeta(entry);
-  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${entry.name ?? entry.digest.slice(0, 16)} was not built by osfarm build: it has no spec (it was added with osfarm repo add or received)`);
-  return { entry, meta };
+  return { entry, meta: requireBuildMeta(entry) };
 }
 
 function openRepo(repoPath: string): Repository {

@@ -5,8 +5,9 @@
  */
 import { existsSync } from 'node:fs';
 
-import type { OutputFormat } from '../build/distros.js';
-import type { CanonicalSpec } from '../build/spec.js';
+import { OsfarmError } from '../base/errors.js';
+import type { OutputFormat } from '../spec/distros.js';
+import type { CanonicalSpec } from '../spec/spec.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 
 export const BUILD_META_KIND = 'osfarm-build';
@@ -33,6 +34,13 @@ export interface BuildMeta {
 export function buildMeta(entry: ImageEntry): BuildMeta | null {
   const m = entry.meta as Partial<BuildMeta> | undefined;
   return m && typeof m === 'object' && m.kind === BUILD_META_KIND && typeof m.specDigest === 'string' ? (m as BuildMeta) : null;
+}
+
+/** An image's build metadata, or OSFARM_NOT_FOUND saying it has no `what` (it was not built by osfarm build). */
+export function requireBuildMeta(entry: ImageEntry, what = 'spec'): BuildMeta {
+  const meta = buildMeta(entry);
+  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${entry.name ?? entry.digest.slice(0, 16)} has no ${what}: it was not built by osfarm build (it was added with osfarm repo add, or received)`);
+  return meta;
 }
 
 /** Opens a repository for reading; null if there is none at `path` yet. */

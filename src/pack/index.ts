@@ -4,9 +4,10 @@
  * size, so that fixed-size block hashing finds the files two images share.
  * The format is described in docs/aligned-tar.md.
  */
-import { callNative, callNativeSync, OsfarmError, throwIfAborted } from '../errors.js';
-import { withProgress } from '../util/progress.js';
-import { native } from '../native.js';
+import { sourceDateEpochFromEnv } from '../base/env.js';
+import { callNative, callNativeSync, throwIfAborted } from '../base/errors.js';
+import { withProgress } from '../base/progress.js';
+import { native } from '../base/native.js';
 
 /** Progress of packing: bytes of input consumed out of the input's total. */
 export interface PackProgressEvent {
@@ -19,7 +20,7 @@ export interface PackOptions {
   blockSize?: number;
   /**
    * Clamp every mtime to at most this (seconds since the epoch), for reproducible
-   * archives. Default: `process.env.SOURCE_DATE_EPOCH` if set, else no clamping.
+   * archives. Default: `$SOURCE_DATE_EPOCH` if set, else no clamping.
    */
   sourceDateEpoch?: number;
   /** Called as input is consumed (at most every 50 ms, and once at the end). */
@@ -53,13 +54,7 @@ export interface PackResult {
 
 /** The clamp to use: the option, else a valid SOURCE_DATE_EPOCH from the environment. */
 function epochOf(option: number | undefined): number | undefined {
-  if (option !== undefined) return option;
-  const env = process.env.SOURCE_DATE_EPOCH;
-  if (env === undefined || env === '') return undefined;
-  if (!/^\d+$/.test(env)) {
-    throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `SOURCE_DATE_EPOCH must be a whole number of seconds, not '${env}'`);
-  }
-  return Number(env);
+  return option ?? sourceDateEpochFromEnv();
 }
 
 function nativeOptions(options: PackSyncOptions): { blockSize?: number; sourceDateEpoch?: number } {

@@ -7,8 +7,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { callNative, callNativeSync, throwIfAborted } from '../errors.js';
-import { withProgress } from '../util/progress.js';
+import { callNative, callNativeSync, throwIfAborted } from '../base/errors.js';
+import { withProgress } from '../base/progress.js';
 import type { HashName, LongRunning } from '../blocks/index.js';
 import {
   native,
@@ -19,17 +19,12 @@ import {
   type RepositoryHandle,
   type RepoRebuildReport,
   type RepoStats as NativeRepoStats,
-} from '../native.js';
+} from '../base/native.js';
 
-/** Where a repository lives when no path is given: `$OSFARM_REPO`, else `./osfarm-repo`. */
-export const DEFAULT_REPOSITORY = './osfarm-repo';
+export { DEFAULT_REPOSITORY, defaultRepositoryPath } from '../base/env.js';
 
 /** The file that makes a directory a repository, written last by `init` (docs/repository-format.md). */
 const FORMAT_FILE = 'osfarm-repo.json';
-
-export function defaultRepositoryPath(env: NodeJS.ProcessEnv = process.env): string {
-  return env.OSFARM_REPO || DEFAULT_REPOSITORY;
-}
 
 export interface InitOptions {
   /** Block digest, fixed for the repository's life. Default sha1. */

@@ -1,12 +1,11 @@
 /**
- * Stages: cached, shared lower layers of image builds (core → base → appliance), each
- * named by the checksum of its configuration and started as a copy-on-write snapshot of
- * its parent. docs/stages.md describes the store.
+ * The stage store: a generic copy-on-write cache of trees, each named by the checksum of
+ * what made it (its tag) and started as a snapshot of its parent. It knows nothing of
+ * specs or builders: the builder (src/builder/plan.ts, stages.ts) plans the stages of a
+ * spec and fills them. docs/stages.md describes the store.
  */
 export * from './tag.js';
 export * from './store.js';
 export { Lease, type LeaseRecord } from './lease.js';
-export { BACKENDS, backendByName, probeBackends, selectBackend, type BackendReport } from './cow/index.js';
-export { COW_NAMES, type CowBackend, type CowName, type ProbeResult, type StageTrees, type View, type Workspace } from './cow/types.js';
-export * from './chain.js';
-export { ensureChain, stagePlans, toolVersion, type ChainOptions, type ChainResult, type StageReport } from './run.js';
+export { COW_METHODS, cowMethod, probeCowMethods, selectCowMethod, type CowMethodReport } from './cow/index.js';
+export { COW_NAMES, type CowMethod, type CowName, type ProbeResult, type StageTrees, type View, type Workspace } from './cow/types.js';

@@ -8,7 +8,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { HOST, ownerAlive, ownerToken, randomSuffix } from './sys.js';
+import { HOST, ownerAlive, ownerToken, randomSuffix } from '../host/procs.js';
 
 export interface LeaseRecord {
   id: string;

@@ -18,20 +18,26 @@
  * nothing that looks complete; its temp is swept once its owner is gone.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { OsfarmError, throwIfAborted } from '../errors.js';
-import { parseSize } from '../util/size.js';
-import { backendByName, selectBackend } from './cow/index.js';
-import { COW_NAMES, type CowBackend, type CowName } from './cow/types.js';
+import { stagesMaxSize, stagesPath } from '../base/env.js';
+import { OsfarmError, throwIfAborted } from '../base/errors.js';
+import { parseSize } from '../base/size.js';
+import { cowMethod, selectCowMethod } from './cow/index.js';
+import { COW_NAMES, type CowMethod, type CowName } from './cow/types.js';
 import { createLease, type Lease, type LeaseRecord, liveLeases, readLeases, sweepLeases } from './lease.js';
-import { acquireLock, type FileLock } from './lock.js';
-import { fsyncDir, isSubvolume, killProcessesIn, mountsUnder, ownerAlive, ownerToken, randomSuffix, removeTree, syncFs, treeUsage, writeFileAtomic } from './sys.js';
+import { acquireLock, type FileLock } from '../host/lock.js';
+import { fsyncDir, isSubvolume, removeTree, syncFs, treeUsage, writeFileAtomic } from '../host/fs.js';
+import { mountsUnder } from '../host/mounts.js';
+import { killProcessesIn, ownerAlive, ownerToken, randomSuffix } from '../host/procs.js';
+import { STAGE_ERRORS } from './errors.js';
 import { type CanonicalTagInput, canonicalTagInput, isStageTag, type StageTagInput, tagOfCanonical } from './tag.js';
 
 export const STORE_FORMAT = 1;
 export const STAGE_FORMAT = 1;
+
+const STAGE = STAGE_ERRORS;
 
 /** What stage.json holds. */
 export interface StageRecord {
@@ -173,8 +179,7 @@ export interface VerifyResult {
 
 /** The store directory from options and environment. */
 export function stagesRoot(opts: { root?: string; repoPath?: string } = {}): string {
-  const root = opts.root ?? process.env.OSFARM_STAGES ?? join(opts.repoPath ?? process.env.OSFARM_REPO ?? 'osfarm-repo', 'stages');
-  return isAbsolute(root) ? root : resolve(root);
+  return stagesPath(opts);
 }
 
 const SUBDIRS = ['tmp', 'locks', 'leases', 'checkouts', 'views'] as const;
@@ -199,13 +204,13 @@ export class StageStore {
   private readonly requested: CowName | 'auto';
   private readonly durable: boolean;
   private readonly onEvent: (e: StageEvent) => void;
-  private backendPromise: Promise<CowBackend> | undefined;
+  private methodPromise: Promise<CowMethod> | undefined;
 
   private constructor(root: string, opts: StageStoreOptions) {
     this.root = root;
     this.requested = opts.cow ?? 'auto';
-    if (this.requested !== 'auto') backendByName(this.requested);
-    const max = opts.maxSize ?? process.env.OSFARM_STAGES_MAX;
+    if (this.requested !== 'auto') cowMethod(this.requested);
+    const max = opts.maxSize ?? stagesMaxSize();
     this.maxSize = max === undefined || max === '' ? undefined : parseSize(max, 'the stage store size limit');
     this.durable = opts.durable ?? true;
     this.onEvent = opts.onEvent ?? (() => {});
@@ -237,7 +242,7 @@ export class StageStore {
   }
 
   /** The name of the backend recorded for this store (null before the first stage). */
-  recordedBackend(): CowName | null {
+  recordedCowMethod(): CowName | null {
     return this.readStoreFile()?.backend ?? null;
   }
 
@@ -246,10 +251,10 @@ export class StageStore {
    * backend: overlayfs trees are diffs, btrfs trees are subvolumes); a different one asked
    * for is an error unless the store is empty; a new store probes and records its choice.
    */
-  backend(): Promise<CowBackend> {
-    this.backendPromise ??= (async () => {
+  cowMethod(): Promise<CowMethod> {
+    this.methodPromise ??= (async () => {
       const recorded = this.readStoreFile();
-      if (recorded && (this.requested === 'auto' || this.requested === recorded.backend)) return backendByName(recorded.backend);
+      if (recorded && (this.requested === 'auto' || this.requested === recorded.backend)) return cowMethod(recorded.backend);
       if (recorded && this.stageTags().length > 0) {
         throw new OsfarmError(
           'OSFARM_STAGE',
@@ -257,14 +262,14 @@ export class StageStore {
         );
       }
       mkdirSync(this.root, { recursive: true });
-      const { backend } = await selectBackend(this.root, this.requested);
-      writeFileAtomic(this.path('store.json'), `${JSON.stringify({ format: STORE_FORMAT, backend: backend.name }, null, 2)}\n`);
-      return backend;
+      const { method } = await selectCowMethod(this.root, this.requested);
+      writeFileAtomic(this.path('store.json'), `${JSON.stringify({ format: STORE_FORMAT, backend: method.name }, null, 2)}\n`);
+      return method;
     })();
-    this.backendPromise.catch(() => {
-      this.backendPromise = undefined;
+    this.methodPromise.catch(() => {
+      this.methodPromise = undefined;
     });
-    return this.backendPromise;
+    return this.methodPromise;
   }
 
   // -------------------------------------------------------------------------
@@ -338,7 +343,7 @@ export class StageStore {
   }
 
   /** The trees a stage's full view is made of: its own, then (layered backends) its ancestors'. */
-  private layersOf(tag: string, backend: CowBackend): string[] {
+  private layersOf(tag: string, backend: CowMethod): string[] {
     if (!backend.layered) return [this.path(tag, 'tree')];
     const layers: string[] = [];
     const seen = new Set<string>();
@@ -390,7 +395,7 @@ export class StageStore {
       if (inputs.parent !== parentTag) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `the inputs name parent ${inputs.parent}, but ensure was given ${parentTag}`);
     }
     throwIfAborted(opts.signal);
-    const backend = await this.backend();
+    const backend = await this.cowMethod();
     mkdirSync(this.path('leases'), { recursive: true });
     // Lease first, then look: GC renames a stage away before it checks leases, so either it sees our lease or we see the stage gone.
     const lease = createLease(this.path('leases'), tag, opts.label ? `ensure ${opts.label}` : 'ensure');
@@ -399,11 +404,11 @@ export class StageStore {
       let hit = true;
       let waited = false;
       if (!rec) {
-        let lock = await acquireLock(this.lockPath(tag), { wait: false });
+        let lock = await acquireLock(this.lockPath(tag), { wait: false, ...STAGE });
         if (!lock) {
           waited = true;
           this.onEvent({ type: 'waiting', tag });
-          lock = (await acquireLock(this.lockPath(tag), { signal: opts.signal })) as FileLock;
+          lock = (await acquireLock(this.lockPath(tag), { signal: opts.signal, ...STAGE })) as FileLock;
         }
         try {
           rec = this.get(tag);
@@ -426,7 +431,7 @@ export class StageStore {
       const view = await backend.view({ layers: this.layersOf(tag, backend) }, at);
       lease.onRelease(async () => {
         await view.close();
-        await removeTree(at);
+        await removeTree(at, STAGE);
       });
       if (!hit && this.maxSize !== undefined) await this.autoGc();
       return { tag, dir: view.dir, hit, waited, stage: rec, lease };
@@ -445,7 +450,7 @@ export class StageStore {
     tag: string,
     parentTag: string | null,
     populate: Populate,
-    backend: CowBackend,
+    backend: CowMethod,
     inputs: CanonicalTagInput | null,
     opts: EnsureOptions,
   ): Promise<StageRecord> {
@@ -454,7 +459,7 @@ export class StageStore {
     let parentLease: Lease | undefined;
     const tmp = this.path('tmp', `${tag}.${ownerToken()}.${randomSuffix()}`);
     const t0 = process.hrtime.bigint();
-    let ws: Awaited<ReturnType<CowBackend['snapshot']>> | undefined;
+    let ws: Awaited<ReturnType<CowMethod['snapshot']>> | undefined;
     try {
       let parentLayers: string[] | null = null;
       if (parentTag) {
@@ -483,7 +488,7 @@ export class StageStore {
       const full = treeUsage(ws.dir, since);
       await ws.seal();
       const own = !parentTag || !backend.sharesData ? full.bytes : backend.layered ? treeUsage(join(tmp, 'tree')).bytes : full.changedBytes;
-      if (this.durable) await syncFs(tmp);
+      if (this.durable) await syncFs(tmp, STAGE.errorCode);
       const now = new Date().toISOString();
       const rec: StageRecord = {
         format: STAGE_FORMAT,
@@ -506,7 +511,7 @@ export class StageStore {
       } catch (err) {
         if (errno(err) !== 'ENOTEMPTY' && errno(err) !== 'EEXIST') throw err;
         // Someone committed the same stage without our lock (a lock file was replaced): keep theirs.
-        await removeTree(tmp);
+        await removeTree(tmp, STAGE);
         const theirs = this.get(tag);
         if (theirs) return theirs;
         throw err;
@@ -516,7 +521,7 @@ export class StageStore {
       return rec;
     } catch (err) {
       if (ws) await ws.discard().catch(() => {});
-      await removeTree(tmp).catch(() => {});
+      await removeTree(tmp, STAGE).catch(() => {});
       throw err;
     } finally {
       await parentLease?.release();
@@ -531,7 +536,7 @@ export class StageStore {
   async checkout(tag: string, opts: { signal?: AbortSignal } = {}): Promise<Checkout> {
     if (!isStageTag(tag)) tag = this.resolve(tag);
     throwIfAborted(opts.signal);
-    const backend = await this.backend();
+    const backend = await this.cowMethod();
     const lease = createLease(this.path('leases'), tag, 'checkout');
     const dir = this.path('checkouts', lease.id);
     try {
@@ -540,12 +545,12 @@ export class StageStore {
       const ws = await backend.checkout({ layers: this.layersOf(tag, backend) }, dir);
       lease.onRelease(async () => {
         await ws.discard();
-        await removeTree(dir);
+        await removeTree(dir, STAGE);
       });
       this.touch(tag, false);
       return { tag, dir: ws.dir, lease, release: () => lease.release() };
     } catch (err) {
-      await removeTree(dir).catch(() => {});
+      await removeTree(dir, STAGE).catch(() => {});
       await lease.release().catch(() => {});
       throw err;
     }
@@ -560,7 +565,7 @@ export class StageStore {
    * then leases and children are checked again and it is put back if either appeared.
    */
   private async removeOne(tag: string): Promise<{ removed: boolean; reason?: string }> {
-    const lock = await acquireLock(this.lockPath(tag), { wait: false });
+    const lock = await acquireLock(this.lockPath(tag), { wait: false, ...STAGE });
     if (!lock) return { removed: false, reason: 'busy (being built or removed)' };
     try {
       if (!existsSync(this.path(tag))) return { removed: false, reason: 'not in the store' };
@@ -587,7 +592,7 @@ export class StageStore {
         return { removed: false, reason: after };
       }
       fsyncDir(this.root);
-      await removeTree(away);
+      await removeTree(away, STAGE);
       return { removed: true };
     } finally {
       await lock.release();
@@ -632,7 +637,7 @@ export class StageStore {
     const max = opts.maxSize !== undefined ? parseSize(opts.maxSize, 'maxSize') : this.maxSize;
     if (max === undefined) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'gc needs a size bound: --max-size (e.g. 20G) or $OSFARM_STAGES_MAX');
     const dryRun = opts.dryRun ?? false;
-    const gcLock = (await acquireLock(this.path('locks', 'gc.lock'), { signal: opts.signal })) as FileLock;
+    const gcLock = (await acquireLock(this.path('locks', 'gc.lock'), { signal: opts.signal, ...STAGE })) as FileLock;
     try {
       const swept = dryRun ? { temps: 0, checkouts: 0, views: 0, leases: 0 } : await this.sweep();
       const stages = this.list();
@@ -686,8 +691,8 @@ export class StageStore {
       const owner = ownerOf(name);
       if (!force && owner && ownerAlive(owner)) continue;
       // Tools the dead build started (mmdebstrap, apt in a chroot) may still be writing there.
-      await killProcessesIn(this.path('tmp', name));
-      await removeTree(this.path('tmp', name));
+      await killProcessesIn(this.path('tmp', name), STAGE);
+      await removeTree(this.path('tmp', name), STAGE);
       n++;
     }
     return n;
@@ -706,7 +711,7 @@ export class StageStore {
       for (const name of names) {
         const owner = ownerOf(name);
         if (owner && ownerAlive(owner)) continue;
-        await removeTree(this.path(kind, name));
+        await removeTree(this.path(kind, name), STAGE);
         result[kind]++;
       }
     }
@@ -721,7 +726,7 @@ export class StageStore {
       const probe = /^\.probe-(\d+-\d+)-/.exec(name);
       const tmpFile = /\.(\d+-\d+)\.[0-9a-f]+\.tmp$/.exec(name);
       const owner = probe?.[1] ?? tmpFile?.[1];
-      if (owner && !ownerAlive(owner)) await removeTree(this.path(name));
+      if (owner && !ownerAlive(owner)) await removeTree(this.path(name), STAGE);
     }
     // Half-written stage.json replacements (a process killed while recording a hit).
     for (const tag of this.stageTags()) {
@@ -832,7 +837,7 @@ export class StageStore {
       const owner = ownerOf(name);
       leftovers.push({ path: this.path('tmp', name), live: owner ? ownerAlive(owner) : false });
     }
-    for (const m of mountsUnder(this.root)) {
+    for (const m of new Set(mountsUnder(this.root))) {
       const rel = m.slice(this.root.length + 1).split('/');
       const owner = ['tmp', 'checkouts', 'views'].includes(rel[0] ?? '') ? ownerOf(rel[1] ?? '') : undefined;
       if (owner !== undefined && !ownerAlive(owner)) leftovers.push({ path: m, live: false });

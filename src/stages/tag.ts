@@ -5,27 +5,18 @@
  *             { format: "osfarm-stage/1", parent, driver, driverVersion, source, config } )
  *
  * Canonical JSON: object keys sorted at every level, no spaces, `undefined` members
- * dropped; lists keep their order except the ones named as sets (packages, groups,
- * components by default), which are sorted and de-duplicated. Keys that never change the
- * tree (the image name, output formats) are left out. A plain password is refused: only
- * its crypt hash may appear, and it changes the tree of the stage that sets it.
- * docs/stages.md lists exactly what enters the tag and why.
+ * dropped; lists keep their order except the ones the caller names as sets, which are
+ * sorted and de-duplicated. Keys the caller names as excluded are left out, and keys it
+ * names as secrets are refused. The store knows nothing of what the config means: the
+ * builder says which of its fields are sets and secrets (docs/stages.md lists exactly
+ * what it puts in a tag and why).
  */
 import { createHash } from 'node:crypto';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 
 /** Tag format version: part of every tag, bumped when the meaning of a tag input changes. */
 export const STAGE_TAG_FORMAT = 'osfarm-stage/1';
-
-/** Config lists that are sets by default: their order and duplicates never change the tree. */
-export const DEFAULT_SET_KEYS: readonly string[] = ['packages', 'groups', 'components'];
-
-/** Top-level config keys left out by default: they never change the tree. */
-export const NON_TREE_KEYS: readonly string[] = ['name', 'outputs', 'output', 'formats'];
-
-/** Keys that must never reach a tag (or stage.json): plain secrets. Give a crypt hash instead. */
-export const SECRET_KEYS: readonly string[] = ['rootPassword', 'password', 'plainPassword'];
 
 const TAG = /^[0-9a-f]{64}$/;
 
@@ -41,10 +32,12 @@ export interface StageTagInput {
   driverVersion: string;
   /** Where packages come from: mirror URLs, a dated snapshot mirror URL, a repo file digest; null if the stage fetches nothing. */
   source: unknown;
-  /** Dotted paths in `config` of lists that are sets (sorted, de-duplicated). Default DEFAULT_SET_KEYS. */
+  /** Dotted paths in `config` of lists that are sets (sorted, de-duplicated). Default none. */
   sets?: readonly string[];
-  /** Top-level config keys to leave out because they do not change the tree. Default NON_TREE_KEYS. */
+  /** Top-level config keys to leave out because they do not change the tree. Default none. */
   exclude?: readonly string[];
+  /** Keys that must never reach a tag (or stage.json) at any depth of config or source: plain secrets. Default none. */
+  secrets?: readonly string[];
 }
 
 /** The object that is hashed; stage.json keeps it as `inputs` so `verify` can recompute the tag. */
@@ -89,12 +82,12 @@ function invalid(message: string): OsfarmError {
   return new OsfarmError('OSFARM_INVALID_ARGUMENT', `stage tag input: ${message}`);
 }
 
-function findSecrets(value: unknown, path: string, out: string[]): void {
-  if (Array.isArray(value)) value.forEach((v, i) => findSecrets(v, `${path}[${i}]`, out));
+function findSecrets(value: unknown, path: string, keys: readonly string[], out: string[]): void {
+  if (Array.isArray(value)) value.forEach((v, i) => findSecrets(v, `${path}[${i}]`, keys, out));
   else if (value !== null && typeof value === 'object') {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-      if (SECRET_KEYS.includes(k) && v !== undefined && v !== null) out.push(`${path}.${k}`);
-      findSecrets(v, `${path}.${k}`, out);
+      if (keys.includes(k) && v !== undefined && v !== null) out.push(`${path}.${k}`);
+      findSecrets(v, `${path}.${k}`, keys, out);
     }
   }
 }
@@ -125,16 +118,16 @@ export function canonicalTagInput(input: StageTagInput): CanonicalTagInput {
   if (typeof driver !== 'string' || driver === '') throw invalid('driver must name the tool that populates the stage');
   if (typeof driverVersion !== 'string' || driverVersion === '') throw invalid('driverVersion must be given (a new driver version may make a different tree)');
   const secrets: string[] = [];
-  findSecrets(config, 'config', secrets);
-  findSecrets(source, 'source', secrets);
+  findSecrets(config, 'config', input.secrets ?? [], secrets);
+  findSecrets(source, 'source', input.secrets ?? [], secrets);
   if (secrets.length > 0) {
     throw invalid(`${secrets.join(', ')}: a plain password never enters a tag or stage.json; hash it first (crypt(3), e.g. rootPasswordHash)`);
   }
-  const exclude = input.exclude ?? NON_TREE_KEYS;
+  const exclude = input.exclude ?? [];
   // A deep copy through canonical JSON: checks every value and detaches from the caller's object.
   const copy = JSON.parse(canonicalJson(config, 'config')) as Record<string, unknown>;
   for (const k of exclude) delete copy[k];
-  for (const s of input.sets ?? DEFAULT_SET_KEYS) normaliseSet(copy, s);
+  for (const s of input.sets ?? []) normaliseSet(copy, s);
   const src = source === undefined ? null : (JSON.parse(canonicalJson(source, 'source')) as unknown);
   return { format: STAGE_TAG_FORMAT, parent: parentTag, driver, driverVersion, source: src, config: copy };
 }

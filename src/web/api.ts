@@ -9,21 +9,19 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
 import { compare } from '../blocks/index.js';
-import { type BuildSpec, canonicalSpec, specDigest, specFromObject, type SpecFormat } from '../build/index.js';
-import { parseText, sniffFormat } from '../build/formats.js';
-import { SpecError } from '../build/errors.js';
-import { ARCHITECTURES, type Architecture, DISTRIBUTIONS, type Distribution } from '../build/distros.js';
-import { OsfarmError } from '../errors.js';
+import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
+import { invalidArgument, OsfarmError } from '../base/errors.js';
 import { runBuildJob } from '../farm/build-job.js';
 import type { FarmClient } from '../farm/client.js';
-import { type BuildMeta, buildMeta, exportSpec, imagesOfRequest, repositoryParents } from '../images/index.js';
+import { exportSpec, imagesOfRequest, repositoryParents, requireBuildMeta } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
-import { StageStore } from '../stages/store.js';
-import { parseSize } from '../util/size.js';
-import { parseImageUrl, pull } from '../transfer/pull.js';
-import { push } from '../transfer/push.js';
+import { imageView } from '../app/images.js';
+import { gcStages, stageSummary } from '../app/stages.js';
+import { parseSize } from '../base/size.js';
+import { parseImageUrl, pull } from '../transfer/http/pull.js';
+import { push } from '../transfer/push/push.js';
 import { type Catalog, catalog } from './catalog.js';
-import { bad, field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
+import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, type JobSource, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
 
@@ -51,46 +49,6 @@ export interface RouteDoc {
 
 export type DocumentedRoute = Route & { doc: RouteDoc };
 
-/** An image as the API lists it: the repository entry plus what its build recorded. */
-export interface ImageView {
-  digest: string;
-  name: string | null;
-  format: string;
-  size: number;
-  blockCount: number;
-  added: string;
-  specDigest: string | null;
-  distribution: string | null;
-  release: string | null;
-  architecture: string | null;
-  packages: string[];
-}
-
-function view(e: ImageEntry): ImageView {
-  const meta = buildMeta(e);
-  const spec = meta?.spec;
-  return {
-    digest: e.digest,
-    name: e.name ?? null,
-    format: e.format,
-    size: e.size,
-    blockCount: e.blockCount,
-    added: e.added.toISOString(),
-    specDigest: meta?.specDigest ?? null,
-    distribution: spec?.distribution ?? null,
-    release: spec?.release ?? null,
-    architecture: spec?.architecture ?? null,
-    packages: spec?.packages ?? [],
-  };
-}
-
-/** An image's build metadata, or OSFARM_NOT_FOUND naming what is missing. */
-function builtMeta(e: ImageEntry, what: string): BuildMeta {
-  const meta = buildMeta(e);
-  if (!meta) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${e.name ?? e.digest.slice(0, 16)} has no ${what}: it was not built by osfarm build`);
-  return meta;
-}
-
 /**
  * A spec sent over the web: checked like any other, except that it may not read the
  * server's files (`files[].source`, a parent spec file). A parent names an image in the
@@ -101,23 +59,12 @@ function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
   let raw: unknown = body.spec;
   if (typeof text === 'string') {
     const format = optField(body, 'format') as SpecFormat | undefined;
-    if (format !== undefined && !['yaml', 'json', 'xml'].includes(format)) throw bad('format must be yaml, json or xml');
+    if (format !== undefined && !['yaml', 'json', 'xml'].includes(format)) throw invalidArgument('format must be yaml, json or xml');
     // Parsed only to an object here: validation below applies the web's limits first.
     raw = parseText(text, format ?? sniffFormat(text));
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
-  const issues: { path: string; message: string }[] = [];
-  const visit = (r: Record<string, unknown>, at: string) => {
-    if (Array.isArray(r.files)) {
-      r.files.forEach((f, i) => {
-        if (typeof f === 'object' && f !== null && 'source' in f) issues.push({ path: `${at}.files[${i}].source`, message: 'a spec sent over the web cannot copy files of the server: give `content` instead' });
-      });
-    }
-    if (typeof r.parent === 'string' && (r.parent.includes('/') || r.parent.startsWith('.'))) {
-      issues.push({ path: `${at}.parent`, message: 'over the web a parent is an image in the repository (name or digest), not a path' });
-    } else if (typeof r.parent === 'object' && r.parent !== null && !Array.isArray(r.parent)) visit(r.parent as Record<string, unknown>, `${at}.parent`);
-  };
-  visit(raw as Record<string, unknown>, 'spec');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidArgument('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
+  const issues = hostPathIssues(raw);
   if (issues.length > 0) throw new SpecError(issues);
   return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
 }
@@ -135,7 +82,7 @@ function sampler(emit: JobContext['emit']): (fields: Record<string, number>, for
 }
 
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
-  if (!(allowed as readonly string[]).includes(value)) throw bad(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
+  if (!(allowed as readonly string[]).includes(value)) throw invalidArgument(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
   return value as T;
 }
 
@@ -204,7 +151,7 @@ export class Api {
           const d = oneOf(query(url, 'distribution'), DISTRIBUTIONS, 'distribution') as Distribution;
           const a = oneOf(query(url, 'architecture'), ARCHITECTURES, 'architecture') as Architecture;
           const release = query(url, 'release');
-          if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw bad(`release ${JSON.stringify(release)} is not a release name`);
+          if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw invalidArgument(`release ${JSON.stringify(release)} is not a release name`);
           const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
           const known = (await this.catalog()).distributions.find((x) => x.name === d)?.releases.includes(release) ?? false;
           sendJson(res, 200, await this.packages.search(d, release, a, known, url.searchParams.get('q') ?? '', limit));
@@ -220,7 +167,7 @@ export class Api {
         handler: async ({ req, res }) => {
           const spec = webSpec(await readJson(req), this.o.repoPath);
           const digest = specDigest(spec);
-          const built = imagesOfRequest(this.repo(), digest).map(view);
+          const built = imagesOfRequest(this.repo(), digest).map(imageView);
           sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
         },
       },
@@ -287,7 +234,7 @@ export class Api {
         doc: { tag: 'images', summary: 'The repository: every image with size, format and what built it', response: { status: 200, description: '{ images: Image[], stats }' } },
         handler: ({ res }) => {
           const repo = this.repo();
-          sendJson(res, 200, { images: repo.list().map(view).reverse(), stats: repo.stats() });
+          sendJson(res, 200, { images: repo.list().map(imageView).reverse(), stats: repo.stats() });
         },
       },
       {
@@ -295,13 +242,13 @@ export class Api {
         doc: { tag: 'images', summary: 'One image (by name, digest or digest prefix) with its metadata', response: { status: 200, description: 'Image with meta' } },
         handler: ({ res, params }) => {
           const e = this.image(params.ref!);
-          sendJson(res, 200, { ...view(e), originalName: e.originalName ?? null, meta: e.meta ?? null });
+          sendJson(res, 200, { ...imageView(e), originalName: e.originalName ?? null, meta: e.meta ?? null });
         },
       },
       {
         method: 'GET', path: '/api/images/:ref/spec.json', read: true,
         doc: { tag: 'images', summary: 'The canonical spec the image was built from, as JSON', response: { status: 200, type: 'application/json', description: 'CanonicalSpec' } },
-        handler: ({ res, params }) => sendJson(res, 200, builtMeta(this.image(params.ref!), 'spec').spec),
+        handler: ({ res, params }) => sendJson(res, 200, requireBuildMeta(this.image(params.ref!), 'spec').spec),
       },
       {
         method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
@@ -312,7 +259,7 @@ export class Api {
         method: 'GET', path: '/api/images/:ref/log', read: true,
         doc: { tag: 'images', summary: "The image's build log (the end kept with the image)", response: { status: 200, type: 'text/plain', description: 'log text' } },
         handler: ({ res, params }) => {
-          const log = builtMeta(this.image(params.ref!), 'build log').buildLog;
+          const log = requireBuildMeta(this.image(params.ref!), 'build log').buildLog;
           if (!log) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no build log`);
           sendText(res, 200, log.tail, 'text/plain; charset=utf-8');
         },
@@ -331,16 +278,12 @@ export class Api {
       {
         method: 'DELETE', path: '/api/images/:ref',
         doc: { tag: 'images', summary: 'Remove an image (blocks other images share stay)', response: { status: 200, description: '{ removed: Image }' } },
-        handler: async ({ res, params }) => sendJson(res, 200, { removed: view(await this.repo().remove(params.ref!)) }),
+        handler: async ({ res, params }) => sendJson(res, 200, { removed: imageView(await this.repo().remove(params.ref!)) }),
       },
       {
         method: 'GET', path: '/api/stages', read: true,
         doc: { tag: 'stages', summary: 'The stage store: each stage with parent, sizes, hits and last use', response: { status: 200, description: '{ root, backend, totalOwnSize, stages }' } },
-        handler: async ({ res }) => {
-          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
-          const stages = store.list();
-          sendJson(res, 200, { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages });
-        },
+        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stagesPath)),
       },
       {
         method: 'POST', path: '/api/stages/gc',
@@ -348,12 +291,10 @@ export class Api {
         handler: async ({ req, res }) => {
           const body = await readJson(req);
           const max = body.maxSize;
-          if (typeof max !== 'string' && typeof max !== 'number') throw bad('maxSize is required: a size like 20G or 500M, or a number of bytes');
+          if (typeof max !== 'string' && typeof max !== 'number') throw invalidArgument('maxSize is required: a size like 20G or 500M, or a number of bytes');
           const maxSize = parseSize(max, 'maxSize');
-          if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw bad('dryRun must be true or false');
-          if (!existsSync(this.o.stagesPath)) return sendJson(res, 200, { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: body.dryRun === true });
-          const store = await StageStore.open({ root: this.o.stagesPath, create: false });
-          sendJson(res, 200, await store.gc({ maxSize, dryRun: body.dryRun === true }));
+          if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw invalidArgument('dryRun must be true or false');
+          sendJson(res, 200, await gcStages(this.o.stagesPath, { maxSize, dryRun: body.dryRun === true }));
         },
       },
       {
@@ -363,7 +304,7 @@ export class Api {
           const a = this.image(query(url, 'a'));
           const b = this.image(query(url, 'b'));
           const r = await compare(a.indexPath, b.indexPath);
-          sendJson(res, 200, { ...r, images: { a: view(a), b: view(b) } });
+          sendJson(res, 200, { ...r, images: { a: imageView(a), b: imageView(b) } });
         },
       },
       {
@@ -379,8 +320,8 @@ export class Api {
           const address = field(body, 'address');
           const token = optField(body, 'token');
           const name = optField(body, 'name');
-          if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw bad('insecure must be true or false');
-          if (!token && body.insecure !== true) throw bad('give the receiver\'s token, or insecure: true for a receiver without one');
+          if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw invalidArgument('insecure must be true or false');
+          if (!token && body.insecure !== true) throw invalidArgument('give the receiver\'s token, or insecure: true for a receiver without one');
           const info = await this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await push(entry.digest, address, {

@@ -7,10 +7,9 @@
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import { mkdirSync, openSync, readFileSync, statSync, writeSync, closeSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
-import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 
 /**
  * The session cookie's name: `osfarm_<12 hex digits of the token's sha256>`. Browsers keep
@@ -20,10 +19,7 @@ export function cookieName(token: string): string {
   return `osfarm_${createHash('sha256').update(`osfarm web cookie\0${token}`).digest('hex').slice(0, 12)}`;
 }
 
-/** Where the token lives unless told: $XDG_CONFIG_HOME/osfarm/web-token or ~/.config/osfarm/web-token (never inside a repository, which may be served or copied). */
-export function defaultTokenFile(env: NodeJS.ProcessEnv = process.env): string {
-  return join(env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'osfarm', 'web-token');
-}
+export { defaultTokenFile } from '../base/env.js';
 
 export interface LoadedToken {
   token: string;

@@ -5,10 +5,10 @@
  */
 import { access, readdir, readFile, readlink } from 'node:fs/promises';
 
-import { ARCHITECTURES, type Architecture, DEB_VARIANTS, DEBIAN_TASKS, DISTRIBUTIONS, type Distribution, familyOf, nativeArchitectures, QEMU_CPU, UBUNTU_GROUPS } from '../build/distros.js';
-import { selectDriver } from '../build/drivers/index.js';
-import { SpecError } from '../build/errors.js';
-import { specFromObject } from '../build/spec.js';
+import { ARCHITECTURES, type Architecture, DEB_VARIANTS, DEBIAN_TASKS, DISTRIBUTIONS, type Distribution, familyOf, nativeArchitectures, QEMU_CPU, UBUNTU_GROUPS } from '../spec/distros.js';
+import { selectDriver } from '../builder/drivers/index.js';
+import { SpecError } from '../spec/errors.js';
+import { specFromObject } from '../spec/spec.js';
 
 export interface DistributionInfo {
   name: Distribution;

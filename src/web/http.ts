@@ -1,8 +1,8 @@
 /** Small HTTP helpers for the web API: routing, JSON bodies and answers, errors with codes. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-import { SpecError } from '../build/errors.js';
-import { type ErrorCode, OsfarmError } from '../errors.js';
+import { SpecError } from '../spec/errors.js';
+import { type ErrorCode, errorJson, invalidArgument, toOsfarmError } from '../base/errors.js';
 
 export interface Request {
   req: IncomingMessage;
@@ -77,12 +77,11 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   OSFARM_MISMATCH: 409,
 };
 
-/** An error as the API reports it: `{ error: { code, message, issues? } }` with a fitting status. */
+/** An error as the API reports it: `{ error: { code, message, issues? } }` (the one error shape on the port) with a fitting status. */
 export function errorBody(err: unknown): { status: number; body: { error: { code: string; message: string; issues?: unknown } } } {
-  if (err instanceof SpecError) return { status: 422, body: { error: { code: err.code, message: err.message, issues: err.issues } } };
-  if (err instanceof OsfarmError) return { status: STATUS[err.code] ?? 500, body: { error: { code: err.code, message: err.message } } };
-  if (err instanceof RangeError || err instanceof TypeError) return { status: 400, body: { error: { code: 'OSFARM_INVALID_ARGUMENT', message: err.message } } };
-  return { status: 500, body: { error: { code: 'OSFARM_INTERNAL', message: (err as Error)?.message ?? String(err) } } };
+  const e = toOsfarmError(err);
+  const body = errorJson(e);
+  return { status: STATUS[e.code] ?? 500, body: e instanceof SpecError ? { error: { ...body.error, issues: e.issues } } : body };
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -105,45 +104,43 @@ export function sendText(res: ServerResponse, status: number, text: string, type
   res.end(text);
 }
 
-export const bad = (message: string) => new OsfarmError('OSFARM_INVALID_ARGUMENT', message);
-
 /** Reads a JSON object body (at most `limit` bytes). */
 export async function readJson(req: IncomingMessage, limit = 1 << 20): Promise<Record<string, unknown>> {
   const type = req.headers['content-type'] ?? '';
-  if (!type.startsWith('application/json')) throw bad('send the body as JSON (Content-Type: application/json)');
+  if (!type.startsWith('application/json')) throw invalidArgument('send the body as JSON (Content-Type: application/json)');
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > limit) throw bad(`the body is larger than ${limit} bytes`);
+    if (size > limit) throw invalidArgument(`the body is larger than ${limit} bytes`);
     chunks.push(chunk as Buffer);
   }
   let value: unknown;
   try {
     value = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch (err) {
-    throw bad(`the body is not valid JSON: ${(err as Error).message}`);
+    throw invalidArgument(`the body is not valid JSON: ${(err as Error).message}`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('the body must be a JSON object');
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalidArgument('the body must be a JSON object');
   return value as Record<string, unknown>;
 }
 
 /** A required string field of a body or query. */
 export function field(obj: Record<string, unknown>, name: string): string {
   const v = obj[name];
-  if (typeof v !== 'string' || v === '') throw bad(`${name} is required (a non-empty string)`);
+  if (typeof v !== 'string' || v === '') throw invalidArgument(`${name} is required (a non-empty string)`);
   return v;
 }
 
 export function optField(obj: Record<string, unknown>, name: string): string | undefined {
   const v = obj[name];
   if (v === undefined || v === null || v === '') return undefined;
-  if (typeof v !== 'string') throw bad(`${name} must be a string`);
+  if (typeof v !== 'string') throw invalidArgument(`${name} must be a string`);
   return v;
 }
 
 export function query(url: URL, name: string): string {
   const v = url.searchParams.get(name);
-  if (!v) throw bad(`query parameter ${name} is required`);
+  if (!v) throw invalidArgument(`query parameter ${name} is required`);
   return v;
 }

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import { OsfarmError } from '../errors.js';
+import { OsfarmError } from '../base/errors.js';
 import { type Emitted, isFinal, JobEmitter, type JobEvent, type JobInfo, type JobKind, jobError, type JobSource, type JobStore, newJobInfo } from '../farm/job-model.js';
 import { MemoryJobStore } from '../farm/memory-store.js';
 

@@ -6,16 +6,13 @@
  * into a private lists directory (no mirror is ever named here). Parsed indexes are cached
  * in memory until the files change.
  */
-import { execFile, spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
-import type { Architecture, Distribution } from '../build/distros.js';
-import { OsfarmError } from '../errors.js';
+import type { Architecture, Distribution } from '../spec/distros.js';
+import { OsfarmError } from '../base/errors.js';
+import { run, runChecked } from '../host/process.js';
 
-const run = promisify(execFile);
 const APT_HELPER = '/usr/lib/apt/apt-helper';
 
 export interface PackageInfo {
@@ -46,7 +43,7 @@ interface Target {
 
 /** Packages index files apt knows, with the options that point apt at a lists directory. */
 async function indexTargets(aptOptions: string[]): Promise<Target[]> {
-  const { stdout } = await run('apt-get', [...aptOptions, 'indextargets', '--format', '$(FILENAME)\t$(CODENAME)\t$(SUITE)\t$(ARCHITECTURE)\t$(REPO_URI)', 'Created-By: Packages'], { maxBuffer: 4 << 20 });
+  const stdout = await runChecked('listing apt\'s package indexes', 'apt-get', [...aptOptions, 'indextargets', '--format', '$(FILENAME)\t$(CODENAME)\t$(SUITE)\t$(ARCHITECTURE)\t$(REPO_URI)', 'Created-By: Packages']);
   return stdout
     .split('\n')
     .filter((l) => l.includes('\t'))
@@ -70,35 +67,28 @@ async function existing(targets: Target[]): Promise<Target[]> {
 
 /**
  * Reads one Packages file (apt-helper decompresses whatever apt stored) line by line, so the
- * event loop keeps serving requests while tens of thousands of stanzas go by. The first
- * stanza seen for a name wins.
+ * event loop keeps serving requests while tens of thousands of stanzas go by. A stanza
+ * starts with its Package field; the first stanza seen for a name wins.
  */
 async function readPackages(file: string, into: Map<string, PackageInfo>): Promise<void> {
-  const child = spawn(APT_HELPER, ['cat-file', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number>((res, rej) => {
-    child.once('error', rej);
-    child.once('close', (code) => res(code ?? -1));
-  });
-  let cur: PackageInfo = { name: '', version: '', section: '', installedSizeKiB: 0, description: '' };
+  let cur: PackageInfo | undefined;
   const flush = () => {
-    if (cur.name && !into.has(cur.name)) into.set(cur.name, cur);
-    cur = { name: '', version: '', section: '', installedSizeKiB: 0, description: '' };
+    if (cur?.name && !into.has(cur.name)) into.set(cur.name, cur);
+    cur = undefined;
   };
-  for await (const line of createInterface({ input: child.stdout, crlfDelay: Infinity })) {
-    if (line === '') {
-      flush();
-      continue;
-    }
-    if (line.startsWith(' ')) continue;
+  const onLine = (line: string) => {
+    if (line.startsWith(' ')) return;
     const colon = line.indexOf(': ');
-    if (colon <= 0) continue;
+    if (colon <= 0) return;
     const value = line.slice(colon + 2);
-    switch (line.slice(0, colon)) {
-      case 'Package':
-        cur.name = value;
-        break;
+    const key = line.slice(0, colon);
+    if (key === 'Package') {
+      flush();
+      cur = { name: value, version: '', section: '', installedSizeKiB: 0, description: '' };
+      return;
+    }
+    if (!cur) return;
+    switch (key) {
       case 'Version':
         cur.version = value;
         break;
@@ -112,10 +102,11 @@ async function readPackages(file: string, into: Map<string, PackageInfo>): Promi
         cur.description = value;
         break;
     }
-  }
+  };
+  let stderr = '';
+  const r = await run(APT_HELPER, ['cat-file', file], { onLine: (l, stream) => (stream === 'stderr' ? (stderr += `${l}\n`) : onLine(l)) });
   flush();
-  const code = await exited;
-  if (code !== 0) throw new OsfarmError('OSFARM_IO', `cannot read the package index ${file}: ${stderr.trim() || `apt-helper exited with ${code}`}`);
+  if (r.code !== 0) throw new OsfarmError('OSFARM_IO', `cannot read the package index ${file}: ${stderr.trim() || `apt-helper exited with ${r.code}`}`);
 }
 
 export class PackageSearch {
@@ -212,10 +203,9 @@ export class PackageSearch {
       '-o', 'Acquire::Languages=none',
     ];
     try {
-      await run('apt-get', [...options, '-q', 'update'], { timeout: 180_000, maxBuffer: 4 << 20 });
+      await runChecked('apt-get update', 'apt-get', [...options, '-q', 'update'], { signal: AbortSignal.timeout(180_000) });
     } catch (err) {
-      const e = err as { stderr?: string; message: string };
-      throw new OsfarmError('OSFARM_NOT_FOUND', `cannot fetch the package index of ${distribution} ${release} (${architecture}) through apt: ${(e.stderr || e.message).trim().split('\n').slice(-2).join(' ')}`);
+      throw new OsfarmError('OSFARM_NOT_FOUND', `cannot fetch the package index of ${distribution} ${release} (${architecture}) through apt: ${(err as Error).message}`);
     }
     const targets = await existing(matching(await indexTargets(options), release, architecture));
     if (targets.length === 0) throw new OsfarmError('OSFARM_NOT_FOUND', `apt found no package index for ${distribution} ${release} (${architecture}): is ${release} a release of ${distribution}?`);

@@ -5,8 +5,9 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { type HttpHandler, listenHttp } from '../transfer/http-server.js';
-import { createWebHandler, type WebHandler, type WebOptions } from './index.js';
+import { serve } from '../app/serve.js';
+import type { HttpHandler } from '../transfer/http/serve.js';
+import { createWebHandler, type WebHandler, type WebOptions } from './handler.js';
 
 export interface ServerOptions extends WebOptions {
   /** Default 127.0.0.1. */
@@ -27,17 +28,6 @@ export interface StartedServer {
 
 export async function startServer(options: ServerOptions): Promise<StartedServer> {
   const web = await createWebHandler(options);
-  const { server, address } = await listenHttp({ host: options.host ?? '127.0.0.1', port: options.port ?? 0, handlers: [...(options.before ?? []), web.handler] });
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return {
-    server,
-    web,
-    address,
-    url: `http://${host}:${address.port}`,
-    async close() {
-      await web.close();
-      server.closeAllConnections();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  const s = await serve({ host: options.host, port: options.port, handlers: [...(options.before ?? []), web.handler], onClose: () => web.close() });
+  return { server: s.server, web, address: s.address, url: s.url, close: s.close };
 }

@@ -15,9 +15,13 @@ pub enum Code {
     BadIndex,
     /// An input archive is malformed or hostile (e.g. `..` in a path).
     BadArchive,
-    /// A block or image did not match its digest.
+    /// Data did not match the digest it was given for: a block or image digest from a
+    /// source (a push's sender, a pull's server, a file given to assemble) is wrong, or
+    /// an image `verify` checks does not match its index. A transfer that fails with it
+    /// is the other side's fault, and keeps nothing for resumption.
     DigestMismatch,
-    /// The repository is missing, damaged, or of another format.
+    /// The repository is missing, damaged, or of another format; also a block of a
+    /// repository image (or of a partial assembly) found damaged on disk while assembling.
     BadRepository,
     /// No image in the repository matches the given reference.
     NotFound,
@@ -29,6 +33,13 @@ pub enum Code {
     Aborted,
     /// Another process holds the repository lock.
     Locked,
+}
+
+/// The code as a string: what a binding sets as the JS error's `code`.
+impl AsRef<str> for Code {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
 }
 
 impl Code {

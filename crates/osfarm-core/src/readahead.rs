@@ -67,7 +67,8 @@ fn read(file: &File, len: u64, consumed: &AtomicU64, stop: &AtomicBool) {
             continue;
         }
         let n = (len - offset).min(READ_BYTES as u64);
-        if !(is_cached(file, offset) && is_cached(file, offset + n - 1)) && !sink.load(file, offset, n as usize) {
+        let cached = is_cached(file, offset) && is_cached(file, offset + n - 1);
+        if !(cached || sink.load(file, offset, n as usize)) {
             break;
         }
         offset += n;

@@ -3,15 +3,15 @@
 use std::path::PathBuf;
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
 use napi_derive::napi;
 use osfarm_core::compare::{self, Comparison};
 use osfarm_core::indexer::{self, IndexOptions};
 use osfarm_core::progress::Silent;
 use osfarm_core::{HashAlg, Index};
 
-use crate::js_err;
-use crate::progress::{JsProgress, ProgressCallback};
+use crate::progress::ProgressCallback;
+use crate::task::{job, Run};
+use crate::{js_err, Result};
 
 /// A summary of an index, as JS sees it.
 #[napi(object)]
@@ -101,28 +101,6 @@ fn index_and_save(
     Ok(info(&index, output.map(|p| p.to_string_lossy().into_owned())))
 }
 
-pub struct IndexTask {
-    path: String,
-    opts: IndexOptions,
-    output: Option<PathBuf>,
-    progress: JsProgress,
-}
-
-impl Task for IndexTask {
-    type Output = IndexInfo;
-    type JsValue = IndexInfo;
-
-    fn compute(&mut self) -> Result<IndexInfo> {
-        let r = index_and_save(&self.path, self.opts, self.output.take(), &self.progress).map_err(js_err);
-        self.progress.finish();
-        r
-    }
-
-    fn resolve(&mut self, _env: Env, output: IndexInfo) -> Result<IndexInfo> {
-        Ok(output)
-    }
-}
-
 /// Hashes every block of an image off the JS thread; writes the index if `output` is set.
 #[napi(ts_return_type = "Promise<IndexInfo>")]
 pub fn index_image(
@@ -130,10 +108,9 @@ pub fn index_image(
     options: Option<IndexImageOptions>,
     #[napi(ts_arg_type = "((event: ProgressEvent) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
     signal: Option<AbortSignal>,
-) -> Result<AsyncTask<IndexTask>> {
+) -> Result<AsyncTask<Run<IndexInfo, IndexInfo>>> {
     let (opts, output) = parse_options(&options)?;
-    let progress = JsProgress::new(on_progress, signal.as_ref());
-    Ok(AsyncTask::with_optional_signal(IndexTask { path, opts, output, progress }, signal))
+    Ok(job(on_progress, signal, move |p| index_and_save(&path, opts, output, p)))
 }
 
 /// The synchronous twin of `indexImage`.
@@ -197,24 +174,6 @@ fn compare_paths(
     })
 }
 
-pub struct CompareTask {
-    a: String,
-    b: String,
-    opts: IndexOptions,
-    progress: JsProgress,
-}
-
-impl Task for CompareTask {
-    type Output = CompareResult;
-    type JsValue = CompareResult;
-    fn compute(&mut self) -> Result<CompareResult> {
-        compare_paths(&self.a, &self.b, self.opts, &self.progress).map_err(js_err)
-    }
-    fn resolve(&mut self, _env: Env, output: CompareResult) -> Result<CompareResult> {
-        Ok(output)
-    }
-}
-
 /// Compares two images or indexes: how many of each one's non-zero blocks the other holds.
 #[napi(ts_return_type = "Promise<CompareResult>")]
 pub fn compare(
@@ -223,10 +182,9 @@ pub fn compare(
     options: Option<IndexImageOptions>,
     #[napi(ts_arg_type = "((event: ProgressEvent) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
     signal: Option<AbortSignal>,
-) -> Result<AsyncTask<CompareTask>> {
+) -> Result<AsyncTask<Run<CompareResult, CompareResult>>> {
     let (opts, _) = parse_options(&options)?;
-    let progress = JsProgress::new(on_progress, signal.as_ref());
-    Ok(AsyncTask::with_optional_signal(CompareTask { a, b, opts, progress }, signal))
+    Ok(job(on_progress, signal, move |p| compare_paths(&a, &b, opts, p)))
 }
 
 /// The synchronous twin of `compare`.

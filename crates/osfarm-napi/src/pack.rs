@@ -3,13 +3,13 @@
 use std::path::Path;
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
 use napi_derive::napi;
 use osfarm_core::pack::{self as core_pack, PackStats};
 use osfarm_core::progress::Silent;
 
-use crate::js_err;
-use crate::progress::{JsProgress, ProgressCallback};
+use crate::progress::ProgressCallback;
+use crate::task::{job, Run};
+use crate::{js_err, Result};
 
 #[napi(object)]
 pub struct PackOptions {
@@ -70,30 +70,6 @@ fn parse_options(opts: &Option<PackOptions>) -> Result<core_pack::PackOptions> {
     Ok(o)
 }
 
-pub struct PackTask {
-    input: String,
-    output: String,
-    opts: core_pack::PackOptions,
-    progress: JsProgress,
-}
-
-impl Task for PackTask {
-    type Output = PackResult;
-    type JsValue = PackResult;
-
-    fn compute(&mut self) -> Result<PackResult> {
-        let r = core_pack::pack(Path::new(&self.input), Path::new(&self.output), &self.opts, &self.progress)
-            .map(result)
-            .map_err(js_err);
-        self.progress.finish();
-        r
-    }
-
-    fn resolve(&mut self, _env: Env, output: PackResult) -> Result<PackResult> {
-        Ok(output)
-    }
-}
-
 /// Packs a directory, tar or tar.gz into a block-aligned tar at `output`, off the JS
 /// thread. The output is written atomically: on error or abort nothing is left.
 #[napi(ts_return_type = "Promise<PackResult>")]
@@ -103,10 +79,9 @@ pub fn pack(
     options: Option<PackOptions>,
     #[napi(ts_arg_type = "((event: ProgressEvent) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
     signal: Option<AbortSignal>,
-) -> Result<AsyncTask<PackTask>> {
+) -> Result<AsyncTask<Run<PackResult, PackResult>>> {
     let opts = parse_options(&options)?;
-    let progress = JsProgress::new(on_progress, signal.as_ref());
-    Ok(AsyncTask::with_optional_signal(PackTask { input, output, opts, progress }, signal))
+    Ok(job(on_progress, signal, move |p| core_pack::pack(Path::new(&input), Path::new(&output), &opts, p).map(result)))
 }
 
 /// The synchronous twin of `pack`.

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
 use napi_derive::napi;
 use osfarm_core::progress::{Progress, Silent};
 use osfarm_core::repo::{self, AddOptions, AssemblyOptions, InitOptions, Repository};
 use osfarm_core::{HashAlg, Index};
 
-use crate::js_err;
-use crate::progress::{JsProgress, ProgressCallback};
+use crate::progress::ProgressCallback;
+use crate::task::{job, Run};
+use crate::{js_err, Result};
 
 // ----- plain data crossing into JS -----
 
@@ -50,7 +50,7 @@ pub struct RepoImage {
     pub index_path: String,
 }
 
-fn image(e: repo::ImageEntry) -> RepoImage {
+pub(crate) fn image(e: repo::ImageEntry) -> RepoImage {
     RepoImage {
         digest: e.digest,
         name: e.name,
@@ -77,7 +77,7 @@ pub struct RepoAddOptions {
     pub original_name: Option<String>,
 }
 
-fn add_options(o: Option<RepoAddOptions>) -> AddOptions {
+pub(crate) fn add_options(o: Option<RepoAddOptions>) -> AddOptions {
     o.map_or_else(AddOptions::default, |o| AddOptions {
         name: o.name,
         meta_json: o.meta_json,
@@ -155,7 +155,7 @@ fn plan_result(p: repo::Plan) -> RepoPlan {
     }
 }
 
-fn runs(r: &[repo::Run]) -> Vec<RepoRun> {
+pub(crate) fn runs(r: &[repo::Run]) -> Vec<RepoRun> {
     r.iter().map(|r| RepoRun { first: r.first as f64, count: r.count as f64 }).collect()
 }
 
@@ -198,56 +198,21 @@ pub struct RepoFillReport {
     pub bytes: f64,
 }
 
-// ----- off-thread work -----
-
-type Work<T> = Box<dyn FnOnce(&dyn Progress) -> osfarm_core::Result<T> + Send>;
-
-/// Any repository operation run on the libuv pool with progress and cancellation.
-pub struct Job<T: Send + 'static> {
-    work: Option<Work<T>>,
-    progress: JsProgress,
-}
-
-impl<T: ToNapiValue + TypeName + Send + 'static> Task for Job<T> {
-    type Output = T;
-    type JsValue = T;
-
-    fn compute(&mut self) -> Result<T> {
-        let work = self.work.take().ok_or_else(|| Error::from_reason("task already ran"))?;
-        let r = work(&self.progress).map_err(js_err);
-        self.progress.finish();
-        r
-    }
-
-    fn resolve(&mut self, _env: Env, output: T) -> Result<T> {
-        Ok(output)
-    }
-}
-
-fn job<T: ToNapiValue + TypeName + Send + 'static>(
-    on_progress: Option<ProgressCallback>,
-    signal: Option<AbortSignal>,
-    work: impl FnOnce(&dyn Progress) -> osfarm_core::Result<T> + Send + 'static,
-) -> AsyncTask<Job<T>> {
-    let progress = JsProgress::new(on_progress, signal.as_ref());
-    AsyncTask::with_optional_signal(Job { work: Some(Box::new(work)), progress }, signal)
-}
-
 /// An index given as an `.osfi` path, an image path (indexed with the repository's
 /// parameters), or the bytes of an index.
-enum IndexSource {
+pub(crate) enum IndexSource {
     Path(String),
     Bytes(Vec<u8>),
 }
 
 impl IndexSource {
-    fn from_js(v: Either<String, Buffer>) -> IndexSource {
+    pub(crate) fn from_js(v: Either<String, Buffer>) -> IndexSource {
         match v {
             Either::A(p) => IndexSource::Path(p),
             Either::B(b) => IndexSource::Bytes(b.to_vec()),
         }
     }
-    fn load(&self, repo: &Repository, progress: &dyn Progress) -> osfarm_core::Result<Index> {
+    pub(crate) fn load(&self, repo: &Repository, progress: &dyn Progress) -> osfarm_core::Result<Index> {
         match self {
             IndexSource::Path(p) => crate::blocks::load_or_index(p, repo.index_options(), progress),
             IndexSource::Bytes(b) => Index::parse(b),
@@ -260,7 +225,7 @@ impl IndexSource {
 /// A repository handle (see `Repository` in src/repo for the documented API).
 #[napi]
 pub struct RepositoryHandle {
-    repo: Repository,
+    pub(crate) repo: Repository,
 }
 
 #[napi]
@@ -362,7 +327,7 @@ impl RepositoryHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoImage>> {
+    ) -> AsyncTask<Run<RepoImage, RepoImage>> {
         let repo = self.repo.clone();
         let opts = add_options(options);
         job(on_progress, signal, move |p| repo.add(Path::new(&path), &opts, p).map(image))
@@ -375,7 +340,7 @@ impl RepositoryHandle {
     }
 
     #[napi(ts_return_type = "Promise<RepoImage>")]
-    pub fn remove(&self, reference: String) -> AsyncTask<Job<RepoImage>> {
+    pub fn remove(&self, reference: String) -> AsyncTask<Run<RepoImage, RepoImage>> {
         let repo = self.repo.clone();
         job(None, None, move |_| repo.remove(&reference).map(image))
     }
@@ -396,7 +361,7 @@ impl RepositoryHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoPlan>> {
+    ) -> AsyncTask<Run<RepoPlan, RepoPlan>> {
         let repo = self.repo.clone();
         let src = IndexSource::from_js(index);
         job(on_progress, signal, move |p| repo.plan(&src.load(&repo, p)?).map(plan_result))
@@ -425,7 +390,7 @@ impl RepositoryHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoImage>> {
+    ) -> AsyncTask<Run<RepoImage, RepoImage>> {
         let repo = self.repo.clone();
         let src = IndexSource::from_js(index);
         let opts = add_options(options);
@@ -456,7 +421,7 @@ impl RepositoryHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoImage>> {
+    ) -> AsyncTask<Run<RepoImage, RepoImage>> {
         let repo = self.repo.clone();
         job(on_progress, signal, move |p| repo.verify(&reference, p).map(image))
     }
@@ -475,7 +440,7 @@ impl RepositoryHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> AsyncTask<Job<RepoRebuildReport>> {
+    ) -> AsyncTask<Run<RepoRebuildReport, RepoRebuildReport>> {
         let repo = self.repo.clone();
         job(on_progress, signal, move |p| repo.rebuild_table(p).map(rebuild_report))
     }
@@ -578,7 +543,7 @@ impl AssemblerHandle {
             ProgressCallback,
         >,
         signal: Option<AbortSignal>,
-    ) -> Result<AsyncTask<Job<RepoFillReport>>> {
+    ) -> Result<AsyncTask<Run<RepoFillReport, RepoFillReport>>> {
         let asm = self.get()?;
         Ok(job(on_progress, signal, move |p| {
             asm.fill_from_repository(p).map(|r| RepoFillReport { blocks: r.blocks as f64, bytes: r.bytes as f64 })
@@ -618,7 +583,7 @@ impl AssemblerHandle {
 
     /// Checks that every block is present and publishes the image.
     #[napi(ts_return_type = "Promise<RepoImage>")]
-    pub fn finish(&self, options: Option<RepoAddOptions>) -> Result<AsyncTask<Job<RepoImage>>> {
+    pub fn finish(&self, options: Option<RepoAddOptions>) -> Result<AsyncTask<Run<RepoImage, RepoImage>>> {
         let asm = self.get()?;
         let opts = add_options(options);
         Ok(job(None, None, move |_| asm.finish(&opts).map(image)))

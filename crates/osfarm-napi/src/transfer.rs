@@ -1,57 +1,27 @@
 //! Content-based transfer: the sender's streaming source (digests from a background
-//! hashing thread, runs of blocks read and compressed on request) and the receiver's
-//! assemblies (streamed digests for a push, a whole index for a pull). The network is
-//! in TypeScript (src/transfer); every byte-heavy step runs here, off the JS thread.
+//! hashing thread, runs of blocks read and compressed on request) and the receiving side
+//! of a push (streamed digests; a pull uses the repository's `AssemblerHandle`). The
+//! network is in TypeScript (src/transfer); every byte-heavy step runs here, off the JS
+//! thread.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
+use napi::Env;
 use napi_derive::napi;
 use osfarm_core::repo::stream::{StreamAssembler, StreamOptions, StreamStats};
-use osfarm_core::repo::{self, AddOptions, AssemblyOptions, Repository};
+use osfarm_core::repo::{self, AddOptions, Repository};
 use osfarm_core::transfer::codec::{self, Encoding, StreamDecoder, StreamEncoder};
 use osfarm_core::transfer::groups::Grouper;
 use osfarm_core::transfer::source::{ImageSource, SourceOptions};
 use osfarm_core::{HashAlg, Index};
 
-use crate::js_err;
-
-// ----- a closure run on the libuv pool -----
-
-type Work<T> = Box<dyn FnOnce() -> osfarm_core::Result<T> + Send>;
-type Finish<T, J> = fn(Env, T) -> Result<J>;
-
-pub struct Run<T: Send + 'static, J> {
-    work: Option<Work<T>>,
-    finish: Finish<T, J>,
-}
-
-impl<T: Send + 'static, J: ToNapiValue + TypeName> Task for Run<T, J> {
-    type Output = T;
-    type JsValue = J;
-
-    fn compute(&mut self) -> Result<T> {
-        let work = self.work.take().ok_or_else(|| Error::from_reason("task already ran"))?;
-        work().map_err(js_err)
-    }
-
-    fn resolve(&mut self, env: Env, output: T) -> Result<J> {
-        (self.finish)(env, output)
-    }
-}
-
-fn run<T: Send + 'static, J: ToNapiValue + TypeName>(
-    signal: Option<AbortSignal>,
-    finish: Finish<T, J>,
-    work: impl FnOnce() -> osfarm_core::Result<T> + Send + 'static,
-) -> AsyncTask<Run<T, J>> {
-    AsyncTask::with_optional_signal(Run { work: Some(Box::new(work)), finish }, signal)
-}
+use crate::task::{run, Run};
+use crate::{js_err, Result};
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
@@ -79,6 +49,11 @@ pub struct ImageSourceOptions {
     /// is then expected to match it; the receiver verifies every block anyway).
     pub index: Option<String>,
 }
+
+/// A window of digests off the hashing thread: first block, count, digests.
+type Window = (u64, u32, Vec<u8>);
+/// A run read for sending: encoding, bytes, length before encoding.
+type ReadRun = (Encoding, Vec<u8>, usize);
 
 /// A window of block digests, as produced.
 #[napi(object)]
@@ -156,8 +131,8 @@ impl ImageSourceHandle {
         self.src.alg().name().into()
     }
     /// True if the digests come from an index (no hashing).
-    #[napi(getter)]
-    pub fn from_index(&self) -> bool {
+    #[napi(getter, js_name = "fromIndex")]
+    pub fn is_from_index(&self) -> bool {
         self.src.from_index()
     }
 
@@ -169,10 +144,7 @@ impl ImageSourceHandle {
 
     /// The next window of digests, or null after the last one.
     #[napi(ts_return_type = "Promise<DigestWindow | null>")]
-    pub fn next(
-        &self,
-        signal: Option<AbortSignal>,
-    ) -> AsyncTask<Run<Option<(u64, u32, Vec<u8>)>, Option<DigestWindow>>> {
+    pub fn next(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<Option<Window>, Option<DigestWindow>>> {
         let src = self.src.clone();
         run(
             signal,
@@ -186,12 +158,7 @@ impl ImageSourceHandle {
 
     /// Reads `count` blocks from `first`, zstd-compressed when `compress` and it pays.
     #[napi(ts_return_type = "Promise<BlockRun>")]
-    pub fn read_run(
-        &self,
-        first: f64,
-        count: u32,
-        compress: bool,
-    ) -> AsyncTask<Run<(Encoding, Vec<u8>, usize), BlockRun>> {
+    pub fn read_run(&self, first: f64, count: u32, compress: bool) -> AsyncTask<Run<ReadRun, BlockRun>> {
         let src = self.src.clone();
         run(None, block_run, move || src.read_run(first as u64, count as u64, compress))
     }
@@ -273,7 +240,7 @@ impl BlockStreamEncoder {
     }
 }
 
-fn block_run(_: Env, r: (Encoding, Vec<u8>, usize)) -> Result<BlockRun> {
+fn block_run(_: Env, r: ReadRun) -> napi::Result<BlockRun> {
     Ok(BlockRun { encoding: r.0 as u32, data: r.1.into(), raw_length: r.2 as u32 })
 }
 
@@ -563,112 +530,4 @@ fn put_run(
     let raw_len = run_len(asm, first, count, bs)?;
     let raw = codec::decode(enc, data, raw_len as usize)?;
     asm.put_blocks(first, &raw)
-}
-
-// ----- the receiving side of a pull -----
-
-#[napi(object)]
-pub struct PullAssemblyOptions {
-    /// Refuse an index that does not name this image (hex).
-    pub expected_digest: Option<String>,
-}
-
-/// The receiving side of a pull: the whole index is known, local blocks are copied by
-/// `fill()` while the missing runs are fetched and `put()` (verified, off the JS thread).
-/// Resumable: an interrupted pull of the same image continues where it stopped.
-#[napi]
-pub struct PullAssembly {
-    asm: Arc<repo::Assembler>,
-}
-
-fn begin_pull(repo_path: &str, index: &[u8], expected: Option<String>) -> osfarm_core::Result<repo::Assembler> {
-    let repo = Repository::open(Path::new(repo_path))?;
-    let index = Index::parse(index)?;
-    repo.begin_assembly(index, AssemblyOptions { resumable: true, expected_digest: expected })
-}
-
-#[napi]
-impl PullAssembly {
-    /// Starts (or resumes, re-verifying what an earlier attempt wrote) a pull.
-    #[napi(ts_return_type = "Promise<PullAssembly>")]
-    pub fn begin(
-        repo_path: String,
-        index: Buffer,
-        options: Option<PullAssemblyOptions>,
-    ) -> AsyncTask<Run<repo::Assembler, PullAssembly>> {
-        let index = index.to_vec();
-        let expected = options.and_then(|o| o.expected_digest);
-        run(None, |_, asm| Ok(PullAssembly { asm: Arc::new(asm) }), move || begin_pull(&repo_path, &index, expected))
-    }
-
-    #[napi(getter)]
-    pub fn digest(&self) -> String {
-        self.asm.digest_hex().into()
-    }
-    #[napi(getter)]
-    pub fn block_count(&self) -> f64 {
-        self.asm.block_count() as f64
-    }
-    #[napi(getter)]
-    pub fn block_size(&self) -> u32 {
-        self.asm.index().block_size()
-    }
-    #[napi(getter)]
-    pub fn image_size(&self) -> f64 {
-        self.asm.index().image_len() as f64
-    }
-    #[napi(getter)]
-    pub fn have_blocks(&self) -> f64 {
-        self.asm.have_blocks() as f64
-    }
-    #[napi(getter)]
-    pub fn already_present(&self) -> bool {
-        self.asm.is_complete_image()
-    }
-
-    /// Copies every block the repository holds (verified). Returns the blocks copied.
-    #[napi(ts_return_type = "Promise<number>")]
-    pub fn fill(&self, signal: Option<AbortSignal>) -> AsyncTask<Run<u64, f64>> {
-        let asm = self.asm.clone();
-        run(
-            signal,
-            |_, n| Ok(n as f64),
-            move || asm.fill_from_repository(&osfarm_core::progress::Silent).map(|r| r.blocks),
-        )
-    }
-
-    /// The runs still missing (repeats of a block come with their first occurrence).
-    /// Call after `fill()`.
-    #[napi]
-    pub fn missing(&self) -> Vec<TransferRun> {
-        self.asm.missing().iter().map(|r| TransferRun { first: r.first as f64, count: r.count as f64 }).collect()
-    }
-
-    /// Verifies and writes consecutive blocks from `first`; returns how many were new.
-    #[napi(ts_return_type = "Promise<number>")]
-    pub fn put(&self, first: f64, data: Buffer) -> AsyncTask<Run<u64, f64>> {
-        let asm = self.asm.clone();
-        let data = data.to_vec();
-        run(None, |_, n| Ok(n as f64), move || asm.put_blocks(first as u64, &data))
-    }
-
-    /// Makes the resumable state durable now.
-    #[napi]
-    pub fn flush(&self) -> Result<()> {
-        self.asm.flush().map_err(js_err)
-    }
-
-    /// Checks that every block is present and publishes the image atomically.
-    #[napi(ts_return_type = "Promise<TransferredImage>")]
-    pub fn finish(&self, options: Option<TransferImageOptions>) -> AsyncTask<Run<repo::ImageEntry, TransferredImage>> {
-        let asm = self.asm.clone();
-        let opts = add_options(options);
-        run(None, |_, e| Ok(transferred(e)), move || asm.finish(&opts))
-    }
-
-    /// Discards the partial image.
-    #[napi]
-    pub fn abort(&self) {
-        self.asm.abort();
-    }
 }

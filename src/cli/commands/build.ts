@@ -1,12 +1,23 @@
-/** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/build/. */
+/** `osfarm build`: a spec file and/or genfs-style flags in, images out. The logic lives in src/spec/ and src/builder/. */
 import { readFileSync } from 'node:fs';
 
-import { build, type BuildEvent, type BuildOptions, type BuildResult, type BuildSpec, setOnChain, canonicalSpec, type CanonicalSpec, loadSpec, parseTarget, specDigest, specFromObject } from '../../build/index.js';
-import { SpecError } from '../../build/errors.js';
+import { invalidArgument } from '../../base/errors.js';
+import { mirrorsFromEnv } from '../../base/env.js';
+import { build, type BuildEvent, type BuildOptions, type BuildResult } from '../../builder/index.js';
+import { type BuildSpec, canonicalSpec, type CanonicalSpec, loadSpec, outputFormatOfPath, parseTarget, setOnChain, SPEC_FIELDS, SpecError, specDigest, specFromObject } from '../../spec/index.js';
 import { repositoryParents } from '../../images/index.js';
-import { backendByName } from '../../stages/cow/index.js';
-import { type Command, flag, type ParsedArgs, str, strs } from '../command.js';
+import { cowMethod } from '../../stages/cow/index.js';
+import { type Command, flag, type OptionSpec, type ParsedArgs, str, strs } from '../command.js';
 import { bytes, table } from '../format.js';
+
+/** The options of the spec fields that have a flag (spec/fields.ts). */
+function specFlags(): OptionSpec {
+  const out: OptionSpec = {};
+  for (const { flag: f } of SPEC_FIELDS) {
+    if (f) out[f.name] = { type: 'string', ...(f.short ? { short: f.short } : {}), ...(f.list ? { multiple: true } : {}) };
+  }
+  return out;
+}
 
 type Result = BuildResult | { check: true; specDigest: string; spec: CanonicalSpec };
 
@@ -18,7 +29,7 @@ function listOf(args: ParsedArgs, name: string): string[] {
 function readPassword(args: ParsedArgs): string | undefined {
   const file = str(args, 'root-password-file');
   const plain = str(args, 'root-password');
-  if (file !== undefined && plain !== undefined) throw new RangeError('give --root-password or --root-password-file, not both');
+  if (file !== undefined && plain !== undefined) throw invalidArgument('give --root-password or --root-password-file, not both');
   if (file !== undefined) {
     const text = readFileSync(file === '-' ? 0 : file, 'utf8');
     return text.replace(/\r?\n$/, '');
@@ -33,7 +44,7 @@ function readPassword(args: ParsedArgs): string | undefined {
 /** The spec as a plain object: the spec file (if any) with the flags on top. */
 function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unknown>; baseDir?: string } {
   const [file, extra] = args.positionals;
-  if (extra !== undefined) throw new RangeError(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
+  if (extra !== undefined) throw invalidArgument(`build takes one spec file (got ${args.positionals.length} arguments; list groups and packages with commas: -g Base,Core)`);
   let raw: Record<string, unknown> = {};
   let baseDir: string | undefined;
   if (file !== undefined) {
@@ -45,38 +56,24 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
   }
   const target = str(args, 'target');
   if (target !== undefined) Object.assign(raw, parseTarget(target));
-  const scalars: Array<[string, string]> = [
-    ['distribution', 'distribution'],
-    ['release', 'release'],
-    ['arch', 'architecture'],
-    ['name', 'name'],
-    ['hostname', 'hostname'],
-    ['locale', 'locale'],
-    ['timezone', 'timezone'],
-    ['backend', 'backend'],
-  ];
-  for (const [opt, field] of scalars) {
-    const v = str(args, opt);
-    if (v !== undefined) raw[field] = v;
+  // The spec fields with a flag of their own (spec/fields.ts): a scalar is set, a list added to or replaced.
+  for (const { name, flag: f } of SPEC_FIELDS) {
+    if (!f) continue;
+    if (!f.list) {
+      const v = str(args, f.name);
+      if (v !== undefined) raw[name] = v;
+      continue;
+    }
+    const values = f.commas ? listOf(args, f.name) : strs(args, f.name);
+    if (values.length > 0) raw[name] = f.list === 'append' ? [...((raw[name] as string[] | undefined) ?? []), ...values] : values;
   }
-  const sde = str(args, 'source-date-epoch');
-  if (sde !== undefined) raw.sourceDateEpoch = sde;
-  const groups = listOf(args, 'group');
-  if (groups.length > 0) raw.groups = [...((raw.groups as string[] | undefined) ?? []), ...groups];
-  const packages = listOf(args, 'package');
-  if (packages.length > 0) raw.packages = [...((raw.packages as string[] | undefined) ?? []), ...packages];
-  const formats = listOf(args, 'format');
-  if (formats.length > 0) raw.outputs = formats;
-  const mirrors = strs(args, 'mirror');
-  if (mirrors.length > 0) raw.mirrors = mirrors;
-  else if (raw.mirrors === undefined || (raw.mirrors as unknown[]).length === 0) {
-    if (process.env.OSFARM_MIRROR) raw.mirrors = process.env.OSFARM_MIRROR.split(/\s*,\s*|\s+(?=\w+:\/\/)/).filter(Boolean);
+  if (raw.mirrors === undefined || (raw.mirrors as unknown[]).length === 0) {
+    const fromEnv = mirrorsFromEnv();
+    if (fromEnv.length > 0) raw.mirrors = fromEnv;
   }
-  const commands = strs(args, 'run');
-  if (commands.length > 0) raw.commands = [...((raw.commands as string[] | undefined) ?? []), ...commands];
   const files = strs(args, 'file').map((f, i) => {
     const at = f.lastIndexOf(':');
-    if (at <= 0) throw new RangeError(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
+    if (at <= 0) throw invalidArgument(`--file ${JSON.stringify(f)} (the ${i + 1}. one): write SOURCE:DESTINATION, e.g. ./motd:/etc/motd`);
     return { source: f.slice(0, at), destination: f.slice(at + 1) };
   });
   if (files.length > 0) raw.files = [...((raw.files as unknown[] | undefined) ?? []), ...files];
@@ -106,26 +103,13 @@ const command: Command<Result> = {
     'build ... [--stages DIR] [--cow auto|btrfs|overlayfs|reflink|copy] [--stages-max-size N] [--rebuild]   (stages: docs/stages.md)',
   ].join('\n'),
   options: {
+    ...specFlags(),
     target: { type: 'string', short: 't' },
     'work-dir': { type: 'string', short: 'd' },
     output: { type: 'string', short: 'o' },
-    group: { type: 'string', short: 'g', multiple: true },
-    package: { type: 'string', short: 'p', multiple: true },
     'root-password': { type: 'string', short: 'w' },
     'root-password-file': { type: 'string' },
-    distribution: { type: 'string' },
-    release: { type: 'string' },
-    arch: { type: 'string', short: 'a' },
-    name: { type: 'string' },
-    hostname: { type: 'string' },
-    locale: { type: 'string' },
-    timezone: { type: 'string' },
-    format: { type: 'string', short: 'f', multiple: true },
-    mirror: { type: 'string', multiple: true },
     file: { type: 'string', multiple: true },
-    run: { type: 'string', multiple: true },
-    backend: { type: 'string' },
-    'source-date-epoch': { type: 'string' },
     'no-gpg-check': { type: 'boolean' },
     'no-repo': { type: 'boolean' },
     'keep-tree': { type: 'boolean' },
@@ -142,12 +126,11 @@ const command: Command<Result> = {
     const output = str(args, 'output');
     // `-o image.tar.gz` with no --format and no outputs in the spec file: the ending picks the format.
     if (output !== undefined && raw.outputs === undefined) {
-      const { outputFormatOfPath } = await import('../../build/distros.js');
       const f = outputFormatOfPath(output);
       if (f) raw.outputs = [f];
     }
     const cow = str(args, 'cow');
-    if (cow !== undefined && cow !== 'auto') backendByName(cow);
+    if (cow !== undefined && cow !== 'auto') cowMethod(cow);
     const spec = specFromObject(raw, { baseDir });
     if (flag(args, 'check')) return { check: true, specDigest: specDigest(spec), spec: canonicalSpec(spec) };
 

@@ -1,6 +1,7 @@
+import { invalidArgument } from '../../base/errors.js';
 import { compare, type CompareResult, type HashName } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { count, percent, table } from '../format.js';
 
 const command: Command<CompareResult & { aPath: string; bPath: string }> = {
@@ -13,7 +14,7 @@ const command: Command<CompareResult & { aPath: string; bPath: string }> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [a, b, extra] = args.positionals;
-    if (!a || !b || extra) throw new RangeError('compare takes two images or indexes');
+    if (!a || !b || extra) throw invalidArgument('compare takes two images or indexes');
     const bar = ctx.progress('hash');
     const bs = str(args, 'block-size');
     try {

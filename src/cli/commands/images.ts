@@ -1,7 +1,8 @@
 /** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
 import { writeFileSync } from 'node:fs';
 
-import { loadSpec } from '../../build/spec.js';
+import { invalidArgument } from '../../base/errors.js';
+import { loadSpec } from '../../spec/spec.js';
 import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';
@@ -9,7 +10,7 @@ import { bytes, table } from '../format.js';
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
 function oneArg(positionals: string[], what: string): string {
-  if (positionals.length !== 1) throw new RangeError(`give one ${what} (got ${positionals.length})`);
+  if (positionals.length !== 1) throw invalidArgument(`give one ${what} (got ${positionals.length})`);
   return positionals[0]!;
 }
 

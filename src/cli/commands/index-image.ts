@@ -1,6 +1,7 @@
+import { invalidArgument } from '../../base/errors.js';
 import { indexImage, type HashName, type IndexInfo } from '../../blocks/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<IndexInfo> = {
@@ -14,7 +15,7 @@ const command: Command<IndexInfo> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [image, extra] = args.positionals;
-    if (!image || extra) throw new RangeError('index takes exactly one image');
+    if (!image || extra) throw invalidArgument('index takes exactly one image');
     const bar = ctx.progress('index');
     const bs = str(args, 'block-size');
     try {

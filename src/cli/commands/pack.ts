@@ -1,6 +1,7 @@
+import { invalidArgument } from '../../base/errors.js';
 import { pack, type PackResult } from '../../pack/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count } from '../format.js';
 
 const command: Command<PackResult & { output: string }> = {
@@ -15,11 +16,11 @@ const command: Command<PackResult & { output: string }> = {
   async run(args, ctx) {
     const [input, extra] = args.positionals;
     const output = str(args, 'output');
-    if (!input || extra) throw new RangeError('pack takes exactly one input: a directory, a tar or a tar.gz');
-    if (!output) throw new RangeError('pack needs -o <image.tar>');
+    if (!input || extra) throw invalidArgument('pack takes exactly one input: a directory, a tar or a tar.gz');
+    if (!output) throw invalidArgument('pack needs -o <image.tar>');
     const bs = str(args, 'block-size');
     const epoch = str(args, 'source-date-epoch');
-    if (epoch !== undefined && !/^\d+$/.test(epoch)) throw new RangeError(`--source-date-epoch: '${epoch}' is not a number of seconds`);
+    if (epoch !== undefined && !/^\d+$/.test(epoch)) throw invalidArgument(`--source-date-epoch: '${epoch}' is not a number of seconds`);
     const bar = ctx.progress('pack');
     try {
       const r = await pack(input, output, {

@@ -1,3 +1,4 @@
+import { invalidArgument } from '../../base/errors.js';
 import { type Plan, Repository } from '../../repo/index.js';
 import { type Command, flag } from '../command.js';
 import { bytes, count, percent } from '../format.js';
@@ -14,7 +15,7 @@ const command: Command<Plan & { runs: number }> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [input, extra] = args.positionals;
-    if (!input || extra) throw new RangeError('plan takes one image or .osfi index');
+    if (!input || extra) throw invalidArgument('plan takes one image or .osfi index');
     const repo = Repository.open(ctx.repoPath);
     const bar = ctx.progress('plan');
     try {

@@ -1,6 +1,7 @@
-import { pull, type PullResult } from '../../transfer/pull.js';
+import { invalidArgument } from '../../base/errors.js';
+import { pull, type PullResult } from '../../transfer/http/pull.js';
 import { type Command, str, throttled, wholeNumber } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
 const command: Command<PullResult> = {
@@ -15,7 +16,7 @@ const command: Command<PullResult> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [url, extra] = args.positionals;
-    if (!url || extra) throw new RangeError('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
+    if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
     const maxRequest = str(args, 'max-request');
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';

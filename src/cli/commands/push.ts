@@ -1,5 +1,6 @@
-import { push, type PushResult } from '../../transfer/push.js';
-import { resolveToken } from '../../transfer/auth.js';
+import { invalidArgument } from '../../base/errors.js';
+import { push, type PushResult } from '../../transfer/push/push.js';
+import { resolveToken } from '../../transfer/push/auth.js';
 import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 
@@ -16,7 +17,7 @@ const command: Command<PushResult> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [image, address, extra] = args.positionals;
-    if (!image || !address || extra) throw new RangeError('push takes an image and a host:port');
+    if (!image || !address || extra) throw invalidArgument('push takes an image and a host:port');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const bar = ctx.progress('push');
     const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));

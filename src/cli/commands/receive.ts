@@ -1,6 +1,7 @@
-import { Receiver, type TransferReport } from '../../transfer/receive.js';
-import { resolveToken } from '../../transfer/auth.js';
-import { parseAddress } from '../../transfer/util.js';
+import { invalidArgument } from '../../base/errors.js';
+import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
+import { resolveToken } from '../../transfer/push/auth.js';
+import { parseAddress } from '../../transfer/address.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 
@@ -29,7 +30,7 @@ const command: Command<{ transfers: number; failed: number }> = {
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
-    if (!listen) throw new RangeError('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
+    if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const idle = wholeNumber(args, 'idle-timeout', 1);

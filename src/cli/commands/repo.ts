@@ -1,8 +1,8 @@
 import type { HashName } from '../../blocks/index.js';
-import { OsfarmError } from '../../errors.js';
+import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
-import { parseSize } from '../../util/size.js';
+import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
 
 /** An image entry as printed: dates as ISO strings. */
@@ -24,7 +24,7 @@ const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [dir, extra] = args.positionals;
-    if (extra) throw new RangeError('repo init takes at most one directory');
+    if (extra) throw invalidArgument('repo init takes at most one directory');
     const bs = str(args, 'block-size');
     const repo = Repository.init(dir ?? ctx.repoPath, {
       hash: str(args, 'hash') as HashName | undefined,
@@ -43,16 +43,16 @@ const add: Command<ShownEntry[]> = {
   allowPositionals: true,
   async run(args, ctx) {
     const images = args.positionals;
-    if (images.length === 0) throw new RangeError('repo add takes one or more image files');
+    if (images.length === 0) throw invalidArgument('repo add takes one or more image files');
     const name = str(args, 'name');
-    if (name !== undefined && images.length > 1) throw new RangeError('--name names one image: add them one at a time');
+    if (name !== undefined && images.length > 1) throw invalidArgument('--name names one image: add them one at a time');
     const metaText = str(args, 'meta');
     let meta: unknown;
     if (metaText !== undefined) {
       try {
         meta = JSON.parse(metaText);
       } catch {
-        throw new RangeError(`--meta: not JSON: ${metaText}`);
+        throw invalidArgument(`--meta: not JSON: ${metaText}`);
       }
     }
     const repo = Repository.open(ctx.repoPath);
@@ -96,7 +96,7 @@ const rm: Command<ShownEntry[]> = {
   usage: 'repo rm <name|digest>...',
   allowPositionals: true,
   async run(args, ctx) {
-    if (args.positionals.length === 0) throw new RangeError('repo rm takes one or more image names or digests');
+    if (args.positionals.length === 0) throw invalidArgument('repo rm takes one or more image names or digests');
     const repo = Repository.open(ctx.repoPath);
     const out = [];
     for (const ref of args.positionals) out.push(shown(await repo.remove(ref)));
@@ -112,7 +112,7 @@ const show: Command<ShownEntry> = {
   allowPositionals: true,
   async run(args, ctx) {
     const [ref, extra] = args.positionals;
-    if (!ref || extra) throw new RangeError('repo show takes one image name or digest');
+    if (!ref || extra) throw invalidArgument('repo show takes one image name or digest');
     return shown(Repository.open(ctx.repoPath).resolve(ref));
   },
   render: (e) =>

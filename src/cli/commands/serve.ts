@@ -1,7 +1,9 @@
-import { createPullHandler, listenHttp, type PullServeStats } from '../../transfer/http-server.js';
-import { parseAddress } from '../../transfer/util.js';
+import { invalidArgument } from '../../base/errors.js';
+import { serve } from '../../app/serve.js';
 import { FarmClient } from '../../farm/client.js';
 import type { SchedulingMode } from '../../farm/scheduler.js';
+import { createPullHandler, type PullServeStats } from '../../transfer/http/serve.js';
+import { parseAddress } from '../../transfer/address.js';
 import { Repository } from '../../repo/index.js';
 import { createWebHandler, defaultTokenFile } from '../../web/index.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
@@ -21,15 +23,15 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
   },
   async run(args, ctx) {
     const listen = str(args, 'listen');
-    if (!listen) throw new RangeError('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
+    if (!listen) throw invalidArgument('serve needs --listen <host:port> (e.g. 0.0.0.0:8080)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
     const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
     const queue = str(args, 'queue');
     const schedule = str(args, 'schedule') ?? 'cache-aware';
-    if (schedule !== 'cache-aware' && schedule !== 'plain') throw new RangeError(`--schedule ${schedule}: cache-aware or plain`);
-    if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms'))) throw new RangeError('--schedule and --affinity-wait-ms are for a farm: give --queue redis://host:port too');
+    if (schedule !== 'cache-aware' && schedule !== 'plain') throw invalidArgument(`--schedule ${schedule}: cache-aware or plain`);
+    if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms'))) throw invalidArgument('--schedule and --affinity-wait-ms are for a farm: give --queue redis://host:port too');
     const farm = queue
       ? await FarmClient.open({ url: queue, repoPath: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0) })
       : undefined;
@@ -38,17 +40,15 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
       // Shown this once; afterwards it is only in the file.
       process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
     }
-    const { server, address } = await listenHttp({ host, port, handlers: [pullHandler, web.handler] });
-    const where = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-    ctx.info(`serving ${ctx.repoPath} on ${where} (pull ${where}/images/<digest or name>; GUI ${where}/, API ${where}/api/docs)${farm ? `; builds go to the farm on ${queue} (${farm.scheduling.mode})` : ''}`);
+    const serving = await serve({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
+    const { url, address } = serving;
+    ctx.info(`serving ${ctx.repoPath} on ${url} (pull ${url}/images/<digest or name>; GUI ${url}/, API ${url}/api/docs)${farm ? `; builds go to the farm on ${queue} (${farm.scheduling.mode})` : ''}`);
     ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath, ...(farm ? { queue, schedule: farm.scheduling } : {}) });
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener('abort', () => resolve(), { once: true });
     });
-    await web.close();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await serving.close();
     const { active: _active, ...stats } = pullHandler.stats;
     return stats;
   },

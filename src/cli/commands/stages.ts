@@ -1,10 +1,12 @@
 /** `osfarm stages …`: the stage cache (list, garbage-collect, verify, remove, backends). */
 import { existsSync } from 'node:fs';
 
-import { OsfarmError } from '../../errors.js';
-import { probeBackends, type BackendReport } from '../../stages/cow/index.js';
-import { type GcResult, type StageInfo, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
-import { parseSize } from '../../util/size.js';
+import { stagesMaxSize } from '../../base/env.js';
+import { invalidArgument, OsfarmError } from '../../base/errors.js';
+import { probeCowMethods, type CowMethodReport } from '../../stages/cow/index.js';
+import { gcStages, stageSummary, type StageSummary } from '../../app/stages.js';
+import { type GcResult, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
+import { parseSize } from '../../base/size.js';
 import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
 import { bytes, table } from '../format.js';
 
@@ -25,22 +27,13 @@ function openStore(args: ParsedArgs, ctx: CommandContext): Promise<StageStore> {
 const short = (tag: string | null) => (tag ? tag.slice(0, 12) : '-');
 const when = (iso: string) => (iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-');
 
-interface LsResult {
-  root: string;
-  backend: string | null;
-  totalOwnSize: number;
-  stages: StageInfo[];
-}
-
-const ls: Command<LsResult> = {
+const ls: Command<StageSummary> = {
   name: 'ls',
   summary: 'list cached stages: tag, parent, size, last use, hits',
   usage: `stages ls ${STORE_USAGE}`,
   options: STORE_OPTIONS,
   async run(args, ctx) {
-    const store = await openStore(args, ctx);
-    const stages = store.list().sort((a, b) => b.lastUsed.localeCompare(a.lastUsed));
-    return { root: store.root, backend: existsSync(store.root) ? store.recordedBackend() : null, totalOwnSize: stages.reduce((n, s) => n + s.ownSize, 0), stages };
+    return stageSummary(root(args, ctx));
   },
   render(r) {
     if (r.stages.length === 0) return `no stages in ${r.root}`;
@@ -67,12 +60,10 @@ const gc: Command<GcResult> = {
   usage: `stages gc --max-size N [--dry-run] ${STORE_USAGE}\n(N like 20G or 500M; default $OSFARM_STAGES_MAX)`,
   options: { ...STORE_OPTIONS, 'max-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
   async run(args, ctx) {
-    const max = str(args, 'max-size') ?? process.env.OSFARM_STAGES_MAX;
-    if (max === undefined) throw new RangeError('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
+    const max = str(args, 'max-size') ?? stagesMaxSize();
+    if (max === undefined) throw invalidArgument('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
     const maxSize = parseSize(max, '--max-size');
-    const store = await openStore(args, ctx);
-    if (!existsSync(store.root)) return { maxSize, before: 0, after: 0, removed: [], inUse: [], dryRun: flag(args, 'dry-run'), swept: { temps: 0, checkouts: 0, views: 0, leases: 0 } };
-    return store.gc({ maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
+    return gcStages(root(args, ctx), { maxSize, dryRun: flag(args, 'dry-run'), signal: ctx.signal });
   },
   render(r) {
     const lines = r.removed.map((s) => `${r.dryRun ? 'would remove' : 'removed'} ${short(s.tag)}  ${bytes(s.ownSize)}  last used ${when(s.lastUsed)}${s.label ? `  ${s.label}` : ''}`);
@@ -110,7 +101,7 @@ const rm: Command<{ removed: string[] }> = {
   options: { ...STORE_OPTIONS, recursive: { type: 'boolean', short: 'r' } },
   allowPositionals: true,
   async run(args, ctx) {
-    if (args.positionals.length === 0) throw new RangeError('stages rm takes one or more stage tags (or unique prefixes)');
+    if (args.positionals.length === 0) throw invalidArgument('stages rm takes one or more stage tags (or unique prefixes)');
     const store = await openStore(args, ctx);
     if (!existsSync(store.root)) throw new OsfarmError('OSFARM_NOT_FOUND', `no stage store in ${store.root}`);
     const removed: string[] = [];
@@ -122,14 +113,14 @@ const rm: Command<{ removed: string[] }> = {
   },
 };
 
-const backends: Command<{ root: string; recorded: string | null; backends: BackendReport[] }> = {
+const backends: Command<{ root: string; recorded: string | null; backends: CowMethodReport[] }> = {
   name: 'backends',
   summary: 'which copy-on-write backends work for the store here, and why not',
   usage: `stages backends ${STORE_USAGE}`,
   options: STORE_OPTIONS,
   async run(args, ctx) {
     const store = await StageStore.open({ root: root(args, ctx) });
-    return { root: store.root, recorded: store.recordedBackend(), backends: await probeBackends(store.root) };
+    return { root: store.root, recorded: store.recordedCowMethod(), backends: await probeCowMethods(store.root) };
   },
   render(r) {
     const first = r.backends.find((b) => b.available)?.name;

@@ -1,9 +1,10 @@
 import { resolve } from 'node:path';
 
-import { defaultWorkDir } from '../../build/builder.js';
+import { defaultWorkDir } from '../../base/env.js';
+import { invalidArgument } from '../../base/errors.js';
 import { FarmWorker, type WorkerSummary } from '../../farm/worker.js';
-import { resolveToken } from '../../transfer/auth.js';
-import { parseAddress } from '../../transfer/util.js';
+import { resolveToken } from '../../transfer/push/auth.js';
+import { parseAddress } from '../../transfer/address.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
 
 const command: Command<WorkerSummary> = {
@@ -26,10 +27,10 @@ const command: Command<WorkerSummary> = {
   async run(args, ctx) {
     const queue = str(args, 'queue');
     const pushTo = str(args, 'push-to');
-    if (!queue || !pushTo) throw new RangeError('worker needs --queue redis://host:port (the farm\'s Redis) and --push-to host:port (the central repository\'s osfarm receive)');
+    if (!queue || !pushTo) throw invalidArgument('worker needs --queue redis://host:port (the farm\'s Redis) and --push-to host:port (the central repository\'s osfarm receive)');
     parseAddress(pushTo);
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    if (!token && !flag(args, 'insecure')) throw new RangeError('give the receiver\'s token (--token, --token-file or $OSFARM_TOKEN), or --insecure for a receiver without one');
+    if (!token && !flag(args, 'insecure')) throw invalidArgument('give the receiver\'s token (--token, --token-file or $OSFARM_TOKEN), or --insecure for a receiver without one');
     const workDir = resolve(str(args, 'work-dir') ?? defaultWorkDir());
     const worker = new FarmWorker({
       url: queue,

@@ -7,22 +7,25 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../../errors.js';
-import { fsType, isSubvolume, ownerToken, randomSuffix, tool, toolChecked } from '../sys.js';
-import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import { OsfarmError } from '../../base/errors.js';
+import { fsType, isSubvolume } from '../../host/fs.js';
+import { run, runChecked } from '../../host/process.js';
+import { ownerToken, randomSuffix } from '../../host/procs.js';
+import { STAGE_ERRORS } from '../errors.js';
+import type { CowMethod, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 async function snapshotOrCreate(source: string | null, tree: string): Promise<void> {
   if (source === null) {
-    await toolChecked('creating a btrfs subvolume', 'btrfs', ['subvolume', 'create', tree]);
+    await runChecked('creating a btrfs subvolume', 'btrfs', ['subvolume', 'create', tree], STAGE_ERRORS);
     return;
   }
   if (!isSubvolume(source)) {
     throw new OsfarmError('OSFARM_STAGE', `${source} is not a btrfs subvolume: the parent stage was not made by the btrfs backend`);
   }
-  await toolChecked('taking a btrfs snapshot', 'btrfs', ['subvolume', 'snapshot', source, tree]);
+  await runChecked('taking a btrfs snapshot', 'btrfs', ['subvolume', 'snapshot', source, tree], STAGE_ERRORS);
 }
 
-export const btrfs: CowBackend = {
+export const btrfs: CowMethod = {
   name: 'btrfs',
   layered: false,
   sharesData: true,
@@ -30,16 +33,16 @@ export const btrfs: CowBackend = {
   async probe(root: string): Promise<ProbeResult> {
     const type = fsType(root);
     if (type !== 'btrfs') return { available: false, detail: `needs the store on a btrfs file system; ${root} is on ${type}` };
-    const version = await tool('btrfs', ['--version']).catch(() => null);
+    const version = await run('btrfs', ['--version'], { capture: true }).catch(() => null);
     if (!version || version.code !== 0) return { available: false, detail: 'needs btrfs-progs (the btrfs command)' };
     const dir = join(root, `.probe-${ownerToken()}-${randomSuffix()}`);
     mkdirSync(dir);
     try {
-      const made = await tool('btrfs', ['subvolume', 'create', join(dir, 's')]);
+      const made = await run('btrfs', ['subvolume', 'create', join(dir, 's')], { capture: true });
       if (made.code !== 0) return { available: false, detail: `cannot create a btrfs subvolume in ${root}: ${made.stderr.trim()}` };
-      const snap = await tool('btrfs', ['subvolume', 'snapshot', join(dir, 's'), join(dir, 't')]);
-      await tool('btrfs', ['subvolume', 'delete', join(dir, 't')]);
-      await tool('btrfs', ['subvolume', 'delete', join(dir, 's')]);
+      const snap = await run('btrfs', ['subvolume', 'snapshot', join(dir, 's'), join(dir, 't')], { capture: true });
+      await run('btrfs', ['subvolume', 'delete', join(dir, 't')]);
+      await run('btrfs', ['subvolume', 'delete', join(dir, 's')]);
       if (snap.code !== 0) return { available: false, detail: `cannot snapshot a btrfs subvolume in ${root}: ${snap.stderr.trim()}` };
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -53,7 +56,7 @@ export const btrfs: CowBackend = {
     return {
       dir: tree,
       seal: async () => {
-        await toolChecked('making the stage read-only', 'btrfs', ['property', 'set', '-ts', tree, 'ro', 'true']);
+        await runChecked('making the stage read-only', 'btrfs', ['property', 'set', '-ts', tree, 'ro', 'true'], STAGE_ERRORS);
       },
       discard: async () => {},
     };

@@ -7,13 +7,16 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { fsType, ownerToken, randomSuffix, tool, toolChecked } from '../sys.js';
-import type { CowBackend, CowName, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import { fsType } from '../../host/fs.js';
+import { run, runChecked } from '../../host/process.js';
+import { ownerToken, randomSuffix } from '../../host/procs.js';
+import { STAGE_ERRORS } from '../errors.js';
+import type { CowMethod, CowName, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
-function copyBackend(name: CowName, reflink: 'always' | 'never'): CowBackend {
+function copyBackend(name: CowName, reflink: 'always' | 'never'): CowMethod {
   const copyTree = async (source: string | null, tree: string) => {
     if (source === null) mkdirSync(tree, { mode: 0o755 });
-    else await toolChecked(reflink === 'always' ? 'reflink-copying the parent stage' : 'copying the parent stage', 'cp', ['-a', `--reflink=${reflink}`, '--no-target-directory', source, tree]);
+    else await runChecked(reflink === 'always' ? 'reflink-copying the parent stage' : 'copying the parent stage', 'cp', ['-a', `--reflink=${reflink}`, '--no-target-directory', source, tree], STAGE_ERRORS);
   };
   return {
     name,
@@ -27,7 +30,7 @@ function copyBackend(name: CowName, reflink: 'always' | 'never'): CowBackend {
       mkdirSync(dir);
       try {
         writeFileSync(join(dir, 'a'), 'osfarm reflink probe\n');
-        const r = await tool('cp', ['--reflink=always', join(dir, 'a'), join(dir, 'b')]);
+        const r = await run('cp', ['--reflink=always', join(dir, 'a'), join(dir, 'b')]);
         if (r.code !== 0) {
           return {
             available: false,

@@ -3,27 +3,22 @@
  * the thin-pool target exist, osfarm still says the backend is not implemented rather
  * than pretending; here (no device-mapper in the kernel) it says exactly what is missing.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 
-import { OsfarmError } from '../../errors.js';
-import { tool } from '../sys.js';
-import type { CowBackend, ProbeResult, View, Workspace } from './types.js';
+import { OsfarmError } from '../../base/errors.js';
+import { run } from '../../host/process.js';
+import { miscDevices } from '../../host/procs.js';
+import type { CowMethod, ProbeResult, View, Workspace } from './types.js';
 
 async function probeLvm(): Promise<ProbeResult> {
   const need = 'LVM thin snapshots need device-mapper with the thin-pool target and an LVM thin pool';
-  let misc = '';
-  try {
-    misc = readFileSync('/proc/misc', 'utf8');
-  } catch {
-    /* no /proc/misc */
-  }
-  if (!/\bdevice-mapper\b/.test(misc) || !existsSync('/dev/mapper/control')) {
+  if (!miscDevices().includes('device-mapper') || !existsSync('/dev/mapper/control')) {
     return {
       available: false,
       detail: `unavailable here: this kernel has no device-mapper (${!existsSync('/dev/mapper/control') ? 'no /dev/mapper/control' : 'no device-mapper in /proc/misc: dm-mod is not loaded, or this container cannot reach it'}); ${need}`,
     };
   }
-  const targets = await tool('dmsetup', ['targets']).catch(() => null);
+  const targets = await run('dmsetup', ['targets'], { capture: true }).catch(() => null);
   if (!targets || targets.code !== 0) {
     const why = targets ? (targets.stderr.split('\n').find((l) => /fail/i.test(l)) ?? targets.stderr.split('\n')[0] ?? '').trim() : 'dmsetup (package dmsetup) is not installed';
     return { available: false, detail: `unavailable here: device-mapper does not answer (dmsetup targets: ${why}); ${need}` };
@@ -42,7 +37,7 @@ async function refuse(): Promise<never> {
   throw new OsfarmError('OSFARM_STAGE', `the lvm-thin backend cannot be used: ${p.detail}`);
 }
 
-export const lvmThin: CowBackend = {
+export const lvmThin: CowMethod = {
   name: 'lvm-thin',
   layered: false,
   sharesData: true,

@@ -15,9 +15,13 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../../errors.js';
-import { fsType, ownerToken, randomSuffix, toolChecked, unmount, unmountUnder } from '../sys.js';
-import type { CowBackend, ProbeResult, StageTrees, View, Workspace } from './types.js';
+import { OsfarmError } from '../../base/errors.js';
+import { fsType } from '../../host/fs.js';
+import { unmountBelow } from '../../host/mounts.js';
+import { runChecked } from '../../host/process.js';
+import { ownerToken, randomSuffix } from '../../host/procs.js';
+import { STAGE_ERRORS } from '../errors.js';
+import type { CowMethod, ProbeResult, StageTrees, View, Workspace } from './types.js';
 
 const OPTIONS = 'redirect_dir=off,index=off,metacopy=off,xino=off';
 
@@ -37,7 +41,7 @@ function mountData(lowers: string[], upper?: string, work?: string): string {
 }
 
 async function mountOverlay(lowers: string[], at: string, upper?: string, work?: string): Promise<void> {
-  await toolChecked('mounting the overlay', 'mount', ['-t', 'overlay', 'overlay', '-o', mountData(lowers, upper, work), at]);
+  await runChecked('mounting the overlay', 'mount', ['-t', 'overlay', 'overlay', '-o', mountData(lowers, upper, work), at], STAGE_ERRORS);
 }
 
 /** A writable overlay on `lowers` in `dir`: `dir/tree` (upper), `dir/work`, mounted at `dir/merged`. */
@@ -50,7 +54,12 @@ async function writableOverlay(lowers: string[], dir: string): Promise<{ tree: s
   return { tree, work, merged };
 }
 
-export const overlayfs: CowBackend = {
+/** Unmounts `dir` and everything below it; a stage error if something stays mounted. */
+const unmounter = (dir: string) => async (): Promise<void> => {
+  await unmountBelow(dir, STAGE_ERRORS);
+};
+
+export const overlayfs: CowMethod = {
   name: 'overlayfs',
   layered: true,
   sharesData: true,
@@ -80,7 +89,7 @@ export const overlayfs: CowBackend = {
         detail: `cannot use overlayfs in ${root} (needs root or CAP_SYS_ADMIN, the overlay module, and an upper file system with trusted xattrs and d_type): ${msg}`,
       };
     } finally {
-      if (mounted) await unmountUnder(join(dir, 'merged')).catch(() => {});
+      if (mounted) await unmountBelow(join(dir, 'merged')).catch(() => {});
       await rm(dir, { recursive: true, force: true }).catch(() => {});
     }
   },
@@ -96,12 +105,12 @@ export const overlayfs: CowBackend = {
     return {
       dir: merged,
       seal: async () => {
-        await unmountUnder(merged);
+        await unmountBelow(merged, STAGE_ERRORS);
         await rm(work, { recursive: true, force: true });
         await rm(merged, { recursive: true, force: true });
       },
       discard: async () => {
-        await unmountUnder(merged);
+        await unmountBelow(merged, STAGE_ERRORS);
       },
     };
   },
@@ -111,11 +120,11 @@ export const overlayfs: CowBackend = {
     // A read-only overlay needs no upper layer (and at least two lower ones).
     mkdirSync(at, { recursive: true });
     await mountOverlay(stage.layers, at);
-    return { dir: at, close: () => unmount(at) };
+    return { dir: at, close: unmounter(at) };
   },
 
   async checkout(stage: StageTrees, dir: string): Promise<Workspace> {
     const { merged } = await writableOverlay(stage.layers, dir);
-    return { dir: merged, seal: async () => {}, discard: () => unmountUnder(merged) };
+    return { dir: merged, seal: async () => {}, discard: unmounter(merged) };
   },
 };

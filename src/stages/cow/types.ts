@@ -36,7 +36,7 @@ export interface View {
   close(): Promise<void>;
 }
 
-export interface CowBackend {
+export interface CowMethod {
   readonly name: CowName;
   /** True when a stage's tree holds only its changes over the parent (overlayfs upper layers). */
   readonly layered: boolean;

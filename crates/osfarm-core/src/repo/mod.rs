@@ -9,10 +9,11 @@
 //! <repo>/catalog.osfc           the list of images + the record of the current table (commit point)
 //! <repo>/table-<gen>.osft       the block hash table the catalog names
 //! <repo>/images/<digest>/       image, index.osfi, meta.json
-//! <repo>/tmp/                   work in progress: <kind>-….d/ directories, <digest>.partial/.have
+//! <repo>/tmp/                   work in progress: <kind>-….d/ directories, <digest>.partial/.have, push-….partial/.got
 //! ```
 
 pub mod assemble;
+mod assembly;
 pub mod catalog;
 pub mod checksum;
 mod copy;

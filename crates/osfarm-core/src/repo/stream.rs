@@ -1,16 +1,15 @@
-//! Assembly of an image whose digests arrive as a stream (a push): the receiving half
-//! of content-based transfer.
+//! Assembling an image whose digests arrive as a stream (a push): the receiving half of
+//! content-based transfer, and the front end of the assembly engine (`assembly`) that
+//! learns the image window by window while the sender is still hashing.
 //!
-//! Unlike `Assembler`, which starts from a complete index, a `StreamAssembler` learns the
-//! image's block digests window by window while the sender is still hashing. For each
-//! window, `offer` looks every digest up in the repository's hash table: blocks the
-//! repository holds are queued for a background copier (which verifies each against its
-//! digest while copying), blocks already received by an earlier, interrupted attempt are
+//! For each window, `offer` looks every digest up in the repository's hash table: blocks
+//! the repository holds are queued for a background copier (the engine verifies each
+//! against its digest while copying), blocks an earlier, interrupted attempt left are
 //! kept, and the rest come back as coalesced runs for the caller to request from the
 //! sender. `put_blocks` verifies each received block against the digest the sender
 //! announced before writing it. `finish` checks the announced image digest against the
 //! digests received (so every block is bound to the image's name), waits for the copier,
-//! and publishes atomically through `Repository::publish_new_image`.
+//! and publishes atomically.
 //!
 //! Resume: with a resume key (chosen by the sender, e.g. from the file's identity), the
 //! data goes to `tmp/push-<key hash>.partial` and a record `tmp/push-<key hash>.got`
@@ -20,39 +19,25 @@
 //! image. Both files are locked by the live assembly and never visible as an image.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
-
-use super::catalog::CatalogEntry;
-use super::lock::{FileLock, LockKind};
+use super::assembly::{self, Assembly, CopyJob, Geometry, Settled, Sources, Target};
+use super::lock::LockKind;
 use super::plan::Run;
-use super::{AddOptions, Holders, ImageEntry, Repository, State, Workspace, IMAGE_FILE};
+use super::{AddOptions, Holders, ImageEntry, Repository, State};
 use crate::bail;
 use crate::digest_set::{prefix64, PrefixHasher};
 use crate::error::{Code, Error, Result};
-use crate::fsutil;
-use crate::hash::{self, HashAlg, MAX_DIGEST_LEN};
-use crate::index::{block_count_for, Index};
+use crate::hash::{HashAlg, MAX_DIGEST_LEN};
+use crate::index::Index;
+use crate::progress::Silent;
 use crate::transfer::groups::{GroupLookup, GroupTable};
 
-const GOT_MAGIC: [u8; 8] = *b"\x89OSFG\r\n\x1a";
-const GOT_VERSION: u32 = 1;
-const GOT_HEADER_LEN: u64 = 64;
-/// Largest read or write of the copier.
-const IO_CHUNK: u64 = 1 << 20;
 /// Bytes the copier takes per batch (its jobs run in parallel).
 const COPY_BATCH: u64 = 8 << 20;
-/// Written bytes after which writeback is started, so `finish`'s fsync is short.
-const WRITEBACK_KICK: u64 = 32 << 20;
 
 /// What the sender announces before its digests.
 #[derive(Clone, Debug, Default)]
@@ -105,31 +90,17 @@ impl Hash for Key {
     }
 }
 
-struct CopyJob {
-    slot: u32,
-    src_block: u64,
-    dst_block: u64,
-    count: u64,
-    /// The digests the copied blocks must have.
-    digests: Vec<u8>,
-}
-
 enum CopyMsg {
     Jobs(Vec<CopyJob>),
     Barrier(SyncSender<()>),
 }
 
+/// What the sender has told so far, and where its blocks come from.
 struct Inner {
     digests: Vec<u8>,
     offered: u64,
-    have: Vec<u64>,
-    /// Digests of blocks verified in the partial file of an earlier attempt (zero: none).
-    resumed: Vec<u8>,
-    /// Blocks an earlier attempt may have written (a record exists, verified or not).
-    dirty: Vec<u64>,
+    /// The first block with each digest that is received or kept (not copied locally).
     first_of: HashMap<Key, u64, BuildHasherDefault<PrefixHasher>>,
-    /// (later block, first block) pairs filled from the first when finishing.
-    dups: Vec<(u64, u64)>,
     stats: StreamStats,
     /// Digests of repository slots, for confirming table matches.
     slot_digests: HashMap<u32, Arc<Vec<u8>>>,
@@ -152,48 +123,29 @@ enum Identity {
     Broken,
 }
 
-fn bit(v: &[u64], i: u64) -> bool {
-    v[(i / 64) as usize] & (1 << (i % 64)) != 0
-}
-
-impl Inner {
-    fn set_have(&mut self, i: u64) {
-        let w = &mut self.have[(i / 64) as usize];
-        let b = 1 << (i % 64);
-        if *w & b == 0 {
-            *w |= b;
-            self.stats.have_blocks += 1;
-        }
-    }
-}
-
-struct Shared {
-    repo: Repository,
+/// A stream assembly with blocks to receive.
+struct Live {
+    engine: Arc<Assembly>,
+    /// The repository's catalog and table when the assembly began.
     st: Arc<State>,
-    alg: HashAlg,
-    block_size: u32,
-    image_len: u64,
-    block_count: u64,
-    data: FileLock,
-    data_path: PathBuf,
-    got: Option<(File, PathBuf)>,
     inner: Mutex<Inner>,
-    copy_error: Mutex<Option<Error>>,
-    unkicked: AtomicU64,
-    done: AtomicBool,
+    copier_tx: Mutex<Option<Sender<CopyMsg>>>,
+    copier: Mutex<Option<JoinHandle<()>>>,
+    copy_error: Arc<Mutex<Option<Error>>>,
+}
+
+enum Work {
+    /// The announced image is already in the repository: nothing to receive.
+    Present(ImageEntry),
+    Receiving(Live),
 }
 
 /// A streaming assembly; see the module documentation.
 pub struct StreamAssembler {
     repo: Repository,
-    shared: Option<Arc<Shared>>,
-    existing: Option<ImageEntry>,
+    work: Work,
     block_count: u64,
     image_len: u64,
-    copier_tx: Mutex<Option<Sender<CopyMsg>>>,
-    copier: Mutex<Option<JoinHandle<()>>>,
-    workspace: Mutex<Option<Workspace>>,
-    resumable: bool,
     /// The repository's digest groups (protocol v2), once `load_groups` has run.
     groups: OnceLock<GroupTable>,
 }
@@ -208,19 +160,14 @@ impl Repository {
     /// documentation). If the sender named an image the repository already holds, the
     /// assembly has nothing to do (`is_complete_image`).
     pub fn begin_stream(&self, opts: StreamOptions) -> Result<StreamAssembler> {
-        let alg = self.alg();
-        let block_size = self.block_size();
-        let block_count = block_count_for(opts.image_len, block_size);
-        if block_count > u32::MAX as u64 {
-            bail!(InvalidArgument, "images of more than 2^32 blocks are not supported");
-        }
+        let geo = Geometry::new(self.alg(), self.block_size(), opts.image_len)?;
         if let Some(d) = &opts.expected_digest {
-            if d.len() != alg.len() {
+            if d.len() != geo.dl() {
                 bail!(
                     InvalidArgument,
                     "an image digest of {} bytes was announced; this repository uses {}",
                     d.len(),
-                    alg.name()
+                    geo.alg.name()
                 );
             }
         }
@@ -228,250 +175,105 @@ impl Repository {
             let lock = self.lock(LockKind::Shared)?;
             self.state(&lock)?
         };
-        if let Some(d) = &opts.expected_digest {
-            if let Some(e) = st.catalog.by_digest(d) {
-                let e = self.entry_of(e);
-                if e.size != opts.image_len {
-                    bail!(Mismatch, "image {} has {} bytes, not the {} announced", e.digest, e.size, opts.image_len);
-                }
-                return Ok(StreamAssembler {
-                    repo: self.clone(),
-                    shared: None,
-                    existing: Some(e),
-                    block_count,
-                    image_len: opts.image_len,
-                    copier_tx: Mutex::new(None),
-                    copier: Mutex::new(None),
-                    workspace: Mutex::new(None),
-                    resumable: false,
-                    groups: OnceLock::new(),
-                });
-            }
-        }
-        let words = block_count.div_ceil(64) as usize;
-        let dl = alg.len();
-        let mut resumed = Vec::new();
-        let mut dirty = Vec::new();
-        let (data, data_path, got, workspace) = match &opts.resume_key {
-            Some(key) => {
-                if key.is_empty() || key.len() > 512 {
-                    bail!(InvalidArgument, "a resume key must be 1 to 512 bytes");
-                }
-                let tmp = self.tmp_dir();
-                fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "cannot create", e))?;
-                let stem = key_file_stem(key);
-                let path = tmp.join(format!("{stem}.partial"));
-                let got_path = tmp.join(format!("{stem}.got"));
-                let data = super::assemble::lock_partial(
-                    &path,
-                    "this image is already being received by another transfer; wait for it or retry",
-                )?;
-                let got = super::lock::open_keeping(&got_path).map_err(|e| Error::io(&got_path, "cannot open", e))?;
-                let len = data.file().metadata().map_err(|e| Error::io(&path, "cannot stat", e))?.len();
-                let header = got_header(alg, block_size, opts.image_len);
-                let mut h = [0u8; GOT_HEADER_LEN as usize];
-                let record_ok = len == opts.image_len
-                    && got.read_exact_at(&mut h, 0).is_ok()
-                    && h == header
-                    && got.metadata().map(|m| m.len()).unwrap_or(0) == GOT_HEADER_LEN + block_count * dl as u64;
-                if record_ok {
-                    let mut rec = vec![0u8; (block_count * dl as u64) as usize];
-                    got.read_exact_at(&mut rec, GOT_HEADER_LEN).map_err(|e| Error::io(&got_path, "cannot read", e))?;
-                    let (r, d) = reverify(data.file(), &path, alg, block_size, opts.image_len, &rec)?;
-                    resumed = r;
-                    dirty = d;
-                } else {
-                    data.file().set_len(0).map_err(|e| Error::io(&path, "cannot truncate", e))?;
-                    got.set_len(0).map_err(|e| Error::io(&got_path, "cannot truncate", e))?;
-                    got.write_all_at(&header, 0).map_err(|e| Error::io(&got_path, "cannot write", e))?;
-                    got.set_len(GOT_HEADER_LEN + block_count * dl as u64)
-                        .map_err(|e| Error::io(&got_path, "cannot size", e))?;
-                }
-                data.file().set_len(opts.image_len).map_err(|e| Error::io(&path, "cannot size", e))?;
-                (data, path, Some((got, got_path)), None)
-            }
-            None => {
-                let (ws, data, path) = self.private_image_file("push", opts.image_len)?;
-                (data, path, None, Some(ws))
-            }
+        let asm = |work| StreamAssembler {
+            repo: self.clone(),
+            work,
+            block_count: geo.block_count,
+            image_len: opts.image_len,
+            groups: OnceLock::new(),
         };
-        if resumed.is_empty() {
-            resumed = Vec::new();
+        if let Some(e) = opts.expected_digest.as_ref().and_then(|d| st.catalog.by_digest(d)) {
+            let e = self.entry_of(e);
+            if e.size != opts.image_len {
+                bail!(Mismatch, "image {} has {} bytes, not the {} announced", e.digest, e.size, opts.image_len);
+            }
+            return Ok(asm(Work::Present(e)));
         }
-        if dirty.is_empty() {
-            dirty = vec![0; words];
-        }
+        let label = match &opts.expected_digest {
+            Some(d) => format!("image {}", hex::encode(d)),
+            None => "the image being received".to_string(),
+        };
+        let busy = "this image is already being received by another transfer; wait for it or retry";
+        let target = match &opts.resume_key {
+            Some(key) if key.is_empty() || key.len() > 512 => {
+                bail!(InvalidArgument, "a resume key must be 1 to 512 bytes")
+            }
+            Some(key) => Target::Record { stem: key_file_stem(key), busy },
+            None => Target::Private,
+        };
+        let engine = Arc::new(Assembly::open(self, geo, "push", label, target)?);
         let inner = Inner {
-            digests: Vec::with_capacity((block_count * dl as u64) as usize),
+            digests: Vec::with_capacity(geo.block_count as usize * geo.dl()),
             offered: 0,
-            have: vec![0; words],
-            resumed,
-            dirty,
             first_of: HashMap::default(),
-            dups: Vec::new(),
-            stats: StreamStats { block_count, ..Default::default() },
+            stats: StreamStats { block_count: geo.block_count, ..Default::default() },
             slot_digests: HashMap::new(),
             identity: Identity::Undecided,
             deferred: Vec::new(),
         };
-        let resumable = got.is_some();
-        let shared = Arc::new(Shared {
-            repo: self.clone(),
-            st,
-            alg,
-            block_size,
-            image_len: opts.image_len,
-            block_count,
-            data,
-            data_path,
-            got,
-            inner: Mutex::new(inner),
-            copy_error: Mutex::new(None),
-            unkicked: AtomicU64::new(0),
-            done: AtomicBool::new(false),
-        });
+        let copy_error = Arc::new(Mutex::new(None));
         let (tx, rx) = channel();
         let copier = {
-            let shared = shared.clone();
+            let (engine, st, repo, error) = (engine.clone(), st.clone(), self.clone(), copy_error.clone());
             std::thread::Builder::new()
                 .name("osfarm-copy".into())
-                .spawn(move || copier(shared, rx))
+                .spawn(move || copier(&engine, &repo, &st, &error, rx))
                 .map_err(|e| Error::new(Code::Io, format!("cannot start the copy thread: {e}")))?
         };
-        Ok(StreamAssembler {
-            repo: self.clone(),
-            shared: Some(shared),
-            existing: None,
-            block_count,
-            image_len: opts.image_len,
+        Ok(asm(Work::Receiving(Live {
+            engine,
+            st,
+            inner: Mutex::new(inner),
             copier_tx: Mutex::new(Some(tx)),
             copier: Mutex::new(Some(copier)),
-            workspace: Mutex::new(workspace),
-            groups: OnceLock::new(),
-            resumable,
-        })
+            copy_error,
+        })))
     }
 }
 
-fn got_header(alg: HashAlg, block_size: u32, image_len: u64) -> [u8; GOT_HEADER_LEN as usize] {
-    let mut h = [0u8; GOT_HEADER_LEN as usize];
-    h[0..8].copy_from_slice(&GOT_MAGIC);
-    h[8..12].copy_from_slice(&GOT_VERSION.to_le_bytes());
-    h[12] = alg.id();
-    h[13] = block_size.trailing_zeros() as u8;
-    h[16..24].copy_from_slice(&image_len.to_le_bytes());
-    h
-}
-
-/// Re-hashes the blocks a record claims. Returns (verified digests, dirty bitmap).
-fn reverify(
-    file: &File,
-    path: &Path,
-    alg: HashAlg,
-    block_size: u32,
-    image_len: u64,
-    rec: &[u8],
-) -> Result<(Vec<u8>, Vec<u64>)> {
-    let dl = alg.len();
-    let n = block_count_for(image_len, block_size);
-    let bs = block_size as u64;
-    let per = (IO_CHUNK / bs).max(1);
-    let mut out = vec![0u8; rec.len()];
-    let claimed = |i: u64| !hash::is_zero_digest(&rec[i as usize * dl..(i as usize + 1) * dl]);
-    let mut dirty = vec![0u64; n.div_ceil(64) as usize];
-    for i in (0..n).filter(|&i| claimed(i)) {
-        dirty[(i / 64) as usize] |= 1 << (i % 64);
-    }
-    out.par_chunks_mut(per as usize * dl).enumerate().try_for_each_init(
-        Vec::new,
-        |buf: &mut Vec<u8>, (c, o)| -> Result<()> {
-            let b0 = c as u64 * per;
-            let b1 = (b0 + per).min(n);
-            if !(b0..b1).any(claimed) {
-                return Ok(());
-            }
-            let len = (b1 * bs).min(image_len) - b0 * bs;
-            buf.resize(len as usize, 0);
-            file.read_exact_at(buf, b0 * bs).map_err(|e| Error::io(path, "cannot read", e))?;
-            let mut d = [0u8; MAX_DIGEST_LEN];
-            for i in (b0..b1).filter(|&i| claimed(i)) {
-                let from = ((i - b0) * bs) as usize;
-                let to = (from + bs as usize).min(buf.len());
-                alg.block_digest_into(&buf[from..to], &mut d[..dl]);
-                let want = &rec[i as usize * dl..(i as usize + 1) * dl];
-                if d[..dl] == *want {
-                    o[(i - b0) as usize * dl..(i - b0 + 1) as usize * dl].copy_from_slice(want);
-                }
-            }
-            Ok(())
-        },
-    )?;
-    Ok((out, dirty))
-}
-
-impl Shared {
-    /// The length of the repository image in `slot`.
-    fn slot_len(&self, slot: u32) -> Option<u64> {
-        self.st.catalog.by_slot(slot).map(|e| e.image_len)
-    }
-
-    fn block_len(&self, i: u64) -> usize {
-        (self.image_len - i * self.block_size as u64).min(self.block_size as u64) as usize
-    }
-
-    fn file(&self) -> &File {
-        self.data.file()
-    }
-
-    /// Writes data at block `first`, records it for resume and starts writeback now and then.
-    fn write_blocks(&self, first: u64, data: &[u8], digests: &[u8]) -> Result<()> {
-        self.file()
-            .write_all_at(data, first * self.block_size as u64)
-            .map_err(|e| Error::io(&self.data_path, "cannot write", e))?;
-        if let Some((got, got_path)) = &self.got {
-            got.write_all_at(digests, GOT_HEADER_LEN + first * self.alg.len() as u64)
-                .map_err(|e| Error::io(got_path, "cannot write", e))?;
-        }
-        if self.unkicked.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64 >= WRITEBACK_KICK {
-            self.unkicked.store(0, Ordering::Relaxed);
-            // SAFETY: sync_file_range takes a descriptor we own and integers; it only
-            // starts writeback of dirty pages, it does not wait.
-            unsafe {
-                libc::sync_file_range(self.file().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
-        Ok(())
-    }
-
-    /// Verifies each block of `data` against `digests`; returns the first bad block.
-    fn verify(&self, first: u64, data: &[u8], digests: &[u8]) -> Option<u64> {
-        let dl = self.alg.len();
-        let bs = self.block_size as usize;
-        data.par_chunks(bs).with_min_len(16).enumerate().find_map_first(|(k, block)| {
-            let i = first + k as u64;
-            if block.len() != self.block_len(i) {
-                return Some(i);
-            }
-            let mut d = [0u8; MAX_DIGEST_LEN];
-            self.alg.block_digest_into(block, &mut d[..dl]);
-            (d[..dl] != digests[k * dl..(k + 1) * dl]).then_some(i)
-        })
-    }
-
-    fn slot_digests(&self, inner: &mut Inner, slot: u32) -> Result<Arc<Vec<u8>>> {
+impl Live {
+    fn slot_digests(&self, repo: &Repository, inner: &mut Inner, slot: u32) -> Result<Arc<Vec<u8>>> {
         if let Some(d) = inner.slot_digests.get(&slot) {
             return Ok(d.clone());
         }
-        let d = Arc::new(Holders::new(&self.repo, &self.st.catalog).digests(slot)?.to_vec());
+        let d = Arc::new(Holders::new(repo, &self.st.catalog).digests(slot)?.to_vec());
         inner.slot_digests.insert(slot, d.clone());
         Ok(d)
+    }
+
+    fn send_copies(&self, jobs: Vec<CopyJob>) {
+        if !jobs.is_empty() {
+            if let Some(tx) = self.copier_tx.lock().unwrap().as_ref() {
+                let _ = tx.send(CopyMsg::Jobs(jobs));
+            }
+        }
+    }
+
+    /// Waits until every local copy queued so far is done; returns the copier's error.
+    fn wait_for_copies(&self) -> Result<()> {
+        let (tx, rx) = sync_channel(1);
+        let sent = self.copier_tx.lock().unwrap().as_ref().map(|c| c.send(CopyMsg::Barrier(tx)).is_ok());
+        if sent == Some(true) {
+            let _ = rx.recv();
+        }
+        match self.copy_error.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_copier(&self) {
+        self.copier_tx.lock().unwrap().take();
+        if let Some(h) = self.copier.lock().unwrap().take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl StreamAssembler {
     /// True if the announced image is already in the repository: nothing to receive.
     pub fn is_complete_image(&self) -> bool {
-        self.existing.is_some()
+        matches!(self.work, Work::Present(_))
     }
 
     pub fn block_count(&self) -> u64 {
@@ -484,13 +286,13 @@ impl StreamAssembler {
 
     /// True if the data is kept for a later attempt when this one does not finish.
     pub fn is_resumable(&self) -> bool {
-        self.resumable
+        matches!(&self.work, Work::Receiving(l) if l.engine.is_resumable())
     }
 
     pub fn stats(&self) -> StreamStats {
-        match &self.shared {
-            Some(s) => s.inner.lock().unwrap().stats,
-            None => StreamStats {
+        match &self.work {
+            Work::Receiving(l) => StreamStats { have_blocks: l.engine.have_count(), ..l.inner.lock().unwrap().stats },
+            Work::Present(_) => StreamStats {
                 block_count: self.block_count,
                 offered: self.block_count,
                 have_blocks: self.block_count,
@@ -499,10 +301,11 @@ impl StreamAssembler {
         }
     }
 
-    fn shared(&self) -> Result<&Arc<Shared>> {
-        match &self.shared {
-            Some(s) if !s.done.load(Ordering::Relaxed) => Ok(s),
-            _ => bail!(InvalidArgument, "this assembly is finished or aborted"),
+    /// The live assembly, or None if the image is already present.
+    fn live(&self) -> Result<Option<&Live>> {
+        match &self.work {
+            Work::Present(_) => Ok(None),
+            Work::Receiving(l) => l.engine.check_live().map(|_| Some(l)),
         }
     }
 
@@ -510,94 +313,72 @@ impl StreamAssembler {
     /// blocks to request from the sender; blocks the repository holds are copied in the
     /// background, blocks kept from an earlier attempt and zero blocks need nothing.
     pub fn offer(&self, first: u64, digests: &[u8]) -> Result<Vec<Run>> {
-        if self.existing.is_some() {
-            return Ok(Vec::new());
-        }
-        let s = self.shared()?;
-        let dl = s.alg.len();
-        let bs = s.block_size as u64;
-        let mut inner = s.inner.lock().unwrap();
+        let Some(l) = self.live()? else { return Ok(Vec::new()) };
+        let geo = *l.engine.geometry();
+        let dl = geo.dl();
+        let mut inner = l.inner.lock().unwrap();
         if first != inner.offered {
             bail!(InvalidArgument, "digests of block {first} arrived where block {} was next", inner.offered);
         }
-        if digests.len() % dl != 0 {
+        if !digests.len().is_multiple_of(dl) {
             bail!(InvalidArgument, "{} bytes of digests are not a whole number of {}-byte digests", digests.len(), dl);
         }
         let count = (digests.len() / dl) as u64;
-        if first + count > s.block_count {
+        if first + count > geo.block_count {
             bail!(
                 InvalidArgument,
                 "digests of blocks up to {} were sent for an image of {} blocks",
                 first + count,
-                s.block_count
+                geo.block_count
             );
         }
+        let settled = l.engine.settle(first, digests)?;
+        inner.digests.extend_from_slice(digests);
         let mut runs: Vec<Run> = Vec::new();
         let mut jobs: Vec<CopyJob> = Vec::new();
-        let table = s.st.table.clone();
+        let mut dups = Vec::new();
+        let table = l.st.table.clone();
         for (k, d) in digests.chunks_exact(dl).enumerate() {
             let i = first + k as u64;
-            inner.digests.extend_from_slice(d);
-            let len = s.block_len(i) as u64;
-            if hash::is_zero_digest(d) {
-                inner.stats.zero_blocks += 1;
-                if bit(&inner.dirty, i) {
-                    super::copy::zero_range(s.file(), &s.data_path, i * bs, len)?;
+            let len = geo.run_len(i, 1);
+            match settled[k] {
+                Settled::Zero => {
+                    inner.stats.zero_blocks += 1;
+                    continue;
                 }
-                inner.set_have(i);
-                continue;
-            }
-            if !inner.resumed.is_empty() && inner.resumed[i as usize * dl..(i as usize + 1) * dl] == *d {
-                inner.stats.resumed_blocks += 1;
-                inner.set_have(i);
-                inner.first_of.entry(Key::of(d)).or_insert(i);
-                continue;
+                Settled::Resumed => {
+                    inner.stats.resumed_blocks += 1;
+                    inner.first_of.entry(Key::of(d)).or_insert(i);
+                    continue;
+                }
+                Settled::Needed => {}
             }
             let found = {
                 let inner_ref = &mut *inner;
                 table.find(d, |e| {
-                    let sd = s.slot_digests(inner_ref, e.slot)?;
+                    let sd = l.slot_digests(&self.repo, inner_ref, e.slot)?;
                     let at = e.block as usize * dl;
                     Ok(sd.get(at..at + dl) == Some(d))
                 })?
             };
             if let Some(ix) = found {
                 let e = *table.entry(ix);
+                let same_len = l.st.catalog.by_slot(e.slot).map(|c| c.image_len) == Some(geo.image_len);
                 inner.identity = match inner.identity {
-                    Identity::Undecided if e.block as u64 == i && s.slot_len(e.slot) == Some(s.image_len) => {
-                        Identity::Slot(e.slot)
-                    }
+                    Identity::Undecided if e.block as u64 == i && same_len => Identity::Slot(e.slot),
                     Identity::Slot(x) if x == e.slot && e.block as u64 == i => Identity::Slot(x),
                     _ => Identity::Broken,
                 };
                 inner.stats.local_blocks += 1;
                 inner.stats.local_bytes += len;
-                let extend = jobs.last_mut().filter(|j| {
-                    j.slot == e.slot
-                        && j.src_block + j.count == e.block as u64
-                        && j.dst_block + j.count == i
-                        && (j.count + 1) * bs <= IO_CHUNK
-                });
-                match extend {
-                    Some(j) => {
-                        j.count += 1;
-                        j.digests.extend_from_slice(d);
-                    }
-                    None => jobs.push(CopyJob {
-                        slot: e.slot,
-                        src_block: e.block as u64,
-                        dst_block: i,
-                        count: 1,
-                        digests: d.to_vec(),
-                    }),
-                }
+                assembly::add_copy(&mut jobs, &geo, e.slot, e.block as u64, i, d);
                 continue;
             }
             inner.identity = Identity::Broken;
             match inner.first_of.get(&Key::of(d)) {
                 Some(&f) => {
                     inner.stats.duplicate_blocks += 1;
-                    inner.dups.push((i, f));
+                    dups.push((i, f));
                 }
                 None => {
                     inner.first_of.insert(Key::of(d), i);
@@ -610,6 +391,7 @@ impl StreamAssembler {
                 }
             }
         }
+        l.engine.add_duplicates(dups);
         inner.offered += count;
         inner.stats.offered = inner.offered;
         if inner.identity != Identity::Broken {
@@ -618,7 +400,7 @@ impl StreamAssembler {
             jobs.splice(0..0, std::mem::take(&mut inner.deferred));
         }
         drop(inner);
-        self.send_copies(jobs);
+        l.send_copies(jobs);
         Ok(runs)
     }
 
@@ -627,11 +409,11 @@ impl StreamAssembler {
     /// images' indexes one at a time (keeping only the groups' locations); returns the
     /// number of distinct groups.
     pub fn load_groups(&self) -> Result<usize> {
-        let Some(s) = &self.shared else { return Ok(0) };
-        let mut table = GroupTable::new(s.alg);
-        for e in &s.st.catalog.images {
+        let Work::Receiving(l) = &self.work else { return Ok(0) };
+        let mut table = GroupTable::new(self.repo.alg());
+        for e in &l.st.catalog.images {
             // A fresh `Holders` per image: its digests are dropped once grouped.
-            table.insert_image(e.slot, Holders::new(&s.repo, &s.st.catalog).digests(e.slot)?);
+            table.insert_image(e.slot, Holders::new(&self.repo, &l.st.catalog).digests(e.slot)?);
         }
         let n = table.len();
         let _ = self.groups.set(table);
@@ -646,17 +428,17 @@ impl StreamAssembler {
             bail!(InvalidArgument, "this assembly has not loaded the repository's groups");
         };
         let found = table.lookup(records)?;
-        let s = self.shared()?;
-        let dl = s.alg.len();
-        let mut inner = s.inner.lock().unwrap();
+        let Some(l) = self.live()? else { bail!(InvalidArgument, "this assembly has nothing to receive") };
+        let dl = l.engine.geometry().dl();
+        let mut inner = l.inner.lock().unwrap();
         found
             .into_iter()
             .map(|(count, loc)| {
                 let digests = match loc {
-                    Some(l) => {
-                        let d = s.slot_digests(&mut inner, l.image)?;
-                        let at = l.first as usize * dl;
-                        Some(d[at..at + l.count as usize * dl].to_vec())
+                    Some(g) => {
+                        let d = l.slot_digests(&self.repo, &mut inner, g.image)?;
+                        let at = g.first as usize * dl;
+                        Some(d[at..at + g.count as usize * dl].to_vec())
                     }
                     None => None,
                 };
@@ -669,97 +451,70 @@ impl StreamAssembler {
     /// block may be short) against the digests offered for them, then writes them. A
     /// block that does not match is a `DigestMismatch` error and nothing is written.
     pub fn put_blocks(&self, first: u64, data: &[u8]) -> Result<u64> {
-        if self.existing.is_some() {
-            return Ok(0);
-        }
-        let s = self.shared()?;
-        let dl = s.alg.len();
-        let bs = s.block_size as u64;
-        let count = (data.len() as u64).div_ceil(bs);
+        let Some(l) = self.live()? else { return Ok(0) };
+        let dl = l.engine.geometry().dl() as u64;
+        let count = (data.len() as u64).div_ceil(l.engine.geometry().bs());
         let digests = {
-            let inner = s.inner.lock().unwrap();
+            let inner = l.inner.lock().unwrap();
             let end = first.checked_add(count).filter(|&e| count > 0 && e <= inner.offered);
-            if end.is_none() {
+            let Some(end) = end else {
                 bail!(
                     InvalidArgument,
                     "blocks {first}..{} were sent before their digests (digests of {} blocks received)",
                     first.saturating_add(count),
                     inner.offered
                 );
-            }
-            inner.digests[(first * dl as u64) as usize..((first + count) * dl as u64) as usize].to_vec()
+            };
+            inner.digests[(first * dl) as usize..(end * dl) as usize].to_vec()
         };
-        if let Some(i) = s.verify(first, data, &digests) {
-            bail!(
-                DigestMismatch,
-                "block {i} does not match the digest the sender announced for it; nothing was written"
-            );
-        }
-        s.write_blocks(first, data, &digests)?;
-        let mut inner = s.inner.lock().unwrap();
-        for i in first..first + count {
-            inner.set_have(i);
-        }
+        l.engine.put(first, data, &digests)?;
+        let mut inner = l.inner.lock().unwrap();
         inner.stats.received_blocks += count;
         inner.stats.received_bytes += data.len() as u64;
         Ok(count)
     }
 
-    fn send_copies(&self, jobs: Vec<CopyJob>) {
-        if !jobs.is_empty() {
-            if let Some(tx) = self.copier_tx.lock().unwrap().as_ref() {
-                let _ = tx.send(CopyMsg::Jobs(jobs));
-            }
-        }
-    }
-
     /// Waits until every local copy queued so far is done; returns the copier's error.
     pub fn wait_for_copies(&self) -> Result<()> {
-        let (tx, rx) = sync_channel(1);
-        let sent = self.copier_tx.lock().unwrap().as_ref().map(|c| c.send(CopyMsg::Barrier(tx)).is_ok());
-        if sent == Some(true) {
-            let _ = rx.recv();
+        match &self.work {
+            Work::Receiving(l) => l.wait_for_copies(),
+            Work::Present(_) => Ok(()),
         }
-        if let Some(s) = &self.shared {
-            if let Some(e) = s.copy_error.lock().unwrap().take() {
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     /// Checks the announced image digest against every digest received, waits for the
-    /// local copies, fills repeated blocks, checks that every block is present, makes the
-    /// data durable and publishes the image into the repository.
+    /// local copies, and publishes the image through the engine (which fills repeated
+    /// blocks, checks that every block is present and makes the data durable first).
     pub fn finish(&self, image_digest: &[u8], opts: &AddOptions) -> Result<ImageEntry> {
         super::check_name(opts.name.as_deref())?;
         super::check_meta(opts.meta_json.as_deref())?;
-        if let Some(e) = &self.existing {
-            if e.digest != hex::encode(image_digest) {
-                bail!(
-                    DigestMismatch,
-                    "the sender announced image {} but finished with {}",
-                    e.digest,
-                    hex::encode(image_digest)
-                );
+        let l = match &self.work {
+            Work::Present(e) => {
+                if e.digest != hex::encode(image_digest) {
+                    bail!(
+                        DigestMismatch,
+                        "the sender announced image {} but finished with {}",
+                        e.digest,
+                        hex::encode(image_digest)
+                    );
+                }
+                return assembly::existing_named(&self.repo, e, opts.name.as_deref());
             }
-            return match &opts.name {
-                Some(n) if e.name.as_deref() != Some(n) => self.repo.set_name(&e.digest, Some(n)),
-                _ => Ok(e.clone()),
-            };
-        }
-        let s = self.shared()?.clone();
+            Work::Receiving(l) => l,
+        };
+        l.engine.check_live()?;
+        let geo = *l.engine.geometry();
         let index = {
-            let inner = s.inner.lock().unwrap();
-            if inner.offered != s.block_count {
+            let inner = l.inner.lock().unwrap();
+            if inner.offered != geo.block_count {
                 bail!(
                     InvalidArgument,
                     "the sender finished after the digests of {} of {} blocks",
                     inner.offered,
-                    s.block_count
+                    geo.block_count
                 );
             }
-            Index::from_digests(s.alg, s.block_size, s.image_len, inner.digests.clone())?
+            Index::from_digests(geo.alg, geo.block_size, geo.image_len, inner.digests.clone())?
         };
         if index.image_digest() != image_digest {
             bail!(
@@ -770,11 +525,11 @@ impl StreamAssembler {
             );
         }
         let (identity, deferred) = {
-            let mut inner = s.inner.lock().unwrap();
+            let mut inner = l.inner.lock().unwrap();
             (inner.identity, std::mem::take(&mut inner.deferred))
         };
         if let Identity::Slot(slot) = identity {
-            if let Some(e) = s.st.catalog.by_slot(slot).filter(|e| e.digest == image_digest) {
+            if let Some(e) = l.st.catalog.by_slot(slot).filter(|e| e.digest == image_digest) {
                 let hex = hex::encode(&e.digest);
                 self.abort(true);
                 return match &opts.name {
@@ -783,141 +538,43 @@ impl StreamAssembler {
                 };
             }
         }
-        self.send_copies(deferred);
-        self.wait_for_copies()?;
-        self.fill_duplicates(&s)?;
-        if !s.inner.lock().unwrap().resumed.is_empty() {
-            check_zero_blocks(&s, &index)?;
+        l.send_copies(deferred);
+        l.wait_for_copies()?;
+        if l.engine.is_resumed() {
+            l.engine.zero_unrecorded(&index)?;
         }
-        {
-            let inner = s.inner.lock().unwrap();
-            if inner.stats.have_blocks != s.block_count {
-                let first = (0..s.block_count).find(|&i| !bit(&inner.have, i)).unwrap_or(0);
-                bail!(
-                    InvalidArgument,
-                    "cannot finish: {} blocks are still missing (the first is block {first})",
-                    s.block_count - inner.stats.have_blocks
-                );
-            }
-        }
-        s.file().sync_all().map_err(|e| Error::io(&s.data_path, "cannot sync", e))?;
-        let ws = match self.workspace.lock().unwrap().take() {
-            Some(ws) => ws,
-            None => {
-                let ws = s.repo.workspace("push")?;
-                fsutil::publish(&s.data_path, &ws.dir.join(IMAGE_FILE))?;
-                if let Some((_, p)) = &s.got {
-                    let _ = fs::remove_file(p);
-                }
-                ws
-            }
-        };
-        s.done.store(true, Ordering::Relaxed);
-        self.stop_copier();
-        let format = opts.format.clone().unwrap_or_else(|| super::detect_format(&ws.dir.join(IMAGE_FILE)));
-        let entry = CatalogEntry {
-            slot: 0,
-            digest: index.image_digest().to_vec(),
-            image_len: index.image_len(),
-            added_ms: super::now_ms(),
-            name: opts.name.clone(),
-            original_name: opts.original_name.clone(),
-            format,
-            meta_json: opts.meta_json.clone(),
-        };
-        s.repo.publish_new_image(ws, &index, entry)
-    }
-
-    /// Copies repeated blocks from their first occurrence in the file, verified.
-    fn fill_duplicates(&self, s: &Shared) -> Result<()> {
-        let (todo, digests) = {
-            let inner = s.inner.lock().unwrap();
-            let todo: Vec<(u64, u64)> = inner.dups.iter().copied().filter(|&(j, _)| !bit(&inner.have, j)).collect();
-            (todo, inner.digests.clone())
-        };
-        let dl = s.alg.len();
-        let bs = s.block_size as u64;
-        let mut buf = vec![0u8; bs as usize];
-        let mut d = [0u8; MAX_DIGEST_LEN];
-        for (j, f) in todo {
-            let n = s.block_len(f);
-            s.file().read_exact_at(&mut buf[..n], f * bs).map_err(|e| Error::io(&s.data_path, "cannot read", e))?;
-            s.alg.block_digest_into(&buf[..n], &mut d[..dl]);
-            let want = &digests[j as usize * dl..(j as usize + 1) * dl];
-            if d[..dl] != *want {
-                bail!(
-                    DigestMismatch,
-                    "block {f}, the first copy of block {j}, does not match its digest; nothing was published"
-                );
-            }
-            s.write_blocks(j, &buf[..n], want)?;
-            let mut inner = s.inner.lock().unwrap();
-            inner.set_have(j);
-        }
-        Ok(())
-    }
-
-    fn stop_copier(&self) {
-        self.copier_tx.lock().unwrap().take();
-        if let Some(h) = self.copier.lock().unwrap().take() {
-            let _ = h.join();
-        }
+        let entry = l.engine.publish(&index, opts)?;
+        l.stop_copier();
+        Ok(entry)
     }
 
     /// Ends an unfinished assembly. With `discard` (or when it is not resumable) its data
-    /// is deleted; otherwise it stays for the next attempt with the same resume key.
+    /// is deleted; otherwise it stays for the next attempt with the same resume key, and
+    /// is unlocked at once.
     pub fn abort(&self, discard: bool) {
-        let Some(s) = &self.shared else { return };
-        if s.done.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        self.stop_copier();
-        self.workspace.lock().unwrap().take();
-        if discard {
-            if let Some((_, got_path)) = &s.got {
-                let _ = fs::remove_file(got_path);
-                let _ = fs::remove_file(&s.data_path);
-            }
-        }
-        // Release the partial's lock now, not when the last handle is dropped (for a
-        // binding, whenever its garbage collector runs): the next attempt with the same
-        // resume key must be able to resume at once. Late writes of a put that passed
-        // its check before `done` write verified data, and a new attempt trusts nothing
-        // it did not re-hash.
-        // SAFETY: flock only takes a descriptor this assembly owns and an integer.
-        unsafe { libc::flock(s.data.file().as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-/// After a resume, all-zero blocks must read as zeros even where an earlier attempt
-/// wrote something unrecorded.
-fn check_zero_blocks(s: &Shared, index: &Index) -> Result<()> {
-    let bs = s.block_size as u64;
-    let mut buf = vec![0u8; bs as usize];
-    for i in (0..index.block_count()).filter(|&i| index.is_zero_block(i)) {
-        let n = s.block_len(i);
-        s.file().read_exact_at(&mut buf[..n], i * bs).map_err(|e| Error::io(&s.data_path, "cannot read", e))?;
-        if !hash::is_zero(&buf[..n]) {
-            super::copy::zero_range(s.file(), &s.data_path, i * bs, n as u64)?;
+        if let Work::Receiving(l) = &self.work {
+            l.engine.abort(discard);
+            l.stop_copier();
         }
     }
-    Ok(())
 }
 
 impl Drop for StreamAssembler {
     fn drop(&mut self) {
-        // Unfinished: stop copying; a resumable partial stays, a private one goes with its workspace.
-        if let Some(s) = &self.shared {
-            s.done.store(true, Ordering::Relaxed);
+        // Unfinished: stop copying; a resumable partial stays, a private one goes with
+        // the engine's workspace.
+        if let Work::Receiving(l) = &self.work {
+            l.engine.close();
+            l.stop_copier();
         }
-        self.stop_copier();
     }
 }
 
-/// The background copier: takes jobs in batches and runs each batch's jobs in parallel,
-/// reading from repository images, verifying every block, writing into the new image.
-fn copier(s: Arc<Shared>, rx: Receiver<CopyMsg>) {
-    let mut files: HashMap<u32, Arc<(File, PathBuf)>> = HashMap::new();
+/// The background copier: takes jobs in batches and runs each batch's jobs in parallel
+/// through the engine, which reads them from repository images, verifies every block
+/// and writes it into the new image. The first error is kept for `wait_for_copies`.
+fn copier(engine: &Assembly, repo: &Repository, st: &State, error: &Mutex<Option<Error>>, rx: Receiver<CopyMsg>) {
+    let mut sources = Sources::default();
     loop {
         let Ok(first) = rx.recv() else { return };
         let mut batch: Vec<CopyJob> = Vec::new();
@@ -927,7 +584,7 @@ fn copier(s: Arc<Shared>, rx: Receiver<CopyMsg>) {
         while let Some(m) = msg.take() {
             match m {
                 CopyMsg::Jobs(j) => {
-                    bytes += j.iter().map(|j| j.count * s.block_size as u64).sum::<u64>();
+                    bytes += j.iter().map(|j| j.count * engine.geometry().bs()).sum::<u64>();
                     batch.extend(j);
                 }
                 // Everything queued before a barrier is in this batch: stop here.
@@ -940,12 +597,12 @@ fn copier(s: Arc<Shared>, rx: Receiver<CopyMsg>) {
                 msg = rx.try_recv().ok();
             }
         }
-        if !s.done.load(Ordering::Relaxed) && s.copy_error.lock().unwrap().is_none() && !batch.is_empty() {
-            if let Err(e) = run_batch(&s, &mut files, batch) {
-                let mut ce = s.copy_error.lock().unwrap();
-                if ce.is_none() {
-                    *ce = Some(e);
-                }
+        if engine.is_live() && error.lock().unwrap().is_none() && !batch.is_empty() {
+            let copied = sources
+                .open(repo, &st.catalog, batch.iter().map(|j| j.slot))
+                .and_then(|_| engine.copy(&batch, &sources, &Silent));
+            if let Err(e) = copied {
+                error.lock().unwrap().get_or_insert(e);
             }
         }
         for b in barriers {
@@ -954,41 +611,11 @@ fn copier(s: Arc<Shared>, rx: Receiver<CopyMsg>) {
     }
 }
 
-fn run_batch(s: &Shared, files: &mut HashMap<u32, Arc<(File, PathBuf)>>, batch: Vec<CopyJob>) -> Result<()> {
-    for j in &batch {
-        if let std::collections::hash_map::Entry::Vacant(v) = files.entry(j.slot) {
-            let e = s.st.catalog.by_slot(j.slot).ok_or_else(|| super::table::inconsistent("unknown slot"))?;
-            let p = s.repo.image_dir(&e.digest_hex()).join(IMAGE_FILE);
-            let f = File::open(&p).map_err(|err| Error::io(&p, "cannot open repository image", err))?;
-            v.insert(Arc::new((f, p)));
-        }
-    }
-    let bs = s.block_size as u64;
-    batch.par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, j| -> Result<()> {
-        let src = &files[&j.slot];
-        let len = ((j.dst_block + j.count) * bs).min(s.image_len) - j.dst_block * bs;
-        buf.resize(len as usize, 0);
-        src.0.read_exact_at(buf, j.src_block * bs).map_err(|e| Error::io(&src.1, "cannot read repository image", e))?;
-        if let Some(bad) = s.verify(j.dst_block, buf, &j.digests) {
-            bail!(
-                DigestMismatch,
-                "block {} of repository image {} does not match its digest: the image is damaged on disk \
-                 (run `osfarm repo verify`, then remove it and add it again); nothing was published",
-                j.src_block + (bad - j.dst_block),
-                src.1.display()
-            );
-        }
-        s.write_blocks(j.dst_block, buf, &j.digests)?;
-        let mut inner = s.inner.lock().unwrap();
-        for i in j.dst_block..j.dst_block + j.count {
-            inner.set_have(i);
-        }
-        Ok(())
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::FileExt;
+
     use super::*;
     use crate::indexer::{index_bytes, IndexOptions};
     use crate::repo::InitOptions;
@@ -1081,6 +708,27 @@ mod tests {
         asm.abort(true);
         assert!(repo.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(repo.tmp_dir()).unwrap().count(), 0, "discarded");
+    }
+
+    #[test]
+    fn a_rotten_local_block_is_the_repository_s_fault_not_the_sender_s() {
+        let (dir, repo) = new_repo();
+        let p = dir.path().join("a.img");
+        fs::write(&p, image(&[1, 2, 3])).unwrap();
+        let held = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
+        fs::OpenOptions::new().write(true).open(&held.path).unwrap().write_all_at(&[0xAA], 4096 + 17).unwrap();
+        let data = image(&[2, 9]);
+        let idx = index_bytes(&data, IndexOptions::default()).unwrap();
+        let asm = repo
+            .begin_stream(StreamOptions { image_len: data.len() as u64, resume_key: None, expected_digest: None })
+            .unwrap();
+        let runs = asm.offer(0, idx.digests()).unwrap();
+        assert_eq!(runs, vec![Run { first: 1, count: 1 }], "block 2 is held locally");
+        asm.put_blocks(1, &data[4096..]).unwrap();
+        let err = asm.finish(idx.image_digest(), &AddOptions::default()).unwrap_err();
+        assert_eq!(err.code, Code::BadRepository, "{}", err.message);
+        assert!(err.message.contains(&held.digest), "{}", err.message);
+        assert_eq!(repo.list().unwrap().len(), 1);
     }
 
     #[test]

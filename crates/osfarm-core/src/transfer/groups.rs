@@ -190,7 +190,7 @@ impl GroupTable {
     pub fn lookup(&self, records: &[u8]) -> Result<Vec<(u32, Option<Location>)>> {
         let dl = self.alg.len();
         let rl = COUNT_LEN + dl;
-        if records.is_empty() || records.len() % rl != 0 {
+        if records.is_empty() || !records.len().is_multiple_of(rl) {
             bail!(InvalidArgument, "{} bytes of groups are not a whole number of {rl}-byte records", records.len());
         }
         records

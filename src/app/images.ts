@@ -1,0 +1,36 @@
+/** Images as the front ends list them: the repository entry with what its build recorded. */
+import { buildMeta } from '../images/lookup.js';
+import type { ImageEntry } from '../repo/index.js';
+
+/** An image as the API lists it: the repository entry plus what its build recorded. */
+export interface ImageView {
+  digest: string;
+  name: string | null;
+  format: string;
+  size: number;
+  blockCount: number;
+  added: string;
+  specDigest: string | null;
+  distribution: string | null;
+  release: string | null;
+  architecture: string | null;
+  packages: string[];
+}
+
+export function imageView(e: ImageEntry): ImageView {
+  const meta = buildMeta(e);
+  const spec = meta?.spec;
+  return {
+    digest: e.digest,
+    name: e.name ?? null,
+    format: e.format,
+    size: e.size,
+    blockCount: e.blockCount,
+    added: e.added.toISOString(),
+    specDigest: meta?.specDigest ?? null,
+    distribution: spec?.distribution ?? null,
+    release: spec?.release ?? null,
+    architecture: spec?.architecture ?? null,
+    packages: spec?.packages ?? [],
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Serving on one HTTP port, as `osfarm serve` and the web front end do: handlers tried in
+ * order, the URL to give people, and a close that ends the handlers' work and every open
+ * connection.
+ */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { type HttpHandler, listenHttp } from '../transfer/http/serve.js';
+
+export interface ServeOptions {
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** 0 (default) picks a free port. */
+  port?: number;
+  /** Tried in order; the first that answers wins. */
+  handlers: HttpHandler[];
+  /** Runs first on close (a web handler cancels its jobs). */
+  onClose?: () => Promise<void>;
+}
+
+export interface Serving {
+  server: Server;
+  address: AddressInfo;
+  /** `http://host:port` (IPv6 addresses in brackets). */
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function serve(options: ServeOptions): Promise<Serving> {
+  const { server, address } = await listenHttp({ host: options.host ?? '127.0.0.1', port: options.port ?? 0, handlers: options.handlers });
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    server,
+    address,
+    url: `http://${host}:${address.port}`,
+    async close() {
+      await options.onClose?.();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}

@@ -1,0 +1,98 @@
+/** Stable error codes: match on these, not on messages. */
+export type ErrorCode =
+  | 'OSFARM_INVALID_ARGUMENT'
+  | 'OSFARM_IO'
+  | 'OSFARM_BAD_INDEX'
+  | 'OSFARM_BAD_ARCHIVE'
+  | 'OSFARM_DIGEST_MISMATCH'
+  | 'OSFARM_BAD_REPOSITORY'
+  | 'OSFARM_NOT_FOUND'
+  | 'OSFARM_AMBIGUOUS'
+  | 'OSFARM_MISMATCH'
+  | 'OSFARM_ABORTED'
+  | 'OSFARM_LOCKED'
+  | 'OSFARM_BAD_SPEC'
+  | 'OSFARM_BUILD_FAILED'
+  | 'OSFARM_STAGE'
+  | 'OSFARM_PROTOCOL'
+  | 'OSFARM_UNAUTHORIZED'
+  | 'OSFARM_INTERNAL';
+
+/** Every error osfarm raises on purpose: a stable `code` and a message that says what to do. */
+export class OsfarmError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'OsfarmError';
+    this.code = code;
+  }
+}
+
+/** A bad argument or option (code `OSFARM_INVALID_ARGUMENT`): the message says what is wrong and what to give instead. */
+export function invalidArgument(message: string): OsfarmError {
+  return new OsfarmError('OSFARM_INVALID_ARGUMENT', message);
+}
+
+const CODE = /^OSFARM_[A-Z_]+$/;
+/**
+ * The code an error of the native module carries, lifted into an OsfarmError; undefined if
+ * it carries none. The one place that knows how the binding marks codes: napi-rs's custom
+ * status in `code`. napi-rs's own InvalidArg (a JS value of the wrong type) is an invalid
+ * argument too.
+ */
+export function fromNative(err: unknown): OsfarmError | undefined {
+  if (!(err instanceof Error) || err instanceof OsfarmError) return undefined;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && CODE.test(code)) return new OsfarmError(code as ErrorCode, err.message, { cause: err });
+  if (code === 'InvalidArg') return new OsfarmError('OSFARM_INVALID_ARGUMENT', err.message, { cause: err });
+  return undefined;
+}
+
+/**
+ * Any error as an OsfarmError, for whoever has to report one with a code (the CLI's exit,
+ * the push protocol's ERROR frame, the web API's JSON): osfarm's own as they are, the
+ * native module's with their code, Node's argument errors as OSFARM_INVALID_ARGUMENT,
+ * system errors (ENOENT, EACCES…) as OSFARM_IO, aborts as OSFARM_ABORTED, anything else
+ * as OSFARM_INTERNAL (a bug).
+ */
+export function toOsfarmError(err: unknown): OsfarmError {
+  if (err instanceof OsfarmError) return err;
+  const lifted = fromNative(err);
+  if (lifted) return lifted;
+  const e = err as NodeJS.ErrnoException | undefined;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const message = err instanceof Error ? err.message : String(err);
+  if (/^ERR_(INVALID_ARG|OUT_OF_RANGE|MISSING_ARGS|PARSE_ARGS)/.test(code)) return new OsfarmError('OSFARM_INVALID_ARGUMENT', message, { cause: err });
+  if (/^E[A-Z]+$/.test(code)) return new OsfarmError('OSFARM_IO', message, { cause: err });
+  if (e?.name === 'AbortError') return new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled', { cause: err });
+  return new OsfarmError('OSFARM_INTERNAL', message, { cause: err });
+}
+
+/** Runs a native call, sync or async, and lifts its errors into OsfarmErrors. */
+export async function callNative<T>(fn: () => Promise<T> | T): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw fromNative(err) ?? err;
+  }
+}
+
+/** The synchronous form of `callNative`, for the `*Sync` twins. */
+export function callNativeSync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err) ?? err;
+  }
+}
+
+/** An error as JSON, the one shape osfarm writes errors in (CLI --json output, every HTTP answer): `{ error: { code, message } }`. */
+export function errorJson(err: unknown): { error: { code: ErrorCode; message: string } } {
+  const { code, message } = toOsfarmError(err);
+  return { error: { code, message } };
+}
+
+/** Throws OSFARM_ABORTED if the signal has already fired (a native task only sees later aborts). */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
+}

@@ -1,0 +1,252 @@
+/**
+ * The push protocol's framing (docs/protocol.md): an 8-byte magic, then frames of
+ * `u32 payload length | u8 type | payload`. The reader refuses an oversized frame from its
+ * header alone, before buffering any of its payload.
+ */
+import { OsfarmError } from '../../base/errors.js';
+
+/** "\x89OSFP\r\n\x1a": sent first by both sides. */
+export const MAGIC = Buffer.from([0x89, 0x4f, 0x53, 0x46, 0x50, 0x0d, 0x0a, 0x1a]);
+/**
+ * The protocol versions this osfarm speaks, preferred first. 2 sends one digest per
+ * content-defined group of blocks instead of every block digest; 1 is kept for older peers.
+ */
+export const PROTOCOL_VERSIONS: readonly number[] = [2, 1];
+export const HEADER_LEN = 5;
+/** Payload limit until authentication has succeeded. */
+export const PRE_AUTH_MAX_FRAME = 64 << 10;
+/** Payload limit afterwards (announced in WELCOME). */
+export const DEFAULT_MAX_FRAME = 4 << 20;
+/** Largest run of block data asked for in one REQUEST record (one BLOCKS frame). */
+export const MAX_RUN_BYTES = 1 << 20;
+
+export const FrameType = {
+  HELLO: 0x01,
+  WELCOME: 0x02,
+  AUTH: 0x03,
+  AUTH_OK: 0x04,
+  IMAGE: 0x05,
+  ACCEPT: 0x06,
+  DIGESTS: 0x10,
+  REQUEST: 0x11,
+  BLOCKS: 0x12,
+  END: 0x13,
+  DONE: 0x14,
+  GROUPS: 0x15,
+  NEED_DIGESTS: 0x16,
+  ERROR: 0x7f,
+  PROGRESS: 0x80,
+  KEEPALIVE: 0x81,
+} as const;
+export type FrameTypeId = (typeof FrameType)[keyof typeof FrameType];
+
+const NAMES = new Map<number, string>(Object.entries(FrameType).map(([k, v]) => [v, k]));
+export function frameName(type: number): string {
+  return NAMES.get(type) ?? `0x${type.toString(16).padStart(2, '0')}`;
+}
+
+/** True for types a peer may ignore when it does not know them (0x80-0xFF). */
+export function isOptional(type: number): boolean {
+  return type >= 0x80;
+}
+
+export function protocolError(message: string): OsfarmError {
+  return new OsfarmError('OSFARM_PROTOCOL', message);
+}
+
+/** A frame header (5 bytes) for a payload of `length` bytes. */
+export function header(type: number, length: number): Buffer {
+  const h = Buffer.allocUnsafe(HEADER_LEN);
+  h.writeUInt32LE(length, 0);
+  h.writeUInt8(type, 4);
+  return h;
+}
+
+export function jsonPayload(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value), 'utf8');
+}
+
+/** Parses a control payload: one JSON object, else a protocol error. */
+export function parseJson(type: number, payload: Buffer): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw protocolError(`${frameName(type)} frame is not valid JSON`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw protocolError(`${frameName(type)} frame is not a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+// ----- binary payloads -----
+
+export interface Run {
+  first: number;
+  count: number;
+}
+
+export function digestsPayload(first: number, digests: Buffer): Buffer[] {
+  const h = Buffer.allocUnsafe(8);
+  h.writeBigUInt64LE(BigInt(first), 0);
+  return [h, digests];
+}
+
+export function parseDigests(payload: Buffer, digestLen: number): { first: number; digests: Buffer } {
+  if (payload.length < 8 + digestLen || (payload.length - 8) % digestLen !== 0) {
+    throw protocolError(`DIGESTS frame of ${payload.length} bytes is not 8 + k × ${digestLen}`);
+  }
+  return { first: readU64(payload, 0), digests: payload.subarray(8) };
+}
+
+/** A GROUPS payload: the first block the groups cover, then the grouper's records. */
+export function groupsPayload(first: number, records: Buffer): Buffer[] {
+  const h = Buffer.allocUnsafe(8);
+  h.writeBigUInt64LE(BigInt(first), 0);
+  return [h, records];
+}
+
+export function parseGroups(payload: Buffer): { first: number; records: Buffer } {
+  if (payload.length <= 8) throw protocolError(`GROUPS frame of ${payload.length} bytes carries no group`);
+  return { first: readU64(payload, 0), records: payload.subarray(8) };
+}
+
+/** REQUEST and NEED_DIGESTS payloads: runs of blocks, 12 bytes each. */
+export function requestPayload(runs: Run[]): Buffer {
+  const b = Buffer.allocUnsafe(12 * runs.length);
+  runs.forEach((r, i) => {
+    b.writeBigUInt64LE(BigInt(r.first), 12 * i);
+    b.writeUInt32LE(r.count, 12 * i + 8);
+  });
+  return b;
+}
+
+export function parseRequest(payload: Buffer, what = 'REQUEST'): Run[] {
+  if (payload.length === 0 || payload.length % 12 !== 0) throw protocolError(`${what} frame of ${payload.length} bytes is not a list of 12-byte runs`);
+  const runs: Run[] = [];
+  for (let at = 0; at < payload.length; at += 12) {
+    const count = payload.readUInt32LE(at + 8);
+    if (count === 0) throw protocolError(`${what} for an empty run`);
+    runs.push({ first: readU64(payload, at), count });
+  }
+  return runs;
+}
+
+export const BLOCKS_HEADER_LEN = 16;
+
+export function blocksHeader(first: number, count: number, encoding: number): Buffer {
+  const h = Buffer.alloc(BLOCKS_HEADER_LEN);
+  h.writeBigUInt64LE(BigInt(first), 0);
+  h.writeUInt32LE(count, 8);
+  h.writeUInt8(encoding, 12);
+  return h;
+}
+
+/** BLOCKS encodings: raw, one zstd frame per run, the transfer's zstd stream (v2 only). */
+export const Encoding = { RAW: 0, ZSTD: 1, ZSTD_STREAM: 2 } as const;
+
+export function parseBlocks(payload: Buffer, version: number): { first: number; count: number; encoding: number; data: Buffer } {
+  if (payload.length < BLOCKS_HEADER_LEN) throw protocolError(`BLOCKS frame of ${payload.length} bytes is shorter than its header`);
+  const encoding = payload.readUInt8(12);
+  if (encoding > (version >= 2 ? Encoding.ZSTD_STREAM : Encoding.ZSTD)) throw protocolError(`BLOCKS frame with unknown encoding ${encoding}`);
+  return { first: readU64(payload, 0), count: payload.readUInt32LE(8), encoding, data: payload.subarray(BLOCKS_HEADER_LEN) };
+}
+
+function readU64(b: Buffer, at: number): number {
+  const v = b.readBigUInt64LE(at);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw protocolError(`block number ${v} is out of range`);
+  return Number(v);
+}
+
+// ----- the incremental reader -----
+
+export interface Frame {
+  type: number;
+  payload: Buffer;
+}
+
+/**
+ * Cuts a byte stream into frames. `push` takes socket chunks and returns the complete
+ * frames; it throws OSFARM_PROTOCOL on a bad magic or a frame above `maxFrame`, checked
+ * from the header before any payload is kept.
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private magicSeen = false;
+  /** The largest payload accepted now. */
+  maxFrame: number;
+
+  constructor(maxFrame = PRE_AUTH_MAX_FRAME, private readonly what = 'peer') {
+    this.maxFrame = maxFrame;
+  }
+
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  push(chunk: Buffer): Frame[] {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const out: Frame[] = [];
+    if (!this.magicSeen) {
+      if (this.buffered < MAGIC.length) {
+        if (!MAGIC.subarray(0, this.buffered).equals(this.peek(this.buffered))) throw this.badMagic();
+        return out;
+      }
+      if (!this.take(MAGIC.length).equals(MAGIC)) throw this.badMagic();
+      this.magicSeen = true;
+    }
+    while (this.buffered >= HEADER_LEN) {
+      const h = this.peek(HEADER_LEN);
+      const length = h.readUInt32LE(0);
+      const type = h.readUInt8(4);
+      if (length > this.maxFrame) {
+        throw protocolError(`${frameName(type)} frame of ${length} bytes exceeds the limit of ${this.maxFrame} bytes`);
+      }
+      if (this.buffered < HEADER_LEN + length) break;
+      this.take(HEADER_LEN);
+      out.push({ type, payload: this.take(length) });
+    }
+    return out;
+  }
+
+  private badMagic(): OsfarmError {
+    return protocolError(`the ${this.what} does not speak the osfarm push protocol (bad magic)`);
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
+    return Buffer.concat(this.chunks, Math.max(n, 0)).subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length > n) {
+      out = first.subarray(0, n);
+      this.chunks[0] = first.subarray(n);
+    } else if (first.length === n) {
+      out = first;
+      this.chunks.shift();
+    } else {
+      const parts: Buffer[] = [];
+      let need = n;
+      while (need > 0) {
+        const c = this.chunks[0]!;
+        if (c.length <= need) {
+          parts.push(c);
+          this.chunks.shift();
+          need -= c.length;
+        } else {
+          parts.push(c.subarray(0, need));
+          this.chunks[0] = c.subarray(need);
+          need = 0;
+        }
+      }
+      out = Buffer.concat(parts, n);
+    }
+    this.buffered -= n;
+    return out;
+  }
+}

@@ -1,0 +1,531 @@
+/**
+ * The receiving side of a push (docs/protocol.md): a TCP server that authenticates
+ * sources with a shared token, resolves the source's digest groups from its own indexes
+ * (protocol 2: it asks only for the block digests of groups it does not hold), looks
+ * every block digest up in its repository's hash table, requests only the blocks it lacks
+ * (bounded outstanding bytes), verifies every block and the image digest, and publishes
+ * atomically.
+ */
+import { EventEmitter } from 'node:events';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { existsSync } from 'node:fs';
+
+import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
+import { native, type PushAssembly } from '../../base/native.js';
+import { Repository } from '../../repo/index.js';
+import { mac, macMatches, newNonce, parseNonce } from './auth.js';
+import { Connection, field, intField, optString } from './connection.js';
+import {
+  DEFAULT_MAX_FRAME,
+  Encoding,
+  FrameType,
+  MAX_RUN_BYTES,
+  PRE_AUTH_MAX_FRAME,
+  PROTOCOL_VERSIONS,
+  isOptional,
+  parseBlocks,
+  parseDigests,
+  parseGroups,
+  parseJson,
+  protocolError,
+  requestPayload,
+  type Frame,
+  type Run,
+} from './frames.js';
+import { SOFTWARE } from '../../base/version.js';
+
+/** Largest `meta` an IMAGE frame may carry (as JSON): a build's spec, its XML and its log's end. */
+const MAX_META = 1 << 20;
+
+export interface ReceiverOptions {
+  /** The repository images are received into (created if the directory does not exist). */
+  repoPath: string;
+  /** The shared token; required unless `insecure`. */
+  token?: string;
+  /** Accept sources without a token (trusted networks, tests). */
+  insecure?: boolean;
+  /** Transfers at once; more are refused with OSFARM_LOCKED (default 4). */
+  maxTransfers?: number;
+  /** Close a connection that sends nothing for this long (default 60 s). */
+  idleTimeoutMs?: number;
+  /** Time allowed for magic + HELLO + AUTH (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Requested-but-unreceived bytes per transfer (default 16 MiB). */
+  windowBytes?: number;
+  /** Largest payload accepted after authentication (default 4 MiB). */
+  maxFrame?: number;
+  /** Protocol versions accepted (default [2, 1]); the highest one the source offers is used. */
+  protocols?: number[];
+}
+
+export interface TransferReport {
+  remote: string;
+  /** The protocol version used. */
+  protocol?: number;
+  digest?: string;
+  name?: string;
+  size?: number;
+  blockCount?: number;
+  alreadyPresent?: boolean;
+  receivedBlocks: number;
+  receivedBytes: number;
+  localBlocks: number;
+  resumedBlocks: number;
+  duplicateBlocks: number;
+  zeroBlocks: number;
+  wireBytesReceived: number;
+  seconds: number;
+  error?: { code: string; message: string };
+  /** True if the partial image was kept for a later attempt (the transfer failed without the source's fault). */
+  keptPartial?: boolean;
+}
+
+/** Runs a native call on data from the source: its refusal of bad input is a protocol error. */
+function bySource<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const e = toOsfarmError(err);
+    throw e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e;
+  }
+}
+
+/**
+ * A push receiver. Events: `transfer-start` ({remote, size, name}), `transfer-done`
+ * (TransferReport), `transfer-failed` (TransferReport with `error`), `connection-refused`
+ * ({remote, error}).
+ */
+export class Receiver extends EventEmitter {
+  private server: Server | undefined;
+  private readonly connections = new Set<Socket>();
+  private active = 0;
+  private repoChecked = false;
+  readonly options: Required<Omit<ReceiverOptions, 'token'>> & { token?: string };
+  /** Totals over the receiver's life. */
+  readonly totals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
+
+  constructor(options: ReceiverOptions) {
+    super();
+    if (!options.token && !options.insecure) {
+      throw new OsfarmError(
+        'OSFARM_UNAUTHORIZED',
+        'refusing to receive without a token: give --token, --token-file or $OSFARM_TOKEN, or --insecure on a trusted network',
+      );
+    }
+    this.options = {
+      repoPath: options.repoPath,
+      token: options.token,
+      insecure: options.insecure ?? false,
+      maxTransfers: options.maxTransfers ?? 4,
+      idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+      windowBytes: options.windowBytes ?? 16 << 20,
+      maxFrame: Math.max(options.maxFrame ?? DEFAULT_MAX_FRAME, MAX_RUN_BYTES + 64),
+      protocols: options.protocols ?? [...PROTOCOL_VERSIONS],
+    };
+    if (this.options.protocols.length === 0 || this.options.protocols.some((v) => !PROTOCOL_VERSIONS.includes(v))) {
+      throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `protocol versions ${JSON.stringify(options.protocols)}: this osfarm speaks ${PROTOCOL_VERSIONS.join(', ')}`);
+    }
+  }
+
+  /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    this.ensureRepository();
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server.address() as AddressInfo;
+  }
+
+  /** Stops listening and ends every connection (their partial images stay for resume). */
+  async close(): Promise<void> {
+    for (const s of this.connections) s.destroy();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private ensureRepository(): Repository {
+    if (!this.repoChecked && !existsSync(this.options.repoPath)) {
+      Repository.init(this.options.repoPath);
+      this.emit('repository-created', { path: this.options.repoPath });
+    }
+    this.repoChecked = true;
+    return Repository.open(this.options.repoPath);
+  }
+
+  private accept(socket: Socket): void {
+    this.connections.add(socket);
+    socket.once('close', () => this.connections.delete(socket));
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const conn = new Connection(socket, { idleTimeoutMs: this.options.idleTimeoutMs, maxFrame: PRE_AUTH_MAX_FRAME, peer: 'source' });
+    // Garbage and wrong magic get an ERROR frame that says why (see protocol.md).
+    conn.sendMagic();
+    this.session(conn, remote).catch((err) => {
+      const e = toOsfarmError(err);
+      conn.fail(e);
+      this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
+    });
+  }
+
+  private async session(conn: Connection, remote: string): Promise<void> {
+    const o = this.options;
+    const timer = setTimeout(() => conn.fail(protocolError(`the handshake was not completed within ${o.handshakeTimeoutMs / 1000} s`)), o.handshakeTimeoutMs);
+    let repo: Repository;
+    let version: number;
+    try {
+      const hello = await conn.expectJson(FrameType.HELLO, 'HELLO');
+      const versions: unknown[] = Array.isArray(hello.protocols) ? hello.protocols : [];
+      const common = o.protocols.filter((v) => versions.includes(v));
+      if (common.length === 0) {
+        throw protocolError(`the source speaks protocol versions ${JSON.stringify(versions)}; this receiver speaks ${o.protocols.join(', ')}`);
+      }
+      version = Math.max(...common);
+      const clientNonce = parseNonce(hello.nonce, 'HELLO');
+      const serverNonce = newNonce();
+      repo = this.ensureRepository();
+      conn.sendJson(FrameType.WELCOME, {
+        protocol: version,
+        software: SOFTWARE,
+        nonce: serverNonce.toString('hex'),
+        auth: o.token ? 'hmac-sha256' : 'none',
+        hash: repo.hash,
+        blockSize: repo.blockSize,
+        maxFrame: o.maxFrame,
+      });
+      const auth = await conn.expectJson(FrameType.AUTH, 'AUTH');
+      if (o.token) {
+        if (!macMatches(auth.mac, mac(o.token, 'client', clientNonce, serverNonce))) {
+          throw new OsfarmError('OSFARM_UNAUTHORIZED', 'wrong token: the source is not allowed to push here');
+        }
+        conn.sendJson(FrameType.AUTH_OK, { mac: mac(o.token, 'server', clientNonce, serverNonce).toString('hex') });
+      } else {
+        conn.sendJson(FrameType.AUTH_OK, {});
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    conn.setMaxFrame(o.maxFrame);
+    const image = await conn.expectJson(FrameType.IMAGE, 'IMAGE');
+    if (this.active >= o.maxTransfers) {
+      throw new OsfarmError('OSFARM_LOCKED', `the receiver is busy with ${this.active} transfers (its limit); try again later`);
+    }
+    this.active++;
+    try {
+      await this.transfer(conn, remote, repo, image, version);
+    } finally {
+      this.active--;
+    }
+  }
+
+  private async transfer(conn: Connection, remote: string, repo: Repository, image: Record<string, unknown>, version: number): Promise<void> {
+    const o = this.options;
+    const started = process.hrtime.bigint();
+    const size = intField(image, 'size', 'IMAGE');
+    const blockCount = intField(image, 'blockCount', 'IMAGE');
+    const hash = field(image, 'hash', 'IMAGE');
+    const blockSize = intField(image, 'blockSize', 'IMAGE');
+    if (hash !== repo.hash || blockSize !== repo.blockSize) {
+      throw new OsfarmError('OSFARM_MISMATCH', `the image was hashed with ${hash} at ${blockSize}-byte blocks; this repository uses ${repo.hash} at ${repo.blockSize}`);
+    }
+    if (blockCount !== Math.ceil(size / blockSize)) throw protocolError(`IMAGE says ${blockCount} blocks for ${size} bytes at ${blockSize}-byte blocks`);
+    const resumeKey = optString(image, 'resumeKey', 512);
+    const digest = optString(image, 'digest', 64);
+    if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
+    const meta = image.meta === undefined || image.meta === null ? undefined : JSON.stringify(image.meta);
+    if (meta !== undefined && meta.length > MAX_META) throw protocolError(`IMAGE meta is ${meta.length} bytes of JSON; at most ${MAX_META}`);
+    const imageOptions = {
+      name: optString(image, 'name', 255),
+      originalName: optString(image, 'originalName', 4096),
+      format: optString(image, 'format', 64),
+      metaJson: meta,
+    };
+    const report: TransferReport = {
+      remote,
+      protocol: version,
+      size,
+      blockCount,
+      name: imageOptions.name,
+      receivedBlocks: 0,
+      receivedBytes: 0,
+      localBlocks: 0,
+      resumedBlocks: 0,
+      duplicateBlocks: 0,
+      zeroBlocks: 0,
+      wireBytesReceived: 0,
+      seconds: 0,
+    };
+    this.emit('transfer-start', { remote, size, name: imageOptions.name });
+
+    const asm: PushAssembly = await callNative(() =>
+      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
+    );
+    /** Where the image's blocks came from so far (reported in DONE and to listeners). */
+    const counts = () => {
+      const st = asm.stats;
+      return {
+        receivedBlocks: st.receivedBlocks,
+        receivedBytes: st.receivedBytes,
+        localBlocks: st.localBlocks,
+        resumedBlocks: st.resumedBlocks,
+        duplicateBlocks: st.duplicateBlocks,
+        zeroBlocks: st.zeroBlocks,
+      };
+    };
+    const finishReport = (extra: Partial<TransferReport>) => {
+      const st = asm.stats;
+      Object.assign(report, {
+        ...counts(),
+        wireBytesReceived: conn.bytesIn,
+        seconds: Number(process.hrtime.bigint() - started) / 1e9,
+        ...extra,
+      });
+      this.totals.wireBytesReceived += conn.bytesIn;
+      this.totals.receivedBytes += st.receivedBytes;
+      return report;
+    };
+
+    if (asm.alreadyPresent) {
+      const e = await callNative(() => asm.finish(digest!, imageOptions));
+      conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
+      conn.end();
+      this.totals.transfers++;
+      this.emit('transfer-done', finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: true }));
+      return;
+    }
+    conn.sendJson(FrameType.ACCEPT, { resumedBlocks: 0 });
+
+    await new Promise<void>((resolve) => {
+      const dl = asm.hash === 'sha256' ? 32 : 20;
+      const maxRunBlocks = Math.max(1, Math.floor(MAX_RUN_BYTES / blockSize));
+      const pending: Run[] = [];
+      const outstanding = new Map<number, number>();
+      let outstandingBytes = 0;
+      let puts = 0;
+      let paused = false;
+      let endDigest: string | undefined;
+      let finishing = false;
+      let over = false;
+      const MAX_PUTS = 8;
+      // v2: the groups announced so far, in image order from `groupHead`. Each is offered,
+      // in order, once its block digests are known: from the repository's own index for a
+      // group it holds, else from the DIGESTS answering a NEED_DIGESTS run (in `asked`,
+      // by first block). Misses are asked for at once, so nothing waits on a round trip.
+      interface Group {
+        first: number;
+        count: number;
+        digests?: Buffer;
+      }
+      const groups: Group[] = [];
+      let groupHead = 0;
+      let grouped = 0;
+      const asked = new Map<number, Group[]>();
+      const maxDigestRun = Math.floor((o.maxFrame - 8) / dl);
+
+      const progress = setInterval(() => {
+        const st = asm.stats;
+        conn.sendJson(FrameType.PROGRESS, { haveBlocks: st.haveBlocks, blockCount, receivedBytes: st.receivedBytes });
+      }, 1000);
+
+      const end = (err: OsfarmError | undefined, fromSource: boolean) => {
+        if (over) return;
+        over = true;
+        clearInterval(progress);
+        if (err) {
+          // A source that misbehaved gets nothing kept; an interrupted one can resume.
+          const keep = !fromSource && asm.resumable;
+          asm.abort(!keep);
+          this.totals.failed++;
+          this.emit('transfer-failed', finishReport({ error: { code: err.code, message: err.message }, keptPartial: keep }));
+          conn.fail(err);
+        }
+        resolve();
+      };
+
+      const pump = () => {
+        while (pending.length > 0 && outstandingBytes < o.windowBytes && !over) {
+          const batch: Run[] = [];
+          while (pending.length > 0 && outstandingBytes < o.windowBytes && batch.length < 4096) {
+            const r = pending.shift()!;
+            batch.push(r);
+            outstanding.set(r.first, r.count);
+            outstandingBytes += r.count * blockSize;
+          }
+          conn.send(FrameType.REQUEST, requestPayload(batch));
+        }
+        maybeFinish();
+      };
+
+      const maybeFinish = () => {
+        if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
+        if (groupHead < groups.length || asked.size) return;
+        finishing = true;
+        callNative(() => asm.finish(endDigest!, imageOptions)).then(
+          (e) => {
+            if (over) return;
+            conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });
+            over = true;
+            clearInterval(progress);
+            this.totals.transfers++;
+            this.emit('transfer-done', finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: false }));
+            conn.end();
+            resolve();
+          },
+          // A wrong image digest is the source's fault (nothing kept); a damaged local
+          // block (OSFARM_BAD_REPOSITORY) or an I/O error is not.
+          (err) => {
+            const e = toOsfarmError(err);
+            end(e, e.code === 'OSFARM_DIGEST_MISMATCH');
+          },
+        );
+      };
+
+      /** Offers block digests to the assembly and queues requests for the blocks it lacks. */
+      const offer = (first: number, digests: Buffer) => {
+        for (const r of bySource(() => asm.offer(first, digests))) {
+          for (let at = r.first; at < r.first + r.count; at += maxRunBlocks) {
+            pending.push({ first: at, count: Math.min(maxRunBlocks, r.first + r.count - at) });
+          }
+        }
+      };
+
+      /** v2: offers the groups at the head of the queue whose digests are known. */
+      const offerReady = () => {
+        const first = groups[groupHead]?.first ?? 0;
+        const parts: Buffer[] = [];
+        while (groupHead < groups.length && groups[groupHead]!.digests) parts.push(groups[groupHead++]!.digests!);
+        if (parts.length > 0) offer(first, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+        if (groupHead > 4096 && groupHead * 2 > groups.length) {
+          groups.splice(0, groupHead);
+          groupHead = 0;
+        }
+        pump();
+      };
+
+      /** v2: queues the groups of a GROUPS frame and asks for the digests of unknown ones. */
+      const onGroups = (payload: Buffer) => {
+        const { first, records } = parseGroups(payload);
+        if (first !== grouped) throw protocolError(`GROUPS from block ${first} where block ${grouped} was next`);
+        const need: Run[] = [];
+        for (const g of bySource(() => asm.lookupGroups(records))) {
+          if (grouped + g.count > blockCount) throw protocolError(`GROUPS cover more than the image's ${blockCount} blocks`);
+          const group: Group = { first: grouped, count: g.count, digests: g.digests ?? undefined };
+          groups.push(group);
+          grouped += g.count;
+          if (group.digests) continue;
+          const last = need[need.length - 1];
+          if (last && last.first + last.count === group.first && last.count + group.count <= maxDigestRun) {
+            last.count += group.count;
+            asked.get(last.first)!.push(group);
+          } else {
+            need.push({ first: group.first, count: group.count });
+            asked.set(group.first, [group]);
+          }
+        }
+        if (need.length > 0) conn.send(FrameType.NEED_DIGESTS, requestPayload(need));
+        offerReady();
+      };
+
+      /** v2: DIGESTS answer one NEED_DIGESTS run exactly. */
+      const onAskedDigests = (first: number, digests: Buffer) => {
+        const waiting = asked.get(first);
+        const count = digests.length / dl;
+        if (!waiting || waiting.reduce((n, g) => n + g.count, 0) !== count) {
+          throw protocolError(`DIGESTS ${first}+${count} answer no NEED_DIGESTS`);
+        }
+        asked.delete(first);
+        let at = 0;
+        for (const g of waiting) {
+          g.digests = digests.subarray(at * dl, (at + g.count) * dl);
+          at += g.count;
+        }
+        offerReady();
+      };
+
+      const onFrame = (f: Frame) => {
+        switch (f.type) {
+          case FrameType.DIGESTS: {
+            const { first, digests } = parseDigests(f.payload, dl);
+            if (version >= 2) {
+              onAskedDigests(first, digests);
+              return;
+            }
+            if (endDigest !== undefined) throw protocolError('DIGESTS after END');
+            offer(first, digests);
+            pump();
+            return;
+          }
+          case FrameType.GROUPS: {
+            if (version < 2) throw protocolError('GROUPS in a protocol 1 session');
+            if (endDigest !== undefined) throw protocolError('GROUPS after END');
+            onGroups(f.payload);
+            return;
+          }
+          case FrameType.BLOCKS: {
+            const b = parseBlocks(f.payload, version);
+            if (outstanding.get(b.first) !== b.count) {
+              throw protocolError(`BLOCKS ${b.first}+${b.count} answer no outstanding request`);
+            }
+            if (b.encoding === Encoding.ZSTD_STREAM) {
+              // The stream's parts decode only in frame order: here, as the frames arrive.
+              b.data = bySource(() => asm.decodeStream(b.first, b.count, b.data));
+              b.encoding = Encoding.RAW;
+            }
+            outstanding.delete(b.first);
+            outstandingBytes -= b.count * blockSize;
+            puts++;
+            if (puts >= MAX_PUTS && !paused) {
+              paused = true;
+              conn.socket.pause();
+            }
+            callNative(() => asm.put(b.first, b.count, b.encoding, b.data)).then(
+              () => {
+                puts--;
+                if (paused && puts < MAX_PUTS / 2) {
+                  paused = false;
+                  conn.socket.resume();
+                }
+                pump();
+              },
+              (err) => {
+                const e = toOsfarmError(err);
+                end(e.code === 'OSFARM_INVALID_ARGUMENT' ? protocolError(e.message) : e, true);
+              },
+            );
+            pump();
+            return;
+          }
+          case FrameType.END: {
+            if (endDigest !== undefined) throw protocolError('a second END');
+            const m = parseJson(f.type, f.payload);
+            const d = field(m, 'digest', 'END');
+            if (!/^[0-9a-f]+$/.test(d) || d.length !== dl * 2) throw protocolError('END carries no valid image digest');
+            const named = version >= 2 ? grouped : asm.stats.offered;
+            if (named !== blockCount) {
+              throw protocolError(`END after the ${version >= 2 ? 'groups' : 'digests'} of ${named} of ${blockCount} blocks`);
+            }
+            endDigest = d;
+            maybeFinish();
+            return;
+          }
+          default:
+            if (isOptional(f.type)) return;
+            throw protocolError(`unexpected frame type 0x${f.type.toString(16)} during the transfer`);
+        }
+      };
+
+      conn.onClose((err) => {
+        if (over) return;
+        // Refused data (bad frame, garbage, wrong block) is the source's fault: nothing is
+        // kept. A dropped connection, a timeout or the source's own ERROR keep the partial.
+        end(err ?? protocolError('the source closed the connection before the image was complete'), conn.closeKind === 'local');
+      });
+      conn.onFrame(onFrame);
+    });
+  }
+}
