@@ -78,11 +78,19 @@ export function action(button, fn) {
   };
 }
 
-/** Follows a job's events (history first, then live) until it ends or `stop()` is called. */
-export function followJob(id, onEvent) {
+/**
+ * Follows a job's events (history first, then live) until it ends or `stop()` is called.
+ * When the connection drops (the server restarts), the browser reconnects with the last
+ * event's id and the server sends what came after it. `onConnection(status)` says 'live',
+ * 'reconnecting' (the browser retries by itself) or 'closed' (the server refused the stream).
+ */
+export function followJob(id, onEvent, onConnection = () => {}) {
   const source = new EventSource(`/api/jobs/${id}/events`);
   const types = ['state', 'phase', 'log', 'progress', 'sample', 'output', 'result', 'error'];
-  for (const t of types) source.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
+  // The job's `error` event has data; the EventSource's own `error` (a lost connection) has none.
+  const lost = () => onConnection(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
+  for (const t of types) source.addEventListener(t, (m) => (m.data === undefined ? lost() : onEvent(JSON.parse(m.data))));
+  source.addEventListener('open', () => onConnection('live'));
   source.addEventListener('end', () => {
     source.close();
     onEvent({ type: 'end' });
