@@ -15,7 +15,7 @@ import { isFinal, JobEmitter, type JobEvent, type JobInfo, type JobKind, type Jo
 import { bullIdOf, FarmQueues, routeOf } from './queues.js';
 import { connectRedis, SHARED_QUEUE } from './redis.js';
 import { RedisJobStore } from './redis-store.js';
-import { readWorkers, type WorkerView } from './registry.js';
+import { readWorkers, stageCounts, type WorkerView } from './registry.js';
 import { DEFAULT_SCHEDULING, Scheduler, type SchedulingOptions } from './scheduler.js';
 import { stageTagsOf } from './tags.js';
 
@@ -117,9 +117,12 @@ export class FarmClient implements JobSource {
     return true;
   }
 
-  /** The registered workers (alive or not) and what each runs. */
-  workers(): Promise<WorkerView[]> {
-    return readWorkers(this.connection, this.store.keys);
+  /** The registered workers (alive or not), what each runs, and how many stages its cache holds. */
+  async workers(): Promise<(WorkerView & { stages: number })[]> {
+    // Only here: the scheduler's rounds read workers without the counts.
+    const workers = await readWorkers(this.connection, this.store.keys);
+    const counts = await stageCounts(this.connection, this.store.keys, workers.map((w) => w.id));
+    return workers.map((w, i) => ({ ...w, stages: counts[i]! }));
   }
 
   /** Disconnects; the farm's jobs go on on their workers. */

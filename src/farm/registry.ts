@@ -22,6 +22,8 @@ export interface WorkerAdvert {
 
 export interface WorkerView extends WorkerAdvert {
   alive: boolean;
+  /** Its last heartbeat (ISO time), '' if none was recorded. */
+  seen: string;
 }
 
 /** The worker's side: register, renew, advertise stages, leave. */
@@ -100,9 +102,18 @@ export async function readWorkers(redis: Redis, keys: Keys): Promise<WorkerView[
       job: h.job ? h.job : null,
       building: h.building ? (JSON.parse(h.building) as string[]) : [],
       alive: rows[2 * i + 1]?.[1] === 1,
+      seen: h.seen ?? '',
     });
   });
   return out;
+}
+
+/** How many stage tags each worker's cache holds (as it last advertised). */
+export async function stageCounts(redis: Redis, keys: Keys, ids: string[]): Promise<number[]> {
+  const pipe = redis.pipeline();
+  for (const id of ids) pipe.scard(keys.workerStages(id));
+  const rows = (await pipe.exec()) ?? [];
+  return ids.map((_, i) => Number(rows[i]?.[1] ?? 0));
 }
 
 /** For each tag, the workers whose cache holds it (live or not). */

@@ -81,6 +81,9 @@ function sampler(emit: JobContext['emit']): (fields: Record<string, number>, for
   };
 }
 
+/** The longest probe: it holds a worker, so a few minutes at most. */
+const MAX_PROBE_MS = 600_000;
+
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
   if (!(allowed as readonly string[]).includes(value)) throw invalidArgument(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
   return value as T;
@@ -204,6 +207,22 @@ export class Api {
         handler: async ({ res }) => {
           const farm = this.o.farm;
           sendJson(res, 200, { farm: farm ? { scheduling: farm.scheduling, workers: await farm.workers() } : null });
+        },
+      },
+      {
+        method: 'POST', path: '/api/farm/probes',
+        doc: {
+          tag: 'jobs', summary: 'Queue a probe on the build farm: a job that only waits `ms` on whichever worker takes it (checks the farm end to end; its `started` minus `created` is the queue\'s overhead)',
+          body: { ms: { description: `how long the worker waits, 0 to ${MAX_PROBE_MS} ms (default 0)`, type: 'number' } },
+          response: { status: 202, description: 'Job; 400 when builds run in this server (no farm)' },
+        },
+        handler: async ({ req, res }) => {
+          const body = await readJson(req, 4096);
+          const ms = body.ms ?? 0;
+          if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 0 || ms > MAX_PROBE_MS) throw invalidArgument(`ms must be a whole number of milliseconds from 0 to ${MAX_PROBE_MS}`);
+          if (!this.o.farm) throw invalidArgument('probes are for a build farm: this server runs its builds itself (start it with osfarm serve --queue redis://host:port)');
+          const info = await this.o.farm.submitProbe(ms);
+          sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
       {
