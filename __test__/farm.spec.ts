@@ -8,14 +8,18 @@
  * not packages). Covered: jobs spread over the workers and follow their cached stages; a
  * worker killed with SIGKILL mid-build (the job completes on another, nothing half-built is
  * published); cancel of a running job (its worker stops the build); the server killed and
- * restarted mid-build (history and the whole log are still there); Redis restarted (the
- * jobs go on).
+ * restarted mid-build (history and the whole log are still there, and a browser on the
+ * build page sees the whole log too); Redis restarted (the jobs go on).
  */
+/// <reference lib="dom" />
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import { chromium } from 'playwright-core';
 
 import { FarmLab, lanLauncher } from './helpers/farm-lab.js';
 import { unmountAll } from './helpers/loopfs.js';
@@ -26,6 +30,8 @@ const OSFARM = [process.execPath, '--import', 'tsx', CLI];
 /** The build tests' shared work directory: the minbase core's packages are fetched once. */
 const WORK = process.env.OSFARM_TEST_WORK ?? '/var/tmp/osfarm-test-build';
 const SEED = join(WORK, 'farm-seed-stages');
+const CHROMIUM = process.env.OSFARM_CHROMIUM ?? '/usr/bin/chromium';
+const ARTIFACTS = join(import.meta.dirname, 'artifacts', 'web');
 
 const CORE = { name: 'core', distribution: 'debian', release: 'bookworm', groups: ['minbase'] };
 
@@ -73,6 +79,7 @@ const jobs = new Map<string, any>();
 test.serial('builds spread over the workers and go through push into the central repository; a repeat follows its cached stages', async (t) => {
   const workers = await lab.workersSeen();
   t.deepEqual(workers.filter((w) => w.alive).map((w) => w.id).sort(), ['w1', 'w2', 'w3']);
+  for (const w of workers) t.is(w.stages, 1, `${w.id} advertises the seeded core`);
 
   const submitted = [];
   for (const name of ['app1', 'app2', 'app3']) submitted.push(await lab.build(appliance(name, 1)));
@@ -167,14 +174,47 @@ test.serial('cancel reaches the worker running the job: its build stops and noth
   t.is((await lab.finished([next.id]))[0].state, 'succeeded');
 });
 
-test.serial('the server killed and restarted mid-build: the job history and the whole log are still there', async (t) => {
+/** A TCP port on this host's loopback relayed to the server's HTTP port (through the lab's unix socket): where the browser goes. */
+async function browserRelay(): Promise<{ url: string; server: Server }> {
+  const server = createServer((c) => {
+    const u = connect(lab.socket);
+    c.pipe(u).pipe(c);
+    c.on('error', () => u.destroy());
+    u.on('error', () => c.destroy());
+    u.on('close', () => c.destroy());
+  }).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, server };
+}
+
+test.serial('the server killed and restarted mid-build: the job history and the whole log are still there, in the browser too', async (t) => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const relay = await browserRelay();
+  t.teardown(() => void relay.server.close());
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  t.teardown(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${relay.url}/`);
+  await page.fill('#token', lab.token);
+  await page.click('#login button');
+  await page.waitForSelector('#distribution');
+
   const job = await lab.build(appliance('app5', 3));
+  // The browser follows the build page; the test's own stream follows too.
+  await page.goto(`${relay.url}/#/build/${job.id}`);
+  await page.waitForSelector('#farm tr[data-worker]');
   const seen: any[] = [];
   const stream = lab.events(job.id, 0, (e) => seen.push(e));
   while (!seen.some((e) => e.type === 'log' && /spec\.commands\[0\]/.test(e.line))) await sleep(100);
+  await page.waitForFunction(() => /spec\.commands\[0\]/.test(document.querySelector('#log')?.textContent ?? ''));
+  t.regex(await page.textContent('#job-worker') ?? '', /worker w\d/);
   await lab.serve!.stop('SIGKILL');
   await stream;
   t.false(seen.some((e) => e.type === 'state' && done(e)), 'the server went away mid-build');
+  await page.waitForFunction(() => /reconnecting/.test(document.querySelector('#stream-state')?.textContent ?? ''));
+  await page.screenshot({ path: join(ARTIFACTS, 'farm-1-server-gone.png'), fullPage: true });
   await lab.startServer();
 
   const all = await lab.events(job.id);
@@ -186,6 +226,23 @@ test.serial('the server killed and restarted mid-build: the job history and the 
   const history = (await lab.api('GET', '/api/jobs')).body.jobs;
   for (const name of ['app1', 'app2', 'app3']) t.is(history.find((h: any) => h.id === jobs.get(name).id)?.state, 'succeeded');
   t.is(history.find((h: any) => h.id === job.id)?.state, 'succeeded');
+
+  // The browser reconnected by itself and has every log line once, in order; the worker, the push phase and its result.
+  await page.waitForFunction(() => document.querySelector('#job-state')?.textContent === 'succeeded', undefined, { timeout: 60_000 });
+  const lines = all.filter((e) => e.type === 'log').map((e) => `${e.line}\n`).join('');
+  t.is(await page.textContent('#log'), lines);
+  t.is(await page.textContent('#stream-state'), '');
+  const info = await lab.job(job.id);
+  t.regex(await page.textContent('#job-worker') ?? '', new RegExp(`worker ${info.worker}`));
+  t.deepEqual(await page.locator('#phases span').allTextContents(), ['bootstrap', 'packages', 'configure', 'pack', 'index', 'push']);
+  t.is(await page.locator('#phases span.done').count(), 6);
+  t.regex(await page.textContent('#outputs .pushed') ?? '', new RegExp(`tar pushed by ${info.worker}: \\d+ of \\d+ blocks sent`));
+  // The farm's workers, refreshed after the restart.
+  t.is(await page.locator('#farm tr[data-worker]').count(), (await lab.workersSeen()).length);
+  await page.click('#probe');
+  await page.waitForFunction(() => /started it \d+ ms after submit/.test(document.querySelector('#probe-result')?.textContent ?? ''), undefined, { timeout: 30_000 });
+  await page.screenshot({ path: join(ARTIFACTS, 'farm-2-after-restart.png'), fullPage: true });
+  t.deepEqual(pageErrors, []);
 });
 
 test.serial('Redis restarted: the running job goes on and a job submitted while Redis was away runs', async (t) => {
