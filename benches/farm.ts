@@ -11,7 +11,9 @@
  *    time, stage-cache hits, base builds per worker, bytes pushed into the central repository.
  * 2. Queue overhead with probe jobs (they only wait 0 ms on a worker; having no stage tags they
  *    go to the shared queue at once): submit → worker start (p50, p95) at 20 submits a second,
- *    no-op jobs a second when 2000 are queued at once, and Redis commands per job. The
+ *    from the queue's client and through the server's API (POST /api/farm/probes, what a user's
+ *    submit goes through), no-op jobs a second when 2000 are queued at once, and Redis
+ *    commands per job. The
  *    scheduler's own placement latency shows in part 1 (first job: submit → start).
  *
  *   node --import tsx benches/farm.ts [scheduling] [overhead]     (root; Debian's redis-server; npm run build first)
@@ -120,14 +122,33 @@ async function schedulingRun(mode: 'plain' | 'cache-aware', s: { stages: string;
   }
 }
 
-async function overhead(): Promise<{ p50: number; p95: number; max: number; perSecond: number; commandsPerJob: number }> {
+/** Submit → start of each job, sorted; and a quantile of them. */
+async function startLatencies(farm: FarmClient, ids: string[]): Promise<{ at(q: number): number; max: number }> {
+  await waitAll(farm, ids);
+  const infos = await Promise.all(ids.map((id) => farm.get(id)));
+  const latencies = infos.map((j) => Date.parse(j!.started!) - Date.parse(j!.created)).sort((a, b) => a - b);
+  return { at: (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!, max: latencies[latencies.length - 1]! };
+}
+
+interface Overhead {
+  p50: number;
+  p95: number;
+  max: number;
+  http: { p50: number; p95: number; max: number };
+  perSecond: number;
+  commandsPerJob: number;
+}
+
+async function overhead(): Promise<Overhead> {
   const dir = join(root, 'overhead');
   rmSync(dir, { recursive: true, force: true });
   const lab = new FarmLab({ dir, launch: loopback, osfarm: OSFARM, server: { host: 'here', ip: '127.0.0.1' }, redisPort: BASE_PORT, receivePort: BASE_PORT + 1, httpPort: BASE_PORT + 2 });
   try {
     await lab.startRedis();
+    await lab.startServer();
     for (const id of ['bw1', 'bw2']) await lab.startWorker({ host: 'here', id, lockMs: 30_000 });
-    const farm = await FarmClient.open({ url: lab.redisUrl, repoPath: join(dir, 'central') });
+    // The server schedules; this client only submits and reads.
+    const farm = await FarmClient.open({ url: lab.redisUrl, repoPath: join(dir, 'central'), schedule: false });
     try {
       // Latency: one probe every 50 ms, each timed from its submit to its worker's start.
       const ids: string[] = [];
@@ -135,10 +156,16 @@ async function overhead(): Promise<{ p50: number; p95: number; max: number; perS
         ids.push((await farm.submitProbe(0)).id);
         await sleep(50);
       }
-      await waitAll(farm, ids);
-      const infos = await Promise.all(ids.map((id) => farm.get(id)));
-      const latencies = infos.map((j) => Date.parse(j!.started!) - Date.parse(j!.created)).sort((a, b) => a - b);
-      const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
+      const direct = await startLatencies(farm, ids);
+      // The same through the server's API: the job is created when the server handles the request.
+      const viaHttp: string[] = [];
+      for (let i = 0; i < 200; i++) {
+        const r = await lab.api('POST', '/api/farm/probes', { ms: 0 });
+        if (r.status !== 202) throw new Error(`POST /api/farm/probes: ${r.status} ${JSON.stringify(r.body)}`);
+        viaHttp.push(r.body.id);
+        await sleep(50);
+      }
+      const http = await startLatencies(farm, viaHttp);
       // Throughput: 2000 probes queued at once; and what Redis did for each.
       const commands = () => Number(/total_commands_processed:(\d+)/.exec(execFileSync('redis-cli', ['-p', String(BASE_PORT), 'info', 'stats'], { encoding: 'utf8' }))![1]);
       const c0 = commands();
@@ -146,7 +173,7 @@ async function overhead(): Promise<{ p50: number; p95: number; max: number; perS
       const many = await Promise.all(Array.from({ length: 2000 }, () => farm.submitProbe(0).then((j) => j.id)));
       await waitAll(farm, many);
       const perSecond = 2000 / ((Date.now() - t0) / 1000);
-      return { p50: at(0.5), p95: at(0.95), max: latencies[latencies.length - 1]!, perSecond, commandsPerJob: (commands() - c0) / 2000 };
+      return { p50: direct.at(0.5), p95: direct.at(0.95), max: direct.max, http: { p50: http.at(0.5), p95: http.at(0.95), max: http.max }, perSecond, commandsPerJob: (commands() - c0) / 2000 };
     } finally {
       await farm.close();
     }
@@ -180,8 +207,11 @@ async function reportOverhead(): Promise<void> {
   const o = await overhead();
   printTable(
     'queue overhead with probe jobs (2 workers, loopback)',
-    [[`${o.p50} ms`, `${o.p95} ms`, `${o.max} ms`, o.perSecond.toFixed(0), o.commandsPerJob.toFixed(0)]],
-    ['submit→start p50', 'p95 (goal < 100 ms)', 'max', 'no-op jobs/s', 'Redis commands per job'],
+    [
+      ['queue client', `${o.p50} ms`, `${o.p95} ms`, `${o.max} ms`, o.perSecond.toFixed(0), o.commandsPerJob.toFixed(0)],
+      ['POST /api/farm/probes', `${o.http.p50} ms`, `${o.http.p95} ms`, `${o.http.max} ms`, '', ''],
+    ],
+    ['submitted by', 'submit→start p50', 'p95 (goal < 100 ms)', 'max', 'no-op jobs/s', 'Redis commands per job'],
   );
   console.log(`  (load average during the run: ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${cpus().length} cores)`);
 }
