@@ -67,6 +67,13 @@ export declare class DigestGrouper {
   finish(): Buffer
 }
 
+/** A held lock; the kernel drops it when `release()` closes the file, or when the process dies. */
+export declare class FileLockHandle {
+  /** Closes the lock file, releasing the lock. Safe to call twice. */
+  release(): void
+  get held(): boolean
+}
+
 /**
  * An image being sent: `next()` yields its digests while a background thread hashes
  * it; `readRun()` reads (and compresses) runs the receiver asks for.
@@ -192,6 +199,8 @@ export declare class RepositoryHandle {
   get hash(): string
   get blockSize(): number
   setWaitForLock(wait: boolean): void
+  /** Frees the catalog and table cached in memory (operations still running keep theirs). */
+  dropCache(): void
   list(): Array<RepoImage>
   /** By full digest, name, or unique digest prefix of at least 4 hex digits. */
   resolve(reference: string): RepoImage
@@ -587,3 +596,9 @@ export interface TransferRun {
   first: number
   count: number
 }
+
+/**
+ * Locks `path` (created if absent), exclusive unless `shared`; null if another holder
+ * conflicts. The descriptor is close-on-exec: child processes never inherit the lock.
+ */
+export declare function tryLockFile(path: string, shared?: boolean | undefined | null): FileLockHandle | null

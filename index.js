@@ -773,10 +773,11 @@ if (
   }
 }
 
-const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, ImageSourceHandle, NbdServer, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex } = nativeBinding
+const { AssemblerHandle, BlockStreamEncoder, DigestGrouper, FileLockHandle, ImageSourceHandle, NbdServer, PushAssembly, RepositoryHandle, compare, compareSync, indexImage, indexImageSync, pack, packSync, readIndex, tryLockFile } = nativeBinding
 export { AssemblerHandle }
 export { BlockStreamEncoder }
 export { DigestGrouper }
+export { FileLockHandle }
 export { ImageSourceHandle }
 export { NbdServer }
 export { PushAssembly }
@@ -788,4 +789,5 @@ export { indexImageSync }
 export { pack }
 export { packSync }
 export { readIndex }
+export { tryLockFile }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -76,7 +76,7 @@ function makeTree(root: string): void {
   writeFileSync(join(root, 'etc', LONG), pseudoRandom(7000, 7));
   writeFileSync(join(root, 'xattr'), 'has an attribute\n');
   setXattr(join(root, 'xattr'), 'user.osfarm', 'hello world');
-  const latin = Buffer.concat([Buffer.from(root + '/'), LATIN1_DIR]);
+  const latin = Buffer.concat([Buffer.from(`${root}/`), LATIN1_DIR]);
   mkdirSync(latin);
   writeFileSync(Buffer.concat([latin, Buffer.from('/'), LATIN1_LONG]), 'not utf-8\n');
   setMtimes(Buffer.from(root));
@@ -258,14 +258,14 @@ function rawTar(name: string, content = 'evil\n', typeflag = '0', link = ''): Bu
   h.write('0000644\0', 100);
   h.write('0000000\0', 108);
   h.write('0000000\0', 116);
-  h.write(content.length.toString(8).padStart(11, '0') + '\0', 124);
-  h.write(MTIME.toString(8).padStart(11, '0') + '\0', 136);
+  h.write(`${content.length.toString(8).padStart(11, '0')}\0`, 124);
+  h.write(`${MTIME.toString(8).padStart(11, '0')}\0`, 136);
   h.write('        ', 148);
   h.write(typeflag, 156);
   h.write(link, 157);
   h.write('ustar\x0000', 257, 'latin1');
   const sum = h.reduce((a, b) => a + b, 0);
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
   const data = Buffer.alloc(Math.ceil(content.length / 512) * 512);
   data.write(content);
   return Buffer.concat([h, data, Buffer.alloc(1024)]);

@@ -11,7 +11,7 @@ import { request, type Server } from 'node:http';
 import { createServer as createTcpServer, connect, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-import { OsfarmError } from '../src/base/errors.js';
+import type { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
 import { createPullHandler, listenHttp, parseRange } from '../src/transfer/http/serve.js';
 import { coalesce, parseImageUrl, pull } from '../src/transfer/http/pull.js';
@@ -61,7 +61,7 @@ async function origin(t: ExecutionContext, repoDir?: string): Promise<Origin & {
   } else {
     digest = Repository.open(originDir).resolve('new').digest;
   }
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repoPath: originDir })] });
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: originDir })] });
   t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
   const receiver = join(dir, 'receiver');
   Repository.init(receiver).addSync(pair.oldImage, { name: 'old' });
@@ -140,7 +140,7 @@ test('serve + pull on loopback: only the missing blocks are fetched, the image i
   const plan = Repository.open(o.receiver).planSync(Repository.open(o.dir).resolve(o.digest).indexPath);
   t.is(plan.missingBytes, o.changedBytes);
   const progress: number[] = [];
-  const r = await pull(`${o.url}/images/new`, { repoPath: o.receiver, onProgress: (p) => void (p.phase === 'fetch' && progress.push(p.done)) });
+  const r = await pull(`${o.url}/images/new`, { repo: o.receiver, onProgress: (p) => void (p.phase === 'fetch' && progress.push(p.done)) });
   t.is(r.digest, o.digest);
   t.is(r.name, 'new');
   t.is(r.blocksFetched, plan.missingBlocks);
@@ -153,7 +153,7 @@ test('serve + pull on loopback: only the missing blocks are fetched, the image i
   const local = Repository.open(o.receiver).resolve('new');
   t.is(sha256(local.path), sha256(o.newImage));
 
-  const again = await pull(`${o.url}/images/${o.digest}`, { repoPath: o.receiver });
+  const again = await pull(`${o.url}/images/${o.digest}`, { repo: o.receiver });
   t.true(again.alreadyPresent);
   t.is(again.blocksFetched, 0);
   t.true(again.bytesFetched < index + 4096);
@@ -165,7 +165,7 @@ test('pull into a repository that does not exist yet creates it; zero blocks and
   writeFileSync(odd, Buffer.concat([pseudoRandom(3 * MiB, 3), Buffer.alloc(MiB), pseudoRandom(1000, 4)]));
   const digest = Repository.open(o.dir).addSync(odd, { name: 'odd' }).digest;
   const fresh = join(tempDir(t), 'new-repo');
-  const r = await pull(`${o.url}/images/${digest}/`, { repoPath: fresh, name: 'copy' });
+  const r = await pull(`${o.url}/images/${digest}/`, { repo: fresh, name: 'copy' });
   t.is(r.blocksZero, 256);
   t.is(r.blocksFetched, r.blockCount - 256);
   t.is(r.size, 4 * MiB + 1000);
@@ -191,7 +191,7 @@ test('pull works from a plain nginx serving a copy of the repository directory (
   cpSync(o.dir, staticCopy, { recursive: true });
   const nginx = await startNginx(join(tempDir(t), 'nginx'), `127.0.0.1:${port}`, { kind: 'static', root: staticCopy });
   t.teardown(() => nginx.stop());
-  const r = await pull(`http://127.0.0.1:${port}/images/${o.digest}`, { repoPath: o.receiver, parallel: 3, maxRequestBytes: 256 << 10 });
+  const r = await pull(`http://127.0.0.1:${port}/images/${o.digest}`, { repo: o.receiver, parallel: 3, maxRequestBytes: 256 << 10 });
   t.is(r.blocksFetched, o.changedBytes / 4096);
   t.true(r.requests >= 2 + o.changedBytes / (256 << 10), `${r.requests} requests`);
   t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
@@ -200,7 +200,7 @@ test('pull works from a plain nginx serving a copy of the repository directory (
   t.true(log.some((l) => l.includes(` "GET /images/${o.digest}/image HTTP/1.1" 206 `)), log.join('\n'));
   t.false(log.some((l) => / (200|206) /.test(l) && !l.includes(`/images/${o.digest}/`)));
   // A static server knows no names.
-  const e = await t.throwsAsync(pull(`http://127.0.0.1:${port}/images/new`, { repoPath: o.receiver }));
+  const e = await t.throwsAsync(pull(`http://127.0.0.1:${port}/images/new`, { repo: o.receiver }));
   t.is((e as OsfarmError).code, 'OSFARM_NOT_FOUND');
   t.regex(e!.message, /full digest/);
 });
@@ -317,7 +317,7 @@ test('serve refuses bad digests, path traversal, unlisted directories and writes
   t.throws(() => parseImageUrl('http://host/some/thing'), { code: 'OSFARM_INVALID_ARGUMENT' } as never);
   t.throws(() => parseImageUrl('ftp://host/images/abcd'), { code: 'OSFARM_INVALID_ARGUMENT' } as never);
   t.deepEqual(parseImageUrl('http://h:1/pre/fix/images/n%20x/index.osfi'), { base: 'http://h:1/pre/fix', ref: 'n x' });
-  const missing = await t.throwsAsync(pull(`${o.url}/images/${'cd'.repeat(20)}`, { repoPath: o.receiver }));
+  const missing = await t.throwsAsync(pull(`${o.url}/images/${'cd'.repeat(20)}`, { repo: o.receiver }));
   t.is((missing as OsfarmError).code, 'OSFARM_NOT_FOUND');
 });
 
@@ -332,7 +332,7 @@ test('a server that returns wrong bytes or a wrong index is refused and nothing 
   closeSync(fd);
   const o = await origin(t, liar);
   const before = Repository.open(o.receiver).list().map((e) => e.digest);
-  const e = await t.throwsAsync(pull(`${o.url}/images/${good.digest}`, { repoPath: o.receiver }));
+  const e = await t.throwsAsync(pull(`${o.url}/images/${good.digest}`, { repo: o.receiver }));
   t.is((e as OsfarmError).code, 'OSFARM_DIGEST_MISMATCH');
   t.regex(e!.message, /does not match its digest/);
   t.deepEqual(Repository.open(o.receiver).list().map((x) => x.digest), before);
@@ -343,7 +343,7 @@ test('a server that returns wrong bytes or a wrong index is refused and nothing 
   const old = Repository.open(good.dir).resolve('old');
   cpSync(old.indexPath, join(liar2, 'images', good.digest, 'index.osfi'));
   const o2 = await origin(t, liar2);
-  const e2 = await t.throwsAsync(pull(`${o2.url}/images/${good.digest}`, { repoPath: o.receiver }));
+  const e2 = await t.throwsAsync(pull(`${o2.url}/images/${good.digest}`, { repo: o.receiver }));
   t.is((e2 as OsfarmError).code, 'OSFARM_DIGEST_MISMATCH');
   t.deepEqual(Repository.open(o.receiver).list().map((x) => x.digest), before);
 });
@@ -352,7 +352,7 @@ test('dropped connections: retried within a pull, and a pull that gives up resum
   const o = await origin(t);
   // Every connection is cut after 600 KiB: the pull keeps what arrived and retries the rest.
   const flaky = await relay(t, o.url, { cutAfter: 600 << 10 });
-  const r1 = await pull(`${flaky.url}/images/${o.digest}`, { repoPath: o.receiver, parallel: 2, maxRequestBytes: 4 * MiB, retryDelayMs: 20 });
+  const r1 = await pull(`${flaky.url}/images/${o.digest}`, { repo: o.receiver, parallel: 2, maxRequestBytes: 4 * MiB, retryDelayMs: 20 });
   t.true(flaky.cuts > 0);
   t.true(r1.retries > 0);
   t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
@@ -380,10 +380,10 @@ test('dropped connections: retried within a pull, and a pull that gives up resum
 
 test('a busy server answers 503 beyond its request limit and pull retries; Ctrl-C keeps a resumable partial', async (t) => {
   const o = await origin(t);
-  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repoPath: o.dir, maxConcurrent: 1 })] });
+  const { server, address } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: o.dir, maxConcurrent: 1 })] });
   t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
   const busy = `http://127.0.0.1:${address.port}`;
-  const r = await pull(`${busy}/images/${o.digest}`, { repoPath: o.receiver, parallel: 4, maxRequestBytes: 128 << 10, retryDelayMs: 10 });
+  const r = await pull(`${busy}/images/${o.digest}`, { repo: o.receiver, parallel: 4, maxRequestBytes: 128 << 10, retryDelayMs: 10 });
   t.true(r.retries > 0, 'some requests were refused with 503 and retried');
   t.is(sha256(Repository.open(o.receiver).resolve(o.digest).path), sha256(o.newImage));
 

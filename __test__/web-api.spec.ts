@@ -19,9 +19,8 @@ import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/spe
 import { specToXml } from '../src/spec/index.js';
 import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
-import { createPullHandler } from '../src/transfer/http/serve.js';
 import { Receiver } from '../src/transfer/push/receive.js';
-import { startServer, type StartedServer } from '../src/web/index.js';
+import { serve, type OsfarmServer } from '../src/web/index.js';
 import { tempDir, writeBlocks } from './helpers/tmp.js';
 
 let documented: { method: string; path: RegExp; name: string }[] = [];
@@ -31,7 +30,7 @@ const declared = new Set<string>();
 const reached = new WeakMap<object, Set<string>>();
 
 interface Ctx {
-  s: StartedServer;
+  s: OsfarmServer;
   token: string;
   dir: string;
   repo: string;
@@ -83,7 +82,7 @@ function seedRepository(dir: string): { repo: string; a: string; b: string; spec
 async function start(t: ExecutionContext, opts: { readOnly?: boolean; maxQueuedBuilds?: number } = {}): Promise<Ctx & { a: string; b: string; spec: ReturnType<typeof specFromObject> }> {
   const dir = tempDir(t, 'osfarm-web-api-');
   const seeded = seedRepository(dir);
-  const s = await startServer({ repoPath: seeded.repo, tokenFile: join(dir, 'etc', 'token'), workDir: join(dir, 'work'), stagesPath: join(dir, 'stages'), ...opts });
+  const s = await serve({ repo: seeded.repo, tokenFile: join(dir, 'etc', 'token'), workDir: join(dir, 'work'), stages: join(dir, 'stages'), pull: false, ...opts });
   t.teardown(() => s.close());
   if (documented.length === 0) {
     const doc = (await (await fetch(`${s.url}/api/openapi.json`)).json()) as { paths: Record<string, Record<string, unknown>> };
@@ -115,12 +114,12 @@ webTest('the token file is created once with mode 0600 and refused when others c
   t.is(statSync(file).mode & 0o777, 0o600);
   t.true(c.s.web.token.created);
   t.is(readFileSync(file, 'utf8').trim(), c.token);
-  const again = await startServer({ repoPath: c.repo, tokenFile: file, workDir: join(c.dir, 'work') });
+  const again = await serve({ repo: c.repo, tokenFile: file, workDir: join(c.dir, 'work'), pull: false });
   t.teardown(() => again.close());
   t.false(again.web.token.created);
   t.is(again.web.token.value, c.token);
   chmodSync(file, 0o644);
-  const err = await t.throwsAsync(startServer({ repoPath: c.repo, tokenFile: file }));
+  const err = await t.throwsAsync(serve({ repo: c.repo, tokenFile: file, pull: false }));
   t.is((err as any).code, 'OSFARM_UNAUTHORIZED');
   t.regex(err!.message, /chmod 600/);
 });
@@ -472,7 +471,7 @@ webTest('stages: listing with sizes and hits, and GC', ['GET /api/stages', 'POST
 webTest('push: an image goes to a real receiver as a job with bandwidth samples', ['POST /api/transfers/push', 'GET /api/jobs/{id}/events'], async (t) => {
   const c = await start(t);
   const remoteRepo = join(c.dir, 'remote');
-  const receiver = new Receiver({ repoPath: remoteRepo, token: 'remote-secret-token' });
+  const receiver = new Receiver({ repo: remoteRepo, token: 'remote-secret-token' });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
   const refused = await call(c, 'POST', '/api/transfers/push', { body: { image: 'a.tar', address: `127.0.0.1:${addr.port}` } });
@@ -499,7 +498,7 @@ webTest('push: an image goes to a real receiver as a job with bandwidth samples'
 webTest("pull: an image comes from another node's HTTP endpoints, only the blocks missing here", ['POST /api/transfers/pull', 'GET /api/jobs/{id}/events'], async (t) => {
   const source = await start(t);
   // The source node serves its repository for pull before the web handler, as osfarm serve does.
-  const other = await startServer({ repoPath: source.repo, tokenFile: join(source.dir, 'token2'), workDir: join(source.dir, 'work'), before: [createPullHandler({ repoPath: source.repo })] });
+  const other = await serve({ repo: source.repo, tokenFile: join(source.dir, 'token2'), workDir: join(source.dir, 'work') });
   t.teardown(() => other.close());
   writeBlocks(join(source.dir, 'c.img'), [7, 8, 3, 0]);
   const c = Repository.open(source.repo).addSync(join(source.dir, 'c.img'), { name: 'c.tar' });
@@ -544,14 +543,17 @@ webTest('the farm: none when builds run here; with one, its workers and a probe 
   t.teardown(() => void redis.kill('SIGTERM'));
   await new Promise<void>((resolve, reject) => {
     let out = '';
-    redis.stdout!.on('data', (d: Buffer) => (out += d.toString()).includes('Ready to accept connections') && resolve());
+    redis.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Ready to accept connections')) resolve();
+    });
     redis.on('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out}`)));
   });
   const url = `redis://127.0.0.1:${port}`;
-  const farm = await FarmClient.open({ url, repoPath: here.repo });
+  const farm = await FarmClient.open({ url, repo: here.repo });
   const worker = new FarmWorker({ url, id: 'probe-w1', pushTo: '127.0.0.1:1', insecure: true, workDir: join(here.dir, 'worker'), lockMs: 3000 });
   await worker.start();
-  const s = await startServer({ repoPath: here.repo, tokenFile: join(here.dir, 'etc', 'token'), workDir: join(here.dir, 'work'), stagesPath: join(here.dir, 'stages'), farm });
+  const s = await serve({ repo: here.repo, tokenFile: join(here.dir, 'etc', 'token'), workDir: join(here.dir, 'work'), stages: join(here.dir, 'stages'), pull: false, farm });
   // Stopped in order (teardowns run last first): the server (it closes the farm client), the worker, then Redis.
   t.teardown(() => worker.stop());
   t.teardown(() => s.close());

@@ -14,9 +14,8 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 
 import { compare } from '../src/blocks/index.js';
 import { Repository } from '../src/repo/index.js';
-import { createPullHandler } from '../src/transfer/http/serve.js';
 import { Receiver } from '../src/transfer/push/receive.js';
-import { startServer } from '../src/web/index.js';
+import { serve } from '../src/web/index.js';
 import { buildWorkDir } from './fixtures/build/harness.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
@@ -36,7 +35,7 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   const dir = tempDir(t, 'osfarm-web-e2e-');
   const repoPath = join(dir, 'repo');
   // As osfarm serve runs it: the pull endpoints first, then the GUI and API.
-  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: WORK, stagesPath: join(dir, 'stages'), before: [createPullHandler({ repoPath })] });
+  const server = await serve({ repo: repoPath, tokenFile: join(dir, 'token'), workDir: WORK, stages: join(dir, 'stages') });
   t.teardown(() => server.close());
   const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   t.teardown(() => browser.close());
@@ -162,7 +161,7 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await shot(page, '6-stages');
 
   // Transfer: push the built image to a real receiver on loopback and watch the charts.
-  const receiver = new Receiver({ repoPath: join(dir, 'remote'), token: 'e2e-remote-token' });
+  const receiver = new Receiver({ repo: join(dir, 'remote'), token: 'e2e-remote-token' });
   const addr = await receiver.listen('127.0.0.1', 0);
   t.teardown(() => receiver.close());
   await page.goto(`${server.url}/#/transfer`);
@@ -180,7 +179,7 @@ test('compose, build for real, find in the repository, compare, push: in a real 
 
   // Pull: a second node (its own repository and token) pulls the image from this one in its GUI.
   const otherRepo = join(dir, 'other');
-  const other = await startServer({ repoPath: otherRepo, tokenFile: join(dir, 'other-token'), workDir: join(dir, 'other-work'), stagesPath: join(dir, 'other-stages') });
+  const other = await serve({ repo: otherRepo, tokenFile: join(dir, 'other-token'), workDir: join(dir, 'other-work'), stages: join(dir, 'other-stages'), pull: false });
   t.teardown(() => other.close());
   await page.goto(`${other.url}/`);
   await page.waitForSelector('#login');
@@ -220,7 +219,7 @@ test('read-only browsing in the browser: pages open without the token, changes a
   const file = join(dir, 'data.img');
   writeFileSync(file, pseudoRandom(64 * 4096, 7));
   const image = Repository.init(repoPath).addSync(file, { name: 'data.img' });
-  const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), workDir: join(dir, 'work'), stagesPath: join(dir, 'stages'), readOnly: true });
+  const server = await serve({ repo: repoPath, tokenFile: join(dir, 'token'), workDir: join(dir, 'work'), stages: join(dir, 'stages'), readOnly: true, pull: false });
   t.teardown(() => server.close());
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   t.teardown(() => browser.close());

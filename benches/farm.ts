@@ -148,7 +148,7 @@ async function overhead(): Promise<Overhead> {
     await lab.startServer();
     for (const id of ['bw1', 'bw2']) await lab.startWorker({ host: 'here', id, lockMs: 30_000 });
     // The server schedules; this client only submits and reads.
-    const farm = await FarmClient.open({ url: lab.redisUrl, repoPath: join(dir, 'central'), schedule: false });
+    const farm = await FarmClient.open({ url: lab.redisUrl, repo: join(dir, 'central'), schedule: false });
     try {
       // Latency: one probe every 50 ms, each timed from its submit to its worker's start.
       const ids: string[] = [];

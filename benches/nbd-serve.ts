@@ -169,7 +169,8 @@ for (const l of loads) {
     const perOp = median(times.get(`${p.name}|${l.label}`)!);
     const cpu = median(cpus.get(`${p.name}|${l.label}`)!);
     const mibPerS = l.size / (1 << 20) / perOp;
-    (result[p.name] ??= {})[l.label] = { usPerOp: perOp * 1e6, mibPerS, cpuUsPerOp: cpu * 1e6 };
+    result[p.name] ??= {};
+    result[p.name][l.label] = { usPerOp: perOp * 1e6, mibPerS, cpuUsPerOp: cpu * 1e6 };
     return [p.name, (perOp * 1e6).toFixed(1), mibPerS.toFixed(0), (cpu * 1e6).toFixed(1)];
   });
   printTable(`${l.label} (${sizeMiB} MiB image in the page cache, median of ${rounds})`, rows, ['server', 'µs per read', 'MiB/s', 'server CPU µs per read']);

@@ -61,8 +61,8 @@ printTable(
   `Planning a ${wantedMib} MiB image's index against ${stats.images} images, ${(stats.totalBytes / 2 ** 30).toFixed(1)} GiB, ` +
     `${stats.distinctBlocks.toLocaleString('en-US')} distinct blocks (table ${(stats.tableFileBytes / 2 ** 20).toFixed(1)} MiB on disk), median of ${runs}`,
   [
-    ['osfarm plan (API)', api.toFixed(3), (0.5 / api).toFixed(1) + 'x under the 0.5 s goal'],
-    ['osfarm plan (CLI, node start-up included)', cli.toFixed(3), (0.5 / cli).toFixed(1) + 'x under the 0.5 s goal'],
+    ['osfarm plan (API)', api.toFixed(3), `${(0.5 / api).toFixed(1)}x under the 0.5 s goal`],
+    ['osfarm plan (CLI, node start-up included)', cli.toFixed(3), `${(0.5 / cli).toFixed(1)}x under the 0.5 s goal`],
   ],
   ['', 'seconds', ''],
 );

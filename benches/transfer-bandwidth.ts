@@ -80,7 +80,10 @@ function olderVersion(newImage: string, path: string, delta: number): number {
   const blocks = (sizeMib * MIB) / BS;
   const rand = stream(`runs-${delta}`, 0, 1 << 20);
   let r = 0;
-  const next = () => rand.readUInt32LE((r += 4) % rand.length);
+  const next = () => {
+    r += 4;
+    return rand.readUInt32LE(r % rand.length);
+  };
   const fd = openSync(path, 'r+');
   let changed = 0;
   for (let seg = 0; seg < blocks; ) {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 import { Repository } from '../src/repo/index.js';
-import { startServer } from '../src/web/index.js';
+import { serve } from '../src/web/index.js';
 import { pseudoRandom } from '../__test__/helpers/tmp.js';
 import { printTable, workDir } from './lib.js';
 import { rmSync, writeFileSync } from 'node:fs';
@@ -30,7 +30,7 @@ for (let i = 0; i < 20; i++) {
   rmSync(file);
 }
 
-const server = await startServer({ repoPath, tokenFile: join(dir, 'token'), stagesPath: join(dir, 'stages'), workDir: process.env.OSFARM_WORK ?? join(dir, 'work') });
+const server = await serve({ repo: repoPath, tokenFile: join(dir, 'token'), stages: join(dir, 'stages'), pull: false, workDir: process.env.OSFARM_WORK ?? join(dir, 'work') });
 const headers = { authorization: `Bearer ${server.web.token.value}` };
 const PATHS = ['/api/images', '/api/jobs', '/api/stages', '/api/distributions', '/'];
 

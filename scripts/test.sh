@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: the generated binding's drift check, the type check, Rust
-# formatting, cargo test (the Rust core) and ava (the TypeScript API, the CLI and
-# the real builds/transfers). Ends with one line "N passed, N failed". Run
-# scripts/install.sh first.
+# Runs every test: the generated binding's drift check, the type checks (TypeScript,
+# the example service, the browser assets), the linters (Biome, cargo clippy), Rust
+# formatting, cargo test (the Rust core) and ava (the TypeScript API, the CLI and the real
+# builds/transfers). Ends with one line "N passed, N failed". Run scripts/install.sh
+# first. `npm run test:unit` is the quick tier (no root, no network namespace, no build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp -d)
@@ -20,11 +21,25 @@ else
 fi
 npm run --silent build:ts >"$log/tsc.txt" 2>&1 && chmod +x dist/cli/main.js || { cat "$log/tsc.txt"; failed=$((failed + 1)); }
 
-echo "== type check of the tests and benches (tsx runs them without checking)"
+echo "== type check of the tests, benches and examples (tsx runs them without checking)"
 if npx tsc -p tsconfig.check.json >"$log/check.txt" 2>&1; then
-  passed=$((passed + 1)); echo "ok: __test__ and benches type-check"
+  passed=$((passed + 1)); echo "ok: __test__, benches and examples type-check"
 else
-  failed=$((failed + 1)); echo "not ok: type errors in __test__ or benches:"; cat "$log/check.txt"
+  failed=$((failed + 1)); echo "not ok: type errors in __test__, benches or examples:"; cat "$log/check.txt"
+fi
+
+echo "== type check of the browser assets (// @ts-check, JSDoc)"
+if npx tsc -p src/web/assets/tsconfig.json >"$log/assets.txt" 2>&1; then
+  passed=$((passed + 1)); echo "ok: src/web/assets type-checks"
+else
+  failed=$((failed + 1)); echo "not ok: type errors in src/web/assets:"; cat "$log/assets.txt"
+fi
+
+echo "== Biome lint (biome.jsonc)"
+if npx biome lint >"$log/biome.txt" 2>&1; then
+  passed=$((passed + 1)); echo "ok: biome lint"
+else
+  failed=$((failed + 1)); echo "not ok: biome lint found problems:"; cat "$log/biome.txt"
 fi
 
 echo "== Rust formatting (rustfmt.toml)"
@@ -34,6 +49,15 @@ elif cargo fmt --all --check >"$log/fmt.txt" 2>&1; then
   passed=$((passed + 1)); echo "ok: cargo fmt --check"
 else
   failed=$((failed + 1)); echo "not ok: cargo fmt would change these files (run cargo fmt):"; grep '^Diff in' "$log/fmt.txt" | sort -u
+fi
+
+echo "== cargo clippy (every target, warnings are errors)"
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "skipped: clippy is not installed (rustup component add clippy)"
+elif cargo clippy --workspace --all-targets -- -D warnings >"$log/clippy.txt" 2>&1; then
+  passed=$((passed + 1)); echo "ok: cargo clippy --workspace --all-targets -- -D warnings"
+else
+  failed=$((failed + 1)); echo "not ok: cargo clippy:"; grep -E '^(error|warning)' -A6 "$log/clippy.txt" | head -200
 fi
 
 echo "== cargo test"

@@ -178,8 +178,7 @@ export class FarmLab {
         let buf = '';
         res.setEncoding('utf8').on('data', (d: string) => {
           buf += d;
-          let at: number;
-          while ((at = buf.indexOf('\n\n')) >= 0) {
+          for (let at = buf.indexOf('\n\n'); at >= 0; at = buf.indexOf('\n\n')) {
             const block = buf.slice(0, at);
             buf = buf.slice(at + 2);
             const event = /^event: (.*)$/m.exec(block)?.[1];

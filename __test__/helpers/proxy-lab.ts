@@ -5,7 +5,7 @@
  * image and pull a newer one at the same time, directly or through the proxy. The origin's
  * egress is read from its eth0 counters.
  */
-import { type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 

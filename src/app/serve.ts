@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 
 import { type HttpHandler, listenHttp } from '../transfer/http/serve.js';
 
-export interface ServeOptions {
+export interface ServeHandlersOptions {
   /** Default 127.0.0.1. */
   host?: string;
   /** 0 (default) picks a free port. */
@@ -19,25 +19,25 @@ export interface ServeOptions {
   onClose?: () => Promise<void>;
 }
 
-export interface Serving {
+/** A listening server: close it (or `await using` it) to stop. */
+export interface Serving extends AsyncDisposable {
   server: Server;
   address: AddressInfo;
   /** `http://host:port` (IPv6 addresses in brackets). */
   url: string;
+  /** Ends the handlers' work and every connection, then stops listening. Safe to call twice. */
   close(): Promise<void>;
 }
 
-export async function serve(options: ServeOptions): Promise<Serving> {
+export async function serveHandlers(options: ServeHandlersOptions): Promise<Serving> {
   const { server, address } = await listenHttp({ host: options.host ?? '127.0.0.1', port: options.port ?? 0, handlers: options.handlers });
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return {
-    server,
-    address,
-    url: `http://${host}:${address.port}`,
-    async close() {
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
       await options.onClose?.();
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+    })());
+  return { server, address, url: `http://${host}:${address.port}`, close, [Symbol.asyncDispose]: close };
 }

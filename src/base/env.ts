@@ -28,8 +28,8 @@ export function repositoryPath(given?: string): string {
 }
 
 /** The stage store directory: the one given, else $OSFARM_STAGES, else `<repository>/stages`; absolute. */
-export function stagesPath(opts: { root?: string; repoPath?: string } = {}): string {
-  const root = opts.root || read('OSFARM_STAGES') || join(repositoryPath(opts.repoPath), 'stages');
+export function stagesPath(opts: { root?: string; repo?: string } = {}): string {
+  const root = opts.root || read('OSFARM_STAGES') || join(repositoryPath(opts.repo), 'stages');
   return isAbsolute(root) ? root : resolve(root);
 }
 

@@ -52,11 +52,13 @@ export function fromNative(err: unknown): OsfarmError | undefined {
  * Any error as an OsfarmError, for whoever has to report one with a code (the CLI's exit,
  * the push protocol's ERROR frame, the web API's JSON): osfarm's own as they are, the
  * native module's with their code, Node's argument errors as OSFARM_INVALID_ARGUMENT,
- * system errors (ENOENT, EACCES…) as OSFARM_IO, aborts as OSFARM_ABORTED, anything else
- * as OSFARM_INTERNAL (a bug).
+ * system errors (ENOENT, EACCES…) as OSFARM_IO, aborts (an AbortError or TimeoutError,
+ * Node's or napi's) as OSFARM_ABORTED keeping their name, anything else as
+ * OSFARM_INTERNAL (a bug).
  */
 export function toOsfarmError(err: unknown): OsfarmError {
   if (err instanceof OsfarmError) return err;
+  if (isAbortLike(err)) return named(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled', { cause: err }), (err as Error).name);
   const lifted = fromNative(err);
   if (lifted) return lifted;
   const e = err as NodeJS.ErrnoException | undefined;
@@ -64,16 +66,52 @@ export function toOsfarmError(err: unknown): OsfarmError {
   const message = err instanceof Error ? err.message : String(err);
   if (/^ERR_(INVALID_ARG|OUT_OF_RANGE|MISSING_ARGS|PARSE_ARGS)/.test(code)) return new OsfarmError('OSFARM_INVALID_ARGUMENT', message, { cause: err });
   if (/^E[A-Z]+$/.test(code)) return new OsfarmError('OSFARM_IO', message, { cause: err });
-  if (e?.name === 'AbortError') return new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled', { cause: err });
   return new OsfarmError('OSFARM_INTERNAL', message, { cause: err });
 }
 
-/** Runs a native call, sync or async, and lifts its errors into OsfarmErrors. */
-export async function callNative<T>(fn: () => Promise<T> | T): Promise<T> {
+function isAbortLike(err: unknown): boolean {
+  const name = (err as { name?: unknown } | null | undefined)?.name;
+  return name === 'AbortError' || name === 'TimeoutError';
+}
+
+function named(err: OsfarmError, name: string): OsfarmError {
+  err.name = name;
+  return err;
+}
+
+/**
+ * The error an aborted operation rejects with, the way Node's own APIs do: named
+ * `AbortError` (`TimeoutError` when the signal's reason is one, as with
+ * `AbortSignal.timeout()`), the signal's reason as its `cause`, and osfarm's code
+ * OSFARM_ABORTED. Match on the code or the name; the message says what was stopped.
+ */
+export function abortError(signal: AbortSignal | undefined, message = 'the operation was cancelled'): OsfarmError {
+  const reason: unknown = signal?.reason;
+  const timeout = (reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+  const err = new OsfarmError('OSFARM_ABORTED', timeout ? `${message} (timed out)` : message, reason === undefined ? undefined : { cause: reason });
+  return named(err, timeout ? 'TimeoutError' : 'AbortError');
+}
+
+/** True for osfarm's abort errors and anyone's AbortError or TimeoutError. */
+export function isAbortError(err: unknown): boolean {
+  return (err instanceof OsfarmError && err.code === 'OSFARM_ABORTED') || isAbortLike(err);
+}
+
+/**
+ * Runs a native call, sync or async, and lifts its errors into OsfarmErrors; once `signal`
+ * has fired, its cancellation (the core's OSFARM_ABORTED, or napi's AbortError for a task
+ * cancelled before it started) rejects with `abortError(signal)`.
+ */
+export async function callNative<T>(fn: () => Promise<T> | T, signal?: AbortSignal): Promise<T> {
   try {
     return await fn();
   } catch (err) {
-    throw fromNative(err) ?? err;
+    const e = fromNative(err) ?? err;
+    // Already made from the signal (throwIfAborted inside `fn`), or no abort: as it is.
+    const made = e instanceof OsfarmError && e.name !== 'OsfarmError';
+    if (!signal?.aborted || !isAbortError(e) || made) throw e;
+    // The core's cancellation (coded, named OsfarmError) or napi's bare AbortError.
+    throw abortError(signal, e instanceof OsfarmError ? e.message : undefined);
   }
 }
 
@@ -92,7 +130,7 @@ export function errorJson(err: unknown): { error: { code: ErrorCode; message: st
   return { error: { code, message } };
 }
 
-/** Throws OSFARM_ABORTED if the signal has already fired (a native task only sees later aborts). */
-export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
+/** Throws `abortError(signal)` if the signal has already fired (a native task only sees later aborts). */
+export function throwIfAborted(signal: AbortSignal | undefined, message?: string): void {
+  if (signal?.aborted) throw abortError(signal, message);
 }

@@ -35,7 +35,7 @@ export function indexImage(
       (listener) => native.indexImage(image, opts, listener, signal),
       (r) => ({ done: r.imageSize, total: r.imageSize }),
     );
-  });
+  }, signal);
 }
 
 /** The synchronous twin of `indexImage` (blocks the event loop: for scripts and tests). */
@@ -58,7 +58,7 @@ export function compare(a: string, b: string, options: IndexOptions & LongRunnin
   return callNative(() => {
     throwIfAborted(signal);
     return withProgress(onProgress, (listener) => native.compare(a, b, opts, listener, signal));
-  });
+  }, signal);
 }
 
 /** The synchronous twin of `compare`. */

@@ -11,6 +11,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { indexImage } from '../blocks/index.js';
 import { defaultWorkDir, repositoryPath, sourceDateEpochFromEnv } from '../base/env.js';
 import { OsfarmError } from '../base/errors.js';
+import { eventSink, type ResultEvent } from '../base/events.js';
 import { SOFTWARE, VERSION } from '../base/version.js';
 import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images/lookup.js';
 import { specToXml } from '../spec/xml.js';
@@ -30,11 +31,14 @@ import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '.
 
 export type { Phase } from './drivers/types.js';
 
+/** What a build reports, in order; the last event is `{ type: 'result', result }` (see base/events.ts). */
 export type BuildEvent =
   | { type: 'phase'; phase: Phase; detail?: string; elapsedMs: number }
   | { type: 'log'; line: string }
   | { type: 'progress'; phase: Phase; done: number; total: number; detail?: string }
-  | { type: 'output'; format: OutputFormat; path: string; size: number; digest: string };
+  | { type: 'stage'; stage: StageReport }
+  | { type: 'output'; format: OutputFormat; path: string; size: number; digest: string }
+  | ResultEvent<BuildResult>;
 
 export interface BuildOptions {
   /** Where builds happen and the package cache lives: default $OSFARM_WORK, else ~/.cache/osfarm. */
@@ -45,22 +49,24 @@ export interface BuildOptions {
    */
   output?: string;
   /** The repository the outputs are added to (default $OSFARM_REPO, else ./osfarm-repo). */
-  repoPath?: string;
+  repo?: string;
   /** Do not add the outputs to a repository (each gets an `.osfi` index next to it instead). */
   noRepo?: boolean;
   /** Overrides the spec's sourceDateEpoch and $SOURCE_DATE_EPOCH. */
   sourceDateEpoch?: number;
   /** Keep a working copy of the built tree (a checkout of the last stage in the stage store) for inspection. */
   keepTree?: boolean;
-  /** The stage store (cached stages): default $OSFARM_STAGES, else `<repoPath>/stages`. */
-  stagesDir?: string;
+  /** The stage store (cached stages): default $OSFARM_STAGES, else `<repo>/stages`. */
+  stages?: string;
   /** Copy-on-write backend of a new stage store: auto (default: btrfs, overlayfs, reflink, copy, whichever works first) or a name. */
   cow?: CowName | 'auto';
   /** Keep the stage store under this size (LRU, never a stage in use): 20G, 500M… Default $OSFARM_STAGES_MAX. */
   stagesMaxSize?: number | string;
   /** Build even when the repository already holds the images of this exact request (stages are still reused). */
   rebuild?: boolean;
+  /** Every event of the build, the result last; a listener's error is ignored. */
   onEvent?: (event: BuildEvent) => void;
+  /** Ends the build (the chroot is torn down); it rejects with an AbortError carrying OSFARM_ABORTED. */
   signal?: AbortSignal;
   /**
    * Abort on SIGINT, SIGTERM and SIGHUP while the build runs (and re-raise the signal once
@@ -144,16 +150,18 @@ export async function plannedStages(spec: BuildSpec, options: Pick<BuildOptions,
 
 /** Builds the images a spec describes. Nothing runs before the spec, tools and paths check out. */
 export async function build(spec: BuildSpec, options: BuildOptions = {}): Promise<BuildResult> {
+  if (options.signal?.aborted) throw aborted(options.signal);
   const started = Date.now();
   const canonical = canonicalSpec(spec);
   const digest = specDigest(spec);
   const epoch = resolveEpoch(spec, options);
   const workDir = resolve(options.workDir ?? defaultWorkDir());
-  const repoPath = resolve(repositoryPath(options.repoPath));
+  const repoPath = resolve(repositoryPath(options.repo));
+  const emit = eventSink(options.onEvent);
   const paths = outputPaths(spec, options.output, workDir, digest);
   if (!options.noRepo && !options.rebuild) {
     const found = findBuilt(repoPath, digest, spec.outputs, epoch);
-    if (found) return fromRepository(spec, found, options.output ? paths : null, started);
+    if (found) return finished(await fromRepository(spec, found, options.output ? paths : null, started), emit);
   }
   const driver = await selectDriver(spec);
   for (const f of spec.outputs) {
@@ -164,16 +172,16 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
   // Signals and the caller's AbortSignal both end the build through one controller.
   const controller = new AbortController();
   const signal = controller.signal;
-  const onOuterAbort = () => controller.abort();
+  const onOuterAbort = () => controller.abort(options.signal!.reason);
   options.signal?.addEventListener('abort', onOuterAbort, { once: true });
-  if (options.signal?.aborted) controller.abort();
+  if (options.signal?.aborted) onOuterAbort();
   let caught: NodeJS.Signals | undefined;
   const handlers = new Map<NodeJS.Signals, () => void>();
   if (options.handleSignals ?? !options.signal) {
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
       const h = () => {
         caught ??= sig;
-        controller.abort();
+        controller.abort(new DOMException(`interrupted by ${sig}`, 'AbortError'));
       };
       handlers.set(sig, h);
       process.on(sig, h);
@@ -190,13 +198,6 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
   let current: { phase: Phase; at: number } | undefined;
   let log: WriteStream | undefined;
   const logLines: string[] = [];
-  const emit = (e: BuildEvent) => {
-    try {
-      options.onEvent?.(e);
-    } catch {
-      /* a listener's error must not break the build */
-    }
-  };
   const logLine = (line: string) => {
     log?.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}] ${line}\n`);
     logLines.push(line);
@@ -228,23 +229,24 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
       buildDir,
       cacheDir,
       listsDir: join(workDir, 'cache', 'apt-lists'),
-      stagesDir: options.stagesDir,
-      repoPath,
+      stages: options.stages,
+      repo: repoPath,
       cow: options.cow,
       maxSize: options.stagesMaxSize,
       signal,
       log: logLine,
       phase,
+      onStage: (stage) => emit({ type: 'stage', stage }),
     });
     root = chain.dir;
-    if (signal.aborted) throw aborted();
+    if (signal.aborted) throw aborted(signal);
 
     phase('pack');
     const raw: { path?: string } = {};
     // ext4 first: a qcow2 is converted from it.
     const order = [...paths.entries()].sort(([a], [b]) => (a === 'ext4' ? -1 : b === 'ext4' ? 1 : 0));
     for (const [format, path] of order) {
-      if (signal.aborted) throw aborted();
+      if (signal.aborted) throw aborted(signal);
       logLine(`osfarm: writing ${format} to ${path}`);
       await writeOutput(format, root, path, {
         digest,
@@ -260,7 +262,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     phase('index');
     const builder = SOFTWARE;
     for (const [format, path] of paths) {
-      if (signal.aborted) throw aborted();
+      if (signal.aborted) throw aborted(signal);
       const size = (await stat(path)).size;
       const onProgress = (e: { done: number; total: number }) => emit({ type: 'progress', phase: 'index', done: e.done, total: e.total, detail: format });
       let out: BuildOutput;
@@ -289,7 +291,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
       emit({ type: 'output', format, path, size, digest: out.digest });
     }
   } catch (err) {
-    failure = signal.aborted ? aborted() : err;
+    failure = signal.aborted ? aborted(signal) : err;
   }
 
   // Teardown, whatever happened: nothing stays mounted, the scratch tree goes.
@@ -324,7 +326,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     }
     throw failure;
   }
-  return {
+  return finished({
     name: spec.name,
     specDigest: digest,
     spec: canonical,
@@ -338,7 +340,13 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     stages: chain!.stages,
     cow: chain!.cow,
     cached: false,
-  };
+  }, emit);
+}
+
+/** The result, also as the stream's last event. */
+function finished(result: BuildResult, emit: (e: BuildEvent) => void): BuildResult {
+  emit({ type: 'result', result });
+  return result;
 }
 
 /** The answer to a request the repository already holds: its images (copied to the asked output path, if one was given). */

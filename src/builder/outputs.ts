@@ -170,7 +170,7 @@ async function writeTarGz(root: string, path: string, ctx: OutputContext): Promi
   const r = await runPiped('tar', args, { env: env(ctx), signal: ctx.signal, onLine: ctx.log }, (stdout) =>
     pipeline(stdout, createGzip({ level: 6 }), createWriteStream(path)),
   ).catch((err) => {
-    throw ctx.signal?.aborted ? aborted() : err;
+    throw ctx.signal?.aborted ? aborted(ctx.signal) : err;
   });
   if (r.code !== 0) throw buildFailed(`tar.gz output failed (tar exited with ${r.code ?? r.signal})`);
 }

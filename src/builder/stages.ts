@@ -38,9 +38,9 @@ export interface ChainOptions {
   cacheDir: string;
   /** Shared package-list caches. */
   listsDir: string;
-  /** The stage store: default $OSFARM_STAGES, else `<repoPath>/stages`. */
-  stagesDir?: string;
-  repoPath?: string;
+  /** The stage store: default $OSFARM_STAGES, else `<repo>/stages`. */
+  stages?: string;
+  repo?: string;
   cow?: CowName | 'auto';
   /** Keep the store under this size (LRU) after each new stage; default $OSFARM_STAGES_MAX. */
   maxSize?: number | string;
@@ -127,7 +127,7 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
     else if (e.type === 'warning') opts.log(`osfarm: ${e.message}`);
     opts.onStoreEvent?.(e);
   };
-  const store = await StageStore.open({ root: opts.stagesDir, repoPath: opts.repoPath, cow: opts.cow, maxSize: opts.maxSize, onEvent });
+  const store = await StageStore.open({ root: opts.stages, repo: opts.repo, cow: opts.cow, maxSize: opts.maxSize, onEvent });
   const cow = (await store.cowMethod()).name;
   // What killed builds left (unfinished stages, their mounts and tools, views, leases) goes first.
   try {

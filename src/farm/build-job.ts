@@ -14,9 +14,9 @@ import { findBuilt } from '../images/index.js';
 import type { Emitted } from './job-model.js';
 
 export interface BuildJobOptions {
-  repoPath: string;
+  repo: string;
   workDir: string;
-  stagesDir: string;
+  stages: string;
   signal: AbortSignal;
   emit(event: Emitted): void;
 }
@@ -38,19 +38,19 @@ export interface BuildJobResult {
   stages: { tag: string; label: string; hit: boolean }[];
 }
 
-/** Builds `spec` into `repoPath`, reporting through `emit`. */
+/** Builds `spec` into `repo`, reporting through `emit`. */
 export async function runBuildJob(spec: BuildSpec, o: BuildJobOptions): Promise<BuildJobResult> {
   const digest = specDigest(spec);
   // A request already answered needs no files at all; a new build's files are scratch.
-  const answered = findBuilt(o.repoPath, digest, spec.outputs, spec.sourceDateEpoch) !== null;
+  const answered = findBuilt(o.repo, digest, spec.outputs, spec.sourceDateEpoch) !== null;
   const scratch = answered ? undefined : join(o.workDir, 'web-builds', randomBytes(6).toString('hex'));
   const output = (x: { format: OutputFormat; size: number; digest: string }) =>
     o.emit({ type: 'output', output: { format: x.format, size: x.size, digest: x.digest, file: `${spec.name}${OUTPUT_EXTENSION[x.format]}` } });
   const options: BuildOptions = {
     ...(scratch ? { output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`) } : {}),
-    repoPath: o.repoPath,
+    repo: o.repo,
     workDir: o.workDir,
-    stagesDir: o.stagesDir,
+    stages: o.stages,
     signal: o.signal,
     handleSignals: false,
     onEvent: (e) => {

@@ -24,7 +24,7 @@ export interface FarmClientOptions extends Partial<SchedulingOptions> {
   url: string;
   prefix?: string;
   /** The central repository (requests it already holds are answered without a worker). */
-  repoPath: string;
+  repo: string;
   /** Run the scheduler in this process (default true). */
   schedule?: boolean;
 }
@@ -55,7 +55,7 @@ export class FarmClient implements JobSource {
   /** Queues a build; a request the central repository already holds succeeds at once. */
   async submitBuild(spec: BuildSpec, title: string, meta: Record<string, unknown>): Promise<JobInfo> {
     const digest = specDigest(spec);
-    const found = findBuilt(this.o.repoPath, digest, spec.outputs, spec.sourceDateEpoch);
+    const found = findBuilt(this.o.repo, digest, spec.outputs, spec.sourceDateEpoch);
     if (found) {
       const info = await this.store.create(newJobInfo(randomBytes(6).toString('hex'), 'build', title, meta));
       const e = new JobEmitter(this.store, info.id);

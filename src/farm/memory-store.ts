@@ -51,7 +51,7 @@ export class MemoryJobStore implements JobStore {
     const max = this.options.maxEvents ?? 5000;
     if (job.events.length > max) {
       const drop = job.events.findIndex((x) => x.type === 'log' || x.type === 'progress' || x.type === 'sample');
-      job.events.splice(drop >= 0 ? drop : 0, 1);
+      job.events.splice(Math.max(drop, 0), 1);
     }
     for (const l of job.listeners) l(e);
     if (isFinal(job.info.state)) job.listeners.clear();

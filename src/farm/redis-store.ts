@@ -270,7 +270,10 @@ export class RedisJobStore implements JobStore {
     // After a reconnect the client subscribes again by itself; what was published meanwhile is in the streams.
     let first = true;
     sub.on('ready', () => {
-      if (first) return void (first = false);
+      if (first) {
+        first = false;
+        return;
+      }
       for (const set of this.watchers.values()) for (const w of set) void this.enqueue(w);
     });
     return sub;

@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 
-import { bullIdOf, type FarmJobData, FarmQueues, parseRoute, routeOf } from './queues.js';
+import { bullIdOf, type FarmJobData, type FarmQueues, parseRoute, routeOf } from './queues.js';
 import { forgetWorker, holdersOf, readWorkers, type WorkerView } from './registry.js';
 import { ownQueue, queueOwner, SHARED_QUEUE } from './redis.js';
 import type { RedisJobStore } from './redis-store.js';

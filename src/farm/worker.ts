@@ -39,9 +39,9 @@ export interface FarmWorkerOptions {
   /** Build scratch space and package caches. */
   workDir: string;
   /** The stage cache (default <workDir>/stages). */
-  stagesDir?: string;
+  stages?: string;
   /** Where builds land before the push (default <workDir>/farm-repo). */
-  repoPath?: string;
+  repo?: string;
   /** A worker silent this long is gone; BullMQ's job lock (ms, default 30000). */
   lockMs?: number;
   /** Reports what the worker does (the CLI prints it). */
@@ -49,10 +49,10 @@ export interface FarmWorkerOptions {
 }
 
 export type WorkerEvent =
-  | { event: 'ready'; id: string; stages: number }
-  | { event: 'job-start'; job: string; queue: string; attempt: number }
-  | { event: 'job-end'; job: string; state: string; ms: number }
-  | { event: 'error'; message: string };
+  | { type: 'ready'; id: string; stages: number }
+  | { type: 'job-start'; job: string; queue: string; attempt: number }
+  | { type: 'job-end'; job: string; state: string; ms: number }
+  | { type: 'error'; message: string };
 
 export interface WorkerSummary {
   id: string;
@@ -123,8 +123,8 @@ export class FarmWorker {
     this.connection = connectRedis(o.url, `osfarm-worker-${this.id}`);
     this.subscriber = connectRedis(o.url, `osfarm-worker-${this.id}-cancel`);
     this.queues = new FarmQueues(this.connection, this.store.keys);
-    this.stagesDir = o.stagesDir ?? join(o.workDir, 'stages');
-    this.repoPath = o.repoPath ?? join(o.workDir, 'farm-repo');
+    this.stagesDir = o.stages ?? join(o.workDir, 'stages');
+    this.repoPath = o.repo ?? join(o.workDir, 'farm-repo');
     this.registration = new WorkerRegistration(this.connection, this.store.keys, { id: this.id, host: hostname(), pid: process.pid, started: new Date().toISOString(), job: null, building: [] }, this.lockMs);
     this.summary = { id: this.id, jobs: 0, succeeded: 0, failed: 0 };
   }
@@ -153,10 +153,10 @@ export class FarmWorker {
     };
     this.own = new Worker<FarmJobData>(ownQueue(this.id), (job, token) => this.take(job, token, 'own'), options);
     this.shared = new Worker<FarmJobData>(SHARED_QUEUE, (job, token) => this.take(job, token, 'shared'), options);
-    for (const w of [this.own, this.shared]) w.on('error', (err) => this.o.onEvent?.({ event: 'error', message: err.message }));
+    for (const w of [this.own, this.shared]) w.on('error', (err) => this.o.onEvent?.({ type: 'error', message: err.message }));
     await Promise.all([this.own.waitUntilReady(), this.shared.waitUntilReady()]);
     await this.connection.publish(this.store.keys.idleChannel, this.id);
-    this.o.onEvent?.({ event: 'ready', id: this.id, stages });
+    this.o.onEvent?.({ type: 'ready', id: this.id, stages });
   }
 
   /**
@@ -224,7 +224,7 @@ export class FarmWorker {
     const previous = claim.slice('ok:'.length);
     const [fields, info] = (await Promise.all([this.store.farmFields(id), this.store.get(id)])) as [FarmFields, JobInfo];
     this.summary.jobs++;
-    this.o.onEvent?.({ event: 'job-start', job: id, queue, attempt: info.attempts });
+    this.o.onEvent?.({ type: 'job-start', job: id, queue, attempt: info.attempts });
     const current: Current = { id, controller: new AbortController(), shutdown: false };
     this.current = current;
     // Not awaited: one connection keeps the order, and the job need not wait for its advert.
@@ -258,7 +258,7 @@ export class FarmWorker {
       // A build may have added stages; the advert says so before the worker says it is idle.
       if (fields.spec) await this.advertise().catch(() => {});
       void this.registration.heartbeat({ job: null, building: [] }).catch(() => {});
-      this.o.onEvent?.({ event: 'job-end', job: id, state, ms: Date.now() - started });
+      this.o.onEvent?.({ type: 'job-end', job: id, state, ms: Date.now() - started });
     }
     return { state };
   }
@@ -277,7 +277,7 @@ export class FarmWorker {
       throw new OsfarmError('OSFARM_MISMATCH', `worker ${this.id} reads this spec as request ${specDigest(spec).slice(0, 12)}, the server as ${String(meta.specDigest).slice(0, 12)}: run the same osfarm version on the server and the workers`);
     }
     const emit = emitter.emit.bind(emitter);
-    const r = await runBuildJob(spec, { repoPath: this.repoPath, workDir: this.o.workDir, stagesDir: this.stagesDir, signal, emit });
+    const r = await runBuildJob(spec, { repo: this.repoPath, workDir: this.o.workDir, stages: this.stagesDir, signal, emit });
     const pushed: PushedOutput[] = [];
     const repo = Repository.open(this.repoPath);
     for (const out of r.outputs) {
@@ -329,7 +329,7 @@ export class FarmWorker {
       const c = this.current;
       if (c && (await this.store.farmFields(c.id))?.cancel) c.controller.abort();
     } catch (err) {
-      this.o.onEvent?.({ event: 'error', message: `heartbeat: ${(err as Error).message}` });
+      this.o.onEvent?.({ type: 'error', message: `heartbeat: ${(err as Error).message}` });
     }
   }
 }

@@ -1,104 +1,73 @@
 /**
- * Cross-process exclusive locks on files, held by a `flock(1)` child process.
+ * Cross-process exclusive locks on files: a kernel flock(2) held through the native module.
  *
- * Node has no flock(2). Rather than a pid lock file (O_EXCL + stale-lock guessing, which
- * has to tell a dead owner from a slow one and races when two waiters break the same
- * stale lock), the lock is a real kernel flock held by a small child:
+ * A flock belongs to an open file: the kernel drops it when the file is closed, or when
+ * the process dies in any way (even SIGKILL), so a lock never outlives its owner and there
+ * is nothing stale to detect (unlike a pid lock file). Each acquisition opens the file
+ * anew, so two holders in one process exclude each other like two processes do; the
+ * descriptor is close-on-exec, so no build tool inherits it.
  *
- *     flock --exclusive --close <file> sh -c 'echo locked; exec cat >/dev/null'
- *
- * `flock` takes the lock, then runs the shell, which says "locked" and waits for its
- * standard input to close. We release by closing that pipe. If this process dies in any
- * way (even SIGKILL), the pipe closes, `cat` exits, `flock` exits, and the kernel drops
- * the lock: a lock can never outlive its owner, so there is nothing stale to detect.
- * `--close` keeps the lock fd out of the shell, so only `flock` itself holds it; if
- * `flock` alone were killed the lock would go with it. util-linux (which ships flock) is
- * an essential Debian package. Costs one short-lived process per lock (a few ms); locks
- * are only taken on the slow paths (building a stage, removing one), never on a hit.
+ * The native call never blocks: waiting is a retry with a growing pause (at most
+ * `MAX_PAUSE_MS`) on the event loop, which an AbortSignal ends at once and which holds no
+ * libuv pool thread while another process keeps the lock for minutes. Locks are only taken
+ * on slow paths (building or removing a stage, GC), never on a cache hit.
  */
-import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
-import { type ErrorCode, OsfarmError } from '../base/errors.js';
-import { SYSTEM_PATH } from './process.js';
+import { abortError, type ErrorCode, fromNative, OsfarmError } from '../base/errors.js';
+import { native } from '../base/native.js';
 
 export interface FileLock {
   readonly path: string;
-  /** Releases the lock; resolves once the kernel has dropped it. Safe to call twice. */
+  /** Releases the lock (the kernel drops it when the file closes). Safe to call twice. */
   release(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 export interface LockOptions {
   /** Wait for the lock (default) or give up at once and return null. */
   wait?: boolean;
   signal?: AbortSignal;
-  /** The code of the error when flock(1) fails (default OSFARM_IO). */
+  /** The code of the error when the lock file cannot be opened or locked (default OSFARM_IO). */
   errorCode?: ErrorCode;
 }
 
-const CONFLICT = 75;
+/** The longest pause between two attempts while waiting. */
+const MAX_PAUSE_MS = 100;
+
+function tryLock(path: string, errorCode: ErrorCode): FileLock | null {
+  let handle: ReturnType<typeof native.tryLockFile>;
+  try {
+    handle = native.tryLockFile(path);
+  } catch (err) {
+    const e = fromNative(err);
+    throw new OsfarmError(errorCode, `cannot lock ${path}: ${e?.message ?? String(err)}`, { cause: err });
+  }
+  if (!handle) return null;
+  const release = async () => handle.release();
+  return { path, release, [Symbol.asyncDispose]: release };
+}
 
 /**
- * Takes an exclusive lock on `path` (created if missing). With `wait: false`, returns
- * null when another process holds it. Rejects with OSFARM_ABORTED if the signal fires
- * while waiting.
+ * Takes an exclusive lock on `path` (created, with its directory, if missing). With
+ * `wait: false`, returns null when another holder has it. Rejects with OSFARM_ABORTED
+ * (an AbortError) if the signal fires while waiting.
  */
-export function acquireLock(path: string, opts: LockOptions = {}): Promise<FileLock | null> {
+export async function acquireLock(path: string, opts: LockOptions = {}): Promise<FileLock | null> {
+  const errorCode = opts.errorCode ?? 'OSFARM_IO';
+  if (opts.signal?.aborted) throw abortError(opts.signal);
   mkdirSync(dirname(path), { recursive: true });
-  const wait = opts.wait ?? true;
-  return new Promise((resolvePromise, reject) => {
-    if (opts.signal?.aborted) return reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled'));
-    const args = ['--exclusive', '--close', '--conflict-exit-code', String(CONFLICT)];
-    if (!wait) args.push('--nonblock');
-    args.push(path, 'sh', '-c', 'echo locked; exec cat >/dev/null');
-    const child = spawn('flock', args, { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: SYSTEM_PATH } });
-    let settled = false;
-    let stderr = '';
-    let exited: Promise<void> | undefined;
-    const exitPromise = new Promise<void>((r) => child.once('close', () => r()));
-    child.stdin!.on('error', () => {});
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const onAbort = () => {
-      if (settled) return;
-      settled = true;
-      child.kill('SIGKILL');
-      reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled while waiting for a lock'));
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      if (settled || !d.includes('locked')) return;
-      settled = true;
-      opts.signal?.removeEventListener('abort', onAbort);
-      // Held: let the process exit without releasing explicitly (the kernel drops the lock then).
-      const handles = [child.stdin, child.stdout, child.stderr] as unknown as { ref?: () => void; unref?: () => void }[];
-      child.unref();
-      for (const h of handles) h.unref?.();
-      resolvePromise({
-        path,
-        release() {
-          exited ??= (async () => {
-            child.ref();
-            for (const h of handles) h.ref?.();
-            child.stdin!.end();
-            await exitPromise;
-          })();
-          return exited;
-        },
-      });
-    });
-    child.once('error', (err) => {
-      if (settled) return;
-      settled = true;
-      opts.signal?.removeEventListener('abort', onAbort);
-      reject(new OsfarmError(opts.errorCode ?? 'OSFARM_IO', `cannot run flock(1) (util-linux) for the lock ${path}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
-    });
-    child.once('close', (code) => {
-      if (settled) return;
-      settled = true;
-      opts.signal?.removeEventListener('abort', onAbort);
-      if (code === CONFLICT) resolvePromise(null);
-      else reject(new OsfarmError(opts.errorCode ?? 'OSFARM_IO', `flock ${path} exited with ${code}: ${stderr.trim()}`));
-    });
-  });
+  let pause = 2;
+  for (;;) {
+    const lock = tryLock(path, errorCode);
+    if (lock || opts.wait === false) return lock;
+    try {
+      await sleep(pause, undefined, { signal: opts.signal });
+    } catch {
+      throw abortError(opts.signal, 'the operation was cancelled while waiting for a lock');
+    }
+    pause = Math.min(pause * 2, MAX_PAUSE_MS);
+  }
 }

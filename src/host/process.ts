@@ -7,7 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 
-import { type ErrorCode, OsfarmError } from '../base/errors.js';
+import { abortError, type ErrorCode, OsfarmError } from '../base/errors.js';
 
 /** PATH for the tools osfarm runs: the usual system directories, whatever the caller's PATH. */
 export const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -39,10 +39,6 @@ export interface RunResult {
   stderr: string;
 }
 
-function aborted(): OsfarmError {
-  return new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled');
-}
-
 function cannotStart(cmd: string, err: Error, code: ErrorCode | undefined): OsfarmError {
   const errno = (err as NodeJS.ErrnoException).code;
   const why = errno === 'ENOENT' ? 'it is not installed' : (errno ?? err.message);
@@ -70,7 +66,7 @@ export function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
  */
 export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?: (stdout: Readable) => Promise<void>): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    if (opts.signal?.aborted) return reject(aborted());
+    if (opts.signal?.aborted) return reject(abortError(opts.signal));
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let killTimer: NodeJS.Timeout | undefined;
     let wasAborted = false;
@@ -110,8 +106,8 @@ export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?
     child.on('close', (code, signal) => {
       done();
       consumed.then(
-        () => (wasAborted ? reject(aborted()) : resolvePromise({ code, signal, ...out })),
-        (err) => reject(wasAborted ? aborted() : err),
+        () => (wasAborted ? reject(abortError(opts.signal)) : resolvePromise({ code, signal, ...out })),
+        (err) => reject(wasAborted ? abortError(opts.signal) : err),
       );
     });
   });

@@ -7,7 +7,7 @@ import { parseText } from '../spec/formats.js';
 import { type BuildSpec, specDigest } from '../spec/spec.js';
 import { OsfarmError } from '../base/errors.js';
 import type { ImageEntry, Repository } from '../repo/index.js';
-import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists, requireBuildMeta } from './lookup.js';
+import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists, type RepositoryRef, requireBuildMeta } from './lookup.js';
 
 export * from './lookup.js';
 export { specToXml } from '../spec/xml.js';
@@ -47,10 +47,10 @@ function summary(e: ImageEntry): ImageSummary {
 }
 
 /** The images a spec's request produced (every format and SOURCE_DATE_EPOCH). */
-export function findImages(repoPath: string, spec: BuildSpec): FindResult {
+export function findImages(repo: RepositoryRef, spec: BuildSpec): FindResult {
   const digest = specDigest(spec);
-  const repo = openIfExists(repoPath);
-  return { specDigest: digest, images: repo ? imagesOfRequest(repo, digest).map(summary) : [] };
+  const opened = openIfExists(repo);
+  return { specDigest: digest, images: opened ? imagesOfRequest(opened, digest).map(summary) : [] };
 }
 
 function builtEntry(repo: Repository, ref: string): { entry: ImageEntry; meta: BuildMeta } {
@@ -58,16 +58,16 @@ function builtEntry(repo: Repository, ref: string): { entry: ImageEntry; meta: B
   return { entry, meta: requireBuildMeta(entry) };
 }
 
-function openRepo(repoPath: string): Repository {
-  const repo = openIfExists(repoPath);
-  if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `no repository at ${repoPath} (give --repo or $OSFARM_REPO)`);
+function openRepo(ref: RepositoryRef): Repository {
+  const repo = openIfExists(ref);
+  if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `no repository at ${ref as string} (give --repo or $OSFARM_REPO)`);
   return repo;
 }
 
 /** An image's spec, stages, size, formats and build log (by name, digest or unique digest prefix). */
-export function showImage(repoPath: string, ref: string): ShowResult {
-  const repo = openRepo(repoPath);
-  const { entry, meta } = builtEntry(repo, ref);
+export function showImage(repo: RepositoryRef, ref: string): ShowResult {
+  const opened = openRepo(repo);
+  const { entry, meta } = builtEntry(opened, ref);
   return {
     ...summary(entry),
     path: entry.path,
@@ -78,14 +78,14 @@ export function showImage(repoPath: string, ref: string): ShowResult {
     cow: meta.cow ?? null,
     backend: meta.backend,
     builder: meta.builder,
-    formats: imagesOfRequest(repo, meta.specDigest).map(summary),
+    formats: imagesOfRequest(opened, meta.specDigest).map(summary),
     buildLog: meta.buildLog ?? null,
   };
 }
 
 /** The XML of the spec an image was built from. */
-export function exportSpec(repoPath: string, ref: string): { specDigest: string; xml: string } {
-  const { meta } = builtEntry(openRepo(repoPath), ref);
+export function exportSpec(repo: RepositoryRef, ref: string): { specDigest: string; xml: string } {
+  const { meta } = builtEntry(openRepo(repo), ref);
   if (!meta.specXml) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${ref} was built before osfarm kept specs as XML: only its canonical JSON is kept (osfarm images show)`);
   return { specDigest: meta.specDigest, xml: meta.specXml };
 }
@@ -94,9 +94,9 @@ export function exportSpec(repoPath: string, ref: string): { specDigest: string;
  * A `resolveParent` for specs: a parent named by an image name (or digest) in the
  * repository stands for the spec that image was built from.
  */
-export function repositoryParents(repoPath: string): (ref: string) => { raw: unknown } | undefined {
+export function repositoryParents(repoDir: RepositoryRef): (ref: string) => { raw: unknown } | undefined {
   return (ref) => {
-    const repo = openIfExists(repoPath);
+    const repo = openIfExists(repoDir);
     if (!repo) return undefined;
     let found: { meta: BuildMeta } | undefined;
     try {

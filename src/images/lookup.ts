@@ -43,10 +43,14 @@ export function requireBuildMeta(entry: ImageEntry, what = 'spec'): BuildMeta {
   return meta;
 }
 
-/** Opens a repository for reading; null if there is none at `path` yet. */
-export function openIfExists(path: string): Repository | null {
-  if (!existsSync(path)) return null;
-  return Repository.open(path);
+/** A repository: its directory, or one already open. */
+export type RepositoryRef = string | Repository;
+
+/** Opens a repository for reading (one already open is returned as it is); null if there is none at `path` yet. */
+export function openIfExists(repo: RepositoryRef): Repository | null {
+  if (repo instanceof Repository) return repo;
+  if (!existsSync(repo)) return null;
+  return Repository.open(repo);
 }
 
 /** Images built from the request with this checksum (every format, every SOURCE_DATE_EPOCH), oldest first. */
@@ -58,11 +62,11 @@ export function imagesOfRequest(repo: Repository, specDigest: string): ImageEntr
  * The images answering a build request, one per wanted format, if the repository holds
  * all of them (built from the same spec checksum and SOURCE_DATE_EPOCH); else null.
  */
-export function findBuilt(repoPath: string, specDigest: string, formats: readonly OutputFormat[], sourceDateEpoch: number | null): Map<OutputFormat, ImageEntry> | null {
-  const repo = openIfExists(repoPath);
-  if (!repo) return null;
+export function findBuilt(repo: RepositoryRef, specDigest: string, formats: readonly OutputFormat[], sourceDateEpoch: number | null): Map<OutputFormat, ImageEntry> | null {
+  const opened = openIfExists(repo);
+  if (!opened) return null;
   const found = new Map<OutputFormat, ImageEntry>();
-  for (const e of imagesOfRequest(repo, specDigest)) {
+  for (const e of imagesOfRequest(opened, specDigest)) {
     const m = buildMeta(e)!;
     if (m.sourceDateEpoch === sourceDateEpoch && formats.includes(m.format)) found.set(m.format, e);
   }

@@ -81,7 +81,7 @@ export function pack(input: string, output: string, options: PackOptions = {}): 
       (listener) => native.pack(input, output, opts, listener, signal),
       (r) => ({ done: r.inputBytes, total: r.inputBytes }),
     );
-  });
+  }, signal);
 }
 
 /** The synchronous twin of `pack` (blocks the event loop: for scripts and tests). */

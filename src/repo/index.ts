@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { callNative, callNativeSync, throwIfAborted } from '../base/errors.js';
+import { callNative, callNativeSync, OsfarmError, throwIfAborted } from '../base/errors.js';
 import { withProgress } from '../base/progress.js';
 import type { HashName, LongRunning } from '../blocks/index.js';
 import {
@@ -191,9 +191,33 @@ function report(r: RepoRebuildReport): RebuildReport {
 /**
  * A repository on disk. Every operation takes the repository lock for its own duration
  * (shared for reading, exclusive for writing), so handles in several processes coexist.
+ * A handle keeps the catalog and block table in memory between operations: `close()` it
+ * (or `using repo = Repository.open(…)`) to free them at once.
  */
-export class Repository {
-  private constructor(private readonly handle: RepositoryHandle) {}
+export class Repository implements Disposable, AsyncDisposable {
+  private open: RepositoryHandle | null;
+  private constructor(handle: RepositoryHandle) {
+    this.open = handle;
+  }
+
+  private get handle(): RepositoryHandle {
+    if (!this.open) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'this repository handle is closed: open the repository again');
+    return this.open;
+  }
+
+  /** Frees the handle's cached catalog and table; later calls on it fail (operations already running finish). Safe to call twice. */
+  close(): void {
+    this.open?.dropCache();
+    this.open = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
 
   /** Creates a repository in a new or empty directory. */
   static init(path: string, options: InitOptions = {}): Repository {
@@ -247,7 +271,7 @@ export class Repository {
         (r) => ({ done: r.size, total: r.size }),
       );
       return entry(r);
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `add`. */
@@ -286,7 +310,7 @@ export class Repository {
     return callNative(async () => {
       throwIfAborted(signal);
       return plan(await withProgress(onProgress, (l) => this.handle.plan(indexArg(index), l, signal)));
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `plan`. */
@@ -307,7 +331,7 @@ export class Repository {
         this.handle.assemble(indexArg(index), from, nativeImageOptions(rest), l, signal),
       );
       return entry(r);
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `assemble`. */
@@ -322,7 +346,7 @@ export class Repository {
     return callNative(async () => {
       throwIfAborted(signal);
       return entry(await withProgress(onProgress, (l) => this.handle.verify(ref, l, signal)));
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `verify`. */
@@ -336,7 +360,7 @@ export class Repository {
     return callNative(async () => {
       throwIfAborted(signal);
       return report(await withProgress(onProgress, (l) => this.handle.rebuild(l, signal)));
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `rebuild`. */
@@ -389,7 +413,7 @@ export class Assembler {
     return callNative(async () => {
       throwIfAborted(signal);
       return { ...(await withProgress(onProgress, (l) => this.handle.fillFromRepository(l, signal))) };
-    });
+    }, signal);
   }
 
   /** The synchronous twin of `fillFromRepository`. */
@@ -439,5 +463,10 @@ export class Assembler {
    */
   release(): void {
     this.handle.release();
+  }
+
+  /** `release()`, for `using asm = repo.beginAssembly(…)`. */
+  [Symbol.dispose](): void {
+    this.release();
   }
 }

@@ -10,6 +10,7 @@ export {
   type CanonicalSpec,
   type SpecFile,
   type SpecOptions,
+  type SpecValidation,
   canonicalJson,
   canonicalSpec,
   hostPathIssues,
@@ -22,6 +23,7 @@ export {
   setOnChain,
   stableStringify,
   treeDigest,
+  validateSpec,
 } from './spec.js';
 export { type SpecFormat, formatOf, parseText, sniffFormat } from './formats.js';
 export { SpecError, type SpecIssue } from './errors.js';

@@ -95,6 +95,24 @@ export function parseSpec(text: string, format?: SpecFormat, options: SpecOption
   return specFromObject(raw, options);
 }
 
+/** What `validateSpec` finds: the normalised spec, or every problem. */
+export type SpecValidation = { valid: true; spec: BuildSpec; issues: [] } | { valid: false; issues: SpecIssue[] };
+
+/**
+ * Validates a spec, an object or text (YAML, JSON or XML, sniffed), without throwing for a
+ * bad one: the normalised spec, or the issues (each field's path and what is wrong).
+ * Other errors (a parent that cannot be resolved for a reason other than the spec) throw.
+ */
+export function validateSpec(input: unknown, options: SpecOptions = {}): SpecValidation {
+  try {
+    const spec = typeof input === 'string' ? parseSpec(input, undefined, options) : specFromObject(input, options);
+    return { valid: true, spec, issues: [] };
+  } catch (err) {
+    if (err instanceof SpecError) return { valid: false, issues: err.issues };
+    throw err;
+  }
+}
+
 /** Reads, parses and validates a spec file (`.yaml`/`.yml`, `.json`, `.xml`; other names are sniffed). */
 export function loadSpec(path: string, options: Omit<SpecOptions, 'baseDir'> = {}): BuildSpec {
   let text: string;

@@ -21,8 +21,8 @@ export interface LeaseRecord {
   alive: boolean;
 }
 
-/** A held lease. `release()` runs the release hooks (unmounting a view, removing a checkout) and deletes the file. */
-export class Lease {
+/** A held lease. `release()` (or `await using`) runs the release hooks (unmounting a view, removing a checkout) and deletes the file. */
+export class Lease implements AsyncDisposable {
   readonly tag: string;
   readonly id: string;
   readonly path: string;
@@ -58,6 +58,10 @@ export class Lease {
       if (first) throw first;
     })();
     return this.released;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
   }
 }
 

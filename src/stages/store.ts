@@ -82,10 +82,10 @@ export type StageEvent =
   | { type: 'warning'; message: string };
 
 export interface StageStoreOptions {
-  /** The store directory; default $OSFARM_STAGES, else `<repoPath>/stages`. */
+  /** The store directory; default $OSFARM_STAGES, else `<repo>/stages`. */
   root?: string;
   /** The repository (default $OSFARM_REPO or ./osfarm-repo), when `root` is not given. */
-  repoPath?: string;
+  repo?: string;
   /** Copy-on-write backend: `auto` (default: what store.json says, else the best that works here) or a name. */
   cow?: CowName | 'auto';
   /** Keep the store under this many bytes after each new stage (LRU). Default $OSFARM_STAGES_MAX; none if unset. Accepts 10G, 500M… */
@@ -128,7 +128,7 @@ export interface EnsureResult {
   lease: Lease;
 }
 
-export interface Checkout {
+export interface Checkout extends AsyncDisposable {
   tag: string;
   /** A writable copy-on-write working copy of the stage's full tree. */
   dir: string;
@@ -178,7 +178,7 @@ export interface VerifyResult {
 }
 
 /** The store directory from options and environment. */
-export function stagesRoot(opts: { root?: string; repoPath?: string } = {}): string {
+export function stagesRoot(opts: { root?: string; repo?: string } = {}): string {
   return stagesPath(opts);
 }
 
@@ -548,7 +548,8 @@ export class StageStore {
         await removeTree(dir, STAGE);
       });
       this.touch(tag, false);
-      return { tag, dir: ws.dir, lease, release: () => lease.release() };
+      const release = () => lease.release();
+      return { tag, dir: ws.dir, lease, release, [Symbol.asyncDispose]: release };
     } catch (err) {
       await removeTree(dir, STAGE).catch(() => {});
       await lease.release().catch(() => {});

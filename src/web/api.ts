@@ -26,8 +26,8 @@ import { isFinal, type JobContext, type JobInfo, JobQueue, type JobSource, strea
 import { PackageSearch } from './packages.js';
 
 export interface ApiOptions {
-  repoPath: string;
-  stagesPath: string;
+  repo: string;
+  stages: string;
   /** Build scratch space and package caches (build()'s workDir). */
   workDir: string;
   /** Builds waiting at most (one more is refused with 503). */
@@ -54,7 +54,7 @@ export type DocumentedRoute = Route & { doc: RouteDoc };
  * server's files (`files[].source`, a parent spec file). A parent names an image in the
  * repository, whose recorded spec it builds on.
  */
-function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
+function webSpec(body: Record<string, unknown>, repo: string): BuildSpec {
   const text = body.text;
   let raw: unknown = body.spec;
   if (typeof text === 'string') {
@@ -66,7 +66,7 @@ function webSpec(body: Record<string, unknown>, repoPath: string): BuildSpec {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidArgument('send the spec as `spec` (a JSON object) or `text` (YAML, JSON or XML, with `format`)');
   const issues = hostPathIssues(raw);
   if (issues.length > 0) throw new SpecError(issues);
-  return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repoPath) });
+  return specFromObject(raw, { baseDir: '/nonexistent/osfarm-web', resolveParent: repositoryParents(repo) });
 }
 
 /** Emits a transfer's `sample` events at most every 200 ms (and the last one always), timed from the start. */
@@ -102,7 +102,7 @@ export class Api {
     this.builds = o.farm ?? this.localBuilds!;
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
     this.packages = new PackageSearch(join(o.workDir, 'apt-indexes'));
-    if (!existsSync(o.repoPath)) Repository.init(o.repoPath);
+    if (!existsSync(o.repo)) Repository.init(o.repo);
   }
 
   /** The catalog probes tools and files: once a minute is often enough. */
@@ -117,7 +117,7 @@ export class Api {
   }
 
   private repo(): Repository {
-    return Repository.open(this.o.repoPath);
+    return Repository.open(this.o.repo);
   }
 
   private async job(id: string): Promise<{ queue: JobSource; info: JobInfo }> {
@@ -168,7 +168,7 @@ export class Api {
           response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), this.o.repoPath);
+          const spec = webSpec(await readJson(req), this.o.repo);
           const digest = specDigest(spec);
           const built = imagesOfRequest(this.repo(), digest).map(imageView);
           sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
@@ -182,14 +182,14 @@ export class Api {
           response: { status: 202, description: 'Job; 422 for an invalid spec, 503 when the queue is full' },
         },
         handler: async ({ req, res }) => {
-          const spec = webSpec(await readJson(req), this.o.repoPath);
+          const spec = webSpec(await readJson(req), this.o.repo);
           const digest = specDigest(spec);
           const title = `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`;
           const meta = { specDigest: digest, name: spec.name };
           const info = this.o.farm
             ? await this.o.farm.submitBuild(spec, title, meta)
             : await this.localBuilds!.submit('build', title, ({ signal, emit }) =>
-                runBuildJob(spec, { repoPath: this.o.repoPath, workDir: this.o.workDir, stagesDir: this.o.stagesPath, signal, emit }), meta);
+                runBuildJob(spec, { repo: this.o.repo, workDir: this.o.workDir, stages: this.o.stages, signal, emit }), meta);
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
@@ -272,7 +272,7 @@ export class Api {
       {
         method: 'GET', path: '/api/images/:ref/spec.xml', read: true,
         doc: { tag: 'images', summary: 'The same spec in the XML spec form', response: { status: 200, type: 'application/xml', description: 'XML spec' } },
-        handler: ({ res, params }) => sendText(res, 200, exportSpec(this.o.repoPath, params.ref!).xml, 'application/xml; charset=utf-8'),
+        handler: ({ res, params }) => sendText(res, 200, exportSpec(this.o.repo, params.ref!).xml, 'application/xml; charset=utf-8'),
       },
       {
         method: 'GET', path: '/api/images/:ref/log', read: true,
@@ -302,7 +302,7 @@ export class Api {
       {
         method: 'GET', path: '/api/stages', read: true,
         doc: { tag: 'stages', summary: 'The stage store: each stage with parent, sizes, hits and last use', response: { status: 200, description: '{ root, backend, totalOwnSize, stages }' } },
-        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stagesPath)),
+        handler: async ({ res }) => sendJson(res, 200, await stageSummary(this.o.stages)),
       },
       {
         method: 'POST', path: '/api/stages/gc',
@@ -313,7 +313,7 @@ export class Api {
           if (typeof max !== 'string' && typeof max !== 'number') throw invalidArgument('maxSize is required: a size like 20G or 500M, or a number of bytes');
           const maxSize = parseSize(max, 'maxSize');
           if (body.dryRun !== undefined && typeof body.dryRun !== 'boolean') throw invalidArgument('dryRun must be true or false');
-          sendJson(res, 200, await gcStages(this.o.stagesPath, { maxSize, dryRun: body.dryRun === true }));
+          sendJson(res, 200, await gcStages(this.o.stages, { maxSize, dryRun: body.dryRun === true }));
         },
       },
       {
@@ -344,13 +344,14 @@ export class Api {
           const info = await this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await push(entry.digest, address, {
-              repo: this.o.repoPath,
+              repo: this.o.repo,
               signal,
               ...(token ? { token } : { insecure: true }),
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: 'push', done: p.haveBlocks, total: p.blockCount });
-                sample({ wireBytes: p.wireBytesSent, blocks: p.blocksSent });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: 'push', done: e.done, total: e.total });
+                sample({ wireBytes: e.wireBytesSent, blocks: e.blocksSent });
               },
             });
             sample({ wireBytes: r.wireBytesSent, blocks: r.blocksSent }, true);
@@ -374,12 +375,13 @@ export class Api {
           const info = await this.transfers.submit('pull', `pull ${url}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await pull(url, {
-              repoPath: this.o.repoPath,
+              repo: this.o.repo,
               signal,
               ...(name ? { name } : {}),
-              onProgress: (p) => {
-                emit({ type: 'progress', phase: p.phase, done: p.done, total: p.total });
-                sample({ wireBytes: p.bytesFetched });
+              onEvent: (e) => {
+                if (e.type !== 'progress') return;
+                emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total });
+                sample({ wireBytes: e.bytesFetched });
               },
             });
             sample({ wireBytes: r.bytesFetched }, true);

@@ -19,9 +19,10 @@ import { type Request, readJson, Router, sendError, sendJson, sendText } from '.
 import { docsPage, openApiDocument } from './openapi.js';
 
 export interface WebOptions {
-  repoPath: string;
-  /** The stage store (default: `stagesRoot({ repoPath })`, i.e. $OSFARM_STAGES or <repo>/stages). */
-  stagesPath?: string;
+  /** The repository the GUI shows and builds into (created if missing). */
+  repo: string;
+  /** The stage store (default $OSFARM_STAGES, else <repo>/stages). */
+  stages?: string;
   /** The token file: read, or created with a new token (mode 0600) at first start. */
   tokenFile: string;
   /** Let anyone browse without the token (the routes marked read); changes still need it. */
@@ -34,7 +35,7 @@ export interface WebOptions {
   farm?: FarmClient;
 }
 
-export interface WebHandler {
+export interface WebHandler extends AsyncDisposable {
   /** Resolves true if it answered the request, false if the path is not the web's. */
   handler(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
   /** Cancels queued and running jobs and waits for builds to tear down. */
@@ -77,8 +78,8 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
   const readOnly = options.readOnly ?? false;
   const cookie = cookieName(token.token);
   const api = new Api({
-    repoPath: resolve(options.repoPath),
-    stagesPath: options.stagesPath ?? stagesRoot({ repoPath: options.repoPath }),
+    repo: resolve(options.repo),
+    stages: options.stages ?? stagesRoot({ repo: options.repo }),
     workDir: resolve(options.workDir ?? defaultWorkDir()),
     maxQueuedBuilds: options.maxQueuedBuilds ?? 4,
     ...(options.farm ? { farm: options.farm } : {}),
@@ -148,9 +149,11 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     return true;
   };
 
+  const close = () => api.close();
   return {
     handler,
-    close: () => api.close(),
+    close,
+    [Symbol.asyncDispose]: close,
     token: { value: token.token, created: token.created, path: token.path },
     api,
   };

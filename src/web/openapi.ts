@@ -54,7 +54,8 @@ export function openApiDocument(routes: DocumentedRoute[], version: string): Rec
   const paths: Record<string, Record<string, unknown>> = {};
   for (const r of routes) {
     const p = r.path.replace(/:([a-zA-Z]+)/g, '{$1}');
-    (paths[p] ??= {})[r.method.toLowerCase()] = operation(r);
+    paths[p] ??= {};
+    paths[p][r.method.toLowerCase()] = operation(r);
   }
   return {
     openapi: '3.1.0',

@@ -104,7 +104,12 @@ async function readPackages(file: string, into: Map<string, PackageInfo>): Promi
     }
   };
   let stderr = '';
-  const r = await run(APT_HELPER, ['cat-file', file], { onLine: (l, stream) => (stream === 'stderr' ? (stderr += `${l}\n`) : onLine(l)) });
+  const r = await run(APT_HELPER, ['cat-file', file], {
+    onLine: (l, stream) => {
+      if (stream === 'stderr') stderr += `${l}\n`;
+      else onLine(l);
+    },
+  });
   flush();
   if (r.code !== 0) throw new OsfarmError('OSFARM_IO', `cannot read the package index ${file}: ${stderr.trim() || `apt-helper exited with ${r.code}`}`);
 }

@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod index;
 pub mod indexer;
+pub mod lock;
 pub mod nbd;
 pub mod pack;
 pub mod progress;

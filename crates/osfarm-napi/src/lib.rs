@@ -2,6 +2,7 @@
 //! thread (`task`, each with a `*Sync` twin) and reports progress; no logic lives here.
 
 mod blocks;
+mod lock;
 mod nbd;
 mod pack;
 mod progress;

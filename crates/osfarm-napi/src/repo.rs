@@ -282,6 +282,12 @@ impl RepositoryHandle {
         self.repo.set_wait_for_lock(wait);
     }
 
+    /// Frees the catalog and table cached in memory (operations still running keep theirs).
+    #[napi]
+    pub fn drop_cache(&self) {
+        self.repo.drop_cache();
+    }
+
     #[napi]
     pub fn list(&self) -> Result<Vec<RepoImage>> {
         Ok(self.repo.list().map_err(js_err)?.into_iter().map(image).collect())

@@ -139,7 +139,7 @@ const command: Command<Result> = {
     let barPhase = '';
     const tail: string[] = [];
     const onEvent = (e: BuildEvent) => {
-      ctx.event(e as unknown as Record<string, unknown>);
+      if (e.type !== 'result') ctx.event(e as unknown as Record<string, unknown>); // the result is printed once, last
       if (e.type === 'log') {
         tail.push(e.line);
         if (tail.length > 20) tail.shift();
@@ -162,10 +162,10 @@ const command: Command<Result> = {
       return await build(spec, {
         workDir: str(args, 'work-dir'),
         output,
-        repoPath: ctx.repoPath,
+        repo: ctx.repoPath,
         noRepo: flag(args, 'no-repo'),
         keepTree: flag(args, 'keep-tree'),
-        stagesDir: str(args, 'stages'),
+        stages: str(args, 'stages'),
         cow: cow as BuildOptions['cow'],
         stagesMaxSize: str(args, 'stages-max-size'),
         rebuild: flag(args, 'rebuild'),

@@ -24,7 +24,7 @@ const command: Command<PullResult> = {
     const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
     try {
       return await pull(url, {
-        repoPath: ctx.repoPath,
+        repo: ctx.repoPath,
         name: str(args, 'name'),
         parallel: wholeNumber(args, 'parallel', 1),
         maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),

@@ -35,7 +35,7 @@ const command: Command<{ transfers: number; failed: number }> = {
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const idle = wholeNumber(args, 'idle-timeout', 1);
     const receiver = new Receiver({
-      repoPath: ctx.repoPath,
+      repo: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
       maxTransfers: wholeNumber(args, 'max-transfers', 1),

@@ -1,5 +1,5 @@
 import { invalidArgument } from '../../base/errors.js';
-import { serve } from '../../app/serve.js';
+import { serveHandlers } from '../../app/serve.js';
 import { FarmClient } from '../../farm/client.js';
 import type { SchedulingMode } from '../../farm/scheduler.js';
 import { createPullHandler, type PullServeStats } from '../../transfer/http/serve.js';
@@ -27,20 +27,20 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const maxConcurrent = wholeNumber(args, 'max-requests', 1);
     Repository.open(ctx.repoPath); // refuse a missing or damaged repository before listening
-    const pullHandler = createPullHandler({ repoPath: ctx.repoPath, maxConcurrent });
+    const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
     const queue = str(args, 'queue');
     const schedule = str(args, 'schedule') ?? 'cache-aware';
     if (schedule !== 'cache-aware' && schedule !== 'plain') throw invalidArgument(`--schedule ${schedule}: cache-aware or plain`);
     if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms'))) throw invalidArgument('--schedule and --affinity-wait-ms are for a farm: give --queue redis://host:port too');
     const farm = queue
-      ? await FarmClient.open({ url: queue, repoPath: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0) })
+      ? await FarmClient.open({ url: queue, repo: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0) })
       : undefined;
-    const web = await createWebHandler({ repoPath: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only'), ...(farm ? { farm } : {}) });
+    const web = await createWebHandler({ repo: ctx.repoPath, tokenFile: str(args, 'token-file') ?? defaultTokenFile(), readOnly: flag(args, 'read-only'), ...(farm ? { farm } : {}) });
     if (web.token.created) {
       // Shown this once; afterwards it is only in the file.
       process.stderr.write(`web token (kept in ${web.token.path}, mode 0600): ${web.token.value}\n`);
     }
-    const serving = await serve({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
+    const serving = await serveHandlers({ host, port, handlers: [pullHandler, web.handler], onClose: () => web.close() });
     const { url, address } = serving;
     ctx.info(`serving ${ctx.repoPath} on ${url} (pull ${url}/images/<digest or name>; GUI ${url}/, API ${url}/api/docs)${farm ? `; builds go to the farm on ${queue} (${farm.scheduling.mode})` : ''}`);
     ctx.event({ event: 'listening', address: address.address, port: address.port, repo: ctx.repoPath, ...(farm ? { queue, schedule: farm.scheduling } : {}) });

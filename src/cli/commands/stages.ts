@@ -16,7 +16,7 @@ const STORE_OPTIONS: OptionSpec = {
 const STORE_USAGE = '[--stages DIR]';
 
 function root(args: ParsedArgs, ctx: CommandContext): string {
-  return stagesRoot({ root: str(args, 'stages'), repoPath: ctx.repoPath });
+  return stagesRoot({ root: str(args, 'stages'), repo: ctx.repoPath });
 }
 
 /** Opens an existing store without creating it (a missing store lists as empty). */

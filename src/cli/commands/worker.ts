@@ -37,14 +37,14 @@ const command: Command<WorkerSummary> = {
       pushTo,
       ...(token ? { token } : { insecure: true }),
       workDir,
-      ...(str(args, 'stages') ? { stagesDir: resolve(str(args, 'stages')!) } : {}),
+      ...(str(args, 'stages') ? { stages: resolve(str(args, 'stages')!) } : {}),
       ...(str(args, 'id') ? { id: str(args, 'id')! } : {}),
       lockMs: wholeNumber(args, 'lock-ms', 100),
       onEvent: (e) => {
-        ctx.event(e);
-        if (e.event === 'ready') ctx.info(`worker ${e.id}: taking jobs from ${queue} (${e.stages} cached stages in ${workDir}), pushing to ${pushTo}`);
-        else if (e.event === 'job-start') ctx.info(`job ${e.job}: started (attempt ${e.attempt}, from ${e.queue})`);
-        else if (e.event === 'job-end') ctx.info(`job ${e.job}: ${e.state} in ${(e.ms / 1000).toFixed(1)} s`);
+        ctx.event({ ...e, event: e.type }); // the CLI's NDJSON lines are keyed by `event`
+        if (e.type === 'ready') ctx.info(`worker ${e.id}: taking jobs from ${queue} (${e.stages} cached stages in ${workDir}), pushing to ${pushTo}`);
+        else if (e.type === 'job-start') ctx.info(`job ${e.job}: started (attempt ${e.attempt}, from ${e.queue})`);
+        else if (e.type === 'job-end') ctx.info(`job ${e.job}: ${e.state} in ${(e.ms / 1000).toFixed(1)} s`);
         else ctx.info(`worker: ${e.message}`);
       },
     });

@@ -34,7 +34,7 @@ export const btrfs: CowMethod = {
     const type = fsType(root);
     if (type !== 'btrfs') return { available: false, detail: `needs the store on a btrfs file system; ${root} is on ${type}` };
     const version = await run('btrfs', ['--version'], { capture: true }).catch(() => null);
-    if (!version || version.code !== 0) return { available: false, detail: 'needs btrfs-progs (the btrfs command)' };
+    if (version?.code !== 0) return { available: false, detail: 'needs btrfs-progs (the btrfs command)' };
     const dir = join(root, `.probe-${ownerToken()}-${randomSuffix()}`);
     mkdirSync(dir);
     try {

@@ -19,7 +19,7 @@ async function probeLvm(): Promise<ProbeResult> {
     };
   }
   const targets = await run('dmsetup', ['targets'], { capture: true }).catch(() => null);
-  if (!targets || targets.code !== 0) {
+  if (targets?.code !== 0) {
     const why = targets ? (targets.stderr.split('\n').find((l) => /fail/i.test(l)) ?? targets.stderr.split('\n')[0] ?? '').trim() : 'dmsetup (package dmsetup) is not installed';
     return { available: false, detail: `unavailable here: device-mapper does not answer (dmsetup targets: ${why}); ${need}` };
   }

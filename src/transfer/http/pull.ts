@@ -10,7 +10,8 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 
-import { OsfarmError } from '../../base/errors.js';
+import { abortError, OsfarmError } from '../../base/errors.js';
+import { eventSink, type ResultEvent } from '../../base/events.js';
 import { Repository, type Assembler, type ImageEntry } from '../../repo/index.js';
 import { SOFTWARE } from '../../base/version.js';
 
@@ -25,12 +26,19 @@ export interface PullProgress {
   retries: number;
 }
 
+/** What a pull reports, in order; the last event is `{ type: 'result', result }`. */
+export type PullEvent = ({ type: 'progress' } & PullProgress) | ResultEvent<PullResult>;
+
 export interface PullOptions {
   /** The local repository (created with the image's hash and block size if absent). */
-  repoPath: string;
+  repo: string;
   /** Name for the pulled image; default: the name it was pulled by, if any. */
   name?: string;
+  /** Stops the pull (the partial is kept for the next pull); it rejects with an AbortError carrying OSFARM_ABORTED. */
   signal?: AbortSignal;
+  /** Progress events, then the result; a listener's error is ignored. */
+  onEvent?: (event: PullEvent) => void;
+  /** @deprecated since 0.2: use `onEvent` (its `progress` events carry the same fields); kept for one release. */
   onProgress?: (p: PullProgress) => void;
   /** Range requests in flight at once (default 4). */
   parallel?: number;
@@ -124,17 +132,17 @@ class Fetcher {
 
   /** A GET; resolves with the response once its headers are in. */
   get(url: string, headers: Record<string, string> = {}): Promise<IncomingMessage> {
-    if (this.signal.aborted) return Promise.reject(aborted());
+    if (this.signal.aborted) return Promise.reject(aborted(this.signal));
     this.requests++;
     const request = url.startsWith('https:') ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
       const req = request(url, { agent: this.agent, headers: { 'User-Agent': SOFTWARE, 'Accept-Encoding': 'identity', ...headers } });
-      const onAbort = () => req.destroy(aborted());
+      const onAbort = () => req.destroy(aborted(this.signal));
       this.signal.addEventListener('abort', onAbort, { once: true });
       req.once('close', () => this.signal.removeEventListener('abort', onAbort));
       req.setTimeout(this.idleTimeoutMs, () => req.destroy(new Transient(`no data from ${url} for ${this.idleTimeoutMs / 1000} s`)));
       req.once('response', resolve);
-      req.on('error', (err) => reject(this.signal.aborted ? aborted() : classify(err, url)));
+      req.on('error', (err) => reject(this.signal.aborted ? aborted(this.signal) : classify(err, url)));
       req.end();
     });
   }
@@ -170,7 +178,7 @@ class Fetcher {
           chunks.push(chunk);
         }
       } catch (err) {
-        throw this.signal.aborted ? aborted() : classify(err, url);
+        throw this.signal.aborted ? aborted(this.signal) : classify(err, url);
       }
       if (!res.complete || (!Number.isNaN(declared) && n !== declared)) throw new Transient(`${url}: the response ended after ${n} bytes`);
       return Buffer.concat(chunks);
@@ -183,8 +191,8 @@ class Fetcher {
   }
 }
 
-function aborted(): OsfarmError {
-  return new OsfarmError('OSFARM_ABORTED', 'the pull was cancelled; run it again to continue where it stopped');
+function aborted(signal: AbortSignal | undefined): OsfarmError {
+  return abortError(signal, 'the pull was cancelled; run it again to continue where it stopped');
 }
 
 /** TLS errors that say the server's certificate is not trusted: retrying cannot help. */
@@ -265,14 +273,14 @@ async function withRetries<T>(
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(aborted());
+    if (signal.aborted) return reject(aborted(signal));
     const t = setTimeout(() => {
       signal.removeEventListener('abort', onAbort);
       resolve();
     }, ms);
     const onAbort = () => {
       clearTimeout(t);
-      reject(aborted());
+      reject(aborted(signal));
     };
     signal.addEventListener('abort', onAbort, { once: true });
   });
@@ -415,7 +423,7 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
   };
 }
 
-/** Pulls the image `url` names into the repository at `options.repoPath`. */
+/** Pulls the image `url` names into the repository at `options.repo`. */
 export async function pull(url: string, options: PullOptions): Promise<PullResult> {
   const started = process.hrtime.bigint();
   const loc = parseImageUrl(url);
@@ -425,10 +433,12 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
   const fetcher = new Fetcher(loc.base, parallel, options.idleTimeoutMs ?? 30_000, signal);
   const retryOpts = { retries: options.retries ?? 4, retryDelayMs: options.retryDelayMs ?? 250, signal, fetcher };
   const retry = <T>(f: () => Promise<T>) => withRetries(retryOpts, f);
+  const emit = eventSink(options.onEvent);
+  const onProgress = eventSink(options.onProgress);
   let held: Assembler | undefined;
   try {
     const prep = await prepare(loc, fetcher, retry);
-    const repo = Repository.openOrInit(options.repoPath, prep.params);
+    const repo = Repository.openOrInit(options.repo, prep.params);
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
     held = asm;
@@ -455,8 +465,11 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     if (asm.alreadyPresent) {
       entry = await asm.finish({ name });
     } else {
-      const progress = (phase: PullProgress['phase'], done: number, total: number) =>
-        options.onProgress?.({ phase, done, total, bytesFetched: fetcher.bytes, requests: fetcher.requests, retries: fetcher.retries });
+      const progress = (phase: PullProgress['phase'], done: number, total: number) => {
+        const p: PullProgress = { phase, done, total, bytesFetched: fetcher.bytes, requests: fetcher.requests, retries: fetcher.retries };
+        emit({ type: 'progress', ...p });
+        onProgress(p);
+      };
       const fill = await asm.fillFromRepository({ signal, onProgress: (e) => progress('local', e.done, e.total) });
       result.blocksLocal = fill.blocks;
       const bs = asm.blockSize;
@@ -497,7 +510,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
       );
       if (failure !== undefined) {
         asm.flush();
-        throw options.signal?.aborted ? aborted() : failure;
+        throw options.signal?.aborted ? aborted(options.signal) : failure;
       }
       entry = await asm.finish({ name, ...imageMeta });
     }
@@ -506,6 +519,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     result.requests = fetcher.requests;
     result.retries = fetcher.retries;
     result.seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    emit({ type: 'result', result });
     return result;
   } finally {
     // Unlocks a resumable partial at once, so a retry from this process can continue it.

@@ -20,7 +20,8 @@ import { SOFTWARE } from '../../base/version.js';
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
 
 export interface PullHandlerOptions {
-  repoPath: string;
+  /** The repository to serve. */
+  repo: string;
   /** Requests served at once; more get 503 with Retry-After (default 64). */
   maxConcurrent?: number;
 }
@@ -124,7 +125,7 @@ function etagMatches(header: string | undefined, etag: string): boolean {
 
 /** The request handler for pull's URLs; mount it first and let other handlers follow. */
 export function createPullHandler(opts: PullHandlerOptions): PullHandler {
-  const listing = new Listing(opts.repoPath);
+  const listing = new Listing(opts.repo);
   const maxConcurrent = opts.maxConcurrent ?? 64;
   const stats: PullServeStats = { requests: 0, active: 0, bytesSent: 0, statuses: {} };
 
@@ -201,7 +202,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
   async function route(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
     if (path === '/v1/images.json') return listingResponse(res);
     if (path === '/osfarm-repo.json') {
-      const body = await fsp.readFile(join(opts.repoPath, 'osfarm-repo.json'), 'utf8');
+      const body = await fsp.readFile(join(opts.repo, 'osfarm-repo.json'), 'utf8');
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);

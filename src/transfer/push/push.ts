@@ -10,7 +10,8 @@ import { connect, type Socket } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-import { callNative, callNativeSync, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
+import { abortError, callNative, callNativeSync, invalidArgument, OsfarmError, throwIfAborted, toOsfarmError } from '../../base/errors.js';
+import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native } from '../../base/native.js';
 import type { ImageSourceHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
@@ -45,6 +46,12 @@ export interface PushProgress {
   wireBytesSent: number;
 }
 
+/**
+ * What a push reports, in order: progress (`done` blocks the receiver holds out of
+ * `total`, with the counters of PushProgress), then `{ type: 'result', result }`.
+ */
+export type PushEvent = ({ type: 'progress'; done: number; total: number } & PushProgress) | ResultEvent<PushResult>;
+
 export interface PushOptions {
   /** The shared token (see `resolveToken`). Without one, only an `--insecure` receiver accepts. */
   token?: string;
@@ -56,7 +63,17 @@ export interface PushOptions {
   repo?: string;
   /** zstd-compress runs when it helps (default true). */
   compress?: boolean;
+  /**
+   * A fixed zstd level (1–9) for protocol v2's block stream. By default the level adapts to
+   * whether the encoder or the link holds the push back; each change starts a new zstd frame
+   * (without the earlier runs' history), so a fixed level gives repeatable sizes.
+   */
+  compressLevel?: number;
+  /** Stops the push; it rejects with an AbortError carrying OSFARM_ABORTED (the receiver keeps the blocks it has for a resume). */
   signal?: AbortSignal;
+  /** Progress events (a few per second), then the result; a listener's error is ignored. */
+  onEvent?: (event: PushEvent) => void;
+  /** @deprecated since 0.2: use `onEvent` (its `progress` events carry the same fields); kept for one release. */
   onProgress?: (p: PushProgress) => void;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
@@ -160,7 +177,7 @@ function connectSocket(host: string, port: number, timeoutMs: number, signal?: A
     }, timeoutMs);
     const onAbort = () => {
       socket.destroy();
-      reject(new OsfarmError('OSFARM_ABORTED', 'the operation was cancelled'));
+      reject(abortError(signal, 'the push was cancelled'));
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     socket.once('connect', () => {
@@ -182,6 +199,10 @@ function connectSocket(host: string, port: number, timeoutMs: number, signal?: A
  */
 export async function push(image: string, address: string, options: PushOptions = {}): Promise<PushResult> {
   throwIfAborted(options.signal);
+  const { compressLevel } = options;
+  if (compressLevel !== undefined && !(Number.isInteger(compressLevel) && compressLevel >= 1 && compressLevel <= 9)) {
+    throw invalidArgument(`compressLevel must be a whole number from 1 to 9, got ${compressLevel}`);
+  }
   const started = process.hrtime.bigint();
   const source = resolveSource(image, options.repo);
   const { host, port } = parseAddress(address);
@@ -197,7 +218,8 @@ export async function push(image: string, address: string, options: PushOptions 
     throw err;
   }
   const conn = new Connection(socket, { idleTimeoutMs: options.idleTimeoutMs ?? 60_000, maxFrame: DEFAULT_MAX_FRAME, peer: 'receiver' });
-  const onAbort = () => conn.fail(new OsfarmError('OSFARM_ABORTED', 'the sender cancelled the push'));
+  const cancelled = () => abortError(options.signal, 'the sender cancelled the push');
+  const onAbort = () => conn.fail(cancelled());
   options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     // ----- handshake -----
@@ -259,20 +281,19 @@ export async function push(image: string, address: string, options: PushOptions 
     const accept = await conn.next();
     let done: Record<string, unknown>;
     const stats = { digestsSent: 0, digestBytes: 0, blocksSent: 0, rawBytes: 0, encodedBytes: 0, haveBlocks: 0 };
-    const progress = () =>
-      options.onProgress?.({
-        digestsSent: stats.digestsSent,
-        blocksSent: stats.blocksSent,
-        haveBlocks: stats.haveBlocks,
-        blockCount,
-        wireBytesSent: conn.bytesOut,
-      });
+    const emit = eventSink(options.onEvent);
+    const onProgress = eventSink(options.onProgress);
+    const progress = () => {
+      const p: PushProgress = { digestsSent: stats.digestsSent, blocksSent: stats.blocksSent, haveBlocks: stats.haveBlocks, blockCount, wireBytesSent: conn.bytesOut };
+      emit({ type: 'progress', done: p.haveBlocks, total: p.blockCount, ...p });
+      onProgress(p);
+    };
     if (accept.type === FrameType.DONE) {
       done = parseJson(accept.type, accept.payload);
     } else if (accept.type !== FrameType.ACCEPT) {
       throw protocolError(`expected ACCEPT or DONE, got frame type 0x${accept.type.toString(16)}`);
     } else {
-      done = await stream(conn, src, { version, maxFrame, blockCount, maxRunBlocks, compress: options.compress ?? true, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
+      done = await stream(conn, src, { version, maxFrame, blockCount, maxRunBlocks, compress: options.compress ?? true, compressLevel, readAhead: options.readAhead ?? 4, stats, progress, signal: options.signal });
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const num = (k: string) => (typeof done[k] === 'number' ? (done[k] as number) : 0);
@@ -297,9 +318,11 @@ export async function push(image: string, address: string, options: PushOptions 
     };
     if (typeof done.name === 'string') result.name = done.name;
     conn.end();
+    emit({ type: 'result', result });
     return result;
   } catch (err) {
-    const e = toOsfarmError(err);
+    // Once the caller aborted, whatever broke (the socket, a pending read) is that abort.
+    const e = options.signal?.aborted ? cancelled() : toOsfarmError(err);
     if (!conn.isClosed) conn.fail(e);
     throw conn.closeError && conn.closeError !== e && e.code === 'OSFARM_IO' ? conn.closeError : e;
   } finally {
@@ -320,6 +343,7 @@ interface StreamState {
   blockCount: number;
   maxRunBlocks: number;
   compress: boolean;
+  compressLevel?: number;
   readAhead: number;
   stats: { digestsSent: number; digestBytes: number; blocksSent: number; rawBytes: number; encodedBytes: number; haveBlocks: number };
   progress: () => void;
@@ -363,7 +387,7 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     // ones, at a level that adapts to whether the encoder or the link is the bottleneck.
     const streamEncoder = s.version >= 2 && s.compress ? new native.BlockStreamEncoder() : undefined;
     let encodeTail: Promise<void> = Promise.resolve();
-    const level = new StreamLevel();
+    const level = new StreamLevel(s.compressLevel === undefined ? {} : { start: s.compressLevel, min: s.compressLevel, max: s.compressLevel });
     const sendRun = (r: Run, encoding: number, data: Buffer, rawLength: number) => {
       if (finished || conn.isClosed) return;
       conn.send(FrameType.BLOCKS, [blocksHeader(r.first, r.count, encoding), data]);
@@ -455,7 +479,7 @@ function stream(conn: Connection, src: ImageSourceHandle, s: StreamState): Promi
     void (async () => {
       try {
         for (;;) {
-          const w = await callNative(() => src.next(s.signal));
+          const w = await callNative(() => src.next(s.signal), s.signal);
           if (finished) return;
           if (!w) break;
           if (grouper) {

@@ -11,6 +11,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
+import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
@@ -39,7 +40,7 @@ const MAX_META = 1 << 20;
 
 export interface ReceiverOptions {
   /** The repository images are received into (created if the directory does not exist). */
-  repoPath: string;
+  repo: string;
   /** The shared token; required unless `insecure`. */
   token?: string;
   /** Accept sources without a token (trusted networks, tests). */
@@ -56,6 +57,8 @@ export interface ReceiverOptions {
   maxFrame?: number;
   /** Protocol versions accepted (default [2, 1]); the highest one the source offers is used. */
   protocols?: number[];
+  /** Every event (see ReceiveEvent), the totals last when the receiver closes; a listener's error is ignored. */
+  onEvent?: (event: ReceiveEvent) => void;
 }
 
 export interface TransferReport {
@@ -80,6 +83,27 @@ export interface TransferReport {
   keptPartial?: boolean;
 }
 
+/** Totals over a receiver's life. */
+export interface ReceiverTotals {
+  transfers: number;
+  failed: number;
+  wireBytesReceived: number;
+  receivedBytes: number;
+}
+
+/**
+ * What a receiver reports: listening, each transfer's start and end (its TransferReport),
+ * refused connections, and `{ type: 'result', result }` with its totals when it closes.
+ */
+export type ReceiveEvent =
+  | { type: 'listening'; address: string; port: number; repo: string }
+  | { type: 'repository-created'; path: string }
+  | { type: 'transfer-start'; remote: string; size: number; name?: string }
+  | ({ type: 'transfer-done' } & TransferReport)
+  | ({ type: 'transfer-failed' } & TransferReport)
+  | { type: 'connection-refused'; remote: string; error: { code: string; message: string } }
+  | ResultEvent<ReceiverTotals>;
+
 /** Runs a native call on data from the source: its refusal of bad input is a protocol error. */
 function bySource<T>(fn: () => T): T {
   try {
@@ -91,18 +115,22 @@ function bySource<T>(fn: () => T): T {
 }
 
 /**
- * A push receiver. Events: `transfer-start` ({remote, size, name}), `transfer-done`
+ * A push receiver: `listen()`, then `close()` (or `await using`). Its events (ReceiveEvent)
+ * go to `options.onEvent`, and as EventEmitter events named by their `type` whose payload
+ * is the rest of the event: `transfer-start` ({remote, size, name}), `transfer-done`
  * (TransferReport), `transfer-failed` (TransferReport with `error`), `connection-refused`
- * ({remote, error}).
+ * ({remote, error}), `listening`, `repository-created`, `result` (totals, on close).
  */
-export class Receiver extends EventEmitter {
+export class Receiver extends EventEmitter implements AsyncDisposable {
   private server: Server | undefined;
   private readonly connections = new Set<Socket>();
   private active = 0;
   private repoChecked = false;
-  readonly options: Required<Omit<ReceiverOptions, 'token'>> & { token?: string };
+  private closing: Promise<void> | undefined;
+  private readonly sink: (event: ReceiveEvent) => void;
+  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent'>> & { token?: string };
   /** Totals over the receiver's life. */
-  readonly totals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
+  readonly totals: ReceiverTotals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
 
   constructor(options: ReceiverOptions) {
     super();
@@ -112,8 +140,9 @@ export class Receiver extends EventEmitter {
         'refusing to receive without a token: give --token, --token-file or $OSFARM_TOKEN, or --insecure on a trusted network',
       );
     }
+    this.sink = eventSink(options.onEvent);
     this.options = {
-      repoPath: options.repoPath,
+      repo: options.repo,
       token: options.token,
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
@@ -141,22 +170,42 @@ export class Receiver extends EventEmitter {
         resolve();
       });
     });
-    return server.address() as AddressInfo;
+    const address = server.address() as AddressInfo;
+    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo });
+    return address;
   }
 
-  /** Stops listening and ends every connection (their partial images stay for resume). */
-  async close(): Promise<void> {
-    for (const s of this.connections) s.destroy();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  /**
+   * Stops listening and ends every connection (their partial images stay for resume);
+   * reports the totals as the `result` event. Safe to call twice.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const s of this.connections) s.destroy();
+      await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+      this.report({ type: 'result', result: { ...this.totals } });
+    })();
+    return this.closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** One event to `onEvent` and to the EventEmitter listeners of its type (without `type`). */
+  private report(event: ReceiveEvent): void {
+    this.sink(event);
+    const { type, ...payload } = event;
+    this.emit(type, type === 'result' ? event.result : payload);
   }
 
   private ensureRepository(): Repository {
-    if (!this.repoChecked && !existsSync(this.options.repoPath)) {
-      Repository.init(this.options.repoPath);
-      this.emit('repository-created', { path: this.options.repoPath });
+    if (!this.repoChecked && !existsSync(this.options.repo)) {
+      Repository.init(this.options.repo);
+      this.report({ type: 'repository-created', path: this.options.repo });
     }
     this.repoChecked = true;
-    return Repository.open(this.options.repoPath);
+    return Repository.open(this.options.repo);
   }
 
   private accept(socket: Socket): void {
@@ -169,7 +218,7 @@ export class Receiver extends EventEmitter {
     this.session(conn, remote).catch((err) => {
       const e = toOsfarmError(err);
       conn.fail(e);
-      this.emit('connection-refused', { remote, error: { code: e.code, message: e.message } });
+      this.report({ type: 'connection-refused', remote, error: { code: e.code, message: e.message } });
     });
   }
 
@@ -260,10 +309,10 @@ export class Receiver extends EventEmitter {
       wireBytesReceived: 0,
       seconds: 0,
     };
-    this.emit('transfer-start', { remote, size, name: imageOptions.name });
+    this.report({ type: 'transfer-start', remote, size, name: imageOptions.name });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repoPath, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
+      native.PushAssembly.begin(o.repo, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
     );
     /** Where the image's blocks came from so far (reported in DONE and to listeners). */
     const counts = () => {
@@ -295,7 +344,7 @@ export class Receiver extends EventEmitter {
       conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
-      this.emit('transfer-done', finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: true }));
+      this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: true }) });
       return;
     }
     conn.sendJson(FrameType.ACCEPT, { resumedBlocks: 0 });
@@ -341,7 +390,7 @@ export class Receiver extends EventEmitter {
           const keep = !fromSource && asm.resumable;
           asm.abort(!keep);
           this.totals.failed++;
-          this.emit('transfer-failed', finishReport({ error: { code: err.code, message: err.message }, keptPartial: keep }));
+          this.report({ type: 'transfer-failed', ...finishReport({ error: { code: err.code, message: err.message }, keptPartial: keep }) });
           conn.fail(err);
         }
         resolve();
@@ -372,7 +421,7 @@ export class Receiver extends EventEmitter {
             over = true;
             clearInterval(progress);
             this.totals.transfers++;
-            this.emit('transfer-done', finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: false }));
+            this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: false }) });
             conn.end();
             resolve();
           },

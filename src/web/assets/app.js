@@ -1,5 +1,6 @@
+// @ts-check
 // The osfarm GUI: a hash router over six pages; a login form when the token is needed.
-import { api, el, notice, showError } from './lib.js';
+import { api, byId, el, notice, showError } from './lib.js';
 
 const PAGES = {
   compose: () => import('./compose.js'),
@@ -35,7 +36,7 @@ function loginForm() {
 }
 
 function renderSession() {
-  const box = document.getElementById('session');
+  const box = byId('session');
   box.replaceChildren();
   if (session.authorized) {
     box.append('signed in ', el('button', { onclick: async () => { session = await api('DELETE', '/api/session'); renderSession(); route(); } }, 'log out'));
@@ -45,10 +46,10 @@ function renderSession() {
 async function route() {
   const [first, ...rest] = location.hash.replace(/^#\/?/, '').split('/');
   const name = first || 'compose';
-  const page = document.getElementById('page');
+  const page = byId('page');
   leave?.();
   leave = null;
-  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === name);
+  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('data-page') === name);
   if (name === 'login' || (!session.authorized && !session.readOnly)) {
     page.replaceChildren(loginForm());
     return;

@@ -1,3 +1,4 @@
+// @ts-check
 // Build: the jobs the server runs (or a farm's workers run), and for one job its worker and
 // attempt, phases (push on a farm), progress and live log, with cancel; the farm's workers.
 import { api, el, followJob, notice, showError, when, short, bytes } from './lib.js';
@@ -116,7 +117,7 @@ export async function render(view, [id], session) {
   const mark = (failed) => {
     const at = phases.indexOf(phase);
     for (const span of phaseBar.children) {
-      const i = phases.indexOf(span.dataset.phase);
+      const i = phases.indexOf(span.getAttribute('data-phase') ?? '');
       span.className = i < at ? 'done' : i === at ? (failed ? 'failed' : 'current') : '';
     }
   };
@@ -159,7 +160,7 @@ export async function render(view, [id], session) {
     } else if (e.type === 'log') {
       const keep = stick();
       log.append(`${e.line}\n`);
-      if (++lines > MAX_LOG_LINES) log.firstChild.remove();
+      if (++lines > MAX_LOG_LINES) log.firstChild?.remove();
       if (keep) log.scrollTop = log.scrollHeight;
     } else if (e.type === 'output') {
       outputs.append(el('p', { class: 'ok' }, `${e.output.format}: ${bytes(e.output.size)} `, el('a', { href: `#/repository/${e.output.digest}` }, `image ${short(e.output.digest)}`)));

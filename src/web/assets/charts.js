@@ -1,6 +1,13 @@
+// @ts-check
 // Inline SVG charts: horizontal bars and time lines. No library, nothing fetched.
 const NS = 'http://www.w3.org/2000/svg';
 
+/**
+ * @param {string} tag
+ * @param {Record<string, string | number>} [attrs]
+ * @param {...Node} children
+ * @returns {SVGElement}
+ */
 function svg(tag, attrs = {}, ...children) {
   const n = document.createElementNS(NS, tag);
   for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
@@ -11,6 +18,8 @@ function svg(tag, attrs = {}, ...children) {
 /**
  * Stacked horizontal bars: rows of { label, parts: [{ value, color, title }] }, each row
  * scaled to its own total (shares), with the share of the first part printed.
+ * @param {{ label: string, parts: { value: number, color: string, title: string }[] }[]} rows
+ * @param {{ width?: number, rowHeight?: number }} [size]
  */
 export function stackedBars(rows, { width = 640, rowHeight = 34 } = {}) {
   const labelW = 150;
@@ -34,14 +43,18 @@ export function stackedBars(rows, { width = 640, rowHeight = 34 } = {}) {
   return root;
 }
 
-/** A line chart of points [{ x, y }] (x in seconds), with the y axis labelled by `format`. */
+/**
+ * A line chart of points [{ x, y }] (x in seconds), with the y axis labelled by `format`.
+ * @param {{ points: { x: number, y: number }[], color: string }[]} series
+ * @param {{ width?: number, height?: number, format?: (value: number) => string, title?: string }} [options]
+ */
 export function lineChart(series, { width = 640, height = 180, format = String, title = '' } = {}) {
   const pad = { l: 70, r: 10, t: 18, b: 22 };
   const all = series.flatMap((s) => s.points);
   const maxX = Math.max(1e-9, ...all.map((p) => p.x));
   const maxY = Math.max(1e-9, ...all.map((p) => p.y));
-  const sx = (x) => pad.l + ((width - pad.l - pad.r) * x) / maxX;
-  const sy = (y) => height - pad.b - ((height - pad.t - pad.b) * y) / maxY;
+  const sx = (/** @type {number} */ x) => pad.l + ((width - pad.l - pad.r) * x) / maxX;
+  const sy = (/** @type {number} */ y) => height - pad.b - ((height - pad.t - pad.b) * y) / maxY;
   const root = svg('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img' });
   root.append(svg('text', { x: pad.l, y: 12 }, document.createTextNode(title)));
   for (const f of [0, 0.5, 1]) {

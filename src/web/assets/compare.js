@@ -1,3 +1,4 @@
+// @ts-check
 // Compare: two images' common blocks both ways, as numbers and a chart.
 import { api, el, imageSelect, percent, showError } from './lib.js';
 import { stackedBars } from './charts.js';

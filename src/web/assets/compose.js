@@ -1,3 +1,4 @@
+// @ts-check
 // Compose: distribution, release, architecture, groups, packages (searched in the real index),
 // outputs, root password, parent; the request checksum and whether it is already built.
 import { api, debounce, el, notice, showError, short, bytes } from './lib.js';
@@ -6,6 +7,7 @@ const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'];
 
 export async function render(view) {
   const [catalog, repo] = await Promise.all([api('GET', '/api/distributions'), api('GET', '/api/images')]);
+  /** @type {{ packages: string[], groups: Set<string>, outputs: Set<string> }} */
   const state = { packages: [], groups: new Set(['minbase']), outputs: new Set(['tar']) };
 
   const dist = el('select', { id: 'distribution' }, catalog.distributions.map((d) =>
@@ -83,6 +85,7 @@ export async function render(view) {
   });
 
   function spec() {
+    /** @type {Record<string, unknown>} */
     const s = { distribution: dist.value, release: releaseValue(), architecture: arch.value, groups: [...state.groups], packages: state.packages, outputs: [...state.outputs] };
     if (name.value.trim()) s.name = name.value.trim();
     if (password.value) s.rootPassword = password.value;

@@ -1,3 +1,4 @@
+// @ts-check
 // Repository: images with size and format; one image's spec (JSON, XML), build log, download, delete.
 import { api, bytes, el, notice, showError, short, when } from './lib.js';
 

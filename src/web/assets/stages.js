@@ -1,3 +1,4 @@
+// @ts-check
 // Stages: the stage tree (parents above children) with sizes, hits and last use; GC.
 import { api, bytes, el, short, showError, when } from './lib.js';
 

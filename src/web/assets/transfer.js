@@ -1,3 +1,4 @@
+// @ts-check
 // Transfer: push an image to another osfarm node (or pull one), with live bandwidth and blocks-sent charts.
 import { api, bytes, el, followJob, imageSelect, notice, showError, when } from './lib.js';
 import { lineChart } from './charts.js';

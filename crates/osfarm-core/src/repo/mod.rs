@@ -18,7 +18,6 @@ pub mod catalog;
 pub mod checksum;
 mod copy;
 pub mod json;
-pub mod lock;
 pub mod plan;
 pub mod stream;
 pub mod table;
@@ -37,9 +36,9 @@ use crate::index::{self, Index};
 use crate::indexer::{self, IndexOptions};
 use crate::progress::{self, Progress};
 
+use crate::lock::{self, FileLock, LockKind};
 pub use assemble::{Assembler, AssemblyOptions};
 use catalog::{Catalog, CatalogEntry};
-use lock::{FileLock, LockKind};
 pub use plan::{BlockSource, Plan, PlanSummary, Run};
 use table::{BlockTable, Entry, TableHeader};
 
@@ -344,6 +343,12 @@ impl Repository {
     /// process's lock.
     pub fn set_wait_for_lock(&self, wait: bool) {
         self.inner.wait_for_lock.store(wait, Ordering::Relaxed);
+    }
+
+    /// Drops the catalog and table kept in memory between operations (the next one rereads
+    /// them from disk): what closing a handle frees at once rather than when it is dropped.
+    pub fn drop_cache(&self) {
+        *self.inner.cache.lock().unwrap() = None;
     }
 
     pub(crate) fn lock(&self, kind: LockKind) -> Result<FileLock> {

@@ -50,7 +50,7 @@ impl Journal {
     /// of this geometry and `keep`, the digests it holds (all zeros: nothing written).
     /// Otherwise it is reset to empty.
     pub(super) fn open_record(path: PathBuf, geo: &Geometry, keep: bool) -> Result<(Journal, Option<Vec<u8>>)> {
-        let file = crate::repo::lock::open_keeping(&path).map_err(|e| Error::io(&path, "cannot open", e))?;
+        let file = crate::lock::open_keeping(&path).map_err(|e| Error::io(&path, "cannot open", e))?;
         let dl = geo.dl() as u64;
         let header = got_header(geo);
         let mut h = [0u8; GOT_HEADER_LEN as usize];

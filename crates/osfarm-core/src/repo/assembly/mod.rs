@@ -30,7 +30,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::catalog::CatalogEntry;
-use super::lock::{FileLock, LockKind};
 use super::plan::Run;
 use super::{AddOptions, ImageEntry, Repository, Workspace, IMAGE_FILE};
 use crate::bail;
@@ -38,6 +37,7 @@ use crate::error::{Code, Error, Result};
 use crate::fsutil;
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
+use crate::lock::{self, FileLock, LockKind};
 use journal::Journal;
 pub(super) use local::{add_copy, CopyJob, Sources};
 
@@ -611,7 +611,7 @@ fn open_partial(repo: &Repository, stem: &str, busy: &str, geo: &Geometry) -> Re
     let tmp = repo.tmp_dir();
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "cannot create", e))?;
     let path = tmp.join(format!("{stem}.partial"));
-    let file = super::lock::open_keeping(&path).map_err(|e| Error::io(&path, "cannot open", e))?;
+    let file = lock::open_keeping(&path).map_err(|e| Error::io(&path, "cannot open", e))?;
     let data = FileLock::on_file(file, LockKind::Exclusive, false)
         .map_err(|e| Error::io(&path, "cannot lock", e))?
         .ok_or_else(|| Error::new(Code::Locked, busy))?;

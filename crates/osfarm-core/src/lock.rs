@@ -1,5 +1,6 @@
-//! Advisory `flock(2)` locks: the repository lock (`<repo>/lock`) and the owner locks
-//! that mark temporary directories and partial assemblies as in use.
+//! Advisory `flock(2)` locks, a small safe wrapper: the repository lock (`<repo>/lock`),
+//! the owner locks that mark temporary directories and partial assemblies as in use, and
+//! (through the binding) the stage store's build and GC locks.
 //!
 //! A lock is released when its `FileLock` is dropped (the descriptor is closed) or when
 //! the process dies, however it dies: that is what makes a killed process harmless.
@@ -45,6 +46,12 @@ impl FileLock {
         }
     }
 
+    /// Locks `path` (created if absent) without waiting: `None` if another holder conflicts.
+    pub fn try_acquire(path: &Path, kind: LockKind) -> Result<Option<FileLock>> {
+        let file = open_keeping(path).map_err(|e| Error::io(path, "cannot open lock file", e))?;
+        FileLock::on_file(file, kind, false).map_err(|e| Error::io(path, "cannot lock", e))
+    }
+
     /// Locks an already open file.
     pub fn on_file(file: File, kind: LockKind, wait: bool) -> std::io::Result<Option<FileLock>> {
         Ok(if try_flock(&file, kind, wait)? { Some(FileLock { file }) } else { None })
@@ -85,5 +92,35 @@ pub fn is_held(path: &Path) -> bool {
     match File::open(path) {
         Ok(f) => matches!(try_flock(&f, LockKind::Exclusive, false), Ok(false)),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_until_dropped_and_shared_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub.lock");
+        let held = FileLock::try_acquire(&path, LockKind::Exclusive).unwrap().expect("free lock");
+        // Another open file description conflicts, even in the same process.
+        assert!(FileLock::try_acquire(&path, LockKind::Exclusive).unwrap().is_none());
+        assert!(FileLock::try_acquire(&path, LockKind::Shared).unwrap().is_none());
+        assert!(is_held(&path));
+        drop(held);
+        assert!(!is_held(&path));
+        let a = FileLock::try_acquire(&path, LockKind::Shared).unwrap().expect("shared");
+        let b = FileLock::try_acquire(&path, LockKind::Shared).unwrap().expect("shared twice");
+        assert!(FileLock::try_acquire(&path, LockKind::Exclusive).unwrap().is_none());
+        drop((a, b));
+        assert!(FileLock::try_acquire(&path, LockKind::Exclusive).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_in_a_missing_directory_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = FileLock::try_acquire(&dir.path().join("no/such/dir/x.lock"), LockKind::Exclusive).unwrap_err();
+        assert_eq!(err.code, Code::NotFound);
     }
 }
