@@ -14,7 +14,7 @@
 /// <reference lib="dom" />
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,6 +55,12 @@ test.before(async () => {
   mkdirSync(WORK, { recursive: true });
   const seed = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'seed-repo'), 'build', join(dir, 'core.yaml'), '-d', WORK, '--stages', SEED, '-o', join(dir, 'core.tar')], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (seed.status !== 0) throw new Error(`building the core failed: ${seed.stdout.slice(-1500)}${seed.stderr.slice(-1500)}`);
+  // A core left by an older osfarm (another tag) would be cached as well: the workers get this one only.
+  const core = JSON.parse(seed.stdout.trim().split('\n').pop()!).stages[0].tag as string;
+  for (const stale of readdirSync(SEED).filter((n) => /^[0-9a-f]{64}$/.test(n) && n !== core)) {
+    const rm = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), 'stages', 'rm', stale, '--recursive', '--stages', SEED], { encoding: 'utf8' });
+    if (rm.status !== 0) throw new Error(`removing the stale core ${stale} failed: ${rm.stderr}`);
+  }
 
   sweepStale('osf-farm');
   lan = createLan(`osf-farm-${process.pid}`, ['srv', 'w1', 'w2', 'w3'], '10.98.7');
