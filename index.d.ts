@@ -157,7 +157,9 @@ export declare class PushAssembly {
   get blockCount(): number
   /** The announced image is already in the repository: nothing to receive. */
   get alreadyPresent(): boolean
+  /** True while the data would be kept for a later attempt if this one ends unfinished. */
   get resumable(): boolean
+  /** The counts so far (after `finish` or `abort`: the final ones). */
   get stats(): PushStats
   /** Takes the digests of the next blocks, from `first`; returns the runs to request. */
   offer(first: number, digests: Buffer): Array<TransferRun>
@@ -177,12 +179,13 @@ export declare class PushAssembly {
   putSync(first: number, count: number, encoding: number, data: Buffer): number
   /**
    * Checks the announced image digest against the digests received, waits for local
-   * copies, and publishes the image atomically.
+   * copies, and publishes the image atomically; then lets go of the assembly.
    */
   finish(imageDigest: string, options?: TransferImageOptions | undefined | null): Promise<TransferredImage>
   /**
    * Ends an unfinished push: with `discard`, its partial data is deleted; otherwise it
-   * stays for the next attempt with the same resume key.
+   * stays for the next attempt with the same resume key. Its files are closed as soon
+   * as running tasks end. Idempotent.
    */
   abort(discard: boolean): void
 }
@@ -404,6 +407,11 @@ export interface PackOptions {
   blockSize?: number
   /** Clamp every mtime to at most this many seconds since the epoch. */
   sourceDateEpoch?: number
+  /**
+   * Fail (leaving nothing) before the archive would grow past this many bytes: a
+   * bound on what an untrusted tar.gz may expand to.
+   */
+  maxSize?: number
 }
 
 /** What `pack` wrote. */
@@ -445,6 +453,13 @@ export interface PushAssemblyOptions {
   expectedDigest?: string
   /** Group the repository's indexes for a protocol v2 sender (`lookupGroups`). */
   groups?: boolean
+  /** The name the image will get: checked now, before any data is received. */
+  name?: string
+  /**
+   * The sender's bound on the bytes of the image's non-zero blocks: an image that
+   * cannot fit in the repository's file system is refused now.
+   */
+  dataBytes?: number
 }
 
 export interface PushStats {

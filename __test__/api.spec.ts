@@ -40,6 +40,7 @@ const SURFACE = [
   'push', 'Receiver', 'pull', 'serve', 'createHandler', 'createPullHandler', 'createWebHandler',
   'Repository', 'StageStore', 'findImages', 'showImage', 'exportSpec', 'findBuilt',
   'indexImage', 'compare', 'pack', 'OsfarmError', 'abortError', 'isAbortError', 'toOsfarmError', 'VERSION',
+  'generateKeys', 'listKeys', 'exportPublicKey', 'trustKey', 'signImage', 'verifyManifest', 'certificateFingerprint',
 ];
 
 test("the package root (import 'osfarm', through package.json exports) gives the service API", async (t) => {

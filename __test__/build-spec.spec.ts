@@ -1,7 +1,7 @@
 // The build spec: parsing (YAML, JSON, XML), validation naming the field, canonical form and
 // digest, root password hashing, targets. Fast: nothing is built here.
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -116,6 +116,31 @@ test('syntax errors in YAML, JSON and XML are spec errors', (t) => {
   t.regex(issuesOf(() => parseSpec('<image><release>x</image>', 'xml'))[0]!.message, /not valid XML/);
   t.regex(issuesOf(() => parseSpec('<config><release>x</release></config>', 'xml'))[0]!.message, /root element must be <image>/);
   t.is(issuesOf(() => parseSpec('<image><distribution>debian</distribution><release>bookworm</release><packages><pkg>x</pkg></packages></image>', 'xml'))[0]!.path, 'spec.packages');
+});
+
+test('hostile spec text is a spec error, not an internal one: XML external entities, YAML alias bombs, a 30 MB file', (t) => {
+  const xxe = '<?xml version="1.0"?>\n<!DOCTYPE image [ <!ENTITY x SYSTEM "file:///etc/passwd"> ]>\n<image><name>&x;</name></image>';
+  t.regex(issuesOf(() => parseSpec(xxe, 'xml'))[0]!.message, /not valid XML: External entities/);
+  const lol = Array.from({ length: 9 }, (_, i) => (i === 0 ? 'a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]' : `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`));
+  t.regex(issuesOf(() => parseSpec(lol.join('\n'), 'yaml'))[0]!.message, /not valid YAML: Excessive alias count/);
+
+  const dir = tempDir(t);
+  const big = join(dir, 'big.yaml');
+  writeFileSync(big, `packages:\n${'  - curl\n'.repeat(3_500_000)}`);
+  const started = process.hrtime.bigint();
+  t.regex(issuesOf(() => loadSpec(big))[0]!.message, /has \d+ bytes; a spec may have at most 1048576/);
+  t.regex(issuesOf(() => parseSpec(readFileSync(big, 'utf8'), 'yaml'))[0]!.message, /at most 1048576/);
+  // Refused from its size, not after parsing (which took 10 s and 900 MB).
+  t.true(Number(process.hrtime.bigint() - started) / 1e9 < 2);
+  // The CLI says so with the code, from a file or from a pipe (read in pieces, never whole).
+  const r = cli(['build', big]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /OSFARM_BAD_SPEC/);
+  const piped = spawnSync('bash', ['-c', `{ echo packages:; yes '  - curl'; } | head -c 3000000 | "$0" --import tsx "$1" build /dev/stdin`, process.execPath, join(import.meta.dirname, '..', 'src', 'cli', 'main.ts')], {
+    encoding: 'utf8',
+  });
+  t.not(piped.status, 0);
+  t.regex(piped.stderr, /OSFARM_BAD_SPEC.*at most 1048576|at most 1048576.*OSFARM_BAD_SPEC/s);
 });
 
 test('a plain root password becomes a SHA-512 crypt hash at once and never travels on', (t) => {

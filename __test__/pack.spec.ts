@@ -405,8 +405,9 @@ test('bad options are refused; an abort leaves no output', async (t) => {
   const dir = tempDir(t, 'osfarm-pack-');
   const src = join(dir, 'src');
   mkdirSync(src);
-  // Sparse: cheap to create, and takes a while to read, so the abort lands mid-way.
-  execFileSync('truncate', ['-s', '512M', join(src, 'big')]);
+  // Allocated, not sparse (a sparse file is packed by its data, at once): cheap to create,
+  // and takes a while to read, so the abort lands mid-way.
+  execFileSync('fallocate', ['-l', '512M', join(src, 'big')]);
   const out = join(dir, 'out.tar');
   for (const blockSize of [0, 256, 3000, 2 << 20]) {
     const err = await t.throwsAsync(pack(src, out, { blockSize }), { instanceOf: OsfarmError });

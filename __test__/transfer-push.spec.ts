@@ -16,10 +16,8 @@ import { createInterface } from 'node:readline';
 import { indexImageSync } from '../src/blocks/index.js';
 import { OsfarmError } from '../src/base/errors.js';
 import { Repository } from '../src/repo/index.js';
-import { mac, newNonce } from '../src/transfer/push/auth.js';
 import { native } from '../src/base/native.js';
 import {
-  FrameReader,
   FrameType,
   MAGIC,
   blocksHeader,
@@ -29,13 +27,12 @@ import {
   jsonPayload,
   parseJson,
   parseRequest,
-  type Frame,
 } from '../src/transfer/push/frames.js';
 import { push } from '../src/transfer/push/push.js';
 import { Receiver, type TransferReport } from '../src/transfer/push/receive.js';
+import { BS, RawClient, blockDigests } from './helpers/push-client.js';
 import { cli, pseudoRandom, tempDir, writeBlocks } from './helpers/tmp.js';
 
-const BS = 4096;
 const TOKEN = 'correct horse battery staple';
 const CLI_MAIN = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 
@@ -88,101 +85,6 @@ async function codeOf(p: Promise<unknown>): Promise<OsfarmError> {
   );
   if (!(err instanceof OsfarmError)) throw new Error(`expected an OsfarmError, got ${String(err)}`);
   return err;
-}
-
-// ----- a raw client that speaks (and can break) the protocol -----
-
-class RawClient {
-  private readonly reader = new FrameReader(64 << 20, 'receiver');
-  private frames: Frame[] = [];
-  private wake: (() => void) | undefined;
-  closed = false;
-
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.frames.push(...this.reader.push(chunk));
-      this.wake?.();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-    socket.on('error', () => {});
-  }
-
-  static async connect(address: string): Promise<RawClient> {
-    const [host, port] = address.split(':');
-    const socket = connect({ host, port: Number(port) });
-    await once(socket, 'connect');
-    return new RawClient(socket);
-  }
-
-  write(b: Buffer): void {
-    this.socket.write(b);
-  }
-
-  send(type: number, payload: Buffer | Buffer[]): void {
-    const parts = Array.isArray(payload) ? payload : [payload];
-    this.write(Buffer.concat([header(type, parts.reduce((n, p) => n + p.length, 0)), ...parts]));
-  }
-
-  /** The next frame, or undefined once the receiver has closed the connection. */
-  async next(): Promise<Frame | undefined> {
-    for (;;) {
-      const f = this.frames.shift();
-      if (f) return f;
-      if (this.closed) return undefined;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-      this.wake = undefined;
-    }
-  }
-
-  /** Skips PROGRESS/KEEPALIVE frames. */
-  async nextControl(): Promise<Frame | undefined> {
-    for (;;) {
-      const f = await this.next();
-      if (!f || f.type < 0x80) return f;
-    }
-  }
-
-  /** The ERROR frame the receiver ends with (asserting the connection is then closed). */
-  async error(t: ExecutionContext): Promise<{ code: string; message: string }> {
-    const f = await this.nextControl();
-    t.truthy(f, 'the receiver closed the connection without an ERROR frame');
-    t.is(f!.type, FrameType.ERROR, `expected ERROR, got frame type 0x${f!.type.toString(16)}`);
-    t.is(await this.next(), undefined, 'the connection stays open after ERROR');
-    return parseJson(f!.type, f!.payload) as { code: string; message: string };
-  }
-
-  /** magic, HELLO, WELCOME, AUTH, AUTH_OK. */
-  async handshake(token: string, protocols = [1]): Promise<void> {
-    const clientNonce = newNonce();
-    this.write(MAGIC);
-    this.send(FrameType.HELLO, jsonPayload({ protocols, software: 'raw test client', nonce: clientNonce.toString('hex') }));
-    const welcome = parseJson(FrameType.WELCOME, (await this.next())!.payload);
-    const serverNonce = Buffer.from(welcome.nonce as string, 'hex');
-    this.send(FrameType.AUTH, jsonPayload({ mac: mac(token, 'client', clientNonce, serverNonce).toString('hex') }));
-    const ok = await this.next();
-    if (ok?.type !== FrameType.AUTH_OK) throw new Error('the raw client was not authenticated');
-  }
-
-  /** Announces an image and waits for ACCEPT. */
-  async image(data: Buffer, resumeKey: string): Promise<void> {
-    const blockCount = Math.ceil(data.length / BS);
-    this.send(FrameType.IMAGE, jsonPayload({ size: data.length, blockCount, hash: 'sha1', blockSize: BS, resumeKey }));
-    const f = await this.nextControl();
-    if (f?.type !== FrameType.ACCEPT) throw new Error(`expected ACCEPT, got ${f ? `0x${f.type.toString(16)}` : 'a closed connection'}`);
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-function blockDigests(data: Buffer): Buffer {
-  const out: Buffer[] = [];
-  for (let at = 0; at < data.length; at += BS) out.push(createHash('sha1').update(data.subarray(at, at + BS)).digest());
-  return Buffer.concat(out);
 }
 
 /**
@@ -539,13 +441,14 @@ test('a source whose END names another image is refused after its blocks, and no
   t.deepEqual(pushPartials(r.repoPath), []);
 });
 
-test('osfarm receive refuses to start without a token unless --insecure', async (t) => {
+test('osfarm receive refuses to start without TLS and a token unless --insecure', async (t) => {
   const repo = join(tempDir(t), 'repo');
   const env = { OSFARM_TOKEN: '' };
   const refused = cli(['--repo', repo, 'receive', '--listen', '127.0.0.1:0'], env);
   t.not(refused.status, 0);
-  t.regex(refused.stderr, /OSFARM_UNAUTHORIZED/);
-  t.regex(refused.stderr, /--insecure/);
+  // Neither TLS nor a token: plain TCP must be asked for (docs/trust.md).
+  t.regex(refused.stderr, /OSFARM_INVALID_ARGUMENT/);
+  t.regex(refused.stderr, /--tls-cert FILE --tls-key FILE, or --insecure/);
 
   const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, '--json', '--repo', repo, 'receive', '--listen', '127.0.0.1:0', '--insecure'], {
     env: { ...process.env, ...env },

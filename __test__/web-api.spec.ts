@@ -143,6 +143,11 @@ webTest('every route but the session refuses requests without the token or with 
     }
   }
   t.true(checked >= 18, `${checked} routes checked`);
+  // The scheme is case-insensitive (RFC 7235).
+  for (const scheme of ['bearer', 'BEARER', 'Bearer']) {
+    const r = await fetch(`${c.s.url}/api/images`, { headers: { authorization: `${scheme} ${c.token}` } });
+    t.is(r.status, 200, scheme);
+  }
   t.deepEqual((await json(await call(c, 'GET', '/api/jobs'))).jobs, [], 'no refused request started a job');
   // Nothing was removed by the refused DELETE.
   t.is(Repository.open(c.repo).list().length, 2);
@@ -286,6 +291,9 @@ webTest('invalid specs are refused with the field named, and a web spec cannot r
     [{ spec: { ...SPEC, files: [{ destination: '/etc/x', source: '/etc/shadow' }] } }, /spec\.files\[0\]\.source/],
     [{ spec: { ...SPEC, parent: '/etc/osfarm/base.yaml' } }, /spec\.parent/],
     [{ text: 'distribution: [', format: 'yaml' }, /not valid YAML/],
+    // Refused safely by the parsers, and as spec errors (422), not internal ones (500).
+    [{ text: '<?xml version="1.0"?><!DOCTYPE image [<!ENTITY x SYSTEM "file:///etc/passwd">]><image><name>&x;</name></image>', format: 'xml' }, /not valid XML: External entities/],
+    [{ text: Array.from({ length: 9 }, (_, i) => (i === 0 ? 'a0: &a0 [l, l, l, l, l, l, l, l, l]' : `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`)).join('\n'), format: 'yaml' }, /Excessive alias count/],
   ];
   for (const path of ['/api/specs/check', '/api/builds']) {
     for (const [body, re] of cases) {

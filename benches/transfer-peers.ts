@@ -98,7 +98,7 @@ async function osfarm(ns: Netns, p: Pair, work: string) {
   const repo = join(work, 'osfarm-repo');
   execFileSync(process.execPath, [CLI, '--repo', repo, 'repo', 'init']);
   execFileSync(process.execPath, [CLI, '--repo', repo, 'repo', 'add', p.old]);
-  const rx = ns.spawn(process.execPath, [CLI, '--json', '--repo', repo, 'receive', '--listen', `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN], {
+  const rx = ns.spawn(process.execPath, [CLI, '--json', '--repo', repo, 'receive', '--listen', `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN, '--insecure'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   try {
@@ -106,7 +106,7 @@ async function osfarm(ns: Netns, p: Pair, work: string) {
     let digest = '';
     let digestBytes = 0;
     const m = await measure(ns, () => {
-      const out = execFileSync(process.execPath, [CLI, '--json', 'push', p.next, `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN], { encoding: 'utf8' });
+      const out = execFileSync(process.execPath, [CLI, '--json', 'push', p.next, `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN, '--insecure'], { encoding: 'utf8' });
       const res = JSON.parse(out.trim().split('\n').pop()!) as { digest: string; digestBytesSent: number };
       digest = res.digest;
       digestBytes = res.digestBytesSent;

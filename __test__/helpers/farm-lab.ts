@@ -133,9 +133,9 @@ export class FarmLab {
 
   async startServer(): Promise<void> {
     const h = this.o.server;
-    this.receive ??= this.osfarm(h.host, 'receive', ['--repo', this.repo, 'receive', '--listen', `${h.ip}:${this.o.receivePort ?? 7070}`, '--token-file', this.tokenFile]);
+    this.receive ??= this.osfarm(h.host, 'receive', ['--repo', this.repo, 'receive', '--listen', `${h.ip}:${this.o.receivePort ?? 7070}`, '--token-file', this.tokenFile, '--insecure']);
     await this.receive.line(/"listening"/);
-    this.serve = this.osfarm(h.host, 'serve', ['--repo', this.repo, 'serve', '--listen', `127.0.0.1:${this.o.httpPort ?? 8080}`, '--token-file', this.webTokenFile, '--queue', `redis://127.0.0.1:${this.o.redisPort ?? 6379}`, ...(this.o.serveArgs ?? [])]);
+    this.serve = this.osfarm(h.host, 'serve', ['--repo', this.repo, 'serve', '--listen', `127.0.0.1:${this.o.httpPort ?? 8080}`, '--token-file', this.webTokenFile, '--queue', `redis://127.0.0.1:${this.o.redisPort ?? 6379}`, '--insecure', ...(this.o.serveArgs ?? [])]);
     await this.serve.line(/"listening"/);
     if (!this.relay) {
       // Inside the server's host: the unix socket (a file, reachable from here) to its HTTP port.
@@ -149,7 +149,7 @@ export class FarmLab {
     const work = join(this.o.dir, 'workers', w.id);
     const stages = join(work, 'stages');
     if (w.seedStages) seedStore(w.seedStages, stages);
-    const p = this.osfarm(w.host, `worker ${w.id}`, ['worker', '--queue', this.redisUrl, '--push-to', `${this.o.server.ip}:${this.o.receivePort ?? 7070}`, '--token-file', this.tokenFile, '--id', w.id, '-d', work, '--stages', stages, '--lock-ms', String(w.lockMs ?? 3000)]);
+    const p = this.osfarm(w.host, `worker ${w.id}`, ['worker', '--queue', this.redisUrl, '--push-to', `${this.o.server.ip}:${this.o.receivePort ?? 7070}`, '--token-file', this.tokenFile, '--insecure', '--id', w.id, '-d', work, '--stages', stages, '--lock-ms', String(w.lockMs ?? 3000)]);
     await p.line(/"event":"ready"/);
     this.workers.set(w.id, p);
     return p;

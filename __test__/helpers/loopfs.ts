@@ -1,6 +1,7 @@
 /**
- * Real file systems for tests and benchmarks: btrfs or xfs (reflink=1) made in a sparse
- * file, attached to a loop device and mounted; and a plain directory for overlayfs.
+ * Real file systems for tests and benchmarks: btrfs, xfs (reflink=1) or a small ext4 (no
+ * blocks reserved for root, so `df` and ENOSPC agree) made in a sparse file, attached to a
+ * loop device and mounted; and a plain directory for overlayfs.
  * Always unmounted and detached again (ava: in t.teardown, which runs on failure too).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 
-export type LoopFsKind = 'btrfs' | 'xfs' | 'xfs-noreflink';
+export type LoopFsKind = 'btrfs' | 'xfs' | 'xfs-noreflink' | 'ext4';
 
 export interface LoopFs {
   /** Where the file system is mounted. */
@@ -48,8 +49,8 @@ export function loopAvailable(): boolean {
 }
 
 /** Makes, attaches and mounts a file system of `sizeMiB` in a sparse file under `parent` (default the temp dir). */
-export function makeLoopFs(kind: LoopFsKind, sizeMiB = 1024, parent = tmpdir()): LoopFs {
-  const base = mkdtempSync(join(parent, `osfarm-${kind}-`));
+export function makeLoopFs(kind: LoopFsKind, sizeMiB = 1024, parent = tmpdir(), prefix = 'osfarm'): LoopFs {
+  const base = mkdtempSync(join(parent, `${prefix}-${kind}-`));
   const image = join(base, 'fs.img');
   const mountpoint = join(base, 'mnt');
   mkdirSync(mountpoint);
@@ -66,6 +67,7 @@ export function makeLoopFs(kind: LoopFsKind, sizeMiB = 1024, parent = tmpdir()):
   try {
     device = run('losetup', ['--find', '--show', image]).trim();
     if (kind === 'btrfs') run('mkfs.btrfs', ['--quiet', '--force', device]);
+    else if (kind === 'ext4') run('mkfs.ext4', ['-q', '-F', '-m', '0', device]);
     else run('mkfs.xfs', ['-q', '-f', '-m', `reflink=${kind === 'xfs' ? 1 : 0}`, device]);
     run('mount', [device, mountpoint]);
   } catch (err) {
@@ -76,8 +78,8 @@ export function makeLoopFs(kind: LoopFsKind, sizeMiB = 1024, parent = tmpdir()):
 }
 
 /** A loop file system for one test, torn down when the test ends (pass or fail). */
-export function loopFs(t: ExecutionContext, kind: LoopFsKind, sizeMiB = 1024): string {
-  const fs = makeLoopFs(kind, sizeMiB);
+export function loopFs(t: ExecutionContext, kind: LoopFsKind, sizeMiB = 1024, prefix?: string): string {
+  const fs = makeLoopFs(kind, sizeMiB, tmpdir(), prefix);
   t.teardown(() => fs.cleanup());
   return fs.mountpoint;
 }

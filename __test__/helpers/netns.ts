@@ -161,6 +161,9 @@ export interface Netns {
   hostIp: string;
   /** The namespace's end. */
   nsIp: string;
+  /** The pair's interfaces: the host's end, the namespace's end. */
+  hostDev: string;
+  nsDev: string;
   /** Runs a command inside the namespace and returns its stdout. */
   exec(cmd: string, args: string[]): string;
   /** Starts a long-running command inside the namespace. */
@@ -188,17 +191,24 @@ function shape(ns: string | undefined, dev: string, o: LinkOptions): void {
   }
 }
 
-/** Creates namespace `name` with a veth pair to the host, both ends throttled. Needs root. */
-export function createNetns(name: string, link: LinkOptions, subnet = 0): Netns {
-  if (!/^[a-z0-9-]{1,10}$/.test(name)) throw new RangeError(`namespace name '${name}' must be 1-10 of [a-z0-9-]`);
-  const hostDev = `${name}-h`;
-  const nsDev = `${name}-n`;
+/**
+ * Creates namespace `name` with a veth pair to the host, both ends throttled. Needs root.
+ * The pair is named `<dev>-h` / `<dev>-n` (`dev` defaults to `name`; interface names
+ * have at most 15 characters).
+ */
+export function createNetns(name: string, link: LinkOptions, subnet = 0, dev = name): Netns {
+  if (!/^[a-z0-9-]{1,40}$/.test(name)) throw new RangeError(`namespace name '${name}' must be 1-40 of [a-z0-9-]`);
+  if (!/^[a-z0-9-]{1,10}$/.test(dev)) throw new RangeError(`device prefix '${dev}' must be 1-10 of [a-z0-9-]`);
+  const hostDev = `${dev}-h`;
+  const nsDev = `${dev}-n`;
   const hostIp = `198.18.${subnet}.1`;
   const nsIp = `198.18.${subnet}.2`;
   const ns: Netns = {
     name,
     hostIp,
     nsIp,
+    hostDev,
+    nsDev,
     exec: (cmd, args) => run(name, cmd, args),
     spawn: (cmd, args, options = {}) => spawn('ip', ['netns', 'exec', name, cmd, ...args], options),
     hostCounters: () => {

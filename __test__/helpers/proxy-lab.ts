@@ -58,7 +58,7 @@ export class ProxyLab {
 
   private async startServe(): Promise<void> {
     const h = this.lan.hosts.origin!;
-    const child = this.lan.spawnIn('origin', process.execPath, [...CLI, '--json', 'serve', '--listen', `${h.ip}:${PORT}`, '--repo', join(this.dir, 'origin')]);
+    const child = this.lan.spawnIn('origin', process.execPath, [...CLI, '--json', 'serve', '--listen', `${h.ip}:${PORT}`, '--repo', join(this.dir, 'origin'), '--insecure']);
     this.serve = child;
     await new Promise<void>((resolve, reject) => {
       let out = '';

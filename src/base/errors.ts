@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'OSFARM_STAGE'
   | 'OSFARM_PROTOCOL'
   | 'OSFARM_UNAUTHORIZED'
+  | 'OSFARM_UNTRUSTED'
   | 'OSFARM_INTERNAL';
 
 /** Every error osfarm raises on purpose: a stable `code` and a message that says what to do. */

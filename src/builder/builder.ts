@@ -27,6 +27,7 @@ import { unmountBelow } from '../host/mounts.js';
 import { haveTool } from '../host/process.js';
 import { writeOutput } from './outputs.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
+import { imageArrived } from '../trust/provenance.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
 
 export type { Phase } from './drivers/types.js';
@@ -284,6 +285,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
         };
         const entry = await Repository.openOrInit(repoPath).add(path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
+        const moved = imageArrived(repoPath, entry, 'build').name;
+        if (moved?.previous) logLine(`osfarm: name ${moved.name} moved from ${moved.previous} to ${moved.digest}`);
         out = { format, path, size, digest: entry.digest, inRepository: true };
       }
       outputs.push(out);

@@ -58,14 +58,18 @@ export function strs(args: ParsedArgs, name: string): string[] {
   return (Array.isArray(v) ? v : [v]).filter((x): x is string => typeof x === 'string');
 }
 
-/** A whole-number option of at least `min`, or undefined when not given. */
-export function wholeNumber(args: ParsedArgs, name: string, min: number): number | undefined {
+/**
+ * A whole-number option from `min` to `max`, or undefined when not given. Out of range is
+ * refused, never clamped or wrapped (a huge timeout would overflow a timer to 1 ms).
+ */
+export function wholeNumber(args: ParsedArgs, name: string, min: number, max: number): number | undefined {
   const text = str(args, name);
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || Number(text) < min) {
-    throw invalidArgument(`--${name}: '${text}' is not ${min === 1 ? 'a positive whole number' : `a whole number ≥ ${min}`}`);
+  const n = /^\d{1,16}$/.test(text) ? Number(text) : NaN;
+  if (!(n >= min && n <= max)) {
+    throw invalidArgument(`--${name}: '${text}' is not a whole number from ${min} to ${max}`);
   }
-  return Number(text);
+  return n;
 }
 
 /** A boolean flag. */

@@ -17,6 +17,7 @@ import { OsfarmError } from '../base/errors.js';
 import { specDigest, specFromObject } from '../spec/index.js';
 import { Repository } from '../repo/index.js';
 import { StageStore } from '../stages/store.js';
+import type { TlsClientOptions } from '../trust/tls.js';
 import { push, type PushResult } from '../transfer/push/push.js';
 import { type BuildJobResult, runBuildJob } from './build-job.js';
 import { JobEmitter, jobError, type JobInfo } from './job-model.js';
@@ -35,7 +36,10 @@ export interface FarmWorkerOptions {
   /** The central repository's receiver (host:port). */
   pushTo: string;
   token?: string;
+  /** Accept a receiver that asks for no token (as push's). */
   insecure?: boolean;
+  /** Push over TLS (as push's): the receiver's certificate pinned and/or checked against a CA. */
+  tls?: TlsClientOptions;
   /** Build scratch space and package caches. */
   workDir: string;
   /** The stage cache (default <workDir>/stages). */
@@ -289,6 +293,7 @@ export class FarmWorker {
         repo: this.repoPath,
         ...(this.o.token ? { token: this.o.token } : {}),
         insecure: this.o.insecure ?? !this.o.token,
+        ...(this.o.tls ? { tls: this.o.tls } : {}),
         ...(entry.name ? { name: entry.name } : {}),
         signal,
         onProgress: (x) => emitter.emit({ type: 'progress', phase: 'push', done: x.haveBlocks, total: x.blockCount }),

@@ -66,10 +66,10 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Writes a file atomically: a temp file beside it, fsync, rename over, fsync the directory. */
-export function writeFileAtomic(path: string, data: string): void {
+/** Writes a file atomically: a temp file beside it, fsync, rename over, fsync the directory. `mode` is set from the start (0600 keeps a secret key private throughout). */
+export function writeFileAtomic(path: string, data: string, mode = 0o644): void {
   const tmp = `${path}.${ownerToken()}.${randomSuffix()}.tmp`;
-  const fd = openSync(tmp, 'wx', 0o644);
+  const fd = openSync(tmp, 'wx', mode);
   try {
     writeFileSync(fd, data);
     fsyncSync(fd);

@@ -23,6 +23,11 @@ export interface PackOptions {
    * archives. Default: `$SOURCE_DATE_EPOCH` if set, else no clamping.
    */
   sourceDateEpoch?: number;
+  /**
+   * Fail with OSFARM_INVALID_ARGUMENT, leaving nothing, before the archive would grow past
+   * this many bytes (its apparent size): a bound on what an untrusted tar.gz may expand to.
+   */
+  maxSize?: number;
   /** Called as input is consumed (at most every 50 ms, and once at the end). */
   onProgress?: (event: PackProgressEvent) => void;
   /** Aborting stops the work; no output file is left behind. */
@@ -57,9 +62,10 @@ function epochOf(option: number | undefined): number | undefined {
   return option ?? sourceDateEpochFromEnv();
 }
 
-function nativeOptions(options: PackSyncOptions): { blockSize?: number; sourceDateEpoch?: number } {
-  const out: { blockSize?: number; sourceDateEpoch?: number } = {};
+function nativeOptions(options: PackSyncOptions): { blockSize?: number; sourceDateEpoch?: number; maxSize?: number } {
+  const out: { blockSize?: number; sourceDateEpoch?: number; maxSize?: number } = {};
   if (options.blockSize !== undefined) out.blockSize = options.blockSize;
+  if (options.maxSize !== undefined) out.maxSize = options.maxSize;
   const epoch = epochOf(options.sourceDateEpoch);
   if (epoch !== undefined) out.sourceDateEpoch = epoch;
   return out;

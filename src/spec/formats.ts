@@ -7,6 +7,19 @@ import { XML_LISTS } from './fields.js';
 
 export type SpecFormat = 'yaml' | 'json' | 'xml';
 
+/**
+ * The largest spec accepted, as the web API's body limit: a real spec is a few KiB, and
+ * parsing a huge one costs seconds and hundreds of MiB (issue 17).
+ */
+export const MAX_SPEC_BYTES = 1 << 20;
+
+/** Refuses a spec of `bytes` bytes above MAX_SPEC_BYTES (`what` names it: a file, the text). */
+export function checkSpecSize(bytes: number, what: string): void {
+  if (bytes > MAX_SPEC_BYTES) {
+    throw new SpecError([{ path: 'spec', message: `${what} has ${bytes} bytes; a spec may have at most ${MAX_SPEC_BYTES} (1 MiB)` }]);
+  }
+}
+
 /** The spec format a file name implies: `.yaml`/`.yml`, `.json`, `.xml`. */
 export function formatOf(path: string): SpecFormat | undefined {
   const p = path.toLowerCase();
@@ -27,6 +40,7 @@ export function sniffFormat(text: string): SpecFormat {
 const XML_ROOTS = ['image', 'spec', 'osfarm'];
 
 export function parseText(text: string, format: SpecFormat): unknown {
+  if (text.length > MAX_SPEC_BYTES / 4) checkSpecSize(Buffer.byteLength(text), 'the spec');
   switch (format) {
     case 'json':
       try {
@@ -39,7 +53,12 @@ export function parseText(text: string, format: SpecFormat): unknown {
       if (doc.errors.length > 0) {
         throw new SpecError(doc.errors.map((e) => ({ path: 'spec', message: `not valid YAML: ${e.message.split('\n')[0]}` })));
       }
-      return doc.toJS();
+      try {
+        return doc.toJS();
+      } catch (err) {
+        // The yaml package refuses alias bombs ("Excessive alias count…") here.
+        throw new SpecError([{ path: 'spec', message: `not valid YAML: ${(err as Error).message}` }]);
+      }
     }
     case 'xml':
       return parseXml(text);
@@ -70,7 +89,13 @@ function parseXml(text: string): unknown {
       return parts.length === 2 && XML_LISTS[parts[0]!] === parts[1];
     },
   });
-  const doc = parser.parse(text) as Record<string, unknown>;
+  let doc: Record<string, unknown>;
+  try {
+    doc = parser.parse(text) as Record<string, unknown>;
+  } catch (err) {
+    // fast-xml-parser refuses external entities and entity expansion bombs here.
+    throw new SpecError([{ path: 'spec', message: `not valid XML: ${(err as Error).message}` }]);
+  }
   const roots = Object.keys(doc);
   if (roots.length !== 1 || !XML_ROOTS.includes(roots[0]!)) {
     throw new SpecError([{ path: 'spec', message: `the XML root element must be <image> (found ${roots.map((r) => `<${r}>`).join(', ') || 'none'})` }]);

@@ -4,7 +4,7 @@
  * docs/build.md documents every field.
  */
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, posix, resolve } from 'node:path';
 
 import {
@@ -27,7 +27,7 @@ import {
 } from './distros.js';
 import { SpecError, type SpecIssue } from './errors.js';
 import { aliasesOf, CANONICAL_FIELDS, FIELD_NAMES, FIXED_FIELDS, INHERITED_FIELDS } from './fields.js';
-import { formatOf, parseText, type SpecFormat, sniffFormat } from './formats.js';
+import { checkSpecSize, formatOf, parseText, type SpecFormat, sniffFormat } from './formats.js';
 import { CRYPT_HASH, deriveSalt, sha512Crypt } from './password.js';
 
 /** The spec format version; part of the canonical form, so a change of meaning changes every digest. */
@@ -117,11 +117,34 @@ export function validateSpec(input: unknown, options: SpecOptions = {}): SpecVal
 export function loadSpec(path: string, options: Omit<SpecOptions, 'baseDir'> = {}): BuildSpec {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readSpecFile(path);
   } catch (err) {
+    if (err instanceof SpecError) throw err;
     throw new SpecError([{ path: 'spec', message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
   }
   return parseSpec(text, formatOf(path) ?? sniffFormat(text), { ...options, baseDir: dirname(resolve(path)), chain: [...(options.chain ?? []), resolve(path)] });
+}
+
+/** A spec file's text, refused once it passes MAX_SPEC_BYTES (a pipe too: read in pieces, never whole). */
+function readSpecFile(path: string): string {
+  const st = statSync(path);
+  if (st.isFile()) checkSpecSize(st.size, path);
+  const fd = openSync(path, 'r');
+  try {
+    const parts: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const b = Buffer.allocUnsafe(64 << 10);
+      const n = readSync(fd, b, 0, b.length, null);
+      if (n === 0) break;
+      total += n;
+      checkSpecSize(total, path);
+      parts.push(b.subarray(0, n));
+    }
+    return Buffer.concat(parts, total).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function suggest(key: string): string {

@@ -72,8 +72,9 @@ function cookieValue(req: IncomingMessage, name: string): string | undefined {
 
 /** The token a request presents, from its Authorization header or its session cookie. */
 export function presentedToken(req: IncomingMessage, cookie: string): string | undefined {
-  const auth = req.headers.authorization;
-  if (auth?.startsWith('Bearer ')) return auth.slice(7).trim();
+  // The scheme is case-insensitive (RFC 7235 §2.1): "bearer", "BEARER" as well.
+  const bearer = /^bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  if (bearer) return bearer[1];
   return cookieValue(req, cookie);
 }
 

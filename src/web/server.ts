@@ -9,6 +9,7 @@ import { defaultTokenFile } from '../base/env.js';
 import { serveHandlers, type Serving } from '../app/serve.js';
 import { createPullHandler, type HttpHandler, type PullHandler } from '../transfer/http/serve.js';
 import { createWebHandler, type WebHandler, type WebOptions } from './handler.js';
+import type { TlsServerOptions } from '../trust/tls.js';
 
 export interface HandlerOptions extends Omit<WebOptions, 'tokenFile'> {
   /** The web token file (default $XDG_CONFIG_HOME/osfarm/web-token or ~/.config/osfarm/web-token). */
@@ -36,6 +37,8 @@ export interface ServeOptions extends HandlerOptions {
   port?: number;
   /** Your own handlers, asked before osfarm's. */
   handlers?: HttpHandler[];
+  /** Serve HTTPS with this certificate chain and key (PEM), so the web token never crosses in clear. */
+  tls?: TlsServerOptions;
 }
 
 /** A running `serve()`: where it listens and what it serves; close it (or `await using` it) to stop. */
@@ -66,10 +69,10 @@ export async function createHandler(options: HandlerOptions): Promise<OsfarmHand
 
 /** `osfarm serve` in a call: the repository for pull and the web GUI and REST API on one port. */
 export async function serve(options: ServeOptions): Promise<OsfarmServer> {
-  const { host, port, handlers = [], ...handlerOptions } = options;
+  const { host, port, handlers = [], tls, ...handlerOptions } = options;
   const h = await createHandler(handlerOptions);
   try {
-    const s = await serveHandlers({ host, port, handlers: [...handlers, h.handler], onClose: () => h.close() });
+    const s = await serveHandlers({ host, port, handlers: [...handlers, h.handler], onClose: () => h.close(), tls });
     return { ...s, ...(h.pull ? { pull: h.pull } : {}), web: h.web };
   } catch (err) {
     await h.close();

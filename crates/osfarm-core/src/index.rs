@@ -1,7 +1,6 @@
 //! The index file format (`.osfi`): the digests of every block of one image.
 //! The layout is documented in docs/index-format.md; keep the two in step.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -114,7 +113,7 @@ impl Index {
     /// the file's real length before anything is allocated, and the digest list is checked
     /// against the header's image digest, so a truncated, corrupt or lying index is refused.
     pub fn load(path: &Path) -> Result<Index> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open index", e))?;
+        let mut file = fsutil::open_regular(path, "index")?;
         let file_len = file.metadata().map_err(|e| Error::io(path, "cannot stat index", e))?.len();
         let ctx = |msg: String| Error::new(Code::BadIndex, format!("{}: {msg}", path.display()));
         let mut header = [0u8; HEADER_LEN];

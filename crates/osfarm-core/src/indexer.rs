@@ -1,32 +1,31 @@
 //! Parallel block hashing of an image file into an `Index`.
 //!
 //! A reader thread (`readahead`) streams the file into the page cache ahead of the
-//! hashers, so the disk works while the CPUs hash. The hashers walk the file in windows
-//! of a few MiB; inside a window, rayon workers each take whole chunks with one
-//! positional read into a reused per-thread buffer and hash the blocks in it.
+//! hashers, so the disk works while the CPUs hash. The hashers take the file's pieces in
+//! order, each worker the next one free (no barriers, and the reads stay one sequential
+//! stream for the read-ahead), and hash each piece where the page cache holds it
+//! (`mapped`), two blocks at a time (`HashAlg::block_digests`). docs/hashing.md has the
+//! measurements behind each choice.
 
-use std::cell::RefCell;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
+use crate::mapped::PieceReader;
 use crate::progress::{self, Progress};
 use crate::readahead::ReadAhead;
 
-/// Bytes read per positional read: large enough to amortise the syscall,
-/// small enough to stay in the core's cache while its blocks are hashed.
-const CHUNK_BYTES: u64 = 1 << 20;
-/// Bytes hashed between two read-ahead requests.
-const WINDOW_BYTES: u64 = 16 << 20;
-
-thread_local! {
-    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
+/// Bytes per piece: one mapping, one task. Large enough that mapping it costs little and
+/// that 2 MiB pages can back it, small enough that the last piece leaves the other
+/// workers idle only briefly (~2 ms).
+const PIECE_BYTES: u64 = 4 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct IndexOptions {
@@ -43,7 +42,7 @@ impl Default for IndexOptions {
 /// Hashes every block of the file at `path`.
 pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> Result<Index> {
     hash::block_size_log2(opts.block_size)?;
-    let file = File::open(path).map_err(|e| Error::io(path, "cannot open image", e))?;
+    let file = crate::fsutil::open_regular(path, "image")?;
     let meta = file.metadata().map_err(|e| Error::io(path, "cannot stat image", e))?;
     if meta.is_dir() {
         return Err(Error::io(path, "cannot index", std::io::Error::other("it is a directory: pack it first")));
@@ -54,7 +53,7 @@ pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> R
     let mut digests = vec![0u8; block_count_for(len, opts.block_size) as usize * opts.alg.len()];
 
     let ahead = ReadAhead::start(&file, len);
-    hash_windows(&file, path, len, opts, progress, &mut digests, &ahead)?;
+    hash_range(&file, path, 0..len, opts, progress, &mut digests, &ahead)?;
     drop(ahead);
     // The file must not have changed length under us, or the index would lie.
     let now = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat image", e))?.len();
@@ -64,52 +63,79 @@ pub fn index_file(path: &Path, opts: IndexOptions, progress: &dyn Progress) -> R
     Index::from_digests(opts.alg, opts.block_size, len, digests)
 }
 
-fn hash_windows(
+/// Hashes the blocks of `range` of `file` (starting on a block boundary, ending on one
+/// or at the end of the file) into `digests`, one digest per block. Every rayon worker
+/// takes the next piece in file order until none is left; the read-ahead hears how far
+/// they got, and a piece not yet cached waits for it. Cancelling through `progress` stops
+/// them between pieces.
+pub(crate) fn hash_range(
     file: &File,
     path: &Path,
-    len: u64,
+    range: Range<u64>,
     opts: IndexOptions,
     progress: &dyn Progress,
     digests: &mut [u8],
     ahead: &ReadAhead,
 ) -> Result<()> {
-    let dlen = opts.alg.len();
+    let dl = opts.alg.len();
     let bs = opts.block_size as u64;
-    let chunk = CHUNK_BYTES.max(bs);
-    let window = WINDOW_BYTES.max(chunk);
-    for (w, window_digests) in digests.chunks_mut((window / bs) as usize * dlen).enumerate() {
-        progress::check(progress)?;
-        let window_start = w as u64 * window;
-        window_digests.par_chunks_mut((chunk / bs) as usize * dlen).enumerate().try_for_each(
-            |(i, out)| -> Result<()> {
-                let offset = window_start + i as u64 * chunk;
-                let n = (len - offset).min(chunk) as usize;
-                BUFFER.with_borrow_mut(|buf| {
-                    buf.resize(chunk as usize, 0);
-                    file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(path, "cannot read image", e))?;
-                    for (block, digest) in buf[..n].chunks(bs as usize).zip(out.chunks_exact_mut(dlen)) {
-                        opts.alg.block_digest_into(block, digest);
-                    }
-                    Ok::<(), Error>(())
-                })?;
-                progress.advance(n as u64);
-                Ok(())
-            },
-        )?;
-        ahead.consumed(window_start + window);
+    let piece = PIECE_BYTES.max(bs);
+    // Each piece's digests, for the worker that takes it.
+    let outs: Vec<Mutex<&mut [u8]>> = digests.chunks_mut((piece / bs) as usize * dl).map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    let failed = Mutex::new(None::<Error>);
+    let work = || {
+        let mut reader = PieceReader::new(file, path);
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= outs.len() || failed.lock().unwrap().is_some() {
+                return;
+            }
+            let offset = range.start + i as u64 * piece;
+            ahead.consumed(offset);
+            let n = (range.end - offset).min(piece) as usize;
+            ahead.wait_for(file, offset, offset + n as u64);
+            let mut out = outs[i].lock().unwrap();
+            let done = progress::check(progress).and_then(|()| {
+                reader.with_piece(offset, n, |bytes| opts.alg.block_digests(bytes, bs as usize, &mut out))
+            });
+            match done {
+                Ok(()) => progress.advance(n as u64),
+                Err(e) => {
+                    failed.lock().unwrap().get_or_insert(e);
+                    return;
+                }
+            }
+        }
+    };
+    let workers = rayon::current_num_threads().min(outs.len());
+    if workers <= 1 {
+        work(); // one CPU: no hand-over to the pool
+    } else {
+        rayon::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|_| work());
+            }
+        });
     }
-    Ok(())
+    ahead.consumed(range.end);
+    match failed.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Hashes a buffer already in memory (small images, tests, received data).
 pub fn index_bytes(data: &[u8], opts: IndexOptions) -> Result<Index> {
     hash::block_size_log2(opts.block_size)?;
     let dlen = opts.alg.len();
+    let bs = opts.block_size as usize;
     let mut digests = vec![0u8; block_count_for(data.len() as u64, opts.block_size) as usize * dlen];
+    let per = (PIECE_BYTES as usize / bs).max(1);
     digests
-        .par_chunks_mut(dlen)
-        .zip(data.par_chunks(opts.block_size as usize))
-        .for_each(|(d, block)| opts.alg.block_digest_into(block, d));
+        .par_chunks_mut(per * dlen)
+        .zip(data.par_chunks(per * bs))
+        .for_each(|(d, piece)| opts.alg.block_digests(piece, bs, d));
     Index::from_digests(opts.alg, opts.block_size, data.len() as u64, digests)
 }
 

@@ -7,15 +7,19 @@ pub mod compare;
 pub mod digest_set;
 pub mod error;
 pub mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod hash;
 pub mod index;
 pub mod indexer;
 pub mod lock;
+mod mapped;
 pub mod nbd;
 pub mod pack;
 pub mod progress;
 mod readahead;
 pub mod repo;
+mod sha1_pair;
 #[cfg(test)]
 mod test_data;
 pub mod transfer;

@@ -45,7 +45,7 @@ pub(crate) fn info(index: &Index, index_path: Option<String>) -> IndexInfo {
 #[napi(object)]
 pub struct IndexImageOptions {
     /// Block size in bytes, a power of two from 512 to 1 MiB; default 4096.
-    pub block_size: Option<u32>,
+    pub block_size: Option<f64>,
     /// `sha1` (default) or `sha256`.
     pub hash: Option<String>,
     /// Write the index here (atomically).
@@ -56,7 +56,7 @@ fn parse_options(opts: &Option<IndexImageOptions>) -> Result<(IndexOptions, Opti
     let mut o = IndexOptions::default();
     let mut output = None;
     if let Some(opts) = opts {
-        if let Some(bs) = opts.block_size {
+        if let Some(bs) = crate::block_size(opts.block_size)? {
             o.block_size = bs;
         }
         if let Some(h) = &opts.hash {
@@ -85,7 +85,8 @@ pub(crate) fn load_or_index(
 fn is_index_file(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 8];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == osfarm_core::index::MAGIC
+    osfarm_core::fsutil::open_regular(path, "image").is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
+        && magic == osfarm_core::index::MAGIC
 }
 
 fn index_and_save(

@@ -9,14 +9,17 @@ use osfarm_core::progress::Silent;
 
 use crate::progress::ProgressCallback;
 use crate::task::{job, Run};
-use crate::{js_err, Result};
+use crate::{block_size, js_err, whole_number, Result, MAX_SAFE_INTEGER};
 
 #[napi(object)]
 pub struct PackOptions {
     /// Alignment of file data: a power of two from 512 to 1 MiB; default 4096.
-    pub block_size: Option<u32>,
+    pub block_size: Option<f64>,
     /// Clamp every mtime to at most this many seconds since the epoch.
     pub source_date_epoch: Option<f64>,
+    /// Fail (leaving nothing) before the archive would grow past this many bytes: a
+    /// bound on what an untrusted tar.gz may expand to.
+    pub max_size: Option<f64>,
 }
 
 /// What `pack` wrote.
@@ -54,18 +57,12 @@ fn result(s: PackStats) -> PackResult {
 fn parse_options(opts: &Option<PackOptions>) -> Result<core_pack::PackOptions> {
     let mut o = core_pack::PackOptions::default();
     if let Some(opts) = opts {
-        if let Some(bs) = opts.block_size {
+        if let Some(bs) = block_size(opts.block_size)? {
             o.block_size = bs;
         }
-        if let Some(epoch) = opts.source_date_epoch {
-            if !(epoch.is_finite() && epoch >= 0.0 && epoch.fract() == 0.0 && epoch <= 9.007_199_254_740_991e15) {
-                return Err(js_err(osfarm_core::Error::new(
-                    osfarm_core::Code::InvalidArgument,
-                    format!("sourceDateEpoch must be a whole number of seconds >= 0, not {epoch}"),
-                )));
-            }
-            o.source_date_epoch = Some(epoch as u64);
-        }
+        o.source_date_epoch =
+            opts.source_date_epoch.map(|s| whole_number(s, MAX_SAFE_INTEGER, "sourceDateEpoch")).transpose()?;
+        o.max_size = opts.max_size.map(|s| whole_number(s, MAX_SAFE_INTEGER, "maxSize")).transpose()?;
     }
     Ok(o)
 }

@@ -21,7 +21,7 @@ pub struct RepoInitOptions {
     /// `sha1` (default) or `sha256`.
     pub hash: Option<String>,
     /// Block size in bytes, a power of two from 512 to 1 MiB; default 4096.
-    pub block_size: Option<u32>,
+    pub block_size: Option<f64>,
 }
 
 #[napi(object)]
@@ -238,7 +238,7 @@ impl RepositoryHandle {
             if let Some(h) = opts.hash {
                 o.alg = HashAlg::parse(&h).map_err(js_err)?;
             }
-            if let Some(bs) = opts.block_size {
+            if let Some(bs) = crate::block_size(opts.block_size)? {
                 o.block_size = bs;
             }
         }

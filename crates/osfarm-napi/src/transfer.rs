@@ -5,7 +5,7 @@
 //! thread.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -44,7 +44,7 @@ pub struct ImageSourceOptions {
     /// Hash the blocks with this algorithm (`sha1` or `sha256`): the receiver's.
     pub hash: Option<String>,
     /// Block size: the receiver's. Default 4096.
-    pub block_size: Option<u32>,
+    pub block_size: Option<f64>,
     /// An `.osfi` index of the image: its digests are sent instead of hashing (the image
     /// is then expected to match it; the receiver verifies every block anyway).
     pub index: Option<String>,
@@ -91,7 +91,7 @@ impl ImageSourceHandle {
             Some(h) => HashAlg::parse(h).map_err(js_err)?,
             None => HashAlg::Sha1,
         };
-        let block_size = o.block_size.unwrap_or(osfarm_core::hash::DEFAULT_BLOCK_SIZE);
+        let block_size = crate::block_size(o.block_size)?.unwrap_or(osfarm_core::hash::DEFAULT_BLOCK_SIZE);
         let src = match &o.index {
             Some(ix) => {
                 let index = Index::load(Path::new(ix)).map_err(js_err)?;
@@ -256,6 +256,11 @@ pub struct PushAssemblyOptions {
     pub expected_digest: Option<String>,
     /// Group the repository's indexes for a protocol v2 sender (`lookupGroups`).
     pub groups: Option<bool>,
+    /// The name the image will get: checked now, before any data is received.
+    pub name: Option<String>,
+    /// The sender's bound on the bytes of the image's non-zero blocks: an image that
+    /// cannot fit in the repository's file system is refused now.
+    pub data_bytes: Option<f64>,
 }
 
 /// One group of a v2 sender's GROUPS frame, resolved against the repository.
@@ -347,14 +352,53 @@ fn transferred(e: repo::ImageEntry) -> TransferredImage {
 /// are requested from the sender, received runs are put (verified), then finish.
 #[napi]
 pub struct PushAssembly {
-    asm: Arc<StreamAssembler>,
+    held: Arc<Held>,
     hash: String,
     block_size: u32,
+    block_count: u64,
+    already_present: bool,
     /// The v2 zstd stream's decoder, made on first use.
     decoder: OnceLock<StreamDecoder>,
 }
 
+/// The assembly until it is published or aborted, then only its last counts: letting go
+/// of it closes its files at once (once running tasks end), not when the garbage
+/// collector finalizes this object, which an idle receiver may not do for hours. A
+/// discarded partial held open would keep its disk space (issue 17).
+struct Held {
+    asm: Mutex<Option<Arc<StreamAssembler>>>,
+    last: Mutex<StreamStats>,
+}
+
+impl Held {
+    fn get(&self) -> Result<Arc<StreamAssembler>> {
+        self.asm.lock().unwrap().clone().ok_or_else(|| {
+            js_err(osfarm_core::Error::new(
+                osfarm_core::Code::InvalidArgument,
+                "this push assembly is finished or aborted: begin a new one",
+            ))
+        })
+    }
+
+    /// Keeps the counts and lets go of the assembly.
+    fn release(&self) -> Option<Arc<StreamAssembler>> {
+        let asm = self.asm.lock().unwrap().take();
+        if let Some(a) = &asm {
+            *self.last.lock().unwrap() = a.stats();
+        }
+        asm
+    }
+
+    fn stats(&self) -> StreamStats {
+        match self.asm.lock().unwrap().as_ref() {
+            Some(a) => a.stats(),
+            None => *self.last.lock().unwrap(),
+        }
+    }
+}
+
 fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(StreamAssembler, HashAlg, u32)> {
+    repo::check_name(o.name.as_deref())?;
     let repo = Repository::open(Path::new(repo_path))?;
     let expected_digest = match &o.expected_digest {
         Some(d) => Some(from_hex(d).ok_or_else(|| {
@@ -372,11 +416,25 @@ fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(
         image_len: o.image_size as u64,
         resume_key: o.resume_key.clone(),
         expected_digest,
+        data_bytes: o.data_bytes.filter(|d| *d >= 0.0).map(|d| d as u64),
     })?;
     if o.groups == Some(true) {
         asm.load_groups()?;
     }
     Ok((asm, repo.alg(), repo.block_size()))
+}
+
+impl PushAssembly {
+    fn new(asm: StreamAssembler, alg: HashAlg, block_size: u32) -> PushAssembly {
+        PushAssembly {
+            hash: alg.name().into(),
+            block_size,
+            block_count: asm.block_count(),
+            already_present: asm.is_complete_image(),
+            held: Arc::new(Held { asm: Mutex::new(Some(Arc::new(asm))), last: Mutex::new(StreamStats::default()) }),
+            decoder: OnceLock::new(),
+        }
+    }
 }
 
 #[napi]
@@ -388,25 +446,14 @@ impl PushAssembly {
         repo_path: String,
         options: PushAssemblyOptions,
     ) -> AsyncTask<Run<(StreamAssembler, HashAlg, u32), PushAssembly>> {
-        run(
-            None,
-            |_, (asm, alg, bs)| {
-                Ok(PushAssembly {
-                    asm: Arc::new(asm),
-                    hash: alg.name().into(),
-                    block_size: bs,
-                    decoder: OnceLock::new(),
-                })
-            },
-            move || begin_push(&repo_path, &options),
-        )
+        run(None, |_, (asm, alg, bs)| Ok(PushAssembly::new(asm, alg, bs)), move || begin_push(&repo_path, &options))
     }
 
     /// The synchronous twin of `begin`.
     #[napi]
     pub fn begin_sync(repo_path: String, options: PushAssemblyOptions) -> Result<PushAssembly> {
         let (asm, alg, bs) = begin_push(&repo_path, &options).map_err(js_err)?;
-        Ok(PushAssembly { asm: Arc::new(asm), hash: alg.name().into(), block_size: bs, decoder: OnceLock::new() })
+        Ok(PushAssembly::new(asm, alg, bs))
     }
 
     #[napi(getter)]
@@ -419,26 +466,28 @@ impl PushAssembly {
     }
     #[napi(getter)]
     pub fn block_count(&self) -> f64 {
-        self.asm.block_count() as f64
+        self.block_count as f64
     }
     /// The announced image is already in the repository: nothing to receive.
     #[napi(getter)]
     pub fn already_present(&self) -> bool {
-        self.asm.is_complete_image()
+        self.already_present
     }
+    /// True while the data would be kept for a later attempt if this one ends unfinished.
     #[napi(getter)]
     pub fn resumable(&self) -> bool {
-        self.asm.is_resumable()
+        self.held.asm.lock().unwrap().as_ref().is_some_and(|a| a.is_resumable())
     }
+    /// The counts so far (after `finish` or `abort`: the final ones).
     #[napi(getter)]
     pub fn stats(&self) -> PushStats {
-        push_stats(self.asm.stats())
+        push_stats(self.held.stats())
     }
 
     /// Takes the digests of the next blocks, from `first`; returns the runs to request.
     #[napi]
     pub fn offer(&self, first: f64, digests: Buffer) -> Result<Vec<TransferRun>> {
-        let runs = self.asm.offer(first as u64, &digests).map_err(js_err)?;
+        let runs = self.held.get()?.offer(first as u64, &digests).map_err(js_err)?;
         Ok(runs.iter().map(|r| TransferRun { first: r.first as f64, count: r.count as f64 }).collect())
     }
 
@@ -446,7 +495,7 @@ impl PushAssembly {
     /// groups come with their block digests, to `offer`; the others must be asked for.
     #[napi]
     pub fn lookup_groups(&self, records: Buffer) -> Result<Vec<GroupHit>> {
-        let found = self.asm.lookup_groups(&records).map_err(js_err)?;
+        let found = self.held.get()?.lookup_groups(&records).map_err(js_err)?;
         Ok(found.into_iter().map(|g| GroupHit { count: g.count, digests: g.digests.map(Buffer::from) }).collect())
     }
 
@@ -454,7 +503,8 @@ impl PushAssembly {
     /// of blocks `first..first+count`, to `put` raw. Call in frame order.
     #[napi]
     pub fn decode_stream(&self, first: f64, count: u32, data: Buffer) -> Result<Buffer> {
-        let raw_len = run_len(&self.asm, first as u64, count as u64, self.block_size as u64).map_err(js_err)?;
+        let raw_len =
+            run_len(&*self.held.get()?, first as u64, count as u64, self.block_size as u64).map_err(js_err)?;
         let dec = match self.decoder.get() {
             Some(d) => d,
             None => {
@@ -468,7 +518,7 @@ impl PushAssembly {
     /// Decodes (encoding 0 raw, 1 zstd), verifies and writes `count` blocks from `first`.
     #[napi(ts_return_type = "Promise<number>")]
     pub fn put(&self, first: f64, count: u32, encoding: u32, data: Buffer) -> Result<AsyncTask<Run<u64, f64>>> {
-        let asm = self.asm.clone();
+        let asm = self.held.get()?;
         let bs = self.block_size as u64;
         let data = data.to_vec();
         Ok(run(None, |_, n| Ok(n as f64), move || put_run(&asm, first as u64, count as u64, bs, encoding, data)))
@@ -477,30 +527,42 @@ impl PushAssembly {
     /// The synchronous twin of `put`.
     #[napi]
     pub fn put_sync(&self, first: f64, count: u32, encoding: u32, data: Buffer) -> Result<f64> {
-        put_run(&self.asm, first as u64, count as u64, self.block_size as u64, encoding, data.to_vec())
+        put_run(&*self.held.get()?, first as u64, count as u64, self.block_size as u64, encoding, data.to_vec())
             .map(|n| n as f64)
             .map_err(js_err)
     }
 
     /// Checks the announced image digest against the digests received, waits for local
-    /// copies, and publishes the image atomically.
+    /// copies, and publishes the image atomically; then lets go of the assembly.
     #[napi(ts_return_type = "Promise<TransferredImage>")]
     pub fn finish(
         &self,
         image_digest: String,
         options: Option<TransferImageOptions>,
     ) -> Result<AsyncTask<Run<repo::ImageEntry, TransferredImage>>> {
-        let asm = self.asm.clone();
+        let asm = self.held.get()?;
+        let held = self.held.clone();
         let d = hex_digest(&image_digest, "image digest")?;
         let opts = add_options(options);
-        Ok(run(None, |_, e| Ok(transferred(e)), move || asm.finish(&d, &opts)))
+        Ok(run(
+            None,
+            |_, e| Ok(transferred(e)),
+            move || {
+                let published = asm.finish(&d, &opts)?;
+                held.release();
+                Ok(published)
+            },
+        ))
     }
 
     /// Ends an unfinished push: with `discard`, its partial data is deleted; otherwise it
-    /// stays for the next attempt with the same resume key.
+    /// stays for the next attempt with the same resume key. Its files are closed as soon
+    /// as running tasks end. Idempotent.
     #[napi]
     pub fn abort(&self, discard: bool) {
-        self.asm.abort(discard);
+        if let Some(asm) = self.held.release() {
+            asm.abort(discard);
+        }
     }
 }
 

@@ -6,6 +6,8 @@ import { loadSpec } from '../../spec/spec.js';
 import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';
+import { nameHistory, type NameRecord } from '../../trust/names.js';
+import { Repository } from '../../repo/index.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
@@ -77,9 +79,28 @@ const exportCmd: Command<{ specDigest: string; xml: string; output: string | nul
   },
 };
 
+const history: Command<{ name: string; current: string | null; moves: NameRecord[] }> = {
+  name: 'history',
+  summary: 'every image a name was given to, oldest first (names.jsonl), and which has it now',
+  usage: 'images history NAME',
+  allowPositionals: true,
+  async run(args, ctx) {
+    const name = oneArg(args.positionals, 'image name');
+    const current = Repository.open(ctx.repoPath).list().find((e) => e.name === name)?.digest ?? null;
+    return { name, current, moves: nameHistory(ctx.repoPath, name) };
+  },
+  render(r) {
+    const rows = r.moves.map((m) => [when(m.at), m.via, m.digest.slice(0, 16), m.previous ? m.previous.slice(0, 16) : '-']);
+    return [
+      `name ${r.name}: ${r.current ? `now ${r.current}` : 'held by no image now'}`,
+      rows.length ? table(rows, ['when', 'via', 'image', 'previous']) : '  no recorded moves',
+    ].join('\n');
+  },
+};
+
 const command: Command = {
   name: 'images',
-  usage: 'images <find|show|export> [options]',
-  subcommands: [find, show, exportCmd] as Command[],
+  usage: 'images <find|show|export|history> [options]',
+  subcommands: [find, show, exportCmd, history] as Command[],
 };
 export default command;

@@ -6,11 +6,12 @@ import { bytes, count } from '../format.js';
 
 const command: Command<PackResult & { output: string }> = {
   name: 'pack',
-  usage: 'pack <dir|tar|tar.gz> -o <image.tar> [--block-size N] [--source-date-epoch S]',
+  usage: 'pack <dir|tar|tar.gz> -o <image.tar> [--block-size N] [--source-date-epoch S] [--max-size N]',
   options: {
     output: { type: 'string', short: 'o' },
     'block-size': { type: 'string', short: 'b' },
     'source-date-epoch': { type: 'string' },
+    'max-size': { type: 'string' },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -20,12 +21,14 @@ const command: Command<PackResult & { output: string }> = {
     if (!output) throw invalidArgument('pack needs -o <image.tar>');
     const bs = str(args, 'block-size');
     const epoch = str(args, 'source-date-epoch');
+    const maxSize = str(args, 'max-size');
     if (epoch !== undefined && !/^\d+$/.test(epoch)) throw invalidArgument(`--source-date-epoch: '${epoch}' is not a number of seconds`);
     const bar = ctx.progress('pack');
     try {
       const r = await pack(input, output, {
         blockSize: bs === undefined ? undefined : parseSize(bs, '--block-size'),
         sourceDateEpoch: epoch === undefined ? undefined : Number(epoch),
+        maxSize: maxSize === undefined ? undefined : parseSize(maxSize, '--max-size'),
         onProgress: (e) => bar.update(e.done, e.total),
         signal: ctx.signal,
       });

@@ -1,17 +1,25 @@
 import { invalidArgument } from '../../base/errors.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, throttled, wholeNumber } from '../command.js';
+import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
+/** --max-request: from 4 KiB (one block) to 1 GiB. */
+function requestSize(text: string): number {
+  const n = parseSize(text, '--max-request');
+  if (!(n >= 4096 && n <= 2 ** 30)) throw invalidArgument(`--max-request: '${text}' is not a size from 4K to 1G`);
+  return n;
+}
+
 const command: Command<PullResult> = {
   name: 'pull',
-  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N]',
+  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
   options: {
     name: { type: 'string' },
     parallel: { type: 'string' },
     'max-request': { type: 'string' },
     retries: { type: 'string' },
+    trust: { type: 'string', multiple: true },
   },
   allowPositionals: true,
   async run(args, ctx) {
@@ -26,9 +34,10 @@ const command: Command<PullResult> = {
       return await pull(url, {
         repo: ctx.repoPath,
         name: str(args, 'name'),
-        parallel: wholeNumber(args, 'parallel', 1),
-        maxRequestBytes: maxRequest === undefined ? undefined : parseSize(maxRequest, '--max-request'),
-        retries: wholeNumber(args, 'retries', 0),
+        parallel: wholeNumber(args, 'parallel', 1, 64),
+        maxRequestBytes: maxRequest === undefined ? undefined : requestSize(maxRequest),
+        retries: wholeNumber(args, 'retries', 0, 100),
+        trust: strs(args, 'trust'),
         signal: ctx.signal,
         onProgress: (p) => {
           if (p.phase !== phase) {
@@ -49,6 +58,7 @@ const command: Command<PullResult> = {
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
       `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      ...(r.signedBy ? [`signed     by key ${r.signedBy} (manifest and index verified)`] : []),
       `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
       `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
       `time       ${r.seconds.toFixed(2)} s`,

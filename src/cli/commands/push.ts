@@ -3,21 +3,23 @@ import { push, type PushResult } from '../../transfer/push/push.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
+import { CLIENT_TLS_OPTIONS, clientTls } from '../tls.js';
 
 const command: Command<PushResult> = {
   name: 'push',
-  usage: 'push <image file | repository image (name, digest)> <host:port> [--name N] [--token T | --token-file F] [--insecure] [--no-compress]',
+  usage: 'push <image file | repository image (name, digest)> <host:port> [--name N] [--token T | --token-file F] (--tls-fingerprint SHA256 | --tls-ca FILE | --insecure) [--no-compress]',
   options: {
     name: { type: 'string' },
     token: { type: 'string' },
     'token-file': { type: 'string' },
-    insecure: { type: 'boolean' },
+    ...CLIENT_TLS_OPTIONS,
     'no-compress': { type: 'boolean' },
   },
   allowPositionals: true,
   async run(args, ctx) {
     const [image, address, extra] = args.positionals;
     if (!image || !address || extra) throw invalidArgument('push takes an image and a host:port');
+    const tls = clientTls(args, 'push');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     const bar = ctx.progress('push');
     const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
@@ -25,6 +27,7 @@ const command: Command<PushResult> = {
       return await push(image, address, {
         token,
         insecure: flag(args, 'insecure'),
+        tls,
         name: str(args, 'name'),
         repo: ctx.repoPath,
         compress: !flag(args, 'no-compress'),

@@ -4,6 +4,8 @@ import { resolveToken } from '../../transfer/push/auth.js';
 import { parseAddress } from '../../transfer/address.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
+import { SERVER_TLS_OPTIONS, serverTls } from '../tls.js';
+import { certificateFingerprint } from '../../trust/tls.js';
 
 function line(r: TransferReport): string {
   if (r.error) {
@@ -19,12 +21,12 @@ function line(r: TransferReport): string {
 
 const command: Command<{ transfers: number; failed: number }> = {
   name: 'receive',
-  usage: 'receive --listen <host:port> [--repo DIR] [--token T | --token-file F | $OSFARM_TOKEN] [--insecure] [--max-transfers N] [--idle-timeout S]',
+  usage: 'receive --listen <host:port> [--repo DIR] [--token T | --token-file F | $OSFARM_TOKEN] (--tls-cert FILE --tls-key FILE | --insecure) [--max-transfers N] [--idle-timeout S]',
   options: {
     listen: { type: 'string', short: 'l' },
     token: { type: 'string' },
     'token-file': { type: 'string' },
-    insecure: { type: 'boolean' },
+    ...SERVER_TLS_OPTIONS,
     'max-transfers': { type: 'string' },
     'idle-timeout': { type: 'string' },
   },
@@ -33,12 +35,14 @@ const command: Command<{ transfers: number; failed: number }> = {
     if (!listen) throw invalidArgument('receive needs --listen <host:port> (e.g. 0.0.0.0:7070)');
     const { host, port } = parseAddress(listen, '0.0.0.0');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const idle = wholeNumber(args, 'idle-timeout', 1);
+    const tls = serverTls(args, 'receive');
+    const idle = wholeNumber(args, 'idle-timeout', 1, 86_400);
     const receiver = new Receiver({
       repo: ctx.repoPath,
       token,
       insecure: flag(args, 'insecure'),
-      maxTransfers: wholeNumber(args, 'max-transfers', 1),
+      tls,
+      maxTransfers: wholeNumber(args, 'max-transfers', 1, 1024),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });
     receiver.on('repository-created', (e: { path: string }) => {
@@ -59,9 +63,14 @@ const command: Command<{ transfers: number; failed: number }> = {
       ctx.info(`${e.remote}: refused: ${e.error.message} (${e.error.code})`);
       ctx.event({ event: 'connection-refused', ...e });
     });
+    receiver.on('busy', (e: { refused: number; message: string }) => {
+      ctx.info(`turned away ${count(e.refused)} connections in 5 s (OSFARM_LOCKED), the last: ${e.message}`);
+      ctx.event({ event: 'busy', ...e });
+    });
     const addr = await receiver.listen(host, port);
-    ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}`);
-    ctx.event({ event: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath });
+    const fingerprint = tls ? certificateFingerprint(tls.cert) : undefined;
+    ctx.info(`receiving into ${ctx.repoPath} on ${addr.address}:${addr.port}${token ? '' : ' (insecure: no token)'}${fingerprint ? ` over TLS, certificate SHA-256 ${fingerprint}` : ' (insecure: no TLS)'}`);
+    ctx.event({ event: 'listening', address: addr.address, port: addr.port, repo: ctx.repoPath, ...(fingerprint ? { tlsFingerprint: fingerprint } : {}) });
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -2,6 +2,7 @@ import type { HashName } from '../../blocks/index.js';
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
+import { imageArrived } from '../../trust/provenance.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
 
@@ -61,6 +62,12 @@ const add: Command<ShownEntry[]> = {
       const bar = ctx.progress(`add ${image}`);
       try {
         const e = await repo.add(image, { name, meta, onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+        const moved = imageArrived(repo.path, e, 'add').name;
+        if (moved?.previous) {
+          // Said aloud: the name left another image (osfarm images history NAME lists every move).
+          ctx.info(`name '${moved.name}' moved from ${moved.previous} to ${moved.digest}`);
+          ctx.event({ event: 'name-moved', ...moved });
+        }
         ctx.event({ event: 'added', digest: e.digest, path: image });
         out.push(shown(e));
       } finally {

@@ -6,11 +6,13 @@ import { FarmWorker, type WorkerSummary } from '../../farm/worker.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { parseAddress } from '../../transfer/address.js';
 import { type Command, flag, str, wholeNumber } from '../command.js';
+import { CLIENT_TLS_OPTIONS, clientTls } from '../tls.js';
 
 const command: Command<WorkerSummary> = {
   name: 'worker',
   usage:
-    'worker --queue redis://host:port --push-to <host:port> [--token T | --token-file F | $OSFARM_TOKEN] [--insecure]\n' +
+    'worker --queue redis://host:port --push-to <host:port> [--token T | --token-file F | $OSFARM_TOKEN]\n' +
+    '       (--tls-fingerprint SHA256 | --tls-ca FILE | --insecure)\n' +
     '       [--id NAME] [-d|--work-dir DIR] [--stages DIR] [--lock-ms N]\n' +
     '(builds the farm\'s jobs in its own work directory and stage cache, pushes each image to the central repository\'s osfarm receive; see docs/farm.md)',
   options: {
@@ -18,7 +20,7 @@ const command: Command<WorkerSummary> = {
     'push-to': { type: 'string' },
     token: { type: 'string' },
     'token-file': { type: 'string' },
-    insecure: { type: 'boolean' },
+    ...CLIENT_TLS_OPTIONS,
     id: { type: 'string' },
     'work-dir': { type: 'string', short: 'd' },
     stages: { type: 'string' },
@@ -29,17 +31,21 @@ const command: Command<WorkerSummary> = {
     const pushTo = str(args, 'push-to');
     if (!queue || !pushTo) throw invalidArgument('worker needs --queue redis://host:port (the farm\'s Redis) and --push-to host:port (the central repository\'s osfarm receive)');
     parseAddress(pushTo);
+    // The same rules as push: TLS to the receiver, or plain TCP asked for with --insecure.
+    const tls = clientTls(args, 'worker');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
     if (!token && !flag(args, 'insecure')) throw invalidArgument('give the receiver\'s token (--token, --token-file or $OSFARM_TOKEN), or --insecure for a receiver without one');
     const workDir = resolve(str(args, 'work-dir') ?? defaultWorkDir());
     const worker = new FarmWorker({
       url: queue,
       pushTo,
-      ...(token ? { token } : { insecure: true }),
+      ...(token ? { token } : {}),
+      insecure: flag(args, 'insecure'),
+      ...(tls ? { tls } : {}),
       workDir,
       ...(str(args, 'stages') ? { stages: resolve(str(args, 'stages')!) } : {}),
       ...(str(args, 'id') ? { id: str(args, 'id')! } : {}),
-      lockMs: wholeNumber(args, 'lock-ms', 100),
+      lockMs: wholeNumber(args, 'lock-ms', 100, 3_600_000),
       onEvent: (e) => {
         ctx.event({ ...e, event: e.type }); // the CLI's NDJSON lines are keyed by `event`
         if (e.type === 'ready') ctx.info(`worker ${e.id}: taking jobs from ${queue} (${e.stages} cached stages in ${workDir}), pushing to ${pushTo}`);

@@ -14,6 +14,11 @@ import { abortError, OsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { Repository, type Assembler, type ImageEntry } from '../../repo/index.js';
 import { SOFTWARE } from '../../base/version.js';
+import { trustedKeys } from '../../trust/keys.js';
+import { isCertificateError } from '../../trust/tls.js';
+import { recordName } from '../../trust/names.js';
+import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
+import type { PublicKey } from '../../trust/minisign.js';
 
 export interface PullProgress {
   /** 'local': copying blocks the repository holds (bytes); 'fetch': fetching the rest. */
@@ -52,6 +57,12 @@ export interface PullOptions {
   retryDelayMs?: number;
   /** A connection that sends nothing for this long is dropped and retried (default 30 s). */
   idleTimeoutMs?: number;
+  /**
+   * Public key files (minisign format) whose signature the image must carry. The keys in the
+   * repository's trust store (`trust/*.pub`) are always required too; with neither, images
+   * are pulled unverified (docs/trust.md).
+   */
+  trust?: string[];
 }
 
 export interface PullResult {
@@ -61,6 +72,8 @@ export interface PullResult {
   size: number;
   blockCount: number;
   alreadyPresent: boolean;
+  /** The key id whose signed manifest the image matched (absent: pulled without --trust). */
+  signedBy?: string;
   /** Blocks copied from images already in the local repository. */
   blocksLocal: number;
   /** Blocks kept from an earlier, interrupted pull. */
@@ -195,24 +208,9 @@ function aborted(signal: AbortSignal | undefined): OsfarmError {
   return abortError(signal, 'the pull was cancelled; run it again to continue where it stopped');
 }
 
-/** TLS errors that say the server's certificate is not trusted: retrying cannot help. */
-const UNTRUSTED_CERT = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'CERT_UNTRUSTED',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_REVOKED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
-
 function classify(err: unknown, url: string): Error {
   if (err instanceof OsfarmError || err instanceof Transient) return err;
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code && UNTRUSTED_CERT.has(code)) {
+  if (isCertificateError(err)) {
     return new OsfarmError(
       'OSFARM_UNAUTHORIZED',
       `${url}: the server's TLS certificate is not trusted (${(err as Error).message}); if your own CA signed it, give that CA's certificate in NODE_EXTRA_CA_CERTS`,
@@ -390,10 +388,45 @@ interface Prepared {
   /** The index's hash and block size: a new local repository is made with them. */
   params: { hash: 'sha1' | 'sha256'; blockSize: number };
   meta: { name?: string; format?: string; originalName?: string };
+  /** The verified manifest, when keys were required. */
+  signed?: SignedManifest & { key: PublicKey };
+}
+
+/**
+ * The image's signed manifest, verified against `keys`, checked to describe `digest` (and,
+ * when pulled by name, that name). Runs before the index is fetched.
+ */
+async function fetchManifest(
+  loc: ImageUrl,
+  digest: string,
+  keys: readonly PublicKey[],
+  fetcher: Fetcher,
+  retry: <T>(f: () => Promise<T>) => Promise<T>,
+): Promise<SignedManifest & { key: PublicKey }> {
+  const url = `${loc.base}/images/${digest}/${MANIFEST_FILE}`;
+  const get = (u: string, what: string) =>
+    retry(() => fetcher.getBuffer(u, what, 1 << 20)).catch((err: unknown) => {
+      if (err instanceof OsfarmError && err.code === 'OSFARM_NOT_FOUND') {
+        throw new OsfarmError('OSFARM_UNTRUSTED', `image ${digest} at ${loc.base} is not signed (no ${u.endsWith('.minisig') ? SIGNATURE_FILE : MANIFEST_FILE}); refusing it because trusted keys are required`);
+      }
+      throw err;
+    });
+  const bytes = await get(url, 'signed manifest');
+  const sig = await get(`${loc.base}/images/${digest}/${SIGNATURE_FILE}`, 'manifest signature');
+  const signed = verifyManifest(bytes, sig.toString('utf8'), keys, url);
+  if (signed.manifest.digest !== digest) {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${url} is signed for image ${signed.manifest.digest}, not ${digest}: the server or a cache substituted it`);
+  }
+  // Asked for by name (not by the digest or a prefix of it): the signed name must be that name.
+  const byDigest = /^[0-9a-f]{4,}$/i.test(loc.ref) && digest.startsWith(loc.ref.toLowerCase());
+  if (!byDigest && signed.manifest.name !== loc.ref) {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `the server resolved name '${loc.ref}' to image ${digest}, which was signed as ${signed.manifest.name === null ? 'unnamed' : `'${signed.manifest.name}'`}; pull it by digest if you meant that image`);
+  }
+  return signed;
 }
 
 /** Finds the image: its meta.json (following a server's name → digest redirect), then its index. */
-async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Promise<T>) => Promise<T>): Promise<Prepared> {
+async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Promise<T>) => Promise<T>, keys: readonly PublicKey[]): Promise<Prepared> {
   const metaUrl = `${loc.base}/images/${encodeURIComponent(loc.ref)}/meta.json`;
   const metaBytes = await retry(() => fetcher.getBuffer(metaUrl, `image '${loc.ref}'`, 1 << 20));
   let meta: Record<string, unknown>;
@@ -407,13 +440,17 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
   if (DIGEST.test(loc.ref) && loc.ref.toLowerCase() !== digest) {
     throw new OsfarmError('OSFARM_DIGEST_MISMATCH', `${metaUrl} describes image ${digest}, not ${loc.ref}`);
   }
-  const blockCount = typeof meta.blockCount === 'number' ? meta.blockCount : 2 ** 32;
+  const signed = keys.length ? await fetchManifest(loc, digest, keys, fetcher, retry) : undefined;
+  // With a signature, the signed block count bounds the index, not the unsigned meta.json.
+  const blockCount = signed ? signed.manifest.blockCount : typeof meta.blockCount === 'number' ? meta.blockCount : 2 ** 32;
   const indexUrl = `${loc.base}/images/${digest}/index.osfi`;
   const maxIndex = Math.min(64 + blockCount * 32, 4 * 2 ** 30);
   const index = await retry(() => fetcher.getBuffer(indexUrl, 'index', maxIndex));
+  if (signed) checkIndex(signed.manifest, index, indexUrl);
   return {
     digest,
     index,
+    signed,
     params: indexHeader(index, indexUrl),
     meta: {
       name: typeof meta.name === 'string' ? meta.name : undefined,
@@ -437,7 +474,8 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
   const onProgress = eventSink(options.onProgress);
   let held: Assembler | undefined;
   try {
-    const prep = await prepare(loc, fetcher, retry);
+    const keys = trustedKeys(options.repo, options.trust);
+    const prep = await prepare(loc, fetcher, retry, keys);
     const repo = Repository.openOrInit(options.repo, prep.params);
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
@@ -452,6 +490,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
       size: asm.imageSize,
       blockCount: asm.blockCount,
       alreadyPresent: asm.alreadyPresent,
+      ...(prep.signed ? { signedBy: prep.signed.key.keyId } : {}),
       blocksLocal: 0,
       blocksResumed: asm.alreadyPresent ? 0 : Math.max(0, asm.haveBlocks - plan.zeroBlocks),
       blocksFetched: 0,
@@ -514,6 +553,9 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
       }
       entry = await asm.finish({ name, ...imageMeta });
     }
+    // Keep the origin's verified manifest beside the image: this repository republishes it.
+    if (prep.signed) writeManifest(entry, prep.signed);
+    recordName(options.repo, entry, 'pull');
     result.name = entry.name;
     result.bytesFetched = fetcher.bytes;
     result.requests = fetcher.requests;

@@ -8,13 +8,17 @@
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
 import { type ErrorCode, errorJson, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { Repository, type ImageEntry } from '../../repo/index.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from '../../trust/manifest.js';
+import type { TlsServerOptions } from '../../trust/tls.js';
 import { SOFTWARE } from '../../base/version.js';
+import { ConnectionGate, type Ticket } from '../gate.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
@@ -44,6 +48,9 @@ const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix
   'index.osfi': { type: 'application/vnd.osfarm.index', immutable: true, etagSuffix: '.osfi' },
   // meta.json carries the image's name, which can change: revalidate every time.
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
+  // The signed manifest (docs/trust.md) names the image too, and is re-signed when it moves.
+  [MANIFEST_FILE]: { type: 'application/json', immutable: false, etagSuffix: '' },
+  [SIGNATURE_FILE]: { type: 'text/plain; charset=utf-8', immutable: false, etagSuffix: '' },
 };
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -144,8 +151,12 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
 
   async function serveFile(req: IncomingMessage, res: ServerResponse, entry: ImageEntry, file: string): Promise<void> {
     const kind = IMAGE_FILES[file]!;
-    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', 'meta.json');
-    const fh = await fsp.open(path, 'r');
+    const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', file);
+    const fh = await fsp.open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' && (file === MANIFEST_FILE || file === SIGNATURE_FILE)) return undefined;
+      throw err;
+    });
+    if (!fh) return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} is not signed (the repository had no signing key when it got it)`);
     try {
       const st = await fh.stat();
       const size = st.size;
@@ -206,7 +217,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,manifest.json,manifest.json.minisig}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);
@@ -263,22 +274,91 @@ export interface HttpServerOptions {
   port: number;
   /** Tried in order; the first that answers wins; unanswered requests get 404. */
   handlers: HttpHandler[];
-  /** Open connections at once (default 512). */
+  /** Open connections at once, a backstop beyond which new ones are reset (default 1024). */
   maxConnections?: number;
+  /** Serve HTTPS with this certificate chain and key (PEM) instead of HTTP. */
+  tls?: TlsServerOptions;
+  /**
+   * Connections with no request in progress (sending headers, or idle between requests),
+   * per source address (default 16) and in all (default 256): more get 503 OSFARM_LOCKED
+   * (see gate.ts). Each has `headersTimeoutMs` (default 10 s) to send a request's headers.
+   */
+  maxPendingPerAddress?: number;
+  maxPending?: number;
+  headersTimeoutMs?: number;
 }
 
-/** A node:http server over a chain of handlers, with timeouts that drop idle or stuck peers. */
+/** Answers a connection without a request in progress, by hand (node's parser has not produced one), and closes it. */
+function turnAway(socket: Socket, status: 503 | 408, error: OsfarmError): void {
+  if (socket.writable) {
+    const body = `${JSON.stringify(errorJson(error))}\n`;
+    const reason = status === 503 ? 'Service Unavailable' : 'Request Timeout';
+    socket.end(
+      `HTTP/1.1 ${status} ${reason}\r\nServer: ${SOFTWARE}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n` +
+        `${status === 503 ? 'Retry-After: 1\r\n' : ''}Connection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  }
+  // Reading on until the peer closes (or 1 s) sends it a FIN after the answer, not a reset.
+  setTimeout(() => socket.destroy(), 1_000).unref();
+}
+
+/**
+ * A node:http server over a chain of handlers, with timeouts that drop idle or stuck peers
+ * and per-address fairness for connections that have not sent a request yet.
+ */
 export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Server; address: AddressInfo }> {
-  const server = createServer(async (req, res) => {
+  const headersTimeoutMs = opts.headersTimeoutMs ?? 10_000;
+  const gate = new ConnectionGate({ perAddress: opts.maxPendingPerAddress ?? 16, total: opts.maxPending ?? 256, deadlineMs: headersTimeoutMs });
+  const tickets = new WeakMap<Socket, Ticket>();
+  const turnedAway = new WeakSet<Socket>();
+  /** Puts a connection without a request in progress into the gate's pool. */
+  const waitForRequest = (socket: Socket, first: boolean): void => {
+    const away = (status: 503 | 408, error: OsfarmError) => {
+      if (turnedAway.has(socket)) return;
+      turnedAway.add(socket);
+      // Between requests nothing is owed (and an answer nobody asked for would be taken
+      // for the answer to the next request): just close.
+      if (first) turnAway(socket, status, error);
+      else socket.end();
+    };
+    const busy = (why: string) => new OsfarmError('OSFARM_LOCKED', `server busy: ${why}; retry in a second`);
+    const ticket = gate.admit(socket.remoteAddress, {
+      refuse: (why) => away(503, busy(why)),
+      expire: () => away(408, new OsfarmError('OSFARM_PROTOCOL', `no complete request within ${headersTimeoutMs / 1000} s`)),
+    });
+    if (typeof ticket === 'string') away(503, busy(ticket));
+    else tickets.set(socket, ticket);
+  };
+  const listener = async (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    tickets.get(socket)?.leave();
+    if (turnedAway.has(socket)) {
+      res.destroy();
+      return;
+    }
+    res.once('finish', () =>
+      setImmediate(() => {
+        if (!socket.destroyed && !socket.writableEnded) waitForRequest(socket, false);
+      }),
+    );
     for (const h of opts.handlers) {
       if (await h(req, res)) return;
     }
     res.writeHead(404, { 'Content-Type': 'application/json', Server: SOFTWARE });
     res.end(`${JSON.stringify(errorJson(new OsfarmError('OSFARM_NOT_FOUND', `no such resource: ${req.url}`)))}\n`);
+  };
+  // An https.Server is an http.Server with TLS underneath: the same gate, timeouts and
+  // handlers apply, counting from the end of the handshake (the socket requests arrive on).
+  const server: Server = opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, listener) : createServer(listener);
+  server.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket) => {
+    socket.once('close', () => tickets.get(socket)?.leave());
+    waitForRequest(socket, true);
   });
-  server.maxConnections = opts.maxConnections ?? 512;
-  server.keepAliveTimeout = 30_000;
-  server.headersTimeout = 20_000;
+  server.maxConnections = opts.maxConnections ?? 1024;
+  // Announced to clients (Keep-Alive: timeout=…), so they do not reuse a connection the gate is about to close.
+  server.keepAliveTimeout = Math.max(1_000, headersTimeoutMs - 1_000);
+  // The gate's deadline is the one that matters; node's own check runs only every 30 s.
+  server.headersTimeout = headersTimeoutMs + 10_000;
   server.requestTimeout = 0; // large bodies take as long as they take; idle sockets time out below
   server.setTimeout(120_000, (socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {

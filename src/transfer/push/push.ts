@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
@@ -17,6 +18,7 @@ import type { ImageSourceHandle } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField } from './connection.js';
+import { checkPinned, clientTlsOptions, isCertificateError, type TlsClientOptions } from '../../trust/tls.js';
 import {
   BLOCKS_HEADER_LEN,
   DEFAULT_MAX_FRAME,
@@ -57,6 +59,12 @@ export interface PushOptions {
   token?: string;
   /** Accept a receiver that asks for no token even though one was given. */
   insecure?: boolean;
+  /**
+   * Push over TLS: the receiver's certificate pinned by its SHA-256 fingerprint and/or
+   * checked against a CA. Checked before anything of the protocol (the token's proof
+   * included) is sent; a mismatch is OSFARM_UNAUTHORIZED. Without it the push is plain TCP.
+   */
+  tls?: TlsClientOptions;
   /** Name the image gets in the receiver's repository. */
   name?: string;
   /** A local repository to find `image` in when it is not a file (by digest, prefix or name). */
@@ -141,6 +149,7 @@ function resolveSource(image: string, repo?: string): Source {
     return { path: real, resumeKey: `file:${key}`, originalName: basename(image) };
   }
   if (st?.isDirectory()) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a directory: pack it first (osfarm pack)`);
+  if (st) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `${image} is a device, FIFO or socket, not a regular file: osfarm sends images from regular files`);
   if (!repo) throw new OsfarmError('OSFARM_NOT_FOUND', `${image} is not a file, and no repository was given to look it up in`);
   let r: Repository;
   try {
@@ -168,9 +177,9 @@ function openSource(source: Source, hash: string | undefined, blockSize: number 
   return callNativeSync(() => native.ImageSourceHandle.open(source.path, { hash, blockSize, index: useIndex ? source.index : undefined }));
 }
 
-function connectSocket(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
+function connectSocket(host: string, port: number, timeoutMs: number, signal?: AbortSignal, tls?: TlsClientOptions): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host, port });
+    const socket = tls ? tlsConnect({ host, port, ...clientTlsOptions(tls, host) }) : connect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new OsfarmError('OSFARM_IO', `cannot connect to ${host}:${port}: no answer within ${timeoutMs / 1000} s`));
@@ -180,14 +189,23 @@ function connectSocket(host: string, port: number, timeoutMs: number, signal?: A
       reject(abortError(signal, 'the push was cancelled'));
     };
     signal?.addEventListener('abort', onAbort, { once: true });
-    socket.once('connect', () => {
+    socket.once(tls ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
+      try {
+        if (tls) checkPinned(socket as TLSSocket, tls, `${host}:${port}`);
+      } catch (err) {
+        socket.destroy();
+        return reject(err);
+      }
       resolve(socket);
     });
     socket.once('error', (err) => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
+      if (isCertificateError(err)) {
+        return reject(new OsfarmError('OSFARM_UNAUTHORIZED', `the TLS certificate of ${host}:${port} is not trusted (${err.message}): check --tls-ca, or pin its fingerprint`, { cause: err }));
+      }
       reject(new OsfarmError('OSFARM_IO', `cannot connect to ${host}:${port}: ${err.message}`, { cause: err }));
     });
   });
@@ -212,7 +230,7 @@ export async function push(image: string, address: string, options: PushOptions 
   let src: ImageSourceHandle | undefined = openSource(source, source.hash, source.blockSize);
   let socket: Socket;
   try {
-    socket = await connectSocket(host, port, options.connectTimeoutMs ?? 10_000, options.signal);
+    socket = await connectSocket(host, port, options.connectTimeoutMs ?? 10_000, options.signal, options.tls);
   } catch (err) {
     src.cancel();
     throw err;
@@ -273,6 +291,9 @@ export async function push(image: string, address: string, options: PushOptions 
       blockSize,
       resumeKey: source.resumeKey,
       digest: src.fromIndex ? source.digest : undefined,
+      // The space the file takes: a bound on its non-zero blocks (holes take none), so a
+      // receiver without room refuses at once.
+      dataBytes: Math.min(src.imageSize, statSync(source.path).blocks * 512),
       name: options.name,
       originalName: source.originalName,
       format: source.format,

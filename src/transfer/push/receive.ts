@@ -8,14 +8,19 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
+import { loadSigningKey } from '../../trust/keys.js';
+import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
+import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField, optString } from './connection.js';
+import { ConnectionGate, type Ticket } from '../gate.js';
 import {
   DEFAULT_MAX_FRAME,
   Encoding,
@@ -45,12 +50,17 @@ export interface ReceiverOptions {
   token?: string;
   /** Accept sources without a token (trusted networks, tests). */
   insecure?: boolean;
+  /** Listen with TLS (certificate chain and key, PEM); sources pin its fingerprint or check it against a CA. Without it: plain TCP. */
+  tls?: TlsServerOptions;
   /** Transfers at once; more are refused with OSFARM_LOCKED (default 4). */
   maxTransfers?: number;
   /** Close a connection that sends nothing for this long (default 60 s). */
   idleTimeoutMs?: number;
-  /** Time allowed for magic + HELLO + AUTH (default 10 s). */
+  /** Time allowed for magic + HELLO + AUTH (default 5 s). */
   handshakeTimeoutMs?: number;
+  /** Connections waiting to authenticate, from one address (default 8) and in all (default 64); more get OSFARM_LOCKED. */
+  maxPendingPerAddress?: number;
+  maxPending?: number;
   /** Requested-but-unreceived bytes per transfer (default 16 MiB). */
   windowBytes?: number;
   /** Largest payload accepted after authentication (default 4 MiB). */
@@ -96,12 +106,14 @@ export interface ReceiverTotals {
  * refused connections, and `{ type: 'result', result }` with its totals when it closes.
  */
 export type ReceiveEvent =
-  | { type: 'listening'; address: string; port: number; repo: string }
+  | { type: 'listening'; address: string; port: number; repo: string; /** With TLS: the certificate's SHA-256 fingerprint, for sources to pin. */ tlsFingerprint?: string }
   | { type: 'repository-created'; path: string }
   | { type: 'transfer-start'; remote: string; size: number; name?: string }
   | ({ type: 'transfer-done' } & TransferReport)
   | ({ type: 'transfer-failed' } & TransferReport)
   | { type: 'connection-refused'; remote: string; error: { code: string; message: string } }
+  /** Connections the gate turned away (too many waiting to authenticate) over the last 5 s. */
+  | { type: 'busy'; refused: number; message: string }
   | ResultEvent<ReceiverTotals>;
 
 /** Runs a native call on data from the source: its refusal of bad input is a protocol error. */
@@ -119,16 +131,23 @@ function bySource<T>(fn: () => T): T {
  * go to `options.onEvent`, and as EventEmitter events named by their `type` whose payload
  * is the rest of the event: `transfer-start` ({remote, size, name}), `transfer-done`
  * (TransferReport), `transfer-failed` (TransferReport with `error`), `connection-refused`
- * ({remote, error}), `listening`, `repository-created`, `result` (totals, on close).
+ * ({remote, error}), `busy` ({refused, message}: connections turned away because too many
+ * wait to authenticate, summed over 5 s so a flood does not flood the log too), `listening`,
+ * `repository-created`, `result` (totals, on close).
  */
 export class Receiver extends EventEmitter implements AsyncDisposable {
   private server: Server | undefined;
   private readonly connections = new Set<Socket>();
+  /** Connections before authentication (see gate.ts). */
+  private readonly gate: ConnectionGate;
   private active = 0;
+  private busyRefused = 0;
+  private busyMessage = '';
+  private busyTimer: NodeJS.Timeout | undefined;
   private repoChecked = false;
   private closing: Promise<void> | undefined;
   private readonly sink: (event: ReceiveEvent) => void;
-  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent'>> & { token?: string };
+  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent' | 'tls'>> & { token?: string; tls?: TlsServerOptions };
   /** Totals over the receiver's life. */
   readonly totals: ReceiverTotals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
 
@@ -144,14 +163,19 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.options = {
       repo: options.repo,
       token: options.token,
+      tls: options.tls,
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
-      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 5_000,
+      maxPendingPerAddress: options.maxPendingPerAddress ?? 8,
+      maxPending: options.maxPending ?? 64,
       windowBytes: options.windowBytes ?? 16 << 20,
       maxFrame: Math.max(options.maxFrame ?? DEFAULT_MAX_FRAME, MAX_RUN_BYTES + 64),
       protocols: options.protocols ?? [...PROTOCOL_VERSIONS],
     };
+    const o = this.options;
+    this.gate = new ConnectionGate({ perAddress: o.maxPendingPerAddress, total: o.maxPending, deadlineMs: o.handshakeTimeoutMs });
     if (this.options.protocols.length === 0 || this.options.protocols.some((v) => !PROTOCOL_VERSIONS.includes(v))) {
       throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `protocol versions ${JSON.stringify(options.protocols)}: this osfarm speaks ${PROTOCOL_VERSIONS.join(', ')}`);
     }
@@ -160,8 +184,18 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
     this.ensureRepository();
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    server.maxConnections = Math.max(16, this.options.maxTransfers * 4);
+    // A signing key that cannot be used fails now, not after the first transfer.
+    loadSigningKey(this.options.repo);
+    const tls = this.options.tls;
+    // With TLS, accept() (and the gate in it) gets the connection once its handshake is done.
+    const server = tls ? createTlsServer({ ...tls, noDelay: true }, (socket) => this.accept(socket)) : createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // A source that does not complete the TLS handshake (it distrusts the certificate, or speaks plain TCP) is refused.
+    server.on('tlsClientError', (err: Error, socket: Socket) => {
+      this.report({ type: 'connection-refused', remote: `${socket.remoteAddress}:${socket.remotePort}`, error: { code: 'OSFARM_UNAUTHORIZED', message: `TLS handshake failed: ${err.message}` } });
+    });
+    // A backstop only (beyond it the kernel's connections are reset): the gate bounds
+    // unauthenticated connections, IMAGE the transfers.
+    server.maxConnections = 4 * (this.options.maxPending + this.options.maxTransfers) + 64;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -171,7 +205,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       });
     });
     const address = server.address() as AddressInfo;
-    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo });
+    this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo, ...(tls ? { tlsFingerprint: certificateFingerprint(tls.cert) } : {}) });
     return address;
   }
 
@@ -183,6 +217,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.closing ??= (async () => {
       for (const s of this.connections) s.destroy();
       await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+      this.flushBusy();
       this.report({ type: 'result', result: { ...this.totals } });
     })();
     return this.closing;
@@ -197,6 +232,13 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.sink(event);
     const { type, ...payload } = event;
     this.emit(type, type === 'result' ? event.result : payload);
+  }
+
+  /** Records an accepted image's name and signs it with the repository's key, if it has one (docs/trust.md). */
+  private signAccepted<E extends { digest: string }>(e: E): E {
+    using repo = Repository.open(this.options.repo);
+    imageArrived(this.options.repo, repo.resolve(e.digest), 'receive');
+    return e;
   }
 
   private ensureRepository(): Repository {
@@ -215,16 +257,46 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     const conn = new Connection(socket, { idleTimeoutMs: this.options.idleTimeoutMs, maxFrame: PRE_AUTH_MAX_FRAME, peer: 'source' });
     // Garbage and wrong magic get an ERROR frame that says why (see protocol.md).
     conn.sendMagic();
-    this.session(conn, remote).catch((err) => {
-      const e = toOsfarmError(err);
+    let refused = false;
+    const refuse = (e: OsfarmError, quiet = false) => {
+      if (refused) return;
+      refused = true;
       conn.fail(e);
-      this.report({ type: 'connection-refused', remote, error: { code: e.code, message: e.message } });
+      if (quiet) this.noteBusy(e.message);
+      else this.report({ type: 'connection-refused', remote, error: { code: e.code, message: e.message } });
+    };
+    const busy = (why: string) => refuse(new OsfarmError('OSFARM_LOCKED', `receiver busy: ${why}; retry in a few seconds`), true);
+    const ticket = this.gate.admit(socket.remoteAddress, {
+      refuse: busy,
+      expire: () => refuse(protocolError(`the handshake was not completed within ${this.options.handshakeTimeoutMs / 1000} s`)),
     });
+    if (typeof ticket === 'string') {
+      busy(ticket);
+      return;
+    }
+    socket.once('close', () => ticket.leave());
+    this.session(conn, remote, ticket).catch((err) => refuse(toOsfarmError(err)));
   }
 
-  private async session(conn: Connection, remote: string): Promise<void> {
+  /** Counts a connection turned away by the gate; `busy` reports them once per 5 s. */
+  private noteBusy(message: string): void {
+    this.busyRefused++;
+    this.busyMessage = message;
+    this.busyTimer ??= setTimeout(() => {
+      this.flushBusy();
+    }, 5_000).unref();
+  }
+
+  private flushBusy(): void {
+    clearTimeout(this.busyTimer);
+    this.busyTimer = undefined;
+    if (this.busyRefused === 0) return;
+    this.report({ type: 'busy', refused: this.busyRefused, message: this.busyMessage });
+    this.busyRefused = 0;
+  }
+
+  private async session(conn: Connection, remote: string, ticket: Ticket): Promise<void> {
     const o = this.options;
-    const timer = setTimeout(() => conn.fail(protocolError(`the handshake was not completed within ${o.handshakeTimeoutMs / 1000} s`)), o.handshakeTimeoutMs);
     let repo: Repository;
     let version: number;
     try {
@@ -257,7 +329,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         conn.sendJson(FrameType.AUTH_OK, {});
       }
     } finally {
-      clearTimeout(timer);
+      ticket.leave();
     }
     conn.setMaxFrame(o.maxFrame);
     const image = await conn.expectJson(FrameType.IMAGE, 'IMAGE');
@@ -285,6 +357,8 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     if (blockCount !== Math.ceil(size / blockSize)) throw protocolError(`IMAGE says ${blockCount} blocks for ${size} bytes at ${blockSize}-byte blocks`);
     const resumeKey = optString(image, 'resumeKey', 512);
     const digest = optString(image, 'digest', 64);
+    // The source's bound on the image's data (optional): an image that cannot fit is refused now.
+    const dataBytes = image.dataBytes === undefined ? undefined : intField(image, 'dataBytes', 'IMAGE');
     if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
     const meta = image.meta === undefined || image.meta === null ? undefined : JSON.stringify(image.meta);
     if (meta !== undefined && meta.length > MAX_META) throw protocolError(`IMAGE meta is ${meta.length} bytes of JSON; at most ${MAX_META}`);
@@ -312,7 +386,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.report({ type: 'transfer-start', remote, size, name: imageOptions.name });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repo, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2 }),
+      native.PushAssembly.begin(o.repo, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, name: imageOptions.name, dataBytes }),
     );
     /** Where the image's blocks came from so far (reported in DONE and to listeners). */
     const counts = () => {
@@ -340,7 +414,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     };
 
     if (asm.alreadyPresent) {
-      const e = await callNative(() => asm.finish(digest!, imageOptions));
+      const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e));
       conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
@@ -414,7 +488,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
         if (groupHead < groups.length || asked.size) return;
         finishing = true;
-        callNative(() => asm.finish(endDigest!, imageOptions)).then(
+        callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e)).then(
           (e) => {
             if (over) return;
             conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });

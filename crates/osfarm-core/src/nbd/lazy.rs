@@ -20,8 +20,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use rayon::prelude::*;
-
 use super::store::Store;
 use crate::bail;
 use crate::error::{Code, Error, Result};
@@ -367,6 +365,18 @@ impl LazyImage {
         data.len() == self.index().block_len(block) as usize && d[..dl] == *self.index().digest(block)
     }
 
+    /// Whether each block of `data`, the run of whole blocks from `first` (only the
+    /// image's last one short), matches its digest: `verify` for a run, hashing two blocks
+    /// at once and long runs in parallel.
+    fn verify_run(&self, first: u64, data: &[u8]) -> Vec<bool> {
+        let (alg, bs) = (self.index().alg(), self.bs as usize);
+        let n = data.len().div_ceil(bs);
+        debug_assert_eq!(data.len(), self.span(first, first + n as u64));
+        let mut ok = vec![false; n];
+        alg.check_blocks(data, bs, &self.index().digests()[first as usize * alg.len()..][..n * alg.len()], &mut ok);
+        ok
+    }
+
     fn event(&self, e: Event) {
         if let Some(sink) = &self.events {
             sink(e);
@@ -448,12 +458,13 @@ impl LazyImage {
         // block stored by a racing job after the read is simply probed again below.)
         let known: Vec<bool> = (first..first + count).map(|i| self.present.get(i)).collect();
         self.store.read(first, buf)?;
+        let ok = self.verify_run(first, buf);
         let mut need: Vec<u64> = Vec::new();
         for (k, block) in buf.chunks_mut(bs).enumerate() {
             let i = first + k as u64;
             if self.index().is_zero_block(i) {
                 block.fill(0);
-            } else if self.verify(i, block) {
+            } else if ok[k] {
                 self.present.set(i);
             } else if known[k] || self.store.is_complete_image() {
                 // Verified before (or published whole): the data file went bad under us.
@@ -710,12 +721,7 @@ impl LazyImage {
             Ok(d) => d,
         };
         self.counters.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let good: Vec<bool> = data
-            .par_chunks(self.bs as usize)
-            .with_min_len(64)
-            .enumerate()
-            .map(|(k, block)| self.verify(job.first + k as u64, block))
-            .collect();
+        let good = self.verify_run(job.first, &data);
         let mut status = Vec::with_capacity(n);
         for (k, &ok) in good.iter().enumerate() {
             let i = job.first + k as u64;
@@ -745,10 +751,11 @@ impl LazyImage {
         let img = &self.images[image as usize];
         let mut data = vec![0u8; self.span(job.first, job.first + job.count)];
         let read = img.file.read_exact_at(&mut data, src * self.bs);
+        let good = if read.is_ok() { self.verify_run(job.first, &data) } else { vec![false; n] };
         let mut status = Vec::with_capacity(n);
-        for (k, block) in data.chunks(self.bs as usize).enumerate() {
+        for (k, &ok) in good.iter().enumerate() {
             let i = job.first + k as u64;
-            if read.is_ok() && self.verify(i, block) {
+            if ok {
                 status.push(BlockStatus::Ok);
                 continue;
             }

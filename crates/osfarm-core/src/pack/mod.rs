@@ -3,7 +3,9 @@
 //! so that fixed-size block hashing finds the files two images share.
 //!
 //! - [`writer`]: the aligned writer, usable on any `Write` (for streaming)
-//! - [`source_dir`]: walks a directory in a deterministic order
+//! - [`sparse`]: the output file, with holes where the archive has zero blocks
+//! - [`source_dir`]: walks a directory in a deterministic order (holes of sparse files
+//!   are skipped, not read)
 //! - [`source_tar`]: re-emits a tar or tar.gz, refusing hostile input
 //! - [`paths`]: member-name normalisation and escape checks
 //!
@@ -12,10 +14,11 @@
 pub mod paths;
 pub mod source_dir;
 pub mod source_tar;
+pub mod sparse;
 pub mod writer;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use crate::bail;
@@ -24,7 +27,7 @@ use crate::fsutil;
 use crate::hash;
 use crate::progress::Progress;
 
-pub use writer::{AlignedWriter, Entry, Kind, PaxRecords};
+pub use writer::{AlignedWriter, Entry, Kind, Output, PaxRecords};
 
 /// How to pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +36,14 @@ pub struct PackOptions {
     pub block_size: u32,
     /// If set, every mtime is clamped to at most this (seconds since the epoch).
     pub source_date_epoch: Option<u64>,
+    /// If set, packing fails before the archive would grow past this many bytes (its
+    /// apparent size, holes included): a bound on what an untrusted tar.gz may expand to.
+    pub max_size: Option<u64>,
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { block_size: hash::DEFAULT_BLOCK_SIZE, source_date_epoch: None }
+        PackOptions { block_size: hash::DEFAULT_BLOCK_SIZE, source_date_epoch: None, max_size: None }
     }
 }
 
@@ -88,6 +94,7 @@ pub fn detect(input: &Path) -> Result<InputKind> {
 
 /// Packs `input` (a directory, tar or tar.gz) into a block-aligned tar at `output`.
 /// The output appears complete or not at all: on error or cancellation nothing is left.
+/// Its zero blocks are holes, so it takes the disk space of its data only.
 pub fn pack(input: &Path, output: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<PackStats> {
     hash::block_size_log2(opts.block_size)?;
     let kind = detect(input)?;
@@ -95,9 +102,10 @@ pub fn pack(input: &Path, output: &Path, opts: &PackOptions, progress: &dyn Prog
         refuse_output_inside(input, output)?;
     }
     let mut stats = PackStats::default();
-    fsutil::write_atomic(output, |out| {
-        stats = pack_kind(input, kind, out, opts, progress)?;
-        Ok(())
+    fsutil::create_atomic(output, |file| {
+        let mut out = sparse::SparseFile::new(file, opts.block_size);
+        stats = pack_kind(input, kind, &mut out, opts, progress)?;
+        out.finish().map_err(|e| Error::io(output, "cannot write", e))
     })?;
     Ok(stats)
 }
@@ -106,7 +114,7 @@ pub fn pack(input: &Path, output: &Path, opts: &PackOptions, progress: &dyn Prog
 /// error: the caller owns the writer.
 pub fn pack_to_writer(
     input: &Path,
-    out: &mut dyn Write,
+    out: &mut dyn Output,
     opts: &PackOptions,
     progress: &dyn Progress,
 ) -> Result<PackStats> {
@@ -117,7 +125,7 @@ pub fn pack_to_writer(
 fn pack_kind(
     input: &Path,
     kind: InputKind,
-    out: &mut dyn Write,
+    out: &mut dyn Output,
     opts: &PackOptions,
     progress: &dyn Progress,
 ) -> Result<PackStats> {

@@ -7,25 +7,26 @@
 //! file, the later ones as links to it. Sockets are skipped and counted. The walk stays
 //! on the root's file system (like `tar --one-file-system`): a mount point is stored as
 //! a directory, without what is mounted on it, so a forgotten `/proc` or `/dev` bind
-//! mount in a build chroot never ends up in an image.
+//! mount in a build chroot never ends up in an image. The holes of a sparse file are
+//! found with `SEEK_DATA`/`SEEK_HOLE` and never read: they become holes of the archive.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::fs::{self, DirEntry, File, Metadata};
-use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Code, Error, Result};
 use crate::progress::{self, Progress};
 
 use super::paths;
-use super::writer::{AlignedWriter, Entry, Kind, PaxRecords};
+use super::writer::{AlignedWriter, Entry, Kind, Output, PaxRecords};
 use super::COPY_BUFFER;
 
 /// Packs the tree at `root` into `w`; returns the bytes of file data read.
-pub fn pack_dir<W: std::io::Write>(root: &Path, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<u64> {
+pub fn pack_dir<W: Output>(root: &Path, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<u64> {
     let root = &fs::canonicalize(root).map_err(|e| Error::io(root, "cannot resolve", e))?;
     // A first, metadata-only walk gives the progress total: the bytes that will be read.
     let mut total = 0u64;
@@ -85,8 +86,10 @@ pub fn pack_dir<W: std::io::Write>(root: &Path, w: &mut AlignedWriter<W>, progre
             // Open before writing the header, so an unreadable file fails cleanly.
             let file = if e.size > 0 { Some(open_nofollow(full)?) } else { None };
             w.begin(&e)?;
-            if let Some(mut file) = file {
-                copy_file(&mut file, full, e.size, w, &mut buf, progress)?;
+            if let Some(file) = file {
+                // Fewer bytes allocated than the length: the file has holes.
+                let sparse = meta.blocks() * 512 < meta.len();
+                copy_file(&file, full, e.size, sparse, w, &mut buf, progress)?;
                 read += e.size;
             }
             return Ok(());
@@ -105,36 +108,82 @@ fn open_nofollow(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(path, "cannot open", e))
 }
 
-fn copy_file<W: std::io::Write>(
-    file: &mut File,
+/// Copies `size` bytes of `file` into the archive. For a `sparse` file only the data
+/// extents are read; the holes between them go to the archive as zeros, which its file
+/// leaves as holes, so a 20 GiB sparse disk image costs what its data costs.
+fn copy_file<W: Output>(
+    file: &File,
     path: &Path,
     size: u64,
+    sparse: bool,
     w: &mut AlignedWriter<W>,
     buf: &mut [u8],
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut left = size;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = match file.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(Error::new(
-                    Code::Io,
-                    format!("{} shrank from {size} to {} bytes while it was packed", path.display(), size - left),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, "cannot read", e)),
-        };
-        w.write_data(&buf[..n])?;
-        left -= n as u64;
-        progress.advance(n as u64);
-        if left > 0 {
+    let changed = |now: u64| {
+        Error::new(Code::Io, format!("{} changed size from {size} to {now} bytes while it was packed", path.display()))
+    };
+    let mut at = 0;
+    while at < size {
+        let (data, end) = if sparse { extent(file, path, at)? } else { (at, u64::MAX) };
+        let (data, end) = (data.min(size), end.min(size));
+        if data > at {
+            w.write_zero_data(data - at)?;
+            progress.advance(data - at);
+            at = data;
             progress::check(progress)?;
+            continue;
+        }
+        if end <= at {
+            return Err(changed(file.metadata().map_or(at, |m| m.len())));
+        }
+        while at < end {
+            let want = (end - at).min(buf.len() as u64) as usize;
+            let n = match file.read_at(&mut buf[..want], at) {
+                Ok(0) => return Err(changed(at)),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(path, "cannot read", e)),
+            };
+            w.write_data(&buf[..n])?;
+            at += n as u64;
+            progress.advance(n as u64);
+            if at < size {
+                progress::check(progress)?;
+            }
+        }
+    }
+    if sparse {
+        // Holes are not read, so a file that shrank would go unnoticed without this.
+        let now = file.metadata().map_err(|e| Error::io(path, "cannot stat", e))?.len();
+        if now != size {
+            return Err(changed(now));
         }
     }
     Ok(())
+}
+
+/// The data extent at or after `at`: (its start, its end), or (end of file, end of file)
+/// when only a hole is left.
+fn extent(file: &File, path: &Path, at: u64) -> Result<(u64, u64)> {
+    let seek = |whence: libc::c_int, from: u64| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own; the offset only steers the next lseek.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data (or no hole) at or after `from`: only the end of the file is left.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    let err = |e| Error::io(path, "cannot find the data of", e);
+    let Some(data) = seek(libc::SEEK_DATA, at).map_err(err)? else { return Ok((u64::MAX, u64::MAX)) };
+    let hole = seek(libc::SEEK_HOLE, data).map_err(err)?.unwrap_or(data);
+    Ok((data, hole))
 }
 
 /// What [`walk`] calls for each entry: full path, relative path, metadata (not followed).

@@ -4,8 +4,10 @@
 //! checksum is verified, the archive must end with its end-of-archive marker, a gzip
 //! stream must be complete (its CRC is checked), and no entry may name a path that
 //! escapes the tree (absolute, `..`, or through a symlink stored earlier). GNU long
-//! names ('L'/'K'), pax headers ('x', 'g') and ustar prefixes are understood; sparse
-//! files, multi-volume and other exotic entry types are refused.
+//! names ('L'/'K'), pax headers ('x', 'g') and ustar prefixes are understood, and so are
+//! sparse files (GNU 'S' and pax formats 0.0, 0.1 and 1.0): their holes go to the archive
+//! as zeros, which its file leaves as holes. Multi-volume and other exotic entry types are
+//! refused.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -18,7 +20,7 @@ use crate::error::{Code, Error, Result};
 use crate::progress::{self, Progress};
 
 use super::paths;
-use super::writer::{AlignedWriter, Entry, Kind, PaxRecords};
+use super::writer::{AlignedWriter, Entry, Kind, Output, PaxRecords};
 use super::{read_up_to, InputKind, COPY_BUFFER};
 
 /// Largest pax or GNU long-name header accepted (xattrs included).
@@ -58,7 +60,7 @@ pub fn sniff(head: &[u8]) -> Result<InputKind> {
 
 /// Re-emits the entries of the tar or tar.gz at `input` into `w`; returns the bytes of
 /// the file read (all of it).
-pub fn pack_tar<W: std::io::Write>(
+pub fn pack_tar<W: Output>(
     input: &Path,
     kind: InputKind,
     w: &mut AlignedWriter<W>,
@@ -69,20 +71,29 @@ pub fn pack_tar<W: std::io::Write>(
     progress.start(len);
     let consumed = Cell::new(0u64);
     let counted = BufReader::with_capacity(COPY_BUFFER, Counting { file, progress, consumed: &consumed });
+    read_tar(counted, kind, input, w, progress)?;
+    Ok(consumed.get())
+}
+
+/// Re-emits the entries of a tar or tar.gz stream (`name` is what messages call it).
+pub(crate) fn read_tar<W: Output>(
+    input: impl io::BufRead,
+    kind: InputKind,
+    name: &Path,
+    w: &mut AlignedWriter<W>,
+    progress: &dyn Progress,
+) -> Result<()> {
     let reader: Box<dyn Read + '_> = match kind {
-        InputKind::TarGz => {
-            Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(counted)))
-        }
-        _ => Box::new(counted),
+        InputKind::TarGz => Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(input))),
+        _ => Box::new(input),
     };
-    let mut r = TarInput { r: reader, pos: 0, gz: kind == InputKind::TarGz, path: input };
+    let mut r = TarInput { r: reader, pos: 0, gz: kind == InputKind::TarGz, path: name };
     read_entries(&mut r, w, progress)?;
     // Read to the end: trailing zero records, and for gzip the CRC and length trailer,
     // which is how a cut-off stream is noticed.
     let mut sink = vec![0u8; 64 << 10];
     while r.read(&mut sink)? > 0 {}
-    drop(r);
-    Ok(consumed.get())
+    Ok(())
 }
 
 /// Pending extended-header state for the next real entry.
@@ -100,7 +111,7 @@ impl Pending {
     }
 }
 
-fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<()> {
+fn read_entries<W: Output>(r: &mut TarInput, w: &mut AlignedWriter<W>, progress: &dyn Progress) -> Result<()> {
     let mut global: PaxRecords = Vec::new();
     let mut pending = Pending::default();
     // Paths stored so far that are not directories (hard-link targets) and symlinks.
@@ -148,10 +159,7 @@ fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, p
                 }
                 continue;
             }
-            b'0' | 0 | b'7' | b'1'..=b'6' => {}
-            b'S' => {
-                bail!(BadArchive, "{}: entry at byte {at} is a GNU sparse file, which osfarm does not read", r.name())
-            }
+            b'0' | 0 | b'7' | b'1'..=b'6' | b'S' => {}
             b'V' | b'M' => {
                 bail!(BadArchive, "{}: multi-volume archives are not supported (entry at byte {at})", r.name())
             }
@@ -164,7 +172,8 @@ fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, p
         }
 
         let ext = std::mem::take(&mut pending);
-        let (e, raw_name, data_len) = make_entry(r, at, &block, &global, ext)?;
+        let gnu_map = if typeflag == b'S' { Some(gnu_sparse_map(r, at, &block)?) } else { None };
+        let (e, raw_name, data_len, sparse) = make_entry(r, at, &block, &global, ext, gnu_map)?;
         if ancestors_hit(&e.path, &symlinks) {
             bail!(
                 BadArchive,
@@ -195,17 +204,11 @@ fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, p
         w.begin(&e)?;
         match e.kind {
             Kind::File => {
-                let mut left = e.size;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    r.exact(&mut buf[..want])?;
-                    w.write_data(&buf[..want])?;
-                    left -= want as u64;
-                    if left > 0 {
-                        progress::check(progress)?;
-                    }
+                match sparse {
+                    None => copy_data(r, w, &mut buf, e.size, progress)?,
+                    Some(map) => copy_sparse(r, w, &mut buf, &e, map, data_len, at, progress)?,
                 }
-                r.skip_padding(e.size)?;
+                r.skip_padding(data_len)?;
             }
             Kind::Dir => {} // a directory's size field never announces data
             Kind::HardLink => {
@@ -225,20 +228,163 @@ fn read_entries<W: std::io::Write>(r: &mut TarInput, w: &mut AlignedWriter<W>, p
     }
 }
 
+/// Copies `n` bytes of entry data from the input to the archive.
+fn copy_data<W: Output>(
+    r: &mut TarInput,
+    w: &mut AlignedWriter<W>,
+    buf: &mut [u8],
+    mut n: u64,
+    progress: &dyn Progress,
+) -> Result<()> {
+    while n > 0 {
+        let want = n.min(buf.len() as u64) as usize;
+        r.exact(&mut buf[..want])?;
+        w.write_data(&buf[..want])?;
+        n -= want as u64;
+        if n > 0 {
+            progress::check(progress)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a sparse entry's stored data goes: its (offset, length) extents in the file.
+/// `None`: the map leads the entry's data (pax format 1.0).
+type SparseMap = Option<Vec<(u64, u64)>>;
+
+/// Writes a sparse entry out whole: the holes between its extents as zeros (holes of the
+/// archive file), the extents from the `stored` bytes of its data.
+#[allow(clippy::too_many_arguments)]
+fn copy_sparse<W: Output>(
+    r: &mut TarInput,
+    w: &mut AlignedWriter<W>,
+    buf: &mut [u8],
+    e: &Entry,
+    map: SparseMap,
+    stored: u64,
+    at: u64,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let name = r.name();
+    let bad = |why: &str| {
+        Error::new(
+            Code::BadArchive,
+            format!("{name}: the sparse map of '{}' at byte {at} {why}", paths::display(&e.path)),
+        )
+    };
+    let (map, map_len) = match map {
+        Some(m) => (m, 0),
+        None => read_sparse_map(r, stored).map_err(|why| bad(&why))?,
+    };
+    let mut end = 0u64;
+    let mut data = map_len;
+    for &(offset, len) in &map {
+        let next = offset.checked_add(len).filter(|&n| offset >= end && n <= e.size);
+        let Some(next) = next else { return Err(bad("has extents out of order or past the file's end")) };
+        end = next;
+        data = data.saturating_add(len);
+    }
+    if data != stored {
+        return Err(bad(&format!("covers {data} bytes but the entry stores {stored}")));
+    }
+    let mut pos = 0;
+    for (offset, len) in map {
+        w.write_zero_data(offset - pos)?;
+        copy_data(r, w, buf, len, progress)?;
+        pos = offset + len;
+        progress::check(progress)?;
+    }
+    w.write_zero_data(e.size - pos)
+}
+
+/// Reads the map that leads a pax 1.0 sparse entry's data: decimal numbers one per line
+/// (the count, then offset and length per extent), padded to a whole record. Returns it
+/// and the bytes it took.
+fn read_sparse_map(r: &mut TarInput, stored: u64) -> std::result::Result<(Vec<(u64, u64)>, u64), String> {
+    let mut numbers: Vec<u64> = Vec::new();
+    // How many numbers follow the count, once it is read.
+    let mut want: Option<u64> = None;
+    let done = |numbers: &Vec<u64>, want: Option<u64>| want.is_some_and(|w| numbers.len() as u64 >= w);
+    let mut line: Vec<u8> = Vec::new();
+    let mut used = 0u64;
+    let mut record = [0u8; 512];
+    while !done(&numbers, want) {
+        if used + 512 > stored {
+            return Err("runs past the entry's data".into());
+        }
+        r.exact(&mut record).map_err(|e| e.message)?;
+        used += 512;
+        for &b in &record {
+            if done(&numbers, want) {
+                break;
+            }
+            if b != b'\n' {
+                line.push(b);
+                if line.len() > 20 {
+                    return Err("has a malformed number".into());
+                }
+                continue;
+            }
+            let n: u64 =
+                std::str::from_utf8(&line).ok().and_then(|t| t.parse().ok()).ok_or("has a malformed number")?;
+            line.clear();
+            match want {
+                None => want = Some(n.checked_mul(2).ok_or("has too many extents")?),
+                Some(_) => numbers.push(n),
+            }
+        }
+    }
+    Ok((numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect(), used))
+}
+
+/// The map of a GNU 'S' entry: four extents in the header, then 21 in each extension record
+/// that follows while the "is extended" byte is set. An empty offset field ends it.
+fn gnu_sparse_map(r: &mut TarInput, at: u64, block: &[u8; 512]) -> Result<Vec<(u64, u64)>> {
+    let name = r.name();
+    let bad = || Error::new(Code::BadArchive, format!("{name}: the GNU sparse map at byte {at} is malformed"));
+    let mut map = Vec::new();
+    let take = |fields: &[u8], map: &mut Vec<(u64, u64)>| -> Result<()> {
+        for ext in fields.chunks_exact(24) {
+            if ext[0] == 0 {
+                break;
+            }
+            map.push((num(&ext[..12]).ok_or_else(bad)?, num(&ext[12..]).ok_or_else(bad)?));
+        }
+        Ok(())
+    };
+    take(&block[386..482], &mut map)?;
+    let mut extended = block[482] != 0;
+    let mut record = [0u8; 512];
+    while extended {
+        if !r.block(&mut record)? {
+            bail!(
+                BadArchive,
+                "{}: truncated: the archive ends inside the sparse map of the entry at byte {at}",
+                r.name()
+            );
+        }
+        take(&record[..504], &mut map)?;
+        extended = record[504] != 0;
+    }
+    Ok(map)
+}
+
 fn ancestors_hit(path: &[u8], symlinks: &HashSet<Vec<u8>>) -> bool {
     !symlinks.is_empty() && paths::ancestors(path).any(|a| symlinks.contains(a))
 }
 
-/// Builds the entry from its header and the extended headers before it.
-/// Returns it with the raw name (for messages) and the length of the data that follows
-/// the header (pax `size` applied).
+/// Builds the entry from its header and the extended headers before it (and `gnu_map`,
+/// the map of a GNU 'S' entry). Returns it with the raw name (for messages), the length of
+/// the data that follows the header (pax `size` applied), and for a sparse file its map;
+/// its `size` is then the file's real size.
 fn make_entry(
     r: &TarInput,
     at: u64,
     block: &[u8; 512],
     global: &PaxRecords,
     ext: Pending,
-) -> Result<(Entry, Vec<u8>, u64)> {
+    gnu_map: Option<Vec<(u64, u64)>>,
+) -> Result<(Entry, Vec<u8>, u64, Option<SparseMap>)> {
     let ustar = &block[257..263] == b"ustar\0";
     let has_owner_fields = block[257..262] == *b"ustar";
     let mut raw_name = cut_nul(&block[0..100]).to_vec();
@@ -269,6 +415,14 @@ fn make_entry(
         e.gname = cut_nul(&block[297..329]).to_vec();
     }
 
+    let mut sparse = match gnu_map {
+        Some(map) => Some(Sparse {
+            map: Some(map),
+            real_size: Some(num(&block[483..495]).ok_or_else(|| bad_field(r, at, "real size"))?),
+            ..Sparse::default()
+        }),
+        None => pax_sparse(&ext.pax).map_err(|m| bad(r, at, &m))?,
+    };
     // Global records first, local ones override; an empty value removes a keyword.
     let mut records: PaxRecords = Vec::new();
     for (k, v) in global.iter().chain(ext.pax.iter()) {
@@ -289,9 +443,8 @@ fn make_entry(
             b"uname" => e.uname = v,
             b"gname" => e.gname = v,
             b"mtime" => e.mtime = text().and_then(parse_pax_time).ok_or_else(|| bad_record(r, at, &k))?,
-            _ if k.starts_with(b"GNU.sparse.") => {
-                bail!(BadArchive, "{}: entry at byte {at} is a sparse file, which osfarm does not read", r.name())
-            }
+            // Read by pax_sparse: local ones only, a global sparse record means nothing.
+            _ if k.starts_with(b"GNU.sparse.") => {}
             _ if CARRIED_PREFIXES.iter().any(|p| k.starts_with(p)) => e.extra.push((k, v)),
             // atime, ctime, comment, charset, hdrcharset and unknown vendor records are dropped.
             _ => {}
@@ -302,7 +455,7 @@ fn make_entry(
     e.kind = match typeflag {
         // The old convention: a "regular file" whose name ends in '/' is a directory.
         b'0' | 0 if raw_name.ends_with(b"/") => Kind::Dir,
-        b'0' | 0 | b'7' => Kind::File,
+        b'0' | 0 | b'7' | b'S' => Kind::File,
         b'1' => Kind::HardLink,
         b'2' => Kind::Symlink,
         b'3' => Kind::CharDevice,
@@ -310,6 +463,9 @@ fn make_entry(
         b'5' => Kind::Dir,
         _ => Kind::Fifo,
     };
+    if let Some(name) = sparse.as_mut().and_then(|s| s.name.take()) {
+        raw_name = name;
+    }
     e.path = paths::normalize(&raw_name).map_err(|why| {
         Error::new(Code::BadArchive, format!("{}: refusing entry '{}': {why}", r.name(), paths::display(&raw_name)))
     })?;
@@ -359,7 +515,74 @@ fn make_entry(
     if e.kind != Kind::File {
         e.size = 0;
     }
-    Ok((e, raw_name, data_len))
+    let map = match sparse {
+        Some(s) if e.kind == Kind::File => {
+            e.size = s.real_size.ok_or_else(|| bad(r, at, "a sparse file without its real size"))?;
+            Some(s.map)
+        }
+        Some(_) => bail!(BadArchive, "{}: entry at byte {at} has a sparse map but is not a file", r.name()),
+        None => None,
+    };
+    Ok((e, raw_name, data_len, map))
+}
+
+/// What the GNU.sparse records of a pax header say.
+#[derive(Default)]
+struct Sparse {
+    map: SparseMap,
+    real_size: Option<u64>,
+    name: Option<Vec<u8>>,
+}
+
+/// The sparse file a pax header describes, if it does: format 1.0 (`major`/`minor`,
+/// `name`, `realsize`; the map leads the data), 0.1 (`map`, "offset,length,..."), or 0.0
+/// (`offset` and `numbytes` repeated, in order).
+fn pax_sparse(records: &PaxRecords) -> std::result::Result<Option<Sparse>, String> {
+    let mut s = Sparse::default();
+    let mut major = None;
+    let mut pairs: Vec<u64> = Vec::new();
+    let mut count = None;
+    let mut any = false;
+    let number = |v: &[u8], k: &[u8]| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| format!("the pax record '{}' has a malformed value", paths::display(k)))
+    };
+    for (k, v) in records {
+        let Some(key) = k.strip_prefix(b"GNU.sparse.") else { continue };
+        any = true;
+        match key {
+            b"major" => major = Some(number(v, k)?),
+            b"minor" => {
+                number(v, k)?;
+            }
+            b"name" => s.name = Some(v.clone()),
+            b"realsize" | b"size" => s.real_size = Some(number(v, k)?),
+            b"numblocks" => count = Some(number(v, k)?),
+            b"offset" | b"numbytes" => pairs.push(number(v, k)?),
+            b"map" => {
+                for n in v.split(|&b| b == b',').filter(|n| !n.is_empty()) {
+                    pairs.push(number(n, k)?);
+                }
+            }
+            _ => return Err(format!("unknown sparse record '{}'", paths::display(k))),
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    match major {
+        Some(1) => s.map = None,
+        Some(m) => return Err(format!("sparse format {m} is not supported")),
+        None => {
+            if !pairs.len().is_multiple_of(2) || count.is_some_and(|c| c != pairs.len() as u64 / 2) {
+                return Err("the sparse map does not have the announced number of extents".into());
+            }
+            s.map = Some(pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect());
+        }
+    }
+    Ok(Some(s))
 }
 
 /// Parses the records of a pax header: `"<len> <key>=<value>\n"` repeated.

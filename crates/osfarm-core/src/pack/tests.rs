@@ -107,7 +107,7 @@ fn pack_bytes(input: &Path, opts: &PackOptions) -> (Vec<u8>, PackStats) {
 }
 
 fn opts(block_size: u32) -> PackOptions {
-    PackOptions { block_size, source_date_epoch: None }
+    PackOptions { block_size, ..Default::default() }
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn output_is_deterministic_and_clamped() {
     let (b, _) = pack_bytes(&root, &opts(4096));
     assert!(a == b, "same tree, same bytes");
 
-    let epoch = PackOptions { block_size: 4096, source_date_epoch: Some(1_500_000_000) };
+    let epoch = PackOptions { block_size: 4096, source_date_epoch: Some(1_500_000_000), ..Default::default() };
     let (c, _) = pack_bytes(&root, &epoch);
     assert!(c != a);
     assert!(read_back(&c).iter().all(|e| e.header.mtime().unwrap() == 1_500_000_000));
@@ -490,5 +490,201 @@ fn xattrs_and_odd_names_of_a_directory_are_stored() {
     if has_xattrs {
         let a = entries.iter().find(|e| e.name == b"./attr").unwrap();
         assert!(a.pax.contains(&("SCHILY.xattr.user.osfarm".to_string(), b"v\0\x01".to_vec())));
+    }
+}
+
+/// Bytes allocated on disk for a file.
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn sparse_files_and_zero_blocks_become_holes() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    // 256 MiB with data at the start, at an unaligned offset in the middle and at the end.
+    let sparse = root.join("disk.img");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(256 << 20).unwrap();
+    let data = content(300_000, 3);
+    for at in [0u64, (100 << 20) + 1234, (256 << 20) - 5000] {
+        f.write_all_at(&data[..data.len().min(((256 << 20) - at) as usize)], at).unwrap();
+    }
+    drop(f);
+    assert!(allocated(&sparse) < 4 << 20, "the input is sparse");
+    // A written (not sparse) file of zeros between data: its zero blocks become holes too.
+    let mut zeros = content(5000, 1);
+    zeros.resize(8 << 20, 0);
+    zeros.extend_from_slice(&content(100, 2));
+    fs::write(root.join("zeros"), &zeros).unwrap();
+
+    let out = dir.path().join("out.tar");
+    let stats = pack(&root, &out, &opts(4096), &Silent).unwrap();
+    assert_eq!(stats.file_bytes, (256 << 20) + zeros.len() as u64);
+    assert_eq!(fs::metadata(&out).unwrap().len(), stats.output_size);
+    assert!(
+        allocated(&out) < 4 << 20,
+        "{} bytes allocated for {} bytes of archive",
+        allocated(&out),
+        stats.output_size
+    );
+
+    // The archive reads back as the files, zeros and all (the `tar` crate, another reader).
+    let mut a = tar::Archive::new(fs::File::open(&out).unwrap());
+    let mut seen = 0;
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let want = match name.as_str() {
+            "./disk.img" => fs::read(&sparse).unwrap(),
+            "./zeros" => zeros.clone(),
+            _ => continue,
+        };
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut got).unwrap();
+        assert!(got == want, "{name} differs");
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn a_size_limit_refuses_a_gzip_bomb_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tar.gz of 256 MiB of zeros: about 260 KB.
+    let mut h = tar::Header::new_ustar();
+    h.set_path("bomb").unwrap();
+    h.set_mode(0o644);
+    h.set_size(256 << 20);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(h.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.write_all(&[0u8; 1024]).unwrap();
+    let input = dir.path().join("bomb.tar.gz");
+    fs::write(&input, gz.finish().unwrap()).unwrap();
+    assert!(fs::metadata(&input).unwrap().len() < 1 << 20);
+
+    let outdir = dir.path().join("out");
+    fs::create_dir(&outdir).unwrap();
+    let limited = PackOptions { max_size: Some(64 << 20), ..opts(4096) };
+    let counter = Counter::default();
+    let err = pack(&input, &outdir.join("x.tar"), &limited, &counter).unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(err.message.contains("limit of 67108864 bytes") && err.message.contains("'bomb'"), "{}", err.message);
+    assert_eq!(fs::read_dir(&outdir).unwrap().count(), 0, "nothing is left");
+    // Refused at the entry's header: not a MiB of the 256 was decompressed.
+    let read = counter.done.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read <= 2 << 20, "{read} bytes of input read");
+
+    // Within the limit it packs, into a file of holes.
+    let roomy = PackOptions { max_size: Some(300 << 20), ..opts(4096) };
+    let stats = pack(&input, &outdir.join("x.tar"), &roomy, &Silent).unwrap();
+    assert!(stats.output_size > 256 << 20 && stats.output_size <= 300 << 20);
+    assert!(allocated(&outdir.join("x.tar")) < 1 << 20);
+    // The limit counts the end marker and the final padding: the exact size passes, one less fails.
+    let exact = PackOptions { max_size: Some(stats.output_size), ..opts(4096) };
+    pack(&input, &outdir.join("y.tar"), &exact, &Silent).unwrap();
+    let short = PackOptions { max_size: Some(stats.output_size - 1), ..opts(4096) };
+    assert_eq!(pack(&input, &outdir.join("z.tar"), &short, &Silent).unwrap_err().code, Code::InvalidArgument);
+    assert!(!outdir.join("z.tar").exists());
+}
+
+#[test]
+fn sparse_members_of_gnu_tar_are_packed_with_their_holes() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    // Eight extents, at the start and unaligned ones after (more than the four a GNU 'S'
+    // header holds: extension records follow it), and a trailing hole.
+    let sparse = root.join("disk.img");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&content(10_000, 1), 0).unwrap();
+    for k in 1..8u64 {
+        f.write_all_at(&content(300 * k as usize, k as u8), k * (7 << 20) + 77).unwrap();
+    }
+    drop(f);
+    let want = fs::read(&sparse).unwrap();
+    for (format, extra) in [("gnu", None), ("pax", Some("0.0")), ("pax", Some("0.1")), ("pax", Some("1.0"))] {
+        let archive = dir.path().join(format!("in-{format}-{}.tar", extra.unwrap_or("")));
+        let mut cmd = std::process::Command::new("tar");
+        cmd.arg(format!("--format={format}")).arg("-S");
+        if let Some(v) = extra {
+            cmd.arg(format!("--sparse-version={v}"));
+        }
+        let st = cmd.arg("-cf").arg(&archive).arg("-C").arg(&root).arg("disk.img").status().unwrap();
+        assert!(st.success());
+        assert!(fs::metadata(&archive).unwrap().len() < 1 << 20, "GNU tar wrote a sparse member");
+        let out = dir.path().join(format!("out-{format}-{}.tar", extra.unwrap_or("")));
+        let stats = pack(&archive, &out, &opts(4096), &Silent).unwrap();
+        assert_eq!(stats.file_bytes, 64 << 20, "{format} {extra:?}");
+        assert!(allocated(&out) < 1 << 20, "{format} {extra:?}: {} bytes allocated", allocated(&out));
+        let items = read_back(&fs::read(&out).unwrap());
+        let item = items.iter().find(|i| i.name == b"./disk.img").expect("the file, under its real name");
+        assert!(item.data == want, "{format} {extra:?}: contents differ");
+        assert!(item.pax.iter().all(|(k, _)| !k.starts_with("GNU.sparse")), "an ordinary entry");
+    }
+}
+
+#[test]
+fn lying_sparse_maps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sparse_tar = |records: &[(&[u8], &[u8])], data: &[u8]| {
+        let mut pax = Vec::new();
+        for (k, v) in records {
+            super::writer::push_record(&mut pax, k, v);
+        }
+        raw_tar(&[(b"./PaxHeaders/x", b'x', b"", &pax), (b"./x", b'0', b"", data)])
+    };
+    let ok = sparse_tar(&[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000,2")], b"abcde");
+    let input = d.join("ok.tar");
+    fs::write(&input, &ok).unwrap();
+    let out = d.join("ok.out");
+    pack(&input, &out, &opts(4096), &Silent).unwrap();
+    let item = read_back(&fs::read(&out).unwrap()).into_iter().find(|i| i.name == b"./x").unwrap();
+    let mut want = vec![0u8; 10000];
+    want[..3].copy_from_slice(b"abc");
+    want[5000..5002].copy_from_slice(b"de");
+    assert!(item.data == want);
+
+    for (name, records, data, what) in [
+        (
+            "overlap",
+            &[(&b"GNU.sparse.size"[..], &b"10000"[..]), (b"GNU.sparse.map", b"0,3,2,2")][..],
+            &b"abcde"[..],
+            "out of order",
+        ),
+        (
+            "past-end",
+            &[(b"GNU.sparse.size", b"100"), (b"GNU.sparse.map", b"0,3,99,2")],
+            b"abcde",
+            "past the file's end",
+        ),
+        ("short-data", &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000,9")], b"abcde", "stores 5"),
+        ("odd-map", &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.map", b"0,3,5000")], b"abcde", "number of extents"),
+        (
+            "count",
+            &[(b"GNU.sparse.size", b"10000"), (b"GNU.sparse.numblocks", b"3"), (b"GNU.sparse.map", b"0,5")],
+            b"abcde",
+            "number of extents",
+        ),
+        ("no-size", &[(b"GNU.sparse.map", b"0,5")], b"abcde", "real size"),
+        ("version", &[(b"GNU.sparse.major", b"2"), (b"GNU.sparse.realsize", b"5")], b"abcde", "format 2"),
+        (
+            "map-runs-on",
+            &[(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"5")],
+            &[b'7'; 600][..],
+            "malformed number",
+        ),
+    ] {
+        assert_refused(d, name, &sparse_tar(records, data), what);
     }
 }

@@ -27,6 +27,34 @@ const MAX_OWNER_NAME: usize = 31;
 /// Pax records as (keyword, value) pairs, in order.
 pub type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Where an archive goes: any writer; a file can leave holes where the archive has zeros
+/// (see [`super::sparse::SparseFile`]).
+pub trait Output: Write {
+    /// Appends `n` zero bytes.
+    fn zeros(&mut self, n: u64) -> std::io::Result<()> {
+        write_zeros(self, n)
+    }
+}
+
+impl Output for Vec<u8> {}
+impl Output for std::io::Sink {}
+impl<W: Output + ?Sized> Output for &mut W {
+    fn zeros(&mut self, n: u64) -> std::io::Result<()> {
+        (**self).zeros(n)
+    }
+}
+
+/// Writes `n` zero bytes to `w`.
+pub(crate) fn write_zeros<W: Write + ?Sized>(w: &mut W, mut n: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        w.write_all(&ZEROS[..k as usize])?;
+        n -= k;
+    }
+    Ok(())
+}
+
 /// What an entry is. Sockets have no tar representation and never reach the writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kind {
@@ -80,15 +108,17 @@ pub struct Entry {
     pub extra: PaxRecords,
 }
 
-/// Writes entries as a block-aligned pax archive to any `Write`.
+/// Writes entries as a block-aligned pax archive to any [`Output`].
 ///
 /// Call [`begin`](Self::begin) for each entry; for a regular file, follow it with
 /// [`write_data`](Self::write_data) calls totalling exactly `size` bytes. Then
 /// [`finish`](Self::finish). The output is a pure function of the entries and options.
-pub struct AlignedWriter<W: Write> {
+pub struct AlignedWriter<W: Output> {
     out: W,
     block_size: u64,
     clamp_mtime: Option<i64>,
+    /// The archive may not grow past this many bytes (see [`PackOptions::max_size`]).
+    max_size: u64,
     /// Bytes written so far: the offset of the next byte.
     offset: u64,
     /// Data bytes the current regular file still owes.
@@ -98,7 +128,7 @@ pub struct AlignedWriter<W: Write> {
     scratch: Vec<u8>,
 }
 
-impl<W: Write> AlignedWriter<W> {
+impl<W: Output> AlignedWriter<W> {
     pub fn new(out: W, opts: &PackOptions) -> Result<Self> {
         hash::block_size_log2(opts.block_size)?;
         let clamp_mtime = match opts.source_date_epoch {
@@ -110,6 +140,7 @@ impl<W: Write> AlignedWriter<W> {
             out,
             block_size: opts.block_size as u64,
             clamp_mtime,
+            max_size: opts.max_size.unwrap_or(u64::MAX),
             offset: 0,
             remaining: 0,
             stats: PackStats::default(),
@@ -263,6 +294,7 @@ impl<W: Write> AlignedWriter<W> {
             pax_size = RECORD + k * RECORD;
             self.stats.padding_bytes += pax_size - natural;
         }
+        self.check_size(e, pax_size, size)?;
 
         if !self.scratch.is_empty() {
             let mut ph = tar::Header::new_ustar();
@@ -299,13 +331,48 @@ impl<W: Write> AlignedWriter<W> {
         Ok(())
     }
 
+    /// Refuses an entry that would take the archive (with its end marker and final
+    /// padding) past the size limit, before any of it is written.
+    fn check_size(&self, e: &Entry, pax_size: u64, size: u64) -> Result<()> {
+        let end = [pax_size, RECORD, size.saturating_add(RECORD - 1) / RECORD * RECORD, 2 * RECORD]
+            .iter()
+            .fold(self.offset, |a, &b| a.saturating_add(b));
+        let total = end.saturating_add(self.block_size - 1) / self.block_size * self.block_size;
+        if total > self.max_size {
+            bail!(
+                InvalidArgument,
+                "the archive would be larger than the limit of {} bytes (max size): '{}' ({size} bytes) brings it to \
+                 {total} bytes. Nothing was written; raise the limit if the input is trusted (a small archive that \
+                 expands this much is a decompression bomb)",
+                self.max_size,
+                paths::display(&e.path)
+            );
+        }
+        Ok(())
+    }
+
     /// Writes data of the current regular file; the record padding follows the last byte.
     pub fn write_data(&mut self, data: &[u8]) -> Result<()> {
         if data.len() as u64 > self.remaining {
             bail!(InvalidArgument, "{} bytes of data given where {} were announced", data.len(), self.remaining);
         }
         self.put(data)?;
-        self.remaining -= data.len() as u64;
+        self.owe(data.len() as u64)
+    }
+
+    /// Writes `n` zero bytes of data of the current regular file (a hole of a sparse
+    /// file): the output may leave a hole instead of writing them.
+    pub fn write_zero_data(&mut self, n: u64) -> Result<()> {
+        if n > self.remaining {
+            bail!(InvalidArgument, "{n} bytes of data given where {} were announced", self.remaining);
+        }
+        self.out.zeros(n).map_err(write_err)?;
+        self.offset += n;
+        self.owe(n)
+    }
+
+    fn owe(&mut self, written: u64) -> Result<()> {
+        self.remaining -= written;
         if self.remaining == 0 {
             self.pad_to(RECORD)?;
         }
@@ -319,6 +386,7 @@ impl<W: Write> AlignedWriter<W> {
 
     /// Writes the end-of-archive marker (two zero records), pads the archive to a
     /// multiple of the block size, flushes, and returns the output and the counts.
+    /// (A [`super::sparse::SparseFile`] still needs its `finish`.)
     pub fn finish(mut self) -> Result<(W, PackStats)> {
         if self.remaining != 0 {
             bail!(InvalidArgument, "the last entry still owes {} bytes of data", self.remaining);
@@ -339,13 +407,9 @@ impl<W: Write> AlignedWriter<W> {
     }
 
     fn pad_to(&mut self, multiple: u64) -> Result<()> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let mut n = round_up(self.offset, multiple) - self.offset;
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64);
-            self.put(&ZEROS[..k as usize])?;
-            n -= k;
-        }
+        let n = round_up(self.offset, multiple) - self.offset;
+        self.out.zeros(n).map_err(write_err)?;
+        self.offset += n;
         Ok(())
     }
 }
@@ -484,7 +548,7 @@ mod tests {
     #[test]
     fn data_lands_on_block_boundaries() {
         for bs in [512u32, 1024, 4096, 65536] {
-            let opts = PackOptions { block_size: bs, source_date_epoch: None };
+            let opts = PackOptions { block_size: bs, ..Default::default() };
             let mut w = AlignedWriter::new(Vec::new(), &opts).unwrap();
             w.begin(&Entry { kind: Kind::Dir, mode: 0o755, ..Default::default() }).unwrap();
             for (i, size) in [1u64, 511, 512, 513, 4095, 4096, 4097, 70000, 3].into_iter().enumerate() {

@@ -13,7 +13,6 @@
 //! and when the assembler is dropped; a later assembly of the same digest re-verifies the
 //! blocks the bitmap claims and continues from there.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,7 +85,8 @@ impl Repository {
             true => Target::Bitmap { stem: hex.clone(), index: &index, busy: &busy },
             false => Target::Private,
         };
-        let engine = Assembly::open(self, geo, "asm", format!("image {hex}"), target)?;
+        let needed = (0..geo.block_count).filter(|&i| !index.is_zero_block(i)).map(|i| geo.run_len(i, 1)).sum();
+        let engine = Assembly::open(self, geo, "asm", format!("image {hex}"), target, needed)?;
         // Later blocks that repeat an earlier one are written with it.
         let mut first: DigestMap<'_, u64> = DigestMap::default();
         let mut dups = Vec::new();
@@ -115,8 +115,8 @@ impl Repository {
         if asm.is_complete_image() {
             return asm.finish(opts);
         }
-        asm.fill_from_repository(progress)?;
-        let src = File::open(source).map_err(|e| Error::io(source, "cannot open", e))?;
+        // Checked before any work: a FIFO would block the open forever.
+        let src = crate::fsutil::open_regular(source, "image")?;
         let len = src.metadata().map_err(|e| Error::io(source, "cannot stat", e))?.len();
         if len != asm.index.image_len() {
             bail!(
@@ -126,6 +126,7 @@ impl Repository {
                 asm.index.image_len()
             );
         }
+        asm.fill_from_repository(progress)?;
         let bs = asm.index.block_size() as u64;
         let per = (IO_CHUNK / bs).max(1);
         let pieces: Vec<Run> = asm

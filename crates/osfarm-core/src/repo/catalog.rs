@@ -11,6 +11,9 @@ use crate::error::{Code, Error, Result};
 
 pub const CATALOG_MAGIC: [u8; 8] = *b"\x89OSFC\r\n\x1a";
 pub const CATALOG_VERSION: u32 = 1;
+/// Slots are below this. Slots index vectors, so a damaged catalog must not name slot
+/// 4 billion; a million images at once is beyond any real repository.
+pub const MAX_SLOTS: u32 = 1 << 20;
 
 /// One image as the catalog records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +149,9 @@ impl Catalog {
             if e.digest.len() != digest_len {
                 return Err(bad("an image digest has the wrong length for the repository's hash"));
             }
+            if e.slot >= MAX_SLOTS {
+                return Err(bad(&format!("image slot {} is out of range (at most {})", e.slot, MAX_SLOTS - 1)));
+            }
             images.push(e);
         }
         if r.i != body.len() {
@@ -257,5 +263,15 @@ mod tests {
             assert_eq!(Catalog::decode(&x, 20, Path::new("c")).unwrap_err().code, Code::BadRepository);
         }
         assert_eq!(Catalog::decode(&b, 32, Path::new("c")).unwrap_err().code, Code::BadRepository);
+    }
+
+    #[test]
+    fn refuses_a_slot_too_large_to_index_a_vector_by() {
+        let mut c = sample();
+        c.images[1].slot = MAX_SLOTS - 1;
+        assert_eq!(Catalog::decode(&c.encode(), 20, Path::new("c")).unwrap().slot_bound(), MAX_SLOTS as usize);
+        c.images[1].slot = u32::MAX;
+        let e = Catalog::decode(&c.encode(), 20, Path::new("c")).unwrap_err();
+        assert!(e.message.contains("slot 4294967295 is out of range"), "{}", e.message);
     }
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::hash;
 use crate::index::{block_count_for, Index};
 use crate::indexer::{self, IndexOptions};
@@ -20,11 +21,8 @@ const CHUNK_BYTES: u64 = 1 << 20;
 /// Copies `src` to the new file `dst` and returns the index of the copy (what was
 /// written, not what `src` holds now). `dst` is fsynced.
 pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progress: &dyn Progress) -> Result<Index> {
-    let sfile = File::open(src).map_err(|e| Error::io(src, "cannot open image", e))?;
+    let sfile = fsutil::open_regular(src, "image")?;
     let meta = sfile.metadata().map_err(|e| Error::io(src, "cannot stat image", e))?;
-    if !meta.is_file() {
-        return Err(Error::io(src, "cannot add", std::io::Error::other("not a regular file")));
-    }
     let dfile = OpenOptions::new()
         .read(true)
         .write(true)
@@ -52,11 +50,10 @@ pub(crate) fn copy_and_index(src: &Path, dst: &Path, opts: IndexOptions, progres
             let offset = i as u64 * chunk;
             let n = (len - offset).min(chunk) as usize;
             sfile.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(src, "cannot read image", e))?;
+            opts.alg.block_digests(&buf[..n], bs as usize, out);
             // Write maximal runs of non-zero blocks; zero blocks are left as holes.
             let mut run_start: Option<usize> = None;
-            let blocks: Vec<&[u8]> = buf[..n].chunks(bs as usize).collect();
-            for (b, (block, digest)) in blocks.iter().zip(out.chunks_exact_mut(dlen)).enumerate() {
-                opts.alg.block_digest_into(block, digest);
+            for (b, digest) in out.chunks_exact(dlen).enumerate() {
                 let zero = hash::is_zero_digest(digest);
                 match (zero, run_start) {
                     (false, None) => run_start = Some(b),

@@ -329,6 +329,23 @@ impl Repository {
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
+
+    /// Space a new image must leave free: its commit writes a new block table next to the
+    /// old one (plus the catalog), and removing an image later does the same. Without it a
+    /// transfer could fill the disk to the last byte, fail at publish, and leave a
+    /// repository from which no image can be removed to make room.
+    pub(crate) fn commit_reserve(&self) -> u64 {
+        let tables: u64 = fs::read_dir(&self.inner.root)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| parse_table_file_name(&e.file_name().to_string_lossy()).is_some())
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        2 * tables + (1 << 20)
+    }
     pub fn alg(&self) -> HashAlg {
         self.inner.alg
     }
@@ -614,6 +631,10 @@ impl Repository {
             *self.inner.cache.lock().unwrap() = Some(Arc::new(st));
             return Ok(e);
         }
+        let slot = st.catalog.free_slot();
+        if slot >= catalog::MAX_SLOTS {
+            bail!(InvalidArgument, "the repository holds {slot} images, the most it can: remove some first");
+        }
         let dest = self.image_dir(&hex);
         if dest.exists() {
             // An unreferenced leftover of a crashed add or remove: replace it.
@@ -626,8 +647,7 @@ impl Repository {
         drop(ws);
         crash_point("add:placed");
 
-        entry.slot = st.catalog.free_slot();
-        let slot = entry.slot;
+        entry.slot = slot;
         {
             let table = Arc::make_mut(&mut st.table);
             let holders = Holders::new(self, &st.catalog);
@@ -941,7 +961,9 @@ impl Drop for Workspace {
     }
 }
 
-fn check_name(name: Option<&str>) -> Result<()> {
+/// Refuses an image name that is empty, too long, has control characters or surrounding
+/// spaces; a receiver checks the name a sender announces before accepting any data.
+pub fn check_name(name: Option<&str>) -> Result<()> {
     if let Some(n) = name {
         if n.is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(|c| c.is_control()) || n.trim() != n {
             bail!(

@@ -48,6 +48,9 @@ pub struct StreamOptions {
     pub resume_key: Option<String>,
     /// The image digest, when the sender knows it in advance (an image of its repository).
     pub expected_digest: Option<Vec<u8>>,
+    /// A bound the sender gives on the bytes of the image's non-zero blocks (the space its
+    /// file takes): an image that cannot fit is refused at once. Default: the image length.
+    pub data_bytes: Option<u64>,
 }
 
 /// Counts of what happened to the blocks offered so far.
@@ -201,7 +204,8 @@ impl Repository {
             Some(key) => Target::Record { stem: key_file_stem(key), busy },
             None => Target::Private,
         };
-        let engine = Arc::new(Assembly::open(self, geo, "push", label, target)?);
+        let needed = opts.data_bytes.map_or(opts.image_len, |d| d.min(opts.image_len));
+        let engine = Arc::new(Assembly::open(self, geo, "push", label, target, needed)?);
         let inner = Inner {
             digests: Vec::with_capacity(geo.block_count as usize * geo.dl()),
             offered: 0,
@@ -631,6 +635,7 @@ mod tests {
                 image_len: data.len() as u64,
                 resume_key: key.map(str::to_string),
                 expected_digest: None,
+                data_bytes: None,
             })
             .unwrap();
         let mut sent = 0;
@@ -691,6 +696,7 @@ mod tests {
                 image_len: b.len() as u64,
                 resume_key: Some("k".into()),
                 expected_digest: None,
+                data_bytes: None,
             })
             .unwrap();
         let runs = asm.offer(0, idx.digests()).unwrap();
@@ -720,7 +726,12 @@ mod tests {
         let data = image(&[2, 9]);
         let idx = index_bytes(&data, IndexOptions::default()).unwrap();
         let asm = repo
-            .begin_stream(StreamOptions { image_len: data.len() as u64, resume_key: None, expected_digest: None })
+            .begin_stream(StreamOptions {
+                image_len: data.len() as u64,
+                resume_key: None,
+                expected_digest: None,
+                data_bytes: None,
+            })
             .unwrap();
         let runs = asm.offer(0, idx.digests()).unwrap();
         assert_eq!(runs, vec![Run { first: 1, count: 1 }], "block 2 is held locally");
@@ -764,7 +775,8 @@ mod tests {
     #[test]
     fn concurrent_attempts_with_one_key_are_refused() {
         let (_dir, repo) = new_repo();
-        let o = StreamOptions { image_len: 8192, resume_key: Some("same".into()), expected_digest: None };
+        let o =
+            StreamOptions { image_len: 8192, resume_key: Some("same".into()), expected_digest: None, data_bytes: None };
         let a = repo.begin_stream(o.clone()).unwrap();
         let err = repo.begin_stream(o.clone()).err().unwrap();
         assert_eq!(err.code, Code::Locked);
@@ -786,7 +798,12 @@ mod tests {
         let held = repo.add(&p, &AddOptions::default(), &crate::progress::Silent).unwrap();
         let idx = index_bytes(&a, IndexOptions::default()).unwrap();
         let asm = repo
-            .begin_stream(StreamOptions { image_len: a.len() as u64, resume_key: None, expected_digest: None })
+            .begin_stream(StreamOptions {
+                image_len: a.len() as u64,
+                resume_key: None,
+                expected_digest: None,
+                data_bytes: None,
+            })
             .unwrap();
         for (w, chunk) in idx.digests().chunks(20 * 3).enumerate() {
             assert!(asm.offer(w as u64 * 3, chunk).unwrap().is_empty());
@@ -823,6 +840,7 @@ mod tests {
                 image_len: a.len() as u64,
                 resume_key: None,
                 expected_digest: Some(d.clone()),
+                data_bytes: None,
             })
             .unwrap();
         assert!(asm.is_complete_image());
@@ -851,6 +869,7 @@ mod tests {
                 image_len: data.len() as u64,
                 resume_key: Some("q".into()),
                 expected_digest: None,
+                data_bytes: None,
             })
             .unwrap();
         let mut sent = 0;

@@ -298,7 +298,7 @@ impl BlockTable {
 
     /// Loads a table file and checks it against the header the catalog recorded:
     /// magic, version, sizes against the file length (before allocating), checksum,
-    /// and the count of used entries. Any failure is `BadRepository`.
+    /// the count of used entries and the load. Any failure is `BadRepository`.
     pub fn load(path: &Path, expected: &TableHeader) -> Result<BlockTable> {
         let bad = |msg: String| {
             Error::new(
@@ -319,30 +319,7 @@ impl BlockTable {
         }
         let mut h = [0u8; TABLE_HEADER_LEN];
         read_exact_at(&file, h.as_mut_ptr(), TABLE_HEADER_LEN, 0).map_err(|e| Error::io(path, "cannot read", e))?;
-        if h[0..8] != TABLE_MAGIC {
-            return Err(bad("bad magic".into()));
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
-        if u32_at(8) != TABLE_VERSION || u32_at(12) != ENTRY_LEN as u32 {
-            return Err(bad(format!("unsupported version {} / entry size {}", u32_at(8), u32_at(12))));
-        }
-        let header =
-            TableHeader { generation: u64_at(16), capacity: u64_at(24), used: u64_at(32), checksum: u64_at(40) };
-        if header != *expected {
-            return Err(bad(format!("its header {header:?} does not match the catalog's record {expected:?}")));
-        }
-        if h[48..].iter().any(|&b| b != 0) {
-            return Err(bad("reserved header bytes are not zero".into()));
-        }
-        let cap = header.capacity;
-        if cap.checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add(TABLE_HEADER_LEN as u64)) != Some(file_len)
-            || cap < header.used
-            || cap == 0
-        {
-            return Err(bad(format!("the header promises {cap} entries but the file has {file_len} bytes")));
-        }
-        let cap = cap as usize;
+        let cap = check_header(&h, file_len, expected).map_err(bad)?;
         let mut entries: Vec<Entry> = Vec::new();
         entries.reserve_exact(cap);
         read_exact_at(&file, entries.as_mut_ptr() as *mut u8, cap * ENTRY_LEN, TABLE_HEADER_LEN as u64)
@@ -360,16 +337,107 @@ impl BlockTable {
                 };
             }
         }
+        BlockTable::checked(entries, expected).map_err(bad)
+    }
+
+    /// A table file held in memory, checked as [`load`](Self::load) checks a file.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn decode(bytes: &[u8], expected: &TableHeader) -> std::result::Result<BlockTable, String> {
+        let h: &[u8; TABLE_HEADER_LEN] =
+            bytes.get(..TABLE_HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or("truncated")?;
+        check_header(h, bytes.len() as u64, expected)?;
+        let word = |e: &[u8], i: usize| u32::from_le_bytes(e[4 * i..4 * i + 4].try_into().unwrap());
+        let entries = bytes[TABLE_HEADER_LEN..]
+            .chunks_exact(ENTRY_LEN)
+            .map(|e| Entry {
+                prefix_lo: word(e, 0),
+                prefix_hi: word(e, 1),
+                slot: word(e, 2),
+                block: word(e, 3),
+                refs: word(e, 4),
+            })
+            .collect();
+        BlockTable::checked(entries, expected)
+    }
+
+    /// The table of `entries` if they agree with the header: checksum, entries in use, a
+    /// load of at most 0.75 (a full table would make the probe for an absent digest loop
+    /// forever), and every entry where a probe finds it.
+    fn checked(entries: Vec<Entry>, header: &TableHeader) -> std::result::Result<BlockTable, String> {
         let t = BlockTable { entries, used: header.used as usize };
         if t.checksum() != header.checksum {
-            return Err(bad("checksum mismatch".into()));
+            return Err("checksum mismatch".into());
         }
         let used = t.entries.iter().filter(|e| !e.is_empty()).count();
         if used != t.used {
-            return Err(bad(format!("{used} entries in use, the header says {}", t.used)));
+            return Err(format!("{used} entries in use, the header says {}", t.used));
         }
+        if used * MAX_LOAD.1 > t.entries.len() * MAX_LOAD.0 {
+            return Err(format!("{used} of {} entries in use, more than the table ever holds", t.entries.len()));
+        }
+        t.check_reachable()?;
         Ok(t)
     }
+
+    /// Every entry must lie in the run of non-empty entries that holds its home position,
+    /// at or after it: otherwise a lookup stops at an empty entry before reaching it, and the
+    /// digest would be added a second time. One pass, from just after an empty entry (there
+    /// is one: the load is at most 0.75), so that no run wraps around.
+    fn check_reachable(&self) -> std::result::Result<(), String> {
+        let n = self.entries.len();
+        let Some(empty) = self.entries.iter().position(Entry::is_empty) else { return Ok(()) };
+        // Positions counted from just after that empty entry.
+        let rotated = |i: usize| (i + n - empty - 1) % n;
+        let mut run_start = 0;
+        for p in 0..n {
+            let i = (empty + 1 + p) % n;
+            let e = &self.entries[i];
+            if e.is_empty() {
+                run_start = p + 1;
+                continue;
+            }
+            let home = rotated(self.home(e.prefix()));
+            if home < run_start || home > p {
+                return Err(format!(
+                    "entry {i} lies where no lookup from its home position {} reaches",
+                    self.home(e.prefix())
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a table file's header against the file's length and the catalog's record;
+/// returns the capacity, known then to fit the file.
+fn check_header(
+    h: &[u8; TABLE_HEADER_LEN],
+    file_len: u64,
+    expected: &TableHeader,
+) -> std::result::Result<usize, String> {
+    if h[0..8] != TABLE_MAGIC {
+        return Err("bad magic".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    if u32_at(8) != TABLE_VERSION || u32_at(12) != ENTRY_LEN as u32 {
+        return Err(format!("unsupported version {} / entry size {}", u32_at(8), u32_at(12)));
+    }
+    let header = TableHeader { generation: u64_at(16), capacity: u64_at(24), used: u64_at(32), checksum: u64_at(40) };
+    if header != *expected {
+        return Err(format!("its header {header:?} does not match the catalog's record {expected:?}"));
+    }
+    if h[48..].iter().any(|&b| b != 0) {
+        return Err("reserved header bytes are not zero".into());
+    }
+    let cap = header.capacity;
+    if cap.checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add(TABLE_HEADER_LEN as u64)) != Some(file_len)
+        || cap < header.used
+        || cap == 0
+    {
+        return Err(format!("the header promises {cap} entries but the file has {file_len} bytes"));
+    }
+    Ok(cap as usize)
 }
 
 /// Reads exactly `len` bytes at `offset` into raw memory (no reference to uninitialised bytes).
@@ -521,6 +589,58 @@ mod tests {
         let e = BlockTable::load(&p, &h).unwrap_err();
         assert_eq!(e.code, Code::BadRepository);
         assert!(e.message.contains("rebuild"));
+    }
+
+    #[test]
+    fn a_table_fuller_than_it_is_ever_kept_is_refused() {
+        // 4 entries, all in use, checksum right: a lookup of an absent digest would probe forever.
+        let entries = [Entry::new(1, 0, 0), Entry::new(2, 0, 1), Entry::new(3, 0, 2), Entry::new(4, 0, 3)];
+        let t = BlockTable { entries: entries.to_vec(), used: 4 };
+        let mut bytes = Vec::new();
+        let h = t.write_to(&mut bytes, 1).unwrap();
+        let err = BlockTable::decode(&bytes, &h).unwrap_err();
+        assert!(err.contains("more than the table ever holds"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.osft");
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(BlockTable::load(&p, &h).unwrap_err().code, Code::BadRepository);
+        // Three of four is the most: accepted.
+        let t = BlockTable { entries: [&entries[..3], &[Entry::default()]].concat(), used: 3 };
+        let mut bytes = Vec::new();
+        let h = t.write_to(&mut bytes, 1).unwrap();
+        assert_eq!(BlockTable::decode(&bytes, &h).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_entry_no_lookup_reaches_is_refused() {
+        // Homes of these prefixes in 8 entries: 2 and 2 (a cluster at 2, 3), then 6.
+        let (a, b, c) = (2u64 << 61 | 1, 2u64 << 61 | 2, 6u64 << 61);
+        let mut entries = vec![Entry::default(); 8];
+        entries[2] = Entry::new(a, 0, 0);
+        entries[3] = Entry::new(b, 0, 1);
+        entries[6] = Entry::new(c, 0, 2);
+        let table = |entries: &[Entry]| {
+            let t = BlockTable { entries: entries.to_vec(), used: 3 };
+            let mut bytes = Vec::new();
+            let h = t.write_to(&mut bytes, 1).unwrap();
+            BlockTable::decode(&bytes, &h)
+        };
+        assert!(table(&entries).is_ok());
+        // The same entries with a hole in the cluster: b sits past an empty entry.
+        let mut broken = entries.clone();
+        broken.swap(3, 4);
+        let err = table(&broken).unwrap_err();
+        assert!(err.contains("entry 4 lies where no lookup"), "{err}");
+        // And one before its home.
+        let mut before = entries.clone();
+        before.swap(6, 5);
+        assert!(table(&before).unwrap_err().contains("entry 5"));
+        // A run that wraps around the end is fine.
+        let mut wrap = vec![Entry::default(); 8];
+        wrap[7] = Entry::new(7u64 << 61, 0, 0);
+        wrap[0] = Entry::new(7u64 << 61 | 1, 0, 1);
+        wrap[1] = Entry::new(1, 0, 2);
+        assert!(table(&wrap).is_ok());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The sending side of a transfer: block digests streamed from a background hashing
 //! thread, and runs of blocks read (and compressed) on request.
 //!
-//! The hashing thread walks the image in windows like `indexer::index_file` (a
-//! `ReadAhead` thread streams the file into the page cache while rayon workers hash the
-//! current window) and sends each window's digests through a bounded channel. The
+//! The hashing thread walks the image in windows, each hashed like `indexer::index_file`
+//! hashes a whole file (`indexer::hash_range`: a `ReadAhead` thread streams the file
+//! into the page cache while the rayon workers hash mapped pieces of the window), and
+//! sends each window's digests through a bounded channel. The
 //! consumer — the network — takes them as fast as it can send them; when it stalls, the
 //! channel fills and hashing pauses, so memory stays bounded whatever the image size.
 
@@ -14,14 +15,14 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
 use sha1::Digest as _;
 
 use crate::bail;
 use crate::error::{Code, Error, Result};
 use crate::hash::{self, HashAlg};
 use crate::index::{block_count_for, Index};
-use crate::progress::CancelFlag;
+use crate::indexer::{hash_range, IndexOptions};
+use crate::progress::{CancelFlag, Progress};
 use crate::readahead::ReadAhead;
 use crate::transfer::codec::{Compressor, Encoding};
 
@@ -31,8 +32,6 @@ use crate::transfer::codec::{Compressor, Encoding};
 /// from hashing (256 MiB: 32 windows of 8 MiB cost ~8 ms of 170; benches/transfer-bandwidth.ts).
 const FIRST_WINDOW_BYTES: u64 = 4 << 20;
 const WINDOW_BYTES: u64 = 32 << 20;
-/// Bytes per positional read inside a window.
-const CHUNK_BYTES: u64 = 1 << 20;
 /// Windows the hashing thread may run ahead of the consumer.
 const CHANNEL_WINDOWS: usize = 8;
 /// Digests per window when they come from an existing index.
@@ -326,7 +325,7 @@ impl Drop for ImageSource {
 }
 
 fn open_image(path: &Path) -> Result<File> {
-    let file = File::open(path).map_err(|e| Error::io(path, "cannot open image", e))?;
+    let file = crate::fsutil::open_regular(path, "image")?;
     let meta = file.metadata().map_err(|e| Error::io(path, "cannot stat image", e))?;
     if meta.is_dir() {
         return Err(Error::io(path, "cannot send", std::io::Error::other("it is a directory: pack it first")));
@@ -334,12 +333,20 @@ fn open_image(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Lets the hashers of a window stop when the push is cancelled.
+struct Cancelled<'a>(&'a CancelFlag);
+impl Progress for Cancelled<'_> {
+    fn cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
 fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: SyncSender<Msg>, cancel: CancelFlag) {
     let result = (|| -> Result<Vec<u8>> {
         let dl = opts.alg.len();
         let bs = opts.block_size as u64;
-        let chunk = CHUNK_BYTES.max(bs);
-        let mut window = FIRST_WINDOW_BYTES.max(chunk);
+        let index_opts = IndexOptions { alg: opts.alg, block_size: opts.block_size };
+        let mut window = FIRST_WINDOW_BYTES.max(bs);
         let mut digester = ImageDigester::new(opts.alg, opts.block_size, len);
         let mut start = 0u64;
         let ahead = ReadAhead::start(&file, len);
@@ -348,29 +355,15 @@ fn hash_worker(file: File, path: PathBuf, opts: SourceOptions, len: u64, tx: Syn
                 bail!(Aborted, "the operation was cancelled");
             }
             let end = (start + window).min(len);
-            let blocks = block_count_for(end - start, opts.block_size) as usize;
-            let mut digests = vec![0u8; blocks * dl];
-            digests.par_chunks_mut((chunk / bs) as usize * dl).enumerate().try_for_each_init(
-                Vec::new,
-                |buf: &mut Vec<u8>, (i, out)| -> Result<()> {
-                    let offset = start + i as u64 * chunk;
-                    let n = (end - offset).min(chunk) as usize;
-                    buf.resize(n, 0);
-                    file.read_exact_at(buf, offset).map_err(|e| Error::io(&path, "cannot read image", e))?;
-                    for (block, d) in buf.chunks(bs as usize).zip(out.chunks_exact_mut(dl)) {
-                        opts.alg.block_digest_into(block, d);
-                    }
-                    Ok(())
-                },
-            )?;
+            let mut digests = vec![0u8; block_count_for(end - start, opts.block_size) as usize * dl];
+            hash_range(&file, &path, start..end, index_opts, &Cancelled(&cancel), &mut digests, &ahead)?;
             digester.update(&digests);
             let w = DigestWindow { first_block: start / bs, digests };
             if tx.send(Msg::Window(w)).is_err() {
                 bail!(Aborted, "the consumer went away");
             }
             start = end;
-            ahead.consumed(start);
-            window = (window * 2).min(WINDOW_BYTES.max(chunk));
+            window = (window * 2).min(WINDOW_BYTES.max(bs));
         }
         let now = std::fs::metadata(&path).map_err(|e| Error::io(&path, "cannot stat image", e))?.len();
         if now != len {

@@ -81,10 +81,10 @@ impl Journal {
     }
 
     /// Notes the digests of blocks just written from `first` (a `.got` record).
-    pub(super) fn record(&self, first: u64, digests: &[u8]) -> Result<()> {
+    /// The I/O error comes back as is, for the engine to tell a full disk apart.
+    pub(super) fn record(&self, first: u64, digests: &[u8]) -> std::result::Result<(), (&Path, std::io::Error)> {
         if let Journal::Record { file, path, digest_len } = self {
-            file.write_all_at(digests, GOT_HEADER_LEN + first * digest_len)
-                .map_err(|e| Error::io(path, "cannot write", e))?;
+            file.write_all_at(digests, GOT_HEADER_LEN + first * digest_len).map_err(|e| (path.as_path(), e))?;
         }
         Ok(())
     }
@@ -108,6 +108,11 @@ impl Journal {
             }
         }
     }
+}
+
+/// Bytes a `.got` record takes once written in full.
+pub(super) fn record_bytes(geo: &Geometry) -> u64 {
+    GOT_HEADER_LEN + geo.block_count * geo.dl() as u64
 }
 
 fn encode_have(image_digest: &[u8], n: u64, have: &Bitmap) -> Vec<u8> {

@@ -23,7 +23,7 @@ mod verify;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -205,19 +205,26 @@ pub(super) struct Assembly {
     dups: Mutex<Duplicates>,
     /// Published, aborted or closed: no more writes.
     done: AtomicBool,
+    /// A write failed because the file system is full: the partial is not kept for a
+    /// later attempt, so the space comes back as soon as the assembly ends.
+    no_space: AtomicBool,
     unkicked: AtomicU64,
 }
 
 impl Assembly {
     /// Opens the data file (and, when resumable, what an earlier attempt left of it,
     /// re-verified). No block is present yet: the front end `settle`s the digests it knows.
+    /// `needed` bounds the bytes of data the image will take (its non-zero blocks, or what
+    /// a sender says): an image that cannot fit is refused before anything is created.
     pub(super) fn open(
         repo: &Repository,
         geo: Geometry,
         kind: &'static str,
         label: String,
         target: Target<'_>,
+        needed: u64,
     ) -> Result<Assembly> {
+        check_space(repo, &geo, &target, needed, &label)?;
         let (data, data_path, journal, workspace, resumed) = match target {
             Target::Private => {
                 let (ws, data, path) = repo.private_image_file(kind, geo.image_len)?;
@@ -277,6 +284,7 @@ impl Assembly {
             present: Mutex::new(Present { have: Bitmap::new(geo.block_count), unsaved: 0, last_save: Instant::now() }),
             dups: Mutex::new(Duplicates::default()),
             done: AtomicBool::new(false),
+            no_space: AtomicBool::new(false),
             unkicked: AtomicU64::new(0),
         })
     }
@@ -285,9 +293,10 @@ impl Assembly {
         &self.geo
     }
 
-    /// True if the data is kept for a later attempt when this one does not finish.
+    /// True if the data is kept for a later attempt when this one does not finish (not
+    /// after the file system filled up).
     pub(super) fn is_resumable(&self) -> bool {
-        self.journal.is_resumable()
+        self.journal.is_resumable() && !self.no_space.load(Ordering::Relaxed)
     }
 
     /// True if an earlier attempt's data was found (and re-verified).
@@ -466,10 +475,8 @@ impl Assembly {
     /// Writes verified blocks at `first`, records their digests for resumption, and
     /// starts writeback now and then.
     pub(super) fn write_run(&self, first: u64, data: &[u8], digests: &[u8]) -> Result<()> {
-        self.file()
-            .write_all_at(data, first * self.geo.bs())
-            .map_err(|e| Error::io(&self.data_path, "cannot write", e))?;
-        self.journal.record(first, digests)?;
+        self.file().write_all_at(data, first * self.geo.bs()).map_err(|e| self.write_failed(&self.data_path, e))?;
+        self.journal.record(first, digests).map_err(|(path, e)| self.write_failed(path, e))?;
         let n = data.len() as u64;
         if self.unkicked.fetch_add(n, Ordering::Relaxed) + n >= WRITEBACK_KICK {
             self.unkicked.store(0, Ordering::Relaxed);
@@ -480,6 +487,23 @@ impl Assembly {
             }
         }
         Ok(())
+    }
+
+    /// The error of a failed write; a full file system also marks the partial as not worth
+    /// keeping (see `no_space`).
+    fn write_failed(&self, path: &std::path::Path, e: std::io::Error) -> Error {
+        if !fsutil::is_no_space(&e) {
+            return Error::io(path, "cannot write", e);
+        }
+        self.no_space.store(true, Ordering::Relaxed);
+        Error::new(
+            Code::Io,
+            format!(
+                "cannot write {}: the file system is full ({e}); the partial {} is discarded to give the space back",
+                path.display(),
+                self.label
+            ),
+        )
     }
 
     /// Records blocks as present and saves a `.have` bitmap now and then.
@@ -504,7 +528,7 @@ impl Assembly {
 
     /// Makes a resumable assembly's progress durable now.
     pub(super) fn flush(&self) -> Result<()> {
-        if !self.is_live() {
+        if !self.is_live() || !self.is_resumable() {
             return Ok(());
         }
         let mut p = self.present.lock().unwrap();
@@ -571,9 +595,8 @@ impl Assembly {
             return;
         }
         self.workspace.lock().unwrap().take();
-        if discard && self.journal.is_resumable() {
-            self.journal.remove();
-            let _ = fs::remove_file(&self.data_path);
+        if (discard || !self.is_resumable()) && self.journal.is_resumable() {
+            self.discard_partial();
         }
         // SAFETY: flock only takes a descriptor this assembly owns and an integer.
         unsafe { libc::flock(self.file().as_raw_fd(), libc::LOCK_UN) };
@@ -582,10 +605,20 @@ impl Assembly {
     /// Stops writing and keeps what was written for a later attempt (a `.have` bitmap is
     /// saved); the partial stays locked until this assembly is dropped.
     pub(super) fn close(&self) {
-        if !self.done.swap(true, Ordering::Relaxed) {
+        if self.done.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.is_resumable() {
             let mut p = self.present.lock().unwrap();
             let _ = self.save_locked(&mut p);
+        } else if self.journal.is_resumable() {
+            self.discard_partial();
         }
+    }
+
+    fn discard_partial(&self) {
+        self.journal.remove();
+        let _ = fs::remove_file(&self.data_path);
     }
 }
 
@@ -602,6 +635,42 @@ pub(super) fn existing_named(repo: &Repository, e: &ImageEntry, name: Option<&st
         Some(n) if e.name.as_deref() != Some(n) => repo.set_name(&e.digest, Some(n)),
         _ => Ok(e.clone()),
     }
+}
+
+/// Refuses an image that cannot fit: `needed` bytes of data plus its record and the room
+/// the repository needs to commit it (`commit_reserve`), against the
+/// free space of the repository's file system and what a partial of an earlier attempt
+/// already takes there. Issue 17: a push that fills the disk fails anyway, later, after
+/// the whole transfer, and leaves the disk full for a moment.
+fn check_space(repo: &Repository, geo: &Geometry, target: &Target<'_>, needed: u64, label: &str) -> Result<()> {
+    let (stem, record) = match target {
+        Target::Private => (None, 0),
+        Target::Bitmap { stem, .. } => (Some(stem), 0),
+        Target::Record { stem, .. } => (Some(stem), journal::record_bytes(geo)),
+    };
+    let held = stem.map_or(0, |s| {
+        let taken = |ext: &str| fs::metadata(repo.tmp_dir().join(format!("{s}.{ext}"))).map_or(0, |m| m.blocks() * 512);
+        taken("partial") + taken("got")
+    });
+    let needed = needed + record + repo.commit_reserve();
+    let free = fsutil::free_bytes(repo.root())?;
+    if needed > free + held {
+        bail!(
+            Io,
+            "{label} needs {} of space in {} ({needed} bytes: its data, its resume record and room to \
+             commit it), but its file system has only {} free ({free} bytes{}): free some space, or \
+             receive it into a repository with room",
+            mib(needed),
+            repo.root().display(),
+            mib(free),
+            if held > 0 { format!(", plus {held} bytes an earlier attempt holds") } else { String::new() }
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// Opens (creating it if needed, keeping its contents) and exclusively locks

@@ -1,6 +1,7 @@
 //! Checking blocks against their digests. Every path by which an assembly accepts data —
 //! a put, a copy from a repository image, a repeated block, what a resumed partial holds —
-//! hashes it here, through `hash_blocks`: the one place to make that hashing faster.
+//! hashes it here, with `HashAlg::block_digests` (two blocks at once where the CPU allows,
+//! docs/hashing.md).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -10,36 +11,15 @@ use rayon::prelude::*;
 
 use super::{Bitmap, Geometry, IO_CHUNK};
 use crate::error::{Error, Result};
-use crate::hash::{HashAlg, MAX_DIGEST_LEN};
-
-/// Blocks hashed per parallel piece of a run: enough to amortise the scheduling.
-const PIECE_BLOCKS: usize = 16;
-
-/// Hashes the consecutive blocks of `data` (the last may be short) into `out`, one
-/// digest per block, with the index's convention that an all-zero block has the all-zero
-/// digest.
-fn hash_blocks(alg: HashAlg, block_size: usize, data: &[u8], out: &mut [u8]) {
-    for (block, d) in data.chunks(block_size).zip(out.chunks_exact_mut(alg.len())) {
-        alg.block_digest_into(block, d);
-    }
-}
 
 /// The first block of the run `first..` in `data` (their concatenation) that does not
 /// match its digest in `digests` (one per block) or, being short, is not the image's last
 /// block; `None` if all match. Hashes in parallel.
 pub(super) fn first_mismatch(geo: &Geometry, first: u64, data: &[u8], digests: &[u8]) -> Option<u64> {
     let bs = geo.block_size as usize;
-    let dl = geo.dl();
     let count = data.len().div_ceil(bs);
-    debug_assert_eq!(digests.len(), count * dl);
-    let bad = data.par_chunks(bs * PIECE_BLOCKS).enumerate().find_map_first(|(p, piece)| {
-        let n = piece.len().div_ceil(bs);
-        let mut got = [0u8; MAX_DIGEST_LEN * PIECE_BLOCKS];
-        hash_blocks(geo.alg, bs, piece, &mut got[..n * dl]);
-        let want = &digests[p * PIECE_BLOCKS * dl..][..n * dl];
-        (0..n).find(|&k| got[k * dl..(k + 1) * dl] != want[k * dl..(k + 1) * dl]).map(|k| p * PIECE_BLOCKS + k)
-    });
-    match bad {
+    debug_assert_eq!(digests.len(), count * geo.dl());
+    match geo.alg.first_bad_block(data, bs, digests) {
         Some(k) => Some(first + k as u64),
         None if data.len() as u64 != geo.run_len(first, count as u64) => Some(first + count as u64 - 1),
         None => None,
@@ -79,10 +59,9 @@ pub(super) fn reverify<'a>(
                 }
                 let end = (i..b1).find(|&j| want(j).is_none()).unwrap_or(b1);
                 let (a, z) = (((i - b0) * bs) as usize, (((end - b0) * bs) as usize).min(buf.len()));
-                hash_blocks(
-                    geo.alg,
-                    bs as usize,
+                geo.alg.block_digests(
                     &buf[a..z],
+                    bs as usize,
                     &mut got[(i - b0) as usize * dl..(end - b0) as usize * dl],
                 );
                 i = end;

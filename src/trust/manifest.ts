@@ -1,0 +1,143 @@
+/**
+ * Signed image manifests (docs/trust.md): what a repository vouches for when it builds or
+ * accepts an image — the image digest, the SHA-256 of its index, its name, the digests of
+ * its spec and metadata, when and by what it was built. Written beside the image as
+ * `manifest.json` and `manifest.json.minisig`, so `osfarm serve` and a static copy of the
+ * repository publish them, and `minisign -Vm manifest.json -p signing.pub` checks them.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+import { OsfarmError } from '../base/errors.js';
+import { SOFTWARE } from '../base/version.js';
+import { writeFileAtomic } from '../host/fs.js';
+import type { ImageEntry } from '../repo/index.js';
+import { loadSigningKey } from './keys.js';
+import { parseSignature, signMessage, verifyMessage, type PublicKey } from './minisign.js';
+
+export const MANIFEST_FILE = 'manifest.json';
+export const SIGNATURE_FILE = 'manifest.json.minisig';
+
+/** The signed statement about one image. */
+export interface ImageManifest {
+  kind: 'osfarm-image-manifest';
+  version: 1;
+  /** The image digest (hex): the repository digest over every block digest. */
+  digest: string;
+  /** SHA-256 (hex) of the image's `index.osfi` as served. */
+  indexSha256: string;
+  size: number;
+  blockCount: number;
+  /** The image's name when signed (null: none). */
+  name: string | null;
+  format: string;
+  /** The build spec's digest (a built image's metadata carries it), else null. */
+  specDigest: string | null;
+  /** SHA-256 (hex) of the image's metadata as compact JSON, else null. */
+  metaSha256: string | null;
+  /** The stage chain's tags, for a built image. */
+  stages: string[];
+  /** When the image entered the repository that signed (ISO 8601). */
+  built: string;
+  /** The software that signed, e.g. "osfarm 0.2.0". */
+  builder: string;
+  /** The signing key's id. */
+  keyId: string;
+}
+
+/** A manifest with the exact bytes and signature that were verified or written. */
+export interface SignedManifest {
+  manifest: ImageManifest;
+  bytes: Buffer;
+  signature: string;
+}
+
+const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+function imageDir(entry: ImageEntry): string {
+  return dirname(entry.path);
+}
+
+/** The manifest of `entry` as the repository's key would sign it now. */
+export function describeImage(entry: ImageEntry, keyId: string): ImageManifest {
+  const meta = entry.meta as { specDigest?: unknown; stages?: { tag?: unknown }[] } | undefined;
+  return {
+    kind: 'osfarm-image-manifest',
+    version: 1,
+    digest: entry.digest,
+    indexSha256: sha256(readFileSync(entry.indexPath)),
+    size: entry.size,
+    blockCount: entry.blockCount,
+    name: entry.name ?? null,
+    format: entry.format,
+    specDigest: typeof meta?.specDigest === 'string' ? meta.specDigest : null,
+    metaSha256: entry.meta === undefined ? null : sha256(JSON.stringify(entry.meta)),
+    stages: Array.isArray(meta?.stages) ? meta.stages.map((s) => s.tag).filter((t): t is string => typeof t === 'string') : [],
+    built: entry.added.toISOString(),
+    builder: SOFTWARE,
+    keyId,
+  };
+}
+
+/**
+ * Signs `entry` with the repository's key and writes its manifest beside it. Does nothing
+ * (returns undefined) when the repository has no signing key. Call it whenever an image is
+ * built, added, accepted or renamed: the name is part of what is signed.
+ */
+export function signImage(repo: string, entry: ImageEntry): SignedManifest | undefined {
+  const sk = loadSigningKey(repo);
+  if (!sk) return undefined;
+  const manifest = describeImage(entry, sk.publicKey.keyId);
+  const bytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+  const signature = signMessage(sk, bytes, `timestamp:${Math.floor(Date.now() / 1000)}\tfile:${MANIFEST_FILE}\tdigest:${entry.digest}`);
+  writeManifest(entry, { manifest, bytes, signature });
+  return { manifest, bytes, signature };
+}
+
+/** Keeps a verified manifest (e.g. the origin's, after a pull) beside the image, so this repository republishes it. */
+export function writeManifest(entry: ImageEntry, signed: SignedManifest): void {
+  const dir = imageDir(entry);
+  writeFileAtomic(join(dir, MANIFEST_FILE), signed.bytes.toString());
+  writeFileAtomic(join(dir, SIGNATURE_FILE), signed.signature);
+}
+
+/** The manifest stored beside `entry`, if any (not verified). */
+export function readManifest(entry: ImageEntry): SignedManifest | undefined {
+  const dir = imageDir(entry);
+  if (!existsSync(join(dir, MANIFEST_FILE)) || !existsSync(join(dir, SIGNATURE_FILE))) return undefined;
+  const bytes = readFileSync(join(dir, MANIFEST_FILE));
+  return { manifest: parseManifest(bytes, join(dir, MANIFEST_FILE)), bytes, signature: readFileSync(join(dir, SIGNATURE_FILE), 'utf8') };
+}
+
+function parseManifest(bytes: Buffer, source: string): ImageManifest {
+  let m: Partial<ImageManifest>;
+  try {
+    m = JSON.parse(bytes.toString('utf8')) as Partial<ImageManifest>;
+  } catch {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${source} is not JSON`);
+  }
+  if (m.kind !== 'osfarm-image-manifest' || m.version !== 1 || typeof m.digest !== 'string' || typeof m.indexSha256 !== 'string') {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${source} is not an osfarm image manifest (version 1)`);
+  }
+  return m as ImageManifest;
+}
+
+/**
+ * Verifies a manifest's signature against `keys` and parses it. Throws OSFARM_UNTRUSTED for
+ * a signature by an unknown key, a bad signature, or a manifest that is not one.
+ */
+export function verifyManifest(bytes: Buffer, signatureText: string, keys: readonly PublicKey[], source: string): SignedManifest & { key: PublicKey } {
+  const key = verifyMessage(bytes, parseSignature(signatureText, `${source}.minisig`), keys, source);
+  const manifest = parseManifest(bytes, source);
+  if (manifest.keyId !== key.keyId) throw new OsfarmError('OSFARM_UNTRUSTED', `${source} names key ${manifest.keyId} but is signed by ${key.keyId}`);
+  return { manifest, bytes, signature: signatureText, key };
+}
+
+/** Checks that a fetched index is the one the manifest signs (before any block is assembled). */
+export function checkIndex(manifest: ImageManifest, index: Buffer, source: string): void {
+  const got = sha256(index);
+  if (got !== manifest.indexSha256) {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${source} differs from the signed index (SHA-256 ${got}, signed ${manifest.indexSha256}): the server or a cache altered it; nothing was assembled`);
+  }
+}
