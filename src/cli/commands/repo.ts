@@ -1,6 +1,6 @@
 import type { HashName } from '../../blocks/index.js';
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
-import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
+import { type DedupReport, type DiskUsage, type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
 import { type Command, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { parseSize } from '../../base/size.js';
@@ -38,7 +38,7 @@ const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
 
 const add: Command<ShownEntry[]> = {
   name: 'add',
-  summary: 'copy images in (reflinked where possible), index them and publish atomically',
+  summary: 'copy images in, index them and publish atomically (blocks other images hold are shared by reference on xfs/btrfs)',
   usage: 'repo add <image>... [--name N] [--meta JSON]',
   options: { name: { type: 'string' }, meta: { type: 'string' } },
   allowPositionals: true,
@@ -79,22 +79,50 @@ const add: Command<ShownEntry[]> = {
   render: (r) => r.map((e) => `added ${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)}`).join('\n'),
 };
 
-const ls: Command<{ images: ShownEntry[]; stats: RepoStats }> = {
+const ls: Command<{ images: ShownEntry[]; stats: RepoStats; usage: DiskUsage }> = {
   name: 'ls',
-  summary: 'list the images and what the repository holds',
+  summary: 'list the images, their logical and physical size, and what the repository holds',
   usage: 'repo ls',
   async run(_args, ctx) {
     const repo = Repository.open(ctx.repoPath);
-    return { images: repo.list().map(shown), stats: repo.stats() };
+    return { images: repo.list().map(shown), stats: repo.stats(), usage: repo.diskUsage() };
   },
   render(r) {
-    const rows = r.images.map((e) => [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), e.added.slice(0, 19).replace('T', ' ')]);
+    const use = new Map(r.usage.images.map((u) => [u.digest, u]));
+    const rows = r.images.map((e) => {
+      const u = use.get(e.digest);
+      return [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), u ? bytes(u.allocatedBytes) : '?', u ? bytes(u.sharedBytes) : '?', e.added.slice(0, 19).replace('T', ' ')];
+    });
     const s = r.stats;
+    const u = r.usage;
     return [
-      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'added']) : '(no images)',
-      `${count(s.images)} images, ${bytes(s.totalBytes)} (${bytes(s.diskBytes)} on disk), ${count(s.distinctBlocks)} distinct blocks; table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
+      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'allocated', 'shared', 'added']) : '(no images)',
+      `${count(s.images)} images: ${bytes(u.logicalBytes)} logical, ${bytes(u.physicalBytes)} physical (shared blocks counted once; ${bytes(u.allocatedBytes)} summed over the files); ${count(s.distinctBlocks)} distinct blocks (${bytes(s.distinctBlocks * s.blockSize)}); table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
     ].join('\n');
   },
+};
+
+const dedup: Command<DedupReport & { usage: DiskUsage }> = {
+  name: 'dedup',
+  summary: 'share the blocks that several images hold by reference (xfs, btrfs): for a repository filled before',
+  usage: 'repo dedup [<name|digest>]',
+  allowPositionals: true,
+  async run(args, ctx) {
+    const [ref, extra] = args.positionals;
+    if (extra) throw invalidArgument('repo dedup takes at most one image (without one: every image)');
+    const repo = Repository.open(ctx.repoPath);
+    const bar = ctx.progress('dedup');
+    try {
+      const r = await repo.dedup(ref, { onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+      return { ...r, usage: repo.diskUsage() };
+    } finally {
+      bar.done();
+    }
+  },
+  render: (r) =>
+    r.unsupported
+      ? `nothing shared: ${r.unsupported}`
+      : `${count(r.rewritten)} of ${count(r.images)} images rewritten in ${(r.ms / 1000).toFixed(1)} s: ${bytes(r.sharedBytes)} shared by reference, ${bytes(r.copiedBytes)} copied; now ${bytes(r.usage.logicalBytes)} logical, ${bytes(r.usage.physicalBytes)} physical`,
 };
 
 const rm: Command<ShownEntry[]> = {
@@ -171,7 +199,7 @@ const rebuild: Command<RebuildReport> = {
 
 const command: Command = {
   name: 'repo',
-  usage: 'repo <init|add|ls|show|rm|verify|rebuild> [--repo DIR]',
-  subcommands: [init, add, ls, show, rm, verify, rebuild] as Command[],
+  usage: 'repo <init|add|ls|show|rm|verify|rebuild|dedup> [--repo DIR]',
+  subcommands: [init, add, ls, show, rm, verify, rebuild, dedup] as Command[],
 };
 export default command;
