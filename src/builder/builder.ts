@@ -18,14 +18,13 @@ import { specToXml } from '../spec/xml.js';
 import type { CowName } from '../stages/cow/types.js';
 import type { StagePlan } from './plan.js';
 import { type ChainResult, ensureChain, type StageReport, stagePlans } from './stages.js';
-import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
+import { diskFirmware, familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
 import { selectDriver } from './drivers/index.js';
 import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
-import { haveTool } from '../host/process.js';
-import { writeOutput } from './outputs.js';
+import { checkOutputTools, OutputWriter } from './outputs/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageArrived } from '../trust/provenance.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
@@ -108,14 +107,6 @@ export interface BuildResult {
   cached: boolean;
 }
 
-const TOOLS: Record<OutputFormat, string[]> = {
-  tar: [],
-  'tar.gz': ['tar'],
-  ext4: ['mke2fs', 'debugfs'],
-  qcow2: ['mke2fs', 'debugfs', 'qemu-img'],
-  squashfs: ['mksquashfs'],
-};
-
 /** Where each output goes. */
 export function outputPaths(spec: BuildSpec, output: string | undefined, workDir: string, digest: string): Map<OutputFormat, string> {
   const paths = new Map<OutputFormat, string>();
@@ -125,7 +116,7 @@ export function outputPaths(spec: BuildSpec, output: string | undefined, workDir
     const f = outputFormatOfPath(abs);
     if (f && spec.outputs.includes(f)) paths.set(f, abs);
     base = f ? abs.slice(0, abs.length - (abs.toLowerCase().endsWith('.tgz') ? 4 : OUTPUT_EXTENSION[f].length)) : abs;
-    if (f === 'ext4' && !abs.toLowerCase().endsWith('.ext4')) base = abs.replace(/\.(img|raw)$/i, '');
+    if (f === 'disk' && !abs.toLowerCase().endsWith('.img')) base = abs.replace(/\.raw$/i, '');
   } else base = join(workDir, 'images', `${spec.name}-${digest.slice(0, 12)}`);
   for (const f of spec.outputs) if (!paths.has(f)) paths.set(f, `${base}${OUTPUT_EXTENSION[f]}`);
   return paths;
@@ -165,9 +156,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     if (found) return finished(await fromRepository(spec, found, options.output ? paths : null, started), emit);
   }
   const driver = await selectDriver(spec);
-  for (const f of spec.outputs) {
-    for (const tool of TOOLS[f]) if (!(await haveTool(tool))) throw buildFailed(`output ${f} needs ${tool}, which is not installed`);
-  }
+  await checkOutputTools(spec.outputs, diskFirmware(spec.firmware, spec.architecture));
   if (process.getuid && process.getuid() !== 0) throw buildFailed('building an image needs root (chroot, mounts, file ownership)');
 
   // Signals and the caller's AbortSignal both end the build through one controller.
@@ -243,21 +232,27 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     if (signal.aborted) throw aborted(signal);
 
     phase('pack');
-    const raw: { path?: string } = {};
-    // ext4 first: a qcow2 is converted from it.
-    const order = [...paths.entries()].sort(([a], [b]) => (a === 'ext4' ? -1 : b === 'ext4' ? 1 : 0));
-    for (const [format, path] of order) {
+    let format: OutputFormat = spec.outputs[0]!;
+    const store = chain.store;
+    const writer = new OutputWriter({
+      digest,
+      spec,
+      sourceDateEpoch: epoch,
+      layers: chain.trees,
+      derivedPath: (tag, name) => store.derivedPath(tag, name),
+      buildDir,
+      signal,
+      log: logLine,
+      onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, detail: format }),
+    });
+    for (const f of OutputWriter.order(paths.keys())) {
       if (signal.aborted) throw aborted(signal);
-      logLine(`osfarm: writing ${format} to ${path}`);
-      await writeOutput(format, root, path, {
-        digest,
-        name: spec.name,
-        sourceDateEpoch: epoch,
-        buildDir,
-        signal,
-        log: logLine,
-        onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, detail: format }),
-      }, raw);
+      format = f;
+      const path = paths.get(f)!;
+      const t0 = Date.now();
+      logLine(`osfarm: writing ${f} to ${path}`);
+      await writer.write(f, path);
+      logLine(`osfarm: ${f} written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
 
     phase('index');

@@ -9,6 +9,7 @@ import { join, posix } from 'node:path';
 import { Chroot, resolveInRoot } from './chroot.js';
 import type { Family } from '../spec/distros.js';
 import { buildFailed } from './errors.js';
+import { configureFirstBoot, firstBootNeedsChroot, sweepHostKeys } from './firstboot.js';
 import { exists } from '../host/fs.js';
 import { run } from '../host/process.js';
 import type { BuildSpec } from '../spec/spec.js';
@@ -52,19 +53,21 @@ export async function configureTree(ctx: ConfigureContext): Promise<void> {
   for (let i = 0; i < spec.files.length; i++) await copyFileIn(ctx, i);
   if (spec.files.length > 0) ctx.log(`osfarm: configure: copied ${spec.files.length} file(s) in`);
 
-  if (spec.commands.length > 0 || needLocaleGen) {
+  if (spec.commands.length > 0 || needLocaleGen || firstBootNeedsChroot(spec)) {
     const chroot = new Chroot(root, { resolvConf: true, policyRcD: ctx.family === 'deb', log: ctx.log });
     let failure: unknown;
+    const env: Record<string, string> = {};
+    if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
     try {
       await chroot.enter();
       if (needLocaleGen) {
         const code = await chroot.sh('locale-gen\n', { signal: ctx.signal, onLine: ctx.log });
         if (code !== 0) throw buildFailed(`locale-gen for ${spec.locale} failed (exit ${code})`);
       }
+      // Before the commands, which may refine it.
+      await configureFirstBoot(root, spec, ctx.family, chroot, { signal: ctx.signal, log: ctx.log, env });
       for (const [i, command] of spec.commands.entries()) {
         ctx.log(`osfarm: configure: spec.commands[${i}]`);
-        const env: Record<string, string> = {};
-        if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
         const code = await chroot.sh(`${command}\n`, { signal: ctx.signal, onLine: ctx.log, env });
         if (code !== 0) throw buildFailed(`spec.commands[${i}] failed with exit code ${code} (see the build log)`);
       }
@@ -241,4 +244,5 @@ async function sweep(ctx: ConfigureContext, commandsRan: boolean): Promise<void>
     const machineId = await at('/etc/machine-id');
     if (await exists(machineId)) await writeFile(machineId, '');
   }
+  await sweepHostKeys(ctx.root, ctx.spec, ctx.family, ctx.log);
 }

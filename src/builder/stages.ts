@@ -51,14 +51,22 @@ export interface ChainOptions {
   onStoreEvent?(event: StageEvent): void;
 }
 
+/** A stage of the chain and its full tree (read-only, until the chain is released). */
+export interface StageTree {
+  tag: string;
+  dir: string;
+}
+
 export interface ChainResult {
   /** The last stage's full tree, read-only, until release(). */
   dir: string;
+  /** Every stage's full tree, core first (the last is `dir`): the disk writers lay a file system out stage by stage. */
+  trees: StageTree[];
   stages: StageReport[];
   store: StageStore;
   /** The copy-on-write backend of the store. */
   cow: CowName;
-  /** Drops the lease on the last stage (unmounting its view). */
+  /** Drops the leases on the chain's stages (unmounting their views). */
   release(): Promise<void>;
 }
 
@@ -139,7 +147,14 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
   }
   opts.log(`osfarm: stage store ${store.root} (${cow}); ${plans.length} stage(s): ${plans.map((p) => p.tag.slice(0, 12)).join(' → ')}`);
   const stages: StageReport[] = [];
-  let held: { lease: Lease; dir: string } | undefined;
+  // Every stage stays leased (its view mounted) until the outputs are written.
+  const held: { lease: Lease; tree: StageTree }[] = [];
+  const releaseAll = async () => {
+    let failure: unknown;
+    for (const h of [...held].reverse()) await h.lease.release().catch((err: unknown) => (failure ??= err));
+    held.length = 0;
+    if (failure) throw failure;
+  };
   try {
     for (const plan of plans) {
       const t0 = Date.now();
@@ -153,18 +168,16 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
         phase: opts.phase,
       });
       const r = await store.ensure(plan.tag, plan.parentTag, populate, { inputs: plan.inputs, label: plan.label, signal: opts.signal });
-      // The child holds its own lease on the parent while it is built; ours can go now.
-      await held?.lease.release();
-      held = { lease: r.lease, dir: r.dir };
+      held.push({ lease: r.lease, tree: { tag: plan.tag, dir: r.dir } });
       const report: StageReport = { tag: plan.tag, parent: plan.parentTag, label: plan.label, hit: r.hit, waited: r.waited, seconds: (Date.now() - t0) / 1000 };
       stages.push(report);
       opts.log(`osfarm: stage ${plan.tag.slice(0, 12)} ${plan.label}: ${r.hit ? (r.waited ? 'built by another build, reused' : 'cached') : 'built'} (${report.seconds.toFixed(1)} s)`);
       opts.onStage?.(report);
     }
   } catch (err) {
-    await held?.lease.release().catch(() => {});
+    await releaseAll().catch(() => {});
     throw err;
   }
-  const last = held!;
-  return { dir: last.dir, stages, store, cow, release: () => last.lease.release() };
+  const trees = held.map((h) => h.tree);
+  return { dir: trees[trees.length - 1]!.dir, trees, stages, store, cow, release: releaseAll };
 }

@@ -2,8 +2,11 @@
  * What fills a new stage's tree: the core is bootstrapped by the build driver into the
  * empty tree; a stage above it starts as a copy-on-write copy of its parent and gets its
  * own packages from the package manager: apt-get in a chroot of the tree for Debian and
- * Ubuntu, dnf --installroot (the RPM driver, run again on the copy) for the RPM family. Then each stage runs the configure phase with its own files and commands,
- * and its file times are clamped to SOURCE_DATE_EPOCH.
+ * Ubuntu, dnf --installroot (the RPM driver, run again on the copy) for the RPM family.
+ * The first stage that names a kernel (or DHCP, SSH keys, cloud-init) installs what that
+ * needs too, the initramfs configured for virtual machines first (firstboot.ts). Then each
+ * stage runs the configure phase with its own files and commands, and its file times are
+ * clamped to SOURCE_DATE_EPOCH.
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
@@ -11,11 +14,12 @@ import { join } from 'node:path';
 
 import { Chroot, resolveInRoot } from './chroot.js';
 import { configureTree } from './configure.js';
+import { bootPackages, finishKernelInstall, prepareKernelInstall } from './firstboot.js';
 import { debianPlan, shq } from './drivers/debian.js';
 import type { Driver, Phase } from './drivers/types.js';
 import { buildFailed } from './errors.js';
 import { mount, undoAll } from '../host/mounts.js';
-import { clampTree } from './outputs.js';
+import { clampTree } from './clamp.js';
 import type { BuildSpec } from '../spec/spec.js';
 import type { StagePlan } from './plan.js';
 import type { Populate } from '../stages/store.js';
@@ -37,15 +41,29 @@ export interface StepContext {
 export function stagePopulate(plan: StagePlan, ctx: StepContext): Populate {
   return async (dir, { signal }) => {
     const spec = plan.spec;
-    const driverCtx = { spec, root: dir, buildDir: ctx.buildDir, cacheDir: ctx.cacheDir, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log, phase: ctx.phase };
-    if (plan.step === 'bootstrap') await ctx.driver.bootstrap(driverCtx);
-    else if (ctx.driver.family === 'rpm') {
-      // dnf --installroot into the parent's copy installs what is missing: the stage's own groups and packages.
-      if (spec.groups.length + spec.packages.length > 0) await ctx.driver.bootstrap(driverCtx);
+    const boot = bootPackages(spec);
+    if (boot.length > 0) ctx.log(`osfarm: stage ${spec.name}: for booting: ${boot.join(' ')}`);
+    if (ctx.driver.family === 'rpm') {
+      // dnf --installroot (into the empty tree, or the parent's copy) installs what is missing:
+      // the stage's own groups and packages, and what booting needs (dracut configured first).
+      await prepareKernelInstall(dir, spec, ctx.log);
+      const withBoot = { ...spec, packages: [...spec.packages, ...boot] };
+      const driverCtx = { spec: withBoot, root: dir, buildDir: ctx.buildDir, cacheDir: ctx.cacheDir, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log, phase: ctx.phase };
+      if (plan.step === 'bootstrap' || withBoot.groups.length + withBoot.packages.length > 0) await ctx.driver.bootstrap(driverCtx);
       else ctx.log(`osfarm: stage ${spec.name}: no packages to add`);
+      await withChroot(dir, ctx, (chroot) => finishKernelInstall(spec, chroot, { signal, log: ctx.log }), spec.kernel !== null && spec.kernel !== spec.parent?.kernel);
+    } else if (plan.step === 'bootstrap') {
+      await ctx.driver.bootstrap({ spec, root: dir, buildDir: ctx.buildDir, cacheDir: ctx.cacheDir, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log, phase: ctx.phase });
+      // mmdebstrap wants an empty directory: the kernel's configuration and packages come after it.
+      if (boot.length > 0) {
+        await prepareKernelInstall(dir, spec, ctx.log);
+        ctx.phase('packages', `${spec.name}: apt-get for booting`);
+        await installPackages(dir, spec, boot, ctx, signal);
+      }
     } else {
       ctx.phase('packages', `${spec.name}: apt-get in the parent's tree`);
-      await installPackages(dir, spec, ctx, signal);
+      await prepareKernelInstall(dir, spec, ctx.log);
+      await installPackages(dir, spec, [...debianPlan(spec).include, ...boot], ctx, signal);
     }
     ctx.phase('configure', spec.name);
     await configureTree({ root: dir, spec, family: ctx.driver.family, sourceDateEpoch: ctx.sourceDateEpoch, signal, log: ctx.log });
@@ -63,14 +81,33 @@ async function aptSourcesKey(root: string): Promise<string> {
   return h.digest('hex').slice(0, 32);
 }
 
+/** Runs `fn` in a chroot session of the tree (entered and always left), if `when`. */
+async function withChroot(root: string, ctx: StepContext, fn: (chroot: Chroot) => Promise<void>, when: boolean): Promise<void> {
+  if (!when) return;
+  const chroot = new Chroot(root, { resolvConf: false, policyRcD: false, log: ctx.log });
+  let failure: unknown;
+  try {
+    await chroot.enter();
+    await fn(chroot);
+  } catch (err) {
+    failure = err;
+  }
+  try {
+    await chroot.leave();
+  } catch (err) {
+    failure ??= err;
+  }
+  if (failure) throw failure;
+}
+
 /**
- * Installs a stage's own packages (its packages, package groups, and what its locale and
- * time zone need) with apt-get inside the tree. The shared .deb cache and a package-list
+ * Installs a stage's own packages (its packages, package groups, what its locale and time
+ * zone need, and what booting needs) with apt-get inside the tree. The shared .deb cache and a package-list
  * cache are bind-mounted over the tree's apt directories for the duration, so downloads are
  * shared between builds and never stay in the stage.
  */
-async function installPackages(root: string, spec: BuildSpec, ctx: StepContext, signal?: AbortSignal): Promise<void> {
-  const { include } = debianPlan(spec);
+async function installPackages(root: string, spec: BuildSpec, packages: string[], ctx: StepContext, signal?: AbortSignal): Promise<void> {
+  const include = [...new Set(packages)];
   if (include.length === 0) {
     ctx.log(`osfarm: stage ${spec.name}: no packages to add`);
     return;

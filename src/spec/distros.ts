@@ -156,8 +156,12 @@ export function groupHelp(distribution: Distribution): string {
   return `${variants}, a task-* package or a task name (${DEBIAN_TASKS.join(', ')})`;
 }
 
-/** Output formats: the block-aligned tar is the default. */
-export const OUTPUT_FORMATS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'] as const;
+/**
+ * Output formats: the block-aligned tar is the default. `disk` is a bootable raw disk (GPT,
+ * ESP, BIOS boot partition, ext4 root), `qcow2` the same disk converted, `ext4` the root
+ * file system alone, `oci` an OCI image archive whose layer is the aligned tar.
+ */
+export const OUTPUT_FORMATS = ['tar', 'tar.gz', 'ext4', 'disk', 'qcow2', 'squashfs', 'oci'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
 export const OUTPUT_ALIASES: Record<string, OutputFormat> = {
@@ -166,9 +170,10 @@ export const OUTPUT_ALIASES: Record<string, OutputFormat> = {
   btar: 'tar',
   tgz: 'tar.gz',
   targz: 'tar.gz',
-  raw: 'ext4',
-  img: 'ext4',
+  raw: 'disk',
+  img: 'disk',
   sqfs: 'squashfs',
+  'oci-archive': 'oci',
 };
 
 /** The file name ending of each output format. */
@@ -176,20 +181,69 @@ export const OUTPUT_EXTENSION: Record<OutputFormat, string> = {
   tar: '.tar',
   'tar.gz': '.tar.gz',
   ext4: '.ext4',
+  disk: '.img',
   qcow2: '.qcow2',
   squashfs: '.squashfs',
+  oci: '.oci.tar',
 };
 
-/** The format a file name implies, if any (`.tar.gz`/`.tgz`, `.tar`, `.ext4`/`.img`/`.raw`, `.qcow2`, `.squashfs`/`.sqfs`). */
+/** The outputs that boot: they need a kernel in the image. */
+export const BOOTABLE_OUTPUTS: readonly OutputFormat[] = ['disk', 'qcow2'];
+
+/** The format a file name implies, if any (`.tar.gz`/`.tgz`, `.oci.tar`, `.tar`, `.ext4`, `.img`/`.raw`, `.qcow2`, `.squashfs`/`.sqfs`). */
 export function outputFormatOfPath(path: string): OutputFormat | undefined {
   const p = path.toLowerCase();
   if (p.endsWith('.tar.gz') || p.endsWith('.tgz')) return 'tar.gz';
+  if (p.endsWith('.oci.tar')) return 'oci';
   if (p.endsWith('.tar')) return 'tar';
-  if (p.endsWith('.ext4') || p.endsWith('.img') || p.endsWith('.raw')) return 'ext4';
+  if (p.endsWith('.ext4')) return 'ext4';
+  if (p.endsWith('.img') || p.endsWith('.raw')) return 'disk';
   if (p.endsWith('.qcow2')) return 'qcow2';
   if (p.endsWith('.squashfs') || p.endsWith('.sqfs')) return 'squashfs';
   return undefined;
 }
+
+/** How a disk boots: UEFI (systemd-boot on the ESP), BIOS (GRUB for PC), or both from one disk. */
+export const FIRMWARES = ['uefi', 'bios', 'hybrid'] as const;
+export type Firmware = (typeof FIRMWARES)[number];
+
+/** The firmwares a disk of each architecture can boot with, the default first; absent: no bootable disks. */
+export const BOOT_FIRMWARES: Partial<Record<Architecture, readonly Firmware[]>> = {
+  amd64: ['hybrid', 'uefi', 'bios'],
+  arm64: ['uefi'],
+};
+
+/**
+ * The line a booted image prints on its console once multi-user.target is up (the unit
+ * osfarm-boot-marker.service, docs/disk.md): how a runner sees that a boot finished.
+ */
+export const BOOT_MARKER = 'OSFARM-BOOT-MARKER';
+
+/** The serial console of each architecture's usual virtual machine (qemu -M virt on arm64: the PL011). */
+export const SERIAL_TTY: Record<Architecture, string> = { amd64: 'ttyS0', i386: 'ttyS0', arm64: 'ttyAMA0', armhf: 'ttyAMA0' };
+
+/** The firmware a disk boots with: the spec's, else the architecture's default. */
+export function diskFirmware(firmware: Firmware | null, architecture: Architecture): Firmware {
+  return firmware ?? BOOT_FIRMWARES[architecture]?.[0] ?? 'uefi';
+}
+
+/** The kernel package `kernel: true` installs: the distribution's generic kernel for the architecture. */
+export function defaultKernelPackage(distribution: Distribution, architecture: Architecture): string {
+  if (familyOf(distribution) === 'rpm') return 'kernel';
+  if (distribution === 'ubuntu') return 'linux-image-virtual';
+  return { amd64: 'linux-image-amd64', arm64: 'linux-image-arm64', i386: 'linux-image-686', armhf: 'linux-image-armmp' }[architecture];
+}
+
+/** First-boot networking: DHCP on the Ethernet NICs (systemd-networkd), or none configured. */
+export const NETWORKS = ['none', 'dhcp'] as const;
+export type Network = (typeof NETWORKS)[number];
+
+/**
+ * cloud-init: none; `cloud` installs it to take its configuration from the cloud it boots
+ * in; `nocloud` also puts a NoCloud seed made from the spec (host name, users' keys) into the image.
+ */
+export const CLOUD_INIT_MODES = ['none', 'cloud', 'nocloud'] as const;
+export type CloudInitMode = (typeof CLOUD_INIT_MODES)[number];
 
 export const BOOTSTRAP_TOOLS = ['auto', 'mmdebstrap', 'debootstrap', 'dnf', 'yum'] as const;
 export type BootstrapTool = (typeof BOOTSTRAP_TOOLS)[number];

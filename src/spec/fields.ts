@@ -6,8 +6,8 @@
  * docs/build.md describes each field; docs/stages.md what enters a stage's tag.
  */
 
-/** How a value looks: one value, a list whose order never matters (a set), an ordered list, the files, the parent. */
-export type FieldShape = 'scalar' | 'set' | 'list' | 'files' | 'parent';
+/** How a value looks: one value, a list whose order never matters (a set), an ordered list, the files, the users, the parent. */
+export type FieldShape = 'scalar' | 'set' | 'list' | 'files' | 'users' | 'parent';
 
 /**
  * What a field is to a stage's tag: `tree`, part of the stage's own config (it changes its
@@ -47,6 +47,12 @@ export interface SpecField {
   xml?: { item: string; cdata?: boolean };
   /** The `osfarm build` flag that sets it directly (fields with their own flag handling have none). */
   flag?: FlagSpec;
+  /**
+   * Fields added after spec version 1 have one: while a spec holds it, the field is left out
+   * of the canonical form (and so of the digest, the XML and stage tags), so a spec that does
+   * not use the field keeps the digest it always had.
+   */
+  default?: unknown;
 }
 
 /** The fields in the order of the canonical form and of the XML a spec is written as. */
@@ -71,6 +77,14 @@ export const SPEC_FIELDS: readonly SpecField[] = [
   { name: 'backend', shape: 'scalar', stage: 'driver', chain: 'fixed', flag: { name: 'backend' } },
   { name: 'gpgCheck', shape: 'scalar', stage: 'source', chain: 'fixed' },
   { name: 'sourceDateEpoch', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'source-date-epoch' } },
+  // Booting (docs/disk.md). The kernel is installed by the first stage that names one; the
+  // firmware and the serial console only shape the disk (its boot loaders and command line).
+  { name: 'kernel', shape: 'scalar', stage: 'tree', chain: 'inherited', default: null, flag: { name: 'kernel' } },
+  { name: 'firmware', shape: 'scalar', stage: 'none', chain: 'inherited', default: null, flag: { name: 'firmware' } },
+  { name: 'serialConsole', shape: 'scalar', stage: 'none', chain: 'inherited', default: true, flag: { name: 'serial-console' } },
+  { name: 'network', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'network' } },
+  { name: 'users', shape: 'users', stage: 'tree', chain: 'own', default: [], xml: { item: 'user' } },
+  { name: 'cloudInit', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'cloud-init' } },
   { name: 'parent', shape: 'parent', stage: 'none', chain: 'own' },
 ];
 

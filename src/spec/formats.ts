@@ -134,6 +134,16 @@ function xmlScalars(obj: Record<string, unknown>): Record<string, unknown> {
   if (typeof v === 'string' && /^\d+$/.test(v)) obj.sourceDateEpoch = Number(v);
   const g = obj.gpgCheck;
   if (g === 'true' || g === 'false') obj.gpgCheck = g === 'true';
+  const c = obj.serialConsole;
+  if (c === 'true' || c === 'false') obj.serialConsole = c === 'true';
+  if (Array.isArray(obj.users)) {
+    // <user name="…"><sshKey>…</sshKey>…</user>: one key is a string, several an array.
+    obj.users = obj.users.map((u) => {
+      if (typeof u !== 'object' || u === null || !('sshKey' in u)) return u;
+      const { sshKey, ...rest } = u as Record<string, unknown>;
+      return { ...rest, sshKeys: Array.isArray(sshKey) ? sshKey : [sshKey] };
+    });
+  }
   if (Array.isArray(obj.files)) {
     obj.files = obj.files.map((f) => {
       if (typeof f === 'object' && f !== null && '#text' in f) {

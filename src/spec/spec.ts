@@ -11,22 +11,31 @@ import {
   ARCH_ALIASES,
   ARCHITECTURES,
   type Architecture,
+  BOOT_FIRMWARES,
+  BOOTABLE_OUTPUTS,
   BOOTSTRAP_TOOLS,
   type BootstrapTool,
   bootstrapToolsFor,
+  CLOUD_INIT_MODES,
+  type CloudInitMode,
+  defaultKernelPackage,
   DISTRIBUTION_ALIASES,
   DISTRIBUTIONS,
   type Distribution,
   familyOf,
+  type Firmware,
+  FIRMWARES,
   groupHelp,
   hostArchitecture,
+  type Network,
+  NETWORKS,
   OUTPUT_ALIASES,
   OUTPUT_FORMATS,
   type OutputFormat,
   planGroup,
 } from './distros.js';
 import { SpecError, type SpecIssue } from './errors.js';
-import { aliasesOf, CANONICAL_FIELDS, FIELD_NAMES, FIXED_FIELDS, INHERITED_FIELDS } from './fields.js';
+import { aliasesOf, CANONICAL_FIELDS, FIELD_NAMES, FIXED_FIELDS, INHERITED_FIELDS, type SpecField } from './fields.js';
 import { checkSpecSize, formatOf, parseText, type SpecFormat, sniffFormat } from './formats.js';
 import { CRYPT_HASH, deriveSalt, sha512Crypt } from './password.js';
 
@@ -43,6 +52,13 @@ export interface SpecFile {
   content?: string;
   /** Octal permission bits, e.g. `"0644"`; default: the source's mode, or 0644 for `content`. */
   mode?: string;
+}
+
+/** A user of the image: created unless it exists (root does), with the SSH public keys that may log in as it. */
+export interface SpecUser {
+  name: string;
+  /** OpenSSH public keys (`ssh-ed25519 AAAA… comment`), one per item: its ~/.ssh/authorized_keys. */
+  sshKeys: string[];
 }
 
 /** A validated spec with every default filled. A plain root password never appears here, only its hash. */
@@ -69,6 +85,18 @@ export interface BuildSpec {
   gpgCheck: boolean;
   /** Timestamp for reproducible builds; null = take $SOURCE_DATE_EPOCH at build time, if set. */
   sourceDateEpoch: number | null;
+  /** The kernel package the image boots (installed with an initramfs by the first stage that names it), or null: none. */
+  kernel: string | null;
+  /** How a disk output boots; null: the architecture's default (hybrid UEFI + BIOS on amd64, UEFI on arm64). */
+  firmware: Firmware | null;
+  /** A disk's kernel command line sends the console to the first serial port too (ttyS0; ttyAMA0 on arm64). */
+  serialConsole: boolean;
+  /** First-boot networking: `dhcp` on the Ethernet NICs with systemd-networkd, or `none`. */
+  network: Network;
+  /** Users and their SSH keys (this spec's own; a parent's stay in its tree). */
+  users: SpecUser[];
+  /** cloud-init: none, `cloud` (installed, configured by the cloud) or `nocloud` (with a seed made from this spec). */
+  cloudInit: CloudInitMode;
   /**
    * The spec this one is built on (its stage starts as a copy of the parent's tree). Then
    * `groups`, `packages`, `files` and `commands` are this spec's own additions, and the
@@ -182,6 +210,8 @@ const TIMEZONE = /^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+){0,2}$/;
 const COMPONENT = /^[a-z0-9][a-z0-9-]*$/;
 const MIRROR = /^(?:(?:https?|ftp|file|mirror\+https?|mirror\+file):\/\/\S+|deb(?:-src)? \S.*)$/;
 const MODE = /^0?[0-7]{3,4}$/;
+const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
+const SSH_KEY = /^(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+=*(?: [^\n\r]*)?$/;
 
 /**
  * What a spec that may not read this machine's files does wrong: one a client sends to a
@@ -427,6 +457,76 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     else sourceDateEpoch = n;
   }
 
+  // booting and first-boot configuration
+  const onOff = (key: string, fallback: boolean): boolean => {
+    const v = raw[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v === 'boolean') return v;
+    const k = String(v).toLowerCase();
+    if (['on', 'yes', 'true', '1'].includes(k)) return true;
+    if (['off', 'no', 'false', '0'].includes(k)) return false;
+    bad(`spec.${key}`, `must be true or false (on/off), not ${describe(v)}`);
+    return fallback;
+  };
+  const oneOf = <T extends string>(key: string, values: readonly T[], fallback: T, what: string): T => {
+    const v = str(key);
+    if (v === undefined) return fallback;
+    const k = v.toLowerCase();
+    if ((values as readonly string[]).includes(k)) return k as T;
+    bad(`spec.${key}`, `${JSON.stringify(v)} is not ${what} (${values.join(', ')})`);
+    return fallback;
+  };
+  let kernel: string | null = null;
+  const kv = raw.kernel;
+  if (kv !== undefined && kv !== null && kv !== false) {
+    const k = typeof kv === 'string' ? kv.trim() : kv;
+    if (k === true || (typeof k === 'string' && ['on', 'yes', 'true', 'default'].includes(k.toLowerCase()))) {
+      if (distribution) kernel = defaultKernelPackage(distribution, architecture);
+    } else if (typeof k === 'string' && ['off', 'no', 'false', 'none', ''].includes(k.toLowerCase())) kernel = null;
+    else if (typeof k !== 'string') bad('spec.kernel', `must be true, false or a kernel package name, not ${describe(kv)}`);
+    else if (!pkgRe.test(k)) bad('spec.kernel', `${JSON.stringify(k)} is not a package name (or true for ${distribution ? defaultKernelPackage(distribution, architecture) : "the distribution's kernel"})`);
+    else kernel = k;
+  }
+  let firmware: Firmware | null = null;
+  const fw = str('firmware');
+  if (fw !== undefined && fw.toLowerCase() !== 'auto') {
+    const k = fw.toLowerCase();
+    const allowed = BOOT_FIRMWARES[architecture];
+    if (!(FIRMWARES as readonly string[]).includes(k)) bad('spec.firmware', `${JSON.stringify(fw)} is not a firmware (${FIRMWARES.join(', ')}; hybrid boots one disk under both UEFI and BIOS)`);
+    else if (allowed && !allowed.includes(k as Firmware)) bad('spec.firmware', `${architecture} disks boot with ${allowed.join(' or ')} only, not ${k}`);
+    else firmware = k as Firmware;
+  }
+  const serialConsole = onOff('serialConsole', true);
+  const network = oneOf<Network>('network', NETWORKS, 'none', 'a network setting');
+  const cloudInit = oneOf<CloudInitMode>('cloudInit', CLOUD_INIT_MODES, 'none', 'a cloud-init mode');
+  const users: SpecUser[] = [];
+  list('users').forEach((item, i) => {
+    const path = `spec.users[${i}]`;
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) return bad(path, `must be a mapping with name and sshKeys, not ${describe(item)}`);
+    const u = item as Record<string, unknown>;
+    for (const k of Object.keys(u)) if (!['name', 'sshKeys'].includes(k)) bad(`${path}.${k}`, 'unknown field (name, sshKeys)');
+    if (typeof u.name !== 'string' || !USER.test(u.name)) return bad(`${path}.name`, `${describe(u.name)} is not a user name (lower case letters, digits, _ and -, at most 32)`);
+    if (users.some((x) => x.name === u.name)) return bad(`${path}.name`, `${u.name} is listed twice`);
+    const keys = u.sshKeys === undefined || u.sshKeys === null ? [] : typeof u.sshKeys === 'string' ? [u.sshKeys] : u.sshKeys;
+    if (!Array.isArray(keys)) return bad(`${path}.sshKeys`, `must be a list of SSH public keys, not ${describe(u.sshKeys)}`);
+    const sshKeys: string[] = [];
+    keys.forEach((key, j) => {
+      if (typeof key !== 'string' || !SSH_KEY.test(key.trim())) bad(`${path}.sshKeys[${j}]`, 'is not an OpenSSH public key on one line ("ssh-ed25519 AAAA… comment", as in id_ed25519.pub)');
+      else sshKeys.push(key.trim());
+    });
+    users.push({ name: u.name, sshKeys });
+  });
+  if (parent?.kernel && kernel !== parent.kernel) {
+    bad('spec.kernel', `the parent's tree has the kernel ${parent.kernel} already: a stage keeps its parent's kernel (leave kernel out)`);
+  }
+  const bootable = outputs.filter((o) => BOOTABLE_OUTPUTS.includes(o));
+  if (bootable.length > 0) {
+    if (!BOOT_FIRMWARES[architecture]) bad('spec.outputs', `${bootable.join(' and ')} output: osfarm makes bootable disks for ${Object.keys(BOOT_FIRMWARES).join(' and ')}, not ${architecture} (ext4, squashfs and the tars work for every architecture)`);
+    else if (kernel === null && distribution) {
+      bad('spec.outputs', `${bootable.join(' and ')} output boots the image's own kernel, and this spec installs none: set kernel: true (flag --kernel on) to install ${defaultKernelPackage(distribution, architecture)} with an initramfs, or name a kernel package; for the file system alone use ext4`);
+    }
+  }
+
   if (parent) {
     const mine: Record<string, unknown> = { distribution, release, architecture, mirrors, components, backend, gpgCheck };
     for (const key of FIXED_FIELDS) {
@@ -460,6 +560,12 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     backend,
     gpgCheck,
     sourceDateEpoch,
+    kernel,
+    firmware,
+    serialConsole,
+    network,
+    users,
+    cloudInit,
   };
   if (parent) spec.parent = parent;
   if (plainPassword !== undefined) {
@@ -563,7 +669,16 @@ export interface CanonicalFile {
 }
 
 /** The canonical form: every field, defaults filled, lists normalised, keys sorted by `canonicalJson`. */
-export type CanonicalSpec = Omit<BuildSpec, 'files' | 'parent'> & { specVersion: number; files: CanonicalFile[]; parent?: CanonicalSpec };
+export type CanonicalSpec = Omit<BuildSpec, 'files' | 'parent' | LaterField> &
+  Partial<Pick<BuildSpec, LaterField>> & { specVersion: number; files: CanonicalFile[]; parent?: CanonicalSpec };
+
+/** Fields added after spec version 1: absent from the canonical form while they hold their default. */
+type LaterField = 'kernel' | 'firmware' | 'serialConsole' | 'network' | 'users' | 'cloudInit';
+
+/** Whether a spec field holds the default it is left out of the canonical form with (fields.ts). */
+export function atDefault(field: SpecField, value: unknown): boolean {
+  return 'default' in field && stableStringify(value ?? field.default) === stableStringify(field.default);
+}
 
 const uniqSorted = (xs: string[]) => [...new Set(xs)].sort();
 
@@ -578,6 +693,8 @@ export function canonicalSpec(spec: BuildSpec): CanonicalSpec {
   const from = spec as unknown as Record<string, unknown>;
   for (const f of CANONICAL_FIELDS) {
     const v = from[f.name];
+    // A field added after version 1 that holds its default stays out: older digests hold.
+    if (atDefault(f, v)) continue;
     switch (f.shape) {
       case 'set':
         out[f.name] = uniqSorted(v as string[]);
@@ -587,6 +704,9 @@ export function canonicalSpec(spec: BuildSpec): CanonicalSpec {
         break;
       case 'files':
         out[f.name] = spec.files.map(canonicalFile);
+        break;
+      case 'users':
+        out[f.name] = spec.users.map((u) => ({ name: u.name, sshKeys: [...u.sshKeys] }));
         break;
       case 'parent':
         // Only when there is one, so a spec without a parent keeps its digest.

@@ -4,7 +4,7 @@
  * into CDATA sections, which keep their whitespace; a parent goes inline as <parent>.
  */
 import { CANONICAL_FIELDS } from './fields.js';
-import type { BuildSpec, SpecFile } from './spec.js';
+import { atDefault, type BuildSpec, type SpecFile, type SpecUser } from './spec.js';
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 /** CDATA, split around any "]]>" in the text. */
@@ -18,12 +18,18 @@ function fileXml(f: SpecFile, pad: string): string {
   return content === '' ? `${pad}<file ${attrs.join(' ')} content=""/>` : `${pad}<file ${attrs.join(' ')}>${cdata(content)}</file>`;
 }
 
+function userXml(u: SpecUser, pad: string): string[] {
+  if (u.sshKeys.length === 0) return [`${pad}<user name="${esc(u.name)}"/>`];
+  return [`${pad}<user name="${esc(u.name)}">`, ...u.sshKeys.map((k) => `${pad}  <sshKey>${esc(k)}</sshKey>`), `${pad}</user>`];
+}
+
 function body(spec: BuildSpec, depth: number): string[] {
   const pad = '  '.repeat(depth);
   const lines: string[] = [];
   const values = spec as unknown as Record<string, unknown>;
   for (const f of CANONICAL_FIELDS) {
     const value = values[f.name];
+    if (atDefault(f, value)) continue;
     switch (f.shape) {
       case 'scalar':
         if (value !== null && value !== undefined) lines.push(`${pad}<${f.name}>${esc(String(value))}</${f.name}>`);
@@ -38,6 +44,9 @@ function body(spec: BuildSpec, depth: number): string[] {
       }
       case 'files':
         if (spec.files.length > 0) lines.push(`${pad}<files>`, ...spec.files.map((file) => fileXml(file, `${pad}  `)), `${pad}</files>`);
+        break;
+      case 'users':
+        if (spec.users.length > 0) lines.push(`${pad}<users>`, ...spec.users.flatMap((u) => userXml(u, `${pad}  `)), `${pad}</users>`);
         break;
       case 'parent':
         if (spec.parent) lines.push(`${pad}<parent>`, ...body(spec.parent, depth + 1), `${pad}</parent>`);

@@ -7,6 +7,7 @@
  *     <root>/store.json              format and the copy-on-write backend of this store
  *     <root>/<tag>/stage.json        a complete stage: its record …
  *     <root>/<tag>/tree/             … and its tree (overlayfs: only its changes)
+ *     <root>/<tag>/derived/          files made from the stage and kept with it (its ext4 image)
  *     <root>/tmp/<tag>.<owner>.<r>/  a stage being built (or removed); never looks complete
  *     <root>/locks/<tag>.lock        per-tag build lock (flock, see lock.ts)
  *     <root>/leases/<tag>/<id>       "in use" marks (see lease.ts)
@@ -844,6 +845,17 @@ export class StageStore {
       if (owner !== undefined && !ownerAlive(owner)) leftovers.push({ path: m, live: false });
     }
     return { ok: problems.length === 0, root: this.root, stages: records.size, problems, leftovers };
+  }
+
+  /**
+   * Where a file made from a complete stage is kept with it (the disk writer's ext4 image of
+   * the stage, docs/disk.md): `<root>/<tag>/derived/<name>`, removed with the stage. Such
+   * files are caches: written whole under a temporary name and renamed, never counted in
+   * the stage's size.
+   */
+  derivedPath(tag: string, name: string): string {
+    if (!isStageTag(tag) || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', `derivedPath(${tag}, ${name}): a stage tag and a plain file name`);
+    return this.path(tag, 'derived', name);
   }
 
   /** Leases on one stage (live and dead). */

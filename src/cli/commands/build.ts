@@ -77,6 +77,21 @@ function rawSpec(args: ParsedArgs, repoPath: string): { raw: Record<string, unkn
     return { source: f.slice(0, at), destination: f.slice(at + 1) };
   });
   if (files.length > 0) raw.files = [...((raw.files as unknown[] | undefined) ?? []), ...files];
+  // --user NAME[:AUTHORIZED_KEYS_FILE] (repeatable): a user, with the SSH public keys of that file.
+  const users = strs(args, 'user').map((u, i) => {
+    const at = u.indexOf(':');
+    const name = at < 0 ? u : u.slice(0, at);
+    if (at < 0) return { name, sshKeys: [] };
+    const file = u.slice(at + 1);
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw invalidArgument(`--user ${JSON.stringify(u)} (the ${i + 1}. one): cannot read the key file ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); write NAME:FILE, e.g. root:$HOME/.ssh/id_ed25519.pub`);
+    }
+    return { name, sshKeys: text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#')) };
+  });
+  if (users.length > 0) raw.users = [...((raw.users as unknown[] | undefined) ?? []), ...users];
   if (flag(args, 'no-gpg-check')) raw.gpgCheck = false;
   const password = readPassword(args);
   if (password !== undefined) {
@@ -98,7 +113,8 @@ const command: Command<Result> = {
   usage: [
     'build SPEC.yaml|SPEC.json|SPEC.xml [flags]',
     'build -t debian-bookworm-amd64 -d WORKDIR -o IMAGE.tar.gz -g minbase,ssh-server -p python3,vim -w PASSWORD',
-    'build ... [--format tar|tar.gz|ext4|qcow2|squashfs] [--mirror URL] [--file SRC:DEST] [--run CMD] [--hostname H] [--locale L] [--timezone TZ]',
+    'build ... [--format tar|tar.gz|ext4|disk|qcow2|squashfs|oci] [--mirror URL] [--file SRC:DEST] [--run CMD] [--hostname H] [--locale L] [--timezone TZ]',
+    'build ... [--kernel on|off|PACKAGE] [--firmware hybrid|uefi|bios] [--serial-console on|off] [--network dhcp|none] [--user NAME[:KEYS.pub]] [--cloud-init none|cloud|nocloud]   (bootable disks: docs/disk.md)',
     'build ... [--root-password-file FILE|-] [--backend mmdebstrap|debootstrap|dnf|yum] [--source-date-epoch N] [--no-repo] [--keep-tree] [--check] [-v]',
     'build ... [--stages DIR] [--cow auto|btrfs|overlayfs|reflink|copy] [--stages-max-size N] [--rebuild]   (stages: docs/stages.md)',
   ].join('\n'),
@@ -110,6 +126,7 @@ const command: Command<Result> = {
     'root-password': { type: 'string', short: 'w' },
     'root-password-file': { type: 'string' },
     file: { type: 'string', multiple: true },
+    user: { type: 'string', multiple: true },
     'no-gpg-check': { type: 'boolean' },
     'no-repo': { type: 'boolean' },
     'keep-tree': { type: 'boolean' },

@@ -1,9 +1,10 @@
 // @ts-check
 // Compose: distribution, release, architecture, groups, packages (searched in the real index),
-// outputs, root password, parent; the request checksum and whether it is already built.
+// outputs, root password, boot and first-boot settings, parent; the request checksum and
+// whether it is already built.
 import { api, debounce, el, notice, showError, short, bytes } from './lib.js';
 
-const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'qcow2', 'squashfs'];
+const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'disk', 'qcow2', 'squashfs', 'oci'];
 
 export async function render(view) {
   const [catalog, repo] = await Promise.all([api('GET', '/api/distributions'), api('GET', '/api/images')]);
@@ -25,6 +26,15 @@ export async function render(view) {
     repo.images.filter((i) => i.specDigest).map((i) => el('option', { value: i.name ?? i.digest }, `${i.name ?? short(i.digest)} (${i.distribution} ${i.release} ${i.architecture})`)));
   const outputs = el('div', { class: 'checks', id: 'outputs' }, OUTPUTS.map((f) =>
     el('label', {}, el('input', { type: 'checkbox', value: f, checked: state.outputs.has(f), onchange: (e) => { e.target.checked ? state.outputs.add(f) : state.outputs.delete(f); check(); } }), f)));
+  // Booting (docs/disk.md): a disk or qcow2 needs a kernel.
+  const kernel = el('select', { id: 'kernel' }, el('option', { value: '' }, 'none'), el('option', { value: 'true' }, "the distribution's kernel"), el('option', { value: 'other' }, 'a kernel package…'));
+  const kernelPackage = el('input', { type: 'text', id: 'kernel-package', placeholder: 'e.g. linux-image-cloud-amd64', hidden: true });
+  const firmware = el('select', { id: 'firmware' }, ['', 'hybrid', 'uefi', 'bios'].map((f) => el('option', { value: f }, f || "the architecture's default")));
+  const dhcp = el('input', { type: 'checkbox', id: 'network-dhcp' });
+  const serial = el('input', { type: 'checkbox', id: 'serial-console', checked: true });
+  const user = el('input', { type: 'text', id: 'ssh-user', value: 'root' });
+  const keys = el('textarea', { id: 'ssh-keys', rows: 2, placeholder: 'SSH public keys (ssh-ed25519 AAAA…), one a line' });
+  const cloudInit = el('select', { id: 'cloud-init' }, ['none', 'cloud', 'nocloud'].map((c) => el('option', { value: c }, c)));
   const chips = el('div', { class: 'chips', id: 'packages' });
   const search = el('input', { type: 'search', id: 'package-search', placeholder: 'search packages (Enter adds the name as typed)' });
   const results = el('div', { class: 'results', id: 'package-results', hidden: true });
@@ -91,6 +101,13 @@ export async function render(view) {
     if (password.value) s.rootPassword = password.value;
     const urls = mirrors.value.split('\n').map((l) => l.trim()).filter((l) => l !== '');
     if (urls.length > 0) s.mirrors = urls;
+    if (kernel.value) s.kernel = kernel.value === 'other' ? kernelPackage.value.trim() : true;
+    if (firmware.value) s.firmware = firmware.value;
+    if (dhcp.checked) s.network = 'dhcp';
+    if (!serial.checked) s.serialConsole = false;
+    const sshKeys = keys.value.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+    if (sshKeys.length > 0) s.users = [{ name: user.value.trim(), sshKeys }];
+    if (cloudInit.value !== 'none') s.cloudInit = cloudInit.value;
     if (parent.value) {
       s.parent = parent.value;
       // A child keeps its parent's system; only what it adds is sent.
@@ -149,7 +166,9 @@ export async function render(view) {
     }
     check();
   });
-  for (const input of [release, releaseText, arch, name, password, mirrors]) input.addEventListener('input', check);
+  for (const input of [release, releaseText, arch, name, password, mirrors, kernelPackage, user, keys]) input.addEventListener('input', check);
+  for (const input of [firmware, dhcp, serial, cloudInit]) input.addEventListener('change', check);
+  kernel.addEventListener('change', () => { kernelPackage.hidden = kernel.value !== 'other'; check(); });
   dist.addEventListener('change', () => { fillDistribution(); check(); });
 
   view.append(
@@ -168,6 +187,14 @@ export async function render(view) {
         el('label', { for: 'name' }, 'Image name'), name,
         el('label', { for: 'root-password' }, 'Root password'), password)),
     el('div', { class: 'card' }, el('h2', {}, 'Packages'), chips, el('label', { for: 'package-search' }, 'Search the package index'), search, results, indexInfo),
+    el('div', { class: 'card', id: 'boot' },
+      el('h2', {}, 'Booting (disk, qcow2) and first boot'),
+      el('label', { for: 'kernel' }, 'Kernel'), kernel, kernelPackage,
+      el('label', { for: 'firmware' }, 'Firmware'), firmware,
+      el('label', {}, dhcp, ' DHCP on the network cards'),
+      el('label', {}, serial, ' console on the serial port too'),
+      el('label', { for: 'ssh-user' }, 'User with SSH keys'), user, keys,
+      el('label', { for: 'cloud-init' }, 'cloud-init'), cloudInit),
     el('div', { class: 'card' }, el('h2', {}, 'Request'), digest, el('p', {}, buildButton)),
   );
   fillDistribution();
