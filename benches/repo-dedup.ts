@@ -9,20 +9,21 @@
  * Goal: ≤ 1.2x the unique bytes on xfs and btrfs (whole copies: ~4x).
  *
  * With OSFARM_BENCH_BASELINE=<another osfarm checkout's dist/cli/main.js> (one without
- * block sharing, e.g. the main branch before it) the add is timed with it too, on the same
- * file systems: "no slower than today". Needs root, mmdebstrap, xfsprogs, btrfs-progs and
- * `npm run build`.
+ * block sharing, e.g. the main branch before it) the add and the receive are timed with it
+ * too, on the same file systems: "no slower than today" (the pushes come from this osfarm
+ * either way). Needs root, mmdebstrap, xfsprogs, btrfs-progs and `npm run build`.
  *
- *   node --import tsx benches/repo-dedup.ts
+ *   node --import tsx benches/repo-dedup.ts [images]     (images: only build the four images)
  */
 import { createHash } from 'node:crypto';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { closeSync, existsSync, mkdirSync, openSync, readSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { makeLoopFs, type LoopFsKind } from '../__test__/helpers/loopfs.js';
-import { push, Receiver } from '../src/index.js';
-import { CLI, printTable, workDir } from './lib.js';
+import { push } from '../src/index.js';
+import { CLI, printTable, stopChild, workDir } from './lib.js';
 
 const work = workDir('repo-dedup');
 const cache = join(work, 'work');
@@ -87,6 +88,18 @@ function cli(bin: string, args: string[]): unknown {
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
 
+/** The port an `osfarm --json receive` listens on (its 'listening' line). */
+async function listeningPort(out: NodeJS.ReadableStream): Promise<number> {
+  for await (const line of createInterface({ input: out })) {
+    const e = JSON.parse(line) as { event?: string; port?: number };
+    if (e.event === 'listening') return e.port!;
+  }
+  throw new Error('osfarm receive ended before it listened');
+}
+
+/** What this osfarm's `repo ls` counts as the images' physical bytes (FIEMAP), whoever filled the repository. */
+const physicalBytes = (repo: string) => (cli(CLI, ['--repo', repo, 'repo', 'ls']) as { usage: { physicalBytes: number } }).usage.physicalBytes;
+
 const timed = async <T>(fn: () => Promise<T> | T): Promise<[T, number]> => {
   const t0 = process.hrtime.bigint();
   const r = await fn();
@@ -96,11 +109,12 @@ const timed = async <T>(fn: () => Promise<T> | T): Promise<[T, number]> => {
 // Not timed: the core and the four appliances (the package cache warms on the first).
 const files = Object.keys(APPS).map(image);
 const u = uniqueBytes(files);
+const imagesOnly = process.argv.slice(2).includes('images');
 console.log(`four appliances: ${(u.logical / MiB).toFixed(1)} MiB logical, ${(u.unique / MiB).toFixed(1)} MiB unique; share of each image's non-zero blocks found in another: ${u.shared.map((x) => `${(100 * x).toFixed(1)} %`).join(', ')}`);
 
 const rows: (string | number)[][] = [];
 const results: Record<string, unknown>[] = [];
-for (const kind of ['xfs', 'btrfs', 'ext4'] as LoopFsKind[]) {
+for (const kind of (imagesOnly ? [] : ['xfs', 'btrfs', 'ext4']) as LoopFsKind[]) {
   const fs = makeLoopFs(kind, 3072, work);
   try {
     const mnt = fs.mountpoint;
@@ -108,25 +122,32 @@ for (const kind of ['xfs', 'btrfs', 'ext4'] as LoopFsKind[]) {
     for (const [who, bin] of runs) {
       const repo = join(mnt, `add-${who}`);
       cli(bin, ['repo', 'init', repo]);
-      const before = used(mnt);
+      let before = used(mnt);
       const [, addSeconds] = await timed(() => cli(bin, ['--repo', repo, 'repo', 'add', ...files]));
-      const onDisk = used(mnt) - before;
-      const ls = who === 'osfarm' ? (cli(CLI, ['--repo', repo, 'repo', 'ls']) as { usage: { physicalBytes: number } }) : undefined;
-      rows.push([kind, `${who} repo add`, `${addSeconds.toFixed(1)} s`, `${(onDisk / MiB).toFixed(1)} MiB`, `${(onDisk / u.unique).toFixed(2)}x`, ls ? `${(ls.usage.physicalBytes / MiB).toFixed(1)} MiB` : '-']);
-      results.push({ fs: kind, op: `${who} add`, seconds: addSeconds, onDiskBytes: onDisk, ratio: onDisk / u.unique, physicalBytes: ls?.usage.physicalBytes ?? null });
+      let onDisk = used(mnt) - before;
+      let physical = physicalBytes(repo);
+      rows.push([kind, `${who}: repo add`, `${addSeconds.toFixed(1)} s`, `${(onDisk / MiB).toFixed(1)} MiB`, `${(onDisk / u.unique).toFixed(2)}x`, `${(physical / MiB).toFixed(1)} MiB`]);
+      results.push({ fs: kind, who, op: 'add', seconds: addSeconds, onDiskBytes: onDisk, ratio: onDisk / u.unique, physicalBytes: physical });
+
+      // The four images pushed (by this osfarm) into `bin receive` on this file system.
+      const received = join(mnt, `received-${who}`);
+      cli(bin, ['repo', 'init', received]);
+      before = used(mnt);
+      const receiver = spawn(process.execPath, [bin, '--json', '--repo', received, 'receive', '--listen', '127.0.0.1:0', '--insecure'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const port = await listeningPort(receiver.stdout!);
+        const [, receiveSeconds] = await timed(async () => {
+          for (const f of files) await push(f, `127.0.0.1:${port}`, { insecure: true });
+        });
+        await stopChild(receiver);
+        onDisk = used(mnt) - before;
+        physical = physicalBytes(received);
+        rows.push([kind, `${who}: push → receive`, `${receiveSeconds.toFixed(1)} s`, `${(onDisk / MiB).toFixed(1)} MiB`, `${(onDisk / u.unique).toFixed(2)}x`, `${(physical / MiB).toFixed(1)} MiB`]);
+        results.push({ fs: kind, who, op: 'receive', seconds: receiveSeconds, onDiskBytes: onDisk, ratio: onDisk / u.unique, physicalBytes: physical });
+      } finally {
+        await stopChild(receiver);
+      }
     }
-    // A push of the four images into a receiver whose repository is on this file system.
-    const received = join(mnt, 'received');
-    const before = used(mnt);
-    const [, receiveSeconds] = await timed(async () => {
-      await using receiver = new Receiver({ repo: received, insecure: true });
-      const { port } = await receiver.listen('127.0.0.1', 0);
-      for (const f of files) await push(f, `127.0.0.1:${port}`, { insecure: true });
-    });
-    const onDisk = used(mnt) - before;
-    const ls = cli(CLI, ['--repo', received, 'repo', 'ls']) as { usage: { physicalBytes: number } };
-    rows.push([kind, 'push → receive', `${receiveSeconds.toFixed(1)} s`, `${(onDisk / MiB).toFixed(1)} MiB`, `${(onDisk / u.unique).toFixed(2)}x`, `${(ls.usage.physicalBytes / MiB).toFixed(1)} MiB`]);
-    results.push({ fs: kind, op: 'receive', seconds: receiveSeconds, onDiskBytes: onDisk, ratio: onDisk / u.unique, physicalBytes: ls.usage.physicalBytes });
   } finally {
     fs.cleanup();
   }

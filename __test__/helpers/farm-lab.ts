@@ -155,11 +155,15 @@ export class FarmLab {
     return p;
   }
 
-  /** A JSON API call to the server (through the relay). */
+  /**
+   * A JSON API call to the server (through the relay). A new connection each time (agent:
+   * false): the server closes connections idle between requests after a short deadline
+   * (src/transfer/gate.ts), and a kept-alive one reused at that moment hangs up.
+   */
   api<T = any>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
     return new Promise((resolve, reject) => {
       const data = body === undefined ? undefined : JSON.stringify(body);
-      const req = request({ socketPath: this.socket, method, path, headers: { authorization: `Bearer ${this.token}`, ...(data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {}) } }, (res) => {
+      const req = request({ socketPath: this.socket, agent: false, method, path, headers: { authorization: `Bearer ${this.token}`, ...(data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {}) } }, (res) => {
         let text = '';
         res.setEncoding('utf8').on('data', (d: string) => (text += d));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as T) : (undefined as T) }));
@@ -173,7 +177,7 @@ export class FarmLab {
   events(id: string, after = 0, onEvent?: (e: any) => void): Promise<any[]> {
     return new Promise((resolve, reject) => {
       const got: any[] = [];
-      const req = request({ socketPath: this.socket, method: 'GET', path: `/api/jobs/${id}/events`, headers: { authorization: `Bearer ${this.token}`, ...(after ? { 'last-event-id': String(after) } : {}) } }, (res) => {
+      const req = request({ socketPath: this.socket, agent: false, method: 'GET', path: `/api/jobs/${id}/events`, headers: { authorization: `Bearer ${this.token}`, ...(after ? { 'last-event-id': String(after) } : {}) } }, (res) => {
         if (res.statusCode !== 200) return reject(new Error(`events of ${id}: HTTP ${res.statusCode}`));
         let buf = '';
         res.setEncoding('utf8').on('data', (d: string) => {
