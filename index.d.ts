@@ -201,6 +201,8 @@ export declare class RepositoryHandle {
   get root(): string
   get hash(): string
   get blockSize(): number
+  /** Whether pushed and pulled blocks are checked for SHA-1 collision attacks. */
+  get detectsCollisions(): boolean
   setWaitForLock(wait: boolean): void
   /** Frees the catalog and table cached in memory (operations still running keep theirs). */
   dropCache(): void
@@ -566,6 +568,8 @@ export interface RepoInitOptions {
   hash?: string
   /** Block size in bytes, a power of two from 512 to 1 MiB; default 4096. */
   blockSize?: number
+  /** SHA-1 only: check every pushed or pulled block for SHA-1 collision attacks (sha1dc). */
+  detectCollisions?: boolean
 }
 
 export interface RepoOpenOptions {

@@ -14,7 +14,7 @@ test('repo init, add, ls, show, plan, verify and rm from the CLI, human and --js
 
   const init = cliJson(['repo', 'init', '--block-size', '4K'], env);
   t.is(init.status, 0, init.stderr);
-  t.deepEqual(init.result, { path: repo, hash: 'sha1', blockSize: 4096 });
+  t.deepEqual(init.result, { path: repo, hash: 'sha1', blockSize: 4096, detectCollisions: false });
   const again = cliJson(['repo', 'init'], env);
   t.not(again.status, 0, 'a second init of the same directory is refused');
   t.regex(again.result.error.message, /already an osfarm repository/);

@@ -21,6 +21,8 @@ import { startNginx } from './helpers/nginx.js';
 import { cli, cliJson, cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const MiB = 1 << 20;
+/** Metadata the signed image carries (a built image's would hold its spec, stages and log). */
+const APP_META = { kind: 'test', spec: { packages: ['less'] }, buildLog: { path: '/origin/app.build.log', tail: 'line 1\nline 2' } };
 
 interface Origin {
   dir: string;
@@ -49,7 +51,7 @@ async function origin(t: ExecutionContext): Promise<Origin> {
   // Added before the key exists: unsigned.
   const evil = repo.addSync(join(base, 'evil.img'), { name: 'evil' }).digest;
   const key = generateKeys(dir);
-  const entry = repo.addSync(appImage, { name: 'app' });
+  const entry = repo.addSync(appImage, { name: 'app', meta: APP_META });
   signImage(dir, entry);
   const { server } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: dir })] });
   t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
@@ -162,6 +164,8 @@ test('a signed image pulls with --trust; the manifest is kept and republished; b
   t.is(r.name, 'app');
   const local = Repository.open(receiver).resolve('app');
   t.deepEqual(readFileSync(local.path), readFileSync(o.appImage));
+  // Its metadata travelled with it, unchanged.
+  t.deepEqual(local.meta, APP_META);
   t.deepEqual(readFileSync(join(local.path, '..', MANIFEST_FILE)), readFileSync(join(o.dir, 'images', o.app, MANIFEST_FILE)));
 
   // A plain nginx over a copy of images/ (keys/ is never published) serves the manifests too.
@@ -209,7 +213,7 @@ test('--trust refuses an unsigned image, another key, and a name the server poin
   nothingAssembled(t, receiver);
 });
 
-test('a cache that rewrites the index, the manifest or a block is caught; nothing is published', async (t) => {
+test('a cache that rewrites the index, the manifest, the metadata or a block is caught; nothing is published', async (t) => {
   const o = await origin(t);
   const dir = tempDir(t);
   const flip = (body: Buffer, at: number) => {
@@ -228,6 +232,14 @@ test('a cache that rewrites the index, the manifest or a block is caught; nothin
   const r2 = join(dir, 'r2');
   await refused(t, pull(`${manifest}/images/app`, { repo: r2, trust: [o.pub] }), 'OSFARM_UNTRUSTED', /bad signature/);
   nothingAssembled(t, r2);
+
+  // The metadata (spec, build log…) swapped in meta.json: it differs from the signed metaSha256.
+  const meta = await mitm(t, o.url, (path, body) =>
+    path.endsWith('/meta.json') ? { body: Buffer.from(body.toString().replace('line 2', 'line 3')) } : undefined,
+  );
+  const r4 = join(dir, 'r4');
+  await refused(t, pull(`${meta}/images/app`, { repo: r4, trust: [o.pub] }), 'OSFARM_UNTRUSTED', /metadata differs from the signed metadata/);
+  nothingAssembled(t, r4);
 
   // A block altered in transit: the signed index's digests catch it before it is written.
   const block = await mitm(t, o.url, (path, body, headers) => (path.endsWith('/image') && headers['content-range'] ? flip(body, 1000) : undefined));

@@ -89,7 +89,22 @@ export { resolveToken, type TokenOptions } from './transfer/push/auth.js';
 export { pull, parseImageUrl, type PullEvent, type PullOptions, type PullProgress, type PullResult } from './transfer/http/pull.js';
 // Trust and provenance: signing keys, signed image manifests, verified pulls (docs/trust.md)
 export { exportPublicKey, generateKeys, listKeys, loadSigningKey, readPublicKey, trustedKeys, trustKey, type KeyInfo } from './trust/keys.js';
-export { checkIndex, describeImage, MANIFEST_FILE, readManifest, SIGNATURE_FILE, signImage, verifyManifest, writeManifest, type ImageManifest, type SignedManifest } from './trust/manifest.js';
+export {
+  checkIndex,
+  checkMeta,
+  checkPushed,
+  describeImage,
+  MANIFEST_FILE,
+  metaDigest,
+  readManifest,
+  SIGNATURE_FILE,
+  signImage,
+  verifyManifest,
+  writeManifest,
+  type ImageManifest,
+  type PushedImage,
+  type SignedManifest,
+} from './trust/manifest.js';
 export { formatPublicKey, parsePublicKey, parseSignature, signMessage, verifyMessage, type PublicKey, type SecretKey, type Signature } from './trust/minisign.js';
 export { NAMES_FILE, nameHistory, recordName, type NameRecord } from './trust/names.js';
 export { imageArrived, type Arrival } from './trust/provenance.js';

@@ -23,6 +23,10 @@ export interface ImageFrame {
   resumeKey?: string;
   name?: string;
   digest?: string;
+  /** What travels with an image (docs/trust.md). */
+  meta?: unknown;
+  manifest?: string;
+  signature?: string;
 }
 
 export class RawClient {

@@ -257,6 +257,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
 
     phase('index');
     const builder = SOFTWARE;
+    // Provenance: when, beside by what; it travels with the image and dates its SBOM.
+    const built = new Date().toISOString();
     for (const [format, path] of paths) {
       if (signal.aborted) throw aborted(signal);
       const size = (await stat(path)).size;
@@ -269,6 +271,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
         const meta: BuildMeta = {
           kind: BUILD_META_KIND,
           builder,
+          built,
           format,
           specDigest: digest,
           spec: canonical,

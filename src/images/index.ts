@@ -36,6 +36,8 @@ export interface ShowResult extends ImageSummary {
   cow: string | null;
   backend: string;
   builder: string;
+  /** When it was built (where it was built: a pushed or pulled image keeps it); null for older builds. */
+  built: string | null;
   /** Every image of the same request: its formats. */
   formats: ImageSummary[];
   buildLog: { path: string; tail: string } | null;
@@ -78,6 +80,7 @@ export function showImage(repo: RepositoryRef, ref: string): ShowResult {
     cow: meta.cow ?? null,
     backend: meta.backend,
     builder: meta.builder,
+    built: meta.built ?? null,
     formats: imagesOfRequest(opened, meta.specDigest).map(summary),
     buildLog: meta.buildLog ?? null,
   };

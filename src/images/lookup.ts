@@ -16,6 +16,8 @@ export const BUILD_META_KIND = 'osfarm-build';
 export interface BuildMeta {
   kind: typeof BUILD_META_KIND;
   builder: string;
+  /** When it was built (ISO 8601; builds since 0.1 — older images lack it). */
+  built?: string;
   format: OutputFormat;
   /** The request checksum: sha256 of the canonical spec (parents included). */
   specDigest: string;

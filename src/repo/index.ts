@@ -31,6 +31,12 @@ export interface InitOptions {
   hash?: HashName;
   /** Block size in bytes, a power of two from 512 to 1 MiB, fixed. Default 4096. */
   blockSize?: number;
+  /**
+   * SHA-1 repositories only: every block a push or pull brings is checked for the traces of
+   * a SHA-1 collision attack (sha1dc, as git does) and refused if it has them (docs/trust.md).
+   * For repositories that take images from pushers they do not trust. Default false.
+   */
+  detectCollisions?: boolean;
 }
 
 export interface OpenOptions {
@@ -273,6 +279,10 @@ export class Repository implements Disposable, AsyncDisposable {
   }
   get blockSize(): number {
     return this.handle.blockSize;
+  }
+  /** Pushed and pulled blocks are checked for SHA-1 collision attacks (InitOptions.detectCollisions). */
+  get detectsCollisions(): boolean {
+    return this.handle.detectsCollisions;
   }
 
   /** Waiting for other processes' locks (default) or failing at once with OSFARM_LOCKED. */

@@ -55,6 +55,11 @@ export interface SignedManifest {
 
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 
+/** What a manifest's `metaSha256` signs: SHA-256 of the metadata as compact JSON (null: none). */
+export function metaDigest(meta: unknown): string | null {
+  return meta === undefined ? null : sha256(JSON.stringify(meta));
+}
+
 function imageDir(entry: ImageEntry): string {
   return dirname(entry.path);
 }
@@ -72,7 +77,7 @@ export function describeImage(entry: ImageEntry, keyId: string): ImageManifest {
     name: entry.name ?? null,
     format: entry.format,
     specDigest: typeof meta?.specDigest === 'string' ? meta.specDigest : null,
-    metaSha256: entry.meta === undefined ? null : sha256(JSON.stringify(entry.meta)),
+    metaSha256: metaDigest(entry.meta),
     stages: Array.isArray(meta?.stages) ? meta.stages.map((s) => s.tag).filter((t): t is string => typeof t === 'string') : [],
     built: entry.added.toISOString(),
     builder: SOFTWARE,
@@ -140,4 +145,61 @@ export function checkIndex(manifest: ImageManifest, index: Buffer, source: strin
   if (got !== manifest.indexSha256) {
     throw new OsfarmError('OSFARM_UNTRUSTED', `${source} differs from the signed index (SHA-256 ${got}, signed ${manifest.indexSha256}): the server or a cache altered it; nothing was assembled`);
   }
+}
+
+/**
+ * Checks that metadata that travelled with an image (meta.json's `metaJson` on a pull, the
+ * push's IMAGE frame) is the metadata the manifest signs: spec, stage chain, build log and
+ * packages are vouched for like the blocks.
+ */
+export function checkMeta(manifest: ImageManifest, meta: unknown, source: string): void {
+  const got = metaDigest(meta);
+  if (got !== manifest.metaSha256) {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${source}: the image's metadata differs from the signed metadata (SHA-256 ${got ?? 'none'}, signed ${manifest.metaSha256 ?? 'none'}); nothing was assembled`);
+  }
+}
+
+/** What a receiver knows of a pushed image before its blocks arrive (the IMAGE frame). */
+export interface PushedImage {
+  /** Absent when the source hashes a file as it sends it (such an image has no manifest). */
+  digest?: string;
+  size: number;
+  blockCount: number;
+  name?: string;
+  meta: unknown;
+}
+
+/**
+ * The manifest a push carried, checked against what the IMAGE frame says. With `keys`
+ * (the receiver requires signatures) an absent manifest, a bad signature, or one that does
+ * not describe this image — digest, size, block count, name, metadata — is OSFARM_UNTRUSTED,
+ * before any block is accepted. Without keys it is only kept if it describes the image, so
+ * the receiver republishes it for pulls to verify.
+ */
+export function checkPushed(text: string | undefined, signature: string | undefined, keys: readonly PublicKey[], image: PushedImage): SignedManifest | undefined {
+  const source = 'the pushed manifest';
+  if (text === undefined || signature === undefined) {
+    if (!keys.length) return undefined;
+    throw new OsfarmError('OSFARM_UNTRUSTED', `the image is not signed (the push carried no manifest); this receiver requires a signature by ${keys.map((k) => k.keyId).join(' or ')}`);
+  }
+  const bytes = Buffer.from(text, 'utf8');
+  if (!keys.length) {
+    let manifest: ImageManifest;
+    try {
+      manifest = parseManifest(bytes, source);
+    } catch {
+      return undefined;
+    }
+    return manifest.digest === image.digest ? { manifest, bytes, signature } : undefined;
+  }
+  const { manifest } = verifyManifest(bytes, signature, keys, source);
+  const differs = (what: string, signed: unknown, got: unknown) => {
+    if (signed !== got) throw new OsfarmError('OSFARM_UNTRUSTED', `${source} signs ${what} ${JSON.stringify(signed)}, the push says ${JSON.stringify(got ?? null)}: refused before any block`);
+  };
+  differs('image', manifest.digest, image.digest);
+  differs('size', manifest.size, image.size);
+  differs('block count', manifest.blockCount, image.blockCount);
+  if (image.name !== undefined) differs('name', manifest.name, image.name);
+  checkMeta(manifest, image.meta, source);
+  return { manifest, bytes, signature };
 }

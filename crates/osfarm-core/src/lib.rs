@@ -3,6 +3,7 @@
 //! - [`hash`], [`indexer`], [`index`]: fixed-size block hashing and the `.osfi` index format
 //! - [`compare`]: common blocks between two images
 
+pub mod collision;
 pub mod compare;
 pub mod digest_set;
 pub mod error;

@@ -26,3 +26,12 @@ pub(crate) fn block(seed: u32) -> Vec<u8> {
 pub(crate) fn image(seeds: &[u32]) -> Vec<u8> {
     seeds.iter().flat_map(|&s| block(s)).collect()
 }
+
+/// The colliding 320-byte prefixes of the SHAttered PDFs (shattered-1.pdf and
+/// shattered-2.pdf, Stevens et al. 2017): five 64-byte SHA-1 blocks each, the last two the
+/// near-collision blocks. Shared with the TypeScript tests (`tests/data/shattered.hex`).
+pub(crate) fn shattered_prefixes() -> (Vec<u8>, Vec<u8>) {
+    let text = include_str!("../tests/data/shattered.hex");
+    let mut halves = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| hex::decode(l.trim()).unwrap());
+    (halves.next().unwrap(), halves.next().unwrap())
+}

@@ -22,6 +22,8 @@ pub struct RepoInitOptions {
     pub hash: Option<String>,
     /// Block size in bytes, a power of two from 512 to 1 MiB; default 4096.
     pub block_size: Option<f64>,
+    /// SHA-1 only: check every pushed or pulled block for SHA-1 collision attacks (sha1dc).
+    pub detect_collisions: Option<bool>,
 }
 
 #[napi(object)]
@@ -287,6 +289,7 @@ impl RepositoryHandle {
             if let Some(bs) = crate::block_size(opts.block_size)? {
                 o.block_size = bs;
             }
+            o.detect_collisions = opts.detect_collisions.unwrap_or(false);
         }
         Ok(RepositoryHandle { repo: Repository::init(Path::new(&path), o).map_err(js_err)? })
     }
@@ -321,6 +324,12 @@ impl RepositoryHandle {
     #[napi(getter)]
     pub fn block_size(&self) -> u32 {
         self.repo.block_size()
+    }
+
+    /// Whether pushed and pulled blocks are checked for SHA-1 collision attacks.
+    #[napi(getter)]
+    pub fn detects_collisions(&self) -> bool {
+        self.repo.detects_collisions()
     }
 
     #[napi]

@@ -51,7 +51,7 @@ const show: Command<ShowResult> = {
     return [
       `image ${r.name ?? '(no name)'} ${r.digest}`,
       `  format ${r.format}, ${bytes(r.size)}, added ${when(r.added)}, at ${r.path}`,
-      `  request ${r.specDigest}: ${s.distribution} ${s.release} ${s.architecture}, built with ${r.backend} by ${r.builder}${r.cow ? `, stages on ${r.cow}` : ''}`,
+      `  request ${r.specDigest}: ${s.distribution} ${s.release} ${s.architecture}, built with ${r.backend} by ${r.builder}${r.built ? ` at ${when(r.built)}` : ''}${r.cow ? `, stages on ${r.cow}` : ''}`,
       `  formats: ${r.formats.map((f) => `${f.format} ${f.digest.slice(0, 12)} (${bytes(f.size)})`).join(', ')}`,
       '  stages:',
       ...r.stages.map((st) => `    ${st.tag.slice(0, 12)}  ${st.label}`),

@@ -2,7 +2,7 @@ import { invalidArgument } from '../../base/errors.js';
 import { Receiver, type TransferReport } from '../../transfer/push/receive.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { parseAddress } from '../../transfer/address.js';
-import { type Command, flag, str, wholeNumber } from '../command.js';
+import { type Command, flag, str, strs, wholeNumber } from '../command.js';
 import { bytes, count } from '../format.js';
 import { SERVER_TLS_OPTIONS, serverTls } from '../tls.js';
 import { certificateFingerprint } from '../../trust/tls.js';
@@ -21,12 +21,13 @@ function line(r: TransferReport): string {
 
 const command: Command<{ transfers: number; failed: number }> = {
   name: 'receive',
-  usage: 'receive --listen <host:port> [--repo DIR] [--token T | --token-file F | $OSFARM_TOKEN] (--tls-cert FILE --tls-key FILE | --insecure) [--max-transfers N] [--idle-timeout S]',
+  usage: 'receive --listen <host:port> [--repo DIR] [--token T | --token-file F | $OSFARM_TOKEN] (--tls-cert FILE --tls-key FILE | --insecure) [--trust KEYFILE]... [--max-transfers N] [--idle-timeout S]',
   options: {
     listen: { type: 'string', short: 'l' },
     token: { type: 'string' },
     'token-file': { type: 'string' },
     ...SERVER_TLS_OPTIONS,
+    trust: { type: 'string', multiple: true },
     'max-transfers': { type: 'string' },
     'idle-timeout': { type: 'string' },
   },
@@ -42,6 +43,7 @@ const command: Command<{ transfers: number; failed: number }> = {
       token,
       insecure: flag(args, 'insecure'),
       tls,
+      trust: strs(args, 'trust'),
       maxTransfers: wholeNumber(args, 'max-transfers', 1, 1024),
       idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     });

@@ -1,7 +1,7 @@
 import type { HashName } from '../../blocks/index.js';
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { type DedupReport, type DiskUsage, type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
-import { type Command, str } from '../command.js';
+import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
@@ -17,11 +17,11 @@ function imageLine(e: ShownEntry): string {
   return `${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)} in ${count(e.blockCount)} blocks`;
 }
 
-const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
+const init: Command<{ path: string; hash: HashName; blockSize: number; detectCollisions: boolean }> = {
   name: 'init',
-  summary: 'create a repository (--hash sha1|sha256, --block-size N, fixed for its life)',
-  usage: 'repo init [DIR | --repo DIR] [--hash sha1|sha256] [--block-size N]',
-  options: { hash: { type: 'string' }, 'block-size': { type: 'string', short: 'b' } },
+  summary: 'create a repository (--hash sha1|sha256, --block-size N, --detect-collisions: fixed for its life)',
+  usage: 'repo init [DIR | --repo DIR] [--hash sha1|sha256] [--block-size N] [--detect-collisions]',
+  options: { hash: { type: 'string' }, 'block-size': { type: 'string', short: 'b' }, 'detect-collisions': { type: 'boolean' } },
   allowPositionals: true,
   async run(args, ctx) {
     const [dir, extra] = args.positionals;
@@ -30,10 +30,11 @@ const init: Command<{ path: string; hash: HashName; blockSize: number }> = {
     const repo = Repository.init(dir ?? ctx.repoPath, {
       hash: str(args, 'hash') as HashName | undefined,
       blockSize: bs === undefined ? undefined : parseSize(bs, '--block-size'),
+      detectCollisions: flag(args, 'detect-collisions'),
     });
-    return { path: repo.path, hash: repo.hash, blockSize: repo.blockSize };
+    return { path: repo.path, hash: repo.hash, blockSize: repo.blockSize, detectCollisions: repo.detectsCollisions };
   },
-  render: (r) => `created repository ${r.path} (${r.hash}, ${r.blockSize}-byte blocks)`,
+  render: (r) => `created repository ${r.path} (${r.hash}${r.detectCollisions ? ' with collision detection' : ''}, ${r.blockSize}-byte blocks)`,
 };
 
 const add: Command<ShownEntry[]> = {

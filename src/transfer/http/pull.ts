@@ -17,7 +17,7 @@ import { SOFTWARE } from '../../base/version.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { isCertificateError } from '../../trust/tls.js';
 import { recordName } from '../../trust/names.js';
-import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
+import { checkIndex, checkMeta, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
 import type { PublicKey } from '../../trust/minisign.js';
 
 export interface PullProgress {
@@ -387,7 +387,7 @@ interface Prepared {
   index: Buffer;
   /** The index's hash and block size: a new local repository is made with them. */
   params: { hash: 'sha1' | 'sha256'; blockSize: number };
-  meta: { name?: string; format?: string; originalName?: string };
+  meta: { name?: string; format?: string; originalName?: string; meta?: unknown };
   /** The verified manifest, when keys were required. */
   signed?: SignedManifest & { key: PublicKey };
 }
@@ -440,7 +440,17 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
   if (DIGEST.test(loc.ref) && loc.ref.toLowerCase() !== digest) {
     throw new OsfarmError('OSFARM_DIGEST_MISMATCH', `${metaUrl} describes image ${digest}, not ${loc.ref}`);
   }
+  // The origin's metadata (spec, stage chain, build log, packages) travels with the image.
+  let imageMeta: unknown;
+  if (typeof meta.metaJson === 'string') {
+    try {
+      imageMeta = JSON.parse(meta.metaJson);
+    } catch {
+      throw new OsfarmError('OSFARM_PROTOCOL', `${metaUrl}: its metaJson is not JSON`);
+    }
+  }
   const signed = keys.length ? await fetchManifest(loc, digest, keys, fetcher, retry) : undefined;
+  if (signed) checkMeta(signed.manifest, imageMeta, metaUrl);
   // With a signature, the signed block count bounds the index, not the unsigned meta.json.
   const blockCount = signed ? signed.manifest.blockCount : typeof meta.blockCount === 'number' ? meta.blockCount : 2 ** 32;
   const indexUrl = `${loc.base}/images/${digest}/index.osfi`;
@@ -456,6 +466,7 @@ async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Prom
       name: typeof meta.name === 'string' ? meta.name : undefined,
       format: typeof meta.format === 'string' ? meta.format : undefined,
       originalName: typeof meta.originalName === 'string' ? meta.originalName : undefined,
+      meta: imageMeta,
     },
   };
 }

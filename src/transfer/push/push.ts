@@ -15,7 +15,8 @@ import { abortError, callNative, callNativeSync, invalidArgument, OsfarmError, t
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native } from '../../base/native.js';
 import type { ImageSourceHandle } from '../../base/native.js';
-import { Repository } from '../../repo/index.js';
+import { type ImageEntry, Repository } from '../../repo/index.js';
+import { readManifest } from '../../trust/manifest.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { Connection, field, intField } from './connection.js';
 import { checkPinned, clientTlsOptions, isCertificateError, type TlsClientOptions } from '../../trust/tls.js';
@@ -129,8 +130,10 @@ interface Source {
   resumeKey: string;
   originalName: string;
   format?: string;
-  /** What the repository recorded with the image (a build's spec and log): recorded at the receiver too. */
+  /** A repository image's name, metadata and signed manifest: they travel with it (docs/trust.md). */
+  name?: string;
   meta?: unknown;
+  signed?: { manifest: string; signature: string };
 }
 
 /** Finds what to send: a file, or an image of a local repository. */
@@ -167,8 +170,21 @@ function resolveSource(image: string, repo?: string): Source {
     resumeKey: `image:${e.digest}`,
     originalName: e.originalName ?? e.name ?? e.digest,
     format: e.format,
+    name: e.name,
     meta: e.meta,
+    signed: signedManifest(e),
   };
+}
+
+/** The manifest stored beside a repository image, as text for the IMAGE frame (a damaged one is not sent). */
+function signedManifest(e: ImageEntry): Source['signed'] {
+  let m: ReturnType<typeof readManifest>;
+  try {
+    m = readManifest(e);
+  } catch {
+    return undefined;
+  }
+  return m && { manifest: m.bytes.toString('utf8'), signature: m.signature };
 }
 
 /** Starts hashing `source` (or streaming its stored index, when that was made with these parameters). */
@@ -294,10 +310,11 @@ export async function push(image: string, address: string, options: PushOptions 
       // The space the file takes: a bound on its non-zero blocks (holes take none), so a
       // receiver without room refuses at once.
       dataBytes: Math.min(src.imageSize, statSync(source.path).blocks * 512),
-      name: options.name,
+      name: options.name ?? source.name,
       originalName: source.originalName,
       format: source.format,
       meta: source.meta,
+      ...(source.signed ?? {}),
     });
     const accept = await conn.next();
     let done: Record<string, unknown>;

@@ -15,7 +15,9 @@ import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
 import { native, type PushAssembly } from '../../base/native.js';
 import { Repository } from '../../repo/index.js';
-import { loadSigningKey } from '../../trust/keys.js';
+import { loadSigningKey, trustedKeys } from '../../trust/keys.js';
+import { checkPushed, type SignedManifest } from '../../trust/manifest.js';
+import type { PublicKey } from '../../trust/minisign.js';
 import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
@@ -50,6 +52,12 @@ export interface ReceiverOptions {
   token?: string;
   /** Accept sources without a token (trusted networks, tests). */
   insecure?: boolean;
+  /**
+   * Public key files (minisign format): every pushed image must carry a manifest signed by
+   * one of them, or by a key of the repository's trust store (`trust/*.pub`), checked before
+   * any block is accepted (docs/trust.md). With neither, pushed manifests are kept unchecked.
+   */
+  trust?: string[];
   /** Listen with TLS (certificate chain and key, PEM); sources pin its fingerprint or check it against a CA. Without it: plain TCP. */
   tls?: TlsServerOptions;
   /** Transfers at once; more are refused with OSFARM_LOCKED (default 4). */
@@ -147,7 +155,9 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   private repoChecked = false;
   private closing: Promise<void> | undefined;
   private readonly sink: (event: ReceiveEvent) => void;
-  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent' | 'tls'>> & { token?: string; tls?: TlsServerOptions };
+  readonly options: Required<Omit<ReceiverOptions, 'token' | 'onEvent' | 'tls' | 'trust'>> & { token?: string; tls?: TlsServerOptions; trust: string[] };
+  /** The keys a pushed image's manifest must be signed by (none: not required); read at listen(). */
+  private keys: PublicKey[] = [];
   /** Totals over the receiver's life. */
   readonly totals: ReceiverTotals = { transfers: 0, failed: 0, wireBytesReceived: 0, receivedBytes: 0 };
 
@@ -164,6 +174,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       repo: options.repo,
       token: options.token,
       tls: options.tls,
+      trust: options.trust ?? [],
       insecure: options.insecure ?? false,
       maxTransfers: options.maxTransfers ?? 4,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
@@ -186,6 +197,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     this.ensureRepository();
     // A signing key that cannot be used fails now, not after the first transfer.
     loadSigningKey(this.options.repo);
+    this.keys = trustedKeys(this.options.repo, this.options.trust);
     const tls = this.options.tls;
     // With TLS, accept() (and the gate in it) gets the connection once its handshake is done.
     const server = tls ? createTlsServer({ ...tls, noDelay: true }, (socket) => this.accept(socket)) : createServer({ noDelay: true }, (socket) => this.accept(socket));
@@ -235,9 +247,9 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   }
 
   /** Records an accepted image's name and signs it with the repository's key, if it has one (docs/trust.md). */
-  private signAccepted<E extends { digest: string }>(e: E): E {
+  private signAccepted<E extends { digest: string }>(e: E, carried: SignedManifest | undefined): E {
     using repo = Repository.open(this.options.repo);
-    imageArrived(this.options.repo, repo.resolve(e.digest), 'receive');
+    imageArrived(this.options.repo, repo.resolve(e.digest), 'receive', carried);
     return e;
   }
 
@@ -366,8 +378,17 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       name: optString(image, 'name', 255),
       originalName: optString(image, 'originalName', 4096),
       format: optString(image, 'format', 64),
+      // The origin's metadata (spec, stage chain, build log, packages): any JSON, kept as it came.
       metaJson: meta,
     };
+    // Its signed manifest: checked now, before any block, when this receiver requires signatures.
+    const carried = checkPushed(optString(image, 'manifest', 1 << 16), optString(image, 'signature', 4096), this.keys, {
+      digest,
+      size,
+      blockCount,
+      name: imageOptions.name,
+      meta: image.meta,
+    });
     const report: TransferReport = {
       remote,
       protocol: version,
@@ -414,7 +435,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     };
 
     if (asm.alreadyPresent) {
-      const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e));
+      const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e, carried));
       conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
@@ -488,7 +509,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         if (over || finishing || endDigest === undefined || pending.length || outstanding.size || puts) return;
         if (groupHead < groups.length || asked.size) return;
         finishing = true;
-        callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e)).then(
+        callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e, carried)).then(
           (e) => {
             if (over) return;
             conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });

@@ -72,11 +72,14 @@ fn parse_table_file_name(name: &str) -> Option<u64> {
 pub struct InitOptions {
     pub alg: HashAlg,
     pub block_size: u32,
+    /// SHA-1 with collision detection: every block received by a push or pull is checked
+    /// for the traces of a SHA-1 collision attack (crate::collision, docs/trust.md).
+    pub detect_collisions: bool,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { alg: HashAlg::Sha1, block_size: hash::DEFAULT_BLOCK_SIZE }
+        InitOptions { alg: HashAlg::Sha1, block_size: hash::DEFAULT_BLOCK_SIZE, detect_collisions: false }
     }
 }
 
@@ -162,6 +165,7 @@ struct Inner {
     root: PathBuf,
     alg: HashAlg,
     block_size: u32,
+    detect_collisions: bool,
     wait_for_lock: AtomicBool,
     /// The last catalog and table read, reused while the catalog on disk is unchanged.
     cache: Mutex<Option<Arc<State>>>,
@@ -209,6 +213,9 @@ impl Repository {
     /// Creates a repository at `path` (the directory may exist if it is empty).
     pub fn init(path: &Path, opts: InitOptions) -> Result<Repository> {
         hash::block_size_log2(opts.block_size)?;
+        if opts.detect_collisions && opts.alg != HashAlg::Sha1 {
+            bail!(InvalidArgument, "collision detection is for SHA-1 repositories; {} needs none", opts.alg.name());
+        }
         if opts.block_size as u64 * u32::MAX as u64 > 1 << 62 {
             bail!(InvalidArgument, "block size {} is too large for a repository", opts.block_size);
         }
@@ -252,10 +259,11 @@ impl Repository {
         let bytes = catalog.encode();
         fsutil::write_atomic(&cat_path, |w| w.write_all(&bytes).map_err(|e| Error::io(&cat_path, "cannot write", e)))?;
         let format = format!(
-            "{{\n  \"format\": {},\n  \"version\": {FORMAT_VERSION},\n  \"hash\": {},\n  \"blockSize\": {},\n  \"created\": {}\n}}\n",
+            "{{\n  \"format\": {},\n  \"version\": {FORMAT_VERSION},\n  \"hash\": {},\n  \"blockSize\": {},{}\n  \"created\": {}\n}}\n",
             json::quote(FORMAT_NAME),
             json::quote(opts.alg.name()),
             opts.block_size,
+            if opts.detect_collisions { "\n  \"collisionDetection\": true," } else { "" },
             now_ms()
         );
         let fpath = path.join(FORMAT_FILE);
@@ -317,11 +325,17 @@ impl Repository {
                 .and_then(|v| v.as_u64())
                 .filter(|&b| b <= u32::MAX as u64 && hash::block_size_log2(b as u32).is_ok())
                 .ok_or_else(|| bad_repo(path, format!("{FORMAT_FILE} has no valid blockSize")))? as u32;
+        let detect_collisions = match v.get("collisionDetection") {
+            None | Some(json::Value::Bool(false)) => false,
+            Some(json::Value::Bool(true)) if alg == HashAlg::Sha1 => true,
+            Some(_) => return Err(bad_repo(path, format!("{FORMAT_FILE} has an invalid collisionDetection (true, for sha1 only)"))),
+        };
         Ok(Repository {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
                 alg,
                 block_size,
+                detect_collisions,
                 wait_for_lock: AtomicBool::new(true),
                 cache: Mutex::new(None),
             }),
@@ -353,6 +367,11 @@ impl Repository {
     }
     pub fn block_size(&self) -> u32 {
         self.inner.block_size
+    }
+
+    /// Whether received blocks are checked for SHA-1 collision attacks (`InitOptions`).
+    pub fn detects_collisions(&self) -> bool {
+        self.inner.detect_collisions
     }
     pub fn index_options(&self) -> IndexOptions {
         IndexOptions { alg: self.inner.alg, block_size: self.inner.block_size }

@@ -33,6 +33,7 @@ use super::catalog::CatalogEntry;
 use super::plan::Run;
 use super::{AddOptions, ImageEntry, Repository, Workspace, IMAGE_FILE};
 use crate::bail;
+use crate::collision;
 use crate::error::{Code, Error, Result};
 use crate::fsutil;
 use crate::hash::{self, HashAlg};
@@ -395,6 +396,16 @@ impl Assembly {
                 "block {i} of {} does not match its digest (wrong data from the source); nothing was written",
                 self.label
             );
+        }
+        if self.repo.detects_collisions() {
+            if let Some(k) = collision::first_attack(data, bs as usize) {
+                bail!(
+                    DigestMismatch,
+                    "block {} of {} carries a SHA-1 collision attack (sha1dc found its near-collision blocks); refused, nothing was written",
+                    first + k as u64,
+                    self.label
+                );
+            }
         }
         let fresh: Vec<u64> = {
             let p = self.present.lock().unwrap();
