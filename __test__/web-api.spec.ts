@@ -452,6 +452,18 @@ webTest('compare: common blocks both ways', ['GET /api/compare'], async (t) => {
   t.is((await call(c, 'GET', '/api/compare?a=a.tar&b=zzzz-none')).status, 404);
 });
 
+webTest('boot refuses what is not a disk, and bad options, before queueing a VM (boot.spec.ts boots a real one)', ['POST /api/images/{ref}/boot'], async (t) => {
+  const c = await start(t);
+  const notDisk = await call(c, 'POST', '/api/images/a.tar/boot', { body: {} });
+  t.is(notDisk.status, 400);
+  t.regex((await json(notDisk)).error.message, /not a disk/);
+  const badFirmware = await call(c, 'POST', '/api/images/a.tar/boot', { body: { firmware: 'coreboot' } });
+  t.is(badFirmware.status, 400);
+  t.regex((await json(badFirmware)).error.message, /unknown firmware "coreboot": give uefi or bios/);
+  t.is((await call(c, 'POST', '/api/images/zzzz-none/boot', { body: {} })).status, 404);
+  t.deepEqual((await json(await call(c, 'GET', '/api/jobs'))).jobs, []);
+});
+
 webTest('stages: listing with sizes and hits, and GC', ['GET /api/stages', 'POST /api/stages/gc'], async (t) => {
   const c = await start(t);
   const empty = await json(await call(c, 'GET', '/api/stages'));

@@ -82,7 +82,7 @@ export {
 // Images by request: lookup, details, spec export
 export * from './images/index.js';
 
-// Transfers: push and receive over TCP, pull and serve over HTTP
+// Transfers: push and receive over TCP, pull and serve over HTTP, lazy pull over NBD
 export { push, type PushEvent, type PushOptions, type PushProgress, type PushResult } from './transfer/push/push.js';
 export { Receiver, type ReceiveEvent, type ReceiverOptions, type ReceiverTotals, type TransferReport } from './transfer/push/receive.js';
 export { resolveToken, type TokenOptions } from './transfer/push/auth.js';
@@ -110,6 +110,8 @@ export { NAMES_FILE, nameHistory, recordName, type NameRecord } from './trust/na
 export { imageArrived, type Arrival } from './trust/provenance.js';
 export { certificateFingerprint, normalizeFingerprint, type TlsClientOptions, type TlsServerOptions } from './trust/tls.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';
+export { pullLazy, type LazyEvent, type LazyExport, type LazyProgress, type LazyPullOptions, type LazyPullResult } from './transfer/lazy/export.js';
+export { readBootProfile, writeBootProfile, type BootProfile, type ProfileRun } from './transfer/lazy/profile.js';
 export type { Serving } from './app/serve.js';
 
 // Serving a repository: pull endpoints, web GUI and REST API
@@ -124,3 +126,8 @@ export {
   type WebHandler,
   type WebOptions,
 } from './web/index.js';
+
+// Booting images under qemu: console, SSH, stop (docs/boot.md)
+export { boot, type Accel, type BootInfo, type BootMode, type BootOptions, type DiskSource, type ExecResult, type QemuExit, VmHandle, type WaitResult } from './boot/index.js';
+// Lazy boot: an image booted from its origin before it has arrived (docs/lazy-boot.md)
+export { bootAny, bootLazy, lazySource, type LazyBootOptions } from './app/lazy-boot.js';

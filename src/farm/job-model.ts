@@ -7,7 +7,7 @@
  */
 import { errorJson } from '../base/errors.js';
 
-export type JobKind = 'build' | 'push' | 'pull' | 'probe';
+export type JobKind = 'build' | 'push' | 'pull' | 'boot' | 'probe';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
 /** What a job reports while it runs; `t` is milliseconds since the job was created. */

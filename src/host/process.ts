@@ -5,7 +5,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 
 import { abortError, type ErrorCode, OsfarmError } from '../base/errors.js';
 
@@ -29,6 +29,8 @@ export interface RunOptions {
   capture?: boolean;
   /** The code of the error raised when the command cannot be started (and by runChecked); default OSFARM_IO. */
   errorCode?: ErrorCode;
+  /** Gives the command a standard input pipe, handed over once it has started (else stdin is /dev/null). */
+  stdin?: (stdin: Writable) => void;
 }
 
 export interface RunResult {
@@ -67,7 +69,12 @@ export function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
 export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?: (stdout: Readable) => Promise<void>): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
     if (opts.signal?.aborted) return reject(abortError(opts.signal));
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], detached: true });
+    if (opts.stdin && child.stdin) {
+      // A child that exits while input is still being written must not crash the writer with EPIPE.
+      child.stdin.on('error', () => {});
+      opts.stdin(child.stdin);
+    }
     let killTimer: NodeJS.Timeout | undefined;
     let wasAborted = false;
     const out = { stdout: '', stderr: '' };

@@ -180,7 +180,8 @@ function indexArg(input: IndexInput): string | Buffer {
   return 'index' in input ? input.index : input.image;
 }
 
-function nativeImageOptions(o: ImageOptions): RepoAddOptions {
+/** An image's options as the native calls take them (metadata as JSON text): also for `NbdServer.publish`. */
+export function nativeImageOptions(o: ImageOptions): RepoAddOptions {
   return {
     name: o.name,
     metaJson: o.meta === undefined ? undefined : JSON.stringify(o.meta),

@@ -24,6 +24,7 @@ import { type Catalog, catalog } from './catalog.js';
 import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, type JobSource, streamJob } from './jobs.js';
 import { PackageSearch } from './packages.js';
+import { bootRoutes } from './boot.js';
 
 export interface ApiOptions {
   repo: string;
@@ -94,6 +95,7 @@ export class Api {
   readonly builds: JobSource;
   private readonly localBuilds: JobQueue | undefined;
   readonly transfers: JobQueue;
+  readonly boots: JobQueue;
   private readonly packages: PackageSearch;
   private catalogCache: { at: number; value: Promise<Catalog> } | undefined;
 
@@ -101,6 +103,8 @@ export class Api {
     this.localBuilds = o.farm ? undefined : new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
     this.builds = o.farm ?? this.localBuilds!;
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
+    // A VM takes CPU for as long as it runs: one at a time, one waiting.
+    this.boots = new JobQueue({ concurrency: 1, maxQueued: 1 });
     this.packages = new PackageSearch(join(o.workDir, 'apt-indexes'));
     if (!existsSync(o.repo)) Repository.init(o.repo);
   }
@@ -121,7 +125,7 @@ export class Api {
   }
 
   private async job(id: string): Promise<{ queue: JobSource; info: JobInfo }> {
-    for (const queue of [this.builds, this.transfers]) {
+    for (const queue of [this.builds, this.transfers, this.boots]) {
       const info = await queue.get(id);
       if (info) return { queue, info };
     }
@@ -133,7 +137,7 @@ export class Api {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.builds.close(), this.transfers.close()]);
+    await Promise.all([this.builds.close(), this.transfers.close(), this.boots.close()]);
   }
 
   routes(): DocumentedRoute[] {
@@ -195,9 +199,9 @@ export class Api {
       },
       {
         method: 'GET', path: '/api/jobs', read: true,
-        doc: { tag: 'jobs', summary: 'Every build and transfer job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
+        doc: { tag: 'jobs', summary: 'Every build, transfer and boot job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
         handler: async ({ res }) => {
-          const jobs = [...(await this.builds.list()), ...(await this.transfers.list())].sort((a, b) => b.created.localeCompare(a.created));
+          const jobs = [...(await this.builds.list()), ...(await this.transfers.list()), ...(await this.boots.list())].sort((a, b) => b.created.localeCompare(a.created));
           sendJson(res, 200, { jobs });
         },
       },
@@ -390,6 +394,7 @@ export class Api {
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
+      ...bootRoutes({ queue: this.boots, repo: this.o.repo, workDir: this.o.workDir, image: (ref) => this.image(ref) }),
     ];
   }
 }

@@ -15,6 +15,7 @@ export const commands: CommandEntry[] = [
   { name: 'repo', summary: 'the image repository: init, add, ls, show, rm, verify, rebuild', load: () => import('./repo.js') },
   { name: 'plan', summary: 'which blocks of an image the repository has, and which a transfer must send', load: () => import('./plan.js') },
   { name: 'build', summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags', load: () => import('./build.js') },
+  { name: 'boot', summary: 'run an image under qemu (UEFI, BIOS or its kernel directly) with its serial console on the terminal', load: () => import('./boot.js') },
   { name: 'images', summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME', load: () => import('./images.js') },
   { name: 'stages', summary: 'the stage cache: ls, gc --max-size N, verify, rm <tag>, backends', load: () => import('./stages.js') },
   { name: 'push', summary: 'send an image to an osfarm receive, only the blocks it lacks', load: () => import('./push.js') },

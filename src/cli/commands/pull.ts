@@ -1,6 +1,8 @@
 import { invalidArgument } from '../../base/errors.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
-import { type Command, str, strs, throttled, wholeNumber } from '../command.js';
+import type { LazyPullResult } from '../../transfer/lazy/export.js';
+import { type Command, flag, str, strs, throttled, wholeNumber } from '../command.js';
+import { pullLazyCommand, renderLazy } from './pull-lazy.js';
 import { parseSize } from '../../base/size.js';
 import { bytes, count, percent } from '../format.js';
 
@@ -11,10 +13,19 @@ function requestSize(text: string): number {
   return n;
 }
 
-const command: Command<PullResult> = {
+const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
-  usage: 'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+  usage: [
+    'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+    'pull --lazy <URL> [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+  ].join('\n'),
   options: {
+    lazy: { type: 'boolean' },
+    socket: { type: 'string' },
+    export: { type: 'string' },
+    'until-complete': { type: 'boolean' },
+    'record-profile': { type: 'boolean' },
+    'no-prefetch': { type: 'boolean' },
     name: { type: 'string' },
     parallel: { type: 'string' },
     'max-request': { type: 'string' },
@@ -26,6 +37,7 @@ const command: Command<PullResult> = {
     const [url, extra] = args.positionals;
     if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
     const maxRequest = str(args, 'max-request');
+    if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx, maxRequest === undefined ? undefined : requestSize(maxRequest));
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
@@ -54,6 +66,7 @@ const command: Command<PullResult> = {
     }
   },
   render(r) {
+    if ('profile' in r) return renderLazy(r);
     if (r.alreadyPresent) return `image ${r.digest}${r.name ? ` (${r.name})` : ''} is already in the repository: nothing fetched`;
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [

@@ -126,8 +126,8 @@ function retryableStatus(status: number): boolean {
   return status === 408 || status === 429 || status >= 500;
 }
 
-/** The HTTP side of a pull: one keep-alive agent, counters, cancellation. */
-class Fetcher {
+/** The HTTP side of a pull: one keep-alive agent, counters, cancellation (the lazy export's fetcher too). */
+export class Fetcher {
   readonly agent: HttpAgent;
   requests = 0;
   retries = 0;
@@ -234,6 +234,15 @@ function statusError(res: IncomingMessage, url: string, what: string): Error {
   return new OsfarmError('OSFARM_PROTOCOL', `${url}: unexpected HTTP ${status} for the ${what}`);
 }
 
+export interface RetryOptions {
+  retries: number;
+  retryDelayMs: number;
+  /** The longest delay between two attempts (default: no limit, the delays keep doubling). */
+  maxRetryDelayMs?: number;
+  signal: AbortSignal;
+  fetcher: Fetcher;
+}
+
 /** How long in all a request waits on a server that answers "busy, retry after" (429/503). */
 const BUSY_WAIT_MS = 5 * 60_000;
 
@@ -242,8 +251,8 @@ const BUSY_WAIT_MS = 5 * 60_000;
  * doubling delays. A server's Retry-After is obeyed and not counted as a failure (a busy
  * server is not a broken one), up to BUSY_WAIT_MS in all.
  */
-async function withRetries<T>(
-  o: { retries: number; retryDelayMs: number; signal: AbortSignal; fetcher: Fetcher },
+export async function withRetries<T>(
+  o: RetryOptions,
   attempt: () => Promise<T>,
   progressed: () => boolean = () => false,
 ): Promise<T> {
@@ -264,12 +273,12 @@ async function withRetries<T>(
       if (failures > o.retries) {
         throw new OsfarmError('OSFARM_IO', `${err.message}; gave up after ${o.retries} retries. The blocks received so far are kept: run the same pull again to continue`);
       }
-      await sleep(o.retryDelayMs * 2 ** (failures - 1), o.signal);
+      await sleep(Math.min(o.retryDelayMs * 2 ** (failures - 1), o.maxRetryDelayMs ?? Infinity), o.signal);
     }
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(aborted(signal));
     const t = setTimeout(() => {
@@ -293,7 +302,15 @@ function indexHeader(buf: Buffer, url: string): { hash: 'sha1' | 'sha256'; block
   return { hash: alg.name, blockSize: 2 ** buf[11]! };
 }
 
-type BlockRange = { first: number; count: number };
+export type BlockRange = { first: number; count: number };
+
+/** Where fetched blocks go: the Assembler, or a lazy export's buffer. */
+export interface BlockSink {
+  readonly blockSize: number;
+  readonly imageSize: number;
+  /** Takes whole blocks from block `first` (the image's last may be short); returns how many were new. */
+  putBlocks(first: number, data: Buffer): number;
+}
 
 /** Missing runs merged across small gaps, then cut into requests of at most `maxBlocks`. */
 export function coalesce(runs: BlockRange[], gapBlocks: number, maxBlocks: number): BlockRange[] {
@@ -310,11 +327,11 @@ export function coalesce(runs: BlockRange[], gapBlocks: number, maxBlocks: numbe
   return out;
 }
 
-/** Streams one block range into the assembler; `range.first/count` advance as blocks land. */
-async function fetchRange(
+/** Streams one block range into `asm`; `range.first/count` advance as blocks land. */
+export async function fetchRange(
   fetcher: Fetcher,
   url: string,
-  asm: Assembler,
+  asm: BlockSink,
   range: BlockRange,
   onBlocks: (blocks: number, bytes: number) => void,
 ): Promise<void> {
@@ -382,7 +399,7 @@ async function fetchRange(
   deliver(true);
 }
 
-interface Prepared {
+export interface Prepared {
   digest: string;
   index: Buffer;
   /** The index's hash and block size: a new local repository is made with them. */
@@ -426,7 +443,7 @@ async function fetchManifest(
 }
 
 /** Finds the image: its meta.json (following a server's name → digest redirect), then its index. */
-async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Promise<T>) => Promise<T>, keys: readonly PublicKey[]): Promise<Prepared> {
+export async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () => Promise<T>) => Promise<T>, keys: readonly PublicKey[]): Promise<Prepared> {
   const metaUrl = `${loc.base}/images/${encodeURIComponent(loc.ref)}/meta.json`;
   const metaBytes = await retry(() => fetcher.getBuffer(metaUrl, `image '${loc.ref}'`, 1 << 20));
   let meta: Record<string, unknown>;

@@ -42,12 +42,14 @@ export interface PullServeStats {
 
 export type PullHandler = HttpHandler & { stats: PullServeStats };
 
-/** The three files of an image directory that are served, and how. */
+/** The files of an image directory that are served, and how. */
 const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix: string }> = {
   image: { type: 'application/octet-stream', immutable: true, etagSuffix: '' },
   'index.osfi': { type: 'application/vnd.osfarm.index', immutable: true, etagSuffix: '.osfi' },
   // meta.json carries the image's name, which can change: revalidate every time.
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
+  // The boot profile (docs/lazy-boot.md), optional (404 without one); it can be recorded later.
+  'profile.json': { type: 'application/json', immutable: false, etagSuffix: '' },
   // The signed manifest (docs/trust.md) names the image too, and is re-signed when it moves.
   [MANIFEST_FILE]: { type: 'application/json', immutable: false, etagSuffix: '' },
   [SIGNATURE_FILE]: { type: 'text/plain; charset=utf-8', immutable: false, etagSuffix: '' },
@@ -153,9 +155,10 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
     const kind = IMAGE_FILES[file]!;
     const path = file === 'image' ? entry.path : file === 'index.osfi' ? entry.indexPath : join(entry.path, '..', file);
     const fh = await fsp.open(path, 'r').catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' && (file === MANIFEST_FILE || file === SIGNATURE_FILE)) return undefined;
+      if (err.code === 'ENOENT' && (file === MANIFEST_FILE || file === SIGNATURE_FILE || file === 'profile.json')) return undefined;
       throw err;
     });
+    if (!fh && file === 'profile.json') return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} has no boot profile`);
     if (!fh) return error(res, 404, 'OSFARM_NOT_FOUND', `image ${entry.digest} is not signed (the repository had no signing key when it got it)`);
     try {
       const st = await fh.stat();
@@ -217,7 +220,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
       return finish(res, 200, { 'Content-Type': 'application/json', 'Cache-Control': REVALIDATE }, body);
     }
     const m = /^\/images\/([^/]+)\/([^/]+)$/.exec(path);
-    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,manifest.json,manifest.json.minisig}');
+    if (!m || !(m[2]! in IMAGE_FILES)) return error(res, 404, 'OSFARM_NOT_FOUND', 'no such resource: images are at /images/<digest>/{image,index.osfi,meta.json,profile.json,manifest.json,manifest.json.minisig}');
     let ref: string;
     try {
       ref = decodeURIComponent(m[1]!);

@@ -1,5 +1,5 @@
 // @ts-check
-// The osfarm GUI: a hash router over six pages; a login form when the token is needed.
+// The osfarm GUI: a hash router over seven pages; a login form when the token is needed.
 import { api, byId, el, notice, showError } from './lib.js';
 
 const PAGES = {
@@ -9,6 +9,7 @@ const PAGES = {
   stages: () => import('./stages.js'),
   compare: () => import('./compare.js'),
   transfer: () => import('./transfer.js'),
+  boot: () => import('./boot.js'),
 };
 
 let session = { authorized: false, readOnly: false };

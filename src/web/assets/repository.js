@@ -1,6 +1,6 @@
 // @ts-check
-// Repository: images with size and format; one image's spec (JSON, XML), build log, download, delete.
-import { api, bytes, el, notice, showError, short, when } from './lib.js';
+// Repository: images with size and format; one image's spec (JSON, XML), build log, download, boot, delete.
+import { action, api, bytes, el, notice, showError, short, when } from './lib.js';
 
 export async function render(view, [ref], session) {
   const { images, stats } = await api('GET', '/api/images');
@@ -51,6 +51,15 @@ export async function render(view, [ref], session) {
       showError(err);
     }
   });
+  // Archives cannot boot; a disk (or a file system holding a kernel, with kernel boot) can.
+  const bootable = !['tar', 'tar.gz', 'squashfs'].includes(image.meta?.format ?? image.format);
+  const firmware = el('select', { id: 'boot-firmware' }, [['', 'firmware: the image\'s'], ['uefi', 'UEFI'], ['bios', 'BIOS']].map(([v, label]) => el('option', { value: v }, label)));
+  const kernelBoot = el('input', { type: 'checkbox', id: 'boot-kernel' });
+  const bootButton = el('button', { id: 'boot', disabled: !session.authorized || !bootable, title: bootable ? 'start it under qemu and watch its console' : 'an archive does not boot' }, 'Boot');
+  bootButton.addEventListener('click', action(bootButton, async () => {
+    const job = await api('POST', `${base}/boot`, { ...(firmware.value ? { firmware: firmware.value } : {}), kernelBoot: kernelBoot.checked });
+    location.hash = `#/boot/${job.id}`;
+  }));
   const siblings = images.filter((i) => i.specDigest && i.specDigest === image.specDigest && i.digest !== image.digest);
   const stages = Array.isArray(image.meta?.stages) ? image.meta.stages : [];
   detail.append(el('div', { class: 'card' },
@@ -59,6 +68,7 @@ export async function render(view, [ref], session) {
     stages.length ? el('p', { id: 'image-stages' }, 'stages: ', stages.map((s, n) => [n ? ' → ' : '', el('a', { href: '#/stages' }, el('code', {}, short(s.tag))), s.label ? ` ${s.label}` : ''])) : null,
     el('p', {}, el('code', {}, image.digest), ` · ${image.format} · ${bytes(image.size)} · ${image.blockCount} blocks · added ${when(image.added)}`),
     el('p', { class: 'row' }, el('a', { href: `${base}/download`, download: image.name ?? image.digest, id: 'download' }, 'Download'), el('a', { href: `#/compare/${image.digest}` }, 'Compare with…'), del),
+    el('p', { class: 'row' }, bootButton, firmware, el('label', {}, kernelBoot, ' kernel boot')),
     tabs, body));
   await show('spec JSON', `${base}/spec.json`);
 }

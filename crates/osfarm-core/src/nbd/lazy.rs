@@ -465,6 +465,12 @@ impl LazyImage {
             if self.index().is_zero_block(i) {
                 block.fill(0);
             } else if ok[k] {
+                // A block in the file that the bitmap does not record (stored after its
+                // last save by a process that was killed) is recorded now, or `missing`
+                // would list it for ever.
+                if !known[k] && !self.store.has(i) {
+                    self.store.put(i, block)?;
+                }
                 self.present.set(i);
             } else if known[k] || self.store.is_complete_image() {
                 // Verified before (or published whole): the data file went bad under us.

@@ -64,6 +64,11 @@ impl Store {
         self.asm.missing()
     }
 
+    /// True if block `i` is recorded as stored (in the bitmap a resume trusts).
+    pub(super) fn has(&self, i: u64) -> bool {
+        self.asm.has_block(i)
+    }
+
     pub(super) fn have_blocks(&self) -> u64 {
         self.asm.have_blocks()
     }

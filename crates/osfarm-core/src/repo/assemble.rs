@@ -177,6 +177,11 @@ impl Assembler {
         self.engine().map_or(self.block_count(), |e| e.have_count())
     }
 
+    /// True if block `n` is recorded as present (always, for a complete image).
+    pub fn has_block(&self, n: u64) -> bool {
+        self.engine().is_none_or(|e| e.has(n))
+    }
+
     /// Copies every block the repository holds (verifying each), in parallel, in reads of
     /// up to 1 MiB of consecutive source blocks. Holds the shared repository lock meanwhile.
     /// A local block that does not match its digest is a `BadRepository` error: the
