@@ -9,7 +9,7 @@
 // Needs root, the Debian archive, and scripts/apt-packages.txt's packages.
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Repository } from '../src/repo/index.js';
@@ -56,6 +56,17 @@ function theDisk(): Promise<Disk> {
     }
   })();
   return built;
+}
+
+/** A process and its descendants (each thread's children, from /proc). */
+function processTree(pid: number): number[] {
+  let kids: number[] = [];
+  try {
+    kids = readdirSync(`/proc/${pid}/task`).flatMap((tid) => readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+  } catch {
+    /* it ended meanwhile */
+  }
+  return [pid, ...kids.flatMap(processTree)];
 }
 
 /** A new, empty receiving repository. */
@@ -124,8 +135,7 @@ test.serial('osfarm boot URL killed with SIGKILL mid-boot (qemu with it): osfarm
   let slow = true;
   const o = await serveRepo(t, origin, { delayMs: () => (slow ? 300 : 0) });
   const args = ['--import', 'tsx', CLI, '--json', '--repo', recv, 'boot', `${o.url}/images/${disk.name}`, '--parallel', '2', ...BOOT_ARGS];
-  // Its own process group, so that qemu dies with it.
-  const child = spawn(process.execPath, args, { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, OSFARM_WORK: vms } });
+  const child = spawn(process.execPath, args, { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OSFARM_WORK: vms } });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   await new Promise<void>((resolve, reject) => {
@@ -135,7 +145,8 @@ test.serial('osfarm boot URL killed with SIGKILL mid-boot (qemu with it): osfarm
     });
     child.once('exit', () => reject(new Error(`the boot ended before it was killed: ${out.slice(-2000)}`)));
   });
-  process.kill(-child.pid!, 'SIGKILL');
+  // osfarm and qemu together, as a machine that loses power would (qemu runs in a process group of its own).
+  for (const pid of processTree(child.pid!)) process.kill(pid, 'SIGKILL');
   await new Promise((r) => child.once('exit', r));
   t.false(existsSync(join(recv, 'images', disk.digest)), 'not complete when killed');
   t.true(existsSync(join(recv, 'tmp', `${disk.digest}.origin.json`)), 'the origin is recorded');

@@ -107,7 +107,7 @@ function boot(repo: string, image: string, wire: () => number): Promise<Run> {
   let last: Record<string, any> = {};
   createInterface({ input: child.stdout }).on('line', (l) => {
     const o = JSON.parse(l) as Record<string, any>;
-    if (!marker && o.type === 'console' && String(o.line).includes(BOOT_MARKER)) marker = { at: secs(), wire: wire() - w0, load: load() };
+    if (!marker && o.type === 'matched') marker = { at: secs(), wire: wire() - w0, load: load() };
     last = o;
   });
   return new Promise((resolve, reject) => {
@@ -121,7 +121,7 @@ function boot(repo: string, image: string, wire: () => number): Promise<Run> {
 const pair = buildPair();
 const img = pair.app;
 const ns = createNetns(`osfarm-lazyb-${process.pid}`, { mbit: MBIT }, 23, 'olazy');
-const serve = spawn('ip', ['netns', 'exec', ns.name, process.execPath, CLI, '--json', '--repo', origin, 'serve', '--listen', `${ns.nsIp}:${PORT}`, '--token-file', join(dir, 'web-token')], { stdio: ['ignore', 'pipe', 'inherit'] });
+const serve = spawn('ip', ['netns', 'exec', ns.name, process.execPath, CLI, '--json', '--repo', origin, 'serve', '--listen', `${ns.nsIp}:${PORT}`, '--insecure', '--token-file', join(dir, 'web-token')], { stdio: ['ignore', 'pipe', 'inherit'] });
 await new Promise<void>((resolve, reject) => {
   createInterface({ input: serve.stdout! }).on('line', (l) => l.includes('"listening"') && resolve());
   serve.once('exit', (code) => reject(new Error(`osfarm serve exited (${code})`)));

@@ -108,7 +108,11 @@ const command: Command<BootResult> = {
       let atMarker: BootResult['lazyAtMarker'] = null;
       if (untilRe || execCmd !== undefined) {
         const deadline = started + (timeout ?? 600) * 1000;
-        if (untilRe) untilResult = await vm.waitFor(untilRe, { timeoutMs: deadline - Date.now(), signal: ctx.signal });
+        if (untilRe) {
+          untilResult = await vm.waitFor(untilRe, { timeoutMs: deadline - Date.now(), signal: ctx.signal });
+          // At once, for --json readers timing the boot (the console event of the line may come later, or not before the VM stops).
+          ctx.event({ type: 'matched', ...untilResult });
+        }
         if (exp && untilResult) {
           atMarker = exp.stats();
           if (prefetch) profile = markProfile(exp);
