@@ -236,6 +236,13 @@ export declare class RepositoryHandle {
   verify(reference: string, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoImage>
   /** The synchronous twin of `verify`. */
   verifySync(reference: string): RepoImage
+  /**
+   * Shares an image's blocks (or every image's) with the images that already hold them,
+   * by reference (xfs, btrfs); on other file systems it changes nothing and says why.
+   */
+  dedup(reference?: string | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoDedupReport>
+  /** The images' logical size and what they take on the device (extents mapped with FIEMAP). */
+  diskUsage(): RepoDiskUsage
   /** Re-derives the block table (and, if needed, the catalog) from the images' indexes. */
   rebuild(onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoRebuildReport>
   /** The synchronous twin of `rebuild`. */
@@ -500,6 +507,28 @@ export interface RepoAssemblyOptions {
   expectedDigest?: string
 }
 
+/** What `dedup` did: blocks now shared by reference with the images that hold them. */
+export interface RepoDedupReport {
+  images: number
+  /** Images rewritten to share blocks. */
+  rewritten: number
+  sharedBytes: number
+  copiedBytes: number
+  /** Why nothing could be shared (a file system without reflinks), if so. */
+  unsupported?: string
+  ms: number
+}
+
+/** The images' logical size and what they take on the device. */
+export interface RepoDiskUsage {
+  logicalBytes: number
+  /** Sum of the files' allocations (a shared extent counts in each file). */
+  allocatedBytes: number
+  /** Every extent counted once. */
+  physicalBytes: number
+  images: Array<RepoImageUsage>
+}
+
 export interface RepoFillReport {
   blocks: number
   bytes: number
@@ -522,6 +551,16 @@ export interface RepoImage {
   /** The image data (read-only). */
   path: string
   indexPath: string
+}
+
+/** One image's share of the disk. */
+export interface RepoImageUsage {
+  digest: string
+  logicalBytes: number
+  /** Allocated to its file (shared extents included). */
+  allocatedBytes: number
+  /** Of those, the bytes in extents shared with another file. */
+  sharedBytes: number
 }
 
 export interface RepoInitOptions {

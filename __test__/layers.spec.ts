@@ -34,7 +34,7 @@ test('the check fails on an upward import, a same-layer cycle, a module cycle an
   writeFileSync(join(copy, 'pack', 'a.ts'), "export { b } from './b.js';\nexport const a = 1;\n");
   writeFileSync(join(copy, 'pack', 'b.ts'), "export { a } from './a.js';\nexport const b = 2;\n");
   // a folder nobody put in the table.
-  cpSync(join(copy, 'pack'), join(copy, 'farm'), { recursive: true });
+  cpSync(join(copy, 'pack'), join(copy, 'grid'), { recursive: true });
   const r = checkLayers(copy);
   t.log(['upward:', ...r.upward, 'cycles:', ...r.cycles, 'module cycles:', ...r.fileCycles, 'unknown:', ...r.unknown].join('\n'));
   t.is(r.upward.length, 1);
@@ -42,9 +42,9 @@ test('the check fails on an upward import, a same-layer cycle, a module cycle an
   t.true(r.cycles.some((c) => /^base → .*web.* → base/.test(c)), r.cycles.join('\n'));
   t.true(r.cycles.some((c) => /^blocks → repo → blocks/.test(c)), r.cycles.join('\n'));
   t.true(r.fileCycles.some((c) => c === 'pack/a.ts → pack/b.ts → pack/a.ts'), r.fileCycles.join('\n'));
-  t.deepEqual(r.unknown, ['farm']);
+  t.deepEqual(r.unknown, ['grid']);
   // A new folder gets a row (here the layer of pack) and is then checked like any other.
   const table = readTable(copy);
-  table.layers[1]!.folders.push('farm');
+  table.layers[1]!.folders.push('grid');
   t.deepEqual(checkLayers(copy, table).unknown, []);
 });

@@ -5,12 +5,17 @@
  * each of them; the last test checks that the tests name every route of the OpenAPI
  * document (so it holds whichever tests run, in any order).
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 
 import test, { type ExecutionContext } from 'ava';
 
+import { FarmClient } from '../src/farm/client.js';
+import { FarmWorker } from '../src/farm/worker.js';
 import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/spec/index.js';
 import { specToXml } from '../src/spec/index.js';
 import { Repository } from '../src/repo/index.js';
@@ -584,6 +589,64 @@ webTest("pull: an image comes from another node's HTTP endpoints, only the block
   // The source's web API still answers next to the pull endpoints, with its own token.
   t.is((await fetch(`${other.url}/api/images`)).status, 401);
   t.is((await fetch(`${other.url}/api/images`, { headers: { authorization: `Bearer ${other.web.token.value}` } })).status, 200);
+});
+
+/** A free TCP port on loopback. */
+async function freePort(): Promise<number> {
+  const srv = createServer().listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const port = (srv.address() as { port: number }).port;
+  srv.close();
+  return port;
+}
+
+webTest('the farm: none when builds run here; with one, its workers and a probe a worker runs', ['GET /api/farm', 'POST /api/farm/probes'], async (t) => {
+  const here = await start(t);
+  t.deepEqual(await json(await call(here, 'GET', '/api/farm')), { farm: null });
+  const refused = await call(here, 'POST', '/api/farm/probes', { body: { ms: 0 } });
+  t.is(refused.status, 400);
+  t.regex((await json(refused)).error.message, /osfarm serve --queue/);
+
+  // A real farm: redis-server started here, one worker in this process (a probe builds and pushes nothing).
+  const port = await freePort();
+  const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', here.dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void redis.kill('SIGTERM'));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    redis.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Ready to accept connections')) resolve();
+    });
+    redis.on('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out}`)));
+  });
+  const url = `redis://127.0.0.1:${port}`;
+  const farm = await FarmClient.open({ url, repo: here.repo });
+  const worker = new FarmWorker({ url, id: 'probe-w1', pushTo: '127.0.0.1:1', insecure: true, workDir: join(here.dir, 'worker'), lockMs: 3000 });
+  await worker.start();
+  const s = await serve({ repo: here.repo, tokenFile: join(here.dir, 'etc', 'token'), workDir: join(here.dir, 'work'), stages: join(here.dir, 'stages'), pull: false, farm });
+  // Stopped in order (teardowns run last first): the server (it closes the farm client), the worker, then Redis.
+  t.teardown(() => worker.stop());
+  t.teardown(() => s.close());
+  const c = { ...here, s };
+  const f = (await json(await call(c, 'GET', '/api/farm'))).farm;
+  t.like(f.scheduling, { mode: 'cache-aware' });
+  t.is(f.workers.length, 1);
+  t.like(f.workers[0], { id: 'probe-w1', alive: true, job: null, stages: 0 });
+  t.true(Date.now() - Date.parse(f.workers[0].seen) < 60_000, `last heartbeat ${f.workers[0].seen}`);
+
+  t.is((await call(c, 'POST', '/api/farm/probes', { body: { ms: -1 } })).status, 400);
+  t.is((await call(c, 'POST', '/api/farm/probes', { body: { ms: 'soon' } })).status, 400);
+  const r = await call(c, 'POST', '/api/farm/probes', { body: { ms: 50 } });
+  t.is(r.status, 202);
+  const probe = await json(r);
+  t.is(probe.kind, 'probe');
+  t.is(r.headers.get('location'), `/api/jobs/${probe.id}`);
+  const evs = await events(c, probe.id);
+  t.deepEqual(evs.filter((e) => e.event === 'state').map((e) => e.data.state), ['queued', 'running', 'succeeded']);
+  t.deepEqual(evs.find((e) => e.event === 'result')?.data.result, { worker: 'probe-w1', ms: 50 });
+  const done = await json(await call(c, 'GET', `/api/jobs/${probe.id}`));
+  t.like(done, { state: 'succeeded', worker: 'probe-w1', attempts: 1 });
+  t.true((await json(await call(c, 'GET', '/api/jobs'))).jobs.some((j: any) => j.id === probe.id), 'the job list has it');
 });
 
 test.serial('the OpenAPI document lists every route, and the tests here exercise every one', async (t) => {

@@ -16,8 +16,10 @@ import { SOFTWARE, VERSION } from '../base/version.js';
 import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images/lookup.js';
 import { specToXml } from '../spec/xml.js';
 import type { CowName } from '../stages/cow/types.js';
-import { type ChainResult, ensureChain, type StageReport } from './stages.js';
+import type { StagePlan } from './plan.js';
+import { type ChainResult, ensureChain, type StageReport, stagePlans } from './stages.js';
 import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
+import { selectDriver } from './drivers/index.js';
 import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
@@ -122,12 +124,22 @@ export function outputPaths(spec: BuildSpec, output: string | undefined, workDir
   return paths;
 }
 
+/** The SOURCE_DATE_EPOCH a build uses: the option, else the spec's, else $SOURCE_DATE_EPOCH, else none. */
 function resolveEpoch(spec: BuildSpec, options: BuildOptions): number | null {
   if (options.sourceDateEpoch !== undefined) {
     if (!Number.isSafeInteger(options.sourceDateEpoch) || options.sourceDateEpoch < 0) throw new OsfarmError('OSFARM_INVALID_ARGUMENT', 'sourceDateEpoch must be a whole number of seconds');
     return options.sourceDateEpoch;
   }
   return spec.sourceDateEpoch ?? sourceDateEpochFromEnv() ?? null;
+}
+
+/**
+ * The stages build() would use for the spec on this host, core first (its bootstrap driver,
+ * tool versions and package sources; nothing is built): what a build farm matches against
+ * its workers' stage caches.
+ */
+export async function plannedStages(spec: BuildSpec, options: Pick<BuildOptions, 'sourceDateEpoch'> = {}): Promise<StagePlan[]> {
+  return stagePlans(spec, await selectDriver(spec), VERSION, resolveEpoch(spec, options));
 }
 
 /** Builds the images a spec describes. Nothing runs before the spec, tools and paths check out. */

@@ -11,5 +11,7 @@ export {
   type Phase,
   build,
   outputPaths,
+  plannedStages,
 } from './builder.js';
+export type { StagePlan } from './plan.js';
 export { defaultWorkDir } from '../base/env.js';

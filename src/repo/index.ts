@@ -137,6 +137,29 @@ export interface RebuildReport {
   dropped: string[];
 }
 
+/** What `dedup` did. */
+export interface DedupReport {
+  images: number;
+  /** Images rewritten so that their blocks held elsewhere in the repository are shared by reference. */
+  rewritten: number;
+  sharedBytes: number;
+  copiedBytes: number;
+  /** Why nothing could be shared (the file system has no reflinks: ext4, tmpfs), if so. */
+  unsupported?: string;
+  ms: number;
+}
+
+/** The images' logical size and what they take on the device. */
+export interface DiskUsage {
+  /** Sum of the images' lengths. */
+  logicalBytes: number;
+  /** Sum of the files' allocations: a block shared by reference counts in every file that shares it. */
+  allocatedBytes: number;
+  /** Every extent counted once (FIEMAP): what the images take on the device. */
+  physicalBytes: number;
+  images: { digest: string; logicalBytes: number; allocatedBytes: number; sharedBytes: number }[];
+}
+
 export interface FillReport {
   blocks: number;
   bytes: number;
@@ -382,6 +405,28 @@ export class Repository implements Disposable, AsyncDisposable {
   /** The synchronous twin of `rebuild`. */
   rebuildSync(): RebuildReport {
     return report(callNativeSync(() => this.handle.rebuildSync()));
+  }
+
+  /**
+   * Shares the blocks of `ref` (default: of every image) that other images already hold, by
+   * reference (reflinks, on xfs and btrfs); images stay whole files with the same content.
+   * New images get this when they are added, received or pulled; this is for a repository
+   * filled before, or on another file system. Elsewhere it changes nothing and says why.
+   */
+  dedup(ref?: string, options: LongRunning = {}): Promise<DedupReport> {
+    const { onProgress, signal } = options;
+    return callNative(async () => {
+      throwIfAborted(signal);
+      const r = await withProgress(onProgress, (l) => this.handle.dedup(ref, l, signal));
+      const { unsupported, ...rest } = r;
+      return { ...rest, ...(unsupported != null ? { unsupported } : {}) };
+    }, signal);
+  }
+
+  /** Logical size of the images and what they take on disk, shared blocks counted once. */
+  diskUsage(): DiskUsage {
+    const u = callNativeSync(() => this.handle.diskUsage());
+    return { ...u, images: u.images.map((i) => ({ ...i })) };
   }
 
   stats(): RepoStats {

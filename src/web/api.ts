@@ -4,18 +4,16 @@
  * its own documentation, from which openapi.ts writes the OpenAPI document, so the two
  * cannot drift apart. docs/web.md is the overview.
  */
-import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
 import { checkSources, packageIndexDir, PackageIndexes } from '../archive/index.js';
 import { compare } from '../blocks/index.js';
-import { build, type BuildOptions } from '../builder/index.js';
-import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
+import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
 import { invalidArgument, OsfarmError } from '../base/errors.js';
-import { diffImages, exportSpec, findBuilt, imageSbom, imagesOfRequest, repositoryParents, requireBuildMeta, type SbomFormat } from '../images/index.js';
+import { runBuildJob } from '../farm/build-job.js';
+import type { FarmClient } from '../farm/client.js';
+import { diffImages, exportSpec, imageSbom, imagesOfRequest, repositoryParents, requireBuildMeta, type SbomFormat } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageView } from '../app/images.js';
 import { gcStages, stageSummary } from '../app/stages.js';
@@ -24,7 +22,7 @@ import { parseImageUrl, pull } from '../transfer/http/pull.js';
 import { push } from '../transfer/push/push.js';
 import { type Catalog, catalog } from './catalog.js';
 import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
-import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
+import { isFinal, type JobContext, type JobInfo, JobQueue, type JobSource, streamJob } from './jobs.js';
 import { bootRoutes } from './boot.js';
 
 export interface ApiOptions {
@@ -34,6 +32,8 @@ export interface ApiOptions {
   workDir: string;
   /** Builds waiting at most (one more is refused with 503). */
   maxQueuedBuilds: number;
+  /** A build farm: builds go to its workers instead of running in this process. */
+  farm?: FarmClient;
 }
 
 /** What a route documents about itself (openapi.ts turns it into the OpenAPI document). */
@@ -81,20 +81,26 @@ function sampler(emit: JobContext['emit']): (fields: Record<string, number>, for
   };
 }
 
+/** The longest probe: it holds a worker, so a few minutes at most. */
+const MAX_PROBE_MS = 600_000;
+
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
   if (!(allowed as readonly string[]).includes(value)) throw invalidArgument(`${what} ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
   return value as T;
 }
 
 export class Api {
-  readonly builds: JobQueue;
+  /** Builds: run in this process, or by a farm's workers. */
+  readonly builds: JobSource;
+  private readonly localBuilds: JobQueue | undefined;
   readonly transfers: JobQueue;
   readonly boots: JobQueue;
   private readonly packages: PackageIndexes;
   private catalogCache: { at: number; value: Promise<Catalog> } | undefined;
 
   constructor(private readonly o: ApiOptions) {
-    this.builds = new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
+    this.localBuilds = o.farm ? undefined : new JobQueue({ concurrency: 1, maxQueued: o.maxQueuedBuilds });
+    this.builds = o.farm ?? this.localBuilds!;
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
     // A VM takes CPU for as long as it runs: one at a time, one waiting.
     this.boots = new JobQueue({ concurrency: 1, maxQueued: 1 });
@@ -127,9 +133,9 @@ export class Api {
     if (issues.length > 0) throw new SpecError(issues);
   }
 
-  private job(id: string): { queue: JobQueue; info: JobInfo } {
+  private async job(id: string): Promise<{ queue: JobSource; info: JobInfo }> {
     for (const queue of [this.builds, this.transfers, this.boots]) {
-      const info = queue.get(id);
+      const info = await queue.get(id);
       if (info) return { queue, info };
     }
     throw new OsfarmError('OSFARM_NOT_FOUND', `no job ${id} (finished jobs are forgotten after a while, or when the server restarts)`);
@@ -188,7 +194,7 @@ export class Api {
       {
         method: 'POST', path: '/api/builds',
         doc: {
-          tag: 'jobs', summary: 'Queue a build of a spec; it runs in the server (closing the page does not stop it)',
+          tag: 'jobs', summary: "Queue a build of a spec; it runs in the server, or on a build farm's workers (closing the page does not stop it)",
           body: { spec: { description: 'the spec as a JSON object', type: 'object' }, text: { description: 'or the spec as text' }, format: { description: 'yaml, json or xml' } },
           response: { status: 202, description: 'Job; 422 for an invalid spec, 503 when the queue is full' },
         },
@@ -196,72 +202,68 @@ export class Api {
           const spec = webSpec(await readJson(req), this.o.repo);
           await this.checkSources(spec);
           const digest = specDigest(spec);
-          const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
-            // A new build's files are scratch: the repository keeps its own copy (and the log's end
-            // in the metadata). A request already answered needs no files at all.
-            const answered = findBuilt(this.o.repo, digest, spec.outputs, spec.sourceDateEpoch) !== null;
-            const scratch = answered ? undefined : join(this.o.workDir, 'web-builds', randomBytes(6).toString('hex'));
-            const output = (o: { format: OutputFormat; size: number; digest: string }) =>
-              emit({ type: 'output', output: { format: o.format, size: o.size, digest: o.digest, file: `${spec.name}${OUTPUT_EXTENSION[o.format]}` } });
-            const options: BuildOptions = {
-              ...(scratch ? { output: join(scratch, `${spec.name}${OUTPUT_EXTENSION[spec.outputs[0]!]}`) } : {}),
-              repo: this.o.repo,
-              workDir: this.o.workDir,
-              stages: this.o.stages,
-              signal,
-              handleSignals: false,
-              onEvent: (e) => {
-                switch (e.type) {
-                  case 'phase':
-                    return emit({ type: 'phase', phase: e.phase, ...(e.detail ? { detail: e.detail } : {}) });
-                  case 'log':
-                    return emit({ type: 'log', line: e.line });
-                  case 'progress':
-                    return emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total, unit: e.unit, ...(e.detail ? { detail: e.detail } : {}) });
-                  case 'output':
-                    return output(e);
-                }
-              },
-            };
-            const r = await build(spec, options).finally(() => scratch && rm(scratch, { recursive: true, force: true }));
-            if (r.cached) {
-              emit({ type: 'log', line: `osfarm: request ${digest} is already in the repository: nothing to build` });
-              r.outputs.forEach(output);
-            }
-            return { specDigest: r.specDigest, cached: r.cached, durationMs: r.durationMs, phases: r.phases, outputs: r.outputs.map((o) => ({ format: o.format, size: o.size, digest: o.digest })) };
-          }, { specDigest: digest, name: spec.name });
+          const title = `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`;
+          const meta = { specDigest: digest, name: spec.name };
+          const info = this.o.farm
+            ? await this.o.farm.submitBuild(spec, title, meta)
+            : await this.localBuilds!.submit('build', title, ({ signal, emit }) =>
+                runBuildJob(spec, { repo: this.o.repo, workDir: this.o.workDir, stages: this.o.stages, signal, emit }), meta);
           sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
       {
         method: 'GET', path: '/api/jobs', read: true,
         doc: { tag: 'jobs', summary: 'Every build, transfer and boot job the server remembers, newest first', response: { status: 200, description: '{ jobs: Job[] }' } },
-        handler: ({ res }) => {
-          const jobs = [...this.builds.list(), ...this.transfers.list(), ...this.boots.list()].sort((a, b) => b.created.localeCompare(a.created));
+        handler: async ({ res }) => {
+          const jobs = [...(await this.builds.list()), ...(await this.transfers.list()), ...(await this.boots.list())].sort((a, b) => b.created.localeCompare(a.created));
           sendJson(res, 200, { jobs });
+        },
+      },
+      {
+        method: 'GET', path: '/api/farm', read: true,
+        doc: { tag: 'jobs', summary: "The build farm: its scheduling and its workers (alive or not, the job each runs); null when builds run in this server", response: { status: 200, description: '{ farm: { scheduling, workers } | null }' } },
+        handler: async ({ res }) => {
+          const farm = this.o.farm;
+          sendJson(res, 200, { farm: farm ? { scheduling: farm.scheduling, workers: await farm.workers() } : null });
+        },
+      },
+      {
+        method: 'POST', path: '/api/farm/probes',
+        doc: {
+          tag: 'jobs', summary: 'Queue a probe on the build farm: a job that only waits `ms` on whichever worker takes it (checks the farm end to end; its `started` minus `created` is the queue\'s overhead)',
+          body: { ms: { description: `how long the worker waits, 0 to ${MAX_PROBE_MS} ms (default 0)`, type: 'number' } },
+          response: { status: 202, description: 'Job; 400 when builds run in this server (no farm)' },
+        },
+        handler: async ({ req, res }) => {
+          const body = await readJson(req, 4096);
+          const ms = body.ms ?? 0;
+          if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 0 || ms > MAX_PROBE_MS) throw invalidArgument(`ms must be a whole number of milliseconds from 0 to ${MAX_PROBE_MS}`);
+          if (!this.o.farm) throw invalidArgument('probes are for a build farm: this server runs its builds itself (start it with osfarm serve --queue redis://host:port)');
+          const info = await this.o.farm.submitProbe(ms);
+          sendJson(res, 202, info, { location: `/api/jobs/${info.id}` });
         },
       },
       {
         method: 'GET', path: '/api/jobs/:id', read: true,
         doc: { tag: 'jobs', summary: "A job's state, phase, progress, result or error", response: { status: 200, description: 'Job' } },
-        handler: ({ res, params }) => sendJson(res, 200, this.job(params.id!).info),
+        handler: async ({ res, params }) => sendJson(res, 200, (await this.job(params.id!)).info),
       },
       {
         method: 'GET', path: '/api/jobs/:id/events', read: true,
         doc: { tag: 'jobs', summary: "A job's events as Server-Sent Events: history (after Last-Event-ID), then live, then `end`", response: { status: 200, type: 'text/event-stream', description: 'events state, phase, log, progress, sample, output, result, error, end' } },
-        handler: ({ req, res, params }) => {
-          const { queue } = this.job(params.id!);
+        handler: async ({ req, res, params }) => {
+          const { queue } = await this.job(params.id!);
           const last = Number(req.headers['last-event-id'] ?? 0) || 0;
-          streamJob(queue, params.id!, res, last);
+          await streamJob(queue, params.id!, res, last);
         },
       },
       {
         method: 'DELETE', path: '/api/jobs/:id',
         doc: { tag: 'jobs', summary: 'Cancel a queued or running job (a build tears its chroot down)', response: { status: 200, description: '{ cancelled: boolean, job: Job }' } },
-        handler: ({ res, params }) => {
-          const { queue, info } = this.job(params.id!);
-          const cancelled = !isFinal(info.state) && queue.cancel(info.id);
-          sendJson(res, 200, { cancelled, job: queue.get(info.id) });
+        handler: async ({ res, params }) => {
+          const { queue, info } = await this.job(params.id!);
+          const cancelled = !isFinal(info.state) && (await queue.cancel(info.id));
+          sendJson(res, 200, { cancelled, job: await queue.get(info.id) });
         },
       },
       {
@@ -371,7 +373,7 @@ export class Api {
           const name = optField(body, 'name');
           if (body.insecure !== undefined && typeof body.insecure !== 'boolean') throw invalidArgument('insecure must be true or false');
           if (!token && body.insecure !== true) throw invalidArgument('give the receiver\'s token, or insecure: true for a receiver without one');
-          const info = this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
+          const info = await this.transfers.submit('push', `push ${entry.name ?? entry.digest.slice(0, 12)} to ${address}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await push(entry.digest, address, {
               repo: this.o.repo,
@@ -402,7 +404,7 @@ export class Api {
           const url = field(body, 'url');
           const name = optField(body, 'name');
           parseImageUrl(url); // refuse a malformed URL now, not in the job
-          const info = this.transfers.submit('pull', `pull ${url}`, async ({ signal, emit }) => {
+          const info = await this.transfers.submit('pull', `pull ${url}`, async ({ signal, emit }) => {
             const sample = sampler(emit);
             const r = await pull(url, {
               repo: this.o.repo,

@@ -63,7 +63,7 @@ export function bootRoutes(o: BootRoutesOptions): BootRoute[] {
         const entry = o.image(params.ref!);
         await sniffFile(entry.path); // refuse a tar or squashfs now, not in the job
         const name = entry.name ?? entry.digest.slice(0, 12);
-        const info = o.queue.submit('boot', `boot ${name}`, async ({ signal, emit }) => {
+        const info = await o.queue.submit('boot', `boot ${name}`, async ({ signal, emit }) => {
           emit({ type: 'phase', phase: 'starting' });
           const started = Date.now();
           const vm = await boot(entry.digest, { ...options, signal, onWarning: (w) => emit({ type: 'log', line: `osfarm: warning: ${w}` }) });

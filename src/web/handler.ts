@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { defaultWorkDir } from '../base/env.js';
 import { errorJson, invalidArgument, OsfarmError } from '../base/errors.js';
 import { VERSION } from '../base/version.js';
+import type { FarmClient } from '../farm/client.js';
 import { stagesRoot } from '../stages/store.js';
 import { Api, type DocumentedRoute } from './api.js';
 import { cookieName, loadOrCreateToken, presentedToken, sameOrigin, sessionCookie, tokenMatches } from './auth.js';
@@ -30,6 +31,8 @@ export interface WebOptions {
   workDir?: string;
   /** Builds waiting at most (default 4). */
   maxQueuedBuilds?: number;
+  /** A build farm: builds go to its workers (and its job history is in Redis). */
+  farm?: FarmClient;
 }
 
 export interface WebHandler extends AsyncDisposable {
@@ -79,6 +82,7 @@ export async function createWebHandler(options: WebOptions): Promise<WebHandler>
     stages: options.stages ?? stagesRoot({ repo: options.repo }),
     workDir: resolve(options.workDir ?? defaultWorkDir()),
     maxQueuedBuilds: options.maxQueuedBuilds ?? 4,
+    ...(options.farm ? { farm: options.farm } : {}),
   });
   const routes = api.routes();
   // The session routes are open (they are how a browser logs in) and documented with the rest.

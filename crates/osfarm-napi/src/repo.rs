@@ -177,6 +177,52 @@ pub struct RepoStats {
     pub partial_bytes: f64,
 }
 
+/// What `dedup` did: blocks now shared by reference with the images that hold them.
+#[napi(object)]
+pub struct RepoDedupReport {
+    pub images: f64,
+    /// Images rewritten to share blocks.
+    pub rewritten: f64,
+    pub shared_bytes: f64,
+    pub copied_bytes: f64,
+    /// Why nothing could be shared (a file system without reflinks), if so.
+    pub unsupported: Option<String>,
+    pub ms: f64,
+}
+
+fn dedup_report(r: repo::DedupReport) -> RepoDedupReport {
+    RepoDedupReport {
+        images: r.images as f64,
+        rewritten: r.rewritten as f64,
+        shared_bytes: r.shared_bytes as f64,
+        copied_bytes: r.copied_bytes as f64,
+        unsupported: r.unsupported,
+        ms: r.ms as f64,
+    }
+}
+
+/// One image's share of the disk.
+#[napi(object)]
+pub struct RepoImageUsage {
+    pub digest: String,
+    pub logical_bytes: f64,
+    /// Allocated to its file (shared extents included).
+    pub allocated_bytes: f64,
+    /// Of those, the bytes in extents shared with another file.
+    pub shared_bytes: f64,
+}
+
+/// The images' logical size and what they take on the device.
+#[napi(object)]
+pub struct RepoDiskUsage {
+    pub logical_bytes: f64,
+    /// Sum of the files' allocations (a shared extent counts in each file).
+    pub allocated_bytes: f64,
+    /// Every extent counted once.
+    pub physical_bytes: f64,
+    pub images: Vec<RepoImageUsage>,
+}
+
 #[napi(object)]
 pub struct RepoRebuildReport {
     pub images: f64,
@@ -445,6 +491,42 @@ impl RepositoryHandle {
     #[napi]
     pub fn verify_sync(&self, reference: String) -> Result<RepoImage> {
         self.repo.verify(&reference, &Silent).map(image).map_err(js_err)
+    }
+
+    /// Shares an image's blocks (or every image's) with the images that already hold them,
+    /// by reference (xfs, btrfs); on other file systems it changes nothing and says why.
+    #[napi(ts_return_type = "Promise<RepoDedupReport>")]
+    pub fn dedup(
+        &self,
+        reference: Option<String>,
+        #[napi(ts_arg_type = "((event: ProgressEvent) => void) | undefined | null")] on_progress: Option<
+            ProgressCallback,
+        >,
+        signal: Option<AbortSignal>,
+    ) -> AsyncTask<Run<RepoDedupReport, RepoDedupReport>> {
+        let repo = self.repo.clone();
+        job(on_progress, signal, move |p| repo.dedup(reference.as_deref(), p).map(dedup_report))
+    }
+
+    /// The images' logical size and what they take on the device (extents mapped with FIEMAP).
+    #[napi]
+    pub fn disk_usage(&self) -> Result<RepoDiskUsage> {
+        let u = self.repo.disk_usage().map_err(js_err)?;
+        Ok(RepoDiskUsage {
+            logical_bytes: u.logical_bytes as f64,
+            allocated_bytes: u.allocated_bytes as f64,
+            physical_bytes: u.physical_bytes as f64,
+            images: u
+                .images
+                .into_iter()
+                .map(|i| RepoImageUsage {
+                    digest: i.digest,
+                    logical_bytes: i.logical_bytes as f64,
+                    allocated_bytes: i.allocated_bytes as f64,
+                    shared_bytes: i.shared_bytes as f64,
+                })
+                .collect(),
+        })
     }
 
     /// Re-derives the block table (and, if needed, the catalog) from the images' indexes.

@@ -2,7 +2,7 @@
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import type { HashName } from '../../blocks/index.js';
-import { type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
+import { type DedupReport, type DiskUsage, type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
 import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { bytes, count, table } from '../format.js';
@@ -49,7 +49,7 @@ const init: Command<{ path: string; hash: HashName; blockSize: number; detectCol
 
 const add: Command<ShownEntry[]> = {
   name: 'add',
-  summary: 'copy images in (reflinked where possible), index them and publish atomically',
+  summary: 'copy images in, index them and publish atomically (blocks other images hold are shared by reference on xfs/btrfs)',
   usage: ['IMAGE... [--name N] [--meta JSON]'],
   options: {
     name: { type: 'string', value: 'N', description: 'a name for the image (names are unique: an image holding it loses it)' },
@@ -96,24 +96,55 @@ const add: Command<ShownEntry[]> = {
   render: (r) => r.map((e) => `added ${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)}`).join('\n'),
 };
 
-const ls: Command<{ images: ShownEntry[]; stats: RepoStats }> = {
+const ls: Command<{ images: ShownEntry[]; stats: RepoStats; usage: DiskUsage }> = {
   name: 'ls',
   aliases: ['list'],
-  summary: 'list the images and what the repository holds',
+  summary: 'list the images, their logical and physical size, and what the repository holds',
   usage: [''],
   examples: [{ command: 'osfarm repo ls --repo /srv/osfarm', what: 'the images of /srv/osfarm, with totals' }],
   async run(_args, ctx) {
     const repo = Repository.open(ctx.repoPath);
-    return { images: repo.list().map(shown), stats: repo.stats() };
+    return { images: repo.list().map(shown), stats: repo.stats(), usage: repo.diskUsage() };
   },
   render(r) {
-    const rows = r.images.map((e) => [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), e.added.slice(0, 19).replace('T', ' ')]);
+    const use = new Map(r.usage.images.map((u) => [u.digest, u]));
+    const rows = r.images.map((e) => {
+      const u = use.get(e.digest);
+      return [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), u ? bytes(u.allocatedBytes) : '?', u ? bytes(u.sharedBytes) : '?', e.added.slice(0, 19).replace('T', ' ')];
+    });
     const s = r.stats;
+    const u = r.usage;
     return [
-      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'added']) : '(no images)',
-      `${count(s.images)} images, ${bytes(s.totalBytes)} (${bytes(s.diskBytes)} on disk), ${count(s.distinctBlocks)} distinct blocks; table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
+      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'allocated', 'shared', 'added']) : '(no images)',
+      `${count(s.images)} images: ${bytes(u.logicalBytes)} logical, ${bytes(u.physicalBytes)} physical (shared blocks counted once; ${bytes(u.allocatedBytes)} summed over the files); ${count(s.distinctBlocks)} distinct blocks (${bytes(s.distinctBlocks * s.blockSize)}); table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
     ].join('\n');
   },
+};
+
+const dedup: Command<DedupReport & { usage: DiskUsage }> = {
+  name: 'dedup',
+  summary: 'share the blocks that several images hold by reference (xfs, btrfs): for a repository filled before',
+  usage: ['[NAME|DIGEST]'],
+  operands: { complete: 'none', max: 1 },
+  examples: [
+    { command: 'osfarm repo dedup --repo /srv/osfarm', what: 'share the common blocks of every image of a repository on xfs or btrfs' },
+    { command: 'osfarm repo dedup bookworm', what: 'share the blocks of one image with the images that hold them' },
+  ],
+  async run(args, ctx) {
+    const [ref] = args.positionals;
+    const repo = Repository.open(ctx.repoPath);
+    const bar = ctx.progress('dedup');
+    try {
+      const r = await repo.dedup(ref, { onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
+      return { ...r, usage: repo.diskUsage() };
+    } finally {
+      bar.done();
+    }
+  },
+  render: (r) =>
+    r.unsupported
+      ? `nothing shared: ${r.unsupported}`
+      : `${count(r.rewritten)} of ${count(r.images)} images rewritten in ${(r.ms / 1000).toFixed(1)} s: ${bytes(r.sharedBytes)} shared by reference, ${bytes(r.copiedBytes)} copied; now ${bytes(r.usage.logicalBytes)} logical, ${bytes(r.usage.physicalBytes)} physical`,
 };
 
 const rm: Command<ShownEntry[]> = {
@@ -194,8 +225,8 @@ const rebuild: Command<RebuildReport> = {
 const command: Command = {
   name: 'repo',
   section: 'repository',
-  summary: 'the image repository: init, add, ls, show, rm, verify, rebuild',
+  summary: 'the image repository: init, add, ls, show, rm, verify, rebuild, dedup',
   usage: [],
-  subcommands: [init, add, ls, show, rm, verify, rebuild] as Command[],
+  subcommands: [init, add, ls, show, rm, verify, rebuild, dedup] as Command[],
 };
 export default command;

@@ -42,6 +42,9 @@ import {
 } from './frames.js';
 import { SOFTWARE } from '../../base/version.js';
 
+/** Largest `meta` an IMAGE frame may carry (as JSON): a build's spec, its XML and its log's end. */
+const MAX_META = 1 << 20;
+
 export interface ReceiverOptions {
   /** The repository images are received into (created if the directory does not exist). */
   repo: string;
@@ -369,12 +372,14 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     // The source's bound on the image's data (optional): an image that cannot fit is refused now.
     const dataBytes = image.dataBytes === undefined ? undefined : intField(image, 'dataBytes', 'IMAGE');
     if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
+    const meta = image.meta === undefined || image.meta === null ? undefined : JSON.stringify(image.meta);
+    if (meta !== undefined && meta.length > MAX_META) throw protocolError(`IMAGE meta is ${meta.length} bytes of JSON; at most ${MAX_META}`);
     const imageOptions = {
       name: optString(image, 'name', 255),
       originalName: optString(image, 'originalName', 4096),
       format: optString(image, 'format', 64),
       // The origin's metadata (spec, stage chain, build log, packages): any JSON, kept as it came.
-      metaJson: image.meta === undefined ? undefined : JSON.stringify(image.meta),
+      metaJson: meta,
     };
     // Its signed manifest: checked now, before any block, when this receiver requires signatures.
     const carried = checkPushed(optString(image, 'manifest', 1 << 16), optString(image, 'signature', 4096), this.keys, {

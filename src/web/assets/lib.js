@@ -137,14 +137,27 @@ export function action(button, fn) {
 
 /**
  * Follows a job's events (history first, then live) until it ends or `stop()` is called.
+ * When the connection drops (the server restarts), the browser reconnects with the last
+ * event's id and the server sends what came after it.
  * @param {string} id
  * @param {(event: any) => void} onEvent the job's events (`{ type, … }`), then `{ type: 'end' }`
+ * @param {(status: 'live' | 'reconnecting' | 'closed') => void} [onConnection] 'reconnecting': the
+ *   browser retries by itself; 'closed': the server refused the stream
  * @returns {{ stop(): void }}
  */
-export function followJob(id, onEvent) {
+export function followJob(id, onEvent, onConnection = () => {}) {
   const source = new EventSource(`/api/jobs/${id}/events`);
   const types = ['state', 'phase', 'log', 'progress', 'sample', 'output', 'result', 'error'];
-  for (const t of types) source.addEventListener(t, (m) => onEvent(JSON.parse(/** @type {MessageEvent<string>} */ (m).data)));
+  // The job's `error` event has data; the EventSource's own `error` (a lost connection) has none.
+  const lost = () => onConnection(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
+  for (const t of types) {
+    source.addEventListener(t, (m) => {
+      const data = /** @type {MessageEvent<string>} */ (m).data;
+      if (data === undefined) lost();
+      else onEvent(JSON.parse(data));
+    });
+  }
+  source.addEventListener('open', () => onConnection('live'));
   source.addEventListener('end', () => {
     source.close();
     onEvent({ type: 'end' });

@@ -17,6 +17,7 @@ mod assembly;
 pub mod catalog;
 pub mod checksum;
 mod copy;
+mod dedup;
 pub mod json;
 pub mod plan;
 pub mod stream;
@@ -39,6 +40,7 @@ use crate::progress::{self, Progress};
 use crate::lock::{self, FileLock, LockKind};
 pub use assemble::{Assembler, AssemblyOptions};
 use catalog::{Catalog, CatalogEntry};
+pub use dedup::{DedupReport, DiskUsage, ImageUsage};
 pub use plan::{BlockSource, Plan, PlanSummary, Run};
 use table::{BlockTable, Entry, TableHeader};
 
@@ -688,7 +690,12 @@ impl Repository {
             set_name(&mut st.catalog, pos, name);
         }
         let st = self.commit(&lock, st, true)?;
-        Ok(self.entry(&st.catalog.images[pos], index.block_count()))
+        let published = self.entry(&st.catalog.images[pos], index.block_count());
+        drop(lock);
+        // Committed: now share its blocks with the images that hold them (xfs, btrfs). Best
+        // effort: the image is complete either way, and `osfarm repo dedup` can redo this.
+        let _ = self.dedup(Some(&published.digest), &progress::Silent);
+        Ok(published)
     }
 
     fn write_meta(&self, dir: &Path, index: &Index, e: &CatalogEntry) -> Result<()> {

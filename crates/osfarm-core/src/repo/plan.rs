@@ -60,8 +60,10 @@ pub struct Plan {
     pub missing_runs: Vec<Run>,
 }
 
-const ZERO: u64 = u64::MAX;
-const ABSENT: u64 = u64::MAX - 1;
+/// What `locate` gives for an all-zero block.
+pub(crate) const ZERO: u64 = u64::MAX;
+/// What `locate` gives for a block no image holds.
+pub(crate) const ABSENT: u64 = u64::MAX - 1;
 
 impl Repository {
     /// Plans the assembly of the image `index` describes from this repository's blocks.
