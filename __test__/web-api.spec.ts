@@ -67,7 +67,12 @@ function seedRepository(dir: string): { repo: string; a: string; b: string; spec
   const repo = join(dir, 'repo');
   const r = Repository.init(repo);
   const spec = specFromObject(SPEC);
-  const meta = (name: string) => ({ kind: 'osfarm-build', builder: 'test', backend: 'mmdebstrap', format: 'tar', sourceDateEpoch: null, specDigest: specDigest(spec), spec: canonicalSpec(spec), specXml: specToXml(spec), buildLog: { path: join(dir, `${name}.log`), tail: `osfarm: building ${name}\nosfarm: done` } });
+  // b changes libc6, removes hello and adds less (what the builder reads from the tree's dpkg database).
+  const installed = {
+    a: [{ name: 'hello', version: '2.10-3', arch: 'amd64', source: 'hello' }, { name: 'libc6', version: '2.36-9', arch: 'amd64', source: 'glibc' }],
+    b: [{ name: 'less', version: '590-2', arch: 'amd64', source: 'less' }, { name: 'libc6', version: '2.36-9+deb12u1', arch: 'amd64', source: 'glibc' }],
+  };
+  const meta = (name: 'a' | 'b') => ({ kind: 'osfarm-build', builder: 'test', backend: 'mmdebstrap', format: 'tar', sourceDateEpoch: null, specDigest: specDigest(spec), spec: canonicalSpec(spec), specXml: specToXml(spec), buildLog: { path: join(dir, `${name}.log`), tail: `osfarm: building ${name}\nosfarm: done` }, installed: installed[name] });
   writeBlocks(join(dir, 'a.img'), [1, 2, 3, 4]);
   writeBlocks(join(dir, 'b.img'), [3, 4, 5, 6, 0]);
   const a = r.addSync(join(dir, 'a.img'), { name: 'a.tar', meta: meta('a') }).digest;
@@ -431,6 +436,22 @@ webTest('images: list, details, spec as JSON and XML, log, download, delete', ['
   t.is(del.removed.digest, c.a);
   t.is((await call(c, 'GET', '/api/images/a.tar')).status, 404);
   t.deepEqual(Repository.open(c.repo).list().map((i) => i.digest), [c.b]);
+});
+
+webTest('packages: the diff between two images and an SBOM (SPDX, CycloneDX)', ['GET /api/compare/packages', 'GET /api/images/{ref}/sbom'], async (t) => {
+  const c = await start(t);
+  const d = await json(await call(c, 'GET', '/api/compare/packages?a=a.tar&b=b.tar'));
+  t.deepEqual(d.added.map((p: any) => p.name), ['less']);
+  t.deepEqual(d.removed.map((p: any) => p.name), ['hello']);
+  t.deepEqual(d.changed, [{ name: 'libc6', arch: 'amd64', from: '2.36-9', to: '2.36-9+deb12u1' }]);
+  const spdx = await json(await call(c, 'GET', '/api/images/b.tar/sbom'));
+  t.is(spdx.spdxVersion, 'SPDX-2.3');
+  t.deepEqual(spdx.packages.map((p: any) => p.name), ['web-test', 'less', 'libc6']);
+  t.regex(spdx.packages[2].externalRefs[0].referenceLocator, /^pkg:deb\/debian\/libc6@2\.36-9%2Bdeb12u1\?arch=amd64&distro=debian-bookworm&upstream=glibc/);
+  const cdx = await json(await call(c, 'GET', '/api/images/b.tar/sbom?format=cyclonedx'));
+  t.is(cdx.bomFormat, 'CycloneDX');
+  t.is(cdx.components.length, 2);
+  t.is((await call(c, 'GET', '/api/images/b.tar/sbom?format=xml')).status, 400);
 });
 
 webTest('compare: common blocks both ways', ['GET /api/compare'], async (t) => {

@@ -7,6 +7,10 @@
  * from openssl s_server -WWW to openssl s_client. Random data, so zstd cannot shrink it. Push times are the
  * push's own (connect to DONE, without the CLI's start-up), the bounds' are wall times;
  * median of OSFARM_BENCH_ROUNDS (default 3) runs; receiver and sender are separate processes.
+ *
+ * With OSFARM_BENCH_LINK_MBIT (e.g. 100) the receiver runs in a network namespace behind a
+ * veth pair throttled by tc to that rate each way (the transfer-bandwidth link), and the
+ * pushes cross it; the stream bounds are loopback-only and are left out then.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, existsSync, rmSync, statSync } from 'node:fs';
@@ -14,10 +18,14 @@ import { createServer, connect, type AddressInfo } from 'node:net';
 import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
+import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 import { CLI, median, printTable, stopChild, time, workDir } from './lib.js';
 
 const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 1024);
 const rounds = Number(process.env.OSFARM_BENCH_ROUNDS ?? 3);
+const linkMbit = Number(process.env.OSFARM_BENCH_LINK_MBIT ?? 0);
+/** The throttled link's namespace, when asked for one: the receiver runs there. */
+const link: Netns | undefined = linkMbit > 0 ? createNetns(`osfptls-${process.pid}`, { mbit: linkMbit }, 7, 'osfptls') : undefined;
 const TOKEN = 'push-tls-bench-token';
 const dir = workDir('push-tls');
 
@@ -41,12 +49,14 @@ if (!existsSync(cert)) {
 const fingerprint = execFileSync('openssl', ['x509', '-in', cert, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1]!;
 
 /** An `osfarm receive` child on a free loopback port into `repo`. */
-async function receiver(repo: string, tls: boolean): Promise<{ child: ChildProcess; port: number }> {
-  const args = [CLI, '--json', '--repo', repo, 'receive', '--listen', '127.0.0.1:0', '--token', TOKEN, ...(tls ? ['--tls-cert', cert, '--tls-key', key] : ['--insecure'])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+async function receiver(repo: string, tls: boolean): Promise<{ child: ChildProcess; address: string }> {
+  const host = link ? link.nsIp : '127.0.0.1';
+  const args = [CLI, '--json', '--repo', repo, 'receive', '--listen', `${host}:0`, '--token', TOKEN, ...(tls ? ['--tls-cert', cert, '--tls-key', key] : ['--insecure'])];
+  const options = { stdio: ['ignore', 'pipe', 'inherit'] as ('ignore' | 'pipe' | 'inherit')[] };
+  const child = link ? link.spawn(process.execPath, args, options) : spawn(process.execPath, args, options);
   for await (const line of createInterface({ input: child.stdout! })) {
     const e = JSON.parse(line) as { event?: string; port?: number };
-    if (e.event === 'listening') return { child, port: e.port! };
+    if (e.event === 'listening') return { child, address: `${host}:${e.port!}` };
   }
   throw new Error('receive did not start');
 }
@@ -59,7 +69,7 @@ async function pushOnce(image: string, have: string | undefined, tls: boolean): 
   if (have) execFileSync(process.execPath, [CLI, 'repo', 'add', have, '--repo', repo], { stdio: 'ignore' });
   const rx = await receiver(repo, tls);
   try {
-    const args = [CLI, '--json', 'push', image, `127.0.0.1:${rx.port}`, '--token', TOKEN, ...(tls ? ['--tls-fingerprint', fingerprint] : ['--insecure'])];
+    const args = [CLI, '--json', 'push', image, rx.address, '--token', TOKEN, ...(tls ? ['--tls-fingerprint', fingerprint] : ['--insecure'])];
     // The push's own clock, connect to DONE: not the CLI's start-up.
     const out = execFileSync(process.execPath, args, { encoding: 'utf8' }).trim().split('\n');
     return (JSON.parse(out[out.length - 1]!) as { seconds: number }).seconds;
@@ -132,14 +142,21 @@ const cipher = cipherMBps();
 // 100 Mbit/s = 12.5 MB/s: the share of one core that encrypting (and as much decrypting) takes at that rate.
 console.log(`openssl speed aes-256-gcm (16 KiB): ${cipher.toFixed(0)} MB/s; at 100 Mbit/s TLS costs about ${((12.5 / cipher) * 100).toFixed(1)} % of a core on each side`);
 const rows: (string | number)[][] = [];
-const [plainBound, tlsBound] = await medians(() => plainStream(base), () => opensslStream(base));
-rows.push(['bound: plain TCP stream (node:net)', '1', plainBound.toFixed(2), (MB / plainBound).toFixed(0), '']);
-rows.push(['bound: openssl s_server → s_client', '1', tlsBound.toFixed(2), (MB / tlsBound).toFixed(0), `${((tlsBound / plainBound - 1) * 100).toFixed(1)} %`]);
-for (const [delta, image, have] of [['1', base, undefined], ['0.1', next, base]] as const) {
-  const [plain, tls] = await medians(() => pushOnce(image, have, false), () => pushOnce(image, have, true));
-  rows.push([`osfarm push --insecure`, delta, plain.toFixed(2), (MB / plain).toFixed(0), '']);
-  rows.push([`osfarm push --tls-fingerprint`, delta, tls.toFixed(2), (MB / tls).toFixed(0), `${((tls / plain - 1) * 100).toFixed(1)} %`]);
+try {
+  if (!link) {
+    const [plainBound, tlsBound] = await medians(() => plainStream(base), () => opensslStream(base));
+    rows.push(['bound: plain TCP stream (node:net)', '1', plainBound.toFixed(2), (MB / plainBound).toFixed(0), '']);
+    rows.push(['bound: openssl s_server → s_client', '1', tlsBound.toFixed(2), (MB / tlsBound).toFixed(0), `${((tlsBound / plainBound - 1) * 100).toFixed(1)} %`]);
+  }
+  for (const [delta, image, have] of [['1', base, undefined], ['0.1', next, base]] as const) {
+    const [plain, tls] = await medians(() => pushOnce(image, have, false), () => pushOnce(image, have, true));
+    rows.push([`osfarm push --insecure`, delta, plain.toFixed(2), (MB / plain).toFixed(0), '']);
+    rows.push([`osfarm push --tls-fingerprint`, delta, tls.toFixed(2), (MB / tls).toFixed(0), `${((tls / plain - 1) * 100).toFixed(1)} %`]);
+  }
+  const over = link ? `a ${linkMbit} Mbit/s link (tc on a veth pair into a network namespace)` : 'loopback';
+  printTable(`push over ${over}, ${sizeMiB} MiB of random data, median of ${rounds} (s; MB/s of image size; TLS's extra time)`, rows, ['what', 'delta', 's', 'MB/s', 'TLS cost']);
+} finally {
+  link?.remove();
+  // The receiver's repository and its images go; the inputs stay for the next run.
+  rmSync(join(dir, 'rx'), { recursive: true, force: true });
 }
-printTable(`push over loopback, ${sizeMiB} MiB of random data, median of ${rounds} (s; MB/s of image size; TLS's extra time)`, rows, ['what', 'delta', 's', 'MB/s', 'TLS cost']);
-// The receiver's repository and its images go; the inputs stay for the next run.
-rmSync(join(dir, 'rx'), { recursive: true, force: true });

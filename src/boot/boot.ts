@@ -343,8 +343,9 @@ export async function boot(image: string, options: BootOptions = {}): Promise<Vm
     await requireTool('qemu-img', 'qemu-utils', 'osfarm boot');
     const layout = await readLayout(r.source, scratch, o.signal);
     const m = MACHINES[arch ?? layout.rootArch ?? hostArchitecture()];
-    await requireTool(m.qemu, m.package, `booting a ${m.arch} image`);
+    // What cannot boot at all is said before a missing tool (which could be installed in vain).
     const mode = chooseMode(o, r, layout, m, warn);
+    await requireTool(m.qemu, m.package, `booting a ${m.arch} image`);
     const firmware = mode === 'uefi' ? await findUefi(m, o.firmwareDirs) : undefined;
     const uefi = firmware && { code: firmware.code, vars: join(dir, 'efivars.fd') };
     let kernel: KernelBoot | undefined;

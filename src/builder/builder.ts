@@ -24,6 +24,7 @@ import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
 import { checkOutputTools, OutputWriter } from './outputs/index.js';
+import { installedPackages } from './installed.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageArrived } from '../trust/provenance.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
@@ -220,6 +221,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     root = chain.dir;
     if (signal.aborted) throw aborted(signal);
 
+    const installed = await installedPackages(root, spec, logLine);
+
     phase('pack');
     let format: OutputFormat = spec.outputs[0]!;
     const store = chain.store;
@@ -270,6 +273,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           cow: chain!.cow,
           sourceDateEpoch: epoch,
           buildLog: { path: logPath, tail: logLines.slice(-400).join('\n') },
+          ...(installed ? { installed } : {}),
         };
         const entry = await Repository.openOrInit(repoPath).add(path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
         const moved = imageArrived(repoPath, entry, 'build').name;

@@ -8,8 +8,10 @@ import { type BuildSpec, specDigest } from '../spec/spec.js';
 import { OsfarmError } from '../base/errors.js';
 import type { ImageEntry, Repository } from '../repo/index.js';
 import { type BuildMeta, buildMeta, imagesOfRequest, openIfExists, type RepositoryRef, requireBuildMeta } from './lookup.js';
+import { cyclonedxDocument, diffPackages, type PackageDiff, packagesOf, spdxDocument } from './packages.js';
 
 export * from './lookup.js';
+export { cyclonedxDocument, diffPackages, type PackageChange, type PackageDiff, spdxDocument } from './packages.js';
 export { specToXml } from '../spec/xml.js';
 
 /** One image of a request, as listed. */
@@ -112,3 +114,28 @@ export function repositoryParents(repoDir: RepositoryRef): (ref: string) => { ra
   };
 }
 
+
+/** Two images' package lists compared: what the image `b` adds, removes and changes against `a`. */
+export interface DiffResult extends PackageDiff {
+  a: { digest: string; name: string | null };
+  b: { digest: string; name: string | null };
+}
+
+/** `osfarm images diff A B`: the packages added, removed and changed from image A to image B. */
+export function diffImages(repo: RepositoryRef, a: string, b: string): DiffResult {
+  const opened = openRepo(repo);
+  const [ea, eb] = [opened.resolve(a), opened.resolve(b)];
+  return {
+    a: { digest: ea.digest, name: ea.name ?? null },
+    b: { digest: eb.digest, name: eb.name ?? null },
+    ...diffPackages(packagesOf(ea).packages, packagesOf(eb).packages),
+  };
+}
+
+export type SbomFormat = 'spdx' | 'cyclonedx';
+
+/** An image's SBOM: SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON, from its recorded package list. */
+export function imageSbom(repo: RepositoryRef, ref: string, format: SbomFormat = 'spdx'): Record<string, unknown> {
+  const entry = openRepo(repo).resolve(ref);
+  return format === 'cyclonedx' ? cyclonedxDocument(entry) : spdxDocument(entry);
+}

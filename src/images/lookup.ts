@@ -30,6 +30,19 @@ export interface BuildMeta {
   cow?: string;
   sourceDateEpoch: number | null;
   buildLog?: { path: string; tail: string };
+  /** The packages installed in the image (builds since 0.1: older images lack it). */
+  installed?: InstalledPackage[];
+}
+
+/** One installed package as the builder read it from the tree's package database. */
+export interface InstalledPackage {
+  name: string;
+  version: string;
+  /** dpkg's Architecture ("all" for architecture-independent) or rpm's ARCH. */
+  arch?: string;
+  /** The source package it was built from, and that source's version. */
+  source?: string;
+  sourceVersion?: string;
 }
 
 /** The build metadata of an image, or null for images osfarm did not build. */

@@ -14,7 +14,7 @@ import { compare } from '../blocks/index.js';
 import { build, type BuildOptions } from '../builder/index.js';
 import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
 import { invalidArgument, OsfarmError } from '../base/errors.js';
-import { exportSpec, findBuilt, imagesOfRequest, repositoryParents, requireBuildMeta } from '../images/index.js';
+import { diffImages, exportSpec, findBuilt, imageSbom, imagesOfRequest, repositoryParents, requireBuildMeta, type SbomFormat } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageView } from '../app/images.js';
 import { gcStages, stageSummary } from '../app/stages.js';
@@ -285,6 +285,15 @@ export class Api {
         },
       },
       {
+        method: 'GET', path: '/api/images/:ref/sbom', read: true,
+        doc: { tag: 'images', summary: "The image's installed packages as an SBOM (docs/trust.md)", query: { format: { description: 'spdx (SPDX 2.3 JSON, default) or cyclonedx (CycloneDX 1.5 JSON)' } }, response: { status: 200, description: 'SPDX or CycloneDX document' } },
+        handler: ({ res, url, params }) => {
+          const format = url.searchParams.get('format') ?? 'spdx';
+          if (format !== 'spdx' && format !== 'cyclonedx') throw invalidArgument(`format ${format}: use spdx or cyclonedx`);
+          sendJson(res, 200, imageSbom(this.o.repo, params.ref!, format as SbomFormat));
+        },
+      },
+      {
         method: 'GET', path: '/api/images/:ref/download', read: true,
         doc: { tag: 'images', summary: "The image's data, as a file download", response: { status: 200, type: 'application/octet-stream', description: 'image bytes' } },
         handler: async ({ req, res, params }) => {
@@ -326,6 +335,11 @@ export class Api {
           const r = await compare(a.indexPath, b.indexPath);
           sendJson(res, 200, { ...r, images: { a: imageView(a), b: imageView(b) } });
         },
+      },
+      {
+        method: 'GET', path: '/api/compare/packages', read: true,
+        doc: { tag: 'compare', summary: 'The packages image b adds, removes and changes against image a (docs/trust.md)', query: { a: { description: 'image name or digest', required: true }, b: { description: 'image name or digest', required: true } }, response: { status: 200, description: '{ a, b, added, removed, changed, unchanged }' } },
+        handler: ({ res, url }) => sendJson(res, 200, diffImages(this.o.repo, query(url, 'a'), query(url, 'b'))),
       },
       {
         method: 'POST', path: '/api/transfers/push',

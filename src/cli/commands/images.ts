@@ -3,11 +3,12 @@ import { writeFileSync } from 'node:fs';
 
 import { invalidArgument } from '../../base/errors.js';
 import { loadSpec } from '../../spec/spec.js';
-import { exportSpec, findImages, type FindResult, repositoryParents, showImage, type ShowResult } from '../../images/index.js';
+import { type DiffResult, diffImages, exportSpec, findImages, type FindResult, imageSbom, repositoryParents, type SbomFormat, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
 import { bytes, table } from '../format.js';
 import { nameHistory, type NameRecord } from '../../trust/names.js';
 import { Repository } from '../../repo/index.js';
+import { writeFileAtomic } from '../../host/fs.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
@@ -98,9 +99,51 @@ const history: Command<{ name: string; current: string | null; moves: NameRecord
   },
 };
 
+const diff: Command<DiffResult> = {
+  name: 'diff',
+  summary: 'the packages image B adds, removes and changes against image A',
+  usage: 'images diff A B',
+  allowPositionals: true,
+  async run(args, ctx) {
+    if (args.positionals.length !== 2) throw invalidArgument(`give two images, A and B (got ${args.positionals.length})`);
+    return diffImages(ctx.repoPath, args.positionals[0]!, args.positionals[1]!);
+  },
+  render(r) {
+    const label = (x: DiffResult['a']) => `${x.name ?? '(no name)'} ${x.digest.slice(0, 12)}`;
+    const arch = (a?: string) => (a ? `:${a}` : '');
+    return [
+      `${label(r.a)} -> ${label(r.b)}: ${r.added.length} added, ${r.removed.length} removed, ${r.changed.length} changed, ${r.unchanged} unchanged`,
+      ...r.added.map((p) => `+ ${p.name}${arch(p.arch)} ${p.version}`),
+      ...r.removed.map((p) => `- ${p.name}${arch(p.arch)} ${p.version}`),
+      ...r.changed.map((p) => `~ ${p.name}${arch(p.arch)} ${p.from} -> ${p.to}`),
+    ].join('\n');
+  },
+};
+
+const SBOM_FORMATS: readonly SbomFormat[] = ['spdx', 'cyclonedx'];
+
+const sbom: Command<{ format: SbomFormat; output: string | null; document: Record<string, unknown> }> = {
+  name: 'sbom',
+  summary: "an image's installed packages as an SBOM: SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON",
+  usage: 'images sbom NAME|DIGEST [--format spdx|cyclonedx] [-o FILE]',
+  options: { format: { type: 'string' }, output: { type: 'string', short: 'o' } },
+  allowPositionals: true,
+  async run(args, ctx) {
+    const format = (str(args, 'format') ?? 'spdx') as SbomFormat;
+    if (!SBOM_FORMATS.includes(format)) throw invalidArgument(`--format ${format}: use ${SBOM_FORMATS.join(' or ')}`);
+    const document = imageSbom(ctx.repoPath, oneArg(args.positionals, 'image name or digest'), format);
+    const output = str(args, 'output') ?? null;
+    if (output) writeFileAtomic(output, `${JSON.stringify(document, null, 2)}\n`);
+    return { format, output, document };
+  },
+  render(r) {
+    return r.output ? `wrote the ${r.format} SBOM to ${r.output}` : JSON.stringify(r.document, null, 2);
+  },
+};
+
 const command: Command = {
   name: 'images',
-  usage: 'images <find|show|export|history> [options]',
-  subcommands: [find, show, exportCmd, history] as Command[],
+  usage: 'images <find|show|export|history|diff|sbom> [options]',
+  subcommands: [find, show, exportCmd, history, diff, sbom] as Command[],
 };
 export default command;

@@ -1,3 +1,4 @@
+// @ts-check
 // Boots: the VMs the server runs from repository images; for one, its console live (SSE) and Stop.
 import { api, el, followJob, notice, showError, short, when } from './lib.js';
 
