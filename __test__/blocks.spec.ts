@@ -142,7 +142,7 @@ test('CLI: index and compare, human and --json, with clear errors', (t) => {
   t.is(bad.result.error.code, 'OSFARM_NOT_FOUND');
   const usage = cli(['index']);
   t.is(usage.status, 2);
-  t.regex(usage.stderr, /exactly one image/);
+  t.regex(usage.stderr, /osfarm index takes 1 operand, got 0/);
   const unknown = cli(['frobnicate']);
   t.is(unknown.status, 2);
   t.regex(unknown.stderr, /unknown command/);

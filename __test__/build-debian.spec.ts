@@ -86,6 +86,11 @@ test.serial('a bookworm build with a group, packages, a password and a command: 
     t.deepEqual(meta.spec.packages, ['less', 'python3-minimal']);
     t.is(meta.buildLog.path, r.logPath);
     t.regex(meta.buildLog.tail, /osfarm: phase pack/);
+    // Every installed package with its version, as dpkg in the image has it.
+    const installed = meta.installed as { name: string; version: string }[];
+    t.deepEqual(installed.map((p) => p.name), installed.map((p) => p.name).sort(), 'sorted by name');
+    for (const p of ['less', 'python3-minimal', 'dpkg', 'apt']) t.regex(installed.find((i) => i.name === p)?.version ?? '', /^\d[\w.+~:-]*$/, p);
+    t.false(installed.some((p) => p.name === 'cron'));
   }
   t.is(entries.find((e) => e.format === 'tar')!.size, r.outputs[0].size);
   t.regex(readFileSync(r.logPath, 'utf8'), /Setting up python3-minimal/);
@@ -103,6 +108,11 @@ test.serial('the tree: packages installed, no host mounts, caches, lists or host
   // -g core is the minbase variant: no Priority: important packages such as cron.
   t.notRegex(installed, /^cron /m);
   t.is(readFileSync(join(tree, 'etc/osfarm-test'), 'utf8'), 'osfarm-was-here\n');
+  // The image's package list in the repository is the tree's own, versions included.
+  const versions = execFileSync('dpkg-query', [`--admindir=${join(tree, 'var/lib/dpkg')}`, '-W', '-f', '${db:Status-Abbrev}${Package} ${Version}\n'], { encoding: 'utf8' });
+  const expected = versions.split('\n').filter((l) => l.startsWith('ii ')).map((l) => l.slice(3)).sort();
+  const recorded = Repository.open(repo).list().find((e) => e.format === 'tar')!.meta as { installed: { name: string; version: string }[] };
+  t.deepEqual(recorded.installed.map((p) => `${p.name} ${p.version}`).sort(), expected);
 
   t.deepEqual(readdirSync(join(tree, 'proc')), []);
   t.deepEqual(readdirSync(join(tree, 'sys')), []);

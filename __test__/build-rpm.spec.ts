@@ -106,6 +106,12 @@ test('dnf --installroot from a local repository: a comps group and a package, no
   const [entry] = Repository.open(repo).list();
   t.is((entry!.meta as any).spec.mirrors[0], `file://${rpmRepo}`);
   t.is(entry!.digest, r.outputs[0].digest);
+  // With the packages installed, as rpm reads them from the image's own database.
+  t.deepEqual((entry!.meta as any).installed.map((p: any) => ({ name: p.name, version: p.version })), [
+    { name: 'osfarm-test-extra', version: '0.5-1' },
+    { name: 'osfarm-test-filesystem', version: '1.0-1' },
+    { name: 'osfarm-test-hello', version: '2.1-3' },
+  ]);
 });
 
 test('an RPM build without repositories or with unchecked signatures says what to set', async (t) => {

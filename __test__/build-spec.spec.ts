@@ -16,7 +16,7 @@ import {
   stableStringify,
 } from '../src/spec/index.js';
 import { SpecError } from '../src/spec/errors.js';
-import { cli, tempDir } from './helpers/tmp.js';
+import { cli, lastOutcome, tempDir } from './helpers/tmp.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'build');
 const PASSWORD = 'osfarm-Pl41n-S3cret';
@@ -79,8 +79,9 @@ test('invalid specs are refused with errors that name the field', (t) => {
     [{ ...base, packages: ['less', 'zsh', 'Not A Package'] }, 'spec.packages[2]', /Debian package name/],
     [{ ...base, pakages: ['less'] }, 'spec.pakages', /did you mean packages/],
     [{ distribution: 'debian' }, 'spec.release', /required/],
-    [{ ...base, distribution: 'debain' }, 'spec.distribution', /not supported/],
-    [{ ...base, architecture: 'sparc' }, 'spec.architecture', /not supported/],
+    [{ ...base, distribution: 'debain' }, 'spec.distribution', /"debain" is not a distribution osfarm builds \(did you mean debian\?\)/],
+    [{ ...base, architecture: 'sparc' }, 'spec.architecture', /not an architecture osfarm builds: one of amd64/],
+    [{ ...base, architecture: 'amd46' }, 'spec.architecture', /did you mean amd64\?/],
     [{ ...base, groups: ['minbase', 'standard'] }, 'spec.groups[1]', /second variant/],
     [{ ...base, groups: ['no-such-group'] }, 'spec.groups[0]', /not a group of debian/],
     [{ ...base, files: [{ source: '/etc/hostname' }] }, 'spec.files[0].destination', /required/],
@@ -191,7 +192,7 @@ test('CLI: an invalid spec is refused before anything runs, naming the field', (
   // --check validates and prints the canonical spec without building.
   const r3 = cli(['--json', 'build', join(FIXTURES, 'minbase.yaml'), '--check']);
   t.is(r3.status, 0, r3.stderr);
-  const ok = JSON.parse(r3.stdout.trim().split('\n').pop()!);
+  const ok = lastOutcome(r3.stdout);
   t.is(ok.specDigest, specDigest(loadSpec(join(FIXTURES, 'minbase.yaml'))));
   t.false(r3.stdout.includes(PASSWORD));
   t.false(readFileSync(join(FIXTURES, 'minbase.json'), 'utf8').includes('$6$'));

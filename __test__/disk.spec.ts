@@ -14,7 +14,7 @@ import { compare } from '../src/blocks/index.js';
 import { boot } from '../src/boot/index.js';
 import { BOOT_MARKER } from '../src/spec/distros.js';
 import { buildWorkDir, type CliRun, cliAsync, resultOf } from './fixtures/build/harness.js';
-import { cli } from './helpers/tmp.js';
+import { cli, lastOutcome } from './helpers/tmp.js';
 
 const WORK = buildWorkDir();
 const out = join(WORK, 'disk-test-out');
@@ -213,7 +213,7 @@ test('--user NAME:KEYS.pub adds a user with the keys of that file to the spec', 
   writeFileSync(keys, '# two keys\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJV9F6uFAUmvtpe/QKvdWYeARrw5B1I6kYUQ/B+7plHf a@x\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJV9F6uFAUmvtpe/QKvdWYeARrw5B1I6kYUQ/B+7plHg b@y\n');
   const r = cli(['--json', 'build', '-t', 'debian-bookworm-amd64', '--kernel', 'on', '-f', 'qcow2', '--user', `root:${keys}`, '--user', 'alice', '--network', 'dhcp', '--serial-console', 'off', '--check']);
   t.is(r.status, 0, r.stderr);
-  const spec = JSON.parse(r.stdout.trim().split('\n').at(-1)!).spec;
+  const spec = lastOutcome(r.stdout).spec;
   t.deepEqual(spec.users.map((u: any) => [u.name, u.sshKeys.length]), [['root', 2], ['alice', 0]]);
   t.is(spec.network, 'dhcp');
   t.is(spec.serialConsole, false);

@@ -18,7 +18,7 @@ import { readBootProfile, writeBootProfile } from '../src/transfer/lazy/profile.
 import { generateKeys, trustKey } from '../src/trust/keys.js';
 import { MANIFEST_FILE, signImage } from '../src/trust/manifest.js';
 import { serveRepo } from './helpers/origin.js';
-import { pseudoRandom, tempDir } from './helpers/tmp.js';
+import { lastOutcome, outcome, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -227,7 +227,7 @@ test('osfarm pull --lazy --json: ready and result events, the image published, e
   const { stdout } = await run(process.execPath, [...CLI, '--json', '--repo', l.receiver, 'pull', '--lazy', '--until-complete', '--socket', join(l.dir, 'cli.sock'), `${o.url}/images/new`]);
   const lines = stdout.trim().split('\n').map((x) => JSON.parse(x) as Record<string, unknown>);
   t.like(lines[0], { type: 'ready', exportName: 'new', digest: l.digest });
-  t.like(lines.at(-1), { digest: l.digest, name: 'new', blocksFetched: 512 });
+  t.like(outcome(lines.at(-1)), { digest: l.digest, name: 'new', blocksFetched: 512 });
   const repo = Repository.open(l.receiver);
   t.teardown(() => repo.close());
   t.true(readFileSync(repo.resolve('new').path).equals(readFileSync(l.newImage)), 'the bytes differ');
@@ -258,7 +258,7 @@ test('osfarm pull --lazy killed (SIGKILL) mid-way: the next run keeps what arriv
   t.is(lazySource('old', l.receiver), undefined, 'a complete image is booted as it is');
 
   const { stdout } = await run(process.execPath, args);
-  const result = JSON.parse(stdout.trim().split('\n').at(-1)!) as { blocksFetched: number; blocksResumed: number; blocksLocal: number };
+  const result = lastOutcome<{ blocksFetched: number; blocksResumed: number; blocksLocal: number }>(stdout);
   t.true(result.blocksFetched < 512, `fetched ${result.blocksFetched} of 512 again`);
   t.is(result.blocksFetched + result.blocksResumed + result.blocksLocal, 512 + 1280);
   const repo = Repository.open(l.receiver);

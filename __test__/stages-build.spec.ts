@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { plainDir } from './helpers/loopfs.js';
+import { outcome } from './helpers/tmp.js';
 
 const CLI = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 const WORK = process.env.OSFARM_TEST_WORK ?? '/var/tmp/osfarm-test-build';
@@ -43,7 +44,7 @@ function osfarm(repo: string, args: string[], onEvent?: (e: Record<string, any>,
     child.on('error', reject);
     child.on('close', (status, signal) => {
       if (rest.trim() !== '') events.push(JSON.parse(rest) as Record<string, any>);
-      resolve({ status, signal, events, result: events[events.length - 1] ?? {}, stderr });
+      resolve({ status, signal, events, result: outcome(events[events.length - 1]) ?? {}, stderr });
     });
   });
 }

@@ -11,6 +11,7 @@ import { canonicalSpec, loadSpec, parseSpec, specDigest, specFromObject, type Bu
 import { specToXml } from '../src/spec/xml.js';
 import { type ChainContext, planStages, specChain } from '../src/builder/plan.js';
 import { cliJson, tempDir } from './helpers/tmp.js';
+import { localArchive } from './helpers/apt-archive.js';
 
 const CTX: ChainContext = { driver: 'mmdebstrap', driverVersion: 'mmdebstrap 1.3.5; osfarm 0.1.0', osfarmVersion: '0.1.0', sourceDateEpoch: null, hostSources: 'host-sources-1' };
 
@@ -150,7 +151,7 @@ asRoot('--cow picks the backend; one that cannot work where the store is, or an 
   const unknown = cliJson(args('zfs'));
   t.is(unknown.status, 2);
   t.is(unknown.result.error.code, 'OSFARM_INVALID_ARGUMENT');
-  t.regex(unknown.result.error.message, /unknown copy-on-write backend "zfs": use auto, btrfs, overlayfs, reflink, lvm-thin, copy/);
+  t.regex(unknown.result.error.message, /--cow "zfs" is not one of auto, btrfs, overlayfs, reflink, lvm-thin, copy/);
   // The temp directory is not on btrfs (nor is there device-mapper): say what the backend needs.
   for (const cow of ['btrfs', 'lvm-thin']) {
     const r = cliJson(args(cow));
@@ -165,15 +166,22 @@ test('a mirror given on the command line or in $OSFARM_MIRROR is the whole chain
   const dir = tempDir(t);
   writeFileSync(join(dir, 'core.yaml'), 'name: core\ndistribution: debian\nrelease: bookworm\ngroups: [minbase]\n');
   writeFileSync(join(dir, 'app.yaml'), 'name: app\nparent: core\npackages: [jq]\n');
-  const check = (args: string[], env: NodeJS.ProcessEnv = {}) => cliJson(['build', '--check', join(dir, 'app.yaml'), ...args], { OSFARM_MIRROR: '', ...env });
+  // --check looks the packages up in the mirror's own index: a local archive that has jq.
+  const mirror = localArchive(join(dir, 'mirror'), ['jq']);
+  const check = (args: string[], env: NodeJS.ProcessEnv = {}) => cliJson(['build', '--check', join(dir, 'app.yaml'), '-d', join(dir, 'work'), ...args], { OSFARM_MIRROR: '', ...env });
   const plain = check([]);
   t.is(plain.status, 0, JSON.stringify(plain.result));
-  const flagged = check(['--mirror', 'http://mirror-a.invalid/debian', '--no-gpg-check']);
+  const flagged = check(['--mirror', mirror, '--no-gpg-check']);
   t.is(flagged.status, 0, JSON.stringify(flagged.result));
-  t.deepEqual(flagged.result.spec.parent.mirrors, ['http://mirror-a.invalid/debian']);
+  t.deepEqual(flagged.result.spec.parent.mirrors, [mirror]);
   t.false(flagged.result.spec.parent.gpgCheck);
   t.not(flagged.result.specDigest, plain.result.specDigest);
-  const fromEnv = check([], { OSFARM_MIRROR: 'http://mirror-a.invalid/debian' });
+  t.regex(flagged.result.packageIndex, new RegExp(`apt index of ${mirror}`));
+  const fromEnv = check(['--no-gpg-check'], { OSFARM_MIRROR: mirror });
   t.is(fromEnv.status, 0, JSON.stringify(fromEnv.result));
-  t.deepEqual(fromEnv.result.spec.parent.mirrors, ['http://mirror-a.invalid/debian']);
+  t.deepEqual(fromEnv.result.spec.parent.mirrors, [mirror]);
+  // A mirror that cannot serve the release: refused, blamed on the core's mirrors.
+  const bad = check(['--mirror', 'http://mirror-a.invalid/debian', '--no-gpg-check']);
+  t.is(bad.status, 1);
+  t.regex(bad.result.error.message, /^spec\.parent\.mirrors: no package index of debian bookworm \(amd64\) from http:\/\/mirror-a\.invalid\/debian: /);
 });

@@ -123,7 +123,7 @@ test('a flood of idle connections on the push port: pushes from another address 
   // The receiver reports the turned-away connections summed up, not one log line each.
   const busy = await r.waitFor('busy');
   t.true(Number(busy.refused) > 0);
-  const lines = r.events.filter((e) => e.event === 'connection-refused').length;
+  const lines = r.events.filter((e) => e.type === 'connection-refused').length;
   t.true(lines < f.opened / 10, `${lines} connection-refused events for ${f.opened} flood connections`);
 });
 

@@ -457,8 +457,8 @@ test('osfarm receive refuses to start without TLS and a token unless --insecure'
   t.teardown(() => child.kill('SIGKILL'));
   let listening: { port: number } | undefined;
   for await (const line of createInterface({ input: child.stdout })) {
-    const e = JSON.parse(line) as { event?: string; port: number };
-    if (e.event === 'listening') {
+    const e = JSON.parse(line) as { type?: string; port: number };
+    if (e.type === 'listening') {
       listening = e;
       break;
     }

@@ -124,8 +124,8 @@ test('CLI: receive --tls-cert/--tls-key prints the fingerprint; push --tls-finge
   t.teardown(() => child.kill('SIGKILL'));
   let listening: { port: number; tlsFingerprint: string } | undefined;
   for await (const line of createInterface({ input: child.stdout! })) {
-    const e = JSON.parse(line) as { event?: string; port: number; tlsFingerprint: string };
-    if (e.event === 'listening') {
+    const e = JSON.parse(line) as { type?: string; port: number; tlsFingerprint: string };
+    if (e.type === 'listening') {
       listening = e;
       break;
     }
@@ -151,8 +151,8 @@ test('serve --tls-cert/--tls-key: HTTPS pull with the CA in NODE_EXTRA_CA_CERTS;
   t.teardown(() => child.kill('SIGKILL'));
   let port = 0;
   for await (const line of createInterface({ input: child.stdout! })) {
-    const e = JSON.parse(line) as { event?: string; port: number };
-    if (e.event === 'listening') {
+    const e = JSON.parse(line) as { type?: string; port: number };
+    if (e.type === 'listening') {
       port = e.port;
       break;
     }

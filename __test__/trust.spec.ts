@@ -18,7 +18,7 @@ import { generateKeys, trustKey } from '../src/trust/keys.js';
 import { MANIFEST_FILE, SIGNATURE_FILE, signImage } from '../src/trust/manifest.js';
 import { parsePublicKey, parseSignature, verifyMessage } from '../src/trust/minisign.js';
 import { startNginx } from './helpers/nginx.js';
-import { cli, cliJson, cliJsonAsync, pseudoRandom, tempDir } from './helpers/tmp.js';
+import { cli, cliJson, cliJsonAsync, outcome, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const MiB = 1 << 20;
 /** Metadata the signed image carries (a built image's would hold its spec, stages and log). */
@@ -273,8 +273,8 @@ test('a name that moves is said aloud and kept: repo add prints the move, images
   const b = cli(['--json', 'repo', 'add', join(dir, 'b.img'), '--name', 'app', '--repo', repo]);
   t.is(b.status, 0, b.stderr);
   const events = b.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  const bDigest = events[events.length - 1][0].digest;
-  t.like(events.find((e) => e.event === 'name-moved'), { name: 'app', previous: a.result[0].digest, digest: bDigest, via: 'add' });
+  const bDigest = outcome(events[events.length - 1])[0].digest;
+  t.like(events.find((e) => e.type === 'name-moved'), { name: 'app', previous: a.result[0].digest, digest: bDigest, via: 'add' });
   const human = cli(['repo', 'add', join(dir, 'a.img'), '--name', 'app', '--repo', repo]);
   t.regex(human.stderr, new RegExp(`name 'app' moved from ${bDigest} to ${a.result[0].digest}`));
   const h = cliJson(['images', 'history', 'app', '--repo', repo]).result;

@@ -5,8 +5,8 @@
  * each of them; the last test checks that the tests name every route of the OpenAPI
  * document (so it holds whichever tests run, in any order).
  */
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { join } from 'node:path';
 
 import test, { type ExecutionContext } from 'ava';
@@ -17,6 +17,7 @@ import { Repository } from '../src/repo/index.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
 import { Receiver } from '../src/transfer/push/receive.js';
 import { serve, type OsfarmServer } from '../src/web/index.js';
+import { localArchive } from './helpers/apt-archive.js';
 import { tempDir, writeBlocks } from './helpers/tmp.js';
 
 let documented: { method: string; path: RegExp; name: string }[] = [];
@@ -249,7 +250,7 @@ webTest("package search reads the distribution's real index through apt", ['GET 
   const unknown = await call(c, 'GET', '/api/packages?distribution=debian&release=nosuchrelease&architecture=amd64&q=x');
   t.is(unknown.status, 404);
   t.regex((await json(unknown)).error.message, /not a release of debian/);
-  t.false(existsSync(join(c.dir, 'work', 'apt-indexes', 'debian-nosuchrelease-amd64')), 'apt was not asked about an unknown release');
+  t.deepEqual(readdirSync(join(c.dir, 'work', 'cache', 'apt-indexes')).filter((n) => n.includes('nosuchrelease')), [], 'apt was not asked about an unknown release');
 });
 
 webTest("package search fetches another architecture's index through apt's configured sources, once", ['GET /api/packages'], async (t) => {
@@ -259,7 +260,7 @@ webTest("package search fetches another architecture's index through apt's confi
   t.is(r.status, 200, JSON.stringify(body));
   t.is(body.index.source, 'fetched');
   t.is(body.index.architecture, 'arm64');
-  t.true(body.index.files.every((f: string) => f.startsWith(join(c.dir, 'work', 'apt-indexes')) && f.includes('arm64')));
+  t.true(body.index.files.every((f: string) => f.startsWith(join(c.dir, 'work', 'cache', 'apt-indexes')) && f.includes('arm64')));
   t.is(body.results[0].name, 'hello');
   const again = await json(await call(c, 'GET', '/api/packages?distribution=debian&release=bookworm&architecture=arm64&q=curl'));
   t.deepEqual(again.index.files, body.index.files);
@@ -292,6 +293,9 @@ webTest('invalid specs are refused with the field named, and a web spec cannot r
     [{ spec: { ...SPEC, files: [{ destination: '/etc/x', source: '/etc/shadow' }] } }, /spec\.files\[0\]\.source/],
     [{ spec: { ...SPEC, parent: '/etc/osfarm/base.yaml' } }, /spec\.parent/],
     [{ text: 'distribution: [', format: 'yaml' }, /not valid YAML/],
+    // Against the release catalogue and the real package index, with the closest names.
+    [{ spec: { ...SPEC, packages: ['helo'] } }, /^spec\.packages\[0\]: "helo" is not a package of debian bookworm \(amd64\) \(did you mean [^)]*\bhello\b/],
+    [{ spec: { ...SPEC, release: 'bookwrm' } }, /^spec\.release: "bookwrm" is not a release of debian \(did you mean bookworm\?\)/],
     // Refused safely by the parsers, and as spec errors (422), not internal ones (500).
     [{ text: '<?xml version="1.0"?><!DOCTYPE image [<!ENTITY x SYSTEM "file:///etc/passwd">]><image><name>&x;</name></image>', format: 'xml' }, /not valid XML: External entities/],
     [{ text: Array.from({ length: 9 }, (_, i) => (i === 0 ? 'a0: &a0 [l, l, l, l, l, l, l, l, l]' : `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`)).join('\n'), format: 'yaml' }, /Excessive alias count/],
@@ -315,10 +319,9 @@ webTest('invalid specs are refused with the field named, and a web spec cannot r
 
 webTest('build jobs: bounded queue, live events over SSE, cancel, failure with its code', ['POST /api/builds', 'GET /api/jobs', 'GET /api/jobs/{id}', 'GET /api/jobs/{id}/events', 'DELETE /api/jobs/{id}'], async (t) => {
   const c = await start(t, { maxQueuedBuilds: 1 });
-  // An empty local mirror: the build starts for real and mmdebstrap fails fast, touching nothing outside.
-  const mirror = join(c.dir, 'empty-mirror');
-  mkdirSync(mirror);
-  const spec = { ...SPEC, mirrors: [`file://${mirror}`] };
+  // A local mirror whose index lists hello but holds no .deb: the spec passes the up-front
+  // check, the build starts for real and mmdebstrap fails fast, touching nothing outside.
+  const spec = { ...SPEC, mirrors: [localArchive(join(c.dir, 'mirror'), ['hello'])], gpgCheck: false };
   const first = await call(c, 'POST', '/api/builds', { body: { spec } });
   t.is(first.status, 202);
   const job = await json(first);
@@ -343,6 +346,8 @@ webTest('build jobs: bounded queue, live events over SSE, cancel, failure with i
   t.is(types[types.length - 1], 'end');
   const err = evs.find((e) => e.event === 'error')!;
   t.is(err.data.error.code, 'OSFARM_BUILD_FAILED');
+  // mmdebstrap's own error line, not only "see the log".
+  t.regex(err.data.error.message, /mmdebstrap failed \(exit \d+\): E: Failed to fetch file:.*hello_1\.0-1_amd64\.deb/);
   const done = await json(await call(c, 'GET', `/api/jobs/${job.id}`));
   t.is(done.state, 'failed');
   t.is(done.meta.specDigest, specDigest(specFromObject(spec)));
@@ -375,20 +380,33 @@ webTest('a build the repository already answers finishes at once with its images
 
 webTest('a running build is cancelled and torn down', ['POST /api/builds', 'GET /api/jobs/{id}', 'GET /api/jobs/{id}/events', 'DELETE /api/jobs/{id}'], async (t) => {
   const c = await start(t);
-  // A mirror on loopback that accepts and never answers: apt waits until the cancel.
+  // A mirror on loopback that serves its index (so the spec passes the up-front check and
+  // mmdebstrap starts) but never answers for a package: apt waits there until the cancel.
+  const archive = join(c.dir, 'mirror');
+  localArchive(archive, ['hello']);
   const sockets = new Set<import('node:net').Socket>();
-  const mirror = createServer((sock) => sockets.add(sock));
+  const mirror = createHttpServer((req, res) => {
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    if (!path.startsWith('/debian/dists/')) return;
+    try {
+      res.end(readFileSync(join(archive, path.slice('/debian'.length))));
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  mirror.on('connection', (sock) => sockets.add(sock));
   await new Promise<void>((res) => mirror.listen(0, '127.0.0.1', res));
   t.teardown(() => {
     for (const s of sockets) s.destroy();
     mirror.close();
   });
   const port = (mirror.address() as import('node:net').AddressInfo).port;
-  const r = await json(await call(c, 'POST', '/api/builds', { body: { spec: { ...SPEC, mirrors: [`http://127.0.0.1:${port}/debian`] } } }));
+  const r = await json(await call(c, 'POST', '/api/builds', { body: { spec: { ...SPEC, mirrors: [`http://127.0.0.1:${port}/debian`], gpgCheck: false } } }));
   const stream = await call(c, 'GET', `/api/jobs/${r.id}/events`);
   const reader = stream.body!.getReader();
   let seen = '';
-  while (!/event: log\ndata: [^\n]*I: running apt-get update/.test(seen)) {
+  // mmdebstrap installs the packages in the chroot now: apt's download hangs there.
+  while (!/event: log\ndata: [^\n]*osfarm: phase packages/.test(seen)) {
     const { value, done } = await reader.read();
     if (done) break;
     seen += Buffer.from(value).toString();
@@ -415,6 +433,16 @@ webTest('images: list, details, spec as JSON and XML, log, download, delete', ['
   t.is(list.images[1].distribution, 'debian');
   t.deepEqual(list.images[1].packages, ['hello']);
   t.is(list.stats.images, 2);
+  // An image built on another: its packages are the whole chain's, and which it adds itself.
+  const child = specFromObject({ parent: SPEC, packages: ['jq'], name: 'child' });
+  writeBlocks(join(c.dir, 'c.img'), [7]);
+  using repo = Repository.open(c.repo);
+  const childMeta = { kind: 'osfarm-build', builder: 'test', backend: 'mmdebstrap', format: 'tar', sourceDateEpoch: null, specDigest: specDigest(child), spec: canonicalSpec(child), specXml: specToXml(child) };
+  const cDigest = repo.addSync(join(c.dir, 'c.img'), { name: 'c.tar', meta: childMeta }).digest;
+  const withChild = (await json(await call(c, 'GET', '/api/images'))).images.find((i: any) => i.digest === cDigest);
+  t.deepEqual(withChild.packages, ['hello', 'jq']);
+  t.deepEqual(withChild.addedPackages, ['jq']);
+  await repo.remove(cDigest);
   const one = await json(await call(c, 'GET', '/api/images/a.tar'));
   t.is(one.digest, c.a);
   t.is(one.meta.kind, 'osfarm-build');

@@ -65,6 +65,20 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   await page.selectOption('#distribution', 'debian');
   t.is(await page.inputValue('#architecture'), 'amd64');
   t.true(await page.isChecked('#groups input[value="minbase"]'));
+  // Bootstrap variants are one choice; tasks add up.
+  t.is(await page.locator('#variants input[type="radio"]').count(), 10);
+  t.true(await page.locator('#tasks input[type="checkbox"]').count() > 0);
+  await page.check('#variants input[value="essential"]');
+  t.false(await page.isChecked('#groups input[value="minbase"]'));
+  await page.check('#variants input[value="minbase"]');
+  // A name the package index lacks, typed and added with Enter: marked at once, with the closest names.
+  await page.fill('#package-search', 'helo');
+  await page.press('#package-search', 'Enter');
+  await page.waitForSelector('.chip.unknown[data-package="helo"]');
+  t.regex(await page.getAttribute('.chip[data-package="helo"]', 'title') ?? '', /"helo" is not a package of debian .*did you mean[^?]*\bhello\b/);
+  t.regex(await page.textContent('#spec-issues') ?? '', /spec\.packages\[0\]/);
+  t.true(await page.isDisabled('#build'));
+  await page.click('.chip[data-package="helo"] button');
   await page.fill('#package-search', 'hello');
   await page.waitForSelector('[data-package="hello"]');
   t.regex(await page.textContent('#index-info') ?? '', /\d+ packages in debian/);
@@ -133,6 +147,15 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.is(await page.getAttribute('#download', 'href'), `/api/images/${built!.digest}/download`);
   t.regex(await page.textContent('#image-stages') ?? '', /core/);
   t.regex((built!.meta as { spec: { rootPasswordHash: string } }).spec.rootPasswordHash, /^\$6\$/, 'the root password went in as a hash');
+  // Every package installed in the image with its version, searchable.
+  const installed = (built!.meta as { installed: { name: string; version: string }[] }).installed;
+  t.true(installed.some((p) => p.name === 'hello'));
+  t.is(await page.textContent('#installed h2'), `Installed packages (${installed.length})`);
+  t.is(await page.locator('#installed-table tbody tr').count(), installed.length);
+  await page.fill('#installed-filter', 'hell');
+  const shown = await page.locator('#installed-table tbody tr').allTextContents();
+  t.true(shown.length > 0 && shown.length < installed.length && shown.every((r) => r.includes('hell')), shown.join(', '));
+  t.true(shown.includes(`hello${installed.find((p) => p.name === 'hello')!.version}`));
   await shot(page, '4-repository');
 
   // Compose on top of it: the built image is offered as a parent; the child's request is new.
@@ -156,7 +179,9 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   const from = Math.floor((size * 3) / 4 / 4096) * 4096;
   writeSync(fd, pseudoRandom(size - from, 42), 0, size - from, from);
   closeSync(fd);
-  const variant = await repo.add(variantPath, { name: 'variant.tar' });
+  // Its package list as a certifier would see it differ: hello gone, dpkg at another version, one package more.
+  const variantInstalled = [...installed.filter((p) => p.name !== 'hello').map((p) => (p.name === 'dpkg' ? { ...p, version: '9.9' } : p)), { name: 'zz-extra', version: '1.0' }];
+  const variant = await repo.add(variantPath, { name: 'variant.tar', meta: { installed: variantInstalled } });
 
   // Compare: numbers as the library computes them, and a chart.
   await page.goto(`${server.url}/#/compare/${built!.digest}/${variant.digest}`);
@@ -166,6 +191,12 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.deepEqual(shares, [expected.a.shareInOther, expected.b.shareInOther].map((x) => `${(x * 100).toFixed(1)} %`));
   t.true(expected.a.shareInOther > 0.5 && expected.a.shareInOther < 1, `share ${expected.a.shareInOther}`);
   t.is(await page.locator('#compare-result svg.chart rect').count(), 4);
+  // Which packages differ: only in one, or at another version.
+  await page.waitForSelector('#package-diff-table');
+  t.regex(await page.textContent('#package-diff p') ?? '', new RegExp(`^3 differ, ${installed.length - 2} the same$`));
+  const dpkg = installed.find((p) => p.name === 'dpkg')!.version;
+  const hello = installed.find((p) => p.name === 'hello')!.version;
+  t.deepEqual(await page.locator('#package-diff-table tbody tr').allTextContents(), [`dpkg${dpkg}9.9`, `hello${hello}—`, 'zz-extra—1.0']);
   await shot(page, '5-compare');
 
   // Stages.
@@ -188,7 +219,13 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.is(await page.locator('#transfer-charts svg.chart').count(), 2);
   t.regex(await page.textContent('#transfer-result') ?? '', /blocks sent/);
   t.deepEqual(Repository.open(join(dir, 'remote')).list().map((i) => i.digest), [built!.digest]);
+  await page.waitForFunction(() => document.querySelectorAll('#recent-transfers li').length === 1 && /succeeded/.test(document.querySelector('#recent-transfers')?.textContent ?? ''));
   await shot(page, '7-transfer');
+  // The same push again: nothing to send, so a sentence instead of empty charts; the recent list grows without a reload.
+  await page.click('#push-run');
+  await page.waitForFunction(() => /nothing sent/.test(document.querySelector('#transfer-result')?.textContent ?? ''), undefined, { timeout: 120_000 });
+  t.is(await page.locator('#transfer-charts svg.chart').count(), 0);
+  await page.waitForFunction(() => document.querySelectorAll('#recent-transfers li').length === 2);
 
   // Pull: a second node (its own repository and token) pulls the image from this one in its GUI.
   const otherRepo = join(dir, 'other');
@@ -220,7 +257,22 @@ test('compose, build for real, find in the repository, compare, push: in a real 
   t.deepEqual(Repository.open(repoPath).list().map((i) => i.name), ['e2e-hello.tar']);
   await shot(page, '8-repository-after-delete');
 
+  // A narrow screen: tables scroll inside their cards, the page itself does not overflow.
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.goto(`${server.url}/#/repository`);
+  await page.waitForSelector('#images');
+  t.true(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no horizontal overflow at 375 px');
+  await shot(page, '8b-repository-narrow');
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // The API docs: each operation can be tried from the page (the GUI session authorizes it).
   await page.goto(`${server.url}/api/docs`);
+  const op = page.locator('section.op[data-method="GET"][data-path="/api/images/{ref}"]');
+  await op.locator('summary').click();
+  await op.locator('input[name="ref"]').fill('e2e-hello.tar');
+  await op.locator('button.primary').click();
+  await page.waitForFunction(() => /\n200 /.test(document.querySelector('section.op[data-path="/api/images/{ref}"] pre.try-answer')?.textContent ?? ''));
+  t.true((await op.locator('pre.try-answer').textContent())!.includes(`"digest": "${built!.digest}"`));
   await shot(page, '9-api-docs');
   t.deepEqual(pageErrors, []);
 });

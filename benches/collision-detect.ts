@@ -34,8 +34,8 @@ async function pushOnce(initFlags: string[]): Promise<number> {
   try {
     let port = 0;
     for await (const line of createInterface({ input: receiver.stdout! })) {
-      const e = JSON.parse(line) as { event?: string; port?: number };
-      if (e.event === 'listening') {
+      const e = JSON.parse(line) as { type?: string; port?: number };
+      if (e.type === 'listening') {
         port = e.port!;
         break;
       }

@@ -28,6 +28,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { join } from 'node:path';
 
 import { BOOT_MARKER } from '../src/spec/distros.js';
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { childrenCpu, CLI, printTable, workDir } from './lib.js';
 import { bootTimes, type DiskSize, type MkosiPeerFigures, mkosiPeer, type Timing } from './peers/mkosi.js';
 
@@ -51,7 +52,7 @@ const out = join(dir, 'images');
 
 function osfarm(args: string[], env: NodeJS.ProcessEnv = {}): Record<string, any> {
   const r = spawnSync(process.execPath, [CLI, '--json', ...args], { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 256 << 20 });
-  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? 'null');
+  const last = lastOutcome(r.stdout);
   if (r.status !== 0) throw new Error(`osfarm ${args.join(' ')}: ${JSON.stringify(last)} ${r.stderr.slice(-2000)}`);
   return last;
 }

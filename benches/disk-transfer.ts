@@ -16,6 +16,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { CLI, printTable, stopChild, workDir } from './lib.js';
 
 const dir = workDir('disk-transfer');
@@ -28,7 +29,7 @@ const EXT: Record<Format, string> = { tar: '.tar', ext4: '.ext4', disk: '.img' }
 
 function osfarm(args: string[], env: NodeJS.ProcessEnv = {}): Record<string, any> {
   const r = spawnSync(process.execPath, [CLI, '--json', ...args], { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 256 << 20 });
-  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? 'null');
+  const last = lastOutcome(r.stdout);
   if (r.status !== 0) throw new Error(`osfarm ${args.join(' ')}: ${JSON.stringify(last)} ${r.stderr.slice(-2000)}`);
   return last;
 }
@@ -81,7 +82,7 @@ async function pushTo(image: string, held: string): Promise<Record<string, any>>
   osfarm(['--repo', repo, 'repo', 'init']);
   osfarm(['--repo', repo, 'repo', 'add', held, '--name', 'held']);
   const port = await freePort();
-  const receiver = spawn(process.execPath, [CLI, '--json', '--repo', repo, 'receive', '--listen', `127.0.0.1:${port}`, '--token', TOKEN], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const receiver = spawn(process.execPath, [CLI, '--json', '--repo', repo, 'receive', '--listen', `127.0.0.1:${port}`, '--token', TOKEN, '--insecure'], { stdio: ['ignore', 'pipe', 'inherit'] });
   try {
     await new Promise<void>((resolve, reject) => {
       let buf = '';
@@ -91,7 +92,7 @@ async function pushTo(image: string, held: string): Promise<Record<string, any>>
       });
       receiver.once('exit', () => reject(new Error('osfarm receive exited before listening')));
     });
-    return osfarm(['push', image, `127.0.0.1:${port}`, '--token', TOKEN, '--name', 'pushed']);
+    return osfarm(['push', image, `127.0.0.1:${port}`, '--token', TOKEN, '--name', 'pushed', '--insecure']);
   } finally {
     await stopChild(receiver);
     rmSync(repo, { recursive: true, force: true });

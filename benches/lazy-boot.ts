@@ -35,6 +35,7 @@ import { createInterface } from 'node:readline';
 import { Repository } from '../src/repo/index.js';
 import { BOOT_MARKER } from '../src/spec/distros.js';
 import { createNetns } from '../__test__/helpers/netns.js';
+import { lastOutcome, outcome } from '../__test__/helpers/tmp.js';
 import { CLI, printTable, stopChild, workDir } from './lib.js';
 
 const dir = workDir('lazy-boot');
@@ -48,7 +49,7 @@ const BOOT = ['--firmware', 'bios', '--accel', 'tcg', '--until', BOOT_MARKER, '-
 
 function osfarm(args: string[], env: NodeJS.ProcessEnv = {}): Record<string, any> {
   const r = spawnSync(process.execPath, [CLI, '--json', ...args], { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 256 << 20 });
-  const last = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? 'null');
+  const last = lastOutcome(r.stdout);
   if (r.status !== 0) throw new Error(`osfarm ${args.join(' ')}: ${JSON.stringify(last)} ${r.stderr.slice(-2000)}`);
   return last;
 }
@@ -114,7 +115,7 @@ function boot(repo: string, image: string, wire: () => number): Promise<Run> {
   return new Promise((resolve, reject) => {
     child.once('close', (code) => {
       if (code !== 0 || !marker) reject(new Error(`osfarm boot ${image}: exit ${code}: ${JSON.stringify(last)} ${stderr.slice(-2000)}`));
-      else resolve({ marker: marker.at, wireAtMarker: marker.wire, result: last, end: secs(), load: marker.load });
+      else resolve({ marker: marker.at, wireAtMarker: marker.wire, result: outcome(last), end: secs(), load: marker.load });
     });
   });
 }

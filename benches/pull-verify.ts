@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { Repository } from '../src/repo/index.js';
 import { readPublicKey } from '../src/trust/keys.js';
 import { checkIndex, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest } from '../src/trust/manifest.js';
+import { outcome } from '../__test__/helpers/tmp.js';
 import { CLI, median, medianOf, printTable, stopChild, workDir } from './lib.js';
 
 const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 256);
@@ -30,8 +31,8 @@ run(['repo', 'add', image, '--name', 'bench', '--repo', origin]);
 const server = spawn(process.execPath, [CLI, '--json', '--repo', origin, 'serve', '--listen', '127.0.0.1:0', '--insecure', '--token-file', join(dir, 'web-token')], { stdio: ['ignore', 'pipe', 'ignore'] });
 let port = 0;
 for await (const line of createInterface({ input: server.stdout! })) {
-  const e = JSON.parse(line) as { event?: string; port?: number };
-  if (e.event === 'listening') {
+  const e = JSON.parse(line) as { type?: string; port?: number };
+  if (e.type === 'listening') {
     port = e.port!;
     break;
   }
@@ -41,7 +42,7 @@ function pullOnce(trust: boolean): number {
   const rx = join(dir, 'rx');
   rmSync(rx, { recursive: true, force: true });
   const out = run(['--json', 'pull', `http://127.0.0.1:${port}/images/bench`, '--repo', rx, ...(trust ? ['--trust', join(origin, 'keys', 'signing.pub')] : [])]).trim().split('\n');
-  const r = JSON.parse(out[out.length - 1]!) as { seconds: number; signedBy?: string };
+  const r = outcome(out[out.length - 1]) as { seconds: number; signedBy?: string };
   if (trust !== (r.signedBy !== undefined)) throw new Error('the pull did not verify as asked');
   return r.seconds;
 }

@@ -19,6 +19,7 @@ import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { createNetns, type Netns } from '../__test__/helpers/netns.js';
+import { outcome } from '../__test__/helpers/tmp.js';
 import { CLI, median, printTable, stopChild, time, workDir } from './lib.js';
 
 const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 1024);
@@ -55,8 +56,8 @@ async function receiver(repo: string, tls: boolean): Promise<{ child: ChildProce
   const options = { stdio: ['ignore', 'pipe', 'inherit'] as ('ignore' | 'pipe' | 'inherit')[] };
   const child = link ? link.spawn(process.execPath, args, options) : spawn(process.execPath, args, options);
   for await (const line of createInterface({ input: child.stdout! })) {
-    const e = JSON.parse(line) as { event?: string; port?: number };
-    if (e.event === 'listening') return { child, address: `${host}:${e.port!}` };
+    const e = JSON.parse(line) as { type?: string; port?: number };
+    if (e.type === 'listening') return { child, address: `${host}:${e.port!}` };
   }
   throw new Error('receive did not start');
 }
@@ -72,7 +73,7 @@ async function pushOnce(image: string, have: string | undefined, tls: boolean): 
     const args = [CLI, '--json', 'push', image, rx.address, '--token', TOKEN, ...(tls ? ['--tls-fingerprint', fingerprint] : ['--insecure'])];
     // The push's own clock, connect to DONE: not the CLI's start-up.
     const out = execFileSync(process.execPath, args, { encoding: 'utf8' }).trim().split('\n');
-    return (JSON.parse(out[out.length - 1]!) as { seconds: number }).seconds;
+    return (outcome(out[out.length - 1]) as { seconds: number }).seconds;
   } finally {
     await stopChild(rx.child);
   }

@@ -138,7 +138,7 @@ async function startServer(cmd: string, args: string[]): Promise<Server> {
   const lines = createInterface({ input: child.stdout! });
   await new Promise<void>((resolve, reject) => {
     lines.on('line', (l) => {
-      if (l.includes('"event":"listening"')) resolve();
+      if (l.includes('"type":"listening"')) resolve();
       else if (l.includes('"error"')) stderr += l;
     });
     child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited (${code}): ${stderr}`)));

@@ -15,6 +15,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { makeLoopFs, type LoopFs, unmountAll } from '../__test__/helpers/loopfs.js';
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { CLI, median, printTable, workDir } from './lib.js';
 
 const COWS = (process.env.OSFARM_BENCH_COW ?? 'overlayfs,btrfs').split(',');
@@ -40,7 +41,7 @@ function build(repo: string, app: string, cow: string): Built {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(process.execPath, [CLI, '--json', '--repo', repo, 'build', join(specs, `${app}.yaml`), '-d', cache, '--cow', cow], { encoding: 'utf8', maxBuffer: 256 << 20 });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const last = JSON.parse(r.stdout.trim().split('\n').pop() ?? 'null') as { stages: Built['stages']; cached: boolean; error?: unknown };
+  const last = lastOutcome<{ stages: Built['stages']; cached: boolean; error?: unknown }>(r.stdout);
   if (r.status !== 0) throw new Error(`build ${app} failed: ${r.stdout.slice(-2000)} ${r.stderr.slice(-2000)}`);
   return { seconds, stages: last.stages, cached: last.cached };
 }

@@ -39,6 +39,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { load, opensslSha1 } from './bounds.js';
 import { CLI, dropCaches, median, printTable, stopChild, time, workDir } from './lib.js';
 import { limitDiskReads } from './disk-throttle.js';
@@ -109,7 +110,7 @@ function cli(args: string[], disk?: Disk): unknown {
   const cmd = [process.execPath, CLI, '--json', ...args];
   const [c, ...a] = disk === undefined ? cmd : disk.wrap(['taskset', '-c', SOURCE_CPU, ...cmd]);
   const out = execFileSync(c!, a, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  return JSON.parse(out.trim().split('\n').pop()!);
+  return lastOutcome(out);
 }
 
 /** Starts `osfarm receive` in the namespace; resolves once it listens. */
@@ -118,7 +119,7 @@ async function startReceiver(ns: Netns, repo: string): Promise<ChildProcess> {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   for await (const line of createInterface({ input: child.stdout! })) {
-    if ((JSON.parse(line) as { event?: string }).event === 'listening') return child;
+    if ((JSON.parse(line) as { type?: string }).type === 'listening') return child;
   }
   throw new Error('osfarm receive exited before listening');
 }

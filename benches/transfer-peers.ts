@@ -28,6 +28,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, 
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
+import { lastOutcome } from '../__test__/helpers/tmp.js';
 import { CLI, printTable, stopChild, workDir } from './lib.js';
 import { createNetns, type Netns } from '../__test__/helpers/netns.js';
 
@@ -107,11 +108,11 @@ async function osfarm(ns: Netns, p: Pair, work: string) {
     let digestBytes = 0;
     const m = await measure(ns, () => {
       const out = execFileSync(process.execPath, [CLI, '--json', 'push', p.next, `${ns.nsIp}:${OSFARM_PORT}`, '--token', TOKEN, '--insecure'], { encoding: 'utf8' });
-      const res = JSON.parse(out.trim().split('\n').pop()!) as { digest: string; digestBytesSent: number };
+      const res = lastOutcome<{ digest: string; digestBytesSent: number }>(out);
       digest = res.digest;
       digestBytes = res.digestBytesSent;
     });
-    const path = (JSON.parse(execFileSync(process.execPath, [CLI, '--json', '--repo', repo, 'repo', 'show', digest], { encoding: 'utf8' })) as { path: string }).path;
+    const path = lastOutcome<{ path: string }>(execFileSync(process.execPath, [CLI, '--json', '--repo', repo, 'repo', 'show', digest], { encoding: 'utf8' })).path;
     return { ...m, path, digestBytes };
   } finally {
     await stopChild(rx);

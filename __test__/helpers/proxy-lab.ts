@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Repository } from '../../src/repo/index.js';
 import type { PullResult } from '../../src/transfer/http/pull.js';
 import { createLan, sweepStale, type Lan } from './netns.js';
-import { finished } from './tmp.js';
+import { finished, lastOutcome } from './tmp.js';
 import { startNginx } from './nginx.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -106,7 +106,7 @@ export class ProxyLab {
       const originTxBytes = this.lan.counter('origin', 'tx') - tx0;
       const pulls = runs.map((r, i) => {
         if (r.status !== 0) throw new Error(`pull in r${i} failed (${r.status}): ${r.stdout}${r.stderr}`);
-        return JSON.parse(r.stdout.trim().split('\n').pop()!) as PullResult;
+        return lastOutcome<PullResult>(r.stdout);
       });
       return { receivers: n, viaProxy, originTxBytes, pulls, seconds };
     } finally {

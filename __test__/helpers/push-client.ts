@@ -170,7 +170,7 @@ export async function startChild(t: ExecutionContext, args: string[], env: NodeJ
     }
     events.push(e);
     for (const w of waiters.splice(0)) {
-      if (e.event === w.name) w.resolve(e);
+      if (e.type === w.name) w.resolve(e);
       else waiters.push(w);
     }
   });
@@ -181,7 +181,7 @@ export async function startChild(t: ExecutionContext, args: string[], env: NodeJ
   });
   const waitFor = (name: string, from = 0) =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
-      const seen = events.slice(from).find((e) => e.event === name);
+      const seen = events.slice(from).find((e) => e.type === name);
       if (seen) return resolve(seen);
       if (exited) return reject(exited);
       waiters.push({ name, resolve, reject });

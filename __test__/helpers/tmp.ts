@@ -52,10 +52,24 @@ export function finished(child: ChildProcess): Promise<CliResult> {
   return new Promise((resolve) => child.once('close', (code) => resolve({ status: code ?? -1, stdout, stderr })));
 }
 
+/**
+ * What a --json run ended with (docs/cli.md): the last line of its stdout, which is
+ * `{"type":"result","result":…}` (the result is returned) or `{"type":"error","error":…}`
+ * (returned as it is, so `.error.code` reads the code).
+ */
+export function outcome<T = any>(line: string | Record<string, unknown> | undefined): T {
+  const o = (typeof line === 'string' ? JSON.parse(line || 'null') : (line ?? null)) as { type?: string; result?: unknown } | null;
+  return (o?.type === 'result' ? o.result : o) as T;
+}
+
+/** The outcome of a --json run from its whole standard output. */
+export function lastOutcome<T = any>(stdout: string): T {
+  return outcome<T>(stdout.trim().split('\n').pop());
+}
+
 /** A --json run's result: the last line of its stdout, parsed. */
 function jsonResult<T>(r: CliResult): { status: number; result: T; stderr: string } {
-  const lines = r.stdout.trim().split('\n');
-  return { status: r.status, result: JSON.parse(lines[lines.length - 1] || 'null') as T, stderr: r.stderr };
+  return { status: r.status, result: lastOutcome<T>(r.stdout), stderr: r.stderr };
 }
 
 /** Runs the CLI with --json and parses the last line of stdout. */

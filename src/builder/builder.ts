@@ -17,14 +17,14 @@ import { type BuildMeta, BUILD_META_KIND, buildMeta, findBuilt } from '../images
 import { specToXml } from '../spec/xml.js';
 import type { CowName } from '../stages/cow/types.js';
 import { type ChainResult, ensureChain, type StageReport } from './stages.js';
-import { diskFirmware, familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
-import { selectDriver } from './drivers/index.js';
+import { familyOf, OUTPUT_EXTENSION, type OutputFormat, outputFormatOfPath } from '../spec/distros.js';
 import type { Phase } from './drivers/types.js';
 import { aborted, buildFailed } from './errors.js';
 import { removeTree } from '../host/fs.js';
 import { unmountBelow } from '../host/mounts.js';
-import { checkOutputTools, OutputWriter } from './outputs/index.js';
+import { OutputWriter } from './outputs/index.js';
 import { installedPackages } from './installed.js';
+import { preflight } from './preflight.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageArrived } from '../trust/provenance.js';
 import { type BuildSpec, canonicalSpec, type CanonicalSpec, specDigest } from '../spec/spec.js';
@@ -35,7 +35,7 @@ export type { Phase } from './drivers/types.js';
 export type BuildEvent =
   | { type: 'phase'; phase: Phase; detail?: string; elapsedMs: number }
   | { type: 'log'; line: string }
-  | { type: 'progress'; phase: Phase; done: number; total: number; detail?: string }
+  | { type: 'progress'; phase: Phase; done: number; total: number; unit: 'bytes' | 'items'; detail?: string }
   | { type: 'stage'; stage: StageReport }
   | { type: 'output'; format: OutputFormat; path: string; size: number; digest: string }
   | ResultEvent<BuildResult>;
@@ -145,8 +145,8 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     const found = findBuilt(repoPath, digest, spec.outputs, epoch);
     if (found) return finished(await fromRepository(spec, found, options.output ? paths : null, started), emit);
   }
-  const driver = await selectDriver(spec);
-  await checkOutputTools(spec.outputs, diskFirmware(spec.firmware, spec.architecture));
+  // Everything a spec can be refused for, before anything runs (as `osfarm build --check` does).
+  const { driver } = await preflight(spec, { workDir, signal: options.signal, log: (line) => emit({ type: 'log', line }) });
   if (process.getuid && process.getuid() !== 0) throw buildFailed('building an image needs root (chroot, mounts, file ownership)');
 
   // Signals and the caller's AbortSignal both end the build through one controller.
@@ -235,7 +235,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
       buildDir,
       signal,
       log: logLine,
-      onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, detail: format }),
+      onProgress: (e) => emit({ type: 'progress', phase: 'pack', done: e.done, total: e.total, unit: e.unit ?? 'bytes', detail: format }),
     });
     for (const f of OutputWriter.order(paths.keys())) {
       if (signal.aborted) throw aborted(signal);
@@ -254,7 +254,7 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
     for (const [format, path] of paths) {
       if (signal.aborted) throw aborted(signal);
       const size = (await stat(path)).size;
-      const onProgress = (e: { done: number; total: number }) => emit({ type: 'progress', phase: 'index', done: e.done, total: e.total, detail: format });
+      const onProgress = (e: { done: number; total: number }) => emit({ type: 'progress', phase: 'index', done: e.done, total: e.total, unit: 'bytes', detail: format });
       let out: BuildOutput;
       if (options.noRepo) {
         const info = await indexImage(path, { output: `${path}.osfi`, onProgress, signal });

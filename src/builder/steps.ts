@@ -17,7 +17,7 @@ import { configureTree } from './configure.js';
 import { bootPackages, finishKernelInstall, prepareKernelInstall } from './firstboot.js';
 import { debianPlan, shq } from './drivers/debian.js';
 import type { Driver, Phase } from './drivers/types.js';
-import { buildFailed } from './errors.js';
+import { buildFailed, ToolErrors } from './errors.js';
 import { mount, undoAll } from '../host/mounts.js';
 import { clampTree } from './clamp.js';
 import type { BuildSpec } from '../spec/spec.js';
@@ -127,8 +127,14 @@ async function installPackages(root: string, spec: BuildSpec, packages: string[]
     ctx.log(`osfarm: stage ${spec.name}: apt-get install ${include.join(' ')}`);
     const env: Record<string, string> = {};
     if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
-    const code = await chroot.sh(`apt-get update -q\napt-get install -y -q --no-install-recommends ${include.map(shq).join(' ')}\n`, { signal, onLine: ctx.log, env });
-    if (code !== 0) throw buildFailed(`${spec.name}: apt-get install ${include.join(' ')} failed (exit ${code}); see the build log`);
+    const errors = new ToolErrors();
+    const code = await chroot.sh(`apt-get update -q\napt-get install -y -q --no-install-recommends ${include.map(shq).join(' ')}\n`, { signal, onLine: (l) => {
+      ctx.log(l);
+      errors.see(l);
+    },
+    env,
+  });
+    if (code !== 0) throw buildFailed(`${spec.name}: apt-get install ${include.join(' ')} failed (exit ${code})${errors.summary()}; see the build log`);
   } catch (err) {
     failure = err;
   }

@@ -1,142 +1,149 @@
 #!/usr/bin/env node
-/** The `osfarm` command line: global flags, dispatch, output and errors. */
-import { parseArgs } from 'node:util';
-
+/** The `osfarm` command line: finds the command in the table, parses its flags, runs it, prints its result or error. */
 import { debugEnabled, repositoryPath } from '../base/env.js';
-import { errorJson, invalidArgument, toOsfarmError } from '../base/errors.js';
+import { invalidArgument, type OsfarmError, toOsfarmError } from '../base/errors.js';
+import { didYouMean } from '../base/suggest.js';
 import { SOFTWARE } from '../base/version.js';
-import type { Command, CommandContext, OptionSpec, ParsedArgs } from './command.js';
-import { commands } from './commands/index.js';
+import type { CliEvent, Command, CommandContext, ParsedArgs } from './command.js';
+import { commandHelp, topHelp, usageLines } from './help.js';
+import { parseFlags } from './parse.js';
 import { progressBar } from './progress.js';
+import { commandNames, GLOBAL_FLAGS, loadAll, loadCommand, subcommand } from './table.js';
 
-const GLOBAL_OPTIONS: OptionSpec = {
-  json: { type: 'boolean' },
-  repo: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-};
+/** Exit status of a usage mistake (as most tools: 2), and of any other failure. */
+const USAGE = 2;
+const FAILED = 1;
 
-function helpText(cmd?: Command, path: string[] = [], summary = cmd?.summary ?? ''): string {
-  if (!cmd) {
-    const width = Math.max(...commands.map((c) => c.name.length));
-    return [
-      'osfarm: build, cache and move Linux images by their blocks',
-      '',
-      'usage: osfarm <command> [options]',
-      '',
-      ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
-      '',
-      'global options: --json (machine-readable output)  --repo DIR (default $OSFARM_REPO or ./osfarm-repo)  -h, --help',
-      'osfarm <command> --help shows a command\'s options.',
-    ].join('\n');
-  }
-  const lines = [summary, '', ...cmd.usage.split('\n').map((u) => `usage: osfarm ${[...path, u].join(' ')}`)];
-  if (cmd.subcommands) {
-    lines.push('', ...cmd.subcommands.map((s) => `  ${[...path, cmd.name, s.name].join(' ')}  ${s.summary ?? ''}`));
-  }
-  return lines.join('\n');
+function write(stream: NodeJS.WriteStream, text: string): void {
+  stream.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
-function makeContext(json: boolean, repo: string | undefined, signal: AbortSignal): CommandContext {
+function makeContext(args: ParsedArgs, signal: AbortSignal): CommandContext {
+  const json = args.values.json === true;
+  const quiet = args.values.quiet === true;
+  const verbose = args.values.verbose === true && !quiet;
   return {
     json,
-    repoPath: repositoryPath(repo),
+    quiet,
+    verbose,
+    repoPath: repositoryPath(typeof args.values.repo === 'string' ? args.values.repo : undefined),
     signal,
-    event(event) {
+    event(event: CliEvent) {
       if (json) process.stdout.write(`${JSON.stringify(event)}\n`);
     },
-    progress(label) {
-      return progressBar(label, !json);
+    progress(label, unit = 'bytes') {
+      return progressBar(label, !json && !quiet, unit);
     },
     info(line) {
-      if (!json) process.stderr.write(`${line}\n`);
+      if (!json && !quiet) process.stderr.write(`${line}\n`);
+    },
+    detail(line) {
+      if (verbose && !json) process.stderr.write(`${line}\n`);
     },
   };
 }
 
-/** Finds (and loads) the command and sub-command named by the leading words of argv. */
-async function resolveCommand(argv: string[]): Promise<{ cmd?: Command; summary: string; path: string[]; rest: string[] }> {
-  // Global options may come before the command: move them after it.
-  const leading: string[] = [];
-  while (argv[0] === '--json' || argv[0] === '--repo' || argv[0]?.startsWith('--repo=')) {
-    const n = argv[0] === '--repo' ? 2 : 1;
-    leading.push(...argv.slice(0, n));
-    argv = argv.slice(n);
+function fail(err: unknown, json: boolean, verbose: boolean): never {
+  const e: OsfarmError = toOsfarmError(err);
+  if (json) process.stdout.write(`${JSON.stringify({ type: 'error', error: { code: e.code, message: e.message } })}\n`);
+  else process.stderr.write(`osfarm: ${e.message} (${e.code})\n`);
+  // --verbose: what caused it; the stack only of a bug (or with $OSFARM_DEBUG).
+  if (verbose || debugEnabled()) for (let c = e.cause; c instanceof Error; c = c.cause) process.stderr.write(`  caused by: ${c.message}\n`);
+  if ((verbose && e.code === 'OSFARM_INTERNAL') || debugEnabled()) {
+    if (err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   }
-  const entry = commands.find((c) => c.name === argv[0]);
-  if (!entry) return { summary: '', path: [], rest: [...argv, ...leading] };
-  let cmd: Command = (await entry.load()).default;
-  let summary = entry.summary;
-  const path = [entry.name];
-  let i = 1;
-  while (cmd.subcommands && i < argv.length) {
-    const sub = cmd.subcommands.find((c) => c.name === argv[i]);
-    if (!sub) break;
-    cmd = sub;
-    summary = sub.summary ?? '';
-    path.push(sub.name);
-    i++;
-  }
-  return { cmd, summary, path, rest: [...argv.slice(i), ...leading] };
+  process.exit(e.code === 'OSFARM_INVALID_ARGUMENT' ? USAGE : FAILED);
 }
 
-function exitWithError(err: unknown, json: boolean): never {
-  const { code, message } = toOsfarmError(err);
-  if (json) process.stdout.write(`${JSON.stringify(errorJson(err))}\n`);
-  else process.stderr.write(`osfarm: ${message} (${code})\n`);
-  if (code === 'OSFARM_INTERNAL' && err instanceof Error && debugEnabled()) process.stderr.write(`${err.stack}\n`);
-  process.exit(code === 'OSFARM_INVALID_ARGUMENT' ? 2 : 1);
+/**
+ * The global flags written before the command word (`osfarm --json --repo r build …`):
+ * how many words they take. They are parsed with the command's flags afterwards.
+ */
+function leadingGlobals(argv: string[]): number {
+  let i = 0;
+  while (i < argv.length && argv[i]!.startsWith('-') && argv[i] !== '--version' && argv[i] !== '-V') {
+    i += argv[i] === '--repo' ? 2 : 1;
+  }
+  return Math.min(i, argv.length);
 }
 
 export async function main(argv: string[]): Promise<void> {
-  if (argv[0] === '--version' || argv[0] === '-V') {
-    process.stdout.write(`${SOFTWARE}\n`);
-    return;
-  }
   const json = argv.includes('--json');
-  const { cmd, summary, path, rest } = await resolveCommand(argv);
-  if (!cmd) {
-    if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-      process.stdout.write(`${helpText()}\n`);
-      return;
-    }
-    exitWithError(invalidArgument(`unknown command '${argv[0]}': run osfarm --help for the list`), json);
-  }
-  if (cmd.subcommands || !cmd.run) {
-    if (rest.includes('--help') || rest.includes('-h') || rest.length === 0) {
-      process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);
-      return;
-    }
-    exitWithError(invalidArgument(`unknown sub-command '${rest[0]}' of ${path.join(' ')}: run osfarm ${path.join(' ')} --help`), json);
-  }
-  let args: ParsedArgs;
+  const verbose = argv.includes('--verbose') || argv.includes('-v');
   try {
-    args = parseArgs({
-      args: rest,
-      options: { ...GLOBAL_OPTIONS, ...cmd.options },
-      allowPositionals: cmd.allowPositionals ?? false,
-      strict: true,
-    }) as ParsedArgs;
+    if (argv[0] === '--version' || argv[0] === '-V') {
+      write(process.stdout, SOFTWARE);
+      return;
+    }
+    const n = leadingGlobals(argv);
+    const globals = parseFlags(argv.slice(0, n), GLOBAL_FLAGS, '', false);
+    let rest = argv.slice(n);
+    // `osfarm help build` is `osfarm build --help`.
+    let asked = globals.values.help === true;
+    if (rest[0] === 'help') {
+      asked = true;
+      rest = rest.slice(1);
+    }
+    const word = rest[0];
+    if (word === undefined) {
+      const text = topHelp(await loadAll());
+      if (asked) return write(process.stdout, text);
+      write(process.stderr, text);
+      process.exit(USAGE);
+    }
+    if (!commandNames().includes(word)) {
+      throw invalidArgument(`unknown command '${word}'${didYouMean(word, commandNames(), 2)}; osfarm --help lists the commands`);
+    }
+    let cmd: Command = await loadCommand(word);
+    const path = [word];
+    rest = rest.slice(1);
+    while (cmd.subcommands) {
+      const next = rest[0];
+      if (next === undefined || next.startsWith('-')) {
+        // `osfarm repo`, `osfarm repo --help`: the sub-commands.
+        const text = commandHelp(cmd, path);
+        if (asked || rest.includes('--help') || rest.includes('-h')) return write(process.stdout, text);
+        write(process.stderr, text);
+        process.exit(USAGE);
+      }
+      const sub = subcommand(cmd, next);
+      if (!sub) {
+        const names = cmd.subcommands.flatMap((s) => [s.name, ...(s.aliases ?? [])]);
+        throw invalidArgument(`unknown command '${path.join(' ')} ${next}'${didYouMean(next, names, 2)}; osfarm ${path.join(' ')} --help lists its commands`);
+      }
+      cmd = sub;
+      path.push(sub.name);
+      rest = rest.slice(1);
+    }
+    const args = parseFlags([...argv.slice(0, n), ...rest], { ...GLOBAL_FLAGS, ...cmd.options }, path.join(' '), cmd.operands !== undefined);
+    if (args.values.help === true || asked) return write(process.stdout, commandHelp(cmd, path));
+    const count = args.positionals.length;
+    const { min = 0, max = Number.POSITIVE_INFINITY } = cmd.operands ?? {};
+    if (count < min || count > max) {
+      const want = min === max ? `${min}` : max === Number.POSITIVE_INFINITY ? `at least ${min}` : `${min} to ${max}`;
+      throw invalidArgument(`osfarm ${path.join(' ')} takes ${want} operand${max === 1 ? '' : 's'}, got ${count}: ${usageLines(cmd, path).join(' | ')}`);
+    }
+    await runCommand(cmd, args);
   } catch (err) {
-    exitWithError(invalidArgument(`${(err as Error).message}; run osfarm ${path.join(' ')} --help`), json);
+    fail(err, json, verbose);
   }
-  if (args.values.help) {
-    process.stdout.write(`${helpText(cmd, path.slice(0, -1), summary)}\n`);
-    return;
-  }
+}
+
+async function runCommand(cmd: Command, args: ParsedArgs): Promise<void> {
   const controller = new AbortController();
   const onSignal = () => controller.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const ctx = makeContext(json, args.values.repo as string | undefined, controller.signal);
+  const ctx = makeContext(args, controller.signal);
   try {
-    const result = await cmd.run(args, ctx);
-    if (json) process.stdout.write(`${JSON.stringify(result ?? null)}\n`);
+    const result = await cmd.run!(args, ctx);
+    if (ctx.json) ctx.event({ type: 'result', result: result ?? null });
     else if (cmd.render && result !== undefined) {
       const text = cmd.render(result);
-      if (text) process.stdout.write(`${text}\n`);
+      if (text) write(process.stdout, text);
     }
   } catch (err) {
-    exitWithError(err, json);
+    fail(err, ctx.json, ctx.verbose);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

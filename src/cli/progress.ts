@@ -1,10 +1,10 @@
 import type { ProgressDisplay } from './command.js';
-import { bytes } from './format.js';
+import { bytes, count } from './format.js';
 
 const SILENT: ProgressDisplay = { update() {}, done() {} };
 
-/** A one-line progress bar on stderr, redrawn at most ten times a second. */
-export function progressBar(label: string, enabled: boolean): ProgressDisplay {
+/** A one-line progress bar on stderr, redrawn at most ten times a second; `unit` says whether done and total are bytes or a count. */
+export function progressBar(label: string, enabled: boolean, unit: 'bytes' | 'items' = 'bytes'): ProgressDisplay {
   const out = process.stderr;
   if (!enabled || !out.isTTY) return SILENT;
   const started = Date.now();
@@ -15,9 +15,9 @@ export function progressBar(label: string, enabled: boolean): ProgressDisplay {
     const share = total > 0 ? Math.min(1, done / total) : 0;
     const filled = Math.round(share * width);
     const secs = (Date.now() - started) / 1000;
-    const rate = secs > 0 ? `${bytes(done / secs)}/s` : '';
+    const amount = unit === 'bytes' ? `${bytes(done)}/${bytes(total)} ${secs > 0 ? `${bytes(done / secs)}/s` : ''}` : `${count(done)}/${count(total)}`;
     const bar = `${'#'.repeat(filled)}${'-'.repeat(width - filled)}`;
-    const text = `${label} [${bar}] ${(share * 100).toFixed(0).padStart(3)}% ${bytes(done)}/${bytes(total)} ${rate} ${detail ?? ''}`;
+    const text = `${label} [${bar}] ${(share * 100).toFixed(0).padStart(3)}% ${amount} ${detail ?? ''}`;
     out.write(`\r${text.slice(0, (out.columns ?? 120) - 1)}\x1b[K`);
     shown = true;
   };

@@ -1,10 +1,18 @@
 /** The TLS options shared by push, receive and serve (docs/trust.md): TLS, or an explicit --insecure. */
 import { invalidArgument } from '../base/errors.js';
 import { readPem, type TlsClientOptions, type TlsServerOptions } from '../trust/tls.js';
-import { flag, type OptionSpec, type ParsedArgs, str } from './command.js';
+import { type Flags, flag, type ParsedArgs, str } from './command.js';
 
-export const SERVER_TLS_OPTIONS: OptionSpec = { 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, insecure: { type: 'boolean' } };
-export const CLIENT_TLS_OPTIONS: OptionSpec = { 'tls-fingerprint': { type: 'string' }, 'tls-ca': { type: 'string' }, insecure: { type: 'boolean' } };
+export const SERVER_TLS_OPTIONS: Flags = {
+  'tls-cert': { type: 'string', value: 'FILE', complete: 'file', description: 'the server certificate (PEM) for TLS; with --tls-key' },
+  'tls-key': { type: 'string', value: 'FILE', complete: 'file', description: 'the certificate\'s private key (PEM)' },
+  insecure: { type: 'boolean', description: 'run without TLS (everything in clear: a trusted network only)' },
+};
+export const CLIENT_TLS_OPTIONS: Flags = {
+  'tls-fingerprint': { type: 'string', value: 'SHA256', description: 'pin the receiver\'s certificate by its SHA-256 fingerprint (receive prints it)' },
+  'tls-ca': { type: 'string', value: 'FILE', complete: 'file', description: 'trust the receiver\'s certificate if this CA (PEM) signed it' },
+  insecure: { type: 'boolean', description: 'push without TLS (the image in clear: a trusted network only)' },
+};
 
 /** --tls-cert/--tls-key, or undefined with --insecure; neither is refused (plain TCP must be asked for). */
 export function serverTls(args: ParsedArgs, command: string): TlsServerOptions | undefined {

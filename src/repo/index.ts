@@ -236,12 +236,17 @@ export class Repository implements Disposable, AsyncDisposable {
     return new Repository(callNativeSync(() => native.RepositoryHandle.open(path, options)));
   }
 
+  /** Whether `path` holds a repository's format file (it may still be damaged: `open` checks). */
+  static exists(path: string): boolean {
+    return existsSync(join(path, FORMAT_FILE));
+  }
+
   /**
    * Opens the repository at `path` if its format file is there (a damaged one still throws),
    * else creates it with `options` (refused, as by `init`, in a directory holding other things).
    */
   static openOrInit(path: string, options: InitOptions = {}): Repository {
-    return existsSync(join(path, FORMAT_FILE)) ? Repository.open(path) : Repository.init(path, options);
+    return Repository.exists(path) ? Repository.open(path) : Repository.init(path, options);
   }
 
   /** Opens a repository without checking its catalog and table, to `rebuild` a damaged one. */

@@ -32,6 +32,10 @@ export interface FlagSpec {
   list?: 'append' | 'replace';
   /** Each value may hold several, separated by commas (`-g Base,Core`). */
   commas?: boolean;
+  /** The value's placeholder in --help (`NAME`, `PKG[,PKG…]`). */
+  value: string;
+  /** One line for --help, the man page and shell completion. */
+  description: string;
 }
 
 export interface SpecField {
@@ -57,34 +61,34 @@ export interface SpecField {
 
 /** The fields in the order of the canonical form and of the XML a spec is written as. */
 export const SPEC_FIELDS: readonly SpecField[] = [
-  { name: 'name', shape: 'scalar', stage: 'none', chain: 'own', flag: { name: 'name' } },
-  { name: 'distribution', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'distribution' } },
-  { name: 'release', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'release' } },
-  { name: 'architecture', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'arch', short: 'a' } },
-  { name: 'groups', shape: 'set', stage: 'tree', chain: 'own', xml: { item: 'group' }, flag: { name: 'group', short: 'g', list: 'append', commas: true } },
-  { name: 'packages', shape: 'set', stage: 'tree', chain: 'own', xml: { item: 'package' }, flag: { name: 'package', short: 'p', list: 'append', commas: true } },
+  { name: 'name', shape: 'scalar', stage: 'none', chain: 'own', flag: { name: 'name', value: 'NAME', description: 'the image name (default DISTRIBUTION-RELEASE-ARCH)' } },
+  { name: 'distribution', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'distribution', value: 'DIST', description: 'the distribution: debian, ubuntu, fedora, centos-stream, rocky, almalinux, scientific-linux' } },
+  { name: 'release', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'release', value: 'RELEASE', description: 'the release: bookworm, noble, 9 …' } },
+  { name: 'architecture', shape: 'scalar', stage: 'tree', chain: 'fixed', flag: { name: 'arch', short: 'a', value: 'ARCH', description: 'the architecture: amd64 (default: this machine\'s), i386, arm64, armhf, or x86_64, aarch64 …' } },
+  { name: 'groups', shape: 'set', stage: 'tree', chain: 'own', xml: { item: 'group' }, flag: { name: 'group', short: 'g', list: 'append', commas: true, value: 'GROUP[,GROUP…]', description: 'a bootstrap variant (minbase, core = minbase, base = important, buildd …) or a package group (ssh-server, a task, a comps group)' } },
+  { name: 'packages', shape: 'set', stage: 'tree', chain: 'own', xml: { item: 'package' }, flag: { name: 'package', short: 'p', list: 'append', commas: true, value: 'PKG[,PKG…]', description: 'packages to install (in a stage above the core: docs/stages.md)' } },
   { name: 'rootPassword', shape: 'scalar', stage: 'none', chain: 'own', becomes: 'rootPasswordHash', secret: true },
   { name: 'rootPasswordHash', shape: 'scalar', stage: 'tree', chain: 'inherited' },
   { name: 'files', shape: 'files', stage: 'tree', chain: 'own', xml: { item: 'file' } },
-  { name: 'commands', shape: 'list', stage: 'tree', chain: 'own', xml: { item: 'command', cdata: true }, flag: { name: 'run', list: 'append' } },
-  { name: 'hostname', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'hostname' } },
-  { name: 'locale', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'locale' } },
-  { name: 'timezone', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'timezone' } },
-  { name: 'outputs', shape: 'set', stage: 'none', chain: 'own', xml: { item: 'output' }, flag: { name: 'format', short: 'f', list: 'replace', commas: true } },
+  { name: 'commands', shape: 'list', stage: 'tree', chain: 'own', xml: { item: 'command', cdata: true }, flag: { name: 'run', list: 'append', value: 'CMD', description: 'a shell command to run in the image\'s chroot after the packages' } },
+  { name: 'hostname', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'hostname', value: 'NAME', description: 'the image\'s host name (default localhost)' } },
+  { name: 'locale', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'locale', value: 'LOCALE', description: 'the default locale (default C.UTF-8), e.g. en_US.UTF-8' } },
+  { name: 'timezone', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'timezone', value: 'TZ', description: 'the time zone (default Etc/UTC), e.g. Europe/Zurich' } },
+  { name: 'outputs', shape: 'set', stage: 'none', chain: 'own', xml: { item: 'output' }, flag: { name: 'format', short: 'f', list: 'replace', commas: true, value: 'FORMAT[,FORMAT…]', description: 'output formats: tar (block-aligned, default), tar.gz, ext4, disk, qcow2, squashfs, oci' } },
   { name: 'mirror', shape: 'list', stage: 'source', chain: 'fixed', becomes: 'mirrors' },
-  { name: 'mirrors', shape: 'list', stage: 'source', chain: 'fixed', xml: { item: 'mirror' }, flag: { name: 'mirror', list: 'replace' } },
+  { name: 'mirrors', shape: 'list', stage: 'source', chain: 'fixed', xml: { item: 'mirror' }, flag: { name: 'mirror', list: 'replace', value: 'URL', description: 'a package mirror (or a "deb …" line) instead of the machine\'s apt sources (default $OSFARM_MIRROR)' } },
   { name: 'components', shape: 'set', stage: 'source', chain: 'fixed', xml: { item: 'component' } },
-  { name: 'backend', shape: 'scalar', stage: 'driver', chain: 'fixed', flag: { name: 'backend' } },
+  { name: 'backend', shape: 'scalar', stage: 'driver', chain: 'fixed', flag: { name: 'backend', value: 'TOOL', description: 'the bootstrap tool: auto (default), mmdebstrap, debootstrap, dnf, yum' } },
   { name: 'gpgCheck', shape: 'scalar', stage: 'source', chain: 'fixed' },
-  { name: 'sourceDateEpoch', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'source-date-epoch' } },
+  { name: 'sourceDateEpoch', shape: 'scalar', stage: 'tree', chain: 'inherited', flag: { name: 'source-date-epoch', value: 'S', description: 'build reproducibly as of S seconds since 1970 (default $SOURCE_DATE_EPOCH)' } },
   // Booting (docs/disk.md). The kernel is installed by the first stage that names one; the
   // firmware and the serial console only shape the disk (its boot loaders and command line).
-  { name: 'kernel', shape: 'scalar', stage: 'tree', chain: 'inherited', default: null, flag: { name: 'kernel' } },
-  { name: 'firmware', shape: 'scalar', stage: 'none', chain: 'inherited', default: null, flag: { name: 'firmware' } },
-  { name: 'serialConsole', shape: 'scalar', stage: 'none', chain: 'inherited', default: true, flag: { name: 'serial-console' } },
-  { name: 'network', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'network' } },
+  { name: 'kernel', shape: 'scalar', stage: 'tree', chain: 'inherited', default: null, flag: { name: 'kernel', value: 'on|off|PKG', description: 'a kernel for a bootable disk: on (the distribution\'s, with an initramfs), off (default), or a kernel package (docs/disk.md)' } },
+  { name: 'firmware', shape: 'scalar', stage: 'none', chain: 'inherited', default: null, flag: { name: 'firmware', value: 'hybrid|uefi|bios', description: 'how a disk boots: hybrid (UEFI and BIOS, amd64\'s default), uefi (arm64\'s only), bios' } },
+  { name: 'serialConsole', shape: 'scalar', stage: 'none', chain: 'inherited', default: true, flag: { name: 'serial-console', value: 'on|off', description: 'a disk\'s kernel also logs to the first serial port (default on)' } },
+  { name: 'network', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'network', value: 'dhcp|none', description: 'systemd-networkd DHCP on the Ethernet NICs at first boot (default none)' } },
   { name: 'users', shape: 'users', stage: 'tree', chain: 'own', default: [], xml: { item: 'user' } },
-  { name: 'cloudInit', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'cloud-init' } },
+  { name: 'cloudInit', shape: 'scalar', stage: 'tree', chain: 'inherited', default: 'none', flag: { name: 'cloud-init', value: 'none|cloud|nocloud', description: 'cloud: install cloud-init; nocloud: also a NoCloud seed from this spec (default none)' } },
   { name: 'parent', shape: 'parent', stage: 'none', chain: 'own' },
 ];
 

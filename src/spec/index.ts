@@ -25,6 +25,7 @@ export {
   treeDigest,
   validateSpec,
 } from './spec.js';
+export { type SpecFlags, specFromFlags } from './flags.js';
 export { type SpecFormat, formatOf, parseText, sniffFormat } from './formats.js';
 export { SpecError, type SpecIssue } from './errors.js';
 export { specToXml } from './xml.js';

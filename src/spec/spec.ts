@@ -34,6 +34,7 @@ import {
   type OutputFormat,
   planGroup,
 } from './distros.js';
+import { didYouMean } from '../base/suggest.js';
 import { SpecError, type SpecIssue } from './errors.js';
 import { aliasesOf, CANONICAL_FIELDS, FIELD_NAMES, FIXED_FIELDS, INHERITED_FIELDS, type SpecField } from './fields.js';
 import { checkSpecSize, formatOf, parseText, type SpecFormat, sniffFormat } from './formats.js';
@@ -176,27 +177,7 @@ function readSpecFile(path: string): string {
 }
 
 function suggest(key: string): string {
-  const k = key.toLowerCase().replace(/[-_ ]/g, '');
-  for (const f of FIELD_NAMES) if (f.toLowerCase() === k) return ` (did you mean ${f}?)`;
-  let best: string | undefined;
-  let bestScore = 3;
-  for (const f of FIELD_NAMES) {
-    const d = editDistance(k, f.toLowerCase());
-    if (d < bestScore) {
-      best = f;
-      bestScore = d;
-    }
-  }
-  return best ? ` (did you mean ${best}?)` : '';
-}
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
-  for (let j = 1; j <= b.length; j++) dp[0]![j] = j;
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++)
-      dp[i]![j] = Math.min(dp[i - 1]![j]! + 1, dp[i]![j - 1]! + 1, dp[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-  return dp[a.length]![b.length]!;
+  return didYouMean(key, FIELD_NAMES, 1);
 }
 
 const RELEASE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -304,7 +285,7 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     const alias = DISTRIBUTION_ALIASES[key.replace(/[-_ ]/g, '')];
     if ((DISTRIBUTIONS as readonly string[]).includes(key)) distribution = key as Distribution;
     else if (alias) distribution = alias;
-    else bad('spec.distribution', `${JSON.stringify(d)} is not supported (one of ${DISTRIBUTIONS.join(', ')})`);
+    else bad('spec.distribution', `${JSON.stringify(d)} is not a distribution osfarm builds${didYouMean(d, [...DISTRIBUTIONS, ...Object.keys(DISTRIBUTION_ALIASES)], 1)}: one of ${DISTRIBUTIONS.join(', ')}`);
   }
   const release = str('release', { required, re: RELEASE, what: 'a release name (letters, digits, . _ -)' });
   let architecture: Architecture = hostArchitecture();
@@ -313,7 +294,7 @@ export function specFromObject(input: unknown, options: SpecOptions = {}): Build
     const key = a.toLowerCase();
     if ((ARCHITECTURES as readonly string[]).includes(key)) architecture = key as Architecture;
     else if (ARCH_ALIASES[key]) architecture = ARCH_ALIASES[key]!;
-    else bad('spec.architecture', `${JSON.stringify(a)} is not supported (one of ${ARCHITECTURES.join(', ')}, or x86_64, i686, aarch64, armv7hl)`);
+    else bad('spec.architecture', `${JSON.stringify(a)} is not an architecture osfarm builds${didYouMean(a, [...ARCHITECTURES, ...Object.keys(ARCH_ALIASES)], 1)}: one of ${ARCHITECTURES.join(', ')}, or x86_64, i686, aarch64, armv7hl`);
   }
   const family = distribution ? familyOf(distribution) : undefined;
   const name = str('name', { re: NAME, what: 'an image name (letters, digits, . _ + -, at most 128)' });

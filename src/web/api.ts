@@ -5,11 +5,12 @@
  * cannot drift apart. docs/web.md is the overview.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
+import { checkSources, packageIndexDir, PackageIndexes } from '../archive/index.js';
 import { compare } from '../blocks/index.js';
 import { build, type BuildOptions } from '../builder/index.js';
 import { ARCHITECTURES, type Architecture, type BuildSpec, canonicalSpec, DISTRIBUTIONS, type Distribution, hostPathIssues, OUTPUT_EXTENSION, type OutputFormat, parseText, sniffFormat, SpecError, specDigest, type SpecFormat, specFromObject } from '../spec/index.js';
@@ -24,7 +25,6 @@ import { push } from '../transfer/push/push.js';
 import { type Catalog, catalog } from './catalog.js';
 import { field, optField, query, readJson, type Route, sendJson, sendText } from './http.js';
 import { isFinal, type JobContext, type JobInfo, JobQueue, streamJob } from './jobs.js';
-import { PackageSearch } from './packages.js';
 import { bootRoutes } from './boot.js';
 
 export interface ApiOptions {
@@ -90,7 +90,7 @@ export class Api {
   readonly builds: JobQueue;
   readonly transfers: JobQueue;
   readonly boots: JobQueue;
-  private readonly packages: PackageSearch;
+  private readonly packages: PackageIndexes;
   private catalogCache: { at: number; value: Promise<Catalog> } | undefined;
 
   constructor(private readonly o: ApiOptions) {
@@ -98,8 +98,7 @@ export class Api {
     this.transfers = new JobQueue({ concurrency: 2, maxQueued: 8 });
     // A VM takes CPU for as long as it runs: one at a time, one waiting.
     this.boots = new JobQueue({ concurrency: 1, maxQueued: 1 });
-    this.packages = new PackageSearch(join(o.workDir, 'apt-indexes'));
-    if (!existsSync(o.repo)) Repository.init(o.repo);
+    this.packages = new PackageIndexes(packageIndexDir(o.workDir));
   }
 
   /** The catalog probes tools and files: once a minute is often enough. */
@@ -113,8 +112,19 @@ export class Api {
     return this.catalogCache.value;
   }
 
+  /** The repository, created (with the defaults) on first use if missing, as `osfarm serve` does. */
   private repo(): Repository {
-    return Repository.open(this.o.repo);
+    return Repository.openOrInit(this.o.repo);
+  }
+
+  /**
+   * A web spec against the release catalogue and package index (422 with the issues, as an
+   * invalid spec). A request may not make the server fetch from a URL it names: indexes of
+   * the spec's own mirrors are used only if a build already fetched them.
+   */
+  private async checkSources(spec: BuildSpec): Promise<void> {
+    const { issues } = await checkSources(spec, { indexes: this.packages, fetch: 'host' });
+    if (issues.length > 0) throw new SpecError(issues);
   }
 
   private job(id: string): { queue: JobQueue; info: JobInfo } {
@@ -153,19 +163,23 @@ export class Api {
           const release = query(url, 'release');
           if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(release)) throw invalidArgument(`release ${JSON.stringify(release)} is not a release name`);
           const limit = Math.min(500, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
+          // Only a release the catalogue knows may make apt fetch an index (a request cannot make it chase any name).
           const known = (await this.catalog()).distributions.find((x) => x.name === d)?.releases.includes(release) ?? false;
-          sendJson(res, 200, await this.packages.search(d, release, a, known, url.searchParams.get('q') ?? '', limit));
+          if (!known && (d === 'debian' || d === 'ubuntu')) throw new OsfarmError('OSFARM_NOT_FOUND', `${release} is not a release of ${d} that the archive serves (see GET /api/distributions): no package index`);
+          const req = { distribution: d, release, architecture: a, sources: { mirrors: [], components: ['main'], gpgCheck: true }, fetch: 'host' as const };
+          sendJson(res, 200, await this.packages.search(req, url.searchParams.get('q') ?? '', limit));
         },
       },
       {
         method: 'POST', path: '/api/specs/check', read: true,
         doc: {
-          tag: 'compose', summary: 'Validate a spec: its request checksum, canonical form, and the images already built from it',
+          tag: 'compose', summary: 'Validate a spec (its fields, its release, its package names against the real index): its request checksum, canonical form, and the images already built from it',
           body: { spec: { description: 'the spec as a JSON object', type: 'object' }, text: { description: 'or the spec as text' }, format: { description: 'yaml, json or xml (sniffed if absent)' } },
-          response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec' },
+          response: { status: 200, description: 'SpecCheck: { specDigest, spec, built: Image[] }; 422 with issues for an invalid spec (a misspelt package: an issue at spec.packages[i] naming the closest packages)' },
         },
         handler: async ({ req, res }) => {
           const spec = webSpec(await readJson(req), this.o.repo);
+          await this.checkSources(spec);
           const digest = specDigest(spec);
           const built = imagesOfRequest(this.repo(), digest).map(imageView);
           sendJson(res, 200, { specDigest: digest, spec: canonicalSpec(spec), built });
@@ -180,6 +194,7 @@ export class Api {
         },
         handler: async ({ req, res }) => {
           const spec = webSpec(await readJson(req), this.o.repo);
+          await this.checkSources(spec);
           const digest = specDigest(spec);
           const info = this.builds.submit('build', `${spec.name} (${spec.distribution} ${spec.release} ${spec.architecture})`, async ({ signal, emit }) => {
             // A new build's files are scratch: the repository keeps its own copy (and the log's end
@@ -202,7 +217,7 @@ export class Api {
                   case 'log':
                     return emit({ type: 'log', line: e.line });
                   case 'progress':
-                    return emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total, ...(e.detail ? { detail: e.detail } : {}) });
+                    return emit({ type: 'progress', phase: e.phase, done: e.done, total: e.total, unit: e.unit, ...(e.detail ? { detail: e.detail } : {}) });
                   case 'output':
                     return output(e);
                 }

@@ -18,7 +18,7 @@ export type JobEvent = { seq: number; t: number } & (
   | { type: 'state'; state: JobState }
   | { type: 'phase'; phase: string; detail?: string }
   | { type: 'log'; line: string }
-  | { type: 'progress'; phase?: string; done: number; total: number; detail?: string }
+  | { type: 'progress'; phase?: string; done: number; total: number; unit?: 'bytes' | 'items'; detail?: string }
   | { type: 'sample'; sample: Record<string, number> }
   | { type: 'output'; output: { format: string; size: number; digest: string; file: string } }
   | { type: 'result'; result: unknown }

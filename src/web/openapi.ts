@@ -86,9 +86,15 @@ export function docsPage(doc: Record<string, unknown>): string {
       const schema = op.requestBody?.content['application/json'].schema;
       const body = schema ? Object.entries(schema.properties).map(([n, f]) => `<li><code>${esc(n)}</code> ${esc(f.type)}${schema.required?.includes(n) ? ', required' : ''}: ${esc(f.description)}</li>`).join('') : '';
       const responses = Object.entries(op.responses).map(([s, r]) => `<li><b>${esc(s)}</b> ${esc(r.description)}</li>`).join('');
-      rows.push(`<section class="op"><h3><span class="m ${esc(method)}">${esc(method.toUpperCase())}</span> <code>${esc(path)}</code></h3><p>${esc(op.summary)}</p>${params ? `<h4>Parameters</h4><ul>${params}</ul>` : ''}${body ? `<h4>JSON body</h4><ul>${body}</ul>` : ''}<h4>Responses</h4><ul>${responses}</ul></section>`);
+      // What the page's "try it" form (assets/docs.js) needs: the query's names and a body to edit.
+      const query = op.parameters.filter((p) => p.in === 'query').map((p) => p.name).join(',');
+      // The body's required fields, or else its first (the others are alternatives or options).
+      const fields = schema ? Object.entries(schema.properties) : [];
+      const shown = fields.filter(([n]) => schema?.required?.includes(n));
+      const skeleton = JSON.stringify(Object.fromEntries((shown.length > 0 ? shown : fields.slice(0, 1)).map(([n, f]) => [n, f.type === 'object' ? {} : f.type === 'boolean' ? false : ''])));
+      rows.push(`<section class="op" data-method="${esc(method.toUpperCase())}" data-path="${esc(path)}" data-query="${esc(query)}"${schema ? ` data-body="${esc(skeleton)}"` : ''}><h3><span class="m ${esc(method)}">${esc(method.toUpperCase())}</span> <code>${esc(path)}</code></h3><p>${esc(op.summary)}</p>${params ? `<h4>Parameters</h4><ul>${params}</ul>` : ''}${body ? `<h4>JSON body</h4><ul>${body}</ul>` : ''}<h4>Responses</h4><ul>${responses}</ul></section>`);
     }
   }
   const info = doc.info as { title: string; version: string; description: string };
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${esc(info.title)}</title><link rel="stylesheet" href="/assets/style.css"></head><body class="docs"><main><h1>${esc(info.title)} ${esc(info.version)}</h1><p>${esc(info.description)}</p><p>Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a> (OpenAPI 3.1).</p>${rows.join('\n')}</main></body></html>`;
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${esc(info.title)}</title><link rel="stylesheet" href="/assets/style.css"></head><body class="docs"><main><h1>${esc(info.title)} ${esc(info.version)}</h1><p>${esc(info.description)}</p><p>Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a> (OpenAPI 3.1). Each operation below can be tried from this page.</p>${rows.join('\n')}</main><script type="module" src="/assets/docs.js"></script></body></html>`;
 }

@@ -32,6 +32,7 @@ pub(crate) fn image(seeds: &[u32]) -> Vec<u8> {
 /// near-collision blocks. Shared with the TypeScript tests (`tests/data/shattered.hex`).
 pub(crate) fn shattered_prefixes() -> (Vec<u8>, Vec<u8>) {
     let text = include_str!("../tests/data/shattered.hex");
-    let mut halves = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| hex::decode(l.trim()).unwrap());
+    let mut halves =
+        text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| hex::decode(l.trim()).unwrap());
     (halves.next().unwrap(), halves.next().unwrap())
 }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 
 import { type DebVariant, hostArchitecture, planGroup } from '../../spec/distros.js';
 import { SpecError } from '../../spec/errors.js';
-import { buildFailed } from '../errors.js';
+import { buildFailed, ToolErrors } from '../errors.js';
 import { run, SYSTEM_PATH } from '../../host/process.js';
 import type { BuildSpec } from '../../spec/spec.js';
 import { ensureEmulation } from './emulation.js';
@@ -128,18 +128,20 @@ export class MmdebstrapDriver implements Driver {
     ctx.log(`osfarm: mmdebstrap ${args.filter((a) => !a.startsWith('--setup-hook') && !a.startsWith('--customize-hook')).join(' ')}`);
     ctx.phase('bootstrap', 'mmdebstrap');
     let inPackages = false;
+    const errors = new ToolErrors();
     const r = await run('mmdebstrap', args, {
       env: baseEnv(ctx),
       signal: ctx.signal,
       onLine: (line) => {
         ctx.log(line);
+        errors.see(line);
         if (!inPackages && /installing remaining packages/.test(line)) {
           inPackages = true;
           ctx.phase('packages', 'apt');
         }
       },
     });
-    if (r.code !== 0) throw buildFailed(`mmdebstrap failed (exit ${r.code ?? r.signal}); see the build log`);
+    if (r.code !== 0) throw buildFailed(`mmdebstrap failed (exit ${r.code ?? r.signal})${errors.summary()}; see the build log`);
   }
 }
 
@@ -183,8 +185,10 @@ export class DebootstrapDriver implements Driver {
     ctx.log(`osfarm: debootstrap ${args.join(' ')}`);
     ctx.phase('bootstrap', 'debootstrap');
     let inPackages = false;
+    const errors = new ToolErrors();
     const onLine = (line: string) => {
       ctx.log(line);
+      errors.see(line);
       if (!inPackages && /^I: (Installing core packages|Unpacking the base system)/.test(line)) {
         inPackages = true;
         ctx.phase('packages', 'dpkg');
@@ -194,7 +198,7 @@ export class DebootstrapDriver implements Driver {
     if (r.code === 0 && spec.architecture !== hostArchitecture()) {
       r = await run('chroot', [ctx.root, '/debootstrap/debootstrap', '--second-stage'], { env: baseEnv(ctx), signal: ctx.signal, onLine });
     }
-    if (r.code !== 0) throw buildFailed(`debootstrap failed (exit ${r.code ?? r.signal}); see the build log`);
+    if (r.code !== 0) throw buildFailed(`debootstrap failed (exit ${r.code ?? r.signal})${errors.summary()}; see the build log`);
     // debootstrap leaves the host's resolv.conf and its .debs; configure's sweep takes the .debs.
     await rm(join(ctx.root, 'etc/resolv.conf'), { force: true });
   }

@@ -15,7 +15,7 @@ import { hostArchitecture, nativeArchitectures, planGroup, RPM_ARCH, RPM_GROUP_A
 import { mount, mountsUnder, undoAll } from '../../host/mounts.js';
 import { populateDev } from '../chroot.js';
 import { SpecError } from '../../spec/errors.js';
-import { buildFailed } from '../errors.js';
+import { buildFailed, ToolErrors } from '../errors.js';
 import { run, SYSTEM_PATH } from '../../host/process.js';
 import type { BuildSpec } from '../../spec/spec.js';
 import { ensureEmulation } from './emulation.js';
@@ -145,8 +145,13 @@ export class RpmDriver implements Driver {
       await writeFile(join(home, '.rpmmacros'), `%_dbpath ${rpmDbPath(spec)}\n`);
       const env: NodeJS.ProcessEnv = { PATH: SYSTEM_PATH, HOME: home, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
       if (ctx.sourceDateEpoch !== null) env.SOURCE_DATE_EPOCH = String(ctx.sourceDateEpoch);
-      const r = await run(this.tool, args, { env, signal: ctx.signal, onLine: ctx.log });
-      if (r.code !== 0) throw buildFailed(`${this.tool} install failed (exit ${r.code ?? r.signal}); see the build log`);
+      const errors = new ToolErrors();
+      const r = await run(this.tool, args, { env, signal: ctx.signal, onLine: (l) => {
+          ctx.log(l);
+          errors.see(l);
+        },
+      });
+      if (r.code !== 0) throw buildFailed(`${this.tool} install failed (exit ${r.code ?? r.signal})${errors.summary()}; see the build log`);
     } catch (err) {
       failure = err;
     }

@@ -24,7 +24,8 @@ export interface OutputContext {
   buildDir: string;
   signal?: AbortSignal;
   log(line: string): void;
-  onProgress?(e: { done: number; total: number }): void;
+  /** Progress of the writer: bytes, or (`unit: 'items'`) a count such as mksquashfs's blocks. */
+  onProgress?(e: { done: number; total: number; unit?: 'bytes' | 'items' }): void;
 }
 
 /** The image's own tree. */

@@ -7,7 +7,7 @@ import { parseAccel, parseFirmware } from '../../boot/index.js';
 import type { LazyExport, LazyPullResult } from '../../transfer/lazy/export.js';
 import { type Command, flag, str, strs, wholeNumber } from '../command.js';
 import { bytes } from '../format.js';
-import { finishLazy, lazyEvents, markProfile } from './boot-lazy.js';
+import { finishLazy, lazyEvents, markProfile } from '../boot-lazy.js';
 
 interface BootResult extends Omit<BootInfo, 'argv' | 'disk'> {
   until: WaitResult | null;
@@ -33,27 +33,34 @@ function memoryMiB(text: string | undefined): number | undefined {
 
 const command: Command<BootResult> = {
   name: 'boot',
-  usage: 'boot IMAGE|NAME|DIGEST|http://HOST:PORT/images/NAME [--firmware uefi|bios] [--kernel-boot] [--accel auto|kvm|tcg] [--memory 1G] [--cpus N] [--ssh-port N] [-i KEY] [--ssh-user U] [--keep DIR] [--until REGEX] [--exec CMD] [--timeout S] [--parallel N] [--no-prefetch] [--trust KEYFILE]...',
+  section: 'build',
+  summary: 'run an image under qemu (UEFI, BIOS or its kernel directly) with its serial console on the terminal',
+  usage: ['IMAGE|NAME|DIGEST|http://HOST:PORT/images/NAME [--firmware uefi|bios] [--kernel-boot] [--memory 1G] [--cpus N] [--until REGEX] [--exec CMD] [--timeout S] [flags]'],
+  description:
+    'IMAGE is a disk file or an image of the repository; a URL, or an image only partly here, is served lazily over NBD while it arrives (docs/lazy-boot.md). Interactive: the console is the terminal and Ctrl-] stops the VM. With --until or --exec it waits for the console line or runs the command over SSH, then stops the VM. KVM when it works, else TCG.',
   options: {
-    memory: { type: 'string', short: 'm' },
-    cpus: { type: 'string' },
-    'ssh-port': { type: 'string' },
-    'ssh-key': { type: 'string', short: 'i' },
-    'ssh-user': { type: 'string' },
-    firmware: { type: 'string' },
-    'kernel-boot': { type: 'boolean' },
-    accel: { type: 'string' },
-    keep: { type: 'string' },
-    until: { type: 'string' },
-    exec: { type: 'string' },
-    timeout: { type: 'string' },
-    parallel: { type: 'string' },
-    'no-prefetch': { type: 'boolean' },
-    trust: { type: 'string', multiple: true },
+    memory: { type: 'string', short: 'm', value: 'SIZE', description: 'the VM\'s memory: MiB, or a size like 1536M, 2G (default 1G)' },
+    cpus: { type: 'string', value: 'N', description: 'virtual CPUs (default 2, at most this machine\'s)' },
+    'ssh-port': { type: 'string', value: 'N', description: 'the host port forwarded to the guest\'s SSH (default: a free one)' },
+    'ssh-key': { type: 'string', short: 'i', value: 'KEY', complete: 'file', description: 'the private key --exec logs in with' },
+    'ssh-user': { type: 'string', value: 'USER', description: 'the user --exec logs in as (default root)' },
+    firmware: { type: 'string', value: 'uefi|bios', choices: ['uefi', 'bios'], description: 'boot through OVMF (UEFI) or SeaBIOS (default: what the disk supports, UEFI first)' },
+    'kernel-boot': { type: 'boolean', description: 'start the image\'s own kernel and initramfs directly (no firmware, no boot loader)' },
+    accel: { type: 'string', value: 'auto|kvm|tcg', choices: ['auto', 'kvm', 'tcg'], description: 'the accelerator (default auto: KVM if it works, else TCG)' },
+    keep: { type: 'string', value: 'DIR', complete: 'dir', description: 'keep the VM\'s overlay and console log in DIR' },
+    until: { type: 'string', value: 'REGEX', description: 'wait for a console line matching REGEX, then stop the VM' },
+    exec: { type: 'string', value: 'CMD', description: 'run CMD in the guest over SSH (after --until, if given), print its output, then stop the VM' },
+    timeout: { type: 'string', value: 'S', description: 'stop the VM after S seconds (default 600 with --until or --exec)' },
+    parallel: { type: 'string', value: 'N', description: 'a lazy boot\'s range requests in flight at once' },
+    'no-prefetch': { type: 'boolean', description: 'a lazy boot fetches only the blocks the VM reads (the image is not published)' },
+    trust: { type: 'string', multiple: true, value: 'KEYFILE', complete: 'file', description: 'a lazy boot requires a signature by this public key (may be repeated)' },
   },
-  allowPositionals: true,
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [
+    { command: 'osfarm boot vm.qcow2', what: 'boot a disk with its console on this terminal (Ctrl-] stops it)' },
+    { command: 'osfarm boot app1.img --until "login:" --exec "systemctl is-system-running" -i ~/.ssh/id_ed25519', what: 'boot an image of the repository, wait for the login prompt, ask systemd over SSH' },
+  ],
   async run(args, ctx) {
-    if (args.positionals.length !== 1) throw invalidArgument(`give one image: a disk file, a name or digest in the repository, or http://HOST:PORT/images/NAME (got ${args.positionals.length})`);
     const firmware = str(args, 'firmware');
     const accel = str(args, 'accel');
     const until = str(args, 'until');

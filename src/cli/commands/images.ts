@@ -1,7 +1,6 @@
-/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML. */
+/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML; a name's history. */
 import { writeFileSync } from 'node:fs';
 
-import { invalidArgument } from '../../base/errors.js';
 import { loadSpec } from '../../spec/spec.js';
 import { type DiffResult, diffImages, exportSpec, findImages, type FindResult, imageSbom, repositoryParents, type SbomFormat, showImage, type ShowResult } from '../../images/index.js';
 import { type Command, flag, str } from '../command.js';
@@ -12,18 +11,14 @@ import { writeFileAtomic } from '../../host/fs.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 
-function oneArg(positionals: string[], what: string): string {
-  if (positionals.length !== 1) throw invalidArgument(`give one ${what} (got ${positionals.length})`);
-  return positionals[0]!;
-}
-
 const find: Command<FindResult> = {
   name: 'find',
-  summary: 'the images built from a spec (same request checksum), every format',
-  usage: 'images find SPEC.yaml|SPEC.json|SPEC.xml',
-  allowPositionals: true,
+  summary: 'the images built from a spec (same request checksum), every format; exits 1 when there is none',
+  usage: ['SPEC.yaml|SPEC.json|SPEC.xml'],
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images find appliance.yaml', what: 'the images of that request, if the repository has them' }],
   async run(args, ctx) {
-    const spec = loadSpec(oneArg(args.positionals, 'spec file'), { resolveParent: repositoryParents(ctx.repoPath) });
+    const spec = loadSpec(args.positionals[0]!, { resolveParent: repositoryParents(ctx.repoPath) });
     const r = findImages(ctx.repoPath, spec);
     if (r.images.length === 0) process.exitCode = 1;
     return r;
@@ -38,11 +33,12 @@ const find: Command<FindResult> = {
 const show: Command<ShowResult> = {
   name: 'show',
   summary: "an image's spec, stages, size, formats and build log",
-  usage: 'images show NAME|DIGEST [--log]',
-  options: { log: { type: 'boolean' } },
-  allowPositionals: true,
+  usage: ['NAME|DIGEST [--log]'],
+  options: { log: { type: 'boolean', description: 'print the whole kept end of the build log (default: its last 10 lines)' } },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images show app1.tar --log', what: 'how app1.tar was built, with the end of its build log' }],
   async run(args, ctx) {
-    const r = showImage(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    const r = showImage(ctx.repoPath, args.positionals[0]!);
     // The human form prints the whole log tail only when asked.
     if (!flag(args, 'log') && !ctx.json && r.buildLog) r.buildLog = { ...r.buildLog, tail: r.buildLog.tail.split('\n').slice(-10).join('\n') };
     return r;
@@ -66,11 +62,12 @@ const show: Command<ShowResult> = {
 const exportCmd: Command<{ specDigest: string; xml: string; output: string | null }> = {
   name: 'export',
   summary: "the spec an image was built from, as XML (reading it back gives the same request checksum)",
-  usage: 'images export NAME|DIGEST [-o SPEC.xml]',
-  options: { output: { type: 'string', short: 'o' } },
-  allowPositionals: true,
+  usage: ['NAME|DIGEST [-o SPEC.xml]'],
+  options: { output: { type: 'string', short: 'o', value: 'SPEC.xml', complete: 'file', description: 'write the XML to this file instead of printing it' } },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images export app1.tar -o app1.xml && osfarm build app1.xml', what: 'rebuild an image from the spec it was built from' }],
   async run(args, ctx) {
-    const r = exportSpec(ctx.repoPath, oneArg(args.positionals, 'image name or digest'));
+    const r = exportSpec(ctx.repoPath, args.positionals[0]!);
     const output = str(args, 'output') ?? null;
     if (output) writeFileSync(output, r.xml);
     return { ...r, output };
@@ -83,10 +80,11 @@ const exportCmd: Command<{ specDigest: string; xml: string; output: string | nul
 const history: Command<{ name: string; current: string | null; moves: NameRecord[] }> = {
   name: 'history',
   summary: 'every image a name was given to, oldest first (names.jsonl), and which has it now',
-  usage: 'images history NAME',
-  allowPositionals: true,
+  usage: ['NAME'],
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images history app1.tar', what: 'which images were called app1.tar, and when each got the name (build, add, receive, pull)' }],
   async run(args, ctx) {
-    const name = oneArg(args.positionals, 'image name');
+    const name = args.positionals[0]!;
     const current = Repository.open(ctx.repoPath).list().find((e) => e.name === name)?.digest ?? null;
     return { name, current, moves: nameHistory(ctx.repoPath, name) };
   },
@@ -102,10 +100,10 @@ const history: Command<{ name: string; current: string | null; moves: NameRecord
 const diff: Command<DiffResult> = {
   name: 'diff',
   summary: 'the packages image B adds, removes and changes against image A',
-  usage: 'images diff A B',
-  allowPositionals: true,
+  usage: ['A B'],
+  operands: { complete: 'none', min: 2, max: 2 },
+  examples: [{ command: 'osfarm images diff app1.tar app2.tar', what: 'which packages app2.tar adds, removes and changes against app1.tar' }],
   async run(args, ctx) {
-    if (args.positionals.length !== 2) throw invalidArgument(`give two images, A and B (got ${args.positionals.length})`);
     return diffImages(ctx.repoPath, args.positionals[0]!, args.positionals[1]!);
   },
   render(r) {
@@ -125,13 +123,16 @@ const SBOM_FORMATS: readonly SbomFormat[] = ['spdx', 'cyclonedx'];
 const sbom: Command<{ format: SbomFormat; output: string | null; document: Record<string, unknown> }> = {
   name: 'sbom',
   summary: "an image's installed packages as an SBOM: SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON",
-  usage: 'images sbom NAME|DIGEST [--format spdx|cyclonedx] [-o FILE]',
-  options: { format: { type: 'string' }, output: { type: 'string', short: 'o' } },
-  allowPositionals: true,
+  usage: ['NAME|DIGEST [--format spdx|cyclonedx] [-o FILE]'],
+  options: {
+    format: { type: 'string', value: 'spdx|cyclonedx', choices: SBOM_FORMATS, description: 'SPDX 2.3 JSON (default) or CycloneDX 1.5 JSON' },
+    output: { type: 'string', short: 'o', value: 'FILE', complete: 'file', description: 'write the SBOM to FILE instead of printing it' },
+  },
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm images sbom app1.tar --format cyclonedx -o app1.cdx.json', what: "app1.tar's installed packages as a CycloneDX SBOM" }],
   async run(args, ctx) {
     const format = (str(args, 'format') ?? 'spdx') as SbomFormat;
-    if (!SBOM_FORMATS.includes(format)) throw invalidArgument(`--format ${format}: use ${SBOM_FORMATS.join(' or ')}`);
-    const document = imageSbom(ctx.repoPath, oneArg(args.positionals, 'image name or digest'), format);
+    const document = imageSbom(ctx.repoPath, args.positionals[0]!, format);
     const output = str(args, 'output') ?? null;
     if (output) writeFileAtomic(output, `${JSON.stringify(document, null, 2)}\n`);
     return { format, output, document };
@@ -143,7 +144,9 @@ const sbom: Command<{ format: SbomFormat; output: string | null; document: Recor
 
 const command: Command = {
   name: 'images',
-  usage: 'images <find|show|export|history|diff|sbom> [options]',
+  section: 'build',
+  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME, diff A B, sbom NAME|DIGEST',
+  usage: [],
   subcommands: [find, show, exportCmd, history, diff, sbom] as Command[],
 };
 export default command;

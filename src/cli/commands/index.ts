@@ -1,26 +1,43 @@
-import type { Command } from '../command.js';
+/** `osfarm index`: hash every block of an image into its .osfi index. */
+import { parseSize } from '../../base/size.js';
+import { type HashName, type IndexInfo, indexImage } from '../../blocks/index.js';
+import { type Command, str } from '../command.js';
+import { bytes, count, percent } from '../format.js';
 
-/** A top-level command: listed by --help without loading it; loaded when it runs. */
-export interface CommandEntry {
-  name: string;
-  summary: string;
-  load(): Promise<{ default: Command<any> }>;
-}
-
-/** Every top-level command, in the order --help lists them. */
-export const commands: CommandEntry[] = [
-  { name: 'pack', summary: 'write a tree, tar or tar.gz as a block-aligned tar', load: () => import('./pack.js') },
-  { name: 'index', summary: 'hash every block of an image and write its .osfi index', load: () => import('./index-image.js') },
-  { name: 'compare', summary: 'common blocks of two images or indexes, both ways', load: () => import('./compare.js') },
-  { name: 'repo', summary: 'the image repository: init, add, ls, show, rm, verify, rebuild', load: () => import('./repo.js') },
-  { name: 'plan', summary: 'which blocks of an image the repository has, and which a transfer must send', load: () => import('./plan.js') },
-  { name: 'build', summary: 'build an image in a chroot from a spec (YAML, JSON, XML) or genfs-style flags', load: () => import('./build.js') },
-  { name: 'boot', summary: 'run an image under qemu (UEFI, BIOS or its kernel directly) with its serial console on the terminal', load: () => import('./boot.js') },
-  { name: 'images', summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME', load: () => import('./images.js') },
-  { name: 'stages', summary: 'the stage cache: ls, gc --max-size N, verify, rm <tag>, backends', load: () => import('./stages.js') },
-  { name: 'push', summary: 'send an image to an osfarm receive, only the blocks it lacks', load: () => import('./push.js') },
-  { name: 'receive', summary: 'accept pushed images into the repository (TCP, shared token)', load: () => import('./receive.js') },
-  { name: 'serve', summary: 'serve the repository over HTTP for pull (static-compatible URLs, ranges, cache headers)', load: () => import('./serve.js') },
-  { name: 'pull', summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)', load: () => import('./pull.js') },
-  { name: 'keys', summary: 'signing keys and trusted keys: generate, list, export, trust (signed image manifests)', load: () => import('./keys.js') },
-];
+const command: Command<IndexInfo> = {
+  name: 'index',
+  section: 'repository',
+  summary: 'hash every block of an image and write its .osfi index',
+  usage: ['IMAGE [-o IMAGE.osfi] [--block-size N] [--hash sha1|sha256]'],
+  options: {
+    output: { type: 'string', short: 'o', value: 'FILE', complete: 'file', description: 'where to write the index (default IMAGE.osfi)' },
+    'block-size': { type: 'string', short: 'b', value: 'N', description: 'block size: 4K (default), 512 to 1M, a power of two' },
+    hash: { type: 'string', value: 'sha1|sha256', choices: ['sha1', 'sha256'], description: 'block digest (default sha1)' },
+  },
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [{ command: 'osfarm index rootfs.tar', what: 'write rootfs.tar.osfi: one SHA-1 per 4 KiB block' }],
+  async run(args, ctx) {
+    const [image] = args.positionals as [string];
+    const bar = ctx.progress('index');
+    const bs = str(args, 'block-size');
+    try {
+      return await indexImage(image, {
+        output: str(args, 'output') ?? `${image}.osfi`,
+        blockSize: bs === undefined ? undefined : parseSize(bs, '--block-size'),
+        hash: str(args, 'hash') as HashName | undefined,
+        onProgress: (e) => bar.update(e.done, e.total),
+        signal: ctx.signal,
+      });
+    } finally {
+      bar.done();
+    }
+  },
+  render(r) {
+    return [
+      `image      ${r.digest}`,
+      `size       ${bytes(r.imageSize)} in ${count(r.blockCount)} blocks of ${bytes(r.blockSize)} (${r.hash}), ${count(r.zeroBlocks)} all-zero`,
+      `index      ${r.indexPath} (${bytes(r.indexSize)}, ${percent(r.indexSize / Math.max(1, r.imageSize))} of the image)`,
+    ].join('\n');
+  },
+};
+export default command;

@@ -1,6 +1,6 @@
+/** `osfarm keys …`: the repository's signing key and the keys it trusts (docs/trust.md). */
 import { writeFileSync } from 'node:fs';
 
-import { invalidArgument } from '../../base/errors.js';
 import { exportPublicKey, generateKeys, type KeyInfo, listKeys, trustKey } from '../../trust/keys.js';
 import { type Command, flag, str } from '../command.js';
 import { table } from '../format.js';
@@ -8,8 +8,9 @@ import { table } from '../format.js';
 const generate: Command<KeyInfo> = {
   name: 'generate',
   summary: "make the repository's Ed25519 signing key (keys/signing.key, mode 0600); images it builds or accepts are then signed",
-  usage: 'keys generate [--repo DIR] [--force]',
-  options: { force: { type: 'boolean' } },
+  usage: ['[--force]'],
+  options: { force: { type: 'boolean', description: 'replace an existing signing key (images signed by the old one stay verifiable only with its public key)' } },
+  examples: [{ command: 'osfarm keys generate --repo /srv/osfarm', what: 'sign every image /srv/osfarm builds, is given or accepts from now on' }],
   async run(args, ctx) {
     return generateKeys(ctx.repoPath, { force: flag(args, 'force') });
   },
@@ -17,9 +18,11 @@ const generate: Command<KeyInfo> = {
 };
 
 const list: Command<{ keys: KeyInfo[] }> = {
-  name: 'list',
+  name: 'ls',
+  aliases: ['list'],
   summary: 'the signing key and the trusted keys (trust store)',
-  usage: 'keys list [--repo DIR]',
+  usage: [''],
+  examples: [{ command: 'osfarm keys ls', what: 'which key signs, and which keys pulls into this repository require' }],
   async run(_args, ctx) {
     return { keys: listKeys(ctx.repoPath) };
   },
@@ -29,8 +32,9 @@ const list: Command<{ keys: KeyInfo[] }> = {
 const exportKey: Command<{ keyId: string; publicKey: string; path?: string }> = {
   name: 'export',
   summary: 'print the public signing key in minisign format (or write it with --out FILE)',
-  usage: 'keys export [--repo DIR] [--out FILE]',
-  options: { out: { type: 'string', short: 'o' } },
+  usage: ['[--out FILE]'],
+  options: { out: { type: 'string', short: 'o', value: 'FILE', complete: 'file', description: 'write the public key to FILE instead of printing it' } },
+  examples: [{ command: 'osfarm keys export -o build1.pub', what: 'the public key that pulls from this repository give as --trust build1.pub' }],
   async run(args, ctx) {
     const { keyId, text } = exportPublicKey(ctx.repoPath);
     const out = str(args, 'out');
@@ -43,19 +47,20 @@ const exportKey: Command<{ keyId: string; publicKey: string; path?: string }> = 
 const trust: Command<KeyInfo> = {
   name: 'trust',
   summary: "add a public key to the repository's trust store: pulls into it then require that key's signature",
-  usage: 'keys trust KEYFILE [--repo DIR]',
-  allowPositionals: true,
+  usage: ['KEYFILE'],
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [{ command: 'osfarm keys trust build1.pub', what: 'pulls into this repository now need images signed by build1' }],
   async run(args, ctx) {
-    const [file, extra] = args.positionals;
-    if (!file || extra) throw invalidArgument('keys trust takes one public key file (minisign format, from osfarm keys export)');
-    return trustKey(ctx.repoPath, file);
+    return trustKey(ctx.repoPath, args.positionals[0]!);
   },
   render: (k) => `trusting key ${k.keyId} (${k.path})`,
 };
 
 const command: Command = {
   name: 'keys',
-  usage: 'keys <generate|list|export|trust> [options]',
+  section: 'transfer',
+  summary: 'signing keys and trusted keys: generate, ls, export, trust (signed image manifests)',
+  usage: [],
   subcommands: [generate, list, exportKey, trust] as Command[],
 };
 export default command;

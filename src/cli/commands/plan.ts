@@ -1,4 +1,4 @@
-import { invalidArgument } from '../../base/errors.js';
+/** `osfarm plan`: which blocks of an image the repository has, and which a transfer must send. */
 import { type Plan, Repository } from '../../repo/index.js';
 import { type Command, flag } from '../command.js';
 import { bytes, count, percent } from '../format.js';
@@ -10,12 +10,14 @@ function isIndex(path: string): boolean {
 
 const command: Command<Plan & { runs: number }> = {
   name: 'plan',
-  usage: 'plan <image|index.osfi> [--repo DIR] [--runs]',
-  options: { runs: { type: 'boolean' } },
-  allowPositionals: true,
+  section: 'repository',
+  summary: 'which blocks of an image the repository has, and which a transfer must send',
+  usage: ['IMAGE|INDEX.osfi [--runs]'],
+  options: { runs: { type: 'boolean', description: 'list the missing runs (first block + count); with --json they are in missingRuns' } },
+  operands: { complete: 'file', min: 1, max: 1 },
+  examples: [{ command: 'osfarm plan new.tar', what: 'which of new.tar\'s blocks the repository already has' }],
   async run(args, ctx) {
-    const [input, extra] = args.positionals;
-    if (!input || extra) throw invalidArgument('plan takes one image or .osfi index');
+    const [input] = args.positionals as [string];
     const repo = Repository.open(ctx.repoPath);
     const bar = ctx.progress('plan');
     try {

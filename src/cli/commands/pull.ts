@@ -1,9 +1,11 @@
+/** `osfarm pull`: fetch an image over HTTP, only the blocks the repository lacks. */
 import { invalidArgument } from '../../base/errors.js';
+import { parseSize } from '../../base/size.js';
+import { Repository } from '../../repo/index.js';
 import { pull, type PullResult } from '../../transfer/http/pull.js';
 import type { LazyPullResult } from '../../transfer/lazy/export.js';
 import { type Command, flag, str, strs, throttled, wholeNumber } from '../command.js';
-import { pullLazyCommand, renderLazy } from './pull-lazy.js';
-import { parseSize } from '../../base/size.js';
+import { pullLazyCommand, renderLazy } from '../pull-lazy.js';
 import { bytes, count, percent } from '../format.js';
 
 /** --max-request: from 4 KiB (one block) to 1 GiB. */
@@ -15,33 +17,41 @@ function requestSize(text: string): number {
 
 const command: Command<PullResult | LazyPullResult> = {
   name: 'pull',
+  section: 'transfer',
+  summary: 'fetch an image over HTTP, only the blocks the repository lacks (resumable, proxy-friendly)',
   usage: [
-    'pull <http://HOST[:PORT][/PREFIX]/images/<digest or name>> [--repo DIR] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
-    'pull --lazy <URL> [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
-  ].join('\n'),
+    'http://HOST[:PORT][/PREFIX]/images/DIGEST|NAME [--name N] [--parallel N] [--max-request SIZE] [--retries N] [--trust KEYFILE]...',
+    '--lazy URL [--socket PATH] [--export NAME] [--until-complete] [--record-profile] [--no-prefetch] [flags]',
+  ],
+  description:
+    'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size. With --trust, or a repository that trusts keys (osfarm keys trust), the image\'s signed manifest and index are checked before any block is assembled (docs/trust.md). With --lazy the image is served over NBD at once while it arrives (docs/lazy-boot.md).',
   options: {
-    lazy: { type: 'boolean' },
-    socket: { type: 'string' },
-    export: { type: 'string' },
-    'until-complete': { type: 'boolean' },
-    'record-profile': { type: 'boolean' },
-    'no-prefetch': { type: 'boolean' },
-    name: { type: 'string' },
-    parallel: { type: 'string' },
-    'max-request': { type: 'string' },
-    retries: { type: 'string' },
-    trust: { type: 'string', multiple: true },
+    name: { type: 'string', value: 'N', description: 'the name the image gets here (default: the name it was pulled by)' },
+    parallel: { type: 'string', value: 'N', description: 'range requests in flight at once (default 4)' },
+    'max-request': { type: 'string', value: 'SIZE', description: 'the largest single range request, like 8M (default)' },
+    retries: { type: 'string', value: 'N', description: 'retries of a failed request before giving up' },
+    trust: { type: 'string', multiple: true, value: 'KEYFILE', complete: 'file', description: 'require a signature by this public key (minisign format; may be repeated)' },
+    lazy: { type: 'boolean', description: 'serve the image over NBD at once, fetching blocks as they are read, and publish it when complete' },
+    socket: { type: 'string', value: 'PATH', complete: 'file', description: '--lazy: the Unix socket the NBD server listens on' },
+    export: { type: 'string', value: 'NAME', description: '--lazy: the NBD export name' },
+    'until-complete': { type: 'boolean', description: '--lazy: stop serving once the image is complete and published (default: serve until Ctrl-C)' },
+    'record-profile': { type: 'boolean', description: '--lazy: keep the read order as the image\'s boot profile' },
+    'no-prefetch': { type: 'boolean', description: '--lazy: fetch only the blocks that are read (the image is not published)' },
   },
-  allowPositionals: true,
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [
+    { command: 'osfarm pull http://build1:8080/images/app1.tar', what: 'fetch app1.tar into the repository, only the blocks it lacks' },
+    { command: 'osfarm pull http://cache.example:3128/osfarm/images/3f2a9c0d --parallel 8', what: 'through a caching proxy, eight requests at a time' },
+  ],
   async run(args, ctx) {
-    const [url, extra] = args.positionals;
-    if (!url || extra) throw invalidArgument('pull takes one URL: http://HOST[:PORT]/images/<digest or name>');
+    const [url] = args.positionals as [string];
     const maxRequest = str(args, 'max-request');
     if (flag(args, 'lazy')) return pullLazyCommand(url, args, ctx, maxRequest === undefined ? undefined : requestSize(maxRequest));
+    if (!Repository.exists(ctx.repoPath)) ctx.info(`no repository at ${ctx.repoPath}: creating it with the image's hash and block size`);
     // One bar per phase: copying local blocks, then fetching.
     let phase = '';
     let bar = ctx.progress('pull');
-    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
+    const progressEvent = throttled((p: object) => ctx.event({ type: 'progress', unit: 'bytes', ...p }));
     try {
       return await pull(url, {
         repo: ctx.repoPath,
@@ -51,10 +61,13 @@ const command: Command<PullResult | LazyPullResult> = {
         retries: wholeNumber(args, 'retries', 0, 100),
         trust: strs(args, 'trust'),
         signal: ctx.signal,
-        onProgress: (p) => {
+        // The result is printed once, last, by the CLI: only progress is shown as it comes.
+        onEvent: (p) => {
+          if (p.type !== 'progress') return;
           if (p.phase !== phase) {
             bar.done();
             phase = p.phase;
+            ctx.detail(`pull: ${p.phase === 'local' ? 'copying the blocks the repository holds' : 'fetching the missing blocks'}`);
             bar = ctx.progress(p.phase === 'local' ? 'local blocks' : 'fetch');
           }
           bar.update(p.done, p.total, p.phase === 'fetch' ? `${count(p.requests)} requests${p.retries ? `, ${p.retries} retries` : ''}` : '');

@@ -1,28 +1,36 @@
-import { invalidArgument } from '../../base/errors.js';
-import { push, type PushResult } from '../../transfer/push/push.js';
+/** `osfarm push`: send an image to an `osfarm receive`, only the blocks it lacks. */
 import { resolveToken } from '../../transfer/push/auth.js';
+import { push, type PushResult } from '../../transfer/push/push.js';
 import { type Command, flag, str, throttled } from '../command.js';
 import { bytes, count, percent } from '../format.js';
 import { CLIENT_TLS_OPTIONS, clientTls } from '../tls.js';
 
 const command: Command<PushResult> = {
   name: 'push',
-  usage: 'push <image file | repository image (name, digest)> <host:port> [--name N] [--token T | --token-file F] (--tls-fingerprint SHA256 | --tls-ca FILE | --insecure) [--no-compress]',
+  section: 'transfer',
+  summary: 'send an image to an osfarm receive, only the blocks it lacks',
+  usage: ['IMAGE HOST:PORT [--name N] [--token T | --token-file F] (--tls-fingerprint SHA256 | --tls-ca FILE | --insecure) [--no-compress]'],
+  description:
+    'IMAGE is an image file, or an image of the repository by name, digest or digest prefix. The receiver tells which blocks it holds; only the others cross the network (docs/protocol.md). An interrupted push resumes where it stopped. Without TLS it refuses to start unless told --insecure (docs/trust.md).',
   options: {
-    name: { type: 'string' },
-    token: { type: 'string' },
-    'token-file': { type: 'string' },
+    name: { type: 'string', value: 'N', description: 'the name the image gets in the receiver\'s repository' },
+    token: { type: 'string', value: 'T', description: 'the shared token (default $OSFARM_TOKEN); prefer --token-file, a token on the command line shows in ps' },
+    'token-file': { type: 'string', value: 'F', complete: 'file', description: 'read the shared token from F' },
     ...CLIENT_TLS_OPTIONS,
-    'no-compress': { type: 'boolean' },
+    insecure: { type: 'boolean', description: 'push without TLS (the image in clear), and without a token to a receiver that runs without one (a trusted network only)' },
+    'no-compress': { type: 'boolean', description: 'send blocks uncompressed (default: zstd where it helps)' },
   },
-  allowPositionals: true,
+  operands: { complete: 'file', min: 2, max: 2 },
+  examples: [
+    { command: 'osfarm push app1.tar build2:7070 --token-file ~/.osfarm-token --tls-ca ca.pem', what: 'send app1.tar (a file, or the repository image of that name) over TLS to the receiver on build2, whose certificate ca.pem signed' },
+    { command: 'osfarm --json push 3f2a9c0d 127.0.0.1:7070 --insecure | jq -c "select(.type == \\"progress\\")"', what: 'follow a push to a local receiver by its progress events' },
+  ],
   async run(args, ctx) {
-    const [image, address, extra] = args.positionals;
-    if (!image || !address || extra) throw invalidArgument('push takes an image and a host:port');
+    const [image, address] = args.positionals as [string, string];
     const tls = clientTls(args, 'push');
     const token = resolveToken({ token: str(args, 'token'), tokenFile: str(args, 'token-file') });
-    const bar = ctx.progress('push');
-    const progressEvent = throttled((p: object) => ctx.event({ event: 'progress', ...p }));
+    const bar = ctx.progress('push', 'items');
+    const progressEvent = throttled((p: object) => ctx.event({ type: 'progress', ...p }));
     try {
       return await push(image, address, {
         token,
@@ -32,9 +40,11 @@ const command: Command<PushResult> = {
         repo: ctx.repoPath,
         compress: !flag(args, 'no-compress'),
         signal: ctx.signal,
-        onProgress: (p) => {
-          bar.update(p.haveBlocks, p.blockCount, `sent ${count(p.blocksSent)} blocks, ${bytes(p.wireBytesSent)} on the wire`);
-          progressEvent(p);
+        // The result is printed once, last, by the CLI: only progress is shown as it comes.
+        onEvent: (e) => {
+          if (e.type !== 'progress') return;
+          bar.update(e.done, e.total, `blocks; sent ${count(e.blocksSent)}, ${bytes(e.wireBytesSent)} on the wire`);
+          progressEvent({ ...e, phase: 'push', unit: 'blocks' });
         },
       });
     } finally {

@@ -1,9 +1,10 @@
-import type { HashName } from '../../blocks/index.js';
+/** `osfarm repo …`: the image repository. */
 import { invalidArgument, OsfarmError } from '../../base/errors.js';
-import { type ImageEntry, Repository, type RebuildReport, type RepoStats } from '../../repo/index.js';
+import { parseSize } from '../../base/size.js';
+import type { HashName } from '../../blocks/index.js';
+import { type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
 import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
-import { parseSize } from '../../base/size.js';
 import { bytes, count, table } from '../format.js';
 
 /** An image entry as printed: dates as ISO strings. */
@@ -19,13 +20,22 @@ function imageLine(e: ShownEntry): string {
 
 const init: Command<{ path: string; hash: HashName; blockSize: number; detectCollisions: boolean }> = {
   name: 'init',
-  summary: 'create a repository (--hash sha1|sha256, --block-size N, --detect-collisions: fixed for its life)',
-  usage: 'repo init [DIR | --repo DIR] [--hash sha1|sha256] [--block-size N] [--detect-collisions]',
-  options: { hash: { type: 'string' }, 'block-size': { type: 'string', short: 'b' }, 'detect-collisions': { type: 'boolean' } },
-  allowPositionals: true,
+  summary: 'create a repository in a new or empty directory (hash, block size and collision detection are fixed for its life)',
+  usage: ['[DIR] [--hash sha1|sha256] [--block-size N] [--detect-collisions]'],
+  description: 'DIR defaults to --repo, $OSFARM_REPO or ./osfarm-repo. build, serve and receive create a missing repository themselves (with the defaults), and say so.',
+  options: {
+    hash: { type: 'string', value: 'sha1|sha256', choices: ['sha1', 'sha256'], description: 'block digest (default sha1)' },
+    'block-size': { type: 'string', short: 'b', value: 'N', description: 'block size: 4K (default), 512 to 1M, a power of two' },
+    'detect-collisions': { type: 'boolean', description: 'run every pushed or pulled block through SHA-1 collision detection (sha1dc) and refuse a colliding pair: for a sha1 repository that takes untrusted pushes' },
+  },
+  operands: { complete: 'dir', max: 1 },
+  examples: [
+    { command: 'osfarm repo init', what: 'create ./osfarm-repo (or $OSFARM_REPO)' },
+    { command: 'osfarm repo init /srv/osfarm --hash sha256 --block-size 64K', what: 'a repository with SHA-256 digests of 64 KiB blocks' },
+    { command: 'osfarm repo init /srv/inbox --detect-collisions', what: 'a repository that takes pushes from untrusted sources' },
+  ],
   async run(args, ctx) {
-    const [dir, extra] = args.positionals;
-    if (extra) throw invalidArgument('repo init takes at most one directory');
+    const [dir] = args.positionals;
     const bs = str(args, 'block-size');
     const repo = Repository.init(dir ?? ctx.repoPath, {
       hash: str(args, 'hash') as HashName | undefined,
@@ -40,12 +50,18 @@ const init: Command<{ path: string; hash: HashName; blockSize: number; detectCol
 const add: Command<ShownEntry[]> = {
   name: 'add',
   summary: 'copy images in (reflinked where possible), index them and publish atomically',
-  usage: 'repo add <image>... [--name N] [--meta JSON]',
-  options: { name: { type: 'string' }, meta: { type: 'string' } },
-  allowPositionals: true,
+  usage: ['IMAGE... [--name N] [--meta JSON]'],
+  options: {
+    name: { type: 'string', value: 'N', description: 'a name for the image (names are unique: an image holding it loses it)' },
+    meta: { type: 'string', value: 'JSON', description: 'metadata kept with the image (any JSON value)' },
+  },
+  operands: { complete: 'file', min: 1 },
+  examples: [
+    { command: 'osfarm repo add rootfs.tar --name bookworm', what: 'add an image under a name' },
+    { command: 'osfarm repo add a.tar b.tar --meta \'{"suite":"bookworm"}\'', what: 'add two images with metadata' },
+  ],
   async run(args, ctx) {
     const images = args.positionals;
-    if (images.length === 0) throw invalidArgument('repo add takes one or more image files');
     const name = str(args, 'name');
     if (name !== undefined && images.length > 1) throw invalidArgument('--name names one image: add them one at a time');
     const metaText = str(args, 'meta');
@@ -67,9 +83,9 @@ const add: Command<ShownEntry[]> = {
         if (moved?.previous) {
           // Said aloud: the name left another image (osfarm images history NAME lists every move).
           ctx.info(`name '${moved.name}' moved from ${moved.previous} to ${moved.digest}`);
-          ctx.event({ event: 'name-moved', ...moved });
+          ctx.event({ type: 'name-moved', ...moved });
         }
-        ctx.event({ event: 'added', digest: e.digest, path: image });
+        ctx.event({ type: 'added', digest: e.digest, path: image });
         out.push(shown(e));
       } finally {
         bar.done();
@@ -82,8 +98,10 @@ const add: Command<ShownEntry[]> = {
 
 const ls: Command<{ images: ShownEntry[]; stats: RepoStats }> = {
   name: 'ls',
+  aliases: ['list'],
   summary: 'list the images and what the repository holds',
-  usage: 'repo ls',
+  usage: [''],
+  examples: [{ command: 'osfarm repo ls --repo /srv/osfarm', what: 'the images of /srv/osfarm, with totals' }],
   async run(_args, ctx) {
     const repo = Repository.open(ctx.repoPath);
     return { images: repo.list().map(shown), stats: repo.stats() };
@@ -100,11 +118,12 @@ const ls: Command<{ images: ShownEntry[]; stats: RepoStats }> = {
 
 const rm: Command<ShownEntry[]> = {
   name: 'rm',
+  aliases: ['remove'],
   summary: 'remove images by name, digest or digest prefix',
-  usage: 'repo rm <name|digest>...',
-  allowPositionals: true,
+  usage: ['NAME|DIGEST...'],
+  operands: { complete: 'none', min: 1 },
+  examples: [{ command: 'osfarm repo rm bookworm', what: 'remove the image named bookworm (blocks other images share stay)' }],
   async run(args, ctx) {
-    if (args.positionals.length === 0) throw invalidArgument('repo rm takes one or more image names or digests');
     const repo = Repository.open(ctx.repoPath);
     const out = [];
     for (const ref of args.positionals) out.push(shown(await repo.remove(ref)));
@@ -116,11 +135,11 @@ const rm: Command<ShownEntry[]> = {
 const show: Command<ShownEntry> = {
   name: 'show',
   summary: 'one image: digest, name, size, paths, metadata',
-  usage: 'repo show <name|digest>',
-  allowPositionals: true,
+  usage: ['NAME|DIGEST'],
+  operands: { complete: 'none', min: 1, max: 1 },
+  examples: [{ command: 'osfarm repo show bookworm', what: 'where the image bookworm and its index are, and its metadata' }],
   async run(args, ctx) {
-    const [ref, extra] = args.positionals;
-    if (!ref || extra) throw invalidArgument('repo show takes one image name or digest');
+    const [ref] = args.positionals as [string];
     return shown(Repository.open(ctx.repoPath).resolve(ref));
   },
   render: (e) =>
@@ -129,9 +148,10 @@ const show: Command<ShownEntry> = {
 
 const verify: Command<{ verified: number; failed: { digest: string; code: string; message: string }[] }> = {
   name: 'verify',
-  summary: 're-hash images and check them against their indexes (all, or those named)',
-  usage: 'repo verify [<name|digest>...]',
-  allowPositionals: true,
+  summary: 're-hash images and check them against their indexes (all, or those named); exits 1 on damage',
+  usage: ['[NAME|DIGEST...]'],
+  operands: { complete: 'none' },
+  examples: [{ command: 'osfarm repo verify', what: 'check every image of the repository' }],
   async run(args, ctx) {
     const repo = Repository.open(ctx.repoPath);
     const refs = args.positionals.length ? args.positionals : repo.list().map((e) => e.digest);
@@ -157,7 +177,8 @@ const verify: Command<{ verified: number; failed: { digest: string; code: string
 const rebuild: Command<RebuildReport> = {
   name: 'rebuild',
   summary: 're-derive the block table (and a lost catalog) from the images\' indexes',
-  usage: 'repo rebuild',
+  usage: [''],
+  examples: [{ command: 'osfarm repo rebuild', what: 'recover a repository whose block table or catalog is damaged' }],
   async run(_args, ctx) {
     const bar = ctx.progress('rebuild');
     try {
@@ -172,7 +193,9 @@ const rebuild: Command<RebuildReport> = {
 
 const command: Command = {
   name: 'repo',
-  usage: 'repo <init|add|ls|show|rm|verify|rebuild> [--repo DIR]',
+  section: 'repository',
+  summary: 'the image repository: init, add, ls, show, rm, verify, rebuild',
+  usage: [],
   subcommands: [init, add, ls, show, rm, verify, rebuild] as Command[],
 };
 export default command;

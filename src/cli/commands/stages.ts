@@ -7,11 +7,11 @@ import { probeCowMethods, type CowMethodReport } from '../../stages/cow/index.js
 import { gcStages, stageSummary, type StageSummary } from '../../app/stages.js';
 import { type GcResult, StageStore, stagesRoot, type VerifyResult } from '../../stages/store.js';
 import { parseSize } from '../../base/size.js';
-import { type Command, type CommandContext, flag, type OptionSpec, type ParsedArgs, str } from '../command.js';
+import { type Command, type CommandContext, flag, type Flags, type ParsedArgs, str } from '../command.js';
 import { bytes, table } from '../format.js';
 
-const STORE_OPTIONS: OptionSpec = {
-  stages: { type: 'string' },
+const STORE_OPTIONS: Flags = {
+  stages: { type: 'string', value: 'DIR', complete: 'dir', description: 'the stage store (default $OSFARM_STAGES, else REPO/stages)' },
 };
 const STORE_USAGE = '[--stages DIR]';
 
@@ -29,9 +29,11 @@ const when = (iso: string) => (iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z
 
 const ls: Command<StageSummary> = {
   name: 'ls',
+  aliases: ['list'],
   summary: 'list cached stages: tag, parent, size, last use, hits',
-  usage: `stages ls ${STORE_USAGE}`,
+  usage: [STORE_USAGE],
   options: STORE_OPTIONS,
+  examples: [{ command: 'osfarm stages ls', what: 'the stages of the repository\'s store, and what they hold' }],
   async run(args, ctx) {
     return stageSummary(root(args, ctx));
   },
@@ -57,8 +59,16 @@ const ls: Command<StageSummary> = {
 const gc: Command<GcResult> = {
   name: 'gc',
   summary: 'remove least recently used stages until the store fits in --max-size (never a stage in use)',
-  usage: `stages gc --max-size N [--dry-run] ${STORE_USAGE}\n(N like 20G or 500M; default $OSFARM_STAGES_MAX)`,
-  options: { ...STORE_OPTIONS, 'max-size': { type: 'string' }, 'dry-run': { type: 'boolean' } },
+  usage: [`--max-size N [--dry-run] ${STORE_USAGE}`],
+  options: {
+    ...STORE_OPTIONS,
+    'max-size': { type: 'string', value: 'N', description: 'the bound, like 20G or 500M (default $OSFARM_STAGES_MAX)' },
+    'dry-run': { type: 'boolean', description: 'say what would be removed, remove nothing' },
+  },
+  examples: [
+    { command: 'osfarm stages gc --max-size 20G', what: 'keep the store under 20 GiB, least recently used stages first' },
+    { command: 'osfarm stages gc --max-size 0 --dry-run', what: 'what removing every unused stage would free' },
+  ],
   async run(args, ctx) {
     const max = str(args, 'max-size') ?? stagesMaxSize();
     if (max === undefined) throw invalidArgument('stages gc needs --max-size N (e.g. 20G), or $OSFARM_STAGES_MAX');
@@ -78,8 +88,9 @@ const gc: Command<GcResult> = {
 const verify: Command<VerifyResult> = {
   name: 'verify',
   summary: 'check every stage (record, tree, parent, tag); exits 1 listing the problems',
-  usage: `stages verify ${STORE_USAGE}`,
+  usage: [STORE_USAGE],
   options: STORE_OPTIONS,
+  examples: [{ command: 'osfarm stages verify --stages /var/cache/osfarm-stages', what: 'check a store' }],
   async run(args, ctx) {
     const store = await openStore(args, ctx);
     const r = store.verify();
@@ -96,12 +107,13 @@ const verify: Command<VerifyResult> = {
 
 const rm: Command<{ removed: string[] }> = {
   name: 'rm',
-  summary: 'remove a stage by tag or unique prefix (--recursive: with the stages built on it)',
-  usage: `stages rm <tag> [--recursive] ${STORE_USAGE}`,
-  options: { ...STORE_OPTIONS, recursive: { type: 'boolean', short: 'r' } },
-  allowPositionals: true,
+  aliases: ['remove'],
+  summary: 'remove stages by tag or unique prefix (--recursive: with the stages built on them)',
+  usage: [`TAG... [--recursive] ${STORE_USAGE}`],
+  options: { ...STORE_OPTIONS, recursive: { type: 'boolean', short: 'r', description: 'also remove the stages built on it' } },
+  operands: { complete: 'none', min: 1 },
+  examples: [{ command: 'osfarm stages rm 3f2a9c --recursive', what: 'remove a stage and everything built on it (to rebuild from a newer mirror)' }],
   async run(args, ctx) {
-    if (args.positionals.length === 0) throw invalidArgument('stages rm takes one or more stage tags (or unique prefixes)');
     const store = await openStore(args, ctx);
     if (!existsSync(store.root)) throw new OsfarmError('OSFARM_NOT_FOUND', `no stage store in ${store.root}`);
     const removed: string[] = [];
@@ -116,8 +128,9 @@ const rm: Command<{ removed: string[] }> = {
 const backends: Command<{ root: string; recorded: string | null; backends: CowMethodReport[] }> = {
   name: 'backends',
   summary: 'which copy-on-write backends work for the store here, and why not',
-  usage: `stages backends ${STORE_USAGE}`,
+  usage: [STORE_USAGE],
   options: STORE_OPTIONS,
+  examples: [{ command: 'osfarm stages backends', what: 'btrfs, overlayfs, reflink or copy: what works where the store is' }],
   async run(args, ctx) {
     const store = await StageStore.open({ root: root(args, ctx) });
     return { root: store.root, recorded: store.recordedCowMethod(), backends: await probeCowMethods(store.root) };
@@ -136,7 +149,9 @@ const backends: Command<{ root: string; recorded: string | null; backends: CowMe
 
 const command: Command = {
   name: 'stages',
-  usage: 'stages <ls|gc|verify|rm|backends> [options]',
+  section: 'build',
+  summary: 'the stage cache: ls, gc --max-size N, verify, rm TAG, backends',
+  usage: [],
   subcommands: [ls, gc, verify, rm, backends] as Command[],
 };
 export default command;

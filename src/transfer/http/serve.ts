@@ -18,6 +18,7 @@ import { Repository, type ImageEntry } from '../../repo/index.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from '../../trust/manifest.js';
 import type { TlsServerOptions } from '../../trust/tls.js';
 import { SOFTWARE } from '../../base/version.js';
+import { listenOn } from '../address.js';
 import { ConnectionGate, type Ticket } from '../gate.js';
 
 /** A request handler: resolves true if it answered the request, false to let the next one try. */
@@ -364,12 +365,6 @@ export async function listenHttp(opts: HttpServerOptions): Promise<{ server: Ser
   server.headersTimeout = headersTimeoutMs + 10_000;
   server.requestTimeout = 0; // large bodies take as long as they take; idle sockets time out below
   server.setTimeout(120_000, (socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listenOn(server, opts.host, opts.port);
   return { server, address: server.address() as AddressInfo };
 }

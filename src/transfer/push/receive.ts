@@ -9,7 +9,6 @@
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
-import { existsSync } from 'node:fs';
 
 import { callNative, OsfarmError, toOsfarmError } from '../../base/errors.js';
 import { eventSink, type ResultEvent } from '../../base/events.js';
@@ -21,6 +20,7 @@ import type { PublicKey } from '../../trust/minisign.js';
 import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.js';
 import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
+import { listenOn } from '../address.js';
 import { Connection, field, intField, optString } from './connection.js';
 import { ConnectionGate, type Ticket } from '../gate.js';
 import {
@@ -189,11 +189,9 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     }
   }
 
-  /** Opens (or creates) the repository, then listens. Resolves with the bound address. */
+  /** Listens, then opens (or creates) the repository: a taken port leaves no new repository behind. Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
-    this.ensureRepository();
-    // A signing key that cannot be used fails now, not after the first transfer.
-    loadSigningKey(this.options.repo);
+    // The keys it requires (--trust files, the trust store): a bad key file fails before anything is bound or created.
     this.keys = trustedKeys(this.options.repo, this.options.trust);
     const tls = this.options.tls;
     // With TLS, accept() (and the gate in it) gets the connection once its handshake is done.
@@ -205,14 +203,16 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     // A backstop only (beyond it the kernel's connections are reset): the gate bounds
     // unauthenticated connections, IMAGE the transfers.
     server.maxConnections = 4 * (this.options.maxPending + this.options.maxTransfers) + 64;
+    await listenOn(server, host, port);
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    try {
+      this.ensureRepository();
+      // A signing key that cannot be used fails now, not after the first transfer.
+      loadSigningKey(this.options.repo);
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
     const address = server.address() as AddressInfo;
     this.report({ type: 'listening', address: address.address, port: address.port, repo: this.options.repo, ...(tls ? { tlsFingerprint: certificateFingerprint(tls.cert) } : {}) });
     return address;
@@ -251,7 +251,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
   }
 
   private ensureRepository(): Repository {
-    if (!this.repoChecked && !existsSync(this.options.repo)) {
+    if (!this.repoChecked && !Repository.exists(this.options.repo)) {
       Repository.init(this.options.repo);
       this.report({ type: 'repository-created', path: this.options.repo });
     }

@@ -72,7 +72,9 @@ export async function render(view, [id]) {
     } else if (e.type === 'progress') {
       progress.max = e.total || 1;
       progress.value = e.done;
-      progressText.textContent = `${e.phase ?? ''} ${e.detail ?? ''} ${bytes(e.done)} / ${bytes(e.total)}`;
+      // A count (mksquashfs's blocks) or bytes.
+      const amount = e.unit === 'items' ? `${e.done} / ${e.total}` : `${bytes(e.done)} / ${bytes(e.total)}`;
+      progressText.textContent = `${e.phase ?? ''} ${e.detail ?? ''} ${amount}`;
     } else if (e.type === 'log') {
       const keep = stick();
       log.append(`${e.line}\n`);

@@ -17,28 +17,31 @@ function svg(tag, attrs = {}, ...children) {
 
 /**
  * Stacked horizontal bars: rows of { label, parts: [{ value, color, title }] }, each row
- * scaled to its own total (shares), with the share of the first part printed.
+ * scaled to its own total (shares), with the share of the first part printed. The label
+ * sits above its bar, over the whole width, so a long image name is not cut off.
  * @param {{ label: string, parts: { value: number, color: string, title: string }[] }[]} rows
  * @param {{ width?: number, rowHeight?: number }} [size]
  */
-export function stackedBars(rows, { width = 640, rowHeight = 34 } = {}) {
-  const labelW = 150;
-  const height = rows.length * rowHeight + 10;
+export function stackedBars(rows, { width = 640, rowHeight = 46 } = {}) {
+  const labelH = 16;
+  const height = rows.length * rowHeight + 4;
   const root = svg('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img' });
   rows.forEach((row, i) => {
-    const y = 5 + i * rowHeight;
+    const y = 2 + i * rowHeight;
     const total = row.parts.reduce((n, p) => n + p.value, 0) || 1;
-    root.append(svg('text', { x: 0, y: y + rowHeight / 2 + 4 }, document.createTextNode(row.label)));
-    let x = labelW;
+    root.append(svg('text', { x: 0, y: y + labelH - 4 }, document.createTextNode(row.label)));
+    const barY = y + labelH;
+    const barH = rowHeight - labelH - 6;
+    let x = 0;
     for (const p of row.parts) {
-      const w = ((width - labelW - 10) * p.value) / total;
-      const rect = svg('rect', { x, y: y + 4, width: Math.max(0, w), height: rowHeight - 10, fill: p.color });
+      const w = (width * p.value) / total;
+      const rect = svg('rect', { x, y: barY, width: Math.max(0, w), height: barH, fill: p.color });
       rect.append(svg('title', {}, document.createTextNode(`${p.title}: ${p.value}`)));
       root.append(rect);
       x += w;
     }
     const share = row.parts[0].value / total;
-    root.append(svg('text', { x: labelW + 4, y: y + rowHeight / 2 + 4, class: 'on-bar' }, document.createTextNode(`${(share * 100).toFixed(1)} %`)));
+    root.append(svg('text', { x: 4, y: barY + barH / 2 + 4, class: 'on-bar' }, document.createTextNode(`${(share * 100).toFixed(1)} %`)));
   });
   return root;
 }

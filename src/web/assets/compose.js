@@ -1,7 +1,7 @@
 // @ts-check
-// Compose: distribution, release, architecture, groups, packages (searched in the real index),
-// outputs, root password, boot and first-boot settings, parent; the request checksum and
-// whether it is already built.
+// Compose: distribution, release, architecture, groups, packages (searched in the real index;
+// one the index lacks is marked as it is added), outputs, root password, boot and first-boot
+// settings, parent; the request checksum and whether it is already built.
 import { api, debounce, el, notice, showError, short, bytes } from './lib.js';
 
 const OUTPUTS = ['tar', 'tar.gz', 'ext4', 'disk', 'qcow2', 'squashfs', 'oci'];
@@ -51,14 +51,38 @@ export async function render(view) {
     release.hidden = d.releases.length === 0;
     releaseText.hidden = !release.hidden;
     state.groups = new Set(d.groups.includes('minbase') ? ['minbase'] : []);
-    groups.replaceChildren(...d.groups.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g)));
+    // A bootstrap variant is one choice (radio buttons); tasks and package groups add up (check boxes).
+    const pick = (v) => {
+      for (const x of d.variants) state.groups.delete(x);
+      if (v) state.groups.add(v);
+      check();
+    };
+    const tasks = d.groups.filter((g) => !d.variants.includes(g));
+    groups.replaceChildren(
+      ...(d.variants.length > 0 ? [el('fieldset', { id: 'variants' }, el('legend', {}, 'bootstrap variant (one; a child stage has its parent\'s)'),
+        ...d.variants.map((v) => el('label', {}, el('input', { type: 'radio', name: 'variant', value: v, checked: state.groups.has(v), onchange: () => pick(v) }), v)))] : []),
+      el('fieldset', { id: 'tasks' }, el('legend', {}, 'tasks and package groups (any number)'),
+        ...tasks.map((g) => el('label', {}, el('input', { type: 'checkbox', value: g, checked: state.groups.has(g), onchange: (e) => { e.target.checked ? state.groups.add(g) : state.groups.delete(g); check(); } }), g))));
     indexInfo.textContent = '';
     needs.textContent = d.needs ?? '';
   }
 
   function renderChips() {
-    chips.replaceChildren(...state.packages.map((p) => el('span', { class: 'chip' }, p, el('button', { title: `remove ${p}`, onclick: () => { state.packages = state.packages.filter((x) => x !== p); renderChips(); check(); } }, '×'))));
+    chips.replaceChildren(...state.packages.map((p) => el('span', { class: 'chip', 'data-package': p }, p, el('button', { title: `remove ${p}`, onclick: () => { state.packages = state.packages.filter((x) => x !== p); renderChips(); check(); } }, '×'))));
     if (state.packages.length === 0) chips.append(el('span', { class: 'muted' }, 'no extra packages'));
+  }
+  // The spec check names each package the release's index lacks (spec.packages[i], with the closest names).
+  function markPackages(issues) {
+    const unknown = new Map();
+    for (const i of issues ?? []) {
+      const m = /^spec\.packages\[(\d+)\]$/.exec(i.path);
+      if (m) unknown.set(state.packages[Number(m[1])], i.message);
+    }
+    for (const chip of /** @type {NodeListOf<HTMLElement>} */ (chips.querySelectorAll('.chip'))) {
+      const message = unknown.get(chip.dataset.package);
+      chip.classList.toggle('unknown', message !== undefined);
+      chip.title = message ?? '';
+    }
   }
   function addPackage(p) {
     if (p && !state.packages.includes(p)) state.packages.push(p);
@@ -126,9 +150,11 @@ export async function render(view) {
         ? el('span', { class: 'ok', id: 'built' }, `already built: ${r.built.map((i) => `${i.name ?? short(i.digest)} (${bytes(i.size)})`).join(', ')}`)
         : el('span', { class: 'muted', id: 'built' }, 'not built yet');
       digest.replaceChildren(el('div', {}, 'request checksum ', el('code', { id: 'spec-digest' }, r.specDigest)), built);
+      markPackages([]);
       buildButton.disabled = false;
     } catch (err) {
       if (seq !== checkSeq) return;
+      markPackages(err.issues);
       digest.replaceChildren(el('pre', { class: 'bad', id: 'spec-issues' }, err.issues ? err.issues.map((i) => `${i.path}: ${i.message}`).join('\n') : err.message));
       buildButton.disabled = true;
     }

@@ -11,7 +11,8 @@ export async function render(view, [ref], session) {
     el('td', {}, i.format),
     el('td', { class: 'num' }, bytes(i.size)),
     el('td', {}, i.distribution ? `${i.distribution} ${i.release} ${i.architecture}` : '-'),
-    el('td', {}, i.packages.join(' ')),
+    // The whole chain: what the parents' stages installed (muted), then what this image's own stage adds.
+    el('td', { class: 'packages' }, el('span', { class: 'muted' }, i.packages.filter((p) => !i.addedPackages.includes(p)).join(' ')), ' ', i.addedPackages.join(' ')),
     el('td', {}, when(i.added))));
   view.append(
     el('h1', {}, 'Repository'),
@@ -69,6 +70,22 @@ export async function render(view, [ref], session) {
     el('p', {}, el('code', {}, image.digest), ` · ${image.format} · ${bytes(image.size)} · ${image.blockCount} blocks · added ${when(image.added)}`),
     el('p', { class: 'row' }, el('a', { href: `${base}/download`, download: image.name ?? image.digest, id: 'download' }, 'Download'), el('a', { href: `#/compare/${image.digest}` }, 'Compare with…'), del),
     el('p', { class: 'row' }, bootButton, firmware, el('label', {}, kernelBoot, ' kernel boot')),
-    tabs, body));
+    tabs, body),
+    installedCard(image.meta?.installed));
   await show('spec JSON', `${base}/spec.json`);
+}
+
+/** The image's installed packages with their versions (recorded by its build), searchable. */
+function installedCard(installed) {
+  if (!Array.isArray(installed)) return el('div', { class: 'card muted', id: 'installed' }, 'No package list: the image was not built by this osfarm (or its package database could not be read).');
+  const filter = el('input', { type: 'search', id: 'installed-filter', placeholder: `search ${installed.length} packages` });
+  const tbody = el('tbody', {});
+  const draw = () => {
+    const q = filter.value.trim().toLowerCase();
+    tbody.replaceChildren(...installed.filter((p) => !q || p.name.includes(q)).map((p) => el('tr', {}, el('td', {}, p.name), el('td', { class: 'mono' }, p.version))));
+  };
+  filter.addEventListener('input', draw);
+  draw();
+  return el('div', { class: 'card', id: 'installed' }, el('h2', {}, `Installed packages (${installed.length})`), filter,
+    el('div', { class: 'results' }, el('table', { id: 'installed-table' }, el('thead', {}, el('tr', {}, el('th', {}, 'package'), el('th', {}, 'version'))), tbody)));
 }

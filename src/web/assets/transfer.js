@@ -3,14 +3,19 @@
 import { api, bytes, el, followJob, imageSelect, notice, showError, when } from './lib.js';
 import { lineChart } from './charts.js';
 
-/** Draws a transfer job's samples: bandwidth between samples, and blocks sent so far. */
-function follow(job, box) {
+/**
+ * Draws a transfer job's samples: bandwidth between samples, and blocks sent so far; a
+ * transfer that moved nothing gets a sentence, not empty charts. `onEnd` runs when it ends.
+ */
+function follow(job, box, onEnd) {
   const samples = [];
   const status = el('p', { id: 'transfer-state' }, `${job.title}: ${job.state}`);
   const charts = el('div', { id: 'transfer-charts' });
   const result = el('pre', { id: 'transfer-result', hidden: true });
   box.replaceChildren(status, charts, result);
+  let nothingMoved = false;
   const draw = () => {
+    if (nothingMoved) return;
     const rate = samples.slice(1).map((s, i) => ({ x: s.ms / 1000, y: (s.wireBytes - samples[i].wireBytes) / Math.max(1e-3, (s.ms - samples[i].ms) / 1000) }));
     // A push counts blocks sent; a pull, bytes fetched.
     const total = job.kind === 'push'
@@ -22,10 +27,14 @@ function follow(job, box) {
     if (e.type === 'sample') {
       samples.push(e.sample);
       draw();
-    } else if (e.type === 'state') status.textContent = `${job.title}: ${e.state}`;
-    else if (e.type === 'result') {
+    } else if (e.type === 'state') {
+      status.textContent = `${job.title}: ${e.state}`;
+      if (['succeeded', 'failed', 'cancelled'].includes(e.state)) onEnd?.();
+    } else if (e.type === 'result') {
       result.hidden = false;
       const r = e.result;
+      nothingMoved = job.kind === 'push' ? r.blocksSent === 0 : r.blocksFetched === 0;
+      if (nothingMoved) charts.replaceChildren();
       result.textContent = job.kind === 'push'
         ? (r.alreadyPresent ? 'the receiver already had this image: nothing sent' : `${r.blocksSent} of ${r.blockCount} blocks sent, ${bytes(r.wireBytesSent)} on the wire in ${r.seconds.toFixed(2)} s`)
         : (r.alreadyPresent ? 'this repository already had the image: nothing fetched' : `${r.blocksFetched} of ${r.blockCount} blocks fetched (${r.blocksLocal} found here), ${bytes(r.bytesFetched)} in ${r.seconds.toFixed(2)} s`);
@@ -44,7 +53,8 @@ export async function render(view, _args, session) {
     const job = await api('POST', path, body);
     notice(`${job.title} started`, 'info');
     follower?.stop();
-    follower = follow(job, live);
+    follower = follow(job, live, refreshRecent);
+    refreshRecent();
   };
 
   const image = imageSelect(images, { id: 'push-image' });
@@ -66,9 +76,15 @@ export async function render(view, _args, session) {
     view.append(el('div', { class: 'card' }, el('h2', {}, 'Pull an image from another node'),
       el('div', { class: 'row' }, el('div', {}, el('label', { for: 'pull-url' }, 'Image URL'), url), el('div', {}, el('label', { for: 'pull-name' }, 'Name'), pullName), pull)));
   }
-  const recent = jobs.filter((j) => j.kind !== 'build');
-  view.append(live, el('div', { class: 'card' }, el('h2', {}, 'Recent transfers'),
-    recent.length === 0 ? el('p', { class: 'muted' }, 'none yet') :
-      el('ul', {}, recent.map((j) => el('li', {}, el('a', { href: '#/transfer', onclick: (e) => { e.preventDefault(); follower?.stop(); follower = follow(j, live); } }, j.title), ` · ${j.state} · ${when(j.created)}`)))));
+  // Recent transfers: redrawn whenever one of them ends, so the list is current without a reload.
+  const recentList = el('div', { id: 'recent-transfers' });
+  const showRecent = (all) => {
+    const recent = all.filter((j) => j.kind !== 'build');
+    recentList.replaceChildren(recent.length === 0 ? el('p', { class: 'muted' }, 'none yet') :
+      el('ul', {}, recent.map((j) => el('li', {}, el('a', { href: '#/transfer', onclick: (e) => { e.preventDefault(); follower?.stop(); follower = follow(j, live, refreshRecent); } }, j.title), ` · ${j.state} · ${when(j.created)}`))));
+  };
+  const refreshRecent = () => api('GET', '/api/jobs').then((r) => showRecent(r.jobs), showError);
+  showRecent(jobs);
+  view.append(live, el('div', { class: 'card' }, el('h2', {}, 'Recent transfers'), recentList));
   return () => follower?.stop();
 }

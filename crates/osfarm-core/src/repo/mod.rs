@@ -221,23 +221,13 @@ impl Repository {
             bail!(InvalidArgument, "{} is already an osfarm repository", path.display());
         }
         fs::create_dir_all(path).map_err(|e| Error::io(path, "cannot create repository directory", e))?;
-        // Only our own leftovers (an init killed before it wrote the format file) may be
-        // present, and the stage store that lives next to the images by default.
-        let ours = |n: &str| {
-            [IMAGES_DIR, TMP_DIR, LOCK_FILE, CATALOG_FILE, STAGES_DIR].contains(&n)
-                || parse_table_file_name(n).is_some()
-                || (n.starts_with('.') && n.contains(".tmp-"))
-        };
-        for e in fs::read_dir(path).map_err(|e| Error::io(path, "cannot read", e))? {
-            let e = e.map_err(|e| Error::io(path, "cannot read", e))?;
-            if !ours(&e.file_name().to_string_lossy()) {
-                bail!(
-                    InvalidArgument,
-                    "{} is not empty (it holds {:?}): create the repository in a new or empty directory",
-                    path.display(),
-                    e.file_name()
-                );
-            }
+        if let Some(name) = foreign_entry(path)? {
+            bail!(
+                InvalidArgument,
+                "{} is not empty (it holds {:?}): create the repository in a new or empty directory",
+                path.display(),
+                name
+            );
         }
         for d in [IMAGES_DIR, TMP_DIR] {
             let p = path.join(d);
@@ -288,8 +278,20 @@ impl Repository {
         let text = match fs::read(&fpath) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let what = if path.is_dir() { "is not an osfarm repository" } else { "does not exist" };
-                return Err(bad_repo(path, format!("{what} (no {FORMAT_FILE}); {hint}")));
+                if !path.is_dir() {
+                    return Err(bad_repo(path, format!("does not exist; {hint}")));
+                }
+                // `repo init` refuses a directory holding other things: say so instead of suggesting it.
+                return Err(bad_repo(
+                    path,
+                    match foreign_entry(path)? {
+                        None => format!("is not an osfarm repository yet (no {FORMAT_FILE}); {hint}"),
+                        Some(name) => format!(
+                            "is not an osfarm repository (no {FORMAT_FILE}; it holds {name:?}): give the repository with --repo DIR \
+                             or $OSFARM_REPO, or create one in a new or empty directory with `osfarm repo init DIR`"
+                        ),
+                    },
+                ));
             }
             Err(e) => return Err(Error::io(&fpath, "cannot read", e)),
         };
@@ -326,7 +328,12 @@ impl Repository {
         let detect_collisions = match v.get("collisionDetection") {
             None | Some(json::Value::Bool(false)) => false,
             Some(json::Value::Bool(true)) if alg == HashAlg::Sha1 => true,
-            Some(_) => return Err(bad_repo(path, format!("{FORMAT_FILE} has an invalid collisionDetection (true, for sha1 only)"))),
+            Some(_) => {
+                return Err(bad_repo(
+                    path,
+                    format!("{FORMAT_FILE} has an invalid collisionDetection (true, for sha1 only)"),
+                ))
+            }
         };
         Ok(Repository {
             inner: Arc::new(Inner {
@@ -1048,8 +1055,26 @@ pub(crate) fn resolve_in<'a>(catalog: &'a Catalog, reference: &str) -> Result<&'
     }
     bail!(
         NotFound,
-        "no image matches '{r}' (by digest, digest prefix of at least 4 hex digits, or name); `osfarm repo list` shows them"
+        "no image matches '{r}' (by digest, digest prefix of at least 4 hex digits, or name); `osfarm repo ls` shows them"
     )
+}
+
+/// The first entry of `path` that is none of a repository's own files (an init killed
+/// before it wrote the format file leaves some; the stage store lives next to the images
+/// by default), or None: what keeps `init` from making `path` a repository.
+fn foreign_entry(path: &Path) -> Result<Option<std::ffi::OsString>> {
+    let ours = |n: &str| {
+        [IMAGES_DIR, TMP_DIR, LOCK_FILE, CATALOG_FILE, STAGES_DIR].contains(&n)
+            || parse_table_file_name(n).is_some()
+            || (n.starts_with('.') && n.contains(".tmp-"))
+    };
+    for e in fs::read_dir(path).map_err(|e| Error::io(path, "cannot read", e))? {
+        let e = e.map_err(|e| Error::io(path, "cannot read", e))?;
+        if !ours(&e.file_name().to_string_lossy()) {
+            return Ok(Some(e.file_name()));
+        }
+    }
+    Ok(None)
 }
 
 /// Checks every used table entry against the catalog: its slot is an image, its block

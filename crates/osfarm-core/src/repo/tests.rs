@@ -53,8 +53,11 @@ fn init_open_and_refusals() {
     let e = Repository::open(f.dir.path()).unwrap_err();
     assert_eq!(e.code, Code::BadRepository);
     assert!(e.message.contains("osfarm repo init"), "{}", e.message);
+    // It holds other files, which `repo init` would refuse: the hint says so.
+    assert!(e.message.contains("new or empty directory"), "{}", e.message);
     let e = Repository::open(&f.dir.path().join("nope")).unwrap_err();
     assert_eq!(e.code, Code::BadRepository);
+    assert!(e.message.contains("does not exist; run `osfarm repo init"), "{}", e.message);
     // Unknown format version.
     let fp = f.root().join(FORMAT_FILE);
     let text = std::fs::read_to_string(&fp).unwrap();
@@ -71,8 +74,11 @@ fn init_open_and_refusals() {
     std::fs::create_dir_all(f.dir.path().join("r3/stages/x")).unwrap();
     assert!(Repository::init(&f.dir.path().join("r3"), InitOptions::default()).is_ok());
     // Other parameters are recorded.
-    let r2 =
-        Repository::init(&f.dir.path().join("r2"), InitOptions { alg: HashAlg::Sha256, block_size: 8192, detect_collisions: false }).unwrap();
+    let r2 = Repository::init(
+        &f.dir.path().join("r2"),
+        InitOptions { alg: HashAlg::Sha256, block_size: 8192, detect_collisions: false },
+    )
+    .unwrap();
     let r2 = Repository::open(r2.root()).unwrap();
     assert_eq!((r2.alg(), r2.block_size()), (HashAlg::Sha256, 8192));
 }

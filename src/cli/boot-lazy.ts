@@ -1,7 +1,8 @@
-import { isAbortError } from '../../base/errors.js';
-import type { LazyEvent, LazyExport, LazyPullResult } from '../../transfer/lazy/export.js';
-import type { CommandContext } from '../command.js';
-import { bytes } from '../format.js';
+/** What `osfarm boot` says about a lazy boot (docs/lazy-boot.md); a helper of commands/boot.ts, not a command. */
+import { isAbortError } from '../base/errors.js';
+import type { LazyEvent, LazyExport, LazyPullResult } from '../transfer/lazy/export.js';
+import type { CommandContext } from './command.js';
+import { bytes } from './format.js';
 
 /** What `osfarm boot URL` says about the lazy export while the console runs: problems on stderr, everything in --json. */
 export function lazyEvents(ctx: CommandContext): (e: LazyEvent) => void {

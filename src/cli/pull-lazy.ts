@@ -1,6 +1,7 @@
-import { type LazyPullResult, pullLazy } from '../../transfer/lazy/export.js';
-import { type CommandContext, flag, type ParsedArgs, str, strs, throttled, wholeNumber } from '../command.js';
-import { bytes, count, percent } from '../format.js';
+/** `osfarm pull --lazy` (docs/lazy-boot.md); a helper of commands/pull.ts, not a command. */
+import { type LazyPullResult, pullLazy } from '../transfer/lazy/export.js';
+import { type CommandContext, flag, type ParsedArgs, str, strs, throttled, wholeNumber } from './command.js';
+import { bytes, count, percent } from './format.js';
 
 /**
  * `osfarm pull --lazy URL`: serves the image over NBD at once, fetches and publishes it in
@@ -9,7 +10,7 @@ import { bytes, count, percent } from '../format.js';
  */
 export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: CommandContext, maxRequestBytes: number | undefined): Promise<LazyPullResult> {
   const bar = ctx.progress('lazy pull');
-  const progressEvent = throttled((e: object) => ctx.event({ ...e }));
+  const progressEvent = throttled((e: { type: string }) => ctx.event(e));
   const exp = await pullLazy(url, {
     repo: ctx.repoPath,
     name: str(args, 'name'),

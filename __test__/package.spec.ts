@@ -1,0 +1,117 @@
+/**
+ * The npm packages as a user gets them: scripts/pack.sh packs the main package and the
+ * platform package of this machine (napi-rs style: the .node sits in osfarm-linux-x64-gnu,
+ * which the main package names as an optional dependency); the tarballs are installed
+ * into an empty project with npm --offline (no registry, no Rust on the PATH: the runtime
+ * dependencies come as tarballs packed from this checkout's node_modules), and the
+ * installed osfarm runs: `npx osfarm --version`, and a script that imports 'osfarm' and
+ * makes a repository through the native module.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+import test from 'ava';
+
+import { Repository } from '../src/repo/index.js';
+import { tempDir } from './helpers/tmp.js';
+
+const ROOT = join(import.meta.dirname, '..');
+const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
+const platform = `${process.platform}-${process.arch}-gnu`;
+
+/** Where node would find `name` from the package at `from` (a nested node_modules first). */
+function installed(name: string, from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'node_modules', name);
+    if (existsSync(join(candidate, 'package.json'))) return candidate;
+    if (dir === ROOT || dir === dirname(dir)) throw new Error(`${name} is not installed (npm ci)`);
+  }
+}
+
+/** The runtime dependencies' closure, as installed in this checkout: their directories. */
+function dependencyDirs(): string[] {
+  const seen = new Map<string, string>();
+  const visit = (deps: Record<string, string>, from: string) => {
+    for (const name of Object.keys(deps)) {
+      const dir = installed(name, from);
+      if (seen.has(dir)) continue;
+      seen.set(dir, name);
+      const p = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
+      visit(p.dependencies ?? {}, dir);
+    }
+  };
+  visit(pkg.dependencies, ROOT);
+  return [...seen.keys()];
+}
+
+const run = (cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) => execFileSync(cmd, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+test('the packed tarballs install offline into an empty project and run without Rust', async (t) => {
+  const dir = tempDir(t, 'osfarm-test-pack-');
+  const packs = join(dir, 'packs');
+  run('bash', [join(ROOT, 'scripts', 'pack.sh'), packs], ROOT);
+  const main = join(packs, `osfarm-${pkg.version}.tgz`);
+  const native = join(packs, `osfarm-${platform}-${pkg.version}.tgz`);
+  t.true(existsSync(main) && existsSync(native), readdirSync(packs).join(', '));
+
+  // The main package: no native module of its own, the platform packages as optional
+  // dependencies, the docs the README links to, the license, the man page.
+  const manifest = JSON.parse(run('tar', ['-xzOf', main, 'package/package.json'], dir)) as Record<string, any>;
+  t.deepEqual(Object.keys(manifest.optionalDependencies).sort(), ['osfarm-linux-arm64-gnu', 'osfarm-linux-x64-gnu']);
+  t.true(Object.values(manifest.optionalDependencies).every((v) => v === pkg.version));
+  t.is(manifest.scripts?.install, undefined, 'nothing is compiled at install');
+  const files = run('tar', ['-tzf', main], dir).split('\n');
+  t.false(files.some((f) => f.endsWith('.node')), 'the native module is in the platform package');
+  for (const f of ['package/LICENSE', 'package/README.md', 'package/dist/man/osfarm.1', 'package/dist/cli/main.js']) t.true(files.includes(f), f);
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const linked = [...readme.matchAll(/\]\((docs\/[^)#]+)/g)].map((m) => `package/${m[1]}`);
+  t.true(linked.length >= 5);
+  for (const f of linked) t.true(files.includes(f), `README links ${f}`);
+  const nativeFiles = run('tar', ['-tzf', native], dir).split('\n');
+  t.true(nativeFiles.includes(`package/osfarm.${platform}.node`));
+  t.true(nativeFiles.includes('package/LICENSE'));
+  // The arm64 package, when scripts/build-arm64.sh has cross-compiled its module: an aarch64 ELF.
+  const arm64 = join(packs, `osfarm-linux-arm64-gnu-${pkg.version}.tgz`);
+  if (existsSync(arm64)) {
+    t.deepEqual(JSON.parse(run('tar', ['-xzOf', arm64, 'package/package.json'], dir)).cpu, ['arm64']);
+    const elf = execFileSync('tar', ['-xzOf', arm64, 'package/osfarm.linux-arm64-gnu.node'], { maxBuffer: 64 << 20 });
+    t.is(elf.readUInt16LE(18), 0xb7, 'e_machine EM_AARCH64');
+  }
+
+  // The runtime dependencies as tarballs, so that npm needs no registry.
+  const deps = join(dir, 'deps');
+  mkdirSync(deps);
+  for (const d of dependencyDirs()) run('npm', ['pack', '--silent', '--pack-destination', deps], d);
+
+  const project = join(dir, 'project');
+  mkdirSync(project);
+  writeFileSync(join(project, 'package.json'), '{ "private": true, "type": "module" }\n');
+  // No cargo or rustc: node's own directory and the system's.
+  const env = { ...process.env, PATH: `${dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin` };
+  const tarballs = [main, native, ...readdirSync(deps).map((f) => join(deps, f))];
+  run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], project, env);
+  t.false(readdirSync(join(project, 'node_modules', 'osfarm')).some((f) => f.endsWith('.node')));
+  t.false(existsSync(join(project, 'node_modules', 'osfarm-linux-arm64-gnu')), "another platform's package is skipped");
+
+  t.is(run('npx', ['--offline', 'osfarm', '--version'], project, env).trim(), `osfarm ${pkg.version}`);
+  writeFileSync(
+    join(project, 'use.mjs'),
+    [
+      "import { Repository, VERSION } from 'osfarm';",
+      "import { writeFileSync } from 'node:fs';",
+      "const image = process.argv[2] + '/a.img';",
+      'writeFileSync(image, Buffer.alloc(3 * 4096, 7));',
+      "const repo = Repository.init(process.argv[2] + '/repo');",
+      "const entry = await repo.add(image, { name: 'a' });",
+      'console.log(JSON.stringify({ version: VERSION, images: repo.list().map((i) => i.name), digest: entry.digest }));',
+    ].join('\n'),
+  );
+  const out = JSON.parse(run('node', ['use.mjs', dir], project, env)) as { version: string; images: string[]; digest: string };
+  t.is(out.version, pkg.version);
+  t.deepEqual(out.images, ['a']);
+  // The same digest as this checkout's own build gives.
+  const here = Repository.init(join(dir, 'here'));
+  t.is(out.digest, (await here.add(join(dir, 'a.img'))).digest);
+  here.close();
+});
