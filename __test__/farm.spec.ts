@@ -24,6 +24,7 @@ import { chromium } from 'playwright-core';
 import { FarmLab, lanLauncher } from './helpers/farm-lab.js';
 import { unmountAll } from './helpers/loopfs.js';
 import { createLan, type Lan, sweepStale } from './helpers/netns.js';
+import { lastOutcome } from './helpers/tmp.js';
 
 const CLI = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 const OSFARM = [process.execPath, '--import', 'tsx', CLI];
@@ -56,7 +57,7 @@ test.before(async () => {
   const seed = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'seed-repo'), 'build', join(dir, 'core.yaml'), '-d', WORK, '--stages', SEED, '-o', join(dir, 'core.tar')], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (seed.status !== 0) throw new Error(`building the core failed: ${seed.stdout.slice(-1500)}${seed.stderr.slice(-1500)}`);
   // A core left by an older osfarm (another tag) would be cached as well: the workers get this one only.
-  const core = JSON.parse(seed.stdout.trim().split('\n').pop()!).stages[0].tag as string;
+  const core = lastOutcome(seed.stdout).stages[0].tag as string;
   for (const stale of readdirSync(SEED).filter((n) => /^[0-9a-f]{64}$/.test(n) && n !== core)) {
     const rm = spawnSync(OSFARM[0]!, [...OSFARM.slice(1), 'stages', 'rm', stale, '--recursive', '--stages', SEED], { encoding: 'utf8' });
     if (rm.status !== 0) throw new Error(`removing the stale core ${stale} failed: ${rm.stderr}`);
@@ -67,7 +68,9 @@ test.before(async () => {
   lab = new FarmLab({ dir: join(dir, 'farm'), launch: lanLauncher(lan), osfarm: OSFARM, server: { host: 'srv', ip: lan.hosts.srv!.ip }, serveArgs: ['--affinity-wait-ms', '20000'] });
   await lab.startRedis();
   await lab.startServer();
-  await Promise.all(['w1', 'w2', 'w3'].map((id) => lab.startWorker({ host: id, id, seedStages: SEED, lockMs: 3000 })));
+  // 8 s: on a loaded 2-core machine a heartbeat can come seconds late, and a worker that looks
+  // gone is passed over when jobs are placed (3 s made three jobs land on two workers).
+  await Promise.all(['w1', 'w2', 'w3'].map((id) => lab.startWorker({ host: id, id, seedStages: SEED, lockMs: 8000 })));
 });
 
 test.after.always(async () => {

@@ -6,7 +6,7 @@
  * byte for byte; a holder damaged on disk spreads to no other image and `repo dedup` names
  * it; on ext4 nothing is shared and `repo dedup` says why.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -14,9 +14,8 @@ import test, { type ExecutionContext } from 'ava';
 
 import { push, Receiver, Repository } from '../src/index.js';
 import { loopAvailable, loopFs } from './helpers/loopfs.js';
-import { pseudoRandom, tempDir } from './helpers/tmp.js';
+import { cliJson, pseudoRandom, tempDir } from './helpers/tmp.js';
 
-const CLI = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 const MiB = 2 ** 20;
 const BLOCKS = 4096; // 16 MiB images
 
@@ -43,8 +42,8 @@ function used(dir: string): number {
 }
 
 function cli(args: string[]): { status: number | null; json: any; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--json', ...args], { encoding: 'utf8' });
-  return { status: r.status, json: r.stdout.trim() ? JSON.parse(r.stdout.trim().split('\n').pop()!) : null, stderr: r.stderr };
+  const { status, result, stderr } = cliJson(args);
+  return { status, json: result, stderr };
 }
 
 /** Every file reads back unchanged from some image of the repository. */

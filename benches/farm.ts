@@ -25,7 +25,7 @@ import { join } from 'node:path';
 
 import { FarmLab, loopback } from '../__test__/helpers/farm-lab.js';
 import { FarmClient } from '../src/farm/client.js';
-import { CLI, printTable, workDir } from './lib.js';
+import { CLI, cliOutcome, printTable, workDir } from './lib.js';
 
 const OSFARM = [process.execPath, CLI];
 const BASE_PORT = 17000 + (process.pid % 500) * 4;
@@ -56,9 +56,9 @@ function seed(): { stages: string; cache: string } {
     execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'build', join(specs, `${name}.json`), '-d', work, '--stages', stages, '-o', join(dir, `${name}.tar`)], { stdio: ['ignore', 'ignore', 'inherit'] });
   }
   // Only core and base stay in the seed store: the appliances are what the runs build.
-  const base = JSON.parse(execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'images', 'show', 'web.tar'], { encoding: 'utf8' }).trim().split('\n').pop()!);
+  const base = cliOutcome(execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'images', 'show', 'web.tar'], { encoding: 'utf8' }));
   const keep = new Set(base.stages.slice(0, 2).map((s: { tag: string }) => s.tag));
-  for (const s of JSON.parse(execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', 'stages', 'ls', '--stages', stages], { encoding: 'utf8' }).trim().split('\n').pop()!).stages) {
+  for (const s of cliOutcome(execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', 'stages', 'ls', '--stages', stages], { encoding: 'utf8' })).stages) {
     if (!keep.has(s.tag) && s.children.length === 0) execFileSync(OSFARM[0]!, [...OSFARM.slice(1), 'stages', 'rm', s.tag, '--stages', stages]);
   }
   return { stages, cache: join(work, 'cache') };

@@ -67,3 +67,9 @@ export async function stopChild(child: ChildProcess): Promise<void> {
   child.kill('SIGTERM');
   await once(child, 'exit');
 }
+
+/** The outcome of an `osfarm --json` run: its last line, the `result` of a `{"type":"result"}` line (older osfarm printed the result alone). */
+export function cliOutcome<T = any>(stdout: string): T {
+  const o = JSON.parse(stdout.trim().split('\n').pop() || 'null') as { type?: string; result?: unknown } | null;
+  return (o?.type === 'result' ? o.result : o) as T;
+}

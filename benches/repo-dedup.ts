@@ -23,7 +23,7 @@ import { join } from 'node:path';
 
 import { makeLoopFs, type LoopFsKind } from '../__test__/helpers/loopfs.js';
 import { push } from '../src/index.js';
-import { CLI, printTable, stopChild, workDir } from './lib.js';
+import { CLI, cliOutcome, printTable, stopChild, workDir } from './lib.js';
 
 const work = workDir('repo-dedup');
 const cache = join(work, 'work');
@@ -85,14 +85,14 @@ function used(dir: string): number {
 function cli(bin: string, args: string[]): unknown {
   const r = spawnSync(process.execPath, [bin, '--json', ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`osfarm ${args.join(' ')} failed: ${r.stdout.slice(-1500)} ${r.stderr.slice(-1500)}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  return cliOutcome(r.stdout);
 }
 
 /** The port an `osfarm --json receive` listens on (its 'listening' line). */
 async function listeningPort(out: NodeJS.ReadableStream): Promise<number> {
   for await (const line of createInterface({ input: out })) {
-    const e = JSON.parse(line) as { event?: string; port?: number };
-    if (e.event === 'listening') return e.port!;
+    const e = JSON.parse(line) as { type?: string; event?: string; port?: number };
+    if (e.type === 'listening' || e.event === 'listening') return e.port!; // `event` in older osfarm
   }
   throw new Error('osfarm receive ended before it listened');
 }

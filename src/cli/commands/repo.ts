@@ -99,7 +99,7 @@ const add: Command<ShownEntry[]> = {
 const ls: Command<{ images: ShownEntry[]; stats: RepoStats; usage: DiskUsage }> = {
   name: 'ls',
   aliases: ['list'],
-  summary: 'list the images, their logical and physical size, and what the repository holds',
+  summary: 'list the images with their logical and physical size, and what the repository holds',
   usage: [''],
   examples: [{ command: 'osfarm repo ls --repo /srv/osfarm', what: 'the images of /srv/osfarm, with totals' }],
   async run(_args, ctx) {
