@@ -17,7 +17,7 @@ import { nativeImageOptions, Repository } from '../../repo/index.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { writeManifest } from '../../trust/manifest.js';
 import { recordName } from '../../trust/names.js';
-import { type BlockRange, type BlockSink, Fetcher, fetchRange, parseImageUrl, prepare, type RetryOptions, sleep, withRetries } from '../http/pull.js';
+import { type BlockRange, type BlockSink, Fetcher, fetchRange, parseImageUrl, prepare, type PullResult, type RetryOptions, sleep, withRetries } from '../http/pull.js';
 import { removePartialOrigin, writePartialOrigin } from './origin.js';
 import { type BootProfile, parseBootProfile, type ProfileRun, readBootProfile, writeBootProfile } from './profile.js';
 
@@ -76,31 +76,10 @@ export interface LazyPullOptions {
   recordProfile?: boolean;
 }
 
-export interface LazyPullResult {
-  url: string;
-  digest: string;
-  name?: string;
-  size: number;
-  blockCount: number;
-  /** The repository held the image whole before: nothing was fetched. */
-  alreadyPresent: boolean;
-  /** The key id whose signed manifest the image matched (absent: no keys were required). */
-  signedBy?: string;
-  /** Blocks copied from other images of the local repository. */
-  blocksLocal: number;
-  /** Blocks kept from an earlier, interrupted pull or export. */
-  blocksResumed: number;
-  /** Blocks fetched and verified. */
-  blocksFetched: number;
-  blocksZero: number;
-  /** Response body bytes received (index, profile and ranges). */
-  bytesFetched: number;
-  requests: number;
-  retries: number;
-  /** Where the prefetch order came from: the origin's boot profile, the local repository's, or none. */
+/** What `pull()` reports, and where the prefetch order came from. */
+export interface LazyPullResult extends PullResult {
+  /** The origin's boot profile, the local repository's, or none. */
   profile: 'origin' | 'local' | 'none';
-  /** Seconds from the call to the publication. */
-  seconds: number;
 }
 
 /** An NBD export of an image on its way into the repository. */
