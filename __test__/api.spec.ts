@@ -7,7 +7,7 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -78,6 +78,8 @@ test('AbortSignal.timeout() gives a TimeoutError: a push to a peer that never an
   const dir = tempDir(t);
   const img = join(dir, 'big.img');
   writeFileSync(img, pseudoRandom(48 << 20, 2));
+  const bigger = join(dir, 'bigger.img');
+  for (let i = 0; i < 5; i++) appendFileSync(bigger, pseudoRandom(48 << 20, 3 + i));
   // A TCP peer that accepts and says nothing; an HTTP server that never answers.
   const silent = createServer(() => {});
   silent.listen(0, '127.0.0.1');
@@ -94,7 +96,8 @@ test('AbortSignal.timeout() gives a TimeoutError: a push to a peer that never an
   const cases: [string, () => Promise<unknown>][] = [
     ['push', () => push(img, `127.0.0.1:${port(silent)}`, { insecure: true, signal: AbortSignal.timeout(300) })],
     ['pull', () => pull(`http://127.0.0.1:${port(stuck)}/images/x`, { repo: join(dir, 'repo'), signal: AbortSignal.timeout(300), retries: 0 })],
-    ['indexImage', () => indexImage(img, { signal: AbortSignal.timeout(5) })],
+    // 240 MiB: hashed in ~80 ms at best, so the 5 ms timer fires first even when the event loop is late.
+    ['indexImage', () => indexImage(bigger, { signal: AbortSignal.timeout(5) })],
   ];
   for (const [what, run] of cases) {
     const err = await t.throwsAsync(run(), { instanceOf: OsfarmError }, what);
