@@ -16,20 +16,11 @@ import {
   stableStringify,
 } from '../src/spec/index.js';
 import { SpecError } from '../src/spec/errors.js';
+import { issuesOf } from './helpers/spec.js';
 import { cli, lastOutcome, tempDir } from './helpers/tmp.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'build');
 const PASSWORD = 'osfarm-Pl41n-S3cret';
-
-function issuesOf(fn: () => unknown): { path: string; message: string }[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof SpecError) return err.issues;
-    throw err;
-  }
-  throw new Error('expected a SpecError');
-}
 
 test('YAML, JSON and XML forms of one spec give one canonical spec and digest', (t) => {
   const specs = ['yaml', 'json', 'xml'].map((f) => loadSpec(join(FIXTURES, `minbase.${f}`)));

@@ -10,22 +10,12 @@ import { writeDisk } from '../src/builder/outputs/disk.js';
 import { populatedRoot, rootBlocks } from '../src/builder/outputs/rootfs.js';
 import type { OutputContext } from '../src/builder/outputs/context.js';
 import { canonicalSpec, parseSpec, specDigest, specFromObject, specToXml } from '../src/spec/index.js';
-import { SpecError } from '../src/spec/errors.js';
+import { issuesOf } from './helpers/spec.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const EPOCH = 1700000000;
 const KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJV9F6uFAUmvtpe/QKvdWYeARrw5B1I6kYUQ/B+7plHf test@osfarm';
 const base = { distribution: 'debian', release: 'bookworm', architecture: 'amd64' };
-
-function issuesOf(fn: () => unknown): { path: string; message: string }[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof SpecError) return err.issues;
-    throw err;
-  }
-  throw new Error('expected a SpecError');
-}
 
 test('boot fields: defaults stay out of the canonical form, so older specs keep their digest', (t) => {
   const plain = specFromObject(base);

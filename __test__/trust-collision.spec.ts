@@ -7,7 +7,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
@@ -16,7 +16,7 @@ import { Repository } from '../src/repo/index.js';
 import { createPullHandler, listenHttp } from '../src/transfer/http/serve.js';
 import { pull } from '../src/transfer/http/pull.js';
 import { push } from '../src/transfer/push/push.js';
-import { Receiver } from '../src/transfer/push/receive.js';
+import { inProcessReceiver, nothingKept } from './helpers/push-client.js';
 import { cliJson, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const FIXTURE = join(import.meta.dirname, '..', 'crates', 'osfarm-core', 'tests', 'data', 'shattered.hex');
@@ -39,20 +39,6 @@ function image(t: ExecutionContext, half: Buffer, name: string, tail = 2): strin
   return path;
 }
 
-async function receiver(t: ExecutionContext, detectCollisions: boolean): Promise<{ dir: string; address: string }> {
-  const dir = join(tempDir(t), 'received');
-  Repository.init(dir, { detectCollisions });
-  const r = new Receiver({ repo: dir, insecure: true });
-  const a = await r.listen('127.0.0.1', 0);
-  t.teardown(() => r.close());
-  return { dir, address: `127.0.0.1:${a.port}` };
-}
-
-function nothingKept(t: ExecutionContext, dir: string): void {
-  t.deepEqual(Repository.open(dir).list(), []);
-  t.deepEqual(readdirSync(join(dir, 'tmp')).filter((n) => n.endsWith('.partial') || n.endsWith('.have')), []);
-}
-
 test('the fixture is a SHA-1 collision: two different prefixes, one SHA-1, also as 4 KiB blocks with a common rest', (t) => {
   const [a, b] = shattered();
   t.is(a.length, 320);
@@ -66,7 +52,7 @@ test('the fixture is a SHA-1 collision: two different prefixes, one SHA-1, also 
 
 test('without detection the pair poisons a SHA-1 repository: a later image is assembled with the planted block', async (t) => {
   const [a, b] = shattered();
-  const r = await receiver(t, false);
+  const r = await inProcessReceiver(t, { detectCollisions: false });
   const planted = readFileSync(image(t, a, 'planted.img'));
   const later = image(t, b, 'later.img', 3);
   await push(image(t, a, 'planted.img'), r.address, { insecure: true, name: 'planted' });
@@ -81,7 +67,7 @@ test('without detection the pair poisons a SHA-1 repository: a later image is as
 
 test('--detect-collisions refuses either half of the pair, pushed or pulled, and keeps nothing', async (t) => {
   const [a, b] = shattered();
-  const r = await receiver(t, true);
+  const r = await inProcessReceiver(t, { detectCollisions: true });
   t.true(Repository.open(r.dir).detectsCollisions);
   for (const [half, name] of [
     [a, 'a.img'],

@@ -4,7 +4,7 @@
  * or a manifest that does not describe what the IMAGE frame announces, before any block.
  */
 import test, { type ExecutionContext } from 'ava';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { OsfarmError } from '../src/base/errors.js';
@@ -14,7 +14,7 @@ import { push } from '../src/transfer/push/push.js';
 import { Receiver } from '../src/transfer/push/receive.js';
 import { generateKeys, trustKey } from '../src/trust/keys.js';
 import { MANIFEST_FILE, readManifest, SIGNATURE_FILE, signImage } from '../src/trust/manifest.js';
-import { type ImageFrame, RawClient, startChild } from './helpers/push-client.js';
+import { type ImageFrame, inProcessReceiver, nothingKept, RawClient, startChild } from './helpers/push-client.js';
 import { cliJson, pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const META = { kind: 'test', spec: { packages: ['less'] }, stages: [{ tag: 'a1', label: 'core' }], buildLog: { path: '/origin/app.build.log', tail: 'one\ntwo' } };
@@ -43,22 +43,9 @@ function origin(t: ExecutionContext): Origin {
   return { dir, pub: key.path, app: entry.digest, plain, file };
 }
 
-async function receiver(t: ExecutionContext, trust: string[] = []): Promise<{ dir: string; address: string }> {
-  const dir = join(tempDir(t), 'received');
-  const r = new Receiver({ repo: dir, insecure: true, trust });
-  const a = await r.listen('127.0.0.1', 0);
-  t.teardown(() => r.close());
-  return { dir, address: `127.0.0.1:${a.port}` };
-}
-
-function nothingKept(t: ExecutionContext, dir: string): void {
-  t.deepEqual(Repository.open(dir).list(), []);
-  t.deepEqual(readdirSync(join(dir, 'tmp')).filter((n) => n.endsWith('.partial') || n.endsWith('.have')), []);
-}
-
 test('a pushed image keeps its name and metadata, and the receiver republishes its signed manifest', async (t) => {
   const o = origin(t);
-  const r = await receiver(t);
+  const r = await inProcessReceiver(t);
   const result = await push('app', r.address, { repo: o.dir, insecure: true });
   t.is(result.name, 'app');
   const got = Repository.open(r.dir).resolve('app');
@@ -69,13 +56,13 @@ test('a pushed image keeps its name and metadata, and the receiver republishes i
     t.deepEqual(readFileSync(join(r.dir, 'images', o.app, f)), readFileSync(join(o.dir, 'images', o.app, f)));
   }
   // push --name still renames it.
-  const renamed = await push('app', (await receiver(t)).address, { repo: o.dir, insecure: true, name: 'other' });
+  const renamed = await push('app', (await inProcessReceiver(t)).address, { repo: o.dir, insecure: true, name: 'other' });
   t.is(renamed.name, 'other');
 });
 
 test('a receiver with --trust takes a signed image and refuses an unsigned one, another key, a file, before any block', async (t) => {
   const o = origin(t);
-  const r = await receiver(t, [o.pub]);
+  const r = await inProcessReceiver(t, { trust: [o.pub] });
   t.is((await push('app', r.address, { repo: o.dir, insecure: true })).digest, o.app);
   t.is(readManifest(Repository.open(r.dir).resolve('app'))?.manifest.digest, o.app);
 
@@ -84,7 +71,7 @@ test('a receiver with --trust takes a signed image and refuses an unsigned one, 
     t.is(e.code, 'OSFARM_UNTRUSTED', `${what}: ${e.message}`);
     t.regex(e.message, message, what);
   };
-  const strict = await receiver(t, [o.pub]);
+  const strict = await inProcessReceiver(t, { trust: [o.pub] });
   await refuse('unsigned', push('plain', strict.address, { repo: o.dir, insecure: true }), /not signed/);
   await refuse('a file', push(o.file, strict.address, { insecure: true }), /not signed/);
   // The trust store of the receiving repository is enforced without `trust`.
@@ -104,7 +91,7 @@ test('a receiver with --trust takes a signed image and refuses an unsigned one, 
 
 test('a signed manifest pushed with other metadata, another name or another image is refused before ACCEPT', async (t) => {
   const o = origin(t);
-  const r = await receiver(t, [o.pub]);
+  const r = await inProcessReceiver(t, { trust: [o.pub] });
   const signed = readManifest(Repository.open(o.dir).resolve('app'))!;
   const frame = { size: 2 << 20, digest: o.app, name: 'app', meta: META, manifest: signed.bytes.toString(), signature: signed.signature };
   const cases: [string, Partial<ImageFrame>, RegExp][] = [

@@ -12,8 +12,11 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { ExecutionContext } from 'ava';
 
+import { Repository } from '../../src/repo/index.js';
 import { mac, newNonce } from '../../src/transfer/push/auth.js';
 import { FrameReader, FrameType, MAGIC, header, jsonPayload, parseJson, type Frame } from '../../src/transfer/push/frames.js';
+import { Receiver } from '../../src/transfer/push/receive.js';
+import { tempDir } from './tmp.js';
 
 export const BS = 4096;
 
@@ -220,4 +223,23 @@ export async function settledFiles(pid: number, baseline = Infinity): Promise<{ 
     now = openFiles(pid);
   }
   return now;
+}
+
+/**
+ * An in-process receiver (no token, plain TCP) into a new repository, closed when the test
+ * ends; `detectCollisions` makes the repository first, with SHA-1 collision detection.
+ */
+export async function inProcessReceiver(t: ExecutionContext, o: { trust?: string[]; detectCollisions?: boolean } = {}): Promise<{ dir: string; address: string }> {
+  const dir = join(tempDir(t), 'received');
+  if (o.detectCollisions !== undefined) Repository.init(dir, { detectCollisions: o.detectCollisions });
+  const r = new Receiver({ repo: dir, insecure: true, ...(o.trust ? { trust: o.trust } : {}) });
+  const a = await r.listen('127.0.0.1', 0);
+  t.teardown(() => r.close());
+  return { dir, address: `127.0.0.1:${a.port}` };
+}
+
+/** A refused push kept nothing: no image, no partial, no list of held blocks. */
+export function nothingKept(t: ExecutionContext, dir: string): void {
+  t.deepEqual(Repository.open(dir).list(), []);
+  t.deepEqual(readdirSync(join(dir, 'tmp')).filter((n) => n.endsWith('.partial') || n.endsWith('.have')), []);
 }
