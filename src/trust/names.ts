@@ -48,16 +48,18 @@ function append(repo: string, record: NameRecord): NameRecord {
 
 /**
  * Records that `entry` now carries each of its tags, where that is news. Returns the records
- * written (each with `previous` set when the tag moved from another image).
+ * written (each with `previous` set when the tag moved from another image). `holders` — each
+ * tag's image before the change, read from the catalog — makes that exact; without it the
+ * history's last record stands for it (an arrival: the catalog changed in one native call).
  */
-export function recordTags(repo: string, entry: ImageEntry, via: string): NameRecord[] {
+export function recordTags(repo: string, entry: ImageEntry, via: string, holders?: ReadonlyMap<string, string>): NameRecord[] {
   if (!entry.tags.length) return [];
   const history = readHistory(repo);
   const out: NameRecord[] = [];
   for (const name of entry.tags) {
-    const last = history.filter((r) => r.name === name).pop();
-    if (last?.digest === entry.digest) continue;
-    out.push(append(repo, { name, digest: entry.digest, previous: last?.digest ?? null, at: new Date().toISOString(), via }));
+    const previous = holders ? (holders.get(name) ?? null) : (history.filter((r) => r.name === name).pop()?.digest ?? null);
+    if (previous === entry.digest) continue;
+    out.push(append(repo, { name, digest: entry.digest, previous, at: new Date().toISOString(), via }));
   }
   return out;
 }

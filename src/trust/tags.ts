@@ -29,8 +29,11 @@ export function resignLosers(repo: string, moves: readonly NameRecord[]): void {
 /** Gives the image `ref` names (a digest, prefix or tag) the `tags`, moving any another image had. */
 export function tagImage(repo: string, ref: string, tags: readonly string[]): TagResult {
   using r = Repository.open(repo);
+  // Who had each tag, from the catalog: the history may not know (a tag given through the
+  // low-level API, or before the history existed).
+  const holders = new Map(r.list().flatMap((e) => e.tags.map((t) => [t, e.digest] as const)));
   const image = r.tag(ref, ...tags);
-  const moves = recordTags(repo, { ...image, tags: image.tags.filter((t) => tags.includes(t)) }, 'tag');
+  const moves = recordTags(repo, { ...image, tags: image.tags.filter((t) => tags.includes(t)) }, 'tag', holders);
   if (moves.length) {
     signImage(repo, image);
     resignLosers(repo, moves);

@@ -97,7 +97,7 @@ function tagsRow(image, session) {
     reload();
     for (const m of r.moves) if (m.previous) notice(`tag ${m.name} moved here from ${short(m.previous)}`, 'info');
   }));
-  return el('p', { class: 'row', id: 'image-tags' }, 'tags: ', chips.length ? chips : el('span', { class: 'muted' }, 'none'), input, add);
+  return el('p', { id: 'image-tags' }, 'tags: ', chips.length ? chips : el('span', { class: 'muted' }, 'none'), input, add);
 }
 
 /** The image's installed packages with their versions (recorded by its build), searchable. */
