@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
@@ -86,8 +86,12 @@ export async function stageLayer(ctx: OutputContext, i: number): Promise<StageLa
       `${layer.size} bytes, sha256:${layer.digest.slice(0, 16)} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
   );
   if (cached) {
-    await mkdir(dirname(cached), { recursive: true }).catch(() => {});
-    await writeFile(meta(cached), JSON.stringify(layer)).catch(() => {});
+    // Through a name of this process's own: a build making the same layer at the same time writes the same bytes.
+    const tmp = `${meta(cached)}.${process.pid}.tmp`;
+    await mkdir(dirname(cached), { recursive: true })
+      .then(() => writeFile(tmp, JSON.stringify(layer)))
+      .then(() => rename(tmp, meta(cached)))
+      .catch(() => rm(tmp, { force: true }));
   }
   return { ...layer, path: await keep(out, cached, 'OCI layer', ctx) };
 }
