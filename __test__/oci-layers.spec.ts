@@ -1,8 +1,9 @@
 // The OCI output's layer per stage, on small trees made here (no distribution build): the
 // parent's layer is its whole tree, the child's holds what the child changed plus a whiteout
 // for each path it removed; podman, given the archive, sees exactly the child's tree; the
-// archive is the same bytes when made again, and a stage's kept layer is reused. Needs root
-// (owners), GNU tar, skopeo and podman.
+// archive is the same bytes when made again, and a stage's kept layer is reused; a missing
+// host tool is named before a build starts. Needs root (owners, mount namespaces), GNU tar,
+// skopeo and podman.
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
@@ -123,4 +124,16 @@ test('a stage that changed nothing gives an empty layer, and a tree that is no s
   t.is(execFileSync('tar', ['-tf', join(layout, 'blobs', inspect.Layers[1].replace(':', '/'))], { encoding: 'utf8' }), '');
   t.false(readdirSync(join(dir, 'build')).some((n) => n.startsWith('oci-')), 'no scratch left');
   rmSync(layout, { recursive: true });
+});
+
+test('a host without getfattr is told which package to install before anything is built', (t) => {
+  const dir = tempDir(t, 'osfarm-oci-tools-');
+  // In a mount namespace of its own, getfattr is /dev/null (not executable).
+  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind /dev/null "$(command -v getfattr)" && exec "$@"', 'sh',
+    process.execPath, '--import', 'tsx', join(import.meta.dirname, '..', 'src', 'cli', 'main.ts'), '--json', '--repo', join(dir, 'repo'),
+    'build', '-t', 'debian-bookworm-amd64', '-f', 'oci', '-d', dir, '--no-repo'], { encoding: 'utf8', env: { ...process.env, OSFARM_STAGES: join(dir, 'stages') } });
+  const e = JSON.parse(r.stdout.trim().split('\n').at(-1)!).error;
+  t.is(e.code, 'OSFARM_BUILD_FAILED');
+  t.regex(e.message, /getfattr from the Debian package attr, for the stages' extended attributes \(oci output\).*apt-get install attr/);
+  t.false(readdirSync(dir).includes('stages') && readdirSync(join(dir, 'stages')).some((n) => /^[0-9a-f]{64}$/.test(n)), 'no stage was built');
 });

@@ -31,7 +31,10 @@ function needs(format: OutputFormat, firmware: Firmware): Need[] {
     case 'squashfs':
       return [{ tool: 'mksquashfs', package: 'squashfs-tools', why: 'the squashfs output' }];
     case 'oci':
-      return [];
+      return [
+        { tool: 'tar', package: 'tar', why: 'the layers of the stages above the core' },
+        { tool: 'getfattr', package: 'attr', why: "the stages' extended attributes" },
+      ];
     case 'disk':
     case 'qcow2': {
       const out: Need[] = [
