@@ -207,9 +207,12 @@ export declare class RepositoryHandle {
   /** Frees the catalog and table cached in memory (operations still running keep theirs). */
   dropCache(): void
   list(): Array<RepoImage>
-  /** By full digest, name, or unique digest prefix of at least 4 hex digits. */
+  /** By full digest, any of its tags, or unique digest prefix of at least 4 hex digits. */
   resolve(reference: string): RepoImage
-  setName(reference: string, name?: string | undefined | null): RepoImage
+  /** Gives an image tags, keeping its others; a tag another image had moves here. */
+  tag(reference: string, tags: Array<string>): RepoImage
+  /** Removes a tag; the image that carried it stays (returned). */
+  untag(tag: string): RepoImage
   stats(): RepoStats
   /** Adds an image file (copied in; reflinked where possible). */
   add(path: string, options?: RepoAddOptions | undefined | null, onProgress?: ((event: ProgressEvent) => void) | undefined | null, signal?: AbortSignal | undefined | null): Promise<RepoImage>
@@ -462,8 +465,8 @@ export interface PushAssemblyOptions {
   expectedDigest?: string
   /** Group the repository's indexes for a protocol v2 sender (`lookupGroups`). */
   groups?: boolean
-  /** The name the image will get: checked now, before any data is received. */
-  name?: string
+  /** The tags the image will get: checked now, before any data is received. */
+  tags?: Array<string>
   /**
    * The sender's bound on the bytes of the image's non-zero blocks: an image that
    * cannot fit in the repository's file system is refused now.
@@ -490,8 +493,11 @@ export interface PushStats {
 export declare function readIndex(path: string): IndexInfo
 
 export interface RepoAddOptions {
-  /** A label; names are unique, so this takes it from any other image. */
-  name?: string
+  /**
+   * Tags (names) to give the image; a tag is on one image only, so this takes each
+   * from any other image.
+   */
+  tags?: Array<string>
   /** JSON text recorded with the image (must parse). */
   metaJson?: string
   /** "tar", "raw", ...; detected when absent. */
@@ -538,7 +544,8 @@ export interface RepoFillReport {
 export interface RepoImage {
   /** The image digest (hex), its name in the repository. */
   digest: string
-  name?: string
+  /** Its tags (names), in the order they were given. */
+  tags: Array<string>
   originalName?: string
   /** "tar", "raw", ... */
   format: string
@@ -634,7 +641,7 @@ export interface RepoStats {
 }
 
 export interface TransferImageOptions {
-  name?: string
+  tags?: Array<string>
   originalName?: string
   format?: string
   /** JSON text. */
@@ -644,7 +651,7 @@ export interface TransferImageOptions {
 /** What was published. */
 export interface TransferredImage {
   digest: string
-  name?: string
+  tags: Array<string>
   size: number
   blockCount: number
   path: string

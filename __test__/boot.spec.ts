@@ -217,6 +217,35 @@ test.serial('a broken boot loader (the ESP zeroed in an overlay) fails with OSFA
   t.log(err!.message.slice(0, 600));
 });
 
+test.serial('osfarm boot killed with SIGKILL takes its qemu with it (no VM left running)', async (t) => {
+  t.timeout(BOOT_MS);
+  const { name } = await theDisk();
+  const work = join(dir, 'vms-killed');
+  rmSync(work, { recursive: true, force: true });
+  // qemu's command line names its overlay under the boot's work directory.
+  const qemus = () => {
+    try {
+      return execFileSync('pgrep', ['-f', `qemu-system.*${work}`], { encoding: 'utf8' }).trim().split('\n');
+    } catch {
+      return []; // pgrep exits 1 when nothing matches
+    }
+  };
+  let runningAtKill: string[] = [];
+  const run = await cliAsync(['--repo', repo, 'boot', name, '--accel', 'tcg', '--timeout', String(BOOT_MS / 1000)], (line, child) => {
+    if (line.type !== 'console' || runningAtKill.length > 0) return;
+    runningAtKill = qemus();
+    child.kill('SIGKILL');
+  }, { OSFARM_WORK: work });
+  t.is(run.signal, 'SIGKILL', run.stderr.slice(-2000));
+  t.is(runningAtKill.length, 1, 'qemu was running when osfarm was killed');
+  let left = qemus();
+  for (let i = 0; i < 50 && left.length > 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    left = qemus();
+  }
+  t.deepEqual(left, [], 'no qemu outlives osfarm');
+});
+
 test.serial('bad input gets a clear OSFARM_* error naming what to do, and starts nothing', async (t) => {
   const disk = (await theDisk()).path;
   const opts = { workDir: vms, repo };

@@ -3,7 +3,7 @@
 // on small trees made here, read back with debugfs. Needs root (owners) and e2fsprogs.
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { writeDisk } from '../src/builder/outputs/disk.js';
@@ -11,6 +11,7 @@ import { populatedRoot, rootBlocks } from '../src/builder/outputs/rootfs.js';
 import type { OutputContext } from '../src/builder/outputs/context.js';
 import { canonicalSpec, parseSpec, specDigest, specFromObject, specToXml } from '../src/spec/index.js';
 import { issuesOf } from './helpers/spec.js';
+import { stageTrees } from './helpers/stage-trees.js';
 import { pseudoRandom, tempDir } from './helpers/tmp.js';
 
 const EPOCH = 1700000000;
@@ -83,42 +84,9 @@ function ctxFor(dir: string, layers: string[]): OutputContext {
   return { digest: 'test', spec, sourceDateEpoch: EPOCH, layers: layers.map((d) => ({ tag: null, dir: d })), buildDir: dir, log: () => {} };
 }
 
-/** A parent tree, and a child made from a copy of it with every kind of change. */
-function trees(dir: string): { parent: string; child: string } {
-  const parent = join(dir, 'parent');
-  mkdirSync(join(parent, 'etc/sub'), { recursive: true });
-  mkdirSync(join(parent, 'usr/lib/systemd'), { recursive: true });
-  mkdirSync(join(parent, 'gone/deeper'), { recursive: true });
-  writeFileSync(join(parent, 'etc/keep'), 'unchanged\n');
-  writeFileSync(join(parent, 'etc/same-size'), 'aaaa\n');
-  writeFileSync(join(parent, 'etc/mode'), 'mode\n');
-  writeFileSync(join(parent, 'etc/big'), pseudoRandom(300_000, 1));
-  writeFileSync(join(parent, 'gone/deeper/file'), 'x');
-  writeFileSync(join(parent, 'usr/lib/systemd/system-systemd\\x2dcryptsetup.slice'), '[Unit]\n');
-  writeFileSync(join(parent, 'becomes-dir'), 'file\n');
-  symlinkSync('keep', join(parent, 'etc/link'));
-  for (const p of ['etc/keep', 'etc/same-size', 'etc/mode', 'etc/big']) utimesSync(join(parent, p), 1600000000, 1600000000);
-  execFileSync('cp', ['-a', parent, join(dir, 'child')]);
-  const child = join(dir, 'child');
-  writeFileSync(join(child, 'etc/same-size'), 'bbbb\n');
-  utimesSync(join(child, 'etc/same-size'), 1600000000, 1600000000);
-  chmodSync(join(child, 'etc/mode'), 0o600);
-  chownSync(join(child, 'etc/mode'), 1000, 1001);
-  rmSync(join(child, 'gone'), { recursive: true });
-  rmSync(join(child, 'becomes-dir'));
-  mkdirSync(join(child, 'becomes-dir'));
-  writeFileSync(join(child, 'becomes-dir/inside'), 'in\n');
-  writeFileSync(join(child, 'etc/new file'), pseudoRandom(10_000, 2));
-  linkSync(join(child, 'etc/new file'), join(child, 'etc/sub/hardlink'));
-  symlinkSync('/etc/keep', join(child, 'etc/newlink'));
-  execFileSync('setfattr', ['-n', 'security.capability', '-v', '0x0100000200200000000000000000000000000000', join(child, 'etc/new file')]);
-  execFileSync('setfattr', ['-n', 'user.osfarm', '-v', 'changed', join(child, 'etc/keep')]);
-  return { parent, child };
-}
-
 test('layered ext4: a child stage applied to the parent\'s file system equals the child tree, and the parent\'s inodes and blocks stay put', async (t) => {
   const dir = tempDir(t, 'osfarm-disk-layout-');
-  const { parent, child } = trees(dir);
+  const { parent, child } = stageTrees(dir);
   const blocks = await rootBlocks(child);
   t.is(blocks, 524288, 'at least 2 GiB, whatever the tree');
   mkdirSync(join(dir, 'a'));

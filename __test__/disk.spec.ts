@@ -14,6 +14,7 @@ import { compare } from '../src/blocks/index.js';
 import { boot } from '../src/boot/index.js';
 import { BOOT_MARKER } from '../src/spec/distros.js';
 import { buildWorkDir, type CliRun, cliAsync, resultOf } from './fixtures/build/harness.js';
+import { podmanRun } from './helpers/podman.js';
 import { cli, lastOutcome } from './helpers/tmp.js';
 
 const WORK = buildWorkDir();
@@ -181,8 +182,11 @@ test.serial('the OCI archive loads with podman and skopeo, runs cat /etc/os-rele
   const r = built(t, await builds().base);
   const archive = outputOf(r, 'oci');
   const tar = outputOf(r, 'tar');
+  // A layer per stage (oci.spec.ts checks them): every file's data is block-aligned in both,
+  // only headers and the blocks where a file's tail meets the next header differ.
   const c = await compare(tar, archive);
-  t.true(c.a.shareInOther > 0.9999, `the tar's blocks in the archive: ${c.a.shareInOther}`);
+  t.true(c.a.shareInOther > 0.99, `the tar's blocks in the archive: ${c.a.shareInOther}`);
+  t.is(JSON.parse(execFileSync('skopeo', ['inspect', `oci-archive:${archive}`], { encoding: 'utf8' })).Layers.length, r.stages.length);
   const name = 'localhost/bootbase:latest';
   const skopeoName = 'localhost/osfarm-disk-test-skopeo:latest';
   t.teardown(() => {
@@ -191,14 +195,7 @@ test.serial('the OCI archive loads with podman and skopeo, runs cat /etc/os-rele
   const load = spawnSync('podman', ['load', '-i', archive], { encoding: 'utf8' });
   t.is(load.status, 0, load.stderr);
   t.regex(load.stdout + load.stderr, new RegExp(`Loaded image: ${name}`));
-  // podman's default runtime here (crun) refuses this host's hybrid cgroups, and podman asks
-  // for limits of 1048576 open files and processes, above what the host allows: runc, and
-  // the host's hard limits. podman 4.3 runs itself and conmon with at most 32768 processes
-  // (seen in /proc/PID/limits), which the container's init cannot raise.
-  const limit = (o: string) => Number(execFileSync('bash', ['-c', `ulimit -H${o}`], { encoding: 'utf8' }).trim().replace('unlimited', String(2 ** 31)));
-  const files = limit('n');
-  const procs = Math.min(limit('u'), 32768);
-  const run = spawnSync('podman', ['run', '--rm', '--runtime', 'runc', '--network', 'none', '--ulimit', `nofile=${files}:${files}`, '--ulimit', `nproc=${procs}:${procs}`, name, 'cat', '/etc/os-release'], { encoding: 'utf8' });
+  const run = podmanRun(name, ['cat', '/etc/os-release']);
   t.is(run.status, 0, run.stderr);
   t.regex(run.stdout, /PRETTY_NAME="Debian GNU\/Linux 12 \(bookworm\)"/);
   const copy = spawnSync('skopeo', ['copy', '-q', `oci-archive:${archive}`, `containers-storage:${skopeoName}`], { encoding: 'utf8' });

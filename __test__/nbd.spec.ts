@@ -76,7 +76,7 @@ test('qemu-img reads a partly present image through the binding: local blocks co
   t.deepEqual(server.missing(), []);
   t.true(server.profile().length > 0);
 
-  const image = await server.publish({ name: 'wanted' });
+  const image = await server.publish({ tags: ['wanted'] });
   t.is(image.digest, server.digest);
   await l.repo.verify('wanted');
   t.deepEqual(await readFile(image.path), await readFile(l.origin));

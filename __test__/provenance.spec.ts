@@ -94,9 +94,12 @@ function closure(fields: Map<string, Record<string, string>>, root: string): Set
   return seen;
 }
 
-test.serial('a built image shows the same metadata where it was built, pushed, and pulled (images show --json)', async (t) => {
+test.serial('a built image shows the same metadata and tags where it was built, pushed, and pulled (images show --json)', async (t) => {
   const b = await built(t);
+  // A second tag (the origin re-signs the image with both): both travel.
+  t.is(cliJson(['images', 'tag', 'minbase.tar', 'minbase:stable', '--repo', origin]).status, 0);
   const there = shown(origin, 'minbase.tar');
+  t.deepEqual(there.tags, ['minbase.tar', 'minbase:stable']);
   t.truthy(there.built, 'the build time is recorded');
   t.true((there.stages as unknown[]).length >= 1);
   t.regex((there.buildLog as { tail: string }).tail, /osfarm: phase pack/);
@@ -112,7 +115,7 @@ test.serial('a built image shows the same metadata where it was built, pushed, a
   const { server } = await listenHttp({ host: '127.0.0.1', port: 0, handlers: [createPullHandler({ repo: origin })] });
   t.teardown(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
   const pulledTo = join(tempDir(t), 'pulled');
-  const pulled = await pull(`http://127.0.0.1:${(server.address() as AddressInfo).port}/images/minbase.tar`, { repo: pulledTo, trust: [b.key] });
+  const pulled = await pull(`http://127.0.0.1:${(server.address() as AddressInfo).port}/images/minbase:stable`, { repo: pulledTo, trust: [b.key] });
   t.truthy(pulled.signedBy);
   t.deepEqual(shown(pulledTo, 'minbase.tar'), there);
   // The SBOM is made from the signed metadata: the same document in all three.

@@ -63,12 +63,14 @@ test('init, add, list, resolve, name, remove and stats through the TypeScript AP
   t.like(s, { hash: 'sha1', blockSize: 4096, images: 2, totalBytes: 7 * BS, distinctBlocks: 4 });
   t.true(s.tableMemoryBytes > 0 && s.tableFileBytes > s.tableMemoryBytes);
 
-  // Adding the same content again changes nothing but can rename; names move.
+  // Adding the same content again changes nothing but can add a tag; tags move.
   const renamed = await repo.add(join(dir, 'b.img'), { name: 'alpha' });
   t.is(renamed.digest, b.digest);
   t.is(repo.resolve('alpha').digest, b.digest);
+  t.deepEqual(repo.resolve(a.digest).tags, []);
   t.is(repo.resolve(a.digest).name, undefined);
-  t.is(repo.setName(a.digest, 'first').name, 'first');
+  t.like(repo.tag(a.digest, 'first', 'a:1'), { name: 'first', tags: ['first', 'a:1'] });
+  t.like(repo.untag('a:1'), { digest: a.digest, tags: ['first'] });
 
   const removed = await repo.remove('first');
   t.is(removed.digest, a.digest);

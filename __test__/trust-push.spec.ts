@@ -96,7 +96,8 @@ test('a signed manifest pushed with other metadata, another name or another imag
   const frame = { size: 2 << 20, digest: o.app, name: 'app', meta: META, manifest: signed.bytes.toString(), signature: signed.signature };
   const cases: [string, Partial<ImageFrame>, RegExp][] = [
     ['metadata', { meta: { ...META, buildLog: { path: '/x', tail: 'forged' } } }, /metadata differs from the signed metadata/],
-    ['name', { name: 'prod' }, /signs name "app", the push says "prod"/],
+    ['name (a sender older than tags)', { name: 'prod' }, /signs tags \["app"\], the push gives \["prod"\]/],
+    ['tags', { tags: ['app', 'prod'] }, /signs tags \["app"\], the push gives \["app","prod"\]/],
     ['image', { digest: o.plain, size: 1 << 20 }, /signs image/],
     ['signature', { manifest: signed.bytes.toString().replace('"app"', '"ppa"') }, /bad signature/],
   ];

@@ -276,7 +276,7 @@ test('a name that moves is said aloud and kept: repo add prints the move, images
   const bDigest = outcome(events[events.length - 1])[0].digest;
   t.like(events.find((e) => e.type === 'name-moved'), { name: 'app', previous: a.result[0].digest, digest: bDigest, via: 'add' });
   const human = cli(['repo', 'add', join(dir, 'a.img'), '--name', 'app', '--repo', repo]);
-  t.regex(human.stderr, new RegExp(`name 'app' moved from ${bDigest} to ${a.result[0].digest}`));
+  t.regex(human.stderr, new RegExp(`tag 'app' moved from ${bDigest} to ${a.result[0].digest}`));
   const h = cliJson(['images', 'history', 'app', '--repo', repo]).result;
   t.is(h.current, a.result[0].digest);
   t.deepEqual(

@@ -19,6 +19,7 @@ import { FarmWorker } from '../src/farm/worker.js';
 import { canonicalSpec, parseSpec, specDigest, specFromObject } from '../src/spec/index.js';
 import { specToXml } from '../src/spec/index.js';
 import { Repository } from '../src/repo/index.js';
+import { nameHistory } from '../src/trust/names.js';
 import { StageStore, stageTag } from '../src/stages/index.js';
 import { Receiver } from '../src/transfer/push/receive.js';
 import { serve, type OsfarmServer } from '../src/web/index.js';
@@ -469,6 +470,35 @@ webTest('images: list, details, spec as JSON and XML, log, download, delete', ['
   t.is(del.removed.digest, c.a);
   t.is((await call(c, 'GET', '/api/images/a.tar')).status, 404);
   t.deepEqual(Repository.open(c.repo).list().map((i) => i.digest), [c.b]);
+});
+
+webTest('tags: add one (a tag another image had moves, in the history), remove one (the image stays); every tag resolves', ['POST /api/images/{ref}/tags', 'DELETE /api/images/{ref}/tags/{tag}'], async (t) => {
+  const c = await start(t);
+  const added = await json(await call(c, 'POST', `/api/images/${c.a.slice(0, 8)}/tags`, { body: { tag: 'stable' } }));
+  t.deepEqual(added.image.tags, ['a.tar', 'stable']);
+  t.deepEqual(added.moves.map((m: any) => [m.name, m.digest, m.previous, m.via]), [['stable', c.a, null, 'tag']]);
+  t.is((await json(await call(c, 'GET', '/api/images/stable'))).digest, c.a);
+  const moved = await json(await call(c, 'POST', '/api/images/b.tar/tags', { body: { tag: 'stable' } }));
+  t.deepEqual(moved.image.tags, ['b.tar', 'stable']);
+  t.is(moved.moves[0].previous, c.a);
+  t.deepEqual((await json(await call(c, 'GET', '/api/images'))).images.map((i: any) => i.tags), [['b.tar', 'stable'], ['a.tar']]);
+  const bad = await call(c, 'POST', '/api/images/b.tar/tags', { body: { tag: ' x' } });
+  t.is(bad.status, 400);
+  t.is((await call(c, 'POST', '/api/images/b.tar/tags', { body: {} })).status, 400);
+  // Removing: only a tag the image carries; the image stays when none is left.
+  t.is((await call(c, 'DELETE', '/api/images/a.tar/tags/stable')).status, 404);
+  t.deepEqual((await json(await call(c, 'DELETE', '/api/images/b.tar/tags/stable'))).image.tags, ['b.tar']);
+  t.deepEqual((await json(await call(c, 'DELETE', `/api/images/${c.a}/tags/a.tar`))).image.tags, []);
+  t.is((await json(await call(c, 'GET', `/api/images/${c.a}`))).name, null);
+  t.is((await call(c, 'GET', '/api/images/a.tar')).status, 404);
+  t.deepEqual(
+    nameHistory(c.repo, 'stable').map((m) => [m.via, m.digest]),
+    [
+      ['tag', c.a],
+      ['tag', c.b],
+      ['untag', null],
+    ],
+  );
 });
 
 webTest('packages: the diff between two images and an SBOM (SPDX, CycloneDX)', ['GET /api/compare/packages', 'GET /api/images/{ref}/sbom'], async (t) => {

@@ -305,3 +305,41 @@ test('read-only browsing in the browser: pages open without the token, changes a
   t.regex(await page.textContent('#notice') ?? '', /OSFARM_UNAUTHORIZED/);
   t.deepEqual(Repository.open(repoPath).list().map((i) => i.digest), [image.digest]);
 });
+
+test('tags in the browser: the repository lists every tag; an image page adds one (a moved one says so) and removes one', async (t) => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dir = tempDir(t, 'osfarm-web-tags-');
+  const repoPath = join(dir, 'repo');
+  const repo = Repository.init(repoPath);
+  writeFileSync(join(dir, 'a.img'), pseudoRandom(16 * 4096, 8));
+  writeFileSync(join(dir, 'b.img'), pseudoRandom(16 * 4096, 9));
+  const a = repo.addSync(join(dir, 'a.img'), { name: 'a.img', tags: ['stable'] });
+  const b = repo.addSync(join(dir, 'b.img'), { name: 'b.img' });
+  const server = await serve({ repo: repoPath, tokenFile: join(dir, 'token'), workDir: join(dir, 'work'), stages: join(dir, 'stages'), pull: false });
+  t.teardown(() => server.close());
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  t.teardown(() => browser.close());
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${server.url}/`);
+  await page.waitForSelector('#login');
+  await page.fill('#token', server.web.token.value);
+  await page.click('#login button');
+  await page.goto(`${server.url}/#/repository/${b.digest}`);
+  await page.waitForSelector('#image-tags');
+  t.regex(await page.textContent(`#images tr[data-digest="${a.digest}"]`) ?? '', /a\.img, stable/);
+  // "stable" moves from a to b: the page is drawn again and says so.
+  await page.fill('#new-tag', 'stable');
+  await page.click('#add-tag');
+  await page.waitForFunction(() => /stable/.test(document.querySelector('#image-tags')?.textContent ?? ''));
+  await page.waitForSelector('#notice:not([hidden])');
+  t.regex(await page.textContent('#notice') ?? '', /tag stable moved here from/);
+  t.regex(await page.textContent(`#images tr[data-digest="${b.digest}"]`) ?? '', /b\.img, stable/);
+  t.notRegex(await page.textContent(`#images tr[data-digest="${a.digest}"]`) ?? '', /stable/);
+  await shot(page, 'tags-moved');
+  await page.click('#image-tags button[data-untag="b.img"]');
+  await page.waitForFunction(() => !/b\.img/.test(document.querySelector('#image-tags')?.textContent ?? ''));
+  t.deepEqual(Repository.open(repoPath).resolve(b.digest).tags, ['stable']);
+  t.deepEqual(pageErrors, []);
+});

@@ -106,7 +106,8 @@ export {
   type SignedManifest,
 } from './trust/manifest.js';
 export { formatPublicKey, parsePublicKey, parseSignature, signMessage, verifyMessage, type PublicKey, type SecretKey, type Signature } from './trust/minisign.js';
-export { NAMES_FILE, nameHistory, recordName, type NameRecord } from './trust/names.js';
+export { NAMES_FILE, nameHistory, recordTags, recordUntag, type NameRecord } from './trust/names.js';
+export { resignLosers, tagImage, type TagResult, untagImage } from './trust/tags.js';
 export { imageArrived, type Arrival } from './trust/provenance.js';
 export { certificateFingerprint, normalizeFingerprint, type TlsClientOptions, type TlsServerOptions } from './trust/tls.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';

@@ -25,6 +25,7 @@ export interface ImageFrame {
   blockCount?: number;
   resumeKey?: string;
   name?: string;
+  tags?: string[];
   digest?: string;
   /** What travels with an image (docs/trust.md). */
   meta?: unknown;

@@ -6,7 +6,10 @@ import type { CanonicalSpec } from '../spec/index.js';
 /** An image as the API lists it: the repository entry plus what its build recorded. */
 export interface ImageView {
   digest: string;
+  /** Its first tag, or null. */
   name: string | null;
+  /** All its tags, in the order they were given. */
+  tags: string[];
   format: string;
   size: number;
   blockCount: number;
@@ -33,6 +36,7 @@ export function imageView(e: ImageEntry): ImageView {
   return {
     digest: e.digest,
     name: e.name ?? null,
+    tags: e.tags,
     format: e.format,
     size: e.size,
     blockCount: e.blockCount,

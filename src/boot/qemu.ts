@@ -103,6 +103,7 @@ export class QemuRun {
       {
         signal: this.controller.signal,
         errorCode: 'OSFARM_BOOT_FAILED',
+        endWithParent: true,
         stdin: (w) => (this.stdin = w),
         onLine: (line) => {
           this.stderr.push(line);

@@ -288,8 +288,9 @@ export async function build(spec: BuildSpec, options: BuildOptions = {}): Promis
           ...(installed ? { installed } : {}),
         };
         const entry = await Repository.openOrInit(repoPath).add(path, { name: `${spec.name}${OUTPUT_EXTENSION[format]}`, originalName: basename(path), format, meta, onProgress, signal });
-        const moved = imageArrived(repoPath, entry, 'build').name;
-        if (moved?.previous) logLine(`osfarm: name ${moved.name} moved from ${moved.previous} to ${moved.digest}`);
+        for (const moved of imageArrived(repoPath, entry, 'build').moves) {
+          if (moved.previous) logLine(`osfarm: tag ${moved.name} moved from ${moved.previous} to ${moved.digest}`);
+        }
         out = { format, path, size, digest: entry.digest, inRepository: true };
       }
       outputs.push(out);

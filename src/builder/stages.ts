@@ -55,6 +55,8 @@ export interface ChainOptions {
 export interface StageTree {
   tag: string;
   dir: string;
+  /** For listings and the OCI history: "debian bookworm core (core)", "+ base". */
+  label: string;
 }
 
 export interface ChainResult {
@@ -168,7 +170,7 @@ export async function ensureChain(spec: BuildSpec, opts: ChainOptions): Promise<
         phase: opts.phase,
       });
       const r = await store.ensure(plan.tag, plan.parentTag, populate, { inputs: plan.inputs, label: plan.label, signal: opts.signal });
-      held.push({ lease: r.lease, tree: { tag: plan.tag, dir: r.dir } });
+      held.push({ lease: r.lease, tree: { tag: plan.tag, dir: r.dir, label: plan.label } });
       const report: StageReport = { tag: plan.tag, parent: plan.parentTag, label: plan.label, hit: r.hit, waited: r.waited, seconds: (Date.now() - t0) / 1000 };
       stages.push(report);
       opts.log(`osfarm: stage ${plan.tag.slice(0, 12)} ${plan.label}: ${r.hit ? (r.waited ? 'built by another build, reused' : 'cached') : 'built'} (${report.seconds.toFixed(1)} s)`);

@@ -1,3 +1,8 @@
+/** An image's tags as printed: "a, b", or "" for none. */
+export function tagList(tags: readonly string[]): string {
+  return tags.join(', ');
+}
+
 /** Human-readable byte counts: 1.5 GiB, 320 KiB, 12 B. */
 export function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

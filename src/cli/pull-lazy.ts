@@ -1,7 +1,7 @@
 /** `osfarm pull --lazy` (docs/lazy-boot.md); a helper of commands/pull.ts, not a command. */
 import { type LazyPullResult, pullLazy } from '../transfer/lazy/export.js';
 import { type CommandContext, flag, type ParsedArgs, str, strs, throttled, wholeNumber } from './command.js';
-import { bytes, count, percent } from './format.js';
+import { bytes, count, percent, tagList } from './format.js';
 
 /**
  * `osfarm pull --lazy URL`: serves the image over NBD at once, fetches and publishes it in
@@ -60,7 +60,7 @@ export async function pullLazyCommand(url: string, args: ParsedArgs, ctx: Comman
 export function renderLazy(r: LazyPullResult): string {
   const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
   return [
-    `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks, published`,
+    `image      ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks, published`,
     `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
     `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,
     `profile    ${r.profile === 'none' ? 'none (prefetched in block order)' : `from the ${r.profile === 'origin' ? 'origin' : 'local repository'}`}`,

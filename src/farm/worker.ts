@@ -294,7 +294,6 @@ export class FarmWorker {
         ...(this.o.token ? { token: this.o.token } : {}),
         insecure: this.o.insecure ?? !this.o.token,
         ...(this.o.tls ? { tls: this.o.tls } : {}),
-        ...(entry.name ? { name: entry.name } : {}),
         signal,
         onProgress: (x) => emitter.emit({ type: 'progress', phase: 'push', done: x.haveBlocks, total: x.blockCount }),
       });

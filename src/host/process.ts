@@ -31,6 +31,12 @@ export interface RunOptions {
   errorCode?: ErrorCode;
   /** Gives the command a standard input pipe, handed over once it has started (else stdin is /dev/null). */
   stdin?: (stdin: Writable) => void;
+  /**
+   * The command gets SIGKILL when osfarm dies, even by SIGKILL (util-linux's setpriv sets the
+   * parent-death signal before exec): for long-lived single processes such as qemu, which would
+   * otherwise outlive osfarm in their own process group. The caller checks the tool exists.
+   */
+  endWithParent?: boolean;
 }
 
 export interface RunResult {
@@ -69,7 +75,8 @@ export function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
 export function runPiped(cmd: string, args: string[], opts: RunOptions, consume?: (stdout: Readable) => Promise<void>): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
     if (opts.signal?.aborted) return reject(abortError(opts.signal));
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], detached: true });
+    const [file, argv] = opts.endWithParent ? ['setpriv', ['--pdeathsig', 'KILL', '--', cmd, ...args]] : [cmd, args];
+    const child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? DEFAULT_ENV, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], detached: true });
     if (opts.stdin && child.stdin) {
       // A child that exits while input is still being written must not crash the writer with EPIPE.
       child.stdin.on('error', () => {});

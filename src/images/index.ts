@@ -17,7 +17,10 @@ export { specToXml } from '../spec/xml.js';
 /** One image of a request, as listed. */
 export interface ImageSummary {
   digest: string;
+  /** Its first tag, or null. */
   name: string | null;
+  /** All its tags. */
+  tags: string[];
   format: string;
   size: number;
   added: string;
@@ -47,7 +50,7 @@ export interface ShowResult extends ImageSummary {
 
 function summary(e: ImageEntry): ImageSummary {
   const m = buildMeta(e);
-  return { digest: e.digest, name: e.name ?? null, format: m?.format ?? e.format, size: e.size, added: e.added.toISOString(), sourceDateEpoch: m?.sourceDateEpoch ?? null };
+  return { digest: e.digest, name: e.name ?? null, tags: e.tags, format: m?.format ?? e.format, size: e.size, added: e.added.toISOString(), sourceDateEpoch: m?.sourceDateEpoch ?? null };
 }
 
 /** The images a spec's request produced (every format and SOURCE_DATE_EPOCH). */

@@ -48,7 +48,9 @@ export interface OpenOptions {
 export interface ImageEntry {
   /** The image digest (hex): a digest over its block digests at the repository's parameters. */
   digest: string;
-  /** A unique label, if given. */
+  /** Its tags (names), in the order they were given; a tag is on one image only. */
+  tags: string[];
+  /** Its first tag, if it has any: the label printed where one name fits. */
   name?: string;
   /** The file name it was added from. */
   originalName?: string;
@@ -67,8 +69,10 @@ export interface ImageEntry {
 
 /** What `add`, `assemble` and `finish` record with an image. */
 export interface ImageOptions {
-  /** A label; names are unique, so this takes it from any image that had it. */
+  /** A tag (name) for the image; a tag is on one image only, so this takes it from any image that had it. */
   name?: string;
+  /** More tags, given after `name`; an image keeps the tags it had. */
+  tags?: string[];
   /** Any JSON-serialisable value (e.g. the build spec that produced the image). */
   meta?: unknown;
   /** "tar", "raw", ...; detected from the data when absent. */
@@ -183,7 +187,7 @@ function indexArg(input: IndexInput): string | Buffer {
 /** An image's options as the native calls take them (metadata as JSON text): also for `NbdServer.publish`. */
 export function nativeImageOptions(o: ImageOptions): RepoAddOptions {
   return {
-    name: o.name,
+    tags: [...(o.name === undefined ? [] : [o.name]), ...(o.tags ?? [])],
     metaJson: o.meta === undefined ? undefined : JSON.stringify(o.meta),
     format: o.format,
     originalName: o.originalName,
@@ -193,6 +197,7 @@ export function nativeImageOptions(o: ImageOptions): RepoAddOptions {
 function entry(e: RepoImage): ImageEntry {
   const out: ImageEntry = {
     digest: e.digest,
+    tags: e.tags,
     format: e.format,
     size: e.size,
     blockCount: e.blockCount,
@@ -200,7 +205,7 @@ function entry(e: RepoImage): ImageEntry {
     path: e.path,
     indexPath: e.indexPath,
   };
-  if (e.name != null) out.name = e.name;
+  if (e.tags.length) out.name = e.tags[0];
   if (e.originalName != null) out.originalName = e.originalName;
   if (e.metaJson != null) out.meta = JSON.parse(e.metaJson);
   return out;
@@ -298,7 +303,7 @@ export class Repository implements Disposable, AsyncDisposable {
 
   /**
    * Copies an image file in (reflink where the file system can), indexes it and publishes
-   * it atomically. Adding an image already present returns it (renamed if a name is given).
+   * it atomically. Adding an image already present returns it (with the tags given added).
    */
   add(imagePath: string, options: ImageOptions & LongRunning = {}): Promise<ImageEntry> {
     const { onProgress, signal, ...rest } = options;
@@ -323,14 +328,22 @@ export class Repository implements Disposable, AsyncDisposable {
     return callNativeSync(() => this.handle.list()).map(entry);
   }
 
-  /** By full digest, name, or unique digest prefix of at least 4 hex digits (OSFARM_AMBIGUOUS, OSFARM_NOT_FOUND). */
+  /** By full digest, any of its tags, or unique digest prefix of at least 4 hex digits (OSFARM_AMBIGUOUS, OSFARM_NOT_FOUND). */
   resolve(ref: string): ImageEntry {
     return entry(callNativeSync(() => this.handle.resolve(ref)));
   }
 
-  /** Gives an image a name (taking it from any other image), or clears it with null. */
-  setName(ref: string, name: string | null): ImageEntry {
-    return entry(callNativeSync(() => this.handle.setName(ref, name)));
+  /**
+   * Gives an image tags, keeping those it has; a tag another image carries moves to it (one
+   * commit). Record and sign the change with `tagImage` (src/trust/tags.ts) unless you mean not to.
+   */
+  tag(ref: string, ...tags: string[]): ImageEntry {
+    return entry(callNativeSync(() => this.handle.tag(ref, tags)));
+  }
+
+  /** Removes a tag and returns the image that carried it: it stays, by digest and its other tags. */
+  untag(tag: string): ImageEntry {
+    return entry(callNativeSync(() => this.handle.untag(tag)));
   }
 
   /** Removes an image; blocks other images share stay findable. */

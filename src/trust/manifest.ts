@@ -1,6 +1,6 @@
 /**
  * Signed image manifests (docs/trust.md): what a repository vouches for when it builds or
- * accepts an image — the image digest, the SHA-256 of its index, its name, the digests of
+ * accepts an image — the image digest, the SHA-256 of its index, its tags, the digests of
  * its spec and metadata, when and by what it was built. Written beside the image as
  * `manifest.json` and `manifest.json.minisig`, so `osfarm serve` and a static copy of the
  * repository publish them, and `minisign -Vm manifest.json -p signing.pub` checks them.
@@ -29,8 +29,13 @@ export interface ImageManifest {
   indexSha256: string;
   size: number;
   blockCount: number;
-  /** The image's name when signed (null: none). */
+  /** The image's first tag when signed (null: none); what a verifier older than tags checks. */
   name: string | null;
+  /**
+   * Every tag the image carried when signed. Absent in manifests signed before tags: then
+   * `name` alone is the image's tag (`signedTags`).
+   */
+  tags?: string[];
   format: string;
   /** The build spec's digest (a built image's metadata carries it), else null. */
   specDigest: string | null;
@@ -74,7 +79,8 @@ export function describeImage(entry: ImageEntry, keyId: string): ImageManifest {
     indexSha256: sha256(readFileSync(entry.indexPath)),
     size: entry.size,
     blockCount: entry.blockCount,
-    name: entry.name ?? null,
+    name: entry.tags[0] ?? null,
+    tags: entry.tags,
     format: entry.format,
     specDigest: typeof meta?.specDigest === 'string' ? meta.specDigest : null,
     metaSha256: metaDigest(entry.meta),
@@ -88,7 +94,7 @@ export function describeImage(entry: ImageEntry, keyId: string): ImageManifest {
 /**
  * Signs `entry` with the repository's key and writes its manifest beside it. Does nothing
  * (returns undefined) when the repository has no signing key. Call it whenever an image is
- * built, added, accepted or renamed: the name is part of what is signed.
+ * built, added, accepted, tagged or untagged: its tags are part of what is signed.
  */
 export function signImage(repo: string, entry: ImageEntry): SignedManifest | undefined {
   const sk = loadSigningKey(repo);
@@ -139,6 +145,12 @@ export function verifyManifest(bytes: Buffer, signatureText: string, keys: reado
   return { manifest, bytes, signature: signatureText, key };
 }
 
+/** The tags a manifest vouches for: its `tags`, or for one signed before tags, its `name`. */
+export function signedTags(manifest: ImageManifest): string[] {
+  if (Array.isArray(manifest.tags)) return manifest.tags.filter((t) => typeof t === 'string');
+  return manifest.name === null || manifest.name === undefined ? [] : [manifest.name];
+}
+
 /** Checks that a fetched index is the one the manifest signs (before any block is assembled). */
 export function checkIndex(manifest: ImageManifest, index: Buffer, source: string): void {
   const got = sha256(index);
@@ -165,6 +177,8 @@ export interface PushedImage {
   digest?: string;
   size: number;
   blockCount: number;
+  /** The tags the frame gives the image (absent: a sender older than tags, which sends `name` only). */
+  tags?: string[];
   name?: string;
   meta: unknown;
 }
@@ -172,7 +186,7 @@ export interface PushedImage {
 /**
  * The manifest a push carried, checked against what the IMAGE frame says. With `keys`
  * (the receiver requires signatures) an absent manifest, a bad signature, or one that does
- * not describe this image — digest, size, block count, name, metadata — is OSFARM_UNTRUSTED,
+ * not describe this image — digest, size, block count, tags, metadata — is OSFARM_UNTRUSTED,
  * before any block is accepted. Without keys it is only kept if it describes the image, so
  * the receiver republishes it for pulls to verify.
  */
@@ -199,7 +213,14 @@ export function checkPushed(text: string | undefined, signature: string | undefi
   differs('image', manifest.digest, image.digest);
   differs('size', manifest.size, image.size);
   differs('block count', manifest.blockCount, image.blockCount);
-  if (image.name !== undefined) differs('name', manifest.name, image.name);
+  // The tags the push gives must be the signed ones (as a set); a sender older than tags
+  // gives one name, which must be among them.
+  const signedList = signedTags(manifest);
+  const sorted = (l: readonly string[]) => JSON.stringify([...new Set(l)].sort());
+  const given = image.tags ?? (image.name === undefined ? undefined : [image.name]);
+  if (given !== undefined && (image.tags ? sorted(given) !== sorted(signedList) : !signedList.includes(given[0]!))) {
+    throw new OsfarmError('OSFARM_UNTRUSTED', `${source} signs tags ${JSON.stringify(signedList)}, the push gives ${JSON.stringify(given)}: refused before any block`);
+  }
   checkMeta(manifest, image.meta, source);
   return { manifest, bytes, signature };
 }

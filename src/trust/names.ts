@@ -1,9 +1,9 @@
 /**
- * Name history (docs/trust.md): names move silently in the repository's catalog (a new image
- * added with a name takes it from the image that had it), so every time an image arrives
- * with a name, the move is appended to `names.jsonl` in the repository — one JSON line per
- * move: the name, the image that has it now, the one that had it before (as far as the
- * history knows), when, and how it arrived.
+ * Tag history (docs/trust.md): tags (names) move in the repository's catalog (an image given
+ * a tag takes it from the image that had it), so every time an image gets a tag — it arrives
+ * with it or is tagged — and every time a tag is removed, one JSON line is appended to
+ * `names.jsonl` in the repository: the tag, the image that has it now, the one that had it
+ * before (as far as the history knows), when, and how.
  */
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,13 +13,15 @@ import type { ImageEntry } from '../repo/index.js';
 export const NAMES_FILE = 'names.jsonl';
 
 export interface NameRecord {
+  /** The tag (name). */
   name: string;
-  digest: string;
-  /** The image that had the name before (null: none that the history knows of). */
+  /** The image that has it now (null: the tag was removed, `images untag`). */
+  digest: string | null;
+  /** The image that had it before (null: none that the history knows of). */
   previous: string | null;
   /** ISO 8601. */
   at: string;
-  /** How the image arrived: 'add', 'build', 'receive', 'pull'. */
+  /** How it came: 'add', 'build', 'receive', 'pull', 'tag' (`images tag`), 'untag'. */
   via: string;
 }
 
@@ -38,18 +40,33 @@ function readHistory(repo: string): NameRecord[] {
   return out;
 }
 
-/**
- * Records that `entry` now holds its name, if that is news. Returns the record written (its
- * `previous` set when the name moved from another image), or undefined when nothing changed.
- */
-export function recordName(repo: string, entry: ImageEntry, via: string): NameRecord | undefined {
-  if (!entry.name) return undefined;
-  const last = readHistory(repo).filter((r) => r.name === entry.name).pop();
-  if (last?.digest === entry.digest) return undefined;
-  const record: NameRecord = { name: entry.name, digest: entry.digest, previous: last?.digest ?? null, at: new Date().toISOString(), via };
+function append(repo: string, record: NameRecord): NameRecord {
   // One write of one short line with O_APPEND: concurrent writers do not interleave.
   appendFileSync(join(repo, NAMES_FILE), `${JSON.stringify(record)}\n`);
   return record;
+}
+
+/**
+ * Records that `entry` now carries each of its tags, where that is news. Returns the records
+ * written (each with `previous` set when the tag moved from another image). `holders` — each
+ * tag's image before the change, read from the catalog — makes that exact; without it the
+ * history's last record stands for it (an arrival: the catalog changed in one native call).
+ */
+export function recordTags(repo: string, entry: ImageEntry, via: string, holders?: ReadonlyMap<string, string>): NameRecord[] {
+  if (!entry.tags.length) return [];
+  const history = readHistory(repo);
+  const out: NameRecord[] = [];
+  for (const name of entry.tags) {
+    const previous = holders ? (holders.get(name) ?? null) : (history.filter((r) => r.name === name).pop()?.digest ?? null);
+    if (previous === entry.digest) continue;
+    out.push(append(repo, { name, digest: entry.digest, previous, at: new Date().toISOString(), via }));
+  }
+  return out;
+}
+
+/** Records that `tag` was taken off image `digest` (`images untag`). */
+export function recordUntag(repo: string, tag: string, digest: string): NameRecord {
+  return append(repo, { name: tag, digest: null, previous: digest, at: new Date().toISOString(), via: 'untag' });
 }
 
 /** Every move of `name`, oldest first. */

@@ -1,13 +1,14 @@
-/** What happens when an image arrives in a repository: its name's move is recorded and the repository signs it. */
+/** What happens when an image arrives in a repository: its tags' moves are recorded and the repository signs it. */
 import type { ImageEntry } from '../repo/index.js';
 import { type SignedManifest, signImage, writeManifest } from './manifest.js';
-import { type NameRecord, recordName } from './names.js';
+import { type NameRecord, recordTags } from './names.js';
+import { resignLosers } from './tags.js';
 
 export interface Arrival {
   /** The manifest now beside the image: signed with the repository's key, else the one it came with (if any). */
   signed?: SignedManifest;
-  /** The name's move, when the image took a name another image had (or a new name). */
-  name?: NameRecord;
+  /** The tags that are news for this image: each one's move (`previous` set when another image had it). */
+  moves: NameRecord[];
 }
 
 /**
@@ -16,11 +17,12 @@ export interface Arrival {
  * push's), so it republishes the origin's signature.
  */
 export function imageArrived(repo: string, entry: ImageEntry, via: 'add' | 'build' | 'receive', carried?: SignedManifest): Arrival {
-  const name = recordName(repo, entry, via);
+  const moves = recordTags(repo, entry, via);
   let signed = signImage(repo, entry);
   if (!signed && carried?.manifest.digest === entry.digest) {
     writeManifest(entry, carried);
     signed = carried;
   }
-  return { ...(signed ? { signed } : {}), ...(name ? { name } : {}) };
+  resignLosers(repo, moves);
+  return { ...(signed ? { signed } : {}), moves };
 }

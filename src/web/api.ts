@@ -16,6 +16,7 @@ import type { FarmClient } from '../farm/client.js';
 import { diffImages, exportSpec, imageSbom, imagesOfRequest, repositoryParents, requireBuildMeta, type SbomFormat } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageView } from '../app/images.js';
+import { tagImage, untagImage } from '../trust/tags.js';
 import { gcStages, stageSummary } from '../app/stages.js';
 import { parseSize } from '../base/size.js';
 import { parseImageUrl, pull } from '../transfer/http/pull.js';
@@ -325,6 +326,24 @@ export class Api {
         method: 'DELETE', path: '/api/images/:ref',
         doc: { tag: 'images', summary: 'Remove an image (blocks other images share stay)', response: { status: 200, description: '{ removed: Image }' } },
         handler: async ({ res, params }) => sendJson(res, 200, { removed: imageView(await this.repo().remove(params.ref!)) }),
+      },
+      {
+        method: 'POST', path: '/api/images/:ref/tags',
+        doc: { tag: 'images', summary: 'Give the image a tag (name); a tag another image had moves here, kept in its history (docs/trust.md)', body: { tag: { description: 'the tag', required: true } }, response: { status: 200, description: '{ image: Image, moves }' } },
+        handler: async ({ req, res, params }) => {
+          const body = await readJson(req, 4096);
+          const r = tagImage(this.o.repo, params.ref!, [field(body, 'tag')]);
+          sendJson(res, 200, { image: imageView(r.image), moves: r.moves });
+        },
+      },
+      {
+        method: 'DELETE', path: '/api/images/:ref/tags/:tag',
+        doc: { tag: 'images', summary: 'Remove a tag from the image; the image stays (by digest and its other tags)', response: { status: 200, description: '{ image: Image, moves }' } },
+        handler: ({ res, params }) => {
+          if (!this.image(params.ref!).tags.includes(params.tag!)) throw new OsfarmError('OSFARM_NOT_FOUND', `image ${params.ref} has no tag '${params.tag}'`);
+          const r = untagImage(this.o.repo, params.tag!);
+          sendJson(res, 200, { image: imageView(r.image), moves: r.moves });
+        },
       },
       {
         method: 'GET', path: '/api/stages', read: true,

@@ -37,7 +37,8 @@ pub struct RepoOpenOptions {
 pub struct RepoImage {
     /// The image digest (hex), its name in the repository.
     pub digest: String,
-    pub name: Option<String>,
+    /// Its tags (names), in the order they were given.
+    pub tags: Vec<String>,
     pub original_name: Option<String>,
     /// "tar", "raw", ...
     pub format: String,
@@ -55,7 +56,7 @@ pub struct RepoImage {
 pub(crate) fn image(e: repo::ImageEntry) -> RepoImage {
     RepoImage {
         digest: e.digest,
-        name: e.name,
+        tags: e.tags,
         original_name: e.original_name,
         format: e.format,
         size: e.size as f64,
@@ -69,8 +70,9 @@ pub(crate) fn image(e: repo::ImageEntry) -> RepoImage {
 
 #[napi(object)]
 pub struct RepoAddOptions {
-    /// A label; names are unique, so this takes it from any other image.
-    pub name: Option<String>,
+    /// Tags (names) to give the image; a tag is on one image only, so this takes each
+    /// from any other image.
+    pub tags: Option<Vec<String>>,
     /// JSON text recorded with the image (must parse).
     pub meta_json: Option<String>,
     /// "tar", "raw", ...; detected when absent.
@@ -81,7 +83,7 @@ pub struct RepoAddOptions {
 
 pub(crate) fn add_options(o: Option<RepoAddOptions>) -> AddOptions {
     o.map_or_else(AddOptions::default, |o| AddOptions {
-        name: o.name,
+        tags: o.tags.unwrap_or_default(),
         meta_json: o.meta_json,
         format: o.format,
         original_name: o.original_name,
@@ -348,15 +350,22 @@ impl RepositoryHandle {
         Ok(self.repo.list().map_err(js_err)?.into_iter().map(image).collect())
     }
 
-    /// By full digest, name, or unique digest prefix of at least 4 hex digits.
+    /// By full digest, any of its tags, or unique digest prefix of at least 4 hex digits.
     #[napi]
     pub fn resolve(&self, reference: String) -> Result<RepoImage> {
         self.repo.resolve(&reference).map(image).map_err(js_err)
     }
 
+    /// Gives an image tags, keeping its others; a tag another image had moves here.
     #[napi]
-    pub fn set_name(&self, reference: String, name: Option<String>) -> Result<RepoImage> {
-        self.repo.set_name(&reference, name.as_deref()).map(image).map_err(js_err)
+    pub fn tag(&self, reference: String, tags: Vec<String>) -> Result<RepoImage> {
+        self.repo.tag(&reference, &tags).map(image).map_err(js_err)
+    }
+
+    /// Removes a tag; the image that carried it stays (returned).
+    #[napi]
+    pub fn untag(&self, tag: String) -> Result<RepoImage> {
+        self.repo.untag(&tag).map(image).map_err(js_err)
     }
 
     #[napi]

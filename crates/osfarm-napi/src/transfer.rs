@@ -256,8 +256,8 @@ pub struct PushAssemblyOptions {
     pub expected_digest: Option<String>,
     /// Group the repository's indexes for a protocol v2 sender (`lookupGroups`).
     pub groups: Option<bool>,
-    /// The name the image will get: checked now, before any data is received.
-    pub name: Option<String>,
+    /// The tags the image will get: checked now, before any data is received.
+    pub tags: Option<Vec<String>>,
     /// The sender's bound on the bytes of the image's non-zero blocks: an image that
     /// cannot fit in the repository's file system is refused now.
     pub data_bytes: Option<f64>,
@@ -312,7 +312,7 @@ fn push_stats(s: StreamStats) -> PushStats {
 
 #[napi(object)]
 pub struct TransferImageOptions {
-    pub name: Option<String>,
+    pub tags: Option<Vec<String>>,
     pub original_name: Option<String>,
     pub format: Option<String>,
     /// JSON text.
@@ -321,9 +321,12 @@ pub struct TransferImageOptions {
 
 fn add_options(o: Option<TransferImageOptions>) -> AddOptions {
     match o {
-        Some(o) => {
-            AddOptions { name: o.name, meta_json: o.meta_json, format: o.format, original_name: o.original_name }
-        }
+        Some(o) => AddOptions {
+            tags: o.tags.unwrap_or_default(),
+            meta_json: o.meta_json,
+            format: o.format,
+            original_name: o.original_name,
+        },
         None => AddOptions::default(),
     }
 }
@@ -332,7 +335,7 @@ fn add_options(o: Option<TransferImageOptions>) -> AddOptions {
 #[napi(object)]
 pub struct TransferredImage {
     pub digest: String,
-    pub name: Option<String>,
+    pub tags: Vec<String>,
     pub size: f64,
     pub block_count: f64,
     pub path: String,
@@ -341,7 +344,7 @@ pub struct TransferredImage {
 fn transferred(e: repo::ImageEntry) -> TransferredImage {
     TransferredImage {
         digest: e.digest,
-        name: e.name,
+        tags: e.tags,
         size: e.size as f64,
         block_count: e.block_count as f64,
         path: e.path.to_string_lossy().into_owned(),
@@ -398,7 +401,7 @@ impl Held {
 }
 
 fn begin_push(repo_path: &str, o: &PushAssemblyOptions) -> osfarm_core::Result<(StreamAssembler, HashAlg, u32)> {
-    repo::check_name(o.name.as_deref())?;
+    repo::check_tags(o.tags.as_deref().unwrap_or_default())?;
     let repo = Repository::open(Path::new(repo_path))?;
     let expected_digest = match &o.expected_digest {
         Some(d) => Some(from_hex(d).ok_or_else(|| {

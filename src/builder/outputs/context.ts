@@ -9,6 +9,8 @@ import type { BuildSpec } from '../../spec/spec.js';
 export interface LayerTree {
   tag: string | null;
   dir: string;
+  /** The stage's label ("+ base"), for the OCI history. */
+  label?: string;
 }
 
 export interface OutputContext {

@@ -1,5 +1,6 @@
 /**
- * What a stage changed over its parent, as debugfs commands that turn an ext4 file system
+ * What a stage changed over its parent (diffTrees): what the OCI output's layer of the stage
+ * holds (layer.ts), and, as debugfs commands (treeDelta), what turns an ext4 file system
  * holding the parent's tree into one holding the child's, touching nothing else: the
  * parent's inodes and blocks stay where they are and the child's additions come after them
  * (docs/disk.md, "Identical files on identical blocks").
@@ -98,6 +99,51 @@ function sameXattrs(a: Map<string, Buffer> | undefined, b: Map<string, Buffer> |
   return true;
 }
 
+/** How an entry of the child differs from the parent's entry of the same path. */
+export type ChangeKind = 'added' | 'meta' | 'replace';
+
+/** Two trees compared: every path the child added or changed, and what it removed. */
+export interface TreeDiff {
+  parent: TreeWalk;
+  child: TreeWalk;
+  /** The child's changed and added paths (absent: the same as in the parent), in the child's walk order. */
+  changes: Map<string, ChangeKind>;
+  /** Paths of the parent the child no longer has, deepest first (a directory after its contents). */
+  gone: string[];
+  /** Extended attributes of the entries that may have changed, by absolute path, in each tree. */
+  xattrs: { parent: Map<string, Map<string, Buffer>>; child: Map<string, Map<string, Buffer>> };
+}
+
+/** Compares two full trees (the module comment says how). */
+export async function diffTrees(parent: string, child: string, epoch: number | null, signal?: AbortSignal): Promise<TreeDiff> {
+  const [P, C] = await Promise.all([walkTree(parent, signal), walkTree(child, signal)]);
+  // Extended attributes: only entries whose inode may have changed, in both trees.
+  const suspects = [...C.entries()].filter(([r, st]) => P.get(r)?.ctimeNs !== st.ctimeNs).map(([r]) => r);
+  const [px, cx] = await Promise.all([
+    readXattrs(suspects.filter((r) => P.has(r)).map((r) => parent + r), signal),
+    readXattrs(suspects.map((r) => child + r), signal),
+  ]);
+  const kindOf = async (r: string, a: BigIntStats, b: BigIntStats): Promise<ChangeKind | null> => {
+    if (a.ctimeNs === b.ctimeNs) return null;
+    if ((a.mode & BigInt(TYPE)) !== (b.mode & BigInt(TYPE))) return 'replace';
+    if (b.isSymbolicLink() && (await readlink(parent + r)) !== (await readlink(child + r))) return 'replace';
+    if ((b.isCharacterDevice() || b.isBlockDevice()) && a.rdev !== b.rdev) return 'replace';
+    if (b.isFile() && (a.size !== b.size || !(await sameContent(parent + r, child + r, Number(b.size))))) return 'replace';
+    if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || mtimeOf(a, epoch) !== mtimeOf(b, epoch)) return 'meta';
+    if (!sameXattrs(px.get(parent + r), cx.get(child + r))) return 'meta';
+    return null;
+  };
+  const changes = new Map<string, ChangeKind>();
+  for (const [r, st] of C) {
+    if (signal?.aborted) throw aborted(signal);
+    const before = P.get(r);
+    const kind = before ? await kindOf(r, before, st) : 'added';
+    if (kind) changes.set(r, kind);
+  }
+  const gone = [...P.keys()].filter((r) => !C.has(r)).sort((a, b) => b.split('/').length - a.split('/').length || byteOrder(a, b));
+  return { parent: P, child: C, changes, gone, xattrs: { parent: px, child: cx } };
+}
+
 export interface DeltaOptions {
   epoch: number | null;
   /** A scratch directory for extended attribute values (debugfs reads them from files). */
@@ -116,7 +162,7 @@ export interface Delta {
 
 /** The debugfs commands that turn a file system made from `parent` into one of `child`. */
 export async function treeDelta(parent: string, child: string, opts: DeltaOptions): Promise<Delta> {
-  const [P, C] = await Promise.all([walkTree(parent, opts.signal), walkTree(child, opts.signal)]);
+  const { parent: P, child: C, changes, gone, xattrs } = await diffTrees(parent, child, opts.epoch, opts.signal);
   const E = opts.epoch;
   const lines: string[] = [];
   const skipped: string[] = [];
@@ -126,28 +172,9 @@ export async function treeDelta(parent: string, child: string, opts: DeltaOption
     return s;
   };
 
-  // Extended attributes: only entries whose inode may have changed, in both trees.
-  const suspects = [...C.entries()].filter(([r, st]) => P.get(r)?.ctimeNs !== st.ctimeNs).map(([r]) => r);
-  const [px, cx] = await Promise.all([
-    readXattrs(suspects.filter((r) => P.has(r)).map((r) => parent + r), opts.signal),
-    readXattrs(suspects.map((r) => child + r), opts.signal),
-  ]);
-
-  type Kind = 'same' | 'meta' | 'replace';
-  const kindOf = async (r: string, a: BigIntStats, b: BigIntStats): Promise<Kind> => {
-    if (a.ctimeNs === b.ctimeNs) return 'same';
-    if ((a.mode & BigInt(TYPE)) !== (b.mode & BigInt(TYPE))) return 'replace';
-    if (b.isSymbolicLink() && (await readlink(parent + r)) !== (await readlink(child + r))) return 'replace';
-    if ((b.isCharacterDevice() || b.isBlockDevice()) && a.rdev !== b.rdev) return 'replace';
-    if (b.isFile() && (a.size !== b.size || !(await sameContent(parent + r, child + r, Number(b.size))))) return 'replace';
-    if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || mtimeOf(a, E) !== mtimeOf(b, E)) return 'meta';
-    if (!sameXattrs(px.get(parent + r), cx.get(child + r))) return 'meta';
-    return 'same';
-  };
-
   let nx = 0;
   const xattrLines = async (r: string, o: string, old: Map<string, Buffer> | undefined): Promise<void> => {
-    const now = cx.get(child + r) ?? new Map<string, Buffer>();
+    const now = xattrs.child.get(child + r) ?? new Map<string, Buffer>();
     for (const k of old?.keys() ?? []) if (!now.has(k)) lines.push(`ea_rm ${o} ${k}`);
     for (const [k, v] of now) {
       if (old?.get(k)?.equals(v)) continue;
@@ -171,11 +198,10 @@ export async function treeDelta(parent: string, child: string, opts: DeltaOption
     const m = mtimeOf(st, E);
     lines.push(`sif ${o} mode 0${st.mode.toString(8)}`, `sif ${o} uid ${st.uid}`, `sif ${o} gid ${st.gid}`, `sif ${o} mtime @${m}`, `sif ${o} atime @${m}`);
     if (E !== null) lines.push(`sif ${o} ctime @${E}`);
-    await xattrLines(r, o, px.get(parent + r));
+    await xattrLines(r, o, xattrs.parent.get(parent + r));
   };
 
   // 1. What the child removed, deepest first (a directory is empty when its turn comes).
-  const gone = [...P.keys()].filter((r) => !C.has(r)).sort((a, b) => b.split('/').length - a.split('/').length || byteOrder(a, b));
   for (const r of gone) {
     const o = q(r);
     if (o) lines.push(`${P.get(r)!.isDirectory() ? 'rmdir' : 'rm'} ${o}`);
@@ -192,9 +218,9 @@ export async function treeDelta(parent: string, child: string, opts: DeltaOption
     const key = `${st.dev}:${st.ino}`;
     const linked = st.nlink > 1n && !st.isDirectory();
     const before = P.get(r);
+    const kind = changes.get(r);
     if (before) {
-      const kind = await kindOf(r, before, st);
-      if (kind === 'same') {
+      if (!kind) {
         if (linked && !links.has(key)) links.set(key, o);
         continue;
       }

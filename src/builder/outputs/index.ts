@@ -1,8 +1,8 @@
 /**
  * Image formats written from a finished stage chain: the block-aligned tar (default),
  * tar.gz (the seed's format), ext4 (the root file system alone), disk (a bootable raw disk),
- * qcow2 (that disk converted), squashfs and oci (an OCI archive whose layer is the aligned
- * tar). Every writer is deterministic for a given tree, spec digest and SOURCE_DATE_EPOCH.
+ * qcow2 (that disk converted), squashfs and oci (an OCI archive with a layer per stage).
+ * Every writer is deterministic for a given tree, spec digest and SOURCE_DATE_EPOCH.
  * docs/build.md lists them; docs/disk.md describes the disk.
  */
 import { rename, rm } from 'node:fs/promises';
@@ -20,12 +20,12 @@ import { writeTar, writeTarGz } from './tar.js';
 export { type LayerTree, type OutputContext, derivedUuid } from './context.js';
 export { checkOutputTools } from './tools.js';
 
-/** The order outputs are written in: what another output is made from first (tar → oci, disk → qcow2). */
+/** The order outputs are written in: what another output is made from first (disk → qcow2). */
 const ORDER: OutputFormat[] = ['tar', 'ext4', 'disk', 'qcow2', 'tar.gz', 'squashfs', 'oci'];
 
 /**
  * Writes one build's outputs. Work shared between formats is done once: the populated root
- * file system (ext4, disk), the raw disk (disk, qcow2), the aligned tar (tar, oci).
+ * file system (ext4, disk), the raw disk (disk, qcow2).
  */
 export class OutputWriter {
   private root?: Promise<string>;
@@ -46,7 +46,7 @@ export class OutputWriter {
   }
 
   /** The output made before or, if it was not asked for, a scratch copy made now. */
-  private async source(format: 'tar' | 'disk'): Promise<string> {
+  private async source(format: 'disk'): Promise<string> {
     const have = this.made.get(format);
     if (have) return have;
     const scratch = join(this.ctx.buildDir, `source.${format}`);
@@ -72,7 +72,7 @@ export class OutputWriter {
       case 'squashfs':
         return writeSquashfs(path, ctx);
       case 'oci':
-        return writeOci(path, await this.source('tar'), ctx);
+        return writeOci(path, ctx);
     }
   }
 
@@ -83,7 +83,7 @@ export class OutputWriter {
     try {
       await this.writeTo(format, tmp);
       await rename(tmp, path);
-      if (format === 'tar' || format === 'disk') this.made.set(format, path);
+      if (format === 'disk') this.made.set(format, path);
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;

@@ -153,13 +153,13 @@ export async function populatedRoot(ctx: OutputContext, blocks: number): Promise
       await rm(xattrs, { recursive: true, force: true });
       ctx.log(`osfarm: ext4: stage ${i}: ${delta.added} added, ${delta.changed} changed, ${delta.removed} removed (${delta.lines.length} debugfs commands) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
-    current = await keep(next, cached(i), ctx);
+    current = await keep(next, cached(i), 'file system', ctx);
   }
   return current;
 }
 
-/** Puts a stage's file system into the stage store (linked, else copied, then renamed: never half there); returns where it is now. */
-async function keep(file: string, target: string | undefined, ctx: OutputContext): Promise<string> {
+/** Puts a file made from a stage into the stage store (linked, else copied, then renamed: never half there); returns where it is now. */
+export async function keep(file: string, target: string | undefined, what: string, ctx: OutputContext): Promise<string> {
   if (!target) return file;
   try {
     await mkdir(join(target, '..'), { recursive: true });
@@ -171,7 +171,7 @@ async function keep(file: string, target: string | undefined, ctx: OutputContext
     return target;
   } catch (err) {
     // A cache that cannot be written costs time later, not this build.
-    ctx.log(`osfarm: ext4: could not keep the stage's file system in the stage store: ${(err as Error).message}`);
+    ctx.log(`osfarm: could not keep the stage's ${what} in the stage store: ${(err as Error).message}`);
     return file;
   }
 }

@@ -1,15 +1,66 @@
-/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML; a name's history. */
+/** `osfarm images …`: built images by their request: find by spec, show, export the spec as XML; tags and their history. */
 import { writeFileSync } from 'node:fs';
 
 import { loadSpec } from '../../spec/spec.js';
 import { type DiffResult, diffImages, exportSpec, findImages, type FindResult, imageSbom, repositoryParents, type SbomFormat, showImage, type ShowResult } from '../../images/index.js';
-import { type Command, flag, str } from '../command.js';
-import { bytes, table } from '../format.js';
+import { type Command, type CommandContext, flag, str } from '../command.js';
+import { bytes, table, tagList } from '../format.js';
 import { nameHistory, type NameRecord } from '../../trust/names.js';
+import { tagImage, type TagResult, untagImage } from '../../trust/tags.js';
 import { Repository } from '../../repo/index.js';
 import { writeFileAtomic } from '../../host/fs.js';
 
 const when = (iso: string) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+
+/** Says aloud each tag that left another image (`osfarm images history TAG` lists every move). */
+export function sayMoves(ctx: CommandContext, moves: readonly NameRecord[]): void {
+  for (const moved of moves) {
+    if (!moved.previous || !moved.digest) continue;
+    ctx.info(`tag '${moved.name}' moved from ${moved.previous} to ${moved.digest}`);
+    ctx.event({ type: 'name-moved', ...moved });
+  }
+}
+
+type ShownTag = Omit<TagResult, 'image'> & { digest: string; tags: string[] };
+
+const shownTag = (r: TagResult): ShownTag => ({ digest: r.image.digest, tags: r.image.tags, moves: r.moves });
+
+const tag: Command<ShownTag> = {
+  name: 'tag',
+  summary: 'give an image more tags (names); a tag another image has moves, said aloud and kept in its history',
+  usage: ['NAME|DIGEST TAG...'],
+  operands: { complete: 'none', min: 2 },
+  examples: [
+    { command: 'osfarm images tag app1.tar app:2026-12 app:stable', what: 'app1.tar is also app:2026-12 and app:stable (taking app:stable from the image that had it)' },
+    { command: 'osfarm images tag 3f2a9c prod', what: 'tag an image by a digest prefix' },
+  ],
+  async run(args, ctx) {
+    const [ref, ...tags] = args.positionals as [string, ...string[]];
+    const r = tagImage(ctx.repoPath, ref, tags);
+    sayMoves(ctx, r.moves);
+    return shownTag(r);
+  },
+  render: (r) => `${r.digest}: ${tagList(r.tags)}`,
+};
+
+const untag: Command<ShownTag> = {
+  name: 'untag',
+  summary: 'remove tags; the image stays (by digest and its other tags) until `osfarm repo rm`',
+  usage: ['TAG...'],
+  operands: { complete: 'none', min: 1 },
+  examples: [{ command: 'osfarm images untag app:old', what: 'app:old names no image any more; the image it named stays' }],
+  async run(args, ctx) {
+    let last: TagResult | undefined;
+    const moves: NameRecord[] = [];
+    for (const t of args.positionals) {
+      last = untagImage(ctx.repoPath, t);
+      moves.push(...last.moves);
+      ctx.event({ type: 'untagged', tag: t, digest: last.image.digest });
+    }
+    return { ...shownTag(last!), moves };
+  },
+  render: (r) => `${r.moves.map((m) => `untagged ${m.name} (was on ${m.previous})`).join('\n')}\n${r.digest}: ${r.tags.length ? tagList(r.tags) : 'no tags left: still in the repository by its digest'}`,
+};
 
 const find: Command<FindResult> = {
   name: 'find',
@@ -46,7 +97,7 @@ const show: Command<ShowResult> = {
   render(r) {
     const s = r.spec;
     return [
-      `image ${r.name ?? '(no name)'} ${r.digest}`,
+      `image ${r.tags.length ? tagList(r.tags) : '(no tags)'} ${r.digest}`,
       `  format ${r.format}, ${bytes(r.size)}, added ${when(r.added)}, at ${r.path}`,
       `  request ${r.specDigest}: ${s.distribution} ${s.release} ${s.architecture}, built with ${r.backend} by ${r.builder}${r.built ? ` at ${when(r.built)}` : ''}${r.cow ? `, stages on ${r.cow}` : ''}`,
       `  formats: ${r.formats.map((f) => `${f.format} ${f.digest.slice(0, 12)} (${bytes(f.size)})`).join(', ')}`,
@@ -79,17 +130,17 @@ const exportCmd: Command<{ specDigest: string; xml: string; output: string | nul
 
 const history: Command<{ name: string; current: string | null; moves: NameRecord[] }> = {
   name: 'history',
-  summary: 'every image a name was given to, oldest first (names.jsonl), and which has it now',
-  usage: ['NAME'],
+  summary: 'every image a tag (name) was given to and taken from, oldest first (names.jsonl), and which has it now',
+  usage: ['TAG'],
   operands: { complete: 'none', min: 1, max: 1 },
   examples: [{ command: 'osfarm images history app1.tar', what: 'which images were called app1.tar, and when each got the name (build, add, receive, pull)' }],
   async run(args, ctx) {
     const name = args.positionals[0]!;
-    const current = Repository.open(ctx.repoPath).list().find((e) => e.name === name)?.digest ?? null;
+    const current = Repository.open(ctx.repoPath).list().find((e) => e.tags.includes(name))?.digest ?? null;
     return { name, current, moves: nameHistory(ctx.repoPath, name) };
   },
   render(r) {
-    const rows = r.moves.map((m) => [when(m.at), m.via, m.digest.slice(0, 16), m.previous ? m.previous.slice(0, 16) : '-']);
+    const rows = r.moves.map((m) => [when(m.at), m.via, m.digest ? m.digest.slice(0, 16) : '(removed)', m.previous ? m.previous.slice(0, 16) : '-']);
     return [
       `name ${r.name}: ${r.current ? `now ${r.current}` : 'held by no image now'}`,
       rows.length ? table(rows, ['when', 'via', 'image', 'previous']) : '  no recorded moves',
@@ -145,8 +196,8 @@ const sbom: Command<{ format: SbomFormat; output: string | null; document: Recor
 const command: Command = {
   name: 'images',
   section: 'build',
-  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML), history NAME, diff A B, sbom NAME|DIGEST',
+  summary: 'built images by request: find SPEC, show NAME|DIGEST, export NAME|DIGEST (spec as XML); tag, untag and history of tags; diff A B, sbom NAME|DIGEST',
   usage: [],
-  subcommands: [find, show, exportCmd, history, diff, sbom] as Command[],
+  subcommands: [find, show, exportCmd, tag, untag, history, diff, sbom] as Command[],
 };
 export default command;

@@ -6,7 +6,7 @@ import { pull, type PullResult } from '../../transfer/http/pull.js';
 import type { LazyPullResult } from '../../transfer/lazy/export.js';
 import { type Command, flag, str, strs, throttled, wholeNumber } from '../command.js';
 import { pullLazyCommand, renderLazy } from '../pull-lazy.js';
-import { bytes, count, percent } from '../format.js';
+import { bytes, count, percent, tagList } from '../format.js';
 
 /** --max-request: from 4 KiB (one block) to 1 GiB. */
 function requestSize(text: string): number {
@@ -26,7 +26,7 @@ const command: Command<PullResult | LazyPullResult> = {
   description:
     'From an osfarm serve, or any static web server or caching proxy in front of a repository (docs/http.md). A missing repository is created with the image\'s hash and block size. With --trust, or a repository that trusts keys (osfarm keys trust), the image\'s signed manifest and index are checked before any block is assembled (docs/trust.md). With --lazy the image is served over NBD at once while it arrives (docs/lazy-boot.md).',
   options: {
-    name: { type: 'string', value: 'N', description: 'the name the image gets here (default: the name it was pulled by)' },
+    name: { type: 'string', value: 'N', description: 'the one tag the image gets here (default: all the tags it has at the origin)' },
     parallel: { type: 'string', value: 'N', description: 'range requests in flight at once (default 4)' },
     'max-request': { type: 'string', value: 'SIZE', description: 'the largest single range request, like 8M (default)' },
     retries: { type: 'string', value: 'N', description: 'retries of a failed request before giving up' },
@@ -80,10 +80,10 @@ const command: Command<PullResult | LazyPullResult> = {
   },
   render(r) {
     if ('profile' in r) return renderLazy(r);
-    if (r.alreadyPresent) return `image ${r.digest}${r.name ? ` (${r.name})` : ''} is already in the repository: nothing fetched`;
+    if (r.alreadyPresent) return `image ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''} is already in the repository: nothing fetched`;
     const share = r.blockCount ? r.blocksFetched / r.blockCount : 0;
     return [
-      `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      `image      ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
       ...(r.signedBy ? [`signed     by key ${r.signedBy} (manifest and index verified)`] : []),
       `fetched    ${count(r.blocksFetched)} blocks (${percent(share)}), ${bytes(r.bytesFetched)} in ${count(r.requests)} requests${r.retries ? ` (${r.retries} retries)` : ''}`,
       `local      ${count(r.blocksLocal)} blocks from the repository, ${count(r.blocksResumed)} kept from an earlier attempt, ${count(r.blocksZero)} zero`,

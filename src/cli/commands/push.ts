@@ -2,7 +2,7 @@
 import { resolveToken } from '../../transfer/push/auth.js';
 import { push, type PushResult } from '../../transfer/push/push.js';
 import { type Command, flag, str, throttled } from '../command.js';
-import { bytes, count, percent } from '../format.js';
+import { bytes, count, percent, tagList } from '../format.js';
 import { CLIENT_TLS_OPTIONS, clientTls } from '../tls.js';
 
 const command: Command<PushResult> = {
@@ -13,7 +13,7 @@ const command: Command<PushResult> = {
   description:
     'IMAGE is an image file, or an image of the repository by name, digest or digest prefix. The receiver tells which blocks it holds; only the others cross the network (docs/protocol.md). An interrupted push resumes where it stopped. Without TLS it refuses to start unless told --insecure (docs/trust.md).',
   options: {
-    name: { type: 'string', value: 'N', description: 'the name the image gets in the receiver\'s repository' },
+    name: { type: 'string', value: 'N', description: 'the one tag the image gets in the receiver\'s repository (default: all the tags it has here)' },
     token: { type: 'string', value: 'T', description: 'the shared token (default $OSFARM_TOKEN); prefer --token-file, a token on the command line shows in ps' },
     'token-file': { type: 'string', value: 'F', complete: 'file', description: 'read the shared token from F' },
     ...CLIENT_TLS_OPTIONS,
@@ -55,7 +55,7 @@ const command: Command<PushResult> = {
     if (r.alreadyPresent) return `image ${r.digest} is already in the receiver's repository: nothing sent`;
     const share = r.blockCount ? r.blocksSent / r.blockCount : 0;
     return [
-      `image      ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
+      `image      ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''}, ${bytes(r.size)} in ${count(r.blockCount)} blocks`,
       `sent       ${count(r.blocksSent)} blocks (${percent(share)}), ${bytes(r.rawBytesSent)} of data as ${bytes(r.encodedBytesSent)}; ${bytes(r.wireBytesSent)} on the wire`,
       `receiver   ${count(r.localBlocks)} blocks from its repository, ${count(r.resumedBlocks)} kept from an earlier attempt, ${count(r.duplicateBlocks)} repeats, ${count(r.zeroBlocks)} zero`,
       `time       ${r.seconds.toFixed(2)} s, ${bytes(r.size / Math.max(r.seconds, 1e-9))}/s observed, ${bytes(r.wireBytesSent / Math.max(r.seconds, 1e-9))}/s on the wire`,

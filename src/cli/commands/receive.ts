@@ -4,16 +4,16 @@ import { parseAddress } from '../../transfer/address.js';
 import { resolveToken } from '../../transfer/push/auth.js';
 import { Receiver, type ReceiverTotals, type TransferReport } from '../../transfer/push/receive.js';
 import { type Command, flag, str, strs, untilAborted, wholeNumber } from '../command.js';
-import { bytes, count } from '../format.js';
+import { bytes, count, tagList } from '../format.js';
 import { SERVER_TLS_OPTIONS, serverTls } from '../tls.js';
 
 function line(r: TransferReport): string {
   if (r.error) {
     return `${r.remote}: failed: ${r.error.message} (${r.error.code})${r.keptPartial ? '; the partial image is kept for a retry' : '; nothing was kept'}`;
   }
-  if (r.alreadyPresent) return `${r.remote}: ${r.digest}${r.name ? ` (${r.name})` : ''} already here`;
+  if (r.alreadyPresent) return `${r.remote}: ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''} already here`;
   return (
-    `${r.remote}: received ${r.digest}${r.name ? ` (${r.name})` : ''}, ${bytes(r.size ?? 0)}: ` +
+    `${r.remote}: received ${r.digest}${r.tags?.length ? ` (${tagList(r.tags)})` : ''}, ${bytes(r.size ?? 0)}: ` +
     `${count(r.receivedBlocks)} blocks over the network, ${count(r.localBlocks)} from the repository, ` +
     `${count(r.resumedBlocks)} resumed, in ${r.seconds.toFixed(2)} s`
   );

@@ -5,7 +5,8 @@ import type { HashName } from '../../blocks/index.js';
 import { type DedupReport, type DiskUsage, type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
 import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
-import { bytes, count, table } from '../format.js';
+import { bytes, count, tagList, table } from '../format.js';
+import { sayMoves } from './images.js';
 
 /** An image entry as printed: dates as ISO strings. */
 function shown(e: ImageEntry): ShownEntry {
@@ -15,7 +16,7 @@ function shown(e: ImageEntry): ShownEntry {
 type ShownEntry = Omit<ImageEntry, 'added'> & { added: string };
 
 function imageLine(e: ShownEntry): string {
-  return `${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)} in ${count(e.blockCount)} blocks`;
+  return `${e.digest}${e.tags.length ? ` (${tagList(e.tags)})` : ''}: ${e.format}, ${bytes(e.size)} in ${count(e.blockCount)} blocks`;
 }
 
 const init: Command<{ path: string; hash: HashName; blockSize: number; detectCollisions: boolean }> = {
@@ -52,7 +53,7 @@ const add: Command<ShownEntry[]> = {
   summary: 'copy images in, index them and publish atomically (blocks other images hold are shared by reference on xfs/btrfs)',
   usage: ['IMAGE... [--name N] [--meta JSON]'],
   options: {
-    name: { type: 'string', value: 'N', description: 'a name for the image (names are unique: an image holding it loses it)' },
+    name: { type: 'string', value: 'N', description: 'a tag for the image, added to any it has (a tag is on one image only: an image holding it loses it)' },
     meta: { type: 'string', value: 'JSON', description: 'metadata kept with the image (any JSON value)' },
   },
   operands: { complete: 'file', min: 1 },
@@ -79,12 +80,7 @@ const add: Command<ShownEntry[]> = {
       const bar = ctx.progress(`add ${image}`);
       try {
         const e = await repo.add(image, { name, meta, onProgress: (p) => bar.update(p.done, p.total), signal: ctx.signal });
-        const moved = imageArrived(repo.path, e, 'add').name;
-        if (moved?.previous) {
-          // Said aloud: the name left another image (osfarm images history NAME lists every move).
-          ctx.info(`name '${moved.name}' moved from ${moved.previous} to ${moved.digest}`);
-          ctx.event({ type: 'name-moved', ...moved });
-        }
+        sayMoves(ctx, imageArrived(repo.path, e, 'add').moves);
         ctx.event({ type: 'added', digest: e.digest, path: image });
         out.push(shown(e));
       } finally {
@@ -93,7 +89,7 @@ const add: Command<ShownEntry[]> = {
     }
     return out;
   },
-  render: (r) => r.map((e) => `added ${e.digest}${e.name ? ` (${e.name})` : ''}: ${e.format}, ${bytes(e.size)}`).join('\n'),
+  render: (r) => r.map((e) => `added ${e.digest}${e.tags.length ? ` (${tagList(e.tags)})` : ''}: ${e.format}, ${bytes(e.size)}`).join('\n'),
 };
 
 const ls: Command<{ images: ShownEntry[]; stats: RepoStats; usage: DiskUsage }> = {
@@ -110,12 +106,12 @@ const ls: Command<{ images: ShownEntry[]; stats: RepoStats; usage: DiskUsage }> 
     const use = new Map(r.usage.images.map((u) => [u.digest, u]));
     const rows = r.images.map((e) => {
       const u = use.get(e.digest);
-      return [e.digest.slice(0, 16), e.name ?? '', e.format, bytes(e.size), u ? bytes(u.allocatedBytes) : '?', u ? bytes(u.sharedBytes) : '?', e.added.slice(0, 19).replace('T', ' ')];
+      return [e.digest.slice(0, 16), tagList(e.tags), e.format, bytes(e.size), u ? bytes(u.allocatedBytes) : '?', u ? bytes(u.sharedBytes) : '?', e.added.slice(0, 19).replace('T', ' ')];
     });
     const s = r.stats;
     const u = r.usage;
     return [
-      rows.length ? table(rows, ['digest', 'name', 'format', 'size', 'allocated', 'shared', 'added']) : '(no images)',
+      rows.length ? table(rows, ['digest', 'tags', 'format', 'size', 'allocated', 'shared', 'added']) : '(no images)',
       `${count(s.images)} images: ${bytes(u.logicalBytes)} logical, ${bytes(u.physicalBytes)} physical (shared blocks counted once; ${bytes(u.allocatedBytes)} summed over the files); ${count(s.distinctBlocks)} distinct blocks (${bytes(s.distinctBlocks * s.blockSize)}); table ${bytes(s.tableFileBytes)}; ${s.hash}, ${s.blockSize}-byte blocks`,
     ].join('\n');
   },
@@ -165,7 +161,7 @@ const rm: Command<ShownEntry[]> = {
 
 const show: Command<ShownEntry> = {
   name: 'show',
-  summary: 'one image: digest, name, size, paths, metadata',
+  summary: 'one image: digest, tags, size, paths, metadata',
   usage: ['NAME|DIGEST'],
   operands: { complete: 'none', min: 1, max: 1 },
   examples: [{ command: 'osfarm repo show bookworm', what: 'where the image bookworm and its index are, and its metadata' }],

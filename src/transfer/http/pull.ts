@@ -16,8 +16,9 @@ import { Repository, type Assembler, type ImageEntry } from '../../repo/index.js
 import { SOFTWARE } from '../../base/version.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { isCertificateError } from '../../trust/tls.js';
-import { recordName } from '../../trust/names.js';
-import { checkIndex, checkMeta, MANIFEST_FILE, SIGNATURE_FILE, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
+import { recordTags } from '../../trust/names.js';
+import { resignLosers } from '../../trust/tags.js';
+import { checkIndex, checkMeta, MANIFEST_FILE, SIGNATURE_FILE, signedTags, verifyManifest, writeManifest, type SignedManifest } from '../../trust/manifest.js';
 import type { PublicKey } from '../../trust/minisign.js';
 
 export interface PullProgress {
@@ -37,7 +38,7 @@ export type PullEvent = ({ type: 'progress' } & PullProgress) | ResultEvent<Pull
 export interface PullOptions {
   /** The local repository (created with the image's hash and block size if absent). */
   repo: string;
-  /** Name for the pulled image; default: the name it was pulled by, if any. */
+  /** A tag for the pulled image instead of the tags it has at the origin (the default: all of them). */
   name?: string;
   /** Stops the pull (the partial is kept for the next pull); it rejects with an AbortError carrying OSFARM_ABORTED. */
   signal?: AbortSignal;
@@ -68,7 +69,10 @@ export interface PullOptions {
 export interface PullResult {
   url: string;
   digest: string;
+  /** Its first tag here. */
   name?: string;
+  /** Its tags here. */
+  tags: string[];
   size: number;
   blockCount: number;
   alreadyPresent: boolean;
@@ -404,7 +408,8 @@ export interface Prepared {
   index: Buffer;
   /** The index's hash and block size: a new local repository is made with them. */
   params: { hash: 'sha1' | 'sha256'; blockSize: number };
-  meta: { name?: string; format?: string; originalName?: string; meta?: unknown };
+  /** `tags`: the origin's tags (the signed ones when keys were required). */
+  meta: { tags: string[]; format?: string; originalName?: string; meta?: unknown };
   /** The verified manifest, when keys were required. */
   signed?: SignedManifest & { key: PublicKey };
 }
@@ -434,12 +439,20 @@ async function fetchManifest(
   if (signed.manifest.digest !== digest) {
     throw new OsfarmError('OSFARM_UNTRUSTED', `${url} is signed for image ${signed.manifest.digest}, not ${digest}: the server or a cache substituted it`);
   }
-  // Asked for by name (not by the digest or a prefix of it): the signed name must be that name.
+  // Asked for by tag (not by the digest or a prefix of it): the image must be signed with that tag.
   const byDigest = /^[0-9a-f]{4,}$/i.test(loc.ref) && digest.startsWith(loc.ref.toLowerCase());
-  if (!byDigest && signed.manifest.name !== loc.ref) {
-    throw new OsfarmError('OSFARM_UNTRUSTED', `the server resolved name '${loc.ref}' to image ${digest}, which was signed as ${signed.manifest.name === null ? 'unnamed' : `'${signed.manifest.name}'`}; pull it by digest if you meant that image`);
+  const tags = signedTags(signed.manifest);
+  if (!byDigest && !tags.includes(loc.ref)) {
+    const as = tags.length ? tags.map((x) => `'${x}'`).join(', ') : 'untagged';
+    throw new OsfarmError('OSFARM_UNTRUSTED', `the server resolved tag '${loc.ref}' to image ${digest}, which was signed as ${as}; pull it by digest if you meant that image`);
   }
   return signed;
+}
+
+/** The tags an origin's meta.json lists (`tags`; one older than tags has `name` only). */
+function servedTags(meta: Record<string, unknown>): string[] {
+  if (Array.isArray(meta.tags)) return meta.tags.filter((t): t is string => typeof t === 'string');
+  return typeof meta.name === 'string' ? [meta.name] : [];
 }
 
 /** Finds the image: its meta.json (following a server's name → digest redirect), then its index. */
@@ -480,7 +493,7 @@ export async function prepare(loc: ImageUrl, fetcher: Fetcher, retry: <T>(f: () 
     signed,
     params: indexHeader(index, indexUrl),
     meta: {
-      name: typeof meta.name === 'string' ? meta.name : undefined,
+      tags: signed ? signedTags(signed.manifest) : servedTags(meta),
       format: typeof meta.format === 'string' ? meta.format : undefined,
       originalName: typeof meta.originalName === 'string' ? meta.originalName : undefined,
       meta: imageMeta,
@@ -508,13 +521,13 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     const plan = await repo.plan(prep.index);
     const asm = repo.beginAssembly(prep.index, { resumable: true, expectedDigest: prep.digest });
     held = asm;
-    // Pulled by name: keep that name here too (not when pulled by digest or prefix).
-    const { name: remoteName, ...imageMeta } = prep.meta;
-    const name = options.name ?? (remoteName === loc.ref ? loc.ref : undefined);
+    // The origin's tags travel with the image (`name` gives one of its own instead).
+    const { tags: remoteTags, ...imageMeta } = prep.meta;
+    const tags = options.name !== undefined ? [options.name] : remoteTags;
     const result: PullResult = {
       url,
       digest: prep.digest,
-      name,
+      tags,
       size: asm.imageSize,
       blockCount: asm.blockCount,
       alreadyPresent: asm.alreadyPresent,
@@ -530,7 +543,7 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
     };
     let entry: ImageEntry;
     if (asm.alreadyPresent) {
-      entry = await asm.finish({ name });
+      entry = await asm.finish({ tags });
     } else {
       const progress = (phase: PullProgress['phase'], done: number, total: number) => {
         const p: PullProgress = { phase, done, total, bytesFetched: fetcher.bytes, requests: fetcher.requests, retries: fetcher.retries };
@@ -579,12 +592,13 @@ export async function pull(url: string, options: PullOptions): Promise<PullResul
         asm.flush();
         throw options.signal?.aborted ? aborted(options.signal) : failure;
       }
-      entry = await asm.finish({ name, ...imageMeta });
+      entry = await asm.finish({ tags, ...imageMeta });
     }
     // Keep the origin's verified manifest beside the image: this repository republishes it.
     if (prep.signed) writeManifest(entry, prep.signed);
-    recordName(options.repo, entry, 'pull');
-    result.name = entry.name;
+    resignLosers(options.repo, recordTags(options.repo, entry, 'pull'));
+    result.tags = entry.tags;
+    if (entry.name !== undefined) result.name = entry.name;
     result.bytesFetched = fetcher.bytes;
     result.requests = fetcher.requests;
     result.retries = fetcher.retries;

@@ -47,7 +47,7 @@ export type PullHandler = HttpHandler & { stats: PullServeStats };
 const IMAGE_FILES: Record<string, { type: string; immutable: boolean; etagSuffix: string }> = {
   image: { type: 'application/octet-stream', immutable: true, etagSuffix: '' },
   'index.osfi': { type: 'application/vnd.osfarm.index', immutable: true, etagSuffix: '.osfi' },
-  // meta.json carries the image's name, which can change: revalidate every time.
+  // meta.json carries the image's tags, which can change: revalidate every time.
   'meta.json': { type: 'application/json', immutable: false, etagSuffix: '' },
   // The boot profile (docs/lazy-boot.md), optional (404 without one); it can be recorded later.
   'profile.json': { type: 'application/json', immutable: false, etagSuffix: '' },
@@ -91,11 +91,11 @@ class Listing {
     }
   }
 
-  /** Same order as `Repository.resolve`: full digest, exact name, unique digest prefix (≥ 4). */
+  /** Same order as `Repository.resolve`: full digest, any tag, unique digest prefix (≥ 4). */
   async resolve(ref: string): Promise<ImageEntry | undefined> {
     const images = await this.current();
     const lower = ref.toLowerCase();
-    const exact = images.find((e) => e.digest === lower) ?? images.find((e) => e.name === ref);
+    const exact = images.find((e) => e.digest === lower) ?? images.find((e) => e.tags.includes(ref));
     if (exact || !/^[0-9a-f]{4,}$/.test(lower)) return exact;
     const matches = images.filter((e) => e.digest.startsWith(lower));
     return matches.length === 1 ? matches[0] : undefined;
@@ -205,6 +205,7 @@ export function createPullHandler(opts: PullHandlerOptions): PullHandler {
     const images = (await listing.current()).map((e) => ({
       digest: e.digest,
       name: e.name ?? null,
+      tags: e.tags,
       size: e.size,
       blockCount: e.blockCount,
       ...listing.params(),

@@ -16,7 +16,8 @@ import { native, type NbdFetchRequest, type NbdServer, type RepositoryHandle } f
 import { nativeImageOptions, Repository } from '../../repo/index.js';
 import { trustedKeys } from '../../trust/keys.js';
 import { writeManifest } from '../../trust/manifest.js';
-import { recordName } from '../../trust/names.js';
+import { recordTags } from '../../trust/names.js';
+import { resignLosers } from '../../trust/tags.js';
 import { type BlockRange, type BlockSink, Fetcher, fetchRange, parseImageUrl, prepare, type PullResult, type RetryOptions, sleep, withRetries } from '../http/pull.js';
 import { removePartialOrigin, writePartialOrigin } from './origin.js';
 import { type BootProfile, parseBootProfile, type ProfileRun, readBootProfile, writeBootProfile } from './profile.js';
@@ -240,8 +241,11 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       local.close();
     }
     const { blockCount, alreadyPresent, imageSize: size } = plan;
-    const { name: remoteName, ...imageMeta } = prep.meta;
-    const name = options.name ?? (remoteName === loc.ref ? loc.ref : undefined);
+    // The origin's tags travel with the image (`name` gives one of its own instead); the tag
+    // it was pulled by names the export and the partial's record.
+    const { tags: remoteTags, ...imageMeta } = prep.meta;
+    const tags = options.name !== undefined ? [options.name] : remoteTags;
+    const name = options.name ?? (remoteTags.includes(loc.ref) ? loc.ref : undefined);
 
     // The prefetch order: the repository's own profile of this image, else the origin's.
     let profile: BootProfile | undefined;
@@ -402,16 +406,16 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       }
       if (closed) throw closedError();
       srv.flush();
-      const entry = await srv.publish(nativeImageOptions({ name, ...imageMeta }));
+      const entry = await srv.publish(nativeImageOptions({ tags, ...imageMeta }));
       published = true;
       removePartialOrigin(repoPath, prep.digest);
       // As `pull` does: the origin's verified manifest is kept beside the image (this
-      // repository republishes it), and the name's move is recorded.
+      // repository republishes it), and the tags' moves are recorded.
       const repo = Repository.open(repoPath);
       try {
         const stored = repo.resolve(prep.digest);
         if (prep.signed) writeManifest(stored, prep.signed);
-        recordName(repoPath, stored, 'pull --lazy');
+        resignLosers(repoPath, recordTags(repoPath, stored, 'pull --lazy'));
       } finally {
         repo.close();
       }
@@ -428,7 +432,8 @@ export async function pullLazy(url: string, options: LazyPullOptions): Promise<L
       const result: LazyPullResult = {
         url,
         digest: prep.digest,
-        name: entry.name ?? undefined,
+        ...(entry.tags.length ? { name: entry.tags[0] } : {}),
+        tags: entry.tags,
         size,
         blockCount,
         alreadyPresent,

@@ -250,6 +250,22 @@ export function intField(msg: Record<string, unknown>, key: string, what: string
   return v;
 }
 
+/**
+ * The tags an IMAGE frame gives the image: its `tags` list, or (from a sender older than
+ * tags) its one `name`. The receiving repository checks each tag's form before any data.
+ */
+export function tagsField(msg: Record<string, unknown>): string[] {
+  const v = msg.tags;
+  if (v === undefined || v === null) {
+    const name = optString(msg, 'name', 255);
+    return name === undefined ? [] : [name];
+  }
+  if (!Array.isArray(v) || v.length > 4096 || v.some((t) => typeof t !== 'string' || t.length > 255)) {
+    throw protocolError("'tags' must be a list of at most 4096 strings of at most 255 characters");
+  }
+  return v as string[];
+}
+
 export function optString(msg: Record<string, unknown>, key: string, max = 4096): string | undefined {
   const v = msg[key];
   if (v === undefined || v === null) return undefined;

@@ -66,7 +66,7 @@ export interface PushOptions {
    * included) is sent; a mismatch is OSFARM_UNAUTHORIZED. Without it the push is plain TCP.
    */
   tls?: TlsClientOptions;
-  /** Name the image gets in the receiver's repository. */
+  /** The tag the image gets in the receiver's repository, instead of the tags it carries here. */
   name?: string;
   /** A local repository to find `image` in when it is not a file (by digest, prefix or name). */
   repo?: string;
@@ -94,7 +94,10 @@ export interface PushOptions {
 
 export interface PushResult {
   digest: string;
+  /** Its first tag at the receiver. */
   name?: string;
+  /** Its tags at the receiver (all of them, the ones it had there before included). */
+  tags: string[];
   size: number;
   blockCount: number;
   /** The receiver already held the image: nothing was sent but the handshake. */
@@ -130,10 +133,15 @@ interface Source {
   resumeKey: string;
   originalName: string;
   format?: string;
-  /** A repository image's name, metadata and signed manifest: they travel with it (docs/trust.md). */
-  name?: string;
+  /** A repository image's tags, metadata and signed manifest: they travel with it (docs/trust.md). */
+  tags?: string[];
   meta?: unknown;
   signed?: { manifest: string; signature: string };
+}
+
+/** The IMAGE frame's `name` and `tags` for the tags an image takes to the receiver. */
+function pushTags(tags: string[] | undefined): { name?: string; tags?: string[] } {
+  return tags?.length ? { name: tags[0], tags } : {};
 }
 
 /** Finds what to send: a file, or an image of a local repository. */
@@ -170,7 +178,7 @@ function resolveSource(image: string, repo?: string): Source {
     resumeKey: `image:${e.digest}`,
     originalName: e.originalName ?? e.name ?? e.digest,
     format: e.format,
-    name: e.name,
+    tags: e.tags,
     meta: e.meta,
     signed: signedManifest(e),
   };
@@ -310,7 +318,8 @@ export async function push(image: string, address: string, options: PushOptions 
       // The space the file takes: a bound on its non-zero blocks (holes take none), so a
       // receiver without room refuses at once.
       dataBytes: Math.min(src.imageSize, statSync(source.path).blocks * 512),
-      name: options.name ?? source.name,
+      // `name` for receivers older than tags; `tags` is the whole list.
+      ...pushTags(options.name !== undefined ? [options.name] : source.tags),
       originalName: source.originalName,
       format: source.format,
       meta: source.meta,
@@ -353,8 +362,9 @@ export async function push(image: string, address: string, options: PushOptions 
       zeroBlocks: num('zeroBlocks'),
       seconds,
       fromIndex: src.fromIndex,
+      tags: Array.isArray(done.tags) ? done.tags.filter((t): t is string => typeof t === 'string') : typeof done.name === 'string' ? [done.name] : [],
     };
-    if (typeof done.name === 'string') result.name = done.name;
+    if (result.tags.length) result.name = result.tags[0];
     conn.end();
     emit({ type: 'result', result });
     return result;

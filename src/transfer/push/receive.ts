@@ -21,7 +21,7 @@ import { certificateFingerprint, type TlsServerOptions } from '../../trust/tls.j
 import { imageArrived } from '../../trust/provenance.js';
 import { mac, macMatches, newNonce, parseNonce } from './auth.js';
 import { listenOn } from '../address.js';
-import { Connection, field, intField, optString } from './connection.js';
+import { Connection, field, intField, optString, tagsField } from './connection.js';
 import { ConnectionGate, type Ticket } from '../gate.js';
 import {
   DEFAULT_MAX_FRAME,
@@ -84,7 +84,10 @@ export interface TransferReport {
   /** The protocol version used. */
   protocol?: number;
   digest?: string;
+  /** The image's first tag here. */
   name?: string;
+  /** Its tags here. */
+  tags?: string[];
   size?: number;
   blockCount?: number;
   alreadyPresent?: boolean;
@@ -116,7 +119,7 @@ export interface ReceiverTotals {
 export type ReceiveEvent =
   | { type: 'listening'; address: string; port: number; repo: string; /** With TLS: the certificate's SHA-256 fingerprint, for sources to pin. */ tlsFingerprint?: string }
   | { type: 'repository-created'; path: string }
-  | { type: 'transfer-start'; remote: string; size: number; name?: string }
+  | { type: 'transfer-start'; remote: string; size: number; name?: string; tags?: string[] }
   | ({ type: 'transfer-done' } & TransferReport)
   | ({ type: 'transfer-failed' } & TransferReport)
   | { type: 'connection-refused'; remote: string; error: { code: string; message: string } }
@@ -374,8 +377,9 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
     if (digest !== undefined && !/^[0-9a-f]+$/.test(digest)) throw protocolError('IMAGE digest is not lowercase hex');
     const meta = image.meta === undefined || image.meta === null ? undefined : JSON.stringify(image.meta);
     if (meta !== undefined && meta.length > MAX_META) throw protocolError(`IMAGE meta is ${meta.length} bytes of JSON; at most ${MAX_META}`);
+    const tags = tagsField(image);
     const imageOptions = {
-      name: optString(image, 'name', 255),
+      tags,
       originalName: optString(image, 'originalName', 4096),
       format: optString(image, 'format', 64),
       // The origin's metadata (spec, stage chain, build log, packages): any JSON, kept as it came.
@@ -386,7 +390,8 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       digest,
       size,
       blockCount,
-      name: imageOptions.name,
+      tags: image.tags === undefined ? undefined : tags,
+      name: optString(image, 'name', 255),
       meta: image.meta,
     });
     const report: TransferReport = {
@@ -394,7 +399,7 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       protocol: version,
       size,
       blockCount,
-      name: imageOptions.name,
+      ...(tags.length ? { name: tags[0], tags } : {}),
       receivedBlocks: 0,
       receivedBytes: 0,
       localBlocks: 0,
@@ -404,10 +409,10 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
       wireBytesReceived: 0,
       seconds: 0,
     };
-    this.report({ type: 'transfer-start', remote, size, name: imageOptions.name });
+    this.report({ type: 'transfer-start', remote, size, ...(tags.length ? { name: tags[0], tags } : {}) });
 
     const asm: PushAssembly = await callNative(() =>
-      native.PushAssembly.begin(o.repo, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, name: imageOptions.name, dataBytes }),
+      native.PushAssembly.begin(o.repo, { imageSize: size, resumeKey: resumeKey || undefined, expectedDigest: digest, groups: version >= 2, tags, dataBytes }),
     );
     /** Where the image's blocks came from so far (reported in DONE and to listeners). */
     const counts = () => {
@@ -436,10 +441,10 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
 
     if (asm.alreadyPresent) {
       const e = await callNative(() => asm.finish(digest!, imageOptions)).then((e) => this.signAccepted(e, carried));
-      conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
+      conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.tags[0], tags: e.tags, size: e.size, blockCount: e.blockCount, alreadyPresent: true });
       conn.end();
       this.totals.transfers++;
-      this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: true }) });
+      this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.tags[0], tags: e.tags, alreadyPresent: true }) });
       return;
     }
     conn.sendJson(FrameType.ACCEPT, { resumedBlocks: 0 });
@@ -512,11 +517,11 @@ export class Receiver extends EventEmitter implements AsyncDisposable {
         callNative(() => asm.finish(endDigest!, imageOptions)).then((e) => this.signAccepted(e, carried)).then(
           (e) => {
             if (over) return;
-            conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.name, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });
+            conn.sendJson(FrameType.DONE, { digest: e.digest, name: e.tags[0], tags: e.tags, size: e.size, blockCount: e.blockCount, alreadyPresent: false, ...counts() });
             over = true;
             clearInterval(progress);
             this.totals.transfers++;
-            this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.name ?? undefined, alreadyPresent: false }) });
+            this.report({ type: 'transfer-done', ...finishReport({ digest: e.digest, name: e.tags[0], tags: e.tags, alreadyPresent: false }) });
             conn.end();
             resolve();
           },

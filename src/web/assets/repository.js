@@ -1,12 +1,12 @@
 // @ts-check
-// Repository: images with size and format; one image's spec (JSON, XML), build log, download, boot, delete.
+// Repository: images with their tags, size and format; one image's tags (add, remove), spec (JSON, XML), build log, download, boot, delete.
 import { action, api, bytes, el, notice, showError, short, when } from './lib.js';
 
 export async function render(view, [ref], session) {
   const { images, stats } = await api('GET', '/api/images');
   const detail = el('div', { id: 'image-detail' });
   const rows = images.map((i) => el('tr', { 'data-digest': i.digest },
-    el('td', {}, el('a', { href: `#/repository/${i.digest}` }, i.name ?? short(i.digest))),
+    el('td', { class: 'tags' }, el('a', { href: `#/repository/${i.digest}` }, i.tags.length ? i.tags.join(', ') : short(i.digest))),
     el('td', { class: 'mono' }, short(i.digest)),
     el('td', {}, i.format),
     el('td', { class: 'num' }, bytes(i.size)),
@@ -18,7 +18,7 @@ export async function render(view, [ref], session) {
     el('h1', {}, 'Repository'),
     el('p', { class: 'muted' }, `${stats.images} images, ${bytes(stats.totalBytes)} in total, ${bytes(stats.diskBytes)} on disk, ${stats.distinctBlocks} distinct blocks of ${bytes(stats.blockSize)}`),
     el('div', { class: 'card' }, images.length === 0 ? el('p', { class: 'muted' }, 'The repository is empty.') :
-      el('table', { id: 'images' }, el('thead', {}, el('tr', {}, ['name', 'digest', 'format', 'size', 'system', 'packages', 'added'].map((h) => el('th', { class: h === 'size' ? 'num' : '' }, h)))), el('tbody', {}, rows))),
+      el('table', { id: 'images' }, el('thead', {}, el('tr', {}, ['tags', 'digest', 'format', 'size', 'system', 'packages', 'added'].map((h) => el('th', { class: h === 'size' ? 'num' : '' }, h)))), el('tbody', {}, rows))),
     detail);
   if (!ref) return;
 
@@ -65,6 +65,7 @@ export async function render(view, [ref], session) {
   const stages = Array.isArray(image.meta?.stages) ? image.meta.stages : [];
   detail.append(el('div', { class: 'card' },
     el('h2', {}, image.name ?? image.digest),
+    tagsRow(image, session),
     siblings.length ? el('p', { id: 'formats' }, 'other formats of this build: ', siblings.map((i) => el('a', { href: `#/repository/${i.digest}` }, `${i.format} (${bytes(i.size)}) `))) : null,
     stages.length ? el('p', { id: 'image-stages' }, 'stages: ', stages.map((s, n) => [n ? ' → ' : '', el('a', { href: '#/stages' }, el('code', {}, short(s.tag))), s.label ? ` ${s.label}` : ''])) : null,
     el('p', {}, el('code', {}, image.digest), ` · ${image.format} · ${bytes(image.size)} · ${image.blockCount} blocks · added ${when(image.added)}`),
@@ -73,6 +74,30 @@ export async function render(view, [ref], session) {
     tabs, body),
     installedCard(image.meta?.installed));
   await show('spec JSON', `${base}/spec.json`);
+}
+
+/** The image's tags, each removable, and a field that adds one (a tag another image has moves here). */
+function tagsRow(image, session) {
+  // The page is drawn again from the API (route() runs on hashchange; it clears the notice
+  // before its first await, so a notice given after this stays).
+  const reload = () => window.dispatchEvent(new HashChangeEvent('hashchange'));
+  const chips = image.tags.map((t) => {
+    const remove = el('button', { class: 'small', title: `remove the tag ${t} (the image stays)`, disabled: !session.authorized, 'data-untag': t }, '×');
+    remove.addEventListener('click', action(remove, async () => {
+      await api('DELETE', `/api/images/${image.digest}/tags/${encodeURIComponent(t)}`);
+      reload();
+    }));
+    return el('span', { class: 'tag' }, el('code', {}, t), ' ', remove);
+  });
+  const input = el('input', { type: 'text', id: 'new-tag', placeholder: 'new tag', disabled: !session.authorized });
+  const add = el('button', { id: 'add-tag', disabled: !session.authorized }, 'Add tag');
+  add.addEventListener('click', action(add, async () => {
+    if (!input.value.trim()) return;
+    const r = await api('POST', `/api/images/${image.digest}/tags`, { tag: input.value.trim() });
+    reload();
+    for (const m of r.moves) if (m.previous) notice(`tag ${m.name} moved here from ${short(m.previous)}`, 'info');
+  }));
+  return el('p', { id: 'image-tags' }, 'tags: ', chips.length ? chips : el('span', { class: 'muted' }, 'none'), input, add);
 }
 
 /** The image's installed packages with their versions (recorded by its build), searchable. */

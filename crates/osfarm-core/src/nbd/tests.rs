@@ -49,7 +49,7 @@ impl Lab {
             (0..N).rev().filter(|i| i % 3 == 0 && i % 10 != 0).map(|i| 1000 + i).chain(1..40).collect();
         let p = dir.path().join("base.img");
         std::fs::write(&p, image(&base)).unwrap();
-        repo.add(&p, &AddOptions { name: Some("base".into()), ..Default::default() }, &Silent).unwrap();
+        repo.add(&p, &AddOptions { tags: vec!["base".into()], ..Default::default() }, &Silent).unwrap();
         let seeds: Vec<u32> = (0..N).map(wanted_seed).collect();
         let source = image(&seeds);
         let index = index_bytes(&source, IndexOptions::default()).unwrap();
@@ -204,7 +204,7 @@ fn qemu_img_reads_the_whole_export_byte_identical_and_it_publishes() {
     assert!(events.lock().unwrap().is_empty());
 
     // Everything is present now: publishing needs nothing more, and reads go on.
-    let entry = img.publish(&AddOptions { name: Some("lazy".into()), ..Default::default() }).unwrap();
+    let entry = img.publish(&AddOptions { tags: vec!["lazy".into()], ..Default::default() }).unwrap();
     assert_eq!(entry.digest, lab.index.image_digest_hex());
     lab.repo.verify("lazy", &Silent).unwrap();
     assert_eq!(std::fs::read(&entry.path).unwrap(), lab.source);

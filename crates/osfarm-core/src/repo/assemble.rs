@@ -257,10 +257,10 @@ impl Assembler {
     /// Checks that every block is present, then publishes the image (data, index,
     /// metadata) into the repository and its block table, atomically.
     pub fn finish(&self, opts: &AddOptions) -> Result<ImageEntry> {
-        super::check_name(opts.name.as_deref())?;
+        super::check_tags(&opts.tags)?;
         super::check_meta(opts.meta_json.as_deref())?;
         match &self.work {
-            Work::Present(e) => assembly::existing_named(&self.repo, e, opts.name.as_deref()),
+            Work::Present(e) => assembly::existing_tagged(&self.repo, e, &opts.tags),
             Work::Assembling(engine) => engine.publish(&self.index, opts),
         }
     }

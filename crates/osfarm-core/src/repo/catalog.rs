@@ -10,7 +10,12 @@ use super::table::TableHeader;
 use crate::error::{Code, Error, Result};
 
 pub const CATALOG_MAGIC: [u8; 8] = *b"\x89OSFC\r\n\x1a";
-pub const CATALOG_VERSION: u32 = 1;
+/// Version 2 gives an image any number of tags; version 1 (one optional name) is still
+/// read, and the next commit rewrites the catalog as version 2.
+pub const CATALOG_VERSION: u32 = 2;
+const CATALOG_VERSION_ONE_NAME: u32 = 1;
+/// Tags one image may carry; a bound so a damaged count cannot make decoding allocate wildly.
+pub const MAX_TAGS: usize = 4096;
 /// Slots are below this. Slots index vectors, so a damaged catalog must not name slot
 /// 4 billion; a million images at once is beyond any real repository.
 pub const MAX_SLOTS: u32 = 1 << 20;
@@ -24,7 +29,8 @@ pub struct CatalogEntry {
     pub image_len: u64,
     /// Milliseconds since the Unix epoch.
     pub added_ms: u64,
-    pub name: Option<String>,
+    /// The image's tags (names), in the order they were given; a tag is on one image only.
+    pub tags: Vec<String>,
     pub original_name: Option<String>,
     /// "tar", "raw", ...
     pub format: String,
@@ -85,7 +91,10 @@ impl Catalog {
             b.extend_from_slice(&e.digest);
             b.extend_from_slice(&e.image_len.to_le_bytes());
             b.extend_from_slice(&e.added_ms.to_le_bytes());
-            put_str(&mut b, e.name.as_deref());
+            b.extend_from_slice(&(e.tags.len() as u32).to_le_bytes());
+            for t in &e.tags {
+                put_str(&mut b, Some(t));
+            }
             put_str(&mut b, e.original_name.as_deref());
             put_str(&mut b, Some(&e.format));
             put_str(&mut b, e.meta_json.as_deref());
@@ -118,10 +127,10 @@ impl Catalog {
             return Err(bad("bad magic"));
         }
         let version = r.u32().ok_or_else(|| bad("truncated"))?;
-        if version != CATALOG_VERSION {
+        if version != CATALOG_VERSION && version != CATALOG_VERSION_ONE_NAME {
             return Err(Error::new(
                 Code::BadRepository,
-                format!("catalog {} has format version {version}; this osfarm reads {CATALOG_VERSION}", path.display()),
+                format!("catalog {} has format version {version}; this osfarm reads {CATALOG_VERSION_ONE_NAME} and {CATALOG_VERSION}: a newer osfarm wrote it", path.display()),
             ));
         }
         let _reserved = r.u32();
@@ -139,13 +148,21 @@ impl Catalog {
                 let digest = r.take(dl)?.to_vec();
                 let image_len = r.u64()?;
                 let added_ms = r.u64()?;
-                let name = r.opt_str()?;
+                let tags = if version == CATALOG_VERSION_ONE_NAME {
+                    r.opt_str()?.into_iter().collect()
+                } else {
+                    let n = r.u32()? as usize;
+                    if n > MAX_TAGS {
+                        return None;
+                    }
+                    (0..n).map(|_| r.opt_str()?).collect::<Option<Vec<String>>>()?
+                };
                 let original_name = r.opt_str()?;
                 let format = r.opt_str()??;
                 let meta_json = r.opt_str()?;
-                Some(CatalogEntry { slot, digest, image_len, added_ms, name, original_name, format, meta_json })
+                Some(CatalogEntry { slot, digest, image_len, added_ms, tags, original_name, format, meta_json })
             })()
-            .ok_or_else(|| bad("an image entry is truncated or not UTF-8"))?;
+            .ok_or_else(|| bad("an image entry is truncated, not UTF-8, or has too many tags"))?;
             if e.digest.len() != digest_len {
                 return Err(bad("an image digest has the wrong length for the repository's hash"));
             }
@@ -165,6 +182,13 @@ impl Catalog {
         digests.dedup();
         if slots.len() != images.len() || digests.len() != images.len() {
             return Err(bad("two images share a slot or a digest"));
+        }
+        let mut tags: Vec<&str> = images.iter().flat_map(|e| e.tags.iter().map(String::as_str)).collect();
+        let all = tags.len();
+        tags.sort_unstable();
+        tags.dedup();
+        if tags.len() != all {
+            return Err(bad("a tag is given twice"));
         }
         Ok(Catalog { table, images })
     }
@@ -221,7 +245,7 @@ mod tests {
                     digest: vec![1; 20],
                     image_len: 12345,
                     added_ms: 1,
-                    name: Some("base".into()),
+                    tags: vec!["base".into(), "base:1".into()],
                     original_name: None,
                     format: "tar".into(),
                     meta_json: Some("{\"a\":1}".into()),
@@ -231,7 +255,7 @@ mod tests {
                     digest: vec![2; 20],
                     image_len: 0,
                     added_ms: 2,
-                    name: None,
+                    tags: vec![],
                     original_name: Some("x.img".into()),
                     format: "raw".into(),
                     meta_json: None,
@@ -247,6 +271,74 @@ mod tests {
         assert_eq!(Catalog::decode(&b, 20, Path::new("c")).unwrap(), c);
         assert_eq!(c.free_slot(), 1);
         assert_eq!(c.slot_bound(), 3);
+    }
+
+    /// A version 1 catalog, byte for byte as osfarm wrote it before tags: one optional
+    /// name per image (a `str`, 0xFFFFFFFF when absent) where version 2 has a tag list.
+    fn version_one_bytes() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&CATALOG_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for v in [3u64, 1024, 10, 99] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&2u32.to_le_bytes());
+        let record = |b: &mut Vec<u8>, slot: u32, d: u8, name: Option<&str>, orig: Option<&str>, format: &str| {
+            b.extend_from_slice(&slot.to_le_bytes());
+            b.push(20);
+            b.extend_from_slice(&[d; 20]);
+            b.extend_from_slice(&7u64.to_le_bytes());
+            b.extend_from_slice(&(d as u64).to_le_bytes());
+            for s in [name, orig, Some(format), None] {
+                put_str(b, s);
+            }
+        };
+        record(&mut b, 0, 1, Some("app"), None, "tar");
+        record(&mut b, 1, 2, None, Some("x.img"), "raw");
+        let sum = checksum64(&b);
+        b.extend_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn reads_version_one_and_writes_version_two() {
+        let c = Catalog::decode(&version_one_bytes(), 20, Path::new("c")).unwrap();
+        assert_eq!(c.table, TableHeader { generation: 3, capacity: 1024, used: 10, checksum: 99 });
+        assert_eq!(c.images[0].tags, ["app"]);
+        assert!(c.images[1].tags.is_empty());
+        assert_eq!((c.images[1].original_name.as_deref(), c.images[1].format.as_str()), (Some("x.img"), "raw"));
+        let again = c.encode();
+        assert_eq!(u32::from_le_bytes(again[8..12].try_into().unwrap()), 2);
+        assert_eq!(Catalog::decode(&again, 20, Path::new("c")).unwrap(), c);
+    }
+
+    #[test]
+    fn refuses_a_tag_on_two_images_an_unknown_version_and_a_wild_tag_count() {
+        let mut c = sample();
+        c.images[1].tags = vec!["base:1".into()];
+        let e = Catalog::decode(&c.encode(), 20, Path::new("c")).unwrap_err();
+        assert!(e.message.contains("a tag is given twice"), "{}", e.message);
+
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let n = b.len() - 8;
+        let sum = checksum64(&b[..n]);
+        b[n..].copy_from_slice(&sum.to_le_bytes());
+        let e = Catalog::decode(&b, 20, Path::new("c")).unwrap_err();
+        assert!(e.message.contains("format version 3") && e.message.contains("newer osfarm"), "{}", e.message);
+
+        // The first record's tag count (after the 52-byte header, slot, digest length,
+        // digest, length and time) set beyond the bound.
+        let mut b = sample().encode();
+        let at = 52 + 4 + 1 + 20 + 8 + 8;
+        assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 2);
+        b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let n = b.len() - 8;
+        let sum = checksum64(&b[..n]);
+        b[n..].copy_from_slice(&sum.to_le_bytes());
+        let e = Catalog::decode(&b, 20, Path::new("c")).unwrap_err();
+        assert!(e.message.contains("too many tags"), "{}", e.message);
     }
 
     #[test]

@@ -86,8 +86,9 @@ impl Default for InitOptions {
 /// What `add` records besides the data.
 #[derive(Clone, Debug, Default)]
 pub struct AddOptions {
-    /// A label; names are unique, so giving one takes it from any other image.
-    pub name: Option<String>,
+    /// Tags (names) for the image, added to any it has; a tag is on one image only, so
+    /// giving one takes it from any other image.
+    pub tags: Vec<String>,
     /// Arbitrary JSON text (must parse), e.g. the build spec that produced the image.
     pub meta_json: Option<String>,
     /// "tar", "raw", ...; detected from the data when absent.
@@ -101,7 +102,8 @@ pub struct AddOptions {
 pub struct ImageEntry {
     /// The image digest in hex: `Index::image_digest_hex()` at the repository's parameters.
     pub digest: String,
-    pub name: Option<String>,
+    /// Its tags (names), in the order they were given.
+    pub tags: Vec<String>,
     pub original_name: Option<String>,
     pub format: String,
     pub size: u64,
@@ -603,10 +605,10 @@ impl Repository {
 
     /// Adds an image file: copies it in (reflink when the file system can, else one
     /// parallel pass that reads, hashes and writes, leaving all-zero blocks as holes),
-    /// indexes the copy, and publishes it. Adding an image already present only updates
-    /// its name (if one is given) and returns the existing entry.
+    /// indexes the copy, and publishes it. Adding an image already present only adds the
+    /// tags given (if any) and returns the existing entry.
     pub fn add(&self, image: &Path, opts: &AddOptions, progress: &dyn Progress) -> Result<ImageEntry> {
-        check_name(opts.name.as_deref())?;
+        check_tags(&opts.tags)?;
         check_meta(opts.meta_json.as_deref())?;
         let ws = self.workspace("add")?;
         let data = ws.dir.join(IMAGE_FILE);
@@ -622,12 +624,12 @@ impl Repository {
             digest: index.image_digest().to_vec(),
             image_len: index.image_len(),
             added_ms: now_ms(),
-            name: opts.name.clone(),
+            tags: Vec::new(),
             original_name,
             format,
             meta_json: opts.meta_json.clone(),
         };
-        self.publish_new_image(ws, &index, entry)
+        self.publish_new_image(ws, &index, entry, &opts.tags)
     }
 
     /// Writes the index and meta.json next to `ws/image` (which must already be durable),
@@ -637,27 +639,25 @@ impl Repository {
         mut ws: Workspace,
         index: &Index,
         mut entry: CatalogEntry,
+        tags: &[String],
     ) -> Result<ImageEntry> {
         index.save(&ws.dir.join(INDEX_FILE))?;
-        self.write_meta(&ws.dir, index, &entry)?;
+        let mut first_tags: Vec<String> = Vec::new();
+        for t in tags {
+            if !first_tags.contains(t) {
+                first_tags.push(t.clone());
+            }
+        }
+        self.write_meta(&ws.dir, index, &CatalogEntry { tags: first_tags, ..entry.clone() })?;
         fsutil::sync_dir(&ws.dir)?;
 
         let lock = self.lock(LockKind::Exclusive)?;
         let mut st = self.state_for_write(&lock)?;
         let hex = index.image_digest_hex();
         if let Some(pos) = st.catalog.images.iter().position(|e| e.digest == entry.digest) {
-            // Already here: keep the existing data; only a new name changes anything.
-            let changed = entry.name.is_some() && st.catalog.images[pos].name != entry.name;
-            if changed {
-                set_name(&mut st.catalog, pos, entry.name.take());
-                let st = self.commit(&lock, st, false)?;
-                let e = &st.catalog.images[pos];
-                let _ = self.write_meta(&self.image_dir(&hex), index, e);
-                return Ok(self.entry(e, index.block_count()));
-            }
-            let e = self.entry(&st.catalog.images[pos], index.block_count());
-            *self.inner.cache.lock().unwrap() = Some(Arc::new(st));
-            return Ok(e);
+            // Already here: keep the existing data; only new tags change anything.
+            drop(ws);
+            return self.commit_tags(&lock, st, pos, tags);
         }
         let slot = st.catalog.free_slot();
         if slot >= catalog::MAX_SLOTS {
@@ -685,12 +685,12 @@ impl Repository {
         }
         st.catalog.images.push(entry);
         let pos = st.catalog.images.len() - 1;
-        if st.catalog.images[pos].name.is_some() {
-            let name = st.catalog.images[pos].name.take();
-            set_name(&mut st.catalog, pos, name);
-        }
+        let losers = give_tags(&mut st.catalog, pos, tags)?;
         let st = self.commit(&lock, st, true)?;
         let published = self.entry(&st.catalog.images[pos], index.block_count());
+        // The image's own meta.json was written with its tags before the commit; the images
+        // that lost a tag to it get theirs rewritten (served, and read by pulls).
+        self.rewrite_meta(&st, &losers);
         drop(lock);
         // Committed: now share its blocks with the images that hold them (xfs, btrfs). Best
         // effort: the image is complete either way, and `osfarm repo dedup` can redo this.
@@ -700,10 +700,11 @@ impl Repository {
 
     fn write_meta(&self, dir: &Path, index: &Index, e: &CatalogEntry) -> Result<()> {
         let text = format!(
-            "{{\n  \"digest\": {},\n  \"name\": {},\n  \"originalName\": {},\n  \"format\": {},\n  \"size\": {},\n  \
+            "{{\n  \"digest\": {},\n  \"name\": {},\n  \"tags\": [{}],\n  \"originalName\": {},\n  \"format\": {},\n  \"size\": {},\n  \
              \"blockCount\": {},\n  \"hash\": {},\n  \"blockSize\": {},\n  \"added\": {},\n  \"metaJson\": {}\n}}\n",
             json::quote(&index.image_digest_hex()),
-            json::quote_opt(e.name.as_deref()),
+            json::quote_opt(e.tags.first().map(String::as_str)),
+            e.tags.iter().map(|t| json::quote(t)).collect::<Vec<_>>().join(", "),
             json::quote_opt(e.original_name.as_deref()),
             json::quote(&e.format),
             index.image_len(),
@@ -722,7 +723,7 @@ impl Repository {
         let dir = self.image_dir(&hex);
         ImageEntry {
             digest: hex,
-            name: e.name.clone(),
+            tags: e.tags.clone(),
             original_name: e.original_name.clone(),
             format: e.format.clone(),
             size: e.image_len,
@@ -837,20 +838,57 @@ impl Repository {
 
     // ----- changing -----
 
-    /// Gives an image a name (taking it from any other image), or removes its name.
-    pub fn set_name(&self, reference: &str, name: Option<&str>) -> Result<ImageEntry> {
-        check_name(name)?;
+    /// Gives an image tags, keeping those it has; a tag another image carries moves to
+    /// this one (one catalog commit for all of them).
+    pub fn tag(&self, reference: &str, tags: &[String]) -> Result<ImageEntry> {
+        check_tags(tags)?;
         let lock = self.lock(LockKind::Exclusive)?;
-        let mut st = self.state_for_write(&lock)?;
+        let st = self.state_for_write(&lock)?;
         let digest = resolve_in(&st.catalog, reference)?.digest.clone();
         let pos = st.catalog.images.iter().position(|e| e.digest == digest).unwrap();
-        set_name(&mut st.catalog, pos, name.map(str::to_string));
+        self.commit_tags(&lock, st, pos, tags)
+    }
+
+    /// Removes a tag and returns the image that carried it. The image stays, addressable
+    /// by its digest and its other tags, like an image added without a name (`remove`
+    /// deletes images).
+    pub fn untag(&self, tag: &str) -> Result<ImageEntry> {
+        let lock = self.lock(LockKind::Exclusive)?;
+        let mut st = self.state_for_write(&lock)?;
+        let Some(pos) = st.catalog.images.iter().position(|e| e.tags.iter().any(|t| t == tag)) else {
+            bail!(NotFound, "no image has the tag '{tag}'; `osfarm repo ls` shows the tags");
+        };
+        st.catalog.images[pos].tags.retain(|t| t != tag);
         let st = self.commit(&lock, st, false)?;
-        let e = &st.catalog.images[pos];
-        if let Ok(index) = Index::load(&self.image_dir(&e.digest_hex()).join(INDEX_FILE)) {
-            let _ = self.write_meta(&self.image_dir(&e.digest_hex()), &index, e);
+        self.rewrite_meta(&st, &[pos]);
+        Ok(self.entry_of(&st.catalog.images[pos]))
+    }
+
+    /// Commits `tags` on the image at `pos` if that changes anything, rewriting the
+    /// meta.json of every image whose tags changed.
+    fn commit_tags(&self, lock: &FileLock, mut st: State, pos: usize, tags: &[String]) -> Result<ImageEntry> {
+        if tags.iter().all(|t| st.catalog.images[pos].tags.contains(t)) {
+            let e = self.entry_of(&st.catalog.images[pos]);
+            *self.inner.cache.lock().unwrap() = Some(Arc::new(st));
+            return Ok(e);
         }
-        Ok(self.entry_of(e))
+        let mut changed = give_tags(&mut st.catalog, pos, tags)?;
+        changed.push(pos);
+        let st = self.commit(lock, st, false)?;
+        self.rewrite_meta(&st, &changed);
+        Ok(self.entry_of(&st.catalog.images[pos]))
+    }
+
+    /// Rewrites the meta.json of the images at `positions` after a commit changed their
+    /// tags. Best effort: the catalog, already committed, is the truth.
+    fn rewrite_meta(&self, st: &State, positions: &[usize]) {
+        for &p in positions {
+            let e = &st.catalog.images[p];
+            let dir = self.image_dir(&e.digest_hex());
+            if let Ok(index) = Index::load(&dir.join(INDEX_FILE)) {
+                let _ = self.write_meta(&dir, &index, e);
+            }
+        }
     }
 
     /// Removes an image. The table loses one reference to each of its distinct blocks;
@@ -946,7 +984,7 @@ impl Repository {
     /// A catalog made from the image directories, for when catalog.osfc is lost.
     fn recover_catalog(&self) -> Catalog {
         let mut images = Vec::new();
-        let mut names = std::collections::HashSet::new();
+        let mut tags = std::collections::HashSet::new();
         if let Ok(rd) = fs::read_dir(self.images_dir()) {
             let mut dirs: Vec<_> = rd.flatten().collect();
             dirs.sort_by_key(|e| e.file_name());
@@ -960,13 +998,22 @@ impl Repository {
                 let s = |k: &str| meta.as_ref().and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_string);
                 let n = |k: &str| meta.as_ref().and_then(|m| m.get(k)).and_then(|v| v.as_u64());
                 let image_len = fs::metadata(d.path().join(IMAGE_FILE)).map_or(0, |m| m.len());
-                let name = s("name").filter(|n| names.insert(n.clone()));
+                // meta.json's "tags" (a version 1 repository's has only "name"); a tag two
+                // directories claim goes to the first.
+                let listed: Vec<String> = match meta.as_ref().and_then(|m| m.get("tags")) {
+                    Some(json::Value::Arr(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                    _ => s("name").into_iter().collect(),
+                };
+                let image_tags = listed
+                    .into_iter()
+                    .filter(|t| check_tags(std::slice::from_ref(t)).is_ok() && tags.insert(t.clone()))
+                    .collect();
                 images.push(CatalogEntry {
                     slot: images.len() as u32,
                     digest,
                     image_len,
                     added_ms: n("added").unwrap_or(0),
-                    name,
+                    tags: image_tags,
                     original_name: s("originalName"),
                     format: s("format").unwrap_or_else(|| "raw".into()),
                     meta_json: s("metaJson"),
@@ -994,10 +1041,14 @@ impl Drop for Workspace {
     }
 }
 
-/// Refuses an image name that is empty, too long, has control characters or surrounding
-/// spaces; a receiver checks the name a sender announces before accepting any data.
-pub fn check_name(name: Option<&str>) -> Result<()> {
-    if let Some(n) = name {
+/// Refuses a tag (image name) that is empty, too long, has control characters or
+/// surrounding spaces, or too many tags; a receiver checks the tags a sender announces
+/// before accepting any data.
+pub fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > catalog::MAX_TAGS {
+        bail!(InvalidArgument, "{} tags for one image: at most {}", tags.len(), catalog::MAX_TAGS);
+    }
+    for n in tags {
         if n.is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(|c| c.is_control()) || n.trim() != n {
             bail!(
                 InvalidArgument,
@@ -1016,16 +1067,26 @@ fn check_meta(meta: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Names are unique: giving one to the image at `pos` takes it from any other.
-fn set_name(catalog: &mut Catalog, pos: usize, name: Option<String>) {
-    if let Some(n) = &name {
-        for e in catalog.images.iter_mut() {
-            if e.name.as_ref() == Some(n) {
-                e.name = None;
+/// A tag is on one image only: giving `tags` to the image at `pos` takes each from any
+/// other image. Returns the positions of the images that lost one.
+fn give_tags(catalog: &mut Catalog, pos: usize, tags: &[String]) -> Result<Vec<usize>> {
+    let adds = tags.iter().filter(|t| !catalog.images[pos].tags.contains(t)).count();
+    if catalog.images[pos].tags.len() + adds > catalog::MAX_TAGS {
+        bail!(InvalidArgument, "an image carries at most {} tags: untag some first", catalog::MAX_TAGS);
+    }
+    let mut losers = Vec::new();
+    for t in tags {
+        for (i, e) in catalog.images.iter_mut().enumerate() {
+            if i != pos && e.tags.contains(t) {
+                e.tags.retain(|x| x != t);
+                losers.push(i);
             }
         }
+        if !catalog.images[pos].tags.contains(t) {
+            catalog.images[pos].tags.push(t.clone());
+        }
     }
-    catalog.images[pos].name = name;
+    Ok(losers)
 }
 
 /// "tar" if the data starts with a POSIX tar header, else "raw".
@@ -1045,7 +1106,7 @@ pub(crate) fn resolve_in<'a>(catalog: &'a Catalog, reference: &str) -> Result<&'
     if let Some(e) = catalog.images.iter().find(|e| e.digest_hex() == lower) {
         return Ok(e);
     }
-    if let Some(e) = catalog.images.iter().find(|e| e.name.as_deref() == Some(r)) {
+    if let Some(e) = catalog.images.iter().find(|e| e.tags.iter().any(|t| t == r)) {
         return Ok(e);
     }
     if lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {

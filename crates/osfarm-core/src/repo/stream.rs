@@ -490,7 +490,7 @@ impl StreamAssembler {
     /// local copies, and publishes the image through the engine (which fills repeated
     /// blocks, checks that every block is present and makes the data durable first).
     pub fn finish(&self, image_digest: &[u8], opts: &AddOptions) -> Result<ImageEntry> {
-        super::check_name(opts.name.as_deref())?;
+        super::check_tags(&opts.tags)?;
         super::check_meta(opts.meta_json.as_deref())?;
         let l = match &self.work {
             Work::Present(e) => {
@@ -502,7 +502,7 @@ impl StreamAssembler {
                         hex::encode(image_digest)
                     );
                 }
-                return assembly::existing_named(&self.repo, e, opts.name.as_deref());
+                return assembly::existing_tagged(&self.repo, e, &opts.tags);
             }
             Work::Receiving(l) => l,
         };
@@ -536,10 +536,7 @@ impl StreamAssembler {
             if let Some(e) = l.st.catalog.by_slot(slot).filter(|e| e.digest == image_digest) {
                 let hex = hex::encode(&e.digest);
                 self.abort(true);
-                return match &opts.name {
-                    Some(n) => self.repo.set_name(&hex, Some(n)),
-                    None => self.repo.resolve(&hex),
-                };
+                return if opts.tags.is_empty() { self.repo.resolve(&hex) } else { self.repo.tag(&hex, &opts.tags) };
             }
         }
         l.send_copies(deferred);
@@ -811,8 +808,8 @@ mod tests {
         asm.wait_for_copies().unwrap();
         assert_eq!(asm.stats().have_blocks, 5, "only the zero blocks: no local block was copied");
         let e =
-            asm.finish(idx.image_digest(), &AddOptions { name: Some("same".into()), ..Default::default() }).unwrap();
-        assert_eq!((e.digest.as_str(), e.name.as_deref()), (held.digest.as_str(), Some("same")));
+            asm.finish(idx.image_digest(), &AddOptions { tags: vec!["same".into()], ..Default::default() }).unwrap();
+        assert_eq!((e.digest.as_str(), &e.tags[..]), (held.digest.as_str(), &["same".to_string()][..]));
         assert_eq!(repo.list().unwrap().len(), 1);
         assert_eq!(fs::read_dir(repo.tmp_dir()).unwrap().count(), 0);
 
@@ -845,8 +842,8 @@ mod tests {
             .unwrap();
         assert!(asm.is_complete_image());
         assert!(asm.offer(0, &[1u8; 60]).unwrap().is_empty());
-        let named = asm.finish(&d, &AddOptions { name: Some("x".into()), ..Default::default() }).unwrap();
-        assert_eq!(named.name.as_deref(), Some("x"));
+        let named = asm.finish(&d, &AddOptions { tags: vec!["x".into()], ..Default::default() }).unwrap();
+        assert_eq!(named.tags, ["x"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Fixture {
     }
     fn add(&self, name: &str, seeds: &[u32]) -> ImageEntry {
         let p = self.file(&format!("{name}.img"), &image(seeds));
-        self.repo.add(&p, &AddOptions { name: Some(name.into()), ..Default::default() }, &Silent).unwrap()
+        self.repo.add(&p, &AddOptions { tags: vec![name.into()], ..Default::default() }, &Silent).unwrap()
     }
     fn root(&self) -> &Path {
         self.repo.root()
@@ -107,12 +107,12 @@ fn add_list_resolve_remove() {
     let st = f.repo.stats().unwrap();
     assert_eq!((st.images, st.distinct_blocks), (2, 4));
     assert_eq!(st.total_bytes, 7 * BS as u64);
-    // Adding the same content again is a no-op that can rename.
+    // Adding the same content again is a no-op that can add a tag.
     let p = f.file("again.img", &image(&[1, 2, 0, 3]));
-    let again = f.repo.add(&p, &AddOptions { name: Some("beta".into()), ..Default::default() }, &Silent).unwrap();
+    let again = f.repo.add(&p, &AddOptions { tags: vec!["beta".into()], ..Default::default() }, &Silent).unwrap();
     assert_eq!(again.digest, a.digest);
-    assert_eq!(again.name.as_deref(), Some("beta"));
-    assert_eq!(f.repo.resolve(&b.digest).unwrap().name, None, "names move");
+    assert_eq!(again.tags, ["alpha", "beta"]);
+    assert!(f.repo.resolve(&b.digest).unwrap().tags.is_empty(), "tags move");
     assert_eq!(f.repo.list().unwrap().len(), 2);
     assert_eq!(f.repo.stats().unwrap().distinct_blocks, 4);
     // A fresh handle sees the same.
@@ -133,6 +133,89 @@ fn add_list_resolve_remove() {
     let good = AddOptions { meta_json: Some("{\"spec\":{\"suite\":\"bookworm\"}}".into()), ..Default::default() };
     let m = f.repo.add(&p, &good, &Silent).unwrap();
     assert_eq!(reopen(&f).unwrap().resolve(&m.digest).unwrap().meta_json, good.meta_json);
+}
+
+#[test]
+fn tags_add_move_and_go_and_every_tag_resolves() {
+    let f = Fixture::new();
+    let a = f.add("a", &[1, 2]);
+    let b = f.add("b", &[3, 4]);
+    let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let e = f.repo.tag("a", &t(&["a:1", "prod", "a:1"])).unwrap();
+    assert_eq!(e.tags, ["a", "a:1", "prod"]);
+    for name in ["a", "a:1", "prod"] {
+        assert_eq!(f.repo.resolve(name).unwrap().digest, a.digest);
+    }
+    // A tag moves: one image only carries it, and the loser's meta.json says so too.
+    assert_eq!(f.repo.tag(&b.digest[..8], &t(&["prod"])).unwrap().tags, ["b", "prod"]);
+    assert_eq!(f.repo.resolve("prod").unwrap().digest, b.digest);
+    assert_eq!(f.repo.resolve("a").unwrap().tags, ["a", "a:1"]);
+    let meta = std::fs::read_to_string(a.path.with_file_name(META_FILE)).unwrap();
+    assert!(meta.contains("\"tags\": [\"a\", \"a:1\"]") && meta.contains("\"name\": \"a\""), "{meta}");
+    // Untag: the image stays, by digest and its other tags; the last tag too.
+    assert_eq!(f.repo.untag("a").unwrap().tags, ["a:1"]);
+    assert_eq!(f.repo.resolve("a").unwrap_err().code, Code::NotFound);
+    assert!(f.repo.untag("a:1").unwrap().tags.is_empty());
+    assert_eq!(f.repo.resolve(&a.digest).unwrap().digest, a.digest);
+    assert_eq!(f.repo.untag("a:1").unwrap_err().code, Code::NotFound);
+    assert_eq!(f.repo.tag("b", &t(&[" x"])).unwrap_err().code, Code::InvalidArgument);
+    // The catalog on disk is version 2 and another handle sees the same tags.
+    let bytes = std::fs::read(f.root().join(CATALOG_FILE)).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    assert_eq!(reopen(&f).unwrap().resolve("b").unwrap().tags, ["b", "prod"]);
+}
+
+/// A repository whose catalog an osfarm before tags wrote (version 1: one optional name
+/// per image) opens, resolves its names, and is written as version 2 by the next commit.
+#[test]
+fn a_version_one_catalog_opens_and_the_next_commit_upgrades_it() {
+    let f = Fixture::new();
+    let a = f.add("app", &[1, 2]);
+    f.add("other", &[3]);
+    let path = f.root().join(CATALOG_FILE);
+    let v2 = catalog::Catalog::decode(&std::fs::read(&path).unwrap(), 20, &path).unwrap();
+    // The same catalog in version 1's layout.
+    let mut b = Vec::new();
+    b.extend_from_slice(&catalog::CATALOG_MAGIC);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for v in [v2.table.generation, v2.table.capacity, v2.table.used, v2.table.checksum] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(v2.images.len() as u32).to_le_bytes());
+    for e in &v2.images {
+        b.extend_from_slice(&e.slot.to_le_bytes());
+        b.push(e.digest.len() as u8);
+        b.extend_from_slice(&e.digest);
+        b.extend_from_slice(&e.image_len.to_le_bytes());
+        b.extend_from_slice(&e.added_ms.to_le_bytes());
+        for s in
+            [e.tags.first().map(String::as_str), e.original_name.as_deref(), Some(&e.format), e.meta_json.as_deref()]
+        {
+            match s {
+                None => b.extend_from_slice(&u32::MAX.to_le_bytes()),
+                Some(s) => {
+                    b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    b.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+    }
+    let sum = checksum::checksum64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    std::fs::write(&path, &b).unwrap();
+
+    let r = reopen(&f).unwrap();
+    assert_eq!(r.resolve("app").unwrap().digest, a.digest);
+    assert_eq!(r.list().unwrap().iter().map(|e| e.tags.clone()).collect::<Vec<_>>(), [["app"], ["other"]]);
+    assert_eq!(
+        u32::from_le_bytes(std::fs::read(&path).unwrap()[8..12].try_into().unwrap()),
+        1,
+        "reading rewrites nothing"
+    );
+    r.tag("app", &["app:2".to_string()]).unwrap();
+    assert_eq!(u32::from_le_bytes(std::fs::read(&path).unwrap()[8..12].try_into().unwrap()), 2);
+    assert_eq!(reopen(&f).unwrap().resolve("app:2").unwrap().tags, ["app", "app:2"]);
 }
 
 #[test]
@@ -257,7 +340,7 @@ fn assembler_streams_blocks_and_publishes() {
     assert_eq!(asm.missing(), vec![Run { first: 5, count: 1 }]);
     asm.put_block(5, &block(8)).unwrap();
     assert!(asm.missing().is_empty());
-    let e = asm.finish(&AddOptions { name: Some("new".into()), ..Default::default() }).unwrap();
+    let e = asm.finish(&AddOptions { tags: vec!["new".into()], ..Default::default() }).unwrap();
     assert_eq!(e.digest, idx(&want).image_digest_hex());
     assert_eq!(std::fs::read(&e.path).unwrap(), image(&want));
     reopen(&f).unwrap().verify("new", &Silent).unwrap();
@@ -370,7 +453,7 @@ fn damaged_table_or_catalog_is_refused_and_rebuild_recovers() {
     assert!(report.recovered_catalog);
     assert_eq!(report.images, 2);
     let r = reopen(&f).unwrap();
-    assert_eq!(r.list().unwrap().iter().filter_map(|e| e.name.clone()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(r.list().unwrap().iter().flat_map(|e| e.tags.clone()).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(r.plan(&want).unwrap().summary, good_plan.summary);
     // An image whose index is damaged is dropped by rebuild, the rest is kept.
     let b = r.resolve("b").unwrap();

@@ -588,12 +588,12 @@ impl Assembly {
             digest: index.image_digest().to_vec(),
             image_len: index.image_len(),
             added_ms: super::now_ms(),
-            name: opts.name.clone(),
+            tags: Vec::new(),
             original_name: opts.original_name.clone(),
             format,
             meta_json: opts.meta_json.clone(),
         };
-        self.repo.publish_new_image(ws, index, entry)
+        self.repo.publish_new_image(ws, index, entry, &opts.tags)
     }
 
     /// Ends an unfinished assembly: a private one's data goes; a resumable one's stays
@@ -640,11 +640,12 @@ impl Drop for Assembly {
     }
 }
 
-/// The image already in the repository, taking `name` if one is given.
-pub(super) fn existing_named(repo: &Repository, e: &ImageEntry, name: Option<&str>) -> Result<ImageEntry> {
-    match name {
-        Some(n) if e.name.as_deref() != Some(n) => repo.set_name(&e.digest, Some(n)),
-        _ => Ok(e.clone()),
+/// The image already in the repository, taking the `tags` given.
+pub(super) fn existing_tagged(repo: &Repository, e: &ImageEntry, tags: &[String]) -> Result<ImageEntry> {
+    if tags.iter().all(|t| e.tags.contains(t)) {
+        Ok(e.clone())
+    } else {
+        repo.tag(&e.digest, tags)
     }
 }
 
