@@ -7,7 +7,7 @@
  * installed osfarm runs: `npx osfarm --version`, and a script that imports 'osfarm' and
  * makes a repository through the native module.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -79,6 +79,9 @@ test('the packed tarballs install offline into an empty project and run without 
   // The other platforms' packages, when scripts/build-platform.sh has cross-compiled their
   // modules (CI does not: docs/packaging.md): npm's os/cpu/libc fields, and the module an
   // ELF shared object for that machine, on that C library, with Node-API's entry point.
+  const elsewhere = join(dir, 'elsewhere');
+  mkdirSync(elsewhere);
+  writeFileSync(join(elsewhere, 'package.json'), '{ "private": true }\n');
   for (const [other, cpu, libc, machine] of foreign) {
     const tarball = join(packs, `osfarm-${other}-${pkg.version}.tgz`);
     if (!existsSync(tarball)) {
@@ -97,6 +100,10 @@ test('the packed tarballs install offline into an empty project and run without 
     if (libc === 'musl') t.true(needed.includes('libc.so') && !needed.some((n) => /^(libc\.so\.6|ld-linux)/.test(n)), needed.join(' '));
     else t.true(needed.includes('libc.so.6'), needed.join(' '));
     t.regex(run('readelf', ['--dyn-syms', '-W', module], dir), / GLOBAL +DEFAULT +\d+ napi_register_module_v1$/m);
+    // Those fields keep it off this machine (linux-x64-gnu): npm refuses to install it.
+    const refused = spawnSync('npm', ['install', '--offline', '--dry-run', '--no-audit', '--no-fund', tarball], { cwd: elsewhere, encoding: 'utf8' });
+    t.not(refused.status, 0, `${other}: npm installed it here`);
+    t.regex(refused.stderr, /EBADPLATFORM/, refused.stderr);
   }
 
   // The runtime dependencies as tarballs, so that npm needs no registry.
