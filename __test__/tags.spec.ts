@@ -105,6 +105,10 @@ test('images tag adds tags, moves one aloud, untag removes them; the history kee
   ]);
   t.is(history('other').current, b);
   t.regex(cli(['images', 'history', 'stable', '--repo', repo]).stdout, /untag\s+\(removed\)/);
+  // Removing an image takes its tags with it, and the history says so.
+  t.is(cliJson(['repo', 'rm', 'other', '--repo', repo]).status, 0);
+  t.deepEqual(steps('other').at(-1), ['rm', null, b]);
+  t.is(history('other').current, null);
 });
 
 test('a repository written before tags (catalog version 1, made by the old CLI) opens; its next commit writes version 2', (t) => {

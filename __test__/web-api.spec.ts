@@ -468,6 +468,7 @@ webTest('images: list, details, spec as JSON and XML, log, download, delete', ['
   t.is((await json(missing)).error.code, 'OSFARM_NOT_FOUND');
   const del = await json(await call(c, 'DELETE', '/api/images/a.tar'));
   t.is(del.removed.digest, c.a);
+  t.like(nameHistory(c.repo, 'a.tar').at(-1), { via: 'rm', digest: null, previous: c.a });
   t.is((await call(c, 'GET', '/api/images/a.tar')).status, 404);
   t.deepEqual(Repository.open(c.repo).list().map((i) => i.digest), [c.b]);
 });

@@ -322,11 +322,11 @@ test('tags in the browser: the repository lists every tag; an image page adds on
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
-  await page.goto(`${server.url}/`);
+  // Logged in on the image's page itself (the compose page would start probing the archive).
+  await page.goto(`${server.url}/#/repository/${b.digest}`);
   await page.waitForSelector('#login');
   await page.fill('#token', server.web.token.value);
   await page.click('#login button');
-  await page.goto(`${server.url}/#/repository/${b.digest}`);
   await page.waitForSelector('#image-tags');
   t.regex(await page.textContent(`#images tr[data-digest="${a.digest}"]`) ?? '', /a\.img, stable/);
   // "stable" moves from a to b: the page is drawn again and says so.
@@ -341,5 +341,9 @@ test('tags in the browser: the repository lists every tag; an image page adds on
   await page.click('#image-tags button[data-untag="b.img"]');
   await page.waitForFunction(() => !/b\.img/.test(document.querySelector('#image-tags')?.textContent ?? ''));
   t.deepEqual(Repository.open(repoPath).resolve(b.digest).tags, ['stable']);
+  // The page drawn again asks for the spec last: let it answer before the server and the
+  // directory go (a late request would make the repository again).
+  await page.waitForFunction(() => /spec JSON/.test(document.querySelector('#image-view')?.textContent ?? ''));
+  await page.close();
   t.deepEqual(pageErrors, []);
 });

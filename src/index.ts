@@ -107,7 +107,7 @@ export {
 } from './trust/manifest.js';
 export { formatPublicKey, parsePublicKey, parseSignature, signMessage, verifyMessage, type PublicKey, type SecretKey, type Signature } from './trust/minisign.js';
 export { NAMES_FILE, nameHistory, recordTags, recordUntag, type NameRecord } from './trust/names.js';
-export { resignLosers, tagImage, type TagResult, untagImage } from './trust/tags.js';
+export { removeImage, resignLosers, tagImage, type TagResult, untagImage } from './trust/tags.js';
 export { imageArrived, type Arrival } from './trust/provenance.js';
 export { certificateFingerprint, normalizeFingerprint, type TlsClientOptions, type TlsServerOptions } from './trust/tls.js';
 export { createPullHandler, type HttpHandler, type PullHandler, type PullHandlerOptions, type PullServeStats } from './transfer/http/serve.js';

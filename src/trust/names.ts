@@ -21,7 +21,7 @@ export interface NameRecord {
   previous: string | null;
   /** ISO 8601. */
   at: string;
-  /** How it came: 'add', 'build', 'receive', 'pull', 'tag' (`images tag`), 'untag'. */
+  /** How it came: 'add', 'build', 'receive', 'pull', 'tag' (`images tag`), 'untag', 'rm' (its image was removed). */
   via: string;
 }
 
@@ -64,9 +64,9 @@ export function recordTags(repo: string, entry: ImageEntry, via: string, holders
   return out;
 }
 
-/** Records that `tag` was taken off image `digest` (`images untag`). */
-export function recordUntag(repo: string, tag: string, digest: string): NameRecord {
-  return append(repo, { name: tag, digest: null, previous: digest, at: new Date().toISOString(), via: 'untag' });
+/** Records that `tag` was taken off image `digest`: `images untag`, or 'rm' when the image was removed. */
+export function recordUntag(repo: string, tag: string, digest: string, via: 'untag' | 'rm' = 'untag'): NameRecord {
+  return append(repo, { name: tag, digest: null, previous: digest, at: new Date().toISOString(), via });
 }
 
 /** Every move of `name`, oldest first. */

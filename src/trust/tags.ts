@@ -41,6 +41,13 @@ export function tagImage(repo: string, ref: string, tags: readonly string[]): Ta
   return { image, moves };
 }
 
+/** Removes the image `ref` names (`osfarm repo rm`): its tags go with it, each recorded in the history. */
+export async function removeImage(repo: string, ref: string): Promise<TagResult> {
+  using r = Repository.open(repo);
+  const image = await r.remove(ref);
+  return { image, moves: image.tags.map((t) => recordUntag(repo, t, image.digest, 'rm')) };
+}
+
 /** Removes `tag`; the image that carried it stays (by digest and its other tags) and is re-signed. */
 export function untagImage(repo: string, tag: string): TagResult {
   using r = Repository.open(repo);

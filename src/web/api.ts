@@ -16,7 +16,7 @@ import type { FarmClient } from '../farm/client.js';
 import { diffImages, exportSpec, imageSbom, imagesOfRequest, repositoryParents, requireBuildMeta, type SbomFormat } from '../images/index.js';
 import { type ImageEntry, Repository } from '../repo/index.js';
 import { imageView } from '../app/images.js';
-import { tagImage, untagImage } from '../trust/tags.js';
+import { removeImage, tagImage, untagImage } from '../trust/tags.js';
 import { gcStages, stageSummary } from '../app/stages.js';
 import { parseSize } from '../base/size.js';
 import { parseImageUrl, pull } from '../transfer/http/pull.js';
@@ -325,7 +325,7 @@ export class Api {
       {
         method: 'DELETE', path: '/api/images/:ref',
         doc: { tag: 'images', summary: 'Remove an image (blocks other images share stay)', response: { status: 200, description: '{ removed: Image }' } },
-        handler: async ({ res, params }) => sendJson(res, 200, { removed: imageView(await this.repo().remove(params.ref!)) }),
+        handler: async ({ res, params }) => sendJson(res, 200, { removed: imageView((await removeImage(this.o.repo, params.ref!)).image) }),
       },
       {
         method: 'POST', path: '/api/images/:ref/tags',

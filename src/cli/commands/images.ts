@@ -142,7 +142,7 @@ const history: Command<{ name: string; current: string | null; moves: NameRecord
   render(r) {
     const rows = r.moves.map((m) => [when(m.at), m.via, m.digest ? m.digest.slice(0, 16) : '(removed)', m.previous ? m.previous.slice(0, 16) : '-']);
     return [
-      `name ${r.name}: ${r.current ? `now ${r.current}` : 'held by no image now'}`,
+      `tag ${r.name}: ${r.current ? `now on ${r.current}` : 'on no image now'}`,
       rows.length ? table(rows, ['when', 'via', 'image', 'previous']) : '  no recorded moves',
     ].join('\n');
   },

@@ -5,6 +5,7 @@ import type { HashName } from '../../blocks/index.js';
 import { type DedupReport, type DiskUsage, type ImageEntry, type RebuildReport, type RepoStats, Repository } from '../../repo/index.js';
 import { type Command, flag, str } from '../command.js';
 import { imageArrived } from '../../trust/provenance.js';
+import { removeImage } from '../../trust/tags.js';
 import { bytes, count, tagList, table } from '../format.js';
 import { sayMoves } from './images.js';
 
@@ -151,9 +152,8 @@ const rm: Command<ShownEntry[]> = {
   operands: { complete: 'none', min: 1 },
   examples: [{ command: 'osfarm repo rm bookworm', what: 'remove the image named bookworm (blocks other images share stay)' }],
   async run(args, ctx) {
-    const repo = Repository.open(ctx.repoPath);
     const out = [];
-    for (const ref of args.positionals) out.push(shown(await repo.remove(ref)));
+    for (const ref of args.positionals) out.push(shown((await removeImage(ctx.repoPath, ref)).image));
     return out;
   },
   render: (r) => r.map((e) => `removed ${imageLine(e)}`).join('\n'),
