@@ -64,6 +64,7 @@ test('the packed tarballs install offline into an empty project and run without 
   // dependencies, the docs the README links to, the license, the man page.
   const manifest = JSON.parse(run('tar', ['-xzOf', main, 'package/package.json'], dir)) as Record<string, any>;
   t.deepEqual(Object.keys(manifest.optionalDependencies).sort(), ['osfarm-linux-arm64-gnu', 'osfarm-linux-x64-gnu', 'osfarm-linux-x64-musl']);
+  t.deepEqual(readdirSync(join(ROOT, 'npm')).sort(), [platform, ...foreign.map(([other]) => other)].sort(), 'every platform package is checked below');
   t.true(Object.values(manifest.optionalDependencies).every((v) => v === pkg.version));
   t.is(manifest.scripts?.install, undefined, 'nothing is compiled at install');
   const files = run('tar', ['-tzf', main], dir).split('\n');
