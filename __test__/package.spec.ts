@@ -7,7 +7,7 @@
  * installed osfarm runs: `npx osfarm --version`, and a script that imports 'osfarm' and
  * makes a repository through the native module.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -19,6 +19,11 @@ import { tempDir } from './helpers/tmp.js';
 const ROOT = join(import.meta.dirname, '..');
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
 const platform = `${process.platform}-${process.arch}-gnu`;
+/** The platform packages not built for this machine: npm's cpu and libc, ELF's e_machine. */
+const foreign: [string, string, string, number][] = [
+  ['linux-arm64-gnu', 'arm64', 'glibc', 0xb7],
+  ['linux-x64-musl', 'x64', 'musl', 0x3e],
+];
 
 /** Where node would find `name` from the package at `from` (a nested node_modules first). */
 function installed(name: string, from: string): string {
@@ -58,7 +63,8 @@ test('the packed tarballs install offline into an empty project and run without 
   // The main package: no native module of its own, the platform packages as optional
   // dependencies, the docs the README links to, the license, the man page.
   const manifest = JSON.parse(run('tar', ['-xzOf', main, 'package/package.json'], dir)) as Record<string, any>;
-  t.deepEqual(Object.keys(manifest.optionalDependencies).sort(), ['osfarm-linux-arm64-gnu', 'osfarm-linux-x64-gnu']);
+  t.deepEqual(Object.keys(manifest.optionalDependencies).sort(), ['osfarm-linux-arm64-gnu', 'osfarm-linux-x64-gnu', 'osfarm-linux-x64-musl']);
+  t.deepEqual(readdirSync(join(ROOT, 'npm')).sort(), [platform, ...foreign.map(([other]) => other)].sort(), 'every platform package is checked below');
   t.true(Object.values(manifest.optionalDependencies).every((v) => v === pkg.version));
   t.is(manifest.scripts?.install, undefined, 'nothing is compiled at install');
   const files = run('tar', ['-tzf', main], dir).split('\n');
@@ -71,12 +77,34 @@ test('the packed tarballs install offline into an empty project and run without 
   const nativeFiles = run('tar', ['-tzf', native], dir).split('\n');
   t.true(nativeFiles.includes(`package/osfarm.${platform}.node`));
   t.true(nativeFiles.includes('package/LICENSE'));
-  // The arm64 package, when scripts/build-arm64.sh has cross-compiled its module: an aarch64 ELF.
-  const arm64 = join(packs, `osfarm-linux-arm64-gnu-${pkg.version}.tgz`);
-  if (existsSync(arm64)) {
-    t.deepEqual(JSON.parse(run('tar', ['-xzOf', arm64, 'package/package.json'], dir)).cpu, ['arm64']);
-    const elf = execFileSync('tar', ['-xzOf', arm64, 'package/osfarm.linux-arm64-gnu.node'], { maxBuffer: 64 << 20 });
-    t.is(elf.readUInt16LE(18), 0xb7, 'e_machine EM_AARCH64');
+  // The other platforms' packages, when scripts/build-platform.sh has cross-compiled their
+  // modules (CI does not: docs/packaging.md): npm's os/cpu/libc fields, and the module an
+  // ELF shared object for that machine, on that C library, with Node-API's entry point.
+  const elsewhere = join(dir, 'elsewhere');
+  mkdirSync(elsewhere);
+  writeFileSync(join(elsewhere, 'package.json'), '{ "private": true }\n');
+  for (const [other, cpu, libc, machine] of foreign) {
+    const tarball = join(packs, `osfarm-${other}-${pkg.version}.tgz`);
+    if (!existsSync(tarball)) {
+      t.log(`${other}: not built here (scripts/build-platform.sh), not checked`);
+      continue;
+    }
+    const fields = JSON.parse(run('tar', ['-xzOf', tarball, 'package/package.json'], dir)) as Record<string, unknown>;
+    t.deepEqual([fields.os, fields.cpu, fields.libc], [['linux'], [cpu], [libc]], other);
+    const module = join(dir, `osfarm.${other}.node`);
+    writeFileSync(module, execFileSync('tar', ['-xzOf', tarball, `package/osfarm.${other}.node`], { maxBuffer: 64 << 20 }));
+    const elf = readFileSync(module);
+    t.is(elf.readUInt16LE(16), 3, `${other}: e_type ET_DYN`);
+    t.is(elf.readUInt16LE(18), machine, `${other}: e_machine`);
+    const needed = [...run('readelf', ['-d', module], dir).matchAll(/\(NEEDED\).*\[(.+)\]/g)].map((m) => m[1]);
+    // musl's dynamic linker takes any libc.so* for itself, glibc's is libc.so.6.
+    if (libc === 'musl') t.true(needed.includes('libc.so') && !needed.some((n) => /^(libc\.so\.6|ld-linux)/.test(n)), needed.join(' '));
+    else t.true(needed.includes('libc.so.6'), needed.join(' '));
+    t.regex(run('readelf', ['--dyn-syms', '-W', module], dir), / GLOBAL +DEFAULT +\d+ napi_register_module_v1$/m);
+    // Those fields keep it off this machine (linux-x64-gnu): npm refuses to install it.
+    const refused = spawnSync('npm', ['install', '--offline', '--dry-run', '--no-audit', '--no-fund', tarball], { cwd: elsewhere, encoding: 'utf8' });
+    t.not(refused.status, 0, `${other}: npm installed it here`);
+    t.regex(refused.stderr, /EBADPLATFORM/, refused.stderr);
   }
 
   // The runtime dependencies as tarballs, so that npm needs no registry.
@@ -92,7 +120,7 @@ test('the packed tarballs install offline into an empty project and run without 
   const tarballs = [main, native, ...readdirSync(deps).map((f) => join(deps, f))];
   run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], project, env);
   t.false(readdirSync(join(project, 'node_modules', 'osfarm')).some((f) => f.endsWith('.node')));
-  t.false(existsSync(join(project, 'node_modules', 'osfarm-linux-arm64-gnu')), "another platform's package is skipped");
+  for (const [other] of foreign) t.false(existsSync(join(project, 'node_modules', `osfarm-${other}`)), `${other}: another platform's package is skipped`);
 
   t.is(run('npx', ['--offline', 'osfarm', '--version'], project, env).trim(), `osfarm ${pkg.version}`);
   writeFileSync(

@@ -8,6 +8,9 @@
  * push's own (connect to DONE, without the CLI's start-up), the bounds' are wall times;
  * median of OSFARM_BENCH_ROUNDS (default 3) runs; receiver and sender are separate processes.
  *
+ * OSFARM_BENCH_DELTAS (default "1,0.1") picks the rows, e.g. "0.1" for more rounds of the
+ * cheap one; each push row gives the spread of its runs (min–max) beside the median.
+ *
  * With OSFARM_BENCH_LINK_MBIT (e.g. 100) the receiver runs in a network namespace behind a
  * veth pair throttled by tc to that rate each way (the transfer-bandwidth link), and the
  * pushes cross it; the stream bounds are loopback-only and are left out then.
@@ -25,6 +28,8 @@ import { CLI, median, printTable, stopChild, time, workDir } from './lib.js';
 const sizeMiB = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 1024);
 const rounds = Number(process.env.OSFARM_BENCH_ROUNDS ?? 3);
 const linkMbit = Number(process.env.OSFARM_BENCH_LINK_MBIT ?? 0);
+const deltas = (process.env.OSFARM_BENCH_DELTAS ?? '1,0.1').split(',');
+if (deltas.some((d) => d !== '1' && d !== '0.1')) throw new Error(`OSFARM_BENCH_DELTAS=${deltas.join(',')}: the rows are 1 and 0.1`);
 /** The throttled link's namespace, when asked for one: the receiver runs there. */
 const link: Netns | undefined = linkMbit > 0 ? createNetns(`osfptls-${process.pid}`, { mbit: linkMbit }, 7, 'osfptls') : undefined;
 const TOKEN = 'push-tls-bench-token';
@@ -116,16 +121,17 @@ async function opensslStream(image: string): Promise<number> {
   }
 }
 
-/** Medians of `rounds` runs of `a` and `b`, interleaved so that the machine's load falls on both alike. */
-async function medians(a: () => Promise<number>, b: () => Promise<number>): Promise<[number, number]> {
+/** Medians of `rounds` runs of `a` and `b`, interleaved so that the machine's load falls on both alike; with the runs. */
+async function medians(a: () => Promise<number>, b: () => Promise<number>): Promise<[number, number, number[], number[]]> {
   const xs: number[] = [];
   const ys: number[] = [];
   for (let i = 0; i < rounds; i++) {
     xs.push(await a());
     ys.push(await b());
   }
-  return [median(xs), median(ys)];
+  return [median(xs), median(ys), xs, ys];
 }
+const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
 
 /**
  * The cipher's own speed (openssl speed, 16 KiB records, AES-256-GCM: what TLS 1.3 between
@@ -146,16 +152,17 @@ const rows: (string | number)[][] = [];
 try {
   if (!link) {
     const [plainBound, tlsBound] = await medians(() => plainStream(base), () => opensslStream(base));
-    rows.push(['bound: plain TCP stream (node:net)', '1', plainBound.toFixed(2), (MB / plainBound).toFixed(0), '']);
-    rows.push(['bound: openssl s_server → s_client', '1', tlsBound.toFixed(2), (MB / tlsBound).toFixed(0), `${((tlsBound / plainBound - 1) * 100).toFixed(1)} %`]);
+    rows.push(['bound: plain TCP stream (node:net)', '1', plainBound.toFixed(2), '', (MB / plainBound).toFixed(0), '']);
+    rows.push(['bound: openssl s_server → s_client', '1', tlsBound.toFixed(2), '', (MB / tlsBound).toFixed(0), `${((tlsBound / plainBound - 1) * 100).toFixed(1)} %`]);
   }
   for (const [delta, image, have] of [['1', base, undefined], ['0.1', next, base]] as const) {
-    const [plain, tls] = await medians(() => pushOnce(image, have, false), () => pushOnce(image, have, true));
-    rows.push([`osfarm push --insecure`, delta, plain.toFixed(2), (MB / plain).toFixed(0), '']);
-    rows.push([`osfarm push --tls-fingerprint`, delta, tls.toFixed(2), (MB / tls).toFixed(0), `${((tls / plain - 1) * 100).toFixed(1)} %`]);
+    if (!deltas.includes(delta)) continue;
+    const [plain, tls, plainRuns, tlsRuns] = await medians(() => pushOnce(image, have, false), () => pushOnce(image, have, true));
+    rows.push([`osfarm push --insecure`, delta, plain.toFixed(2), spread(plainRuns), (MB / plain).toFixed(0), '']);
+    rows.push([`osfarm push --tls-fingerprint`, delta, tls.toFixed(2), spread(tlsRuns), (MB / tls).toFixed(0), `${((tls / plain - 1) * 100).toFixed(1)} %`]);
   }
   const over = link ? `a ${linkMbit} Mbit/s link (tc on a veth pair into a network namespace)` : 'loopback';
-  printTable(`push over ${over}, ${sizeMiB} MiB of random data, median of ${rounds} (s; MB/s of image size; TLS's extra time)`, rows, ['what', 'delta', 's', 'MB/s', 'TLS cost']);
+  printTable(`push over ${over}, ${sizeMiB} MiB of random data, median of ${rounds} (s; MB/s of image size; TLS's extra time)`, rows, ['what', 'delta', 's', 'runs (s)', 'MB/s', 'TLS cost']);
 } finally {
   link?.remove();
   // The receiver's repository and its images go; the inputs stay for the next run.

@@ -3,7 +3,8 @@
 # the .node built for that platform) and the main package, whose optionalDependencies name
 # every platform package of package.json's napi.targets. They are added to the packed copy
 # only, as `napi pre-publish` does, so that npm ci in a checkout does not look for them.
-# Usage: scripts/pack.sh OUTDIR   (after npm run build; the arm64 module: scripts/build-arm64.sh)
+# Usage: scripts/pack.sh OUTDIR   (after npm run build; the other platforms' modules:
+# scripts/build-platform.sh)
 set -euo pipefail
 out=$(realpath -m "${1:?usage: scripts/pack.sh OUTDIR}")
 cd "$(dirname "$0")/.."

@@ -171,12 +171,62 @@ fn send_to_null(null: &File, file: &File, offset: u64, n: usize) -> Option<bool>
 }
 
 /// Whether the page holding `offset` is in the page cache: a one-byte read that may not
-/// wait for the disk (preadv2 with RWF_NOWAIT) succeeds.
+/// wait for the disk (preadv2 with RWF_NOWAIT) succeeds. Where that flag is refused (a file
+/// system without non-blocking buffered reads, a kernel before 4.14, qemu-user: EOPNOTSUPP,
+/// EINVAL or ENOSYS rather than EAGAIN), mincore(2) on a one-page mapping answers instead.
 fn is_cached(file: &File, offset: u64) -> bool {
     let mut byte = 0u8;
     let iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    // The system call, not libc's wrapper: musl has none before 1.2.5, and its dynamic
+    // linker resolves every symbol at load, so the linux-x64-musl module would not load
+    // on an older musl at all. Every argument a long (syscall is variadic), the offset as
+    // low and high words, as libc passes it.
     // SAFETY: one iovec pointing at a live one-byte buffer.
-    unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) == 1 }
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_preadv2,
+            file.as_raw_fd() as libc::c_long,
+            &iov as *const libc::iovec,
+            1 as libc::c_long,
+            offset as libc::c_long,
+            (offset >> 32) as libc::c_long,
+            libc::RWF_NOWAIT as libc::c_long,
+        )
+    };
+    match n {
+        1 => true,
+        0 => false, // the end of the file
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => is_resident(file, offset),
+            _ => false, // EAGAIN: not cached
+        },
+    }
+}
+
+/// mincore(2)'s answer for the page holding `offset`: maps it without touching it.
+fn is_resident(file: &File, offset: u64) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let start = offset - offset % page;
+    // SAFETY: a fresh one-page read-only mapping of an open descriptor, only passed to
+    // mincore (never read, so no SIGBUS past the end of the file) and unmapped here.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            page as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            start as libc::off_t,
+        );
+        if map == libc::MAP_FAILED {
+            return false;
+        }
+        let mut vec = 0u8;
+        let ok = libc::mincore(map, page as usize, &mut vec) == 0;
+        libc::munmap(map, page as usize);
+        ok && vec & 1 == 1
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +264,24 @@ mod tests {
             assert!(is_cached(&file, 0) && is_cached(&file, len / 2) && is_cached(&file, len - 1));
             assert!(!sink.load(&file, len, 4096), "nothing to read past the end");
         }
+    }
+
+    #[test]
+    fn mincore_gives_the_answer_of_a_nowait_read() {
+        // The fallback where RWF_NOWAIT is refused, checked against it where it is not.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 2 * READ_BYTES as u64;
+        std::fs::write(&path, crate::test_data::pseudo_random(len as usize, 9)).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        if !evicted(&file, len) {
+            return; // a file system that keeps everything in memory (tmpfs)
+        }
+        assert!(!is_resident(&file, 0) && !is_resident(&file, len - 1));
+        assert!(Sink::open().load(&file, 0, READ_BYTES));
+        assert!(is_resident(&file, 0) && is_resident(&file, READ_BYTES as u64 - 1));
+        assert!(!is_resident(&file, 10 * len), "past the end");
     }
 
     #[test]
