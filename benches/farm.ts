@@ -53,7 +53,9 @@ function seed(): { stages: string; cache: string } {
   for (const [name, packages] of APPS) {
     writeFileSync(join(specs, `${name}.json`), JSON.stringify(appliance(name, packages, 'tar')));
     // Builds core and base once, then each appliance: its packages land in the work directory's cache.
-    execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'build', join(specs, `${name}.json`), '-d', work, '--stages', stages, '-o', join(dir, `${name}.tar`)], { stdio: ['ignore', 'ignore', 'inherit'] });
+    // --rebuild: a seed left by an older osfarm is answered from its repository, but its stages'
+    // tags (which name osfarm's own steps) may no longer be this osfarm's.
+    execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'build', join(specs, `${name}.json`), '-d', work, '--stages', stages, '-o', join(dir, `${name}.tar`), '--rebuild'], { stdio: ['ignore', 'ignore', 'inherit'] });
   }
   // Only core and base stay in the seed store: the appliances are what the runs build.
   const base = cliOutcome(execFileSync(OSFARM[0]!, [...OSFARM.slice(1), '--json', '--repo', join(dir, 'repo'), 'images', 'show', 'web.tar'], { encoding: 'utf8' }));
