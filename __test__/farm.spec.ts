@@ -9,7 +9,8 @@
  * worker killed with SIGKILL mid-build (the job completes on another, nothing half-built is
  * published); cancel of a running job (its worker stops the build); the server killed and
  * restarted mid-build (history and the whole log are still there, and a browser on the
- * build page sees the whole log too); Redis restarted (the jobs go on).
+ * build page sees the whole log too); Redis restarted (the jobs go on); `--schedule round-robin`
+ * (jobs on the workers in turn).
  */
 /// <reference lib="dom" />
 import { spawnSync } from 'node:child_process';
@@ -268,4 +269,20 @@ test.serial('Redis restarted: the running job goes on and a job submitted while 
   t.deepEqual(all.map((e) => e.seq), all.map((_, i) => i + 1));
   t.like(all[all.length - 1], { type: 'state', state: 'succeeded' });
   t.true(all.some((e) => e.type === 'log' && /osfarm: pushed app6\.tar/.test(e.line)));
+});
+
+test.serial('--schedule round-robin: the server restarted in that mode places each job on the next worker in turn, busy or not', async (t) => {
+  await lab.serve!.stop('SIGTERM');
+  lab.o.serveArgs = ['--schedule', 'round-robin'];
+  await lab.startServer();
+  // A long job, then three short ones: in turn, the fourth waits for the long job's worker
+  // although the others are idle by then (plain or cache-aware would give it to an idle one).
+  const submitted = [await lab.build(appliance('rr0', 20))];
+  for (const name of ['rr1', 'rr2', 'rr3']) submitted.push(await lab.build(appliance(name, 1)));
+  const finished = await lab.finished(submitted.map((j) => j.id));
+  for (const j of finished) t.is(j.state, 'succeeded', JSON.stringify(j.error));
+  const order = finished.map((j) => j.worker as string);
+  t.deepEqual([...new Set(order.slice(0, 3))].sort(), ['w1', 'w2', 'w3'], `the first three on three workers: ${order}`);
+  t.is(order[3], order[0], `the fourth on the first one's worker: ${order}`);
+  t.true(Date.parse(finished[3].started) >= Date.parse(finished[0].finished), 'it waited for the long job');
 });

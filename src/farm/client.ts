@@ -78,9 +78,9 @@ export class FarmClient implements JobSource {
     const info = newJobInfo(randomBytes(6).toString('hex'), kind, title, meta);
     const route = routeOf(SHARED_QUEUE, bullIdOf(info.id, 1));
     await this.store.create(info, { route, ...farm });
-    // Cache-aware: the scheduler places it, or anyone may take it after the wait. Plain, or a
-    // job without stage tags (nothing to prefer): free for any worker now.
-    const placed = this.scheduling.mode === 'cache-aware' && farm.tags.length > 0;
+    // Cache-aware and round-robin: the scheduler places it, or anyone may take it after the
+    // wait. Plain, or a job without stage tags (nothing to prefer): free for any worker now.
+    const placed = this.scheduling.mode !== 'plain' && farm.tags.length > 0;
     if (placed) await this.connection.sadd(this.store.keys.awaiting, info.id);
     await this.queues.add(route, info.id, placed ? this.scheduling.waitMs : 0);
     this.scheduler?.kick();

@@ -22,10 +22,14 @@ import { forgetWorker, holdersOf, readWorkers, type WorkerView } from './registr
 import { ownQueue, queueOwner, SHARED_QUEUE } from './redis.js';
 import type { RedisJobStore } from './redis-store.js';
 
-export type SchedulingMode = 'cache-aware' | 'plain';
+export type SchedulingMode = 'cache-aware' | 'plain' | 'round-robin';
 
 export interface SchedulingOptions {
-  /** cache-aware (default), or plain: every job straight to the shared queue, as BullMQ hands them out. */
+  /**
+   * cache-aware (default); plain: every job straight to the shared queue, as BullMQ hands them
+   * out (the first free worker); round-robin: each job, in submit order, on the next live worker
+   * in turn, busy or not (the classic baseline the cache-aware placement is measured against).
+   */
   mode: SchedulingMode;
   /** How long a job waits for a worker that holds its deepest stage before any free worker may take it (ms). */
   waitMs: number;
@@ -79,6 +83,8 @@ export class Scheduler {
   private readonly passedOver = new Map<string, number>();
   /** When the shared queue frees each waiting job (its BullMQ delay's end). */
   private readonly freeAt = new Map<string, number>();
+  /** Round-robin: the next worker's turn. */
+  private turn = 0;
   private readonly subscriber: Redis;
 
   constructor(
@@ -150,7 +156,7 @@ export class Scheduler {
       this.lastReconcile = now;
       await this.reconcile((await this.store.routing(await this.store.openJobs())) as Open[], alive);
     }
-    if (this.options.mode === 'cache-aware') await this.place(alive);
+    if (this.options.mode !== 'plain') await this.place(alive);
   }
 
   /**
@@ -176,6 +182,7 @@ export class Scheduler {
     await Promise.all([drop(awaiting, pending, k.awaiting), drop(placed, onOwn, k.placed)]);
     if (pending.length === 0 || alive.size === 0) return;
     pending.sort((a, b) => a.createdMs - b.createdMs);
+    if (this.options.mode === 'round-robin') return this.takeTurns(pending, [...alive.keys()].sort());
     // What each live worker holds or will hold: its cache, the job it runs, the jobs placed on it.
     const promised = new Map<string, Set<string>>();
     const busy = new Set<string>();
@@ -220,6 +227,14 @@ export class Scheduler {
       idle = idle.filter((w) => w !== best!.w);
     }
     await this.keepWaiting(left, idle.length > 0, now);
+  }
+
+  /** Round-robin: each job, oldest first, on the next worker in turn (by id), whether it is busy or not. */
+  private async takeTurns(pending: Open[], workers: string[]): Promise<void> {
+    for (const j of pending) {
+      const w = workers[this.turn++ % workers.length]!;
+      if (await this.move(j, ownQueue(w), 0)) await this.connection.multi().srem(this.store.keys.awaiting, j.id).sadd(this.store.keys.placed, j.id).exec();
+    }
   }
 
   /**

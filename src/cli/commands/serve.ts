@@ -16,7 +16,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
   name: 'serve',
   section: 'transfer',
   summary: 'serve the repository over HTTP for pull, with the web GUI and REST API',
-  usage: ['--listen HOST:PORT (--tls-cert FILE --tls-key FILE | --insecure) [--max-requests N] [--token-file F] [--read-only] [--queue redis://HOST:PORT [--schedule cache-aware|plain] [--affinity-wait-ms N]]'],
+  usage: ['--listen HOST:PORT (--tls-cert FILE --tls-key FILE | --insecure) [--max-requests N] [--token-file F] [--read-only] [--queue redis://HOST:PORT [--schedule cache-aware|plain|round-robin] [--affinity-wait-ms N]]'],
   description:
     'Pull URLs are static-compatible (/images/DIGEST/…), so any web server can serve a copy of the repository too (docs/http.md). The GUI is at /, the REST API at /api/docs (docs/web.md); both need the web token, which the first start writes to the token file and every start names. Without TLS it refuses to start unless told --insecure (docs/trust.md). Runs until Ctrl-C. A missing repository is created (and said so). With --queue, builds go to a farm of osfarm workers on that Redis (docs/farm.md).',
   options: {
@@ -25,7 +25,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     'token-file': { type: 'string', value: 'F', complete: 'file', description: 'the web token\'s file (default ~/.config/osfarm/web-token); created with a new token if missing' },
     'read-only': { type: 'boolean', description: 'anyone may browse the GUI and read the API without the token; changes still need it' },
     queue: { type: 'string', value: 'URL', description: "send builds to a farm of osfarm workers: the farm's Redis, redis://HOST:PORT (docs/farm.md)" },
-    schedule: { type: 'string', value: 'MODE', choices: ['cache-aware', 'plain'], description: 'with --queue: cache-aware (default) sends a job to a worker holding its base stages; plain takes turns' },
+    schedule: { type: 'string', value: 'MODE', choices: ['cache-aware', 'plain', 'round-robin'], description: 'with --queue: cache-aware (default) sends a job to a worker holding its stages; plain: to the first free worker; round-robin: to each worker in turn' },
     'affinity-wait-ms': { type: 'string', value: 'N', description: 'with --queue: how long a job waits for a worker holding its stages before any worker may take it, in ms' },
     ...SERVER_TLS_OPTIONS,
   },
@@ -42,7 +42,7 @@ const command: Command<Omit<PullServeStats, 'active'>> = {
     const pullHandler = createPullHandler({ repo: ctx.repoPath, maxConcurrent });
     const queue = str(args, 'queue');
     const schedule = str(args, 'schedule') ?? 'cache-aware';
-    if (schedule !== 'cache-aware' && schedule !== 'plain') throw invalidArgument(`--schedule ${schedule}: cache-aware or plain`);
+    if (schedule !== 'cache-aware' && schedule !== 'plain' && schedule !== 'round-robin') throw invalidArgument(`--schedule ${schedule}: cache-aware, plain or round-robin`);
     if (!queue && (str(args, 'schedule') || str(args, 'affinity-wait-ms'))) throw invalidArgument('--schedule and --affinity-wait-ms are for a farm: give --queue redis://host:port too');
     const farm = queue
       ? await FarmClient.open({ url: queue, repo: ctx.repoPath, mode: schedule as SchedulingMode, waitMs: wholeNumber(args, 'affinity-wait-ms', 0, 3_600_000) })
