@@ -18,6 +18,7 @@ import { bootPackages, finishKernelInstall, prepareKernelInstall } from './first
 import { debianPlan, shq } from './drivers/debian.js';
 import type { Driver, Phase } from './drivers/types.js';
 import { buildFailed, ToolErrors } from './errors.js';
+import { acquireLock } from '../host/lock.js';
 import { mount, undoAll } from '../host/mounts.js';
 import { clampTree } from './clamp.js';
 import type { BuildSpec } from '../spec/spec.js';
@@ -115,6 +116,23 @@ async function installPackages(root: string, spec: BuildSpec, packages: string[]
   const lists = join(ctx.listsDir, await aptSourcesKey(root));
   await mkdir(join(lists, 'partial'), { recursive: true });
   await mkdir(join(ctx.cacheDir, 'partial'), { recursive: true });
+  // Builds sharing a work directory share these caches, and apt refuses (not waits for) a
+  // lock another apt holds on them: one build's apt at a time.
+  const lockPath = join(ctx.listsDir, 'osfarm-apt.lock');
+  let aptLock = await acquireLock(lockPath, { wait: false, signal, errorCode: 'OSFARM_BUILD_FAILED' });
+  if (!aptLock) {
+    ctx.log(`osfarm: stage ${spec.name}: waiting for another build's apt on the shared package cache (${lockPath})`);
+    aptLock = await acquireLock(lockPath, { signal, errorCode: 'OSFARM_BUILD_FAILED' });
+  }
+  try {
+    await aptInstall(root, spec, include, lists, ctx, signal);
+  } finally {
+    await aptLock!.release();
+  }
+}
+
+/** apt-get update and install in the tree, the shared caches bind-mounted for the duration (the caller holds the apt lock). */
+async function aptInstall(root: string, spec: BuildSpec, include: string[], lists: string, ctx: StepContext, signal?: AbortSignal): Promise<void> {
   const chroot = new Chroot(root, { resolvConf: true, policyRcD: true, log: ctx.log });
   const unbind: Array<() => Promise<void>> = [];
   let failure: unknown;
