@@ -14,7 +14,7 @@ import { compare } from '../src/blocks/index.js';
 import { boot } from '../src/boot/index.js';
 import { BOOT_MARKER } from '../src/spec/distros.js';
 import { buildWorkDir, type CliRun, cliAsync, resultOf } from './fixtures/build/harness.js';
-import { podmanRun } from './helpers/podman.js';
+import { podmanLoadsAndRuns } from './helpers/podman.js';
 import { cli, lastOutcome } from './helpers/tmp.js';
 
 const WORK = buildWorkDir();
@@ -192,12 +192,7 @@ test.serial('the OCI archive loads with podman and skopeo, runs cat /etc/os-rele
   t.teardown(() => {
     spawnSync('podman', ['rmi', '-f', name, skopeoName], { stdio: 'ignore' });
   });
-  const load = spawnSync('podman', ['load', '-i', archive], { encoding: 'utf8' });
-  t.is(load.status, 0, load.stderr);
-  t.regex(load.stdout + load.stderr, new RegExp(`Loaded image: ${name}`));
-  const run = podmanRun(name, ['cat', '/etc/os-release']);
-  t.is(run.status, 0, run.stderr);
-  t.regex(run.stdout, /PRETTY_NAME="Debian GNU\/Linux 12 \(bookworm\)"/);
+  podmanLoadsAndRuns(t, archive, name);
   const copy = spawnSync('skopeo', ['copy', '-q', `oci-archive:${archive}`, `containers-storage:${skopeoName}`], { encoding: 'utf8' });
   t.is(copy.status, 0, copy.stderr);
   t.regex(execFileSync('podman', ['images', '--format', '{{.Repository}}:{{.Tag}}'], { encoding: 'utf8' }), new RegExp(skopeoName));

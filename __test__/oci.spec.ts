@@ -12,7 +12,7 @@ import { join } from 'node:path';
 
 import { compare } from '../src/blocks/index.js';
 import { buildWorkDir, type CliRun, cliAsync, resultOf } from './fixtures/build/harness.js';
-import { podmanRun } from './helpers/podman.js';
+import { podmanLoadsAndRuns, podmanRun } from './helpers/podman.js';
 
 const WORK = buildWorkDir();
 const out = join(WORK, 'oci-test-out');
@@ -76,14 +76,7 @@ test.serial('podman runs both: the package in one only, the file the other remov
   t.teardown(() => {
     spawnSync('podman', ['rmi', '-f', IMAGES.a, IMAGES.b], { stdio: 'ignore' });
   });
-  for (const [archive, name] of [[archiveOf(a), IMAGES.a], [archiveOf(b), IMAGES.b]] as const) {
-    const load = spawnSync('podman', ['load', '-i', archive], { encoding: 'utf8' });
-    t.is(load.status, 0, load.stderr);
-    t.regex(load.stdout + load.stderr, new RegExp(`Loaded image: ${name}`));
-    const release = podmanRun(name, ['cat', '/etc/os-release']);
-    t.is(release.status, 0, release.stderr);
-    t.regex(release.stdout, /PRETTY_NAME="Debian GNU\/Linux 12 \(bookworm\)"/);
-  }
+  for (const [archive, name] of [[archiveOf(a), IMAGES.a], [archiveOf(b), IMAGES.b]] as const) podmanLoadsAndRuns(t, archive, name);
   const probe = 'for p in /usr/bin/hello /usr/bin/less /etc/issue.net /etc/issue; do test -e $p && echo "$p yes" || echo "$p no"; done';
   const ra = podmanRun(IMAGES.a, ['sh', '-c', probe]);
   const rb = podmanRun(IMAGES.b, ['sh', '-c', probe]);

@@ -1,4 +1,5 @@
 // Running a command in a container with Debian's podman on these machines.
+import type { ExecutionContext } from 'ava';
 import { execFileSync, type SpawnSyncReturns, spawnSync } from 'node:child_process';
 
 /**
@@ -13,4 +14,17 @@ export function podmanRun(image: string, args: string[]): SpawnSyncReturns<strin
   const files = limit('n');
   const procs = Math.min(limit('u'), 32768);
   return spawnSync('podman', ['run', '--rm', '--runtime', 'runc', '--network', 'none', '--ulimit', `nofile=${files}:${files}`, '--ulimit', `nproc=${procs}:${procs}`, image, ...args], { encoding: 'utf8' });
+}
+
+/**
+ * `podman load -i ARCHIVE` gives the image NAME, which runs `cat /etc/os-release` as Debian
+ * bookworm: what an OCI output must do before anything else is asked of it.
+ */
+export function podmanLoadsAndRuns(t: ExecutionContext, archive: string, name: string): void {
+  const load = spawnSync('podman', ['load', '-i', archive], { encoding: 'utf8' });
+  t.is(load.status, 0, load.stderr);
+  t.regex(load.stdout + load.stderr, new RegExp(`Loaded image: ${name}`));
+  const release = podmanRun(name, ['cat', '/etc/os-release']);
+  t.is(release.status, 0, release.stderr);
+  t.regex(release.stdout, /PRETTY_NAME="Debian GNU\/Linux 12 \(bookworm\)"/);
 }
