@@ -54,10 +54,11 @@ function append(repo: string, record: NameRecord): NameRecord {
  */
 export function recordTags(repo: string, entry: ImageEntry, via: string, holders?: ReadonlyMap<string, string>): NameRecord[] {
   if (!entry.tags.length) return [];
-  const history = readHistory(repo);
+  // Each tag's image as the history last saw it (a later line wins); read only when the caller has no holders.
+  const before = holders ?? new Map(readHistory(repo).map((r) => [r.name, r.digest]));
   const out: NameRecord[] = [];
   for (const name of entry.tags) {
-    const previous = holders ? (holders.get(name) ?? null) : (history.filter((r) => r.name === name).pop()?.digest ?? null);
+    const previous = before.get(name) ?? null;
     if (previous === entry.digest) continue;
     out.push(append(repo, { name, digest: entry.digest, previous, at: new Date().toISOString(), via }));
   }
